@@ -1,0 +1,63 @@
+"""Process lifecycle: the event loop, waiting for SIGTERM/SIGINT, and time-boxed shutdown steps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+import uvloop
+
+logger = logging.getLogger(__name__)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Runs a service's ``main()`` on uvloop; the process exits 0 after a clean shutdown."""
+    uvloop.run(main())
+
+
+def _resolve_once(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+async def wait_for_shutdown_signal() -> str:
+    """Returns the name of the first SIGTERM or SIGINT received."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[str] = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _resolve_once, received, sig.name)
+    try:
+        name = await received
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    logger.info("received %s, shutting down", name)
+    return name
+
+
+async def shutdown_step(name: str, step: Callable[[], Awaitable[Any]], timeout_s: float) -> None:
+    """Runs one shutdown step, logging (not raising) when it fails or overruns, so later steps still run."""
+    try:
+        await asyncio.wait_for(step(), timeout_s)
+    except TimeoutError:
+        logger.error("shutdown step %r did not finish within %.1fs", name, timeout_s)
+    except Exception:
+        logger.exception("shutdown step %r failed", name)
+
+
+async def serve_until_signal(server: GrpcServerLike, grace_s: float) -> None:
+    """Marks ``server`` SERVING, waits for SIGTERM/SIGINT, then stops it gracefully within ``grace_s``."""
+    await server.set_serving()
+    await wait_for_shutdown_signal()
+    await shutdown_step("grpc server", lambda: server.stop(grace_s), grace_s + 2.0)
+
+
+class GrpcServerLike(Protocol):
+    """What :func:`serve_until_signal` needs of a server (see :class:`~candela_runtime.grpc_server.GrpcServer`)."""
+
+    async def set_serving(self) -> None: ...
+
+    async def stop(self, grace_s: float) -> None: ...

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs whatever this machine lacks to build, run and test Candela: uv and the Python workspace,
+# buf (from npm), and the Debian packages of the local stack (ClickHouse server, Redis). Idempotent and
+# quiet when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.8
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v uv >/dev/null 2>&1; then
+  echo "installing uv $UV_VERSION"
+  python3 -m pip install --quiet "uv==$UV_VERSION" || python3 -m pip install --quiet --user "uv==$UV_VERSION"
+fi
+export PATH="$HOME/.local/bin:$PATH"
+
+uv sync --quiet
+
+if [ ! -x node_modules/.bin/buf ]; then
+  echo "installing buf"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+missing=()
+command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server clickhouse-client)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,1 @@
+"""Candela auth service: organizations and API keys."""

@@ -1,0 +1,1 @@
+"""Candela prompts service: versioned prompt templates."""

@@ -1,0 +1,116 @@
+"""Wiring of the proxy: dependencies, the aiohttp application, and the process's main()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+from aiohttp import web
+
+from candela.auth.v1 import auth_service_pb2_grpc
+from candela.ingest.v1 import ingest_service_pb2_grpc
+from candela_proxy.config import ProxyConfig
+from candela_proxy.handler import ProxyHandler
+from candela_proxy.shipping import LogShipper
+from candela_runtime.channels import internal_channel
+from candela_runtime.config import load_config
+from candela_runtime.lifecycle import shutdown_step, wait_for_shutdown_signal
+from candela_runtime.logs import configure_logging
+from candela_runtime.security import KeyAuthenticator
+from candela_runtime.telemetry import setup_telemetry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProxyDeps:
+    """What the proxy talks to."""
+
+    session: aiohttp.ClientSession
+    auth_channel: grpc.aio.Channel
+    ingest_channel: grpc.aio.Channel
+    authenticator: KeyAuthenticator
+    shipper: LogShipper
+
+
+@asynccontextmanager
+async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
+    """Opens the upstream HTTP pool and the channels to auth and ingest; starts the log shipper.
+
+    On exit the shipper sends what it still holds (within the grace period) before the channels close.
+    """
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=config.upstream_connect_timeout_s, sock_read=config.upstream_read_timeout_s
+        ),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    )
+    auth_channel = internal_channel(config.auth_addr)
+    ingest_channel = internal_channel(config.ingest_addr)
+    shipper = LogShipper(
+        ingest_service_pb2_grpc.IngestServiceStub(ingest_channel),
+        config.service_token,
+        queue_size=config.log_queue_size,
+        batch_size=config.log_batch_size,
+        flush_interval_s=config.log_flush_interval_s,
+    )
+    shipper.start()
+    try:
+        yield ProxyDeps(
+            session=session,
+            auth_channel=auth_channel,
+            ingest_channel=ingest_channel,
+            authenticator=KeyAuthenticator(
+                auth_service_pb2_grpc.AuthServiceStub(auth_channel), config.service_token, config.auth_cache_ttl_s
+            ),
+            shipper=shipper,
+        )
+    finally:
+        await shutdown_step("log shipper", lambda: shipper.stop(config.shutdown_grace_s), config.shutdown_grace_s + 1)
+        await ingest_channel.close(None)
+        await auth_channel.close(None)
+        await session.close()
+
+
+def create_app(config: ProxyConfig, deps: ProxyDeps) -> web.Application:
+    """The aiohttp application: health endpoints, then every other path proxied."""
+    handler = ProxyHandler(config, deps.session, deps.authenticator, deps.shipper)
+    app = web.Application(client_max_size=config.max_body_bytes + 1)
+    ready = asyncio.Event()
+    app["ready"] = ready
+
+    async def healthz(_: web.Request) -> web.Response:
+        if not ready.is_set():
+            return web.json_response({"status": "NOT_SERVING"}, status=503)
+        return web.json_response({"status": "SERVING", "pending_logs": deps.shipper.pending})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/{tail:.*}", handler.handle)
+    return app
+
+
+async def main() -> None:
+    """Runs the proxy until SIGTERM/SIGINT, then drains requests and logs in order."""
+    config = load_config(ProxyConfig)
+    configure_logging("candela-proxy", config.log_level)
+    telemetry = setup_telemetry("candela-proxy")
+    async with build_deps(config) as deps:
+        app = create_app(config, deps)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_s)
+        await runner.setup()
+        site = web.TCPSite(runner, config.http_host, config.http_port, backlog=1024)
+        await site.start()
+        app["ready"].set()
+        logger.info("proxy listening on %s:%d", config.http_host, config.http_port)
+        await wait_for_shutdown_signal()
+        app["ready"].clear()
+        # Stops accepting, lets in-flight requests (and streams) finish within the grace period.
+        await shutdown_step("http server", runner.cleanup, config.shutdown_grace_s + 2)
+    telemetry.shutdown()

@@ -1,0 +1,34 @@
+"""Configuration of the proxy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from candela_runtime.config import env_field
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    """Settings of the proxy (CANDELA_* variables)."""
+
+    service_token: str = env_field("Shared secret that authenticates internal calls between services.")
+    auth_addr: str = env_field("host:port of the auth service, which resolves Candela keys.")
+    ingest_addr: str = env_field("host:port of the ingest service, which receives the logs.")
+    http_host: str = env_field("Address the HTTP server binds.", "127.0.0.1")
+    http_port: int = env_field("Port the HTTP server binds.", 8080)
+    openai_base_url: str = env_field(
+        "OpenAI API base URL, with its /v1, as the OpenAI SDK takes it.", "https://api.openai.com/v1"
+    )
+    anthropic_base_url: str = env_field("Anthropic API base URL, without /v1.", "https://api.anthropic.com")
+    max_body_bytes: int = env_field("Largest request body accepted (larger gets 413).", 32 * 1024 * 1024)
+    upstream_connect_timeout_s: float = env_field("Seconds to connect to a provider.", 10.0)
+    upstream_read_timeout_s: float = env_field("Seconds a provider may stay silent mid-response.", 600.0)
+    auth_cache_ttl_s: float = env_field("Seconds a key lookup is cached (revocations apply within this).", 5.0)
+    log_queue_size: int = env_field("Finished logs held in memory awaiting ingest.", 50_000)
+    log_batch_size: int = env_field("Logs sent to ingest per call.", 500)
+    log_flush_interval_s: float = env_field("Longest a log waits in memory before a batch is sent.", 0.2)
+    spool_dir: Path = env_field("Directory for logs awaiting ingest when it is down.", Path(".candela/spool"))
+    redis_url: str = env_field("Redis URL for the cache and rate limits.", "redis://127.0.0.1:6379/0")
+    log_level: str = env_field("Logging level (DEBUG, INFO, WARNING, ERROR).", "INFO")
+    shutdown_grace_s: float = env_field("Seconds in-flight requests get to finish on SIGTERM.", 10.0)

@@ -1,0 +1,75 @@
+"""Which provider a path belongs to, where it goes upstream, and each provider's error shape."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Provider(Enum):
+    """A provider family: decides the upstream base URL, the usage format and the error shape."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: the provider family and the full upstream URL."""
+
+    provider: Provider
+    upstream_url: str
+    # The provider's own path, e.g. "/v1/chat/completions", whatever prefix the client used.
+    provider_path: str
+
+
+def resolve_route(path: str, query_string: str, openai_base_url: str, anthropic_base_url: str) -> Route | None:
+    """Maps a request path to its upstream, or None when no provider serves it.
+
+    ``openai_base_url`` includes ``/v1`` (as the OpenAI SDK's base URL does); ``anthropic_base_url`` does not.
+    """
+    if path.startswith("/openai/v1/"):
+        provider, tail = Provider.OPENAI, path[len("/openai/v1") :]
+    elif path.startswith("/anthropic/v1/"):
+        provider, tail = Provider.ANTHROPIC, path[len("/anthropic") :]
+    elif path == "/v1/messages" or path.startswith("/v1/messages/"):
+        provider, tail = Provider.ANTHROPIC, path
+    elif path.startswith("/v1/"):
+        provider, tail = Provider.OPENAI, path[len("/v1") :]
+    else:
+        return None
+    if provider is Provider.OPENAI:
+        url, provider_path = openai_base_url.rstrip("/") + tail, "/v1" + tail
+    else:
+        url, provider_path = anthropic_base_url.rstrip("/") + tail, tail
+    if query_string:
+        url = f"{url}?{query_string}"
+    return Route(provider=provider, upstream_url=url, provider_path=provider_path)
+
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+def error_body(provider: Provider, status: int, message: str, code: str) -> bytes:
+    """A JSON error in the shape ``provider``'s SDK parses, so it raises its usual exception."""
+    if provider is Provider.ANTHROPIC:
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+    kind = _OPENAI_TYPES.get(status, "server_error")
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()

@@ -1,0 +1,176 @@
+"""Token usage, the answering model and the finish reason, read from provider responses.
+
+Non-streamed answers carry a ``usage`` object; streams carry it in a final chunk (OpenAI chat and
+completions with ``stream_options.include_usage``), in ``response.completed`` (OpenAI Responses), or split
+over ``message_start`` and ``message_delta`` (Anthropic). Anthropic's ``input_tokens`` exclude cache reads
+and writes; Candela's ``prompt_tokens`` always include them, so totals compare across providers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from candela.logs.v1 import log_record_pb2
+from candela_proxy.providers import Provider
+
+
+@dataclass
+class ResponseFacts:
+    """What Candela learns from a response body."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    audio_prompt_tokens: int = 0
+    audio_completion_tokens: int = 0
+    has_usage: bool = False
+    response_model: str = ""
+    finish_reason: str = ""
+
+    def to_proto(self) -> log_record_pb2.TokenUsage:
+        """The TokenUsage message."""
+        return log_record_pb2.TokenUsage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            audio_prompt_tokens=self.audio_prompt_tokens,
+            audio_completion_tokens=self.audio_completion_tokens,
+        )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
+    value = usage.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _apply_openai_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
+    facts.has_usage = True
+    if "input_tokens" in usage:  # the Responses API's naming
+        facts.prompt_tokens = _int(usage.get("input_tokens"))
+        facts.completion_tokens = _int(usage.get("output_tokens"))
+        facts.cache_read_tokens = _int(_details(usage, "input_tokens_details").get("cached_tokens"))
+        facts.reasoning_tokens = _int(_details(usage, "output_tokens_details").get("reasoning_tokens"))
+        return
+    prompt_details = _details(usage, "prompt_tokens_details")
+    completion_details = _details(usage, "completion_tokens_details")
+    facts.prompt_tokens = _int(usage.get("prompt_tokens"))
+    facts.completion_tokens = _int(usage.get("completion_tokens"))
+    facts.cache_read_tokens = _int(prompt_details.get("cached_tokens"))
+    facts.audio_prompt_tokens = _int(prompt_details.get("audio_tokens"))
+    facts.reasoning_tokens = _int(completion_details.get("reasoning_tokens"))
+    facts.audio_completion_tokens = _int(completion_details.get("audio_tokens"))
+
+
+def _apply_anthropic_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
+    """Anthropic reports usage in parts; a later event's fields replace an earlier one's."""
+    facts.has_usage = True
+    if "cache_read_input_tokens" in usage and usage["cache_read_input_tokens"] is not None:
+        facts.cache_read_tokens = _int(usage["cache_read_input_tokens"])
+    if "cache_creation_input_tokens" in usage and usage["cache_creation_input_tokens"] is not None:
+        facts.cache_write_tokens = _int(usage["cache_creation_input_tokens"])
+    if usage.get("input_tokens") is not None:
+        facts.prompt_tokens = _int(usage["input_tokens"]) + facts.cache_read_tokens + facts.cache_write_tokens
+    if usage.get("output_tokens") is not None:
+        facts.completion_tokens = _int(usage["output_tokens"])
+
+
+def _first_choice_finish(document: dict[str, Any]) -> str:
+    choices = document.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else ""
+    return ""
+
+
+def facts_from_json(provider: Provider, body: bytes) -> ResponseFacts:
+    """Facts from a complete (non-streamed) JSON response; empty facts when the body is not JSON."""
+    facts = ResponseFacts()
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return facts
+    if not isinstance(document, dict):
+        return facts
+    _apply_document(facts, provider, document)
+    return facts
+
+
+def _apply_document(facts: ResponseFacts, provider: Provider, document: dict[str, Any]) -> None:
+    model = document.get("model")
+    if isinstance(model, str) and model:
+        facts.response_model = model
+    usage = document.get("usage")
+    if provider is Provider.ANTHROPIC:
+        if isinstance(usage, dict):
+            _apply_anthropic_usage(facts, usage)
+        if isinstance(document.get("stop_reason"), str):
+            facts.finish_reason = document["stop_reason"]
+        return
+    if isinstance(usage, dict):
+        _apply_openai_usage(facts, usage)
+    facts.finish_reason = _first_choice_finish(document) or facts.finish_reason
+    if document.get("object") == "response" and isinstance(document.get("status"), str):
+        facts.finish_reason = document["status"]
+
+
+class StreamFacts:
+    """Reads facts from a server-sent-event stream as its chunks pass through, without holding it up."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.facts = ResponseFacts()
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Consumes one chunk as received (events may span chunks)."""
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                self._event(line[5:].strip())
+
+    def finish(self) -> ResponseFacts:
+        """The facts, after the last chunk (a final line without a newline counts too)."""
+        if self._partial.startswith(b"data:"):
+            self._event(self._partial[5:].strip())
+        self._partial = b""
+        return self.facts
+
+    def _event(self, payload: bytes) -> None:
+        if not payload or payload == b"[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        if self.provider is Provider.ANTHROPIC:
+            if kind == "message_start" and isinstance(event.get("message"), dict):
+                _apply_document(self.facts, self.provider, event["message"])
+            elif kind == "message_delta":
+                if isinstance(event.get("usage"), dict):
+                    _apply_anthropic_usage(self.facts, event["usage"])
+                delta = event.get("delta")
+                if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                    self.facts.finish_reason = delta["stop_reason"]
+            return
+        if isinstance(kind, str) and kind.startswith("response."):
+            response = event.get("response")
+            if isinstance(response, dict):
+                _apply_document(self.facts, self.provider, response)
+            return
+        _apply_document(self.facts, self.provider, event)

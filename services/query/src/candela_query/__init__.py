@@ -1,0 +1,1 @@
+"""Candela query service: reads, filters and aggregates logged requests."""

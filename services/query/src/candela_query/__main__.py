@@ -1,0 +1,6 @@
+"""``python -m candela_query``: runs the query service."""
+
+from candela_query.app import main
+from candela_runtime.lifecycle import run
+
+run(main)

@@ -1,0 +1,80 @@
+"""Wiring of the query service: dependencies, server, and the process's main()."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from candela.auth.v1 import auth_service_pb2_grpc
+from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
+from candela_query.bodies import BodyReader
+from candela_query.clickhouse import ClickHouseReader
+from candela_query.config import QueryConfig
+from candela_query.service import QueryServicer
+from candela_query.store import RequestStore
+from candela_runtime.channels import internal_channel
+from candela_runtime.config import load_config
+from candela_runtime.grpc_server import GrpcServer, create_grpc_server
+from candela_runtime.lifecycle import serve_until_signal
+from candela_runtime.logs import configure_logging
+from candela_runtime.security import KeyAuthenticator
+from candela_runtime.telemetry import setup_telemetry
+
+SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+
+
+@dataclass(frozen=True)
+class QueryDeps:
+    """What the query service talks to."""
+
+    clickhouse: ClickHouseReader
+    bodies: BodyReader
+    auth_channel: grpc.aio.Channel
+    authenticator: KeyAuthenticator
+
+
+@asynccontextmanager
+async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
+    """Connects to ClickHouse, S3 and auth, checking the stores answer; closes them on exit."""
+    clickhouse = ClickHouseReader(
+        config.clickhouse_host, config.clickhouse_port, config.clickhouse_database, config.clickhouse_connections
+    )
+    bodies = BodyReader(
+        config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region
+    )
+    channel = internal_channel(config.auth_addr)
+    try:
+        await clickhouse.fetch("SELECT 1", {})
+        await bodies.check()
+        authenticator = KeyAuthenticator(auth_service_pb2_grpc.AuthServiceStub(channel), config.service_token)
+        yield QueryDeps(clickhouse=clickhouse, bodies=bodies, auth_channel=channel, authenticator=authenticator)
+    finally:
+        await channel.close(None)
+        clickhouse.close()
+
+
+async def create_server(config: QueryConfig, deps: QueryDeps) -> GrpcServer:
+    """The query gRPC server, started and NOT_SERVING until the caller marks it ready."""
+    servicer = QueryServicer(
+        RequestStore(deps.clickhouse), deps.bodies, deps.authenticator, max_page_size=config.max_page_size
+    )
+    return await create_grpc_server(
+        host=config.grpc_host,
+        port=config.grpc_port,
+        service_names=[SERVICE_NAME],
+        registrars=[lambda server: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)],
+    )
+
+
+async def main() -> None:
+    """Runs the query service until SIGTERM/SIGINT."""
+    config = load_config(QueryConfig)
+    configure_logging("candela-query", config.log_level)
+    telemetry = setup_telemetry("candela-query")
+    async with build_deps(config) as deps:
+        server = await create_server(config, deps)
+        await serve_until_signal(server, config.shutdown_grace_s)
+    telemetry.shutdown()

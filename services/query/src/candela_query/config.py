@@ -1,0 +1,24 @@
+"""Configuration of the query service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from candela_runtime.config import ServiceConfig, env_field
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryConfig(ServiceConfig):
+    """Settings of the query service (CANDELA_* variables)."""
+
+    auth_addr: str = env_field("host:port of the auth service, which resolves callers' API keys.")
+    clickhouse_host: str = env_field("ClickHouse host (native protocol).", "127.0.0.1")
+    clickhouse_port: int = env_field("ClickHouse native TCP port.", 9000)
+    clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
+    clickhouse_connections: int = env_field("ClickHouse connections (each query holds one).", 4)
+    s3_endpoint: str = env_field("S3 endpoint URL holding the request bodies.")
+    s3_access_key: str = env_field("S3 access key id.")
+    s3_secret_key: str = env_field("S3 secret access key.")
+    s3_bucket: str = env_field("S3 bucket holding the request bodies.", "candela")
+    s3_region: str = env_field("S3 region.", "us-east-1")
+    max_page_size: int = env_field("Largest page QueryRequests returns.", 1000)
