@@ -1,0 +1,116 @@
+"""The shared gRPC bootstrap: status mapping with details, health driven by readiness, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from candela.auth.v1 import auth_service_pb2 as pb
+from candela.auth.v1 import auth_service_pb2_grpc
+from candela_runtime.errors import FieldViolation, InvalidArgument, NotFound, bad_request_violations
+from candela_runtime.grpc_server import GrpcServer, create_grpc_server
+
+pytestmark = pytest.mark.unit
+
+SERVICE = "candela.auth.v1.AuthService"
+
+
+class _ScriptedServicer(auth_service_pb2_grpc.AuthServiceServicer):
+    """Answers CreateOrganization according to the requested name."""
+
+    async def CreateOrganization(
+        self, request: pb.CreateOrganizationRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.CreateOrganizationResponse:
+        if request.name == "invalid":
+            raise InvalidArgument("the request is invalid", [FieldViolation("name", "is reserved")])
+        if request.name == "missing":
+            raise NotFound("organization 'missing' does not exist")
+        if request.name == "crash":
+            raise RuntimeError("secret internal detail")
+        if request.name == "slow":
+            await asyncio.sleep(0.5)
+        return pb.CreateOrganizationResponse(organization=pb.Organization(name=request.name))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[GrpcServer]:
+    servicer = _ScriptedServicer()
+    started = await create_grpc_server(
+        host="127.0.0.1",
+        port=0,
+        service_names=[SERVICE],
+        registrars=[lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(servicer, s)],
+    )
+    yield started
+    await started.server.stop(None)
+
+
+@pytest.fixture
+async def channel(server: GrpcServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as opened:
+        yield opened
+
+
+async def _create(channel: grpc.aio.Channel, name: str) -> pb.CreateOrganizationResponse:
+    stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+    return await stub.CreateOrganization(pb.CreateOrganizationRequest(name=name), timeout=5)
+
+
+async def test_invalid_argument_carries_field_violations(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _create(channel, "invalid")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    assert bad_request_violations(status) == [FieldViolation("name", "is reserved")]
+
+
+async def test_not_found_keeps_its_message(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _create(channel, "missing")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert caught.value.details() == "organization 'missing' does not exist"
+
+
+async def test_unexpected_errors_are_internal_without_their_text(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _create(channel, "crash")
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret internal detail" not in (caught.value.details() or "")
+    assert "trace id" in (caught.value.details() or "")
+
+
+async def test_health_follows_readiness_and_shutdown(server: GrpcServer, channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def status(service: str) -> int:
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return int(response.status)
+
+    assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+    await server.set_serving()
+    assert await status("") == health_pb2.HealthCheckResponse.SERVING
+    assert await status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
+
+    in_flight = asyncio.create_task(_create(channel, "slow"))
+    await asyncio.sleep(0.1)
+    stopping = asyncio.create_task(server.stop(grace_s=5))
+    await asyncio.sleep(0.05)
+    assert await _answer_or_unavailable(health) in {health_pb2.HealthCheckResponse.NOT_SERVING, "unavailable"}
+    # The call that was in flight when shutdown began still completes.
+    assert (await in_flight).organization.name == "slow"
+    await stopping
+
+
+async def _answer_or_unavailable(health: health_pb2_grpc.HealthStub) -> int | str:
+    try:
+        response = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        return "unavailable"
+    return int(response.status)
