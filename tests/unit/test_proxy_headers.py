@@ -32,7 +32,7 @@ def test_reads_every_recorded_header_with_either_prefix() -> None:
     assert parsed.auth == "Bearer cdl_abc"
     assert parsed.user_id == "alice"
     assert (parsed.session_id, parsed.session_path, parsed.session_name) == ("s-1", "/plan/step-1", "Trip planner")
-    assert parsed.properties == {"Environment": "staging", "App": "mobile"}
+    assert parsed.properties == {"environment": "staging", "app": "mobile"}
     assert (parsed.prompt_id, parsed.prompt_version) == ("support-reply", "3")
     assert parsed.omit_response is True
     assert parsed.omit_request is False

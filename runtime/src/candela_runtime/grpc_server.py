@@ -18,7 +18,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from candela_runtime.errors import CandelaError
 
@@ -88,11 +88,18 @@ async def create_grpc_server(
     service_names: Sequence[str],
     registrars: Sequence[Registrar],
     interceptors: Sequence[Any] = (),
+    options: Sequence[tuple[str, Any]] = (),
 ) -> GrpcServer:
-    """Binds and starts a server on ``host:port`` (port 0 picks a free one); health starts NOT_SERVING."""
+    """Binds and starts a server on ``host:port`` (port 0 picks a free one); health starts NOT_SERVING.
+
+    ``options`` are grpc channel arguments, e.g. ``("grpc.max_receive_message_length", n)``.
+    """
+    # Health checks are not traced: they are noise, and the tracing interceptor cannot wrap the health
+    # service's Watch (a coroutine that writes to its context rather than an async generator).
+    tracing = aio_server_interceptor(filter_=filters.negate(filters.health_check()))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), ErrorMappingInterceptor(), *interceptors],  # type: ignore[no-untyped-call]
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[tracing, ErrorMappingInterceptor(), *interceptors],
+        options=[("grpc.so_reuseport", 0), *options],
     )
     for register in registrars:
         register(server)

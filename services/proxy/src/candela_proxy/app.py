@@ -59,6 +59,7 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
         config.service_token,
         queue_size=config.log_queue_size,
         batch_size=config.log_batch_size,
+        max_batch_bytes=config.log_batch_max_bytes,
         flush_interval_s=config.log_flush_interval_s,
     )
     shipper.start()

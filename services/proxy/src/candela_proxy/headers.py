@@ -45,7 +45,9 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
         if len(value) > MAX_VALUE_LENGTH:
             raise HeaderError(f"header {raw_name} is longer than {MAX_VALUE_LENGTH} characters")
         if option.startswith(_PROPERTY):
-            key = raw_name.split("-", 2)[2]
+            # Header names are case-insensitive and proxies (Envoy among them) lowercase them, so property
+            # names are lowercase by definition: one name, however the client spelled it.
+            key = name.split("-", 2)[2]
             if not key:
                 raise HeaderError(f"header {raw_name} names no property")
             parsed.properties[key] = value

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_status import rpc_status
 
 from candela.ingest.v1 import ingest_service_pb2
+from candela_runtime.errors import bad_request_violations
 from candela_runtime.security import service_metadata
 
 if TYPE_CHECKING:
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 5.0
 # Statuses that say the batch itself is bad; resending it cannot help.
+_RECORD_INDEX = re.compile(r"^records\[(\d+)\]")
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
@@ -37,12 +41,14 @@ class LogShipper:
         service_token: str,
         queue_size: int,
         batch_size: int,
+        max_batch_bytes: int,
         flush_interval_s: float,
     ) -> None:
         self._stub = stub
         self._metadata = service_metadata(service_token)
         self._queue: asyncio.Queue[ingest_service_pb2.IngestRecord] = asyncio.Queue(queue_size)
         self._batch_size = batch_size
+        self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -92,10 +98,11 @@ class LogShipper:
                 await self._send(batch)
 
     async def _next_batch(self) -> list[ingest_service_pb2.IngestRecord]:
-        """Up to ``batch_size`` records, waiting at most ``flush_interval_s`` after the first one."""
+        """Up to ``batch_size`` records (or about ``max_batch_bytes``), waiting at most ``flush_interval_s``."""
         batch: list[ingest_service_pb2.IngestRecord] = []
         deadline: float | None = None
-        while len(batch) < self._batch_size:
+        batch_bytes = 0
+        while len(batch) < self._batch_size and batch_bytes < self._max_batch_bytes:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             elif self._closing:
@@ -111,21 +118,22 @@ class LogShipper:
                     if batch:
                         break
                     continue
+            batch_bytes += batch[-1].ByteSize()
             if deadline is None:
                 deadline = time.monotonic() + self._flush_interval_s
         return batch
 
     async def _send(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
         backoff = 0.1
-        request = ingest_service_pb2.IngestRequest(records=batch)
-        while True:
+        while batch:
             try:
-                await self._stub.Ingest(request, metadata=self._metadata, timeout=30.0)
+                await self._stub.Ingest(
+                    ingest_service_pb2.IngestRequest(records=batch), metadata=self._metadata, timeout=30.0
+                )
             except grpc.aio.AioRpcError as err:
                 if err.code() in _PERMANENT:
-                    self.rejected += len(batch)
-                    logger.error("ingest rejected a batch of %d logs: %s", len(batch), err.details())
-                    return
+                    batch = self._without_rejected(batch, err)
+                    continue
                 logger.warning(
                     "ingest unavailable (%s); retrying %d logs in %.1fs", err.code().name, len(batch), backoff
                 )
@@ -134,3 +142,24 @@ class LogShipper:
             else:
                 self.sent += len(batch)
                 return
+
+    def _without_rejected(
+        self, batch: list[ingest_service_pb2.IngestRecord], err: grpc.aio.AioRpcError
+    ) -> list[ingest_service_pb2.IngestRecord]:
+        """Drops (loudly) the records ingest named as invalid and keeps the rest; all of them if it named none."""
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]  # AioRpcError has the same accessors
+        bad = {
+            int(match.group(1))
+            for violation in (bad_request_violations(status) if status is not None else [])
+            if (match := _RECORD_INDEX.match(violation.field))
+        }
+        if not bad or err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            bad = set(range(len(batch)))
+        for index in sorted(bad):
+            logger.error(
+                "ingest rejected log %s: %s",
+                batch[index].record.request_id if index < len(batch) else "?",
+                err.details(),
+            )
+        self.rejected += len(bad)
+        return [record for index, record in enumerate(batch) if index not in bad]

@@ -1,4 +1,4 @@
--- One wide row per logged request. Runs on ClickHouse 18.16 and modern ClickHouse: the {placeholders}
+-- One wide row per logged request. Runs on ClickHouse 18.16 and modern ClickHouse: the brace placeholders
 -- are version-gated snippets filled in by candela_stack.migrations.
 --
 -- ReplacingMergeTree keyed by (organization_id, created_at, request_id): a redelivered or replayed log

@@ -1,0 +1,6 @@
+"""``python -m candela_ingest``: runs the IngestService."""
+
+from candela_ingest.app import main
+from candela_runtime.lifecycle import run
+
+run(main)

@@ -1,0 +1,87 @@
+"""The bodies bucket: packed objects uploaded with boto3 in worker threads, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from candela_ingest.packing import PackedObject
+from candela_runtime.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class S3BodyStore:
+    """Puts packed body objects into one bucket; boto3 is blocking, so every call runs in a worker thread."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        region: str,
+        max_concurrency: int,
+    ) -> None:
+        self._bucket = bucket
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="s3-bodies")
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+                max_pool_connections=max_concurrency,
+            ),
+        )
+
+    @property
+    def bucket(self) -> str:
+        """The bucket bodies go to."""
+        return self._bucket
+
+    async def _call(self, what: str, function: Callable[..., T], **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(function, **kwargs))
+        except (BotoCoreError, ClientError) as err:
+            raise Unavailable(f"S3 {what} failed: {err}") from err
+
+    async def put_objects(self, objects: Sequence[PackedObject]) -> None:
+        """Uploads ``objects`` concurrently; returns once every one is stored, else raises UNAVAILABLE."""
+        await asyncio.gather(*(self._put(packed) for packed in objects))
+
+    async def _put(self, packed: PackedObject) -> None:
+        await self._call(
+            f"PUT {packed.key}",
+            self._client.put_object,
+            Bucket=self._bucket,
+            Key=packed.key,
+            Body=packed.data,
+            ContentType="application/octet-stream",
+        )
+
+    async def check(self) -> None:
+        """Raises UNAVAILABLE unless the bucket is reachable with our credentials (readiness)."""
+        await self._call(f"HEAD bucket {self._bucket}", self._client.head_bucket, Bucket=self._bucket)
+
+    def close(self) -> None:
+        """Waits for in-flight uploads, then releases the threads and connections."""
+        self._executor.shutdown(wait=True)
+        self._client.close()

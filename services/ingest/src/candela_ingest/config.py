@@ -1,0 +1,78 @@
+"""Configuration of the ingest service and of the storage writers (``CANDELA_*`` variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from candela_runtime.config import ConfigError, ServiceConfig, env_field
+
+DEFAULT_TOPIC = "candela.logs.v1"
+DEFAULT_DLQ_TOPIC = "candela.logs.dlq.v1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    """How to reach Kafka; shared by the ingest producer and the writers."""
+
+    kafka_bootstrap: str = env_field("Kafka bootstrap servers, comma-separated host:port.")
+    kafka_topic: str = env_field("Topic carrying one LogMessage per logged request.", DEFAULT_TOPIC)
+    kafka_compression: str = env_field("Producer compression: zstd, lz4, snappy, gzip or none.", "zstd")
+    kafka_request_timeout_ms: int = env_field("Kafka request timeout; also bounds waiting for metadata.", 10_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig(ServiceConfig, KafkaSettings):
+    """Settings of the IngestService process (``python -m candela_ingest``)."""
+
+    s3_endpoint: str = env_field("S3 endpoint URL holding request and response bodies.")
+    s3_access_key: str = env_field("S3 access key id.")
+    s3_secret_key: str = env_field("S3 secret access key.")
+    s3_bucket: str = env_field("Bucket for bodies (objects under bodies/<organization_id>/...).", "candela")
+    s3_region: str = env_field("S3 region used to sign requests.", "us-east-1")
+    s3_max_concurrency: int = env_field("Concurrent S3 PUTs (worker threads and HTTP connections).", 16)
+    max_batch_records: int = env_field("Most records one Ingest call may carry.", 1000)
+    max_call_bytes: int = env_field("Most bytes one Ingest call may carry (gRPC message size).", 128 * 1024 * 1024)
+    max_record_bytes: int = env_field("Most bytes one record may take, metadata and both bodies.", 64 * 1024 * 1024)
+    max_metadata_bytes: int = env_field(
+        "Most bytes of one record's metadata (it travels through Kafka, whose messages are capped at 1 MiB).",
+        256 * 1024,
+    )
+    max_clock_skew_s: float = env_field("How far in the future a record's created_at may lie.", 86_400.0)
+    store_timeout_s: float = env_field("Seconds the S3 upload plus Kafka acknowledgement of a batch may take.", 20.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriterConfig(ServiceConfig, KafkaSettings):
+    """Settings of a storage writer process (``python -m candela_ingest.writer``).
+
+    The writer serves only the gRPC health service; it extends :class:`ServiceConfig` so that it is
+    started, probed and stopped exactly like every other service of the mesh.
+    """
+
+    kafka_group: str = env_field(
+        "Consumer group the writers share (partitions bound their parallelism).", "candela-writers"
+    )
+    kafka_dlq_topic: str = env_field("Dead-letter topic for messages that cannot be stored.", DEFAULT_DLQ_TOPIC)
+    kafka_session_timeout_ms: int = env_field(
+        "Consumer group session timeout (a dead writer is evicted after it).", 6000
+    )
+    kafka_heartbeat_interval_ms: int = env_field("Consumer heartbeat interval (at most a third of the session).", 2000)
+    postgres_dsn: str = env_field("Postgres DSN holding usage counters and the counted-requests ledger.")
+    postgres_pool_size: int = env_field("Maximum Postgres connections.", 4)
+    clickhouse_host: str = env_field("ClickHouse host (native protocol).", "127.0.0.1")
+    clickhouse_port: int = env_field("ClickHouse native TCP port.", 9000)
+    clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
+    clickhouse_user: str = env_field("ClickHouse user.", "default")
+    clickhouse_password: str = env_field("ClickHouse password.", "")
+    batch_max_records: int = env_field("Most messages written per batch.", 5000)
+    batch_max_bytes: int = env_field("Most message bytes per batch (one fetch may overshoot it).", 16 * 1024 * 1024)
+    batch_max_wait_ms: int = env_field("How long a batch waits to fill before it is written anyway.", 500)
+    max_attempts: int = env_field("Attempts at a batch the stores reject before its bad messages are isolated.", 3)
+    retry_initial_backoff_s: float = env_field("First retry delay; doubles per attempt.", 0.2)
+    retry_max_backoff_s: float = env_field("Longest retry delay (also while a store is down).", 10.0)
+
+    def __post_init__(self) -> None:
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ConfigError(
+                "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of CANDELA_KAFKA_SESSION_TIMEOUT_MS"
+            )

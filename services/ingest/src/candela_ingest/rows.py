@@ -1,0 +1,135 @@
+"""The mapping of a LogMessage to a row of the ClickHouse ``requests`` table.
+
+Rows are plain tuples in :data:`REQUEST_COLUMNS` order, ready for a parameterised clickhouse-driver
+insert. ``created_at`` is given as integer epoch seconds (no time-zone conversion can creep in), and the
+cost is quantised to the column's 12 decimal places, exactly as the usage counters in Postgres round it.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from candela.logs.v1 import log_record_pb2
+from candela_ingest.validation import COST_DECIMAL_PLACES
+
+REQUESTS_TABLE = "requests"
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "organization_id",
+    "request_id",
+    "created_at",
+    "created_at_us",
+    "api_key_id",
+    "provider",
+    "model",
+    "response_model",
+    "path",
+    "status_code",
+    "error",
+    "streamed",
+    "latency_ms",
+    "time_to_first_token_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "audio_prompt_tokens",
+    "audio_completion_tokens",
+    "cost_usd",
+    "priced",
+    "user_id",
+    "session_id",
+    "session_path",
+    "session_name",
+    "property_keys",
+    "property_values",
+    "prompt_id",
+    "prompt_version",
+    "cache_hit",
+    "finish_reason",
+    "request_body_omitted",
+    "response_body_omitted",
+    "request_body_key",
+    "request_body_offset",
+    "request_body_length",
+    "response_body_key",
+    "response_body_offset",
+    "response_body_length",
+    "version",
+)
+NO_FIRST_TOKEN = -1
+_COST_QUANTUM = Decimal(1).scaleb(-COST_DECIMAL_PLACES)
+
+Row = tuple[Any, ...]
+
+
+def insert_statement(table: str = REQUESTS_TABLE) -> str:
+    """The parameterised INSERT (rows are sent separately; an inline VALUES string hangs 18.16)."""
+    return f"INSERT INTO {table} ({', '.join(REQUEST_COLUMNS)}) VALUES"
+
+
+def exact_cost(cost_usd: str) -> Decimal:
+    """A cost string as stored: a Decimal rounded half-even to 12 decimal places."""
+    return Decimal(cost_usd).quantize(_COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def created_at_us(record: log_record_pb2.LogRecord) -> int:
+    """The record's creation time in microseconds since the epoch."""
+    return record.created_at.seconds * 1_000_000 + record.created_at.nanos // 1000
+
+
+def _body(ref: log_record_pb2.BodyRef, present: bool) -> tuple[str, int, int]:
+    return (ref.object_key, ref.offset, ref.length) if present else ("", 0, 0)
+
+
+def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
+    """The ``requests`` row of a validated message; ``version`` (microseconds) makes the newest write win."""
+    record = message.record
+    usage = record.usage
+    priced = record.HasField("cost_usd")
+    property_keys = sorted(record.properties)
+    request_body = _body(message.request_body, message.HasField("request_body"))
+    response_body = _body(message.response_body, message.HasField("response_body"))
+    return (
+        record.organization_id,
+        record.request_id,
+        record.created_at.seconds,
+        created_at_us(record),
+        record.api_key_id,
+        record.provider,
+        record.model,
+        record.response_model,
+        record.path,
+        record.status_code,
+        record.error,
+        int(record.streamed),
+        record.latency_ms,
+        record.time_to_first_token_ms if record.HasField("time_to_first_token_ms") else NO_FIRST_TOKEN,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+        usage.audio_prompt_tokens,
+        usage.audio_completion_tokens,
+        exact_cost(record.cost_usd) if priced else Decimal(0),
+        int(priced),
+        record.user_id,
+        record.session_id,
+        record.session_path,
+        record.session_name,
+        property_keys,
+        [record.properties[key] for key in property_keys],
+        record.prompt_id,
+        record.prompt_version,
+        int(record.cache_hit),
+        record.finish_reason,
+        int(record.request_body_omitted),
+        int(record.response_body_omitted),
+        *request_body,
+        *response_body,
+        version,
+    )

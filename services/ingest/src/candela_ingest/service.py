@@ -1,0 +1,104 @@
+"""The IngestService servicer: validate a batch, make its bodies durable in S3, then its metadata in Kafka.
+
+A batch is acknowledged only when both happened. Any failure after validation is UNAVAILABLE: the caller
+resends the whole batch, which may store some bodies twice (unreferenced objects, harmless) and produce
+some messages twice (the writers are idempotent by request id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import grpc
+from opentelemetry import trace
+
+from candela.ingest.v1 import ingest_service_pb2 as pb
+from candela.ingest.v1 import ingest_service_pb2_grpc
+from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
+from candela_ingest.packing import PackedObject, pack_batch
+from candela_ingest.propagation import inject_headers
+from candela_ingest.validation import BatchLimits, validate_ingest_request
+from candela_runtime.errors import Unavailable
+from candela_runtime.security import require_service_credential
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class BodyStore(Protocol):
+    """Where packed bodies go (S3 in production)."""
+
+    async def put_objects(self, objects: Sequence[PackedObject]) -> None:
+        """Stores every object durably, or raises."""
+
+
+class MessageSink(Protocol):
+    """Where LogMessages go (Kafka in production)."""
+
+    async def send_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Returns once every message is acknowledged, else raises KafkaUnavailable."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    """Accepts batches of finished logs from the proxies."""
+
+    def __init__(
+        self,
+        *,
+        bodies: BodyStore,
+        messages: MessageSink,
+        topic: str,
+        service_token: str,
+        limits: BatchLimits,
+        store_timeout_s: float,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._bodies = bodies
+        self._messages = messages
+        self._topic = topic
+        self._service_token = service_token
+        self._limits = limits
+        self._store_timeout_s = store_timeout_s
+        self._clock = clock
+
+    async def Ingest(self, request: pb.IngestRequest, context: Context) -> pb.IngestResponse:
+        require_service_credential(context, self._service_token)
+        now = self._clock()
+        validate_ingest_request(request, self._limits, now)
+        packed = pack_batch(request.records, now)
+        # Every message of the batch carries this call's trace context, so the writer can link to it.
+        headers = inject_headers()
+        outgoing = [
+            OutgoingMessage(key=message.record.request_id.encode(), value=message.SerializeToString(), headers=headers)
+            for message in packed.messages
+        ]
+        try:
+            async with asyncio.timeout(self._store_timeout_s):
+                with tracer.start_as_current_span("ingest.store_bodies") as span:
+                    span.set_attribute("candela.ingest.objects", len(packed.objects))
+                    span.set_attribute("candela.ingest.body_bytes", sum(len(o.data) for o in packed.objects))
+                    await self._bodies.put_objects(packed.objects)
+                with tracer.start_as_current_span("ingest.produce") as span:
+                    span.set_attribute("messaging.destination.name", self._topic)
+                    span.set_attribute("messaging.batch.message_count", len(outgoing))
+                    await self._messages.send_all(self._topic, outgoing)
+        except TimeoutError as err:
+            logger.warning("storing a batch of %d logs took over %.1fs", len(outgoing), self._store_timeout_s)
+            raise Unavailable(f"storing the batch took over {self._store_timeout_s:.1f}s; retry it") from err
+        except KafkaUnavailable as err:
+            logger.warning("Kafka refused a batch of %d logs: %s", len(outgoing), err)
+            raise Unavailable(f"the log topic is unavailable; retry the batch ({err})") from err
+        except Unavailable as err:
+            logger.warning("a batch of %d logs was not stored: %s", len(outgoing), err.message)
+            raise
+        return pb.IngestResponse(accepted_count=len(outgoing))

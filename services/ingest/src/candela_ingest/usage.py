@@ -1,0 +1,90 @@
+"""Per-organization daily usage: what a batch of newly counted requests adds to the counters.
+
+The writers count a request once, ever: its id goes into ``counted_requests`` and only the requests that
+were not there before are aggregated here and added to ``organization_usage_daily``, in the same
+transaction. A day is the UTC date of the request's ``created_at``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from candela.logs.v1 import log_record_pb2
+from candela_ingest.rows import exact_cost
+
+
+@dataclass(frozen=True)
+class CountedRequest:
+    """A request's row in the idempotency ledger."""
+
+    request_id: uuid.UUID
+    organization_id: uuid.UUID
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DailyUsage:
+    """What to add to one organization's counters for one day."""
+
+    organization_id: uuid.UUID
+    day: date
+    request_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    unpriced_count: int
+
+
+def created_at(record: log_record_pb2.LogRecord) -> datetime:
+    """The record's creation time, aware, in UTC (microsecond precision)."""
+    return datetime.fromtimestamp(record.created_at.seconds, UTC).replace(microsecond=record.created_at.nanos // 1000)
+
+
+def counted_request(record: log_record_pb2.LogRecord) -> CountedRequest:
+    """The ledger row of a validated record."""
+    return CountedRequest(
+        request_id=uuid.UUID(record.request_id),
+        organization_id=uuid.UUID(record.organization_id),
+        created_at=created_at(record),
+    )
+
+
+def unique_by_request_id(records: Iterable[log_record_pb2.LogRecord]) -> dict[uuid.UUID, log_record_pb2.LogRecord]:
+    """The records keyed by request id; of a request seen twice, the later record is kept."""
+    return {uuid.UUID(record.request_id): record for record in records}
+
+
+def aggregate_usage(records: Iterable[log_record_pb2.LogRecord]) -> list[DailyUsage]:
+    """Sums ``records`` (each counted once, by the caller) per organization and UTC day.
+
+    The result is sorted by (organization, day), so concurrent writers lock counter rows in one order
+    and cannot deadlock each other.
+    """
+    totals: dict[tuple[uuid.UUID, date], list[int]] = {}
+    costs: dict[tuple[uuid.UUID, date], Decimal] = {}
+    for record in records:
+        key = (uuid.UUID(record.organization_id), created_at(record).date())
+        counters = totals.setdefault(key, [0, 0, 0, 0])
+        counters[0] += 1
+        counters[1] += record.usage.prompt_tokens
+        counters[2] += record.usage.completion_tokens
+        if record.HasField("cost_usd"):
+            costs[key] = costs.get(key, Decimal(0)) + exact_cost(record.cost_usd)
+        else:
+            counters[3] += 1
+    return [
+        DailyUsage(
+            organization_id=organization_id,
+            day=day,
+            request_count=counters[0],
+            prompt_tokens=counters[1],
+            completion_tokens=counters[2],
+            cost_usd=costs.get((organization_id, day), Decimal(0)),
+            unpriced_count=counters[3],
+        )
+        for (organization_id, day), counters in sorted(totals.items())
+    ]

@@ -1,0 +1,171 @@
+"""Validation of incoming logs: every problem of a batch is reported at once, as field violations.
+
+Ingest refuses a whole batch when any record is invalid (nothing is written), naming each bad field by
+its path in the request, e.g. ``records[2].record.request_id``. The same record checks run again in the
+writers on what they read from Kafka, since anything can be produced to a topic.
+
+The numeric bounds are those of the ClickHouse columns (UInt32 token counts, Decimal64(12) cost): the
+native driver silently wraps an out-of-range integer, so a bad value has to be stopped here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from candela.ingest.v1 import ingest_service_pb2
+from candela.logs.v1 import log_record_pb2
+from candela_runtime.errors import Violations
+
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
+MAX_STATUS_CODE = 999
+# Decimal64(12) holds up to 9,223,372.036854775807; no single LLM call costs a million dollars.
+MAX_COST_USD = Decimal(1_000_000)
+COST_DECIMAL_PLACES = 12
+EARLIEST_CREATED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+_NANOS_PER_SECOND = 1_000_000_000
+_TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "audio_prompt_tokens",
+    "audio_completion_tokens",
+)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Bounds on one Ingest call."""
+
+    max_batch_records: int
+    max_record_bytes: int
+    max_metadata_bytes: int
+    max_clock_skew: timedelta
+
+
+def is_canonical_uuid(value: str) -> bool:
+    """Whether ``value`` is a UUID in its 36-character hyphenated form (any case)."""
+    if len(value) != 36:
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_cost(value: str) -> Decimal | None:
+    """The cost as an exact Decimal, or None when it is not a finite, non-negative, bounded decimal."""
+    try:
+        cost = Decimal(value)
+    except InvalidOperation:
+        return None
+    if not cost.is_finite() or cost < 0 or cost >= MAX_COST_USD:
+        return None
+    return cost
+
+
+def _check_uuid(violations: Violations, field: str, value: str, *, required: bool) -> None:
+    if not value:
+        if required:
+            violations.add(field, "is required")
+        return
+    if not is_canonical_uuid(value):
+        violations.add(field, f"must be a UUID (8-4-4-4-12 hex digits), got {value[:64]!r}")
+
+
+def _check_range(violations: Violations, field: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        violations.add(field, f"must be between {low} and {high}, got {value}")
+
+
+def check_log_record(
+    violations: Violations,
+    path: str,
+    record: log_record_pb2.LogRecord,
+    *,
+    latest_created_at: datetime | None = None,
+) -> None:
+    """Adds a violation for each bad field of ``record``, named ``<path>.<field>``.
+
+    ``latest_created_at`` bounds ``created_at`` from above (now plus the allowed clock skew); the writers
+    pass None because they may legitimately read old messages from the topic.
+    """
+    _check_uuid(violations, f"{path}.request_id", record.request_id, required=True)
+    _check_uuid(violations, f"{path}.organization_id", record.organization_id, required=True)
+    _check_uuid(violations, f"{path}.api_key_id", record.api_key_id, required=False)
+    if not record.HasField("created_at"):
+        violations.add(f"{path}.created_at", "is required")
+    else:
+        stamp = record.created_at
+        earliest = int(EARLIEST_CREATED_AT.timestamp())
+        latest = int((latest_created_at or datetime(2100, 1, 1, tzinfo=UTC)).timestamp())
+        if not 0 <= stamp.nanos < _NANOS_PER_SECOND:
+            violations.add(f"{path}.created_at.nanos", f"must be between 0 and 999999999, got {stamp.nanos}")
+        elif not earliest <= stamp.seconds <= latest:
+            violations.add(
+                f"{path}.created_at",
+                f"must lie between {EARLIEST_CREATED_AT.isoformat()} and "
+                f"{datetime.fromtimestamp(latest, UTC).isoformat()}, got {stamp.seconds} s since the epoch",
+            )
+    _check_range(violations, f"{path}.status_code", record.status_code, 0, MAX_STATUS_CODE)
+    _check_range(violations, f"{path}.latency_ms", record.latency_ms, 0, UINT32_MAX)
+    if record.HasField("time_to_first_token_ms"):
+        _check_range(violations, f"{path}.time_to_first_token_ms", record.time_to_first_token_ms, 0, INT32_MAX)
+    for name in _TOKEN_FIELDS:
+        _check_range(violations, f"{path}.usage.{name}", getattr(record.usage, name), 0, UINT32_MAX)
+    if record.HasField("cost_usd") and parse_cost(record.cost_usd) is None:
+        violations.add(
+            f"{path}.cost_usd",
+            f"must be a non-negative decimal below {MAX_COST_USD} (unset when unpriced), got {record.cost_usd[:64]!r}",
+        )
+
+
+def validate_ingest_request(request: ingest_service_pb2.IngestRequest, limits: BatchLimits, now: datetime) -> None:
+    """Raises :class:`~candela_runtime.errors.InvalidArgument` listing every problem of the batch."""
+    violations = Violations()
+    if not request.records:
+        violations.add("records", "at least one record is required")
+    elif len(request.records) > limits.max_batch_records:
+        violations.add(
+            "records", f"holds {len(request.records)} records, more than the limit of {limits.max_batch_records}"
+        )
+    latest_created_at = now + limits.max_clock_skew
+    for index, item in enumerate(request.records):
+        path = f"records[{index}]"
+        size = item.ByteSize()
+        if size > limits.max_record_bytes:
+            violations.add(path, f"is {size} bytes, more than the limit of {limits.max_record_bytes}")
+        if not item.HasField("record"):
+            violations.add(f"{path}.record", "is required")
+            continue
+        metadata_size = item.record.ByteSize()
+        if metadata_size > limits.max_metadata_bytes:
+            violations.add(
+                f"{path}.record", f"is {metadata_size} bytes, more than the limit of {limits.max_metadata_bytes}"
+            )
+        check_log_record(violations, f"{path}.record", item.record, latest_created_at=latest_created_at)
+        if item.record.request_body_omitted and item.request_body:
+            violations.add(f"{path}.request_body", "must be empty when record.request_body_omitted is set")
+        if item.record.response_body_omitted and item.response_body:
+            violations.add(f"{path}.response_body", "must be empty when record.response_body_omitted is set")
+    violations.raise_if_any("the batch of logs is invalid")
+
+
+def check_log_message(violations: Violations, message: log_record_pb2.LogMessage) -> None:
+    """Adds a violation for each bad field of a LogMessage read from Kafka (fields named ``record.x``)."""
+    check_log_record(violations, "record", message.record)
+    for name in ("request_body", "response_body"):
+        if not message.HasField(name):
+            continue
+        ref: log_record_pb2.BodyRef = getattr(message, name)
+        if not ref.object_key:
+            violations.add(f"{name}.object_key", "is required")
+        if ref.offset < 0 or ref.length < 0:
+            violations.add(name, f"offset and length must not be negative, got {ref.offset} and {ref.length}")

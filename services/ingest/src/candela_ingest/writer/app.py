@@ -1,0 +1,362 @@
+"""Wiring of a storage writer: its stores, the consumer loop, the health server, and the process's main().
+
+One writer is one member of the writers' consumer group. It fetches batches bounded by count, bytes and
+time, hands each to :class:`~candela_ingest.writer.batch.BatchWriter`, and commits the batch's offsets
+only once every message is stored or dead-lettered. Delivery is at-least-once (a crash or a rebalance
+between storing and committing redelivers the batch), and the stores make that exactly-once in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from grpc_health.v1 import health_pb2
+from opentelemetry import trace
+
+from candela_ingest.config import WriterConfig
+from candela_ingest.kafka import KafkaUnavailable, Producer
+from candela_ingest.propagation import links_from
+from candela_ingest.writer.batch import BatchAborted, BatchWriter, ConsumedMessage, RetryPolicy
+from candela_ingest.writer.clickhouse import ClickHouseRowSink
+from candela_ingest.writer.dead_letters import KafkaDeadLetterSink
+from candela_ingest.writer.errors import StoreUnavailable
+from candela_ingest.writer.postgres import PostgresUsageLedger
+from candela_runtime.config import load_config
+from candela_runtime.grpc_server import GrpcServer, create_grpc_server
+from candela_runtime.lifecycle import shutdown_step, wait_for_shutdown_signal
+from candela_runtime.logs import configure_logging
+from candela_runtime.telemetry import setup_telemetry
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+_STEP_TIMEOUT_S = 10.0
+_IDLE_POLL_MS = 200
+
+
+@dataclass(frozen=True)
+class WriterDeps:
+    """What a writer talks to."""
+
+    pool: asyncpg.Pool
+    rows: ClickHouseRowSink
+    ledger: PostgresUsageLedger
+    dead_letter_producer: Producer
+    dead_letters: KafkaDeadLetterSink
+
+
+@asynccontextmanager
+async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
+    """Creates the store clients without connecting (readiness waits for them); closes them on exit."""
+    # min_size=0: no connection is opened here, so a writer starts (NOT_SERVING) while Postgres is down.
+    pool = await asyncpg.create_pool(
+        config.postgres_dsn, min_size=0, max_size=config.postgres_pool_size, command_timeout=60
+    )
+    rows = ClickHouseRowSink(
+        host=config.clickhouse_host,
+        port=config.clickhouse_port,
+        database=config.clickhouse_database,
+        user=config.clickhouse_user,
+        password=config.clickhouse_password,
+    )
+    producer = Producer(config, client_id="candela-writer-dlq")
+    try:
+        yield WriterDeps(
+            pool=pool,
+            rows=rows,
+            ledger=PostgresUsageLedger(pool),
+            dead_letter_producer=producer,
+            dead_letters=KafkaDeadLetterSink(producer, config.kafka_dlq_topic),
+        )
+    finally:
+        await shutdown_step("dead-letter producer", producer.stop, _STEP_TIMEOUT_S)
+        await shutdown_step("clickhouse", rows.close, _STEP_TIMEOUT_S)
+        await shutdown_step("postgres pool", pool.close, _STEP_TIMEOUT_S)
+
+
+class WriterHealth:
+    """SERVING while the writer is in its consumer group and its stores answer."""
+
+    def __init__(self, server: GrpcServer | None) -> None:
+        self._server = server
+        self._published: bool | None = None
+        self.joined = False
+        self.stores_ok = False
+
+    @property
+    def serving(self) -> bool:
+        """Whether the writer is ready."""
+        return self.joined and self.stores_ok
+
+    async def set_joined(self, joined: bool) -> None:
+        """Records group membership."""
+        self.joined = joined
+        await self._publish()
+
+    async def set_stores_ok(self, ok: bool) -> None:
+        """Records whether the stores answered the last write."""
+        self.stores_ok = ok
+        await self._publish()
+
+    async def _publish(self) -> None:
+        serving = self.serving
+        if self._server is None or serving == self._published:
+            return
+        self._published = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._server.health.set("", status)
+        logger.info("writer health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+
+
+class _GroupListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Marks the writer joined once the group assigned it partitions (possibly none)."""
+
+    def __init__(self, health: WriterHealth) -> None:
+        self._health = health
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            logger.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        await self._health.set_joined(True)
+
+
+@dataclass
+class WriterStats:
+    """Counters since start (for logs and tests)."""
+
+    batches: int = 0
+    stored: int = 0
+    newly_counted: int = 0
+    dead_letters: int = 0
+    commits_failed: int = 0
+
+
+class StorageWriter:
+    """Consumes the log topic in batches into ClickHouse and Postgres."""
+
+    def __init__(self, config: WriterConfig, deps: WriterDeps, health: WriterHealth) -> None:
+        self._config = config
+        self._deps = deps
+        self._health = health
+        self._retry = RetryPolicy(
+            max_attempts=config.max_attempts,
+            initial_backoff_s=config.retry_initial_backoff_s,
+            max_backoff_s=config.retry_max_backoff_s,
+        )
+        self._batches = BatchWriter(
+            rows=deps.rows,
+            ledger=deps.ledger,
+            dead_letters=deps.dead_letters,
+            retry=self._retry,
+            on_store_health=health.set_stores_ok,
+        )
+        self.stats = WriterStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Waits for the stores, joins the group, and stores batches until ``stop`` is set."""
+        if not await self._retry_until(stop, "stores and dead-letter topic", self._check_dependencies):
+            return
+        await self._health.set_stores_ok(True)
+        consumers: list[AIOKafkaConsumer] = []
+        if not await self._retry_until(stop, "Kafka consumer", lambda: self._start_consumer(consumers)):
+            return
+        consumer = consumers[0]
+        consumer.subscribe([self._config.kafka_topic], listener=_GroupListener(self._health))
+        logger.info("consuming %s as group %s", self._config.kafka_topic, self._config.kafka_group)
+        try:
+            await self._consume(consumer, stop)
+        finally:
+            # Leaves the group at once, so the partitions move to another writer without a session timeout.
+            await shutdown_step("kafka consumer", consumer.stop, _STEP_TIMEOUT_S)
+            await self._health.set_joined(False)
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batch = await self._next_batch(consumer, stop)
+            if not batch:
+                continue
+            with tracer.start_as_current_span(
+                "writer.batch",
+                kind=trace.SpanKind.CONSUMER,
+                links=links_from(message.headers for message in batch),
+                attributes={
+                    "messaging.destination.name": self._config.kafka_topic,
+                    "messaging.batch.message_count": len(batch),
+                },
+            ):
+                try:
+                    outcome = await self._batches.write(batch, stop)
+                except BatchAborted:
+                    logger.warning(
+                        "stopping with a batch of %d messages not stored; it will be redelivered", len(batch)
+                    )
+                    return
+                await self._commit(consumer, batch)
+            self.stats.batches += 1
+            self.stats.stored += outcome.stored
+            self.stats.newly_counted += outcome.newly_counted
+            self.stats.dead_letters += outcome.dead_letters
+            logger.debug(
+                "stored %d messages (%d newly counted, %d dead letters)",
+                outcome.stored,
+                outcome.newly_counted,
+                outcome.dead_letters,
+            )
+
+    async def _next_batch(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[ConsumedMessage]:
+        """Messages until the batch is full (count or bytes), its wait is over, or stop is requested."""
+        config = self._config
+        batch: list[ConsumedMessage] = []
+        size = 0
+        deadline: float | None = None
+        while not stop.is_set():
+            remaining_s = None if deadline is None else deadline - time.monotonic()
+            timeout_ms = _IDLE_POLL_MS if remaining_s is None else max(0, int(remaining_s * 1000))
+            try:
+                fetched = await consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=config.batch_max_records - len(batch)
+                )
+            except KafkaError as err:
+                logger.warning("fetching from Kafka failed: %r", err)
+                await asyncio.sleep(self._retry.initial_backoff_s)
+                continue
+            for records in fetched.values():
+                for record in records:
+                    message = ConsumedMessage(
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=record.key,
+                        value=record.value,
+                        headers=tuple(record.headers or ()),
+                    )
+                    batch.append(message)
+                    size += message.size
+            if batch and deadline is None:
+                deadline = time.monotonic() + config.batch_max_wait_ms / 1000
+            if len(batch) >= config.batch_max_records or size >= config.batch_max_bytes:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return batch
+
+    async def _commit(self, consumer: AIOKafkaConsumer, batch: Sequence[ConsumedMessage]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for message in batch:
+            partition = TopicPartition(message.topic, message.partition)
+            offsets[partition] = max(offsets.get(partition, 0), message.offset + 1)
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as err:
+            # The group moved on (or Kafka hiccuped): the new owner rewrites the batch, idempotently.
+            self.stats.commits_failed += 1
+            logger.warning("offsets of a stored batch were not committed (%r); it will be redelivered", err)
+
+    async def _start_consumer(self, started: list[AIOKafkaConsumer]) -> None:
+        """Connects a new consumer (a failed one cannot be restarted) and appends it to ``started``."""
+        consumer = self._consumer()
+        try:
+            await consumer.start()
+        except KafkaError:
+            await consumer.stop()
+            raise
+        started.append(consumer)
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        config = self._config
+        return AIOKafkaConsumer(
+            bootstrap_servers=config.kafka_bootstrap,
+            client_id="candela-writer",
+            group_id=config.kafka_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=config.kafka_session_timeout_ms,
+            heartbeat_interval_ms=config.kafka_heartbeat_interval_ms,
+            request_timeout_ms=max(config.kafka_request_timeout_ms, config.kafka_session_timeout_ms + 5000),
+        )
+
+    async def _check_dependencies(self) -> None:
+        await self._deps.rows.check()
+        await self._deps.ledger.check()
+        await self._deps.dead_letter_producer.start()
+        await self._deps.dead_letter_producer.check_topic(self._config.kafka_dlq_topic)
+
+    async def _retry_until(self, stop: asyncio.Event, what: str, action: Callable[[], Awaitable[None]]) -> bool:
+        """Runs ``action`` until it succeeds (True) or stop is requested (False)."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await action()
+            except (StoreUnavailable, KafkaUnavailable, KafkaError) as err:
+                attempt += 1
+                delay = self._retry.delay(attempt)
+                logger.warning("%s not ready (%s); checking again in %.1fs", what, err, delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    continue
+            else:
+                return True
+        return False
+
+
+async def run_writer(
+    config: WriterConfig,
+    stop: asyncio.Event,
+    *,
+    on_started: Callable[[StorageWriter, GrpcServer], None] | None = None,
+) -> WriterStats:
+    """Runs one writer (and its gRPC health server) until ``stop`` is set; returns its counters.
+
+    On stop the writer stops fetching, finishes and commits the batch in flight (unless a store is down,
+    in which case the batch is left uncommitted for redelivery), leaves the group and closes its stores.
+    ``on_started`` receives the writer and its health server once both exist (tests use it for the port).
+    """
+    server = await create_grpc_server(host=config.grpc_host, port=config.grpc_port, service_names=[], registrars=[])
+    try:
+        async with build_writer_deps(config) as deps:
+            writer = StorageWriter(config, deps, WriterHealth(server))
+            if on_started is not None:
+                on_started(writer, server)
+            await writer.run(stop)
+            return writer.stats
+    finally:
+        await shutdown_step("grpc health server", lambda: server.stop(0), _STEP_TIMEOUT_S)
+
+
+async def _stop_on_signal(stop: asyncio.Event) -> None:
+    await wait_for_shutdown_signal()
+    stop.set()
+
+
+async def main() -> None:
+    """Runs a writer until SIGTERM/SIGINT."""
+    config = load_config(WriterConfig)
+    configure_logging("candela-writer", config.log_level)
+    telemetry = setup_telemetry("candela-writer")
+    stop = asyncio.Event()
+    signals = asyncio.create_task(_stop_on_signal(stop), name="shutdown-signal")
+    try:
+        stats = await run_writer(config, stop)
+        logger.info(
+            "writer stopped: %d batches, %d messages stored, %d newly counted, %d dead letters",
+            stats.batches,
+            stats.stored,
+            stats.newly_counted,
+            stats.dead_letters,
+        )
+    finally:
+        signals.cancel()
+        await asyncio.gather(signals, return_exceptions=True)
+        telemetry.shutdown()

@@ -1,0 +1,296 @@
+"""Storing one batch of consumed messages: decode, write ClickHouse then Postgres, retry, isolate poison.
+
+The flow of a batch:
+
+1. Each message is decoded and validated; one that is not a valid LogMessage is a dead letter at once.
+2. The valid ones are written: one ClickHouse insert of all rows, then one Postgres transaction that
+   counts the requests not counted before. Both are idempotent by request id, so writing a batch again
+   (after a failure, a redelivery or a replay) changes nothing that was already written.
+3. A store that is unavailable is retried with capped exponential backoff for as long as it takes: an
+   outage must not turn every message into a dead letter. A store that rejects the data is retried up to
+   ``max_attempts`` times, then the batch is bisected until the messages it rejects on their own are
+   found; those become dead letters and the rest is stored.
+4. Dead letters are produced to the DLQ topic (and acknowledged) before the caller commits the offsets,
+   so a poison message never blocks its partition and is never lost.
+
+If ``stop`` is set while the batch waits to retry, :class:`BatchAborted` is raised and the caller must
+not commit: the batch is redelivered to whichever writer owns the partitions next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+from opentelemetry import trace
+
+from candela.logs.v1 import log_record_pb2
+from candela_ingest.rows import Row, clickhouse_row
+from candela_ingest.validation import check_log_message
+from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
+from candela_runtime.errors import Violations
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumedMessage:
+    """A message as read from Kafka (independent of the client library)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Bytes of key and value."""
+        return len(self.key or b"") + len(self.value or b"")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A message that holds a valid LogMessage."""
+
+    message: ConsumedMessage
+    log: log_record_pb2.LogMessage
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that cannot be stored: why, and how many times storing it was attempted."""
+
+    message: ConsumedMessage
+    error: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What happened to a batch."""
+
+    stored: int
+    """Messages written to both stores (duplicates included)."""
+    newly_counted: int
+    """Requests counted in the usage totals for the first time."""
+    dead_letters: int
+    """Messages sent to the dead-letter topic."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff, and how many rejections a batch gets before it is bisected."""
+
+    max_attempts: int
+    initial_backoff_s: float
+    max_backoff_s: float
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.initial_backoff_s * 2 ** max(attempt - 1, 0), self.max_backoff_s))
+
+
+class BatchAborted(Exception):
+    """Stop was requested before the batch was stored; its offsets must not be committed."""
+
+
+class RowSink(Protocol):
+    """The ClickHouse requests table."""
+
+    async def insert(self, rows: Sequence[Row]) -> None:
+        """Inserts all rows at once; raises StoreUnavailable or StoreRejected."""
+
+
+class UsageLedger(Protocol):
+    """The Postgres idempotency ledger and usage counters."""
+
+    async def count(self, records: Sequence[log_record_pb2.LogRecord]) -> int:
+        """Counts the requests not counted before, in one transaction; returns how many were new."""
+
+
+class DeadLetterSink(Protocol):
+    """The dead-letter topic."""
+
+    async def publish(self, letters: Sequence[DeadLetter]) -> None:
+        """Returns once every letter is acknowledged; raises StoreUnavailable otherwise."""
+
+
+def decode(message: ConsumedMessage) -> Decoded | DeadLetter:
+    """The LogMessage in ``message``, or a dead letter saying why there is none."""
+    if message.value is None:
+        return DeadLetter(message, "the message has no value", attempts=1)
+    log = log_record_pb2.LogMessage()
+    try:
+        log.ParseFromString(message.value)
+    except DecodeError as err:
+        return DeadLetter(message, f"not a candela.logs.v1.LogMessage: {err}", attempts=1)
+    violations = Violations()
+    check_log_message(violations, log)
+    if violations.items:
+        problems = "; ".join(f"{v.field}: {v.description}" for v in violations.items[:10])
+        return DeadLetter(message, f"invalid LogMessage: {problems}", attempts=1)
+    return Decoded(message, log)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+async def _report_nothing(healthy: bool) -> None:
+    """The default store-health callback."""
+
+
+class BatchWriter:
+    """Stores batches into the row sink and the usage ledger, dead-lettering what cannot be stored."""
+
+    def __init__(
+        self,
+        *,
+        rows: RowSink,
+        ledger: UsageLedger,
+        dead_letters: DeadLetterSink,
+        retry: RetryPolicy,
+        on_store_health: Callable[[bool], Awaitable[None]] = _report_nothing,
+        clock_us: Callable[[], int] = _now_us,
+    ) -> None:
+        self._rows = rows
+        self._ledger = ledger
+        self._dead_letters = dead_letters
+        self._retry = retry
+        self._on_store_health = on_store_health
+        self._clock_us = clock_us
+
+    async def write(self, batch: Sequence[ConsumedMessage], stop: asyncio.Event) -> BatchOutcome:
+        """Stores ``batch``; returns once every message is stored or dead-lettered (then commit it)."""
+        entries: list[Decoded] = []
+        dead: list[DeadLetter] = []
+        for message in batch:
+            result = decode(message)
+            if isinstance(result, DeadLetter):
+                dead.append(result)
+            else:
+                entries.append(result)
+        stored, newly_counted, rejected = await self._store_with_retries(entries, stop)
+        dead.extend(rejected)
+        if dead:
+            await self._until_available("dead-letter topic", lambda: self._dead_letters.publish(dead), stop)
+            for letter in dead:
+                source = letter.message
+                logger.error(
+                    "dead-lettered %s[%d]@%d after %d attempt(s): %s",
+                    source.topic,
+                    source.partition,
+                    source.offset,
+                    letter.attempts,
+                    letter.error,
+                )
+        return BatchOutcome(stored=stored, newly_counted=newly_counted, dead_letters=len(dead))
+
+    async def _store_with_retries(
+        self, entries: list[Decoded], stop: asyncio.Event
+    ) -> tuple[int, int, list[DeadLetter]]:
+        """(stored, newly counted, dead letters) for the decoded entries."""
+        rejections = 0
+        unavailable = 0
+        last_rejection: StoreRejected | None = None
+        dead: list[DeadLetter] = []
+        while entries:
+            try:
+                if last_rejection is None or rejections < self._retry.max_attempts:
+                    newly_counted = await self._store(entries)
+                    stored = len(entries)
+                else:
+                    stored, newly_counted, dead = await self._isolate(entries, last_rejection, rejections)
+            except StoreUnavailable as err:
+                unavailable += 1
+                await self._on_store_health(False)
+                delay = self._retry.delay(unavailable)
+                logger.warning("a store is unavailable (%s); retrying %d messages in %.1fs", err, len(entries), delay)
+                await self._pause(delay, stop)
+            except StoreRejected as err:
+                rejections += 1
+                last_rejection = err
+                if rejections < self._retry.max_attempts:
+                    delay = self._retry.delay(rejections)
+                    logger.warning(
+                        "a store rejected a batch of %d messages (attempt %d of %d): %s; retrying in %.1fs",
+                        len(entries),
+                        rejections,
+                        self._retry.max_attempts,
+                        err,
+                        delay,
+                    )
+                    await self._pause(delay, stop)
+                else:
+                    logger.warning(
+                        "a store keeps rejecting a batch of %d messages: isolating the bad ones", len(entries)
+                    )
+            else:
+                await self._on_store_health(True)
+                return stored, newly_counted, dead
+        return 0, 0, []
+
+    async def _isolate(
+        self, entries: list[Decoded], error: StoreRejected, attempts: int
+    ) -> tuple[int, int, list[DeadLetter]]:
+        """Bisects a group the stores rejected (with ``error``, after ``attempts`` tries of each message).
+
+        Halves that store are done; a single message rejected on its own is a dead letter.
+        """
+        if len(entries) == 1:
+            return 0, 0, [DeadLetter(entries[0].message, f"rejected by a store: {error}", attempts)]
+        middle = len(entries) // 2
+        stored = newly_counted = 0
+        dead: list[DeadLetter] = []
+        for half in (entries[:middle], entries[middle:]):
+            try:
+                newly_counted += await self._store(half)
+            except StoreRejected as half_error:
+                half_stored, half_newly_counted, half_dead = await self._isolate(half, half_error, attempts + 1)
+                stored += half_stored
+                newly_counted += half_newly_counted
+                dead.extend(half_dead)
+            else:
+                stored += len(half)
+        return stored, newly_counted, dead
+
+    async def _store(self, entries: Sequence[Decoded]) -> int:
+        """One ClickHouse insert, then one Postgres transaction; returns the newly counted requests."""
+        version = self._clock_us()
+        rows = [clickhouse_row(entry.log, version) for entry in entries]
+        with tracer.start_as_current_span("clickhouse.insert") as span:
+            span.set_attribute("db.system", "clickhouse")
+            span.set_attribute("candela.writer.rows", len(rows))
+            await self._rows.insert(rows)
+        with tracer.start_as_current_span("postgres.count_usage") as span:
+            span.set_attribute("db.system", "postgresql")
+            return await self._ledger.count([entry.log.record for entry in entries])
+
+    async def _until_available(self, what: str, action: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+        attempt = 0
+        while True:
+            try:
+                await action()
+            except StoreUnavailable as err:
+                attempt += 1
+                delay = self._retry.delay(attempt)
+                logger.warning("the %s is unavailable (%s); retrying in %.1fs", what, err, delay)
+                await self._pause(delay, stop)
+            else:
+                return
+
+    async def _pause(self, delay_s: float, stop: asyncio.Event) -> None:
+        """Sleeps ``delay_s``, or raises BatchAborted as soon as stop is requested."""
+        try:
+            await asyncio.wait_for(stop.wait(), delay_s)
+        except TimeoutError:
+            return
+        raise BatchAborted("stop requested while the batch was waiting to be retried")

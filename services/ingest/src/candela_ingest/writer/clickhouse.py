@@ -1,0 +1,120 @@
+"""The ClickHouse requests table, written with clickhouse-driver (native protocol) on its own thread.
+
+clickhouse-driver is blocking and its client is not thread-safe, so every call runs on one dedicated
+worker thread: the event loop never waits on ClickHouse and calls never interleave on the connection.
+Inserts are parameterised (rows sent in native blocks), never an inline VALUES string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import struct
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from candela_ingest.rows import REQUESTS_TABLE, Row, insert_statement
+from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
+
+T = TypeVar("T")
+
+# Server error codes that blame the data sent, not the server: parse failures, type mismatches and
+# out-of-range values. Every other failure (connection, timeout, memory, too many parts, missing table,
+# authentication) says the server cannot take writes now, which is never a reason to dead-letter.
+REJECTED_DATA_CODES = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        26,  # CANNOT_PARSE_QUOTED_STRING
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        43,  # ILLEGAL_TYPE_OF_ARGUMENT
+        53,  # TYPE_MISMATCH (also raised by the driver itself when a value does not fit its column)
+        69,  # ARGUMENT_OUT_OF_BOUND
+        70,  # CANNOT_CONVERT_TYPE
+        72,  # CANNOT_PARSE_NUMBER
+        117,  # INCORRECT_DATA
+        131,  # TOO_LARGE_STRING_SIZE
+        190,  # SIZES_OF_ARRAYS_DOESNT_MATCH
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+        376,  # CANNOT_PARSE_UUID
+        407,  # DECIMAL_OVERFLOW
+    }
+)
+
+
+def classify_clickhouse_error(error: BaseException) -> StoreRejected | StoreUnavailable:
+    """Whether a failed ClickHouse call blamed the data (rejected) or the server (unavailable)."""
+    if isinstance(error, ch_errors.Error):
+        code = getattr(error, "code", None)
+        if code in REJECTED_DATA_CODES:
+            return StoreRejected(f"ClickHouse rejected the rows (code {code}): {_first_line(error)}")
+        return StoreUnavailable(f"ClickHouse failed (code {code}): {_first_line(error)}")
+    if isinstance(error, ValueError | TypeError | OverflowError | struct.error):
+        # Raised while the driver serialises a value into its column: the value is bad.
+        return StoreRejected(f"a row does not fit the requests table: {error!r}")
+    return StoreUnavailable(f"ClickHouse is unreachable: {error!r}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    # Server exceptions carry the server's stack trace after the message.
+    return text.split("Stack trace:", 1)[0].strip().replace("\n", " ")[:500]
+
+
+class ClickHouseRowSink:
+    """Inserts rows into the ``requests`` table."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        database: str,
+        user: str,
+        password: str,
+        table: str = REQUESTS_TABLE,
+        connect_timeout_s: float = 3.0,
+        send_receive_timeout_s: float = 60.0,
+    ) -> None:
+        self._table = table
+        self._insert = insert_statement(table)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._client = Client(
+            host=host,
+            port=port,
+            database=database,
+            user=user,
+            password=password,
+            client_name="candela-writer",
+            connect_timeout=connect_timeout_s,
+            send_receive_timeout=send_receive_timeout_s,
+        )
+
+    async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
+        except (ch_errors.Error, OSError, EOFError, ValueError, TypeError, OverflowError, struct.error) as err:
+            raise classify_clickhouse_error(err) from err
+
+    async def insert(self, rows: Sequence[Row]) -> None:
+        """One insert of all ``rows``; ``types_check`` makes the driver refuse a value its column cannot hold."""
+        if rows:
+            await self._run(self._client.execute, self._insert, list(rows), types_check=True)
+
+    async def check(self) -> None:
+        """Raises StoreUnavailable unless the server answers and the table exists (readiness)."""
+        result = await self._run(self._client.execute, f"EXISTS TABLE {self._table}")
+        if not result or not result[0][0]:
+            raise StoreUnavailable(f"the ClickHouse table {self._table} does not exist (migrations not applied?)")
+
+    async def close(self) -> None:
+        """Closes the connection and the worker thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._client.disconnect)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,202 @@
+"""LogMessage -> ClickHouse ``requests`` row, and usage aggregation for the Postgres counters."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from candela.logs.v1 import log_record_pb2
+from candela_ingest.rows import NO_FIRST_TOKEN, REQUEST_COLUMNS, clickhouse_row, exact_cost, insert_statement
+from candela_ingest.usage import aggregate_usage, counted_request, unique_by_request_id
+
+pytestmark = pytest.mark.unit
+
+ORG = str(uuid.uuid4())
+CREATED = datetime(2026, 3, 7, 23, 59, 59, 654321, tzinfo=UTC)
+MIGRATION = Path(__file__).parents[2] / "infra/src/candela_stack/migrations/clickhouse/0001_requests.sql"
+
+
+def _record(**fields: Any) -> log_record_pb2.LogRecord:
+    record = log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), organization_id=ORG, **fields)
+    if not record.HasField("created_at"):
+        record.created_at.FromDatetime(CREATED)
+    return record
+
+
+def _row(message: log_record_pb2.LogMessage, version: int = 42) -> dict[str, Any]:
+    return dict(zip(REQUEST_COLUMNS, clickhouse_row(message, version), strict=True))
+
+
+def test_columns_match_the_migration() -> None:
+    declared = []
+    for line in MIGRATION.read_text().splitlines():
+        words = line.strip().split()
+        if len(words) >= 2 and not line.strip().startswith(("--", "CREATE", ")", "PARTITION", "ORDER")):
+            declared.append(words[0])
+    assert list(REQUEST_COLUMNS) == declared
+    assert insert_statement() == f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES"
+
+
+def test_full_row_mapping() -> None:
+    record = _record(
+        api_key_id=str(uuid.uuid4()),
+        provider="anthropic",
+        model="claude-sonnet-4",
+        response_model="claude-sonnet-4-20250514",
+        path="/v1/messages",
+        status_code=200,
+        streamed=True,
+        latency_ms=1500,
+        time_to_first_token_ms=230,
+        usage=log_record_pb2.TokenUsage(
+            prompt_tokens=100,
+            completion_tokens=50,
+            total_tokens=150,
+            cache_read_tokens=10,
+            cache_write_tokens=5,
+            reasoning_tokens=7,
+            audio_prompt_tokens=1,
+            audio_completion_tokens=2,
+        ),
+        cost_usd="0.0012345678901234",
+        user_id="user-1",
+        session_id="s-1",
+        session_path="/a/b",
+        session_name="chat",
+        properties={"env": "prod", "app": "web"},
+        prompt_id="greeting",
+        prompt_version="3",
+        cache_hit=True,
+        finish_reason="end_turn",
+    )
+    message = log_record_pb2.LogMessage(
+        record=record,
+        request_body=log_record_pb2.BodyRef(object_key="bodies/x/1.bin", offset=10, length=20),
+        response_body=log_record_pb2.BodyRef(object_key="bodies/x/1.bin", offset=30, length=40),
+    )
+    row = _row(message, version=1_700_000_000_000_001)
+    assert row == {
+        "organization_id": ORG,
+        "request_id": record.request_id,
+        "created_at": int(CREATED.timestamp()),
+        "created_at_us": int(CREATED.timestamp()) * 1_000_000 + 654321,
+        "api_key_id": record.api_key_id,
+        "provider": "anthropic",
+        "model": "claude-sonnet-4",
+        "response_model": "claude-sonnet-4-20250514",
+        "path": "/v1/messages",
+        "status_code": 200,
+        "error": "",
+        "streamed": 1,
+        "latency_ms": 1500,
+        "time_to_first_token_ms": 230,
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "total_tokens": 150,
+        "cache_read_tokens": 10,
+        "cache_write_tokens": 5,
+        "reasoning_tokens": 7,
+        "audio_prompt_tokens": 1,
+        "audio_completion_tokens": 2,
+        "cost_usd": Decimal("0.001234567890"),
+        "priced": 1,
+        "user_id": "user-1",
+        "session_id": "s-1",
+        "session_path": "/a/b",
+        "session_name": "chat",
+        "property_keys": ["app", "env"],
+        "property_values": ["web", "prod"],
+        "prompt_id": "greeting",
+        "prompt_version": "3",
+        "cache_hit": 1,
+        "finish_reason": "end_turn",
+        "request_body_omitted": 0,
+        "response_body_omitted": 0,
+        "request_body_key": "bodies/x/1.bin",
+        "request_body_offset": 10,
+        "request_body_length": 20,
+        "response_body_key": "bodies/x/1.bin",
+        "response_body_offset": 30,
+        "response_body_length": 40,
+        "version": 1_700_000_000_000_001,
+    }
+
+
+def test_unset_fields_map_to_their_sentinels() -> None:
+    record = _record(request_body_omitted=True, status_code=0, error="client went away")
+    row = _row(log_record_pb2.LogMessage(record=record))
+    assert row["time_to_first_token_ms"] == NO_FIRST_TOKEN
+    assert (row["priced"], row["cost_usd"]) == (0, Decimal(0))
+    assert (row["request_body_key"], row["request_body_offset"], row["request_body_length"]) == ("", 0, 0)
+    assert (row["response_body_key"], row["response_body_length"]) == ("", 0)
+    assert (row["property_keys"], row["property_values"]) == ([], [])
+    assert row["request_body_omitted"] == 1
+    assert row["error"] == "client went away"
+
+
+def test_a_zero_first_token_time_is_kept() -> None:
+    assert _row(log_record_pb2.LogMessage(record=_record(time_to_first_token_ms=0)))["time_to_first_token_ms"] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("0", Decimal("0E-12")),
+        ("1.5e-7", Decimal("0.000000150000")),
+        ("0.0000000000005", Decimal("0.000000000000")),  # half-even: 0.5e-12 rounds to 0
+        ("0.0000000000015", Decimal("0.000000000002")),
+        ("999999.999999999999", Decimal("999999.999999999999")),
+    ],
+)
+def test_cost_is_exact_to_twelve_places(text: str, stored: Decimal) -> None:
+    cost = exact_cost(text)
+    assert cost == stored
+    assert cost.as_tuple().exponent == -12
+
+
+def test_usage_aggregates_per_organization_and_utc_day() -> None:
+    other = str(uuid.uuid4())
+    late = _record(cost_usd="0.1", usage=log_record_pb2.TokenUsage(prompt_tokens=10, completion_tokens=1))
+    next_day = _record(cost_usd="0.2", usage=log_record_pb2.TokenUsage(prompt_tokens=20, completion_tokens=2))
+    next_day.created_at.FromDatetime(datetime(2026, 3, 8, 0, 0, 1, tzinfo=UTC))
+    unpriced = _record(usage=log_record_pb2.TokenUsage(prompt_tokens=5, completion_tokens=5))
+    precise = _record(cost_usd="0.0000000000015")
+    elsewhere = _record(cost_usd="1")
+    elsewhere.organization_id = other
+
+    usage = aggregate_usage([late, next_day, unpriced, precise, elsewhere])
+    by_key = {(u.organization_id, u.day): u for u in usage}
+    mine = by_key[(uuid.UUID(ORG), date(2026, 3, 7))]
+    assert (mine.request_count, mine.prompt_tokens, mine.completion_tokens, mine.unpriced_count) == (3, 15, 6, 1)
+    assert mine.cost_usd == Decimal("0.100000000002")
+    assert by_key[(uuid.UUID(ORG), date(2026, 3, 8))].cost_usd == Decimal("0.2")
+    assert by_key[(uuid.UUID(other), date(2026, 3, 7))].request_count == 1
+    assert usage == sorted(usage, key=lambda u: (u.organization_id, u.day)), "sorted: one lock order"
+
+
+def test_an_organization_with_only_unpriced_requests_costs_zero() -> None:
+    (usage,) = aggregate_usage([_record(), _record()])
+    assert (usage.request_count, usage.unpriced_count, usage.cost_usd) == (2, 2, Decimal(0))
+
+
+def test_duplicates_collapse_to_the_last_record() -> None:
+    first = _record(cost_usd="1")
+    again = log_record_pb2.LogRecord()
+    again.CopyFrom(first)
+    again.cost_usd = "2"
+    unique = unique_by_request_id([first, _record(), again])
+    assert len(unique) == 2
+    assert unique[uuid.UUID(first.request_id)].cost_usd == "2"
+
+
+def test_counted_request_keeps_microseconds() -> None:
+    record = _record()
+    counted = counted_request(record)
+    assert counted.request_id == uuid.UUID(record.request_id)
+    assert counted.organization_id == uuid.UUID(ORG)
+    assert counted.created_at == CREATED

@@ -1,0 +1,148 @@
+"""IngestService in-process (port 0) with in-memory stores: credential, validation, ordering, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from candela.ingest.v1 import ingest_service_pb2 as pb
+from candela.ingest.v1 import ingest_service_pb2_grpc
+from candela.logs.v1 import log_record_pb2
+from candela_ingest.app import SERVICE_NAME
+from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
+from candela_ingest.packing import PackedObject, read_body
+from candela_ingest.service import IngestServicer
+from candela_ingest.validation import BatchLimits
+from candela_runtime.errors import Unavailable, bad_request_violations
+from candela_runtime.grpc_server import GrpcServer, create_grpc_server
+from candela_runtime.security import service_metadata
+
+pytestmark = pytest.mark.unit
+
+TOKEN = "unit-test-token"
+TOPIC = "candela.logs.v1"
+
+
+@dataclass
+class FakeStores:
+    """Records what the servicer stored, in order; can fail or stall on demand."""
+
+    events: list[str] = field(default_factory=list)
+    objects: dict[str, bytes] = field(default_factory=dict)
+    sent: list[OutgoingMessage] = field(default_factory=list)
+    s3_fails: bool = False
+    kafka_fails: bool = False
+    stall_s: float = 0.0
+
+    async def put_objects(self, objects: Sequence[PackedObject]) -> None:
+        await asyncio.sleep(self.stall_s)
+        if self.s3_fails:
+            raise Unavailable("S3 PUT failed: connection refused")
+        self.events.append("s3")
+        self.objects.update({o.key: o.data for o in objects})
+
+    async def send_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        assert topic == TOPIC
+        if self.kafka_fails:
+            raise KafkaUnavailable("no broker")
+        self.events.append("kafka")
+        self.sent.extend(messages)
+
+
+@dataclass(frozen=True)
+class Running:
+    stores: FakeStores
+    server: GrpcServer
+    stub: ingest_service_pb2_grpc.IngestServiceAsyncStub
+
+
+@pytest.fixture
+async def ingest() -> AsyncIterator[Running]:
+    stores = FakeStores()
+    servicer = IngestServicer(
+        bodies=stores,
+        messages=stores,
+        topic=TOPIC,
+        service_token=TOKEN,
+        limits=BatchLimits(
+            max_batch_records=100,
+            max_record_bytes=64 * 1024,
+            max_metadata_bytes=8192,
+            max_clock_skew=timedelta(hours=1),
+        ),
+        store_timeout_s=0.5,
+    )
+    server = await create_grpc_server(
+        host="127.0.0.1",
+        port=0,
+        service_names=[SERVICE_NAME],
+        registrars=[lambda s: ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(servicer, s)],
+    )
+    await server.set_serving()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield Running(stores, server, ingest_service_pb2_grpc.IngestServiceStub(channel))
+    await server.stop(0)
+
+
+def _item(organization_id: str, body: bytes = b"request", answer: bytes = b"response") -> pb.IngestRecord:
+    record = log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), organization_id=organization_id)
+    record.created_at.FromDatetime(datetime.now(UTC))
+    return pb.IngestRecord(record=record, request_body=body, response_body=answer)
+
+
+async def test_a_batch_is_stored_in_s3_then_kafka(ingest: Running) -> None:
+    org = str(uuid.uuid4())
+    items = [_item(org, f"q{i}".encode(), f"a{i}".encode()) for i in range(5)]
+    response = await ingest.stub.Ingest(pb.IngestRequest(records=items), metadata=service_metadata(TOKEN))
+
+    assert response.accepted_count == 5
+    assert ingest.stores.events == ["s3", "kafka"], "bodies are durable before the metadata is published"
+    assert len(ingest.stores.objects) == 1
+    for item, sent in zip(items, ingest.stores.sent, strict=True):
+        assert sent.key == item.record.request_id.encode()
+        message = log_record_pb2.LogMessage.FromString(sent.value)
+        data = ingest.stores.objects[message.request_body.object_key]
+        assert read_body(data, message.request_body) == item.request_body
+        assert read_body(data, message.response_body) == item.response_body
+
+
+async def test_the_service_credential_is_required(ingest: Running) -> None:
+    request = pb.IngestRequest(records=[_item(str(uuid.uuid4()))])
+    for metadata in ((), service_metadata("wrong-token")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ingest.stub.Ingest(request, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ingest.stores.events == []
+
+
+async def test_a_bad_batch_is_refused_whole_with_field_violations(ingest: Running) -> None:
+    org = str(uuid.uuid4())
+    bad = _item(org)
+    bad.record.request_id = "42"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ingest.stub.Ingest(
+            pb.IngestRequest(records=[_item(org), _item(org), bad]), metadata=service_metadata(TOKEN)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    assert [v.field for v in bad_request_violations(status)] == ["records[2].record.request_id"]
+    assert ingest.stores.events == []
+
+
+@pytest.mark.parametrize("failing", ["s3", "kafka", "slow"])
+async def test_store_failures_are_unavailable(ingest: Running, failing: str) -> None:
+    ingest.stores.s3_fails = failing == "s3"
+    ingest.stores.kafka_fails = failing == "kafka"
+    ingest.stores.stall_s = 2.0 if failing == "slow" else 0.0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ingest.stub.Ingest(pb.IngestRequest(records=[_item(str(uuid.uuid4()))]), metadata=service_metadata(TOKEN))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "kafka" not in ingest.stores.events
