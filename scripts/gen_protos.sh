@@ -3,6 +3,9 @@
 # Envoy's gRPC-JSON transcoder reads, from protos/. Run through `make protos`; CI fails on drift.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One regeneration at a time: the output directory is rebuilt from scratch.
+exec 9>"${TMPDIR:-/tmp}/candela-gen-protos.lock"
+flock 9
 
 out=api/src/candela
 rm -rf "$out"

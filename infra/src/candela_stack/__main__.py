@@ -1,0 +1,198 @@
+"""`python -m candela_stack run | migrate | stop`: the dev stack behind `make run`, and its chores."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from candela_stack import migrations, postgres
+from candela_stack.ports import StackPorts
+from candela_stack.processes import StartupError, clean_leftovers
+from candela_stack.stack import INFRA, Bootstrap, Component, Stack, StackConfig
+
+DUPLICATE_SIGNAL_WINDOW = 1.0
+"""Seconds after a stop signal during which another one counts as the same (uv run re-sends it)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses the command line and runs the chosen command; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m candela_stack", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="start the whole local stack until Ctrl-C (make run)")
+    run_parser.add_argument(
+        "--infra-only",
+        action="store_true",
+        help="start Postgres, Redis, ClickHouse, S3, Kafka and Envoy but no Candela service",
+    )
+    commands.add_parser("migrate", help="apply pending Postgres and ClickHouse migrations to the dev stores")
+    commands.add_parser("stop", help="stop processes left behind by a crashed `run` on the dev data dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        return run(infra_only=args.infra_only)
+    if args.command == "migrate":
+        return migrate()
+    return stop_leftovers()
+
+
+def say(line: str) -> None:
+    """Prints one progress line at once."""
+    print(line, flush=True)
+
+
+def run(*, infra_only: bool) -> int:
+    """Starts the dev stack, prints how to use it, and stops it in order on SIGINT or SIGTERM."""
+    config = StackConfig.dev(components=INFRA) if infra_only else StackConfig.dev()
+    stack = Stack(config, report=say)
+    phase = "starting"
+    first_signal_at: float | None = None
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal phase, first_signal_at
+        now = time.monotonic()
+        if first_signal_at is not None and now - first_signal_at < DUPLICATE_SIGNAL_WINDOW:
+            return  # the same Ctrl-C, delivered once by the terminal and once more by `uv run`
+        if phase == "starting":
+            phase, first_signal_at = "stopping", now
+            say(f"\n{signal.Signals(signum).name}: aborting start-up")
+            raise KeyboardInterrupt  # start() stops whatever it had started, then re-raises
+        if phase == "running":
+            phase, first_signal_at = "stopping", now
+            stop_requested.set()
+            return
+        say("Stopping right now: killing what is still running")
+        stack.kill_now()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    say(f"Starting Candela (port base {stack.ports.base}, data in {stack.data_dir}) ...")
+    try:
+        stack.start()
+        bootstrap = None if infra_only else stack.bootstrap()
+    except KeyboardInterrupt:
+        phase = "stopping"
+        stack.stop()  # idempotent: start() has already stopped what it started if it was interrupted
+        say("Start-up aborted; everything that had started is stopped.")
+        return 130
+    except StartupError as error:
+        phase = "stopping"
+        stack.stop()
+        say(f"\nStart-up failed: {error}")
+        return 1
+    except BaseException:
+        phase = "stopping"
+        stack.stop()
+        raise
+    phase = "running"
+    say(banner(stack, bootstrap))
+    watch_until_stopped(stack, stop_requested)
+    say("Stopping Candela (in reverse start order; Ctrl-C again to kill at once) ...")
+    began = time.monotonic()
+    stack.stop()
+    say(f"Stopped in {time.monotonic() - began:.1f} s.")
+    return 0
+
+
+def watch_until_stopped(stack: Stack, stop_requested: threading.Event) -> None:
+    """Waits for a stop request, reporting (once) any process that exits on its own meanwhile."""
+    reported: set[int] = set()
+    while not stop_requested.wait(0.5):
+        for process in stack.processes():
+            code = process.popen.poll()
+            if code is not None and process.pid not in reported:
+                reported.add(process.pid)
+                say(f"\n!! {process.name} (pid {process.pid}) exited with code {code}; see {process.log_path}")
+
+
+def banner(stack: Stack, bootstrap: Bootstrap | None) -> str:
+    """What a user needs to start: URL, key, upstream, examples, timings, ports, logs."""
+    lines = ["", "=" * 100, f"Candela is running: started in {stack.startup_seconds or 0:.1f} s", ""]
+    lines.append(f"  Gateway     {stack.gateway_url}   (OpenAI SDK base_url: {stack.gateway_url}/v1)")
+    if bootstrap is not None:
+        origin = "reused from" if bootstrap.reused else "saved in"
+        lines.append(f"  API key     {bootstrap.api_key}")
+        lines.append(f"              organization {bootstrap.organization_id}; {origin} {stack.bootstrap_path}")
+    if Component.PROXY in stack.components:
+        if stack.uses_fake_provider:
+            lines.append(f"  Upstream    local fake provider at {stack.fake_provider_url} (deterministic replies)")
+            lines.append("              set CANDELA_OPENAI_BASE_URL / CANDELA_ANTHROPIC_BASE_URL to use real providers")
+        else:
+            lines.append(f"  Upstream    OpenAI: {stack.openai_base_url or 'the proxy default (the real API)'}")
+            lines.append(f"              Anthropic: {stack.anthropic_base_url or 'the proxy default (the real API)'}")
+    if bootstrap is not None:
+        key = bootstrap.api_key
+        provider_key = "sk-local-fake" if stack.uses_fake_provider else "$OPENAI_API_KEY"
+        lines += [
+            "",
+            "  Try it with curl:",
+            f"    curl {stack.gateway_url}/v1/chat/completions \\",
+            f'      -H "Candela-Auth: Bearer {key}" \\',
+            f'      -H "Authorization: Bearer {provider_key}" -H "Content-Type: application/json" \\',
+            """      -d '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}'""",
+            "",
+            "  Or with the OpenAI Python SDK:",
+            "    from openai import OpenAI",
+            f'    client = OpenAI(base_url="{stack.gateway_url}/v1", api_key="{provider_key}",',
+            f'                    default_headers={{"Candela-Auth": "Bearer {key}"}})',
+            '    reply = client.chat.completions.create(model="gpt-4o-mini",',
+            '                                           messages=[{"role": "user", "content": "Say hello"}])',
+            "    print(reply.choices[0].message.content)",
+            "",
+            "  Then query the logs (REST through the gateway):",
+            f"    curl {stack.gateway_url}/v1/request/query \\",
+            f'      -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\',
+            """      -d '{"limit": 10}'""",
+        ]
+    lines += ["", "  Start-up    " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stack.timings.items())]
+    lines += ["  Ports       " + _ports_line(stack.ports)]
+    lines += [f"  Logs        {stack.log_dir}/<name>.log   (data in {stack.data_dir})", ""]
+    lines += ["Press Ctrl-C to stop everything.", "=" * 100]
+    return "\n".join(lines)
+
+
+def _ports_line(ports: StackPorts) -> str:
+    return ", ".join(f"{name} {port}" for name, port in ports.named().items())
+
+
+def migrate() -> int:
+    """Applies pending migrations to the dev stack's Postgres database and ClickHouse (which must run)."""
+    config = StackConfig.dev()
+    ports = StackPorts.from_base(config.port_base)
+    dsn = os.environ.get("CANDELA_POSTGRES_DSN")
+    if not dsn:
+        postgres.ensure_server(config.postgres_admin_dsn, say)
+        postgres.create_database(config.postgres_admin_dsn, config.database)
+        dsn = postgres.with_database(config.postgres_admin_dsn, config.database)
+    applied = migrations.apply_postgres(dsn)
+    say(f"Postgres: applied {len(applied)} migration(s) {applied}")
+    host = os.environ.get("CANDELA_CLICKHOUSE_HOST", "127.0.0.1")
+    port = int(os.environ.get("CANDELA_CLICKHOUSE_PORT", str(ports.clickhouse_tcp)))
+    database = os.environ.get("CANDELA_CLICKHOUSE_DATABASE", config.clickhouse_database)
+    applied = migrations.apply_clickhouse(host, port, database)
+    say(f"ClickHouse {host}:{port}/{database}: applied {len(applied)} migration(s) {applied}")
+    return 0
+
+
+def stop_leftovers() -> int:
+    """Stops what a crashed `run` left running from the dev data dir (recorded PIDs only)."""
+    config = StackConfig.dev()
+    try:
+        stopped = clean_leftovers(config.data_dir / "run" / "pids.json", say)
+    except RuntimeError as error:
+        say(str(error))
+        return 1
+    say(f"Stopped {len(stopped)} leftover process(es)." if stopped else "Nothing left running.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

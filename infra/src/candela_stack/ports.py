@@ -1,0 +1,145 @@
+"""Port layout of one Candela stack: every port is a fixed offset from a single base port."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass, fields
+
+DEV_PORT_BASE = 7700
+"""Base port of the dev stack (`make run`) unless CANDELA_STACK_PORT_BASE says otherwise."""
+
+PORT_BASE_ENV = "CANDELA_STACK_PORT_BASE"
+
+SEAWEED_GRPC_OFFSET = 10000
+"""SeaweedFS binds each of its ports plus this offset for its internal gRPC."""
+
+MAX_PORT_BASE = 55000
+"""Highest usable base: SeaweedFS's gRPC ports (base + 63 + 10000) must stay below 65536."""
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Every TCP port one stack listens on, all on 127.0.0.1."""
+
+    base: int
+    """The base the other ports are offsets of."""
+    gateway: int
+    """Envoy's listener: the one URL users talk to (HTTP/1.1 and h2c)."""
+    envoy_admin: int
+    """Envoy's admin interface."""
+    proxy_http: int
+    """The proxy service's HTTP port (behind Envoy)."""
+    auth_grpc: int
+    """AuthService."""
+    ingest_grpc: int
+    """IngestService."""
+    query_grpc: int
+    """QueryService."""
+    prompts_grpc: int
+    """PromptsService."""
+    writer_grpc: int
+    """The ingest writer's gRPC health endpoint."""
+    fake_provider: int
+    """The local fake OpenAI/Anthropic upstream."""
+    redis: int
+    """The stack's own Redis."""
+    clickhouse_tcp: int
+    """ClickHouse native protocol."""
+    clickhouse_http: int
+    """ClickHouse HTTP interface (readiness)."""
+    kafka: int
+    """The Kafka-protocol broker (Tansu)."""
+    seaweed_master: int
+    """SeaweedFS master (also binds +10000)."""
+    seaweed_volume: int
+    """SeaweedFS volume server (also binds +10000)."""
+    seaweed_filer: int
+    """SeaweedFS filer (also binds +10000)."""
+    seaweed_s3: int
+    """SeaweedFS S3 API (also binds +10000)."""
+
+    @classmethod
+    def from_base(cls, base: int) -> StackPorts:
+        """Lays out the ports of a stack whose base port is `base`."""
+        if not 1024 <= base < MAX_PORT_BASE:
+            raise ValueError(f"stack port base must be in [1024, {MAX_PORT_BASE}), got {base}")
+        return cls(
+            base=base,
+            gateway=base,
+            envoy_admin=base + 1,
+            proxy_http=base + 10,
+            auth_grpc=base + 11,
+            ingest_grpc=base + 12,
+            query_grpc=base + 13,
+            prompts_grpc=base + 14,
+            writer_grpc=base + 15,
+            fake_provider=base + 20,
+            redis=base + 30,
+            clickhouse_tcp=base + 40,
+            clickhouse_http=base + 41,
+            kafka=base + 50,
+            seaweed_master=base + 60,
+            seaweed_volume=base + 61,
+            seaweed_filer=base + 62,
+            seaweed_s3=base + 63,
+        )
+
+    def named(self) -> dict[str, int]:
+        """Every port by name, base excluded."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base"}
+
+    def all_bound(self) -> list[int]:
+        """Every port the stack binds, SeaweedFS's hidden gRPC ports (+10000) included."""
+        ports = list(self.named().values())
+        seaweed = (self.seaweed_master, self.seaweed_volume, self.seaweed_filer, self.seaweed_s3)
+        ports.extend(port + SEAWEED_GRPC_OFFSET for port in seaweed)
+        return sorted(ports)
+
+
+def dev_port_base() -> int:
+    """The dev stack's base port: CANDELA_STACK_PORT_BASE or 7700."""
+    raw = os.environ.get(PORT_BASE_ENV, "").strip()
+    if not raw:
+        return DEV_PORT_BASE
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{PORT_BASE_ENV} must be an integer port, got {raw!r}") from None
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a TCP listener could bind `host:port` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As every server of the stack does: then only a live listener, not a connection of a
+        # just-stopped stack lingering in TIME_WAIT, makes the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def busy_ports(ports: StackPorts) -> list[int]:
+    """The ports of `ports` (SeaweedFS's +10000 ones included) that something already holds."""
+    return [port for port in ports.all_bound() if not port_is_free(port)]
+
+
+def pick_free_port_base(low: int = 20000, high: int = 44000, attempts: int = 200) -> int:
+    """A random base in [low, high) whose every port (and SeaweedFS's +10000 ones) is bindable now.
+
+    Randomised so that concurrent test runs rarely collide; there is still a window between this
+    check and the servers binding, which the servers' own start-up errors report.
+    """
+    if high > MAX_PORT_BASE:
+        raise ValueError(f"high must be <= {MAX_PORT_BASE}")
+    rng = random.SystemRandom()
+    for _ in range(attempts):
+        base = rng.randrange(low, high)
+        if not busy_ports(StackPorts.from_base(base)):
+            return base
+    raise RuntimeError(f"no free stack port base found in [{low}, {high}) after {attempts} attempts")

@@ -1,0 +1,68 @@
+"""The whole mesh, started once per test run by the same launcher `make run` uses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+
+import grpc
+import pytest
+from genai_prices import Usage, calc_price
+
+from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
+from candela_stack.stack import Bootstrap, Stack, StackConfig
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Postgres, Redis, ClickHouse, SeaweedFS, Tansu, every Candela service, the fake provider and Envoy."""
+    with Stack(StackConfig.for_tests(tmp_path_factory.mktemp("stack"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def admin(stack: Stack) -> Bootstrap:
+    """The first organization's all-scopes key, made as `make run` makes it."""
+    return stack.bootstrap()
+
+
+@pytest.fixture(scope="session")
+def gateway_channel(stack: Stack) -> Iterator[grpc.Channel]:
+    """A gRPC channel to the Envoy gateway."""
+    with grpc.insecure_channel(stack.gateway_addr) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def query_stub(gateway_channel: grpc.Channel) -> query_service_pb2_grpc.QueryServiceStub:
+    """QueryService through the gateway."""
+    return query_service_pb2_grpc.QueryServiceStub(gateway_channel)
+
+
+def bearer(secret: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata presenting an API key."""
+    return (("authorization", f"Bearer {secret}"),)
+
+
+def wait_for_logged_request(
+    query_stub: query_service_pb2_grpc.QueryServiceStub, api_key: str, request_id: str, timeout_s: float = 30.0
+) -> query_service_pb2.GetRequestResponse:
+    """Polls GetRequest until the log is queryable (it travels proxy -> ingest -> Kafka -> writer)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response: query_service_pb2.GetRequestResponse = query_stub.GetRequest(
+                query_service_pb2.GetRequestRequest(request_id=request_id), metadata=bearer(api_key), timeout=5
+            )
+            return response
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                raise
+        time.sleep(0.1)
+
+
+def expected_cost(model: str, provider: str, input_tokens: int, output_tokens: int) -> Decimal:
+    """The price genai-prices gives, computed independently of the proxy."""
+    usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return calc_price(usage, model_ref=model, provider_id=provider).total_price
