@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -40,6 +41,13 @@ def query_stub(gateway_channel: grpc.Channel) -> query_service_pb2_grpc.QuerySer
     return query_service_pb2_grpc.QueryServiceStub(gateway_channel)
 
 
+@pytest.fixture
+def closing() -> Iterator[contextlib.ExitStack]:
+    """Closes what a test opens (SDK clients and their connection pools) when it ends."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
 def bearer(secret: str) -> tuple[tuple[str, str], ...]:
     """Call metadata presenting an API key."""
     return (("authorization", f"Bearer {secret}"),)
@@ -57,7 +65,7 @@ def wait_for_logged_request(
             )
             return response
         except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:  # type: ignore[attr-defined]
+            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
                 raise
         time.sleep(0.1)
 

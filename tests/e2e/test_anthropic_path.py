@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anthropic
 import pytest
 
@@ -27,9 +29,9 @@ def _client(stack: Stack, candela_key: str) -> anthropic.Anthropic:
 
 
 def test_message_is_answered_and_logged(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
 ) -> None:
-    raw = _client(stack, admin.api_key).messages.with_raw_response.create(
+    raw = closing.enter_context(_client(stack, admin.api_key)).messages.with_raw_response.create(
         model=MODEL, max_tokens=100, messages=[{"role": "user", "content": PROMPT}]
     )
     message = raw.parse()
@@ -46,9 +48,9 @@ def test_message_is_answered_and_logged(
 
 
 def test_streamed_message_is_logged_with_usage(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
 ) -> None:
-    with _client(stack, admin.api_key).messages.stream(
+    with closing.enter_context(_client(stack, admin.api_key)).messages.stream(
         model=MODEL, max_tokens=100, messages=[{"role": "user", "content": PROMPT}]
     ) as stream:
         text = "".join(stream.text_stream)

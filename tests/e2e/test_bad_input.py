@@ -6,11 +6,10 @@ import grpc
 import httpx
 import openai
 import pytest
-from grpc_status import rpc_status
 
 from candela.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
-from candela_runtime.errors import bad_request_violations
+from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 from candela_stack.stack import Bootstrap, Stack
 from tests.e2e.conftest import bearer, wait_for_logged_request
@@ -21,13 +20,15 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_unknown_candela_key_is_401_in_openai_shape(stack: Stack) -> None:
-    client = openai.OpenAI(
-        base_url=f"{stack.gateway_url}/v1",
-        api_key="sk-x",
-        default_headers={"Candela-Auth": "Bearer cdl_unknown-key"},
-        max_retries=0,
-    )
-    with pytest.raises(openai.AuthenticationError) as caught:
+    with (
+        openai.OpenAI(
+            base_url=f"{stack.gateway_url}/v1",
+            api_key="sk-x",
+            default_headers={"Candela-Auth": "Bearer cdl_unknown-key"},
+            max_retries=0,
+        ) as client,
+        pytest.raises(openai.AuthenticationError) as caught,
+    ):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 401
     assert caught.value.code == "invalid_candela_key"
@@ -87,8 +88,8 @@ def test_grpc_missing_field_is_invalid_argument_with_details(
     with pytest.raises(grpc.RpcError) as caught:
         query_stub.GetRequest(query_service_pb2.GetRequestRequest(), metadata=bearer(admin.api_key), timeout=5)
     error = caught.value
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_error_status(error)
     assert status is not None
     assert [v.field for v in bad_request_violations(status)] == ["request_id"]
 
@@ -96,7 +97,7 @@ def test_grpc_missing_field_is_invalid_argument_with_details(
 def test_grpc_without_a_key_is_unauthenticated(query_stub: query_service_pb2_grpc.QueryServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         query_stub.QueryRequests(query_service_pb2.QueryRequestsRequest(), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_another_organization_cannot_read_the_log(
@@ -124,6 +125,6 @@ def test_another_organization_cannot_read_the_log(
         query_stub.GetRequest(
             query_service_pb2.GetRequestRequest(request_id=request_id), metadata=bearer(other_key), timeout=5
         )
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     listed = query_stub.QueryRequests(query_service_pb2.QueryRequestsRequest(), metadata=bearer(other_key), timeout=5)
     assert list(listed.requests) == []

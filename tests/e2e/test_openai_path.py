@@ -4,6 +4,7 @@ back through ingest, S3, Kafka, the writer and ClickHouse to QueryService."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from decimal import Decimal
@@ -38,12 +39,14 @@ def _client(stack: Stack, candela_key: str, **headers: str) -> openai.OpenAI:
 
 
 def test_chat_completion_is_answered_and_logged_exactly(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
 ) -> None:
-    client = _client(
-        stack,
-        admin.api_key,
-        **{"Candela-User-Id": "alice", "Candela-Session-Id": "trip-42", "Candela-Property-Feature": "onboarding"},
+    client = closing.enter_context(
+        _client(
+            stack,
+            admin.api_key,
+            **{"Candela-User-Id": "alice", "Candela-Session-Id": "trip-42", "Candela-Property-Feature": "onboarding"},
+        )
     )
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
@@ -83,9 +86,9 @@ def test_chat_completion_is_answered_and_logged_exactly(
 
 
 def test_streamed_chat_completion_is_logged_with_usage_and_ttft(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
 ) -> None:
-    client = _client(stack, admin.api_key)
+    client = closing.enter_context(_client(stack, admin.api_key))
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": PROMPT}],
@@ -138,9 +141,9 @@ def test_stream_arrives_byte_for_byte(
 
 
 def test_query_requests_lists_the_organization_logs(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
 ) -> None:
-    client = _client(stack, admin.api_key, **{"Candela-User-Id": "query-user"})
+    client = closing.enter_context(_client(stack, admin.api_key, **{"Candela-User-Id": "query-user"}))
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "count me"}]
     )
@@ -173,7 +176,10 @@ def test_query_requests_lists_the_organization_logs(
 
 
 def test_usage_is_counted_per_organization_and_unknown_models_stay_unpriced(
-    stack: Stack, gateway_channel: grpc.Channel, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack,
+    gateway_channel: grpc.Channel,
+    query_stub: query_service_pb2_grpc.QueryServiceStub,
+    closing: contextlib.ExitStack,
 ) -> None:
     auth = auth_service_pb2_grpc.AuthServiceStub(gateway_channel)
     internal = service_metadata(stack.service_token)
@@ -188,7 +194,7 @@ def test_usage_is_counted_per_organization_and_unknown_models_stay_unpriced(
         ),
         metadata=internal,
     ).secret
-    client = _client(stack, key)
+    client = closing.enter_context(_client(stack, key))
     request_ids = [
         client.chat.completions.with_raw_response.create(
             model=model, messages=[{"role": "user", "content": PROMPT}]

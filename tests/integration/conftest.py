@@ -60,7 +60,7 @@ async def create_organization(stub: auth_service_pb2_grpc.AuthServiceAsyncStub, 
 
 
 async def create_key(
-    stub: auth_service_pb2_grpc.AuthServiceAsyncStub, organization_id: str, *scopes: int
+    stub: auth_service_pb2_grpc.AuthServiceAsyncStub, organization_id: str, *scopes: auth_pb.ApiKeyScope.ValueType
 ) -> auth_pb.CreateApiKeyResponse:
     """A new API key of the organization (made with the service credential)."""
     request = auth_pb.CreateApiKeyRequest(organization_id=organization_id, name="test key", scopes=list(scopes))

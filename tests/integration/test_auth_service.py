@@ -8,11 +8,10 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from candela.auth.v1 import auth_service_pb2 as pb
 from candela.auth.v1 import auth_service_pb2_grpc
-from candela_runtime.errors import bad_request_violations
+from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 from tests.conftest import SERVICE_TOKEN
 from tests.integration.conftest import AuthServer, create_key, create_organization
@@ -41,7 +40,7 @@ async def test_missing_name_is_invalid_argument_with_details(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await auth_stub.CreateOrganization(pb.CreateOrganizationRequest(name="  "), metadata=INTERNAL)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
+    status = rpc_error_status(caught.value)
     assert status is not None
     assert [(v.field, v.description) for v in bad_request_violations(status)] == [("name", "is required")]
 
@@ -126,10 +125,11 @@ async def test_admin_keys_manage_only_their_own_organization(
 async def test_create_key_validation(auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await auth_stub.CreateApiKey(
-            pb.CreateApiKeyRequest(organization_id="not-a-uuid", name="", scopes=[99]), metadata=INTERNAL
+            pb.CreateApiKeyRequest(organization_id="not-a-uuid", name="", scopes=[pb.ApiKeyScope.ValueType(99)]),
+            metadata=INTERNAL,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
+    status = rpc_error_status(caught.value)
     assert status is not None
     fields = {v.field for v in bad_request_violations(status)}
     assert fields == {"organization_id", "name", "scopes[0]"}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import grpc
@@ -30,7 +30,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from clickhouse_driver import Client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
@@ -39,7 +38,7 @@ from candela_ingest.app import IngestDeps, build_deps, create_server, wait_until
 from candela_ingest.config import IngestConfig, WriterConfig
 from candela_ingest.writer.app import WriterStats, run_writer
 from candela_ingest.writer.dead_letters import ATTEMPTS_HEADER, ERROR_HEADER, SOURCE_OFFSET_HEADER
-from candela_runtime.errors import bad_request_violations
+from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer
 from candela_runtime.security import service_metadata
 from candela_stack import seaweed
@@ -352,7 +351,11 @@ async def test_ingest_packs_bodies_per_organization_and_produces_one_message_per
         assert consumed.key == log.record.request_id.encode(), "keyed by request id"
         item = by_id.pop(log.record.request_id)
         assert log.record == item.record
-        for body, field in ((item.request_body, "request_body"), (item.response_body, "response_body")):
+        bodies: tuple[tuple[bytes, Literal["request_body", "response_body"]], ...] = (
+            (item.request_body, "request_body"),
+            (item.response_body, "response_body"),
+        )
+        for body, field in bodies:
             if not body:
                 assert not log.HasField(field)
                 continue
@@ -379,7 +382,7 @@ async def test_a_bad_batch_writes_nothing(stack: Stack, topics: Topics, ingest: 
         await ingest.stub.Ingest(pb.IngestRequest(records=[*items[:2], bad, items[2]]), metadata=INTERNAL)
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
+    status = rpc_error_status(caught.value)
     assert status is not None
     assert [v.field for v in bad_request_violations(status)] == [
         "records[2].record.request_id",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import UTC, datetime
+from typing import Literal
 
 import pytest
 
@@ -55,7 +56,11 @@ def test_round_trip_one_object_per_organization() -> None:
     for item, message in zip(items, packed.messages, strict=True):
         assert message.record.request_id == item.record.request_id
         assert message.ingested_at.ToDatetime(tzinfo=UTC) == INGESTED_AT
-        for body, field in ((item.request_body, "request_body"), (item.response_body, "response_body")):
+        bodies: tuple[tuple[bytes, Literal["request_body", "response_body"]], ...] = (
+            (item.request_body, "request_body"),
+            (item.response_body, "response_body"),
+        )
+        for body, field in bodies:
             if not body:
                 assert not message.HasField(field), "an empty body has no ref"
                 continue

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
@@ -20,7 +19,7 @@ from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
 from candela_ingest.packing import PackedObject, read_body
 from candela_ingest.service import IngestServicer
 from candela_ingest.validation import BatchLimits
-from candela_runtime.errors import Unavailable, bad_request_violations
+from candela_runtime.errors import Unavailable, bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server
 from candela_runtime.security import service_metadata
 
@@ -131,7 +130,7 @@ async def test_a_bad_batch_is_refused_whole_with_field_violations(ingest: Runnin
             pb.IngestRequest(records=[_item(org), _item(org), bad]), metadata=service_metadata(TOKEN)
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
+    status = rpc_error_status(caught.value)
     assert status is not None
     assert [v.field for v in bad_request_violations(status)] == ["records[2].record.request_id"]
     assert ingest.stores.events == []

@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 ERROR_DOMAIN = "candela.dev"
 
@@ -132,3 +133,10 @@ def bad_request_violations(status: status_pb2.Status) -> list[FieldViolation]:
             detail.Unpack(bad_request)
             found.extend(FieldViolation(v.field, v.description) for v in bad_request.field_violations)
     return found
+
+
+def rpc_error_status(error: grpc.RpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` (with details) a failed call carried, from a sync or aio call error."""
+    # grpc_status types its argument as a sync Call; AioRpcError offers the same accessors.
+    status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
+    return status

@@ -15,10 +15,9 @@ import time
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_status import rpc_status
 
 from candela.ingest.v1 import ingest_service_pb2
-from candela_runtime.errors import bad_request_violations
+from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 
 if TYPE_CHECKING:
@@ -147,7 +146,7 @@ class LogShipper:
         self, batch: list[ingest_service_pb2.IngestRecord], err: grpc.aio.AioRpcError
     ) -> list[ingest_service_pb2.IngestRecord]:
         """Drops (loudly) the records ingest named as invalid and keeps the rest; all of them if it named none."""
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]  # AioRpcError has the same accessors
+        status = rpc_error_status(err)
         bad = {
             int(match.group(1))
             for violation in (bad_request_violations(status) if status is not None else [])
