@@ -18,7 +18,8 @@ uv sync --quiet
 
 if [ ! -x node_modules/.bin/buf ]; then
   echo "installing buf"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm ci` rejects a lock that lists only this platform's optional buf binary; --no-save keeps the lock as is.
+  npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 
 missing=()
