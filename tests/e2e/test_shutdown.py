@@ -31,7 +31,13 @@ def _free_port() -> int:
 
 
 def _start(stack: Stack, component: Component, module: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    environment = {**stack.service_env(component), "CANDELA_SHUTDOWN_GRACE_S": str(GRACE_S), **env}
+    # No metrics endpoint: the stack's own instance of the service holds that port.
+    environment = {
+        **stack.service_env(component),
+        "CANDELA_SHUTDOWN_GRACE_S": str(GRACE_S),
+        "CANDELA_METRICS_PORT": "0",
+        **env,
+    }
     with log.open("wb") as output:
         return subprocess.Popen(
             [sys.executable, "-m", module], env=environment, stdout=output, stderr=subprocess.STDOUT

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from candela.auth.v1 import auth_service_pb2 as pb
 from candela.auth.v1 import auth_service_pb2_grpc
@@ -83,6 +84,26 @@ async def test_unexpected_errors_are_internal_without_their_text(channel: grpc.a
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret internal detail" not in (caught.value.details() or "")
     assert "trace id" in (caught.value.details() or "")
+
+
+def _handled(method: str, code: str) -> float:
+    value = REGISTRY.get_sample_value("candela_grpc_server_handled_total", {"grpc_method": method, "grpc_code": code})
+    return value or 0.0
+
+
+async def test_every_call_is_counted_by_method_and_code(channel: grpc.aio.Channel) -> None:
+    method = f"/{SERVICE}/CreateOrganization"
+    before = {code: _handled(method, code) for code in ("OK", "INVALID_ARGUMENT", "INTERNAL")}
+    await _create(channel, "fine")
+    await _create(channel, "fine too")
+    for name in ("invalid", "crash"):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _create(channel, name)
+    after = {code: _handled(method, code) for code in before}
+    assert {code: after[code] - before[code] for code in before} == {"OK": 2, "INVALID_ARGUMENT": 1, "INTERNAL": 1}
+    latency_count = REGISTRY.get_sample_value("candela_grpc_server_handling_seconds_count", {"grpc_method": method})
+    assert latency_count is not None
+    assert latency_count >= 4
 
 
 async def test_health_follows_readiness_and_shutdown(server: GrpcServer, channel: grpc.aio.Channel) -> None:

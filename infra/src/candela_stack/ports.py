@@ -43,6 +43,12 @@ class StackPorts:
     """PromptsService."""
     writer_grpc: int
     """The ingest writer's gRPC health endpoint."""
+    auth_metrics: int
+    """Prometheus scrape endpoints (GET /metrics) of the gRPC services and the writer."""
+    ingest_metrics: int
+    query_metrics: int
+    prompts_metrics: int
+    writer_metrics: int
     fake_provider: int
     """The local fake OpenAI/Anthropic upstream."""
     redis: int
@@ -77,6 +83,11 @@ class StackPorts:
             query_grpc=base + 13,
             prompts_grpc=base + 14,
             writer_grpc=base + 15,
+            auth_metrics=base + 71,
+            ingest_metrics=base + 72,
+            query_metrics=base + 73,
+            prompts_metrics=base + 74,
+            writer_metrics=base + 75,
             fake_provider=base + 20,
             redis=base + 30,
             clickhouse_tcp=base + 40,

@@ -477,8 +477,22 @@ class Stack:
             }
         )
         env.update(self._service_specific_env(component))
+        metrics_port = self.metrics_ports().get(component)
+        if metrics_port is not None:
+            env["CANDELA_METRICS_PORT"] = str(metrics_port)
         env.update(self.config.env)
         return env
+
+    def metrics_ports(self) -> dict[Component, int]:
+        """The Prometheus scrape port of each gRPC service (the proxy serves /metrics on its HTTP port)."""
+        p = self.ports
+        return {
+            Component.AUTH: p.auth_metrics,
+            Component.INGEST: p.ingest_metrics,
+            Component.QUERY: p.query_metrics,
+            Component.PROMPTS: p.prompts_metrics,
+            Component.WRITER: p.writer_metrics,
+        }
 
     def bootstrap(self, organization_name: str = "default") -> Bootstrap:
         """An organization and an admin+proxy+read+write API key, made once and reused while valid.

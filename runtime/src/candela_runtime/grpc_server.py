@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from candela_runtime.errors import CandelaError
+from candela_runtime.metrics import MetricsInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ async def create_grpc_server(
     # service's Watch (a coroutine that writes to its context rather than an async generator).
     tracing = aio_server_interceptor(filter_=filters.negate(filters.health_check()))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[tracing, ErrorMappingInterceptor(), *interceptors],
+        interceptors=[tracing, MetricsInterceptor(), ErrorMappingInterceptor(), *interceptors],
         options=[("grpc.so_reuseport", 0), *options],
     )
     for register in registrars:

@@ -6,15 +6,35 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import uvloop
+from prometheus_client import start_http_server
+
+from candela_runtime.config import env_field, load_config
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    """Settings of every Candela process, whatever it serves."""
+
+    metrics_host: str = env_field("Address of the Prometheus scrape endpoint.", "127.0.0.1")
+    metrics_port: int = env_field("Port of the Prometheus scrape endpoint (GET /metrics); 0 serves none.", 0)
+
+
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Runs a service's ``main()`` on uvloop; the process exits 0 after a clean shutdown."""
+    """Runs a service's ``main()`` on uvloop, with its metrics endpoint; exits 0 after a clean shutdown."""
+    process = load_config(ProcessConfig)
+    if process.metrics_port:
+        # A daemon thread: it serves until the process exits and needs no shutdown step of its own.
+        # Metrics are auxiliary: a taken port is reported loudly but does not stop the service.
+        try:
+            start_http_server(process.metrics_port, addr=process.metrics_host)
+        except OSError as err:
+            logger.error("no metrics endpoint: cannot bind %s:%d: %s", process.metrics_host, process.metrics_port, err)
     uvloop.run(main())
 
 

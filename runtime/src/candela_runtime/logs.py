@@ -1,13 +1,20 @@
-"""Logging set-up: one line per record, with the current trace and span ids."""
+"""Logging set-up: one record per line, JSON by default, always with the current trace and span ids.
+
+``CANDELA_LOG_FORMAT=json`` (the default) writes one JSON object per line, for log shippers;
+``CANDELA_LOG_FORMAT=text`` writes a readable line with the same fields.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+from datetime import UTC, datetime
 
 from opentelemetry import trace
 
-_FORMAT = "%(asctime)s %(levelname)s %(service)s %(name)s trace=%(trace_id)s span=%(span_id)s %(message)s"
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(service)s %(name)s trace=%(trace_id)s span=%(span_id)s %(message)s"
 
 
 class _TraceContextFilter(logging.Filter):
@@ -29,10 +36,34 @@ class _TraceContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Routes all logging to stderr with trace ids; call once, from a service's ``main()``."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, service, logger, message, trace ids, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds"),
+            "level": record.levelname,
+            "service": getattr(record, "service", ""),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "trace_id": getattr(record, "trace_id", "-"),
+            "span_id": getattr(record, "span_id", "-"),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+def configure_logging(service: str, level: str = "INFO", log_format: str | None = None) -> None:
+    """Routes all logging to stderr with trace ids; call once, from a service's ``main()``.
+
+    ``log_format`` is "json" or "text"; by default it comes from ``CANDELA_LOG_FORMAT`` (default "json").
+    """
+    chosen = (log_format or os.environ.get("CANDELA_LOG_FORMAT") or "json").lower()
+    if chosen not in {"json", "text"}:
+        raise ValueError(f"CANDELA_LOG_FORMAT must be 'json' or 'text', got {chosen!r}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(_TEXT_FORMAT))
     handler.addFilter(_TraceContextFilter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
