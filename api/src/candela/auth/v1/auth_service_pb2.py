@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"candela/auth/v1/auth_service.proto\x12\x0f\x63\x61ndela.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaa\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12,\n\x06scopes\x18\x05 \x03(\x0e\x32\x1c.candela.auth.v1.ApiKeyScope\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x1a\x43reateOrganizationResponse\x12\x33\n\x0corganization\x18\x01 \x01(\x0b\x32\x1d.candela.auth.v1.Organization\"j\n\x13\x43reateApiKeyRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06scopes\x18\x03 \x03(\x0e\x32\x1c.candela.auth.v1.ApiKeyScope\"P\n\x14\x43reateApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.candela.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"q\n\x14\x41uthenticateResponse\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12,\n\x06scopes\x18\x03 \x03(\x0e\x32\x1c.candela.auth.v1.ApiKeyScope*\x8f\x01\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41PI_KEY_SCOPE_PROXY\x10\x01\x12\x16\n\x12\x41PI_KEY_SCOPE_READ\x10\x02\x12\x17\n\x13\x41PI_KEY_SCOPE_WRITE\x10\x03\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x04\x32\xee\x02\n\x0b\x41uthService\x12\x8b\x01\n\x12\x43reateOrganization\x12*.candela.auth.v1.CreateOrganizationRequest\x1a+.candela.auth.v1.CreateOrganizationResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/organizations:\x01*\x12t\n\x0c\x43reateApiKey\x12$.candela.auth.v1.CreateApiKeyRequest\x1a%.candela.auth.v1.CreateApiKeyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/api-keys:\x01*\x12[\n\x0c\x41uthenticate\x12$.candela.auth.v1.AuthenticateRequest\x1a%.candela.auth.v1.AuthenticateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"candela/auth/v1/auth_service.proto\x12\x0f\x63\x61ndela.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x01\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0fmax_stored_logs\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0eretention_days\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x12\n\x10_max_stored_logsB\x11\n\x0f_retention_days\"\x8c\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12,\n\x06scopes\x18\x05 \x03(\x0e\x32\x1c.candela.auth.v1.ApiKeyScope\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x1a\x43reateOrganizationResponse\x12\x33\n\x0corganization\x18\x01 \x01(\x0b\x32\x1d.candela.auth.v1.Organization\"\x9b\x01\n\x13\x43reateApiKeyRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06scopes\x18\x03 \x03(\x0e\x32\x1c.candela.auth.v1.ApiKeyScope\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x14\x43reateApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.candela.auth.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\xa2\x01\n\x14\x41uthenticateResponse\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12,\n\x06scopes\x18\x03 \x03(\x0e\x32\x1c.candela.auth.v1.ApiKeyScope\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x16GetOrganizationRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\"N\n\x17GetOrganizationResponse\x12\x33\n\x0corganization\x18\x01 \x01(\x0b\x32\x1d.candela.auth.v1.Organization\"\x9a\x01\n\x19UpdateOrganizationRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x33\n\x0corganization\x18\x02 \x01(\x0b\x32\x1d.candela.auth.v1.Organization\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"Q\n\x1aUpdateOrganizationResponse\x12\x33\n\x0corganization\x18\x01 \x01(\x0b\x32\x1d.candela.auth.v1.Organization\"F\n\x12ListApiKeysRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\"@\n\x13ListApiKeysResponse\x12)\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x17.candela.auth.v1.ApiKey\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"@\n\x14RevokeApiKeyResponse\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.candela.auth.v1.ApiKey*\x8f\x01\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41PI_KEY_SCOPE_PROXY\x10\x01\x12\x16\n\x12\x41PI_KEY_SCOPE_READ\x10\x02\x12\x17\n\x13\x41PI_KEY_SCOPE_WRITE\x10\x03\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x04\x32\xeb\x06\n\x0b\x41uthService\x12\x8b\x01\n\x12\x43reateOrganization\x12*.candela.auth.v1.CreateOrganizationRequest\x1a+.candela.auth.v1.CreateOrganizationResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/organizations:\x01*\x12t\n\x0c\x43reateApiKey\x12$.candela.auth.v1.CreateApiKeyRequest\x1a%.candela.auth.v1.CreateApiKeyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/api-keys:\x01*\x12[\n\x0c\x41uthenticate\x12$.candela.auth.v1.AuthenticateRequest\x1a%.candela.auth.v1.AuthenticateResponse\x12~\n\x0fGetOrganization\x12\'.candela.auth.v1.GetOrganizationRequest\x1a(.candela.auth.v1.GetOrganizationResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/organization\x12\x8a\x01\n\x12UpdateOrganization\x12*.candela.auth.v1.UpdateOrganizationRequest\x1a+.candela.auth.v1.UpdateOrganizationResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x32\x10/v1/organization:\x01*\x12n\n\x0bListApiKeys\x12#.candela.auth.v1.ListApiKeysRequest\x1a$.candela.auth.v1.ListApiKeysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/api-keys\x12~\n\x0cRevokeApiKey\x12$.candela.auth.v1.RevokeApiKeyRequest\x1a%.candela.auth.v1.RevokeApiKeyResponse\"!\x82\xd3\xe4\x93\x02\x1b*\x19/v1/api-keys/{api_key_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,24 +38,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['CreateOrganization']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/organizations:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/api-keys:\001*'
-  _globals['_APIKEYSCOPE']._serialized_start=854
-  _globals['_APIKEYSCOPE']._serialized_end=997
-  _globals['_ORGANIZATION']._serialized_start=118
-  _globals['_ORGANIZATION']._serialized_end=207
-  _globals['_APIKEY']._serialized_start=210
-  _globals['_APIKEY']._serialized_end=380
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=382
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=423
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=425
-  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=506
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=508
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=614
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=616
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=696
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=698
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=736
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=738
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=851
-  _globals['_AUTHSERVICE']._serialized_start=1000
-  _globals['_AUTHSERVICE']._serialized_end=1366
+  _globals['_AUTHSERVICE'].methods_by_name['GetOrganization']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['GetOrganization']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/organization'
+  _globals['_AUTHSERVICE'].methods_by_name['UpdateOrganization']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['UpdateOrganization']._serialized_options = b'\202\323\344\223\002\0252\020/v1/organization:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/api-keys'
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeApiKey']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['RevokeApiKey']._serialized_options = b'\202\323\344\223\002\033*\031/v1/api-keys/{api_key_id}'
+  _globals['_APIKEYSCOPE']._serialized_start=1852
+  _globals['_APIKEYSCOPE']._serialized_end=1995
+  _globals['_ORGANIZATION']._serialized_start=153
+  _globals['_ORGANIZATION']._serialized_end=389
+  _globals['_APIKEY']._serialized_start=392
+  _globals['_APIKEY']._serialized_end=660
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=662
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=703
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_start=705
+  _globals['_CREATEORGANIZATIONRESPONSE']._serialized_end=786
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=789
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=944
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=946
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1026
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=1028
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=1066
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=1069
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=1231
+  _globals['_GETORGANIZATIONREQUEST']._serialized_start=1233
+  _globals['_GETORGANIZATIONREQUEST']._serialized_end=1282
+  _globals['_GETORGANIZATIONRESPONSE']._serialized_start=1284
+  _globals['_GETORGANIZATIONRESPONSE']._serialized_end=1362
+  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_start=1365
+  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_end=1519
+  _globals['_UPDATEORGANIZATIONRESPONSE']._serialized_start=1521
+  _globals['_UPDATEORGANIZATIONRESPONSE']._serialized_end=1602
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1604
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1674
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1676
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1740
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1742
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1783
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1785
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1849
+  _globals['_AUTHSERVICE']._serialized_start=1998
+  _globals['_AUTHSERVICE']._serialized_end=2873
 # @@protoc_insertion_point(module_scope)

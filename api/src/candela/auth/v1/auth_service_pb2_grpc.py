@@ -27,6 +27,12 @@ if _version_not_supported:
 
 class AuthServiceStub:
     """Organizations and their API keys. Keys are stored only as hashes.
+
+    Who may call what. Every user call is scoped to the organization of the caller's key (metadata
+    `authorization: Bearer <key>`), never to one named in the body: a request naming another
+    organization is refused with PERMISSION_DENIED, and another organization's key id is NOT_FOUND.
+    Internal callers (the stack launcher, other services) present the service credential
+    (`candela-service-token` metadata) and may name any organization.
     """
 
     def __init__(self, channel):
@@ -50,14 +56,40 @@ class AuthServiceStub:
                 request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.AuthenticateRequest.SerializeToString,
                 response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.AuthenticateResponse.FromString,
                 _registered_method=True)
+        self.GetOrganization = channel.unary_unary(
+                '/candela.auth.v1.AuthService/GetOrganization',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.GetOrganizationRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.GetOrganizationResponse.FromString,
+                _registered_method=True)
+        self.UpdateOrganization = channel.unary_unary(
+                '/candela.auth.v1.AuthService/UpdateOrganization',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.UpdateOrganizationRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.UpdateOrganizationResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/candela.auth.v1.AuthService/ListApiKeys',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/candela.auth.v1.AuthService/RevokeApiKey',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
     """Organizations and their API keys. Keys are stored only as hashes.
+
+    Who may call what. Every user call is scoped to the organization of the caller's key (metadata
+    `authorization: Bearer <key>`), never to one named in the body: a request naming another
+    organization is refused with PERMISSION_DENIED, and another organization's key id is NOT_FOUND.
+    Internal callers (the stack launcher, other services) present the service credential
+    (`candela-service-token` metadata) and may name any organization.
     """
 
     def CreateOrganization(self, request, context):
-        """Creates an organization. Requires the service credential.
+        """Creates an organization. Internal only: requires the service credential.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,14 +97,48 @@ class AuthServiceServicer:
 
     def CreateApiKey(self, request, context):
         """Creates an API key; the secret is returned once and never again. Requires the service
-        credential or an admin key of the same organization.
+        credential (any organization, named in `organization_id`) or an ADMIN key (its own organization;
+        `organization_id` empty or equal to the key's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Authenticate(self, request, context):
-        """Resolves a Candela key to its organization and scopes. Requires the service credential.
+        """Resolves a Candela key to its organization and scopes; UNAUTHENTICATED when the key is unknown,
+        revoked or expired. Internal only: requires the service credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrganization(self, request, context):
+        """The organization with its limits. Requires the service credential (`organization_id` required)
+        or a READ (or ADMIN) key of the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateOrganization(self, request, context):
+        """Renames the organization or changes its limits (max stored logs, retention days; unset means
+        unlimited). Requires the service credential or an ADMIN key of the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """The organization's keys: prefix and metadata, never the secret or its hash. Requires the service
+        credential or an ADMIN key of the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes a key; services stop accepting it within their key cache's lifetime (5 s by default).
+        Idempotent. Requires the service credential or an ADMIN key of the key's organization.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +162,26 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.AuthenticateRequest.FromString,
                     response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.AuthenticateResponse.SerializeToString,
             ),
+            'GetOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrganization,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.GetOrganizationRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.GetOrganizationResponse.SerializeToString,
+            ),
+            'UpdateOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOrganization,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.UpdateOrganizationRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.UpdateOrganizationResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'candela.auth.v1.AuthService', rpc_method_handlers)
@@ -106,6 +192,12 @@ def add_AuthServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AuthService:
     """Organizations and their API keys. Keys are stored only as hashes.
+
+    Who may call what. Every user call is scoped to the organization of the caller's key (metadata
+    `authorization: Bearer <key>`), never to one named in the body: a request naming another
+    organization is refused with PERMISSION_DENIED, and another organization's key id is NOT_FOUND.
+    Internal callers (the stack launcher, other services) present the service credential
+    (`candela-service-token` metadata) and may name any organization.
     """
 
     @staticmethod
@@ -179,6 +271,114 @@ class AuthService:
             '/candela.auth.v1.AuthService/Authenticate',
             candela_dot_auth_dot_v1_dot_auth__service__pb2.AuthenticateRequest.SerializeToString,
             candela_dot_auth_dot_v1_dot_auth__service__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/GetOrganization',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.GetOrganizationRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.GetOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/UpdateOrganization',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.UpdateOrganizationRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.UpdateOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/ListApiKeys',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.ListApiKeysRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/RevokeApiKey',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

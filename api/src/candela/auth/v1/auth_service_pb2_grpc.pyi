@@ -27,37 +27,96 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AuthServiceStub:
-    """Organizations and their API keys. Keys are stored only as hashes."""
+    """Organizations and their API keys. Keys are stored only as hashes.
+
+    Who may call what. Every user call is scoped to the organization of the caller's key (metadata
+    `authorization: Bearer <key>`), never to one named in the body: a request naming another
+    organization is refused with PERMISSION_DENIED, and another organization's key id is NOT_FOUND.
+    Internal callers (the stack launcher, other services) present the service credential
+    (`candela-service-token` metadata) and may name any organization.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     CreateOrganization: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateOrganizationRequest, _auth_service_pb2.CreateOrganizationResponse]
-    """Creates an organization. Requires the service credential."""
+    """Creates an organization. Internal only: requires the service credential."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]
     """Creates an API key; the secret is returned once and never again. Requires the service
-    credential or an admin key of the same organization.
+    credential (any organization, named in `organization_id`) or an ADMIN key (its own organization;
+    `organization_id` empty or equal to the key's).
     """
     Authenticate: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.AuthenticateRequest, _auth_service_pb2.AuthenticateResponse]
-    """Resolves a Candela key to its organization and scopes. Requires the service credential."""
+    """Resolves a Candela key to its organization and scopes; UNAUTHENTICATED when the key is unknown,
+    revoked or expired. Internal only: requires the service credential.
+    """
+    GetOrganization: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetOrganizationRequest, _auth_service_pb2.GetOrganizationResponse]
+    """The organization with its limits. Requires the service credential (`organization_id` required)
+    or a READ (or ADMIN) key of the organization.
+    """
+    UpdateOrganization: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.UpdateOrganizationRequest, _auth_service_pb2.UpdateOrganizationResponse]
+    """Renames the organization or changes its limits (max stored logs, retention days; unset means
+    unlimited). Requires the service credential or an ADMIN key of the organization.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListApiKeysRequest, _auth_service_pb2.ListApiKeysResponse]
+    """The organization's keys: prefix and metadata, never the secret or its hash. Requires the service
+    credential or an ADMIN key of the organization.
+    """
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.RevokeApiKeyResponse]
+    """Revokes a key; services stop accepting it within their key cache's lifetime (5 s by default).
+    Idempotent. Requires the service credential or an ADMIN key of the key's organization.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
-    """Organizations and their API keys. Keys are stored only as hashes."""
+    """Organizations and their API keys. Keys are stored only as hashes.
+
+    Who may call what. Every user call is scoped to the organization of the caller's key (metadata
+    `authorization: Bearer <key>`), never to one named in the body: a request naming another
+    organization is refused with PERMISSION_DENIED, and another organization's key id is NOT_FOUND.
+    Internal callers (the stack launcher, other services) present the service credential
+    (`candela-service-token` metadata) and may name any organization.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateOrganization: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateOrganizationRequest, _auth_service_pb2.CreateOrganizationResponse]  # type: ignore[assignment]
-    """Creates an organization. Requires the service credential."""
+    """Creates an organization. Internal only: requires the service credential."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates an API key; the secret is returned once and never again. Requires the service
-    credential or an admin key of the same organization.
+    credential (any organization, named in `organization_id`) or an ADMIN key (its own organization;
+    `organization_id` empty or equal to the key's).
     """
     Authenticate: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.AuthenticateRequest, _auth_service_pb2.AuthenticateResponse]  # type: ignore[assignment]
-    """Resolves a Candela key to its organization and scopes. Requires the service credential."""
+    """Resolves a Candela key to its organization and scopes; UNAUTHENTICATED when the key is unknown,
+    revoked or expired. Internal only: requires the service credential.
+    """
+    GetOrganization: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetOrganizationRequest, _auth_service_pb2.GetOrganizationResponse]  # type: ignore[assignment]
+    """The organization with its limits. Requires the service credential (`organization_id` required)
+    or a READ (or ADMIN) key of the organization.
+    """
+    UpdateOrganization: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.UpdateOrganizationRequest, _auth_service_pb2.UpdateOrganizationResponse]  # type: ignore[assignment]
+    """Renames the organization or changes its limits (max stored logs, retention days; unset means
+    unlimited). Requires the service credential or an ADMIN key of the organization.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListApiKeysRequest, _auth_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """The organization's keys: prefix and metadata, never the secret or its hash. Requires the service
+    credential or an ADMIN key of the organization.
+    """
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes a key; services stop accepting it within their key cache's lifetime (5 s by default).
+    Idempotent. Requires the service credential or an ADMIN key of the key's organization.
+    """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Organizations and their API keys. Keys are stored only as hashes."""
+    """Organizations and their API keys. Keys are stored only as hashes.
+
+    Who may call what. Every user call is scoped to the organization of the caller's key (metadata
+    `authorization: Bearer <key>`), never to one named in the body: a request naming another
+    organization is refused with PERMISSION_DENIED, and another organization's key id is NOT_FOUND.
+    Internal callers (the stack launcher, other services) present the service credential
+    (`candela-service-token` metadata) and may name any organization.
+    """
 
     @_abc_1.abstractmethod
     def CreateOrganization(
@@ -65,7 +124,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.CreateOrganizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CreateOrganizationResponse, _abc.Awaitable[_auth_service_pb2.CreateOrganizationResponse]]:
-        """Creates an organization. Requires the service credential."""
+        """Creates an organization. Internal only: requires the service credential."""
 
     @_abc_1.abstractmethod
     def CreateApiKey(
@@ -74,7 +133,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_auth_service_pb2.CreateApiKeyResponse]]:
         """Creates an API key; the secret is returned once and never again. Requires the service
-        credential or an admin key of the same organization.
+        credential (any organization, named in `organization_id`) or an ADMIN key (its own organization;
+        `organization_id` empty or equal to the key's).
         """
 
     @_abc_1.abstractmethod
@@ -83,6 +143,48 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.AuthenticateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.AuthenticateResponse, _abc.Awaitable[_auth_service_pb2.AuthenticateResponse]]:
-        """Resolves a Candela key to its organization and scopes. Requires the service credential."""
+        """Resolves a Candela key to its organization and scopes; UNAUTHENTICATED when the key is unknown,
+        revoked or expired. Internal only: requires the service credential.
+        """
+
+    @_abc_1.abstractmethod
+    def GetOrganization(
+        self,
+        request: _auth_service_pb2.GetOrganizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.GetOrganizationResponse, _abc.Awaitable[_auth_service_pb2.GetOrganizationResponse]]:
+        """The organization with its limits. Requires the service credential (`organization_id` required)
+        or a READ (or ADMIN) key of the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateOrganization(
+        self,
+        request: _auth_service_pb2.UpdateOrganizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.UpdateOrganizationResponse, _abc.Awaitable[_auth_service_pb2.UpdateOrganizationResponse]]:
+        """Renames the organization or changes its limits (max stored logs, retention days; unset means
+        unlimited). Requires the service credential or an ADMIN key of the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _auth_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListApiKeysResponse, _abc.Awaitable[_auth_service_pb2.ListApiKeysResponse]]:
+        """The organization's keys: prefix and metadata, never the secret or its hash. Requires the service
+        credential or an ADMIN key of the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _auth_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_auth_service_pb2.RevokeApiKeyResponse]]:
+        """Revokes a key; services stop accepting it within their key cache's lifetime (5 s by default).
+        Idempotent. Requires the service credential or an ADMIN key of the key's organization.
+        """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

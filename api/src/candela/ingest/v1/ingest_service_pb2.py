@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from candela.logs.v1 import log_record_pb2 as candela_dot_logs_dot_v1_dot_log__record__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&candela/ingest/v1/ingest_service.proto\x12\x11\x63\x61ndela.ingest.v1\x1a candela/logs/v1/log_record.proto\"g\n\x0cIngestRecord\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12\x14\n\x0crequest_body\x18\x02 \x01(\x0c\x12\x15\n\rresponse_body\x18\x03 \x01(\x0c\"A\n\rIngestRequest\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.candela.ingest.v1.IngestRecord\"(\n\x0eIngestResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x32^\n\rIngestService\x12M\n\x06Ingest\x12 .candela.ingest.v1.IngestRequest\x1a!.candela.ingest.v1.IngestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&candela/ingest/v1/ingest_service.proto\x12\x11\x63\x61ndela.ingest.v1\x1a candela/logs/v1/log_record.proto\"g\n\x0cIngestRecord\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12\x14\n\x0crequest_body\x18\x02 \x01(\x0c\x12\x15\n\rresponse_body\x18\x03 \x01(\x0c\"A\n\rIngestRequest\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.candela.ingest.v1.IngestRecord\"(\n\x0eIngestResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\"@\n\x11UpdateLogsRequest\x12+\n\x07updates\x18\x01 \x03(\x0b\x32\x1a.candela.logs.v1.LogUpdate\",\n\x12UpdateLogsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x32\xb9\x01\n\rIngestService\x12M\n\x06Ingest\x12 .candela.ingest.v1.IngestRequest\x1a!.candela.ingest.v1.IngestResponse\x12Y\n\nUpdateLogs\x12$.candela.ingest.v1.UpdateLogsRequest\x1a%.candela.ingest.v1.UpdateLogsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTREQUEST']._serialized_end=265
   _globals['_INGESTRESPONSE']._serialized_start=267
   _globals['_INGESTRESPONSE']._serialized_end=307
-  _globals['_INGESTSERVICE']._serialized_start=309
-  _globals['_INGESTSERVICE']._serialized_end=403
+  _globals['_UPDATELOGSREQUEST']._serialized_start=309
+  _globals['_UPDATELOGSREQUEST']._serialized_end=373
+  _globals['_UPDATELOGSRESPONSE']._serialized_start=375
+  _globals['_UPDATELOGSRESPONSE']._serialized_end=419
+  _globals['_INGESTSERVICE']._serialized_start=422
+  _globals['_INGESTSERVICE']._serialized_end=607
 # @@protoc_insertion_point(module_scope)

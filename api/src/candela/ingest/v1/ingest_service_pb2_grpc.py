@@ -40,6 +40,11 @@ class IngestServiceStub:
                 request_serializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.IngestRequest.SerializeToString,
                 response_deserializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.IngestResponse.FromString,
                 _registered_method=True)
+        self.UpdateLogs = channel.unary_unary(
+                '/candela.ingest.v1.IngestService/UpdateLogs',
+                request_serializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.UpdateLogsRequest.SerializeToString,
+                response_deserializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.UpdateLogsResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -54,6 +59,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateLogs(self, request, context):
+        """Attaches scores or feedback to logged requests (the log may still be on its way). Acknowledged
+        once Kafka (acks=all) has every update.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +74,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.Ingest,
                     request_deserializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.IngestRequest.FromString,
                     response_serializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.IngestResponse.SerializeToString,
+            ),
+            'UpdateLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateLogs,
+                    request_deserializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.UpdateLogsRequest.FromString,
+                    response_serializer=candela_dot_ingest_dot_v1_dot_ingest__service__pb2.UpdateLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +109,33 @@ class IngestService:
             '/candela.ingest.v1.IngestService/Ingest',
             candela_dot_ingest_dot_v1_dot_ingest__service__pb2.IngestRequest.SerializeToString,
             candela_dot_ingest_dot_v1_dot_ingest__service__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.ingest.v1.IngestService/UpdateLogs',
+            candela_dot_ingest_dot_v1_dot_ingest__service__pb2.UpdateLogsRequest.SerializeToString,
+            candela_dot_ingest_dot_v1_dot_ingest__service__pb2.UpdateLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class IngestServiceStub:
     """Stores a batch of logs. Acknowledged only once the bodies are durable in S3 and the metadata is
     acknowledged by Kafka; a failed call stored nothing the caller must not resend.
     """
+    UpdateLogs: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.UpdateLogsRequest, _ingest_service_pb2.UpdateLogsResponse]
+    """Attaches scores or feedback to logged requests (the log may still be on its way). Acknowledged
+    once Kafka (acks=all) has every update.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -46,6 +50,10 @@ class IngestServiceAsyncStub(IngestServiceStub):
     Ingest: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.IngestRequest, _ingest_service_pb2.IngestResponse]  # type: ignore[assignment]
     """Stores a batch of logs. Acknowledged only once the bodies are durable in S3 and the metadata is
     acknowledged by Kafka; a failed call stored nothing the caller must not resend.
+    """
+    UpdateLogs: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.UpdateLogsRequest, _ingest_service_pb2.UpdateLogsResponse]  # type: ignore[assignment]
+    """Attaches scores or feedback to logged requests (the log may still be on its way). Acknowledged
+    once Kafka (acks=all) has every update.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +67,16 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_service_pb2.IngestResponse, _abc.Awaitable[_ingest_service_pb2.IngestResponse]]:
         """Stores a batch of logs. Acknowledged only once the bodies are durable in S3 and the metadata is
         acknowledged by Kafka; a failed call stored nothing the caller must not resend.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateLogs(
+        self,
+        request: _ingest_service_pb2.UpdateLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_service_pb2.UpdateLogsResponse, _abc.Awaitable[_ingest_service_pb2.UpdateLogsResponse]]:
+        """Attaches scores or feedback to logged requests (the log may still be on its way). Acknowledged
+        once Kafka (acks=all) has every update.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

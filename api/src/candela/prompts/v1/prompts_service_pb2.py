@@ -26,27 +26,71 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(candela/prompts/v1/prompts_service.proto\x12\x12\x63\x61ndela.prompts.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"o\n\x06Prompt\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x10\n\x08template\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x13\x43reatePromptRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\"B\n\x14\x43reatePromptResponse\x12*\n\x06prompt\x18\x01 \x01(\x0b\x32\x1a.candela.prompts.v1.Prompt\"6\n\x10GetPromptRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"?\n\x11GetPromptResponse\x12*\n\x06prompt\x18\x01 \x01(\x0b\x32\x1a.candela.prompts.v1.Prompt2\x86\x02\n\x0ePromptsService\x12y\n\x0c\x43reatePrompt\x12\'.candela.prompts.v1.CreatePromptRequest\x1a(.candela.prompts.v1.CreatePromptResponse\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/v1/prompts:\x01*\x12y\n\tGetPrompt\x12$.candela.prompts.v1.GetPromptRequest\x1a%.candela.prompts.v1.GetPromptResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/prompts/{prompt_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(candela/prompts/v1/prompts_service.proto\x12\x12\x63\x61ndela.prompts.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x06Prompt\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x10\n\x08template\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\".candela.prompts.v1.TemplateFormat\x12\x11\n\tvariables\x18\x06 \x03(\t\x12\x14\n\x0c\x65nvironments\x18\x07 \x03(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x83\x01\n\x13\x43reatePromptRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x32\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\".candela.prompts.v1.TemplateFormat\x12\x13\n\x0b\x65nvironment\x18\x04 \x01(\t\"B\n\x14\x43reatePromptResponse\x12*\n\x06prompt\x18\x01 \x01(\x0b\x32\x1a.candela.prompts.v1.Prompt\"K\n\x10GetPromptRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x13\n\x0b\x65nvironment\x18\x03 \x01(\t\"?\n\x11GetPromptResponse\x12*\n\x06prompt\x18\x01 \x01(\x0b\x32\x1a.candela.prompts.v1.Prompt\"\x9c\x02\n\rPromptSummary\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x05\x12I\n\x0c\x65nvironments\x18\x03 \x03(\x0b\x32\x33.candela.prompts.v1.PromptSummary.EnvironmentsEntry\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x33\n\x11\x45nvironmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\";\n\x12ListPromptsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x13ListPromptsResponse\x12\x32\n\x07prompts\x18\x01 \x03(\x0b\x32!.candela.prompts.v1.PromptSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x19ListPromptVersionsRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x1aListPromptVersionsResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.candela.prompts.v1.Prompt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x15SetEnvironmentRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65nvironment\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"^\n\x16SetEnvironmentResponse\x12*\n\x06prompt\x18\x01 \x01(\x0b\x32\x1a.candela.prompts.v1.Prompt\x12\x18\n\x10previous_version\x18\x02 \x01(\x05\"_\n\x1c\x43omparePromptVersionsRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x05\x12\x16\n\x0etarget_version\x18\x03 \x01(\x05\"\xb7\x01\n\x1d\x43omparePromptVersionsResponse\x12(\n\x04\x62\x61se\x18\x01 \x01(\x0b\x32\x1a.candela.prompts.v1.Prompt\x12*\n\x06target\x18\x02 \x01(\x0b\x32\x1a.candela.prompts.v1.Prompt\x12\x0c\n\x04\x64iff\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x64\x64\x65\x64_variables\x18\x04 \x03(\t\x12\x19\n\x11removed_variables\x18\x05 \x03(\t\"\xdb\x01\n\x13RenderPromptRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x13\n\x0b\x65nvironment\x18\x03 \x01(\t\x12\x43\n\x06inputs\x18\x04 \x03(\x0b\x32\x33.candela.prompts.v1.RenderPromptRequest.InputsEntry\x12\x17\n\x0forganization_id\x18\x05 \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\x14RenderPromptResponse\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x32\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\".candela.prompts.v1.TemplateFormat\x12\x31\n\x08messages\x18\x04 \x03(\x0b\x32\x1f.candela.prompts.v1.ChatMessage\x12\x0c\n\x04text\x18\x05 \x01(\t*e\n\x0eTemplateFormat\x12\x1f\n\x1bTEMPLATE_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14TEMPLATE_FORMAT_TEXT\x10\x01\x12\x18\n\x14TEMPLATE_FORMAT_CHAT\x10\x02\x32\xfb\x07\n\x0ePromptsService\x12y\n\x0c\x43reatePrompt\x12\'.candela.prompts.v1.CreatePromptRequest\x1a(.candela.prompts.v1.CreatePromptResponse\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/v1/prompts:\x01*\x12y\n\tGetPrompt\x12$.candela.prompts.v1.GetPromptRequest\x1a%.candela.prompts.v1.GetPromptResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/prompts/{prompt_id}\x12s\n\x0bListPrompts\x12&.candela.prompts.v1.ListPromptsRequest\x1a\'.candela.prompts.v1.ListPromptsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/prompts\x12\x9d\x01\n\x12ListPromptVersions\x12-.candela.prompts.v1.ListPromptVersionsRequest\x1a..candela.prompts.v1.ListPromptVersionsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/prompts/{prompt_id}/versions\x12\xa6\x01\n\x0eSetEnvironment\x12).candela.prompts.v1.SetEnvironmentRequest\x1a*.candela.prompts.v1.SetEnvironmentResponse\"=\x82\xd3\xe4\x93\x02\x37\x1a\x32/v1/prompts/{prompt_id}/environments/{environment}:\x01*\x12\xa5\x01\n\x15\x43omparePromptVersions\x12\x30.candela.prompts.v1.ComparePromptVersionsRequest\x1a\x31.candela.prompts.v1.ComparePromptVersionsResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/prompts/{prompt_id}/compare\x12\x8c\x01\n\x0cRenderPrompt\x12\'.candela.prompts.v1.RenderPromptRequest\x1a(.candela.prompts.v1.RenderPromptResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/prompts/{prompt_id}/render:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'candela.prompts.v1.prompts_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROMPTSUMMARY_ENVIRONMENTSENTRY']._loaded_options = None
+  _globals['_PROMPTSUMMARY_ENVIRONMENTSENTRY']._serialized_options = b'8\001'
+  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._loaded_options = None
+  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_PROMPTSSERVICE'].methods_by_name['CreatePrompt']._loaded_options = None
   _globals['_PROMPTSSERVICE'].methods_by_name['CreatePrompt']._serialized_options = b'\202\323\344\223\002\020\"\013/v1/prompts:\001*'
   _globals['_PROMPTSSERVICE'].methods_by_name['GetPrompt']._loaded_options = None
   _globals['_PROMPTSSERVICE'].methods_by_name['GetPrompt']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/prompts/{prompt_id}'
-  _globals['_PROMPT']._serialized_start=127
-  _globals['_PROMPT']._serialized_end=238
-  _globals['_CREATEPROMPTREQUEST']._serialized_start=240
-  _globals['_CREATEPROMPTREQUEST']._serialized_end=298
-  _globals['_CREATEPROMPTRESPONSE']._serialized_start=300
-  _globals['_CREATEPROMPTRESPONSE']._serialized_end=366
-  _globals['_GETPROMPTREQUEST']._serialized_start=368
-  _globals['_GETPROMPTREQUEST']._serialized_end=422
-  _globals['_GETPROMPTRESPONSE']._serialized_start=424
-  _globals['_GETPROMPTRESPONSE']._serialized_end=487
-  _globals['_PROMPTSSERVICE']._serialized_start=490
-  _globals['_PROMPTSSERVICE']._serialized_end=752
+  _globals['_PROMPTSSERVICE'].methods_by_name['ListPrompts']._loaded_options = None
+  _globals['_PROMPTSSERVICE'].methods_by_name['ListPrompts']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/prompts'
+  _globals['_PROMPTSSERVICE'].methods_by_name['ListPromptVersions']._loaded_options = None
+  _globals['_PROMPTSSERVICE'].methods_by_name['ListPromptVersions']._serialized_options = b'\202\323\344\223\002\"\022 /v1/prompts/{prompt_id}/versions'
+  _globals['_PROMPTSSERVICE'].methods_by_name['SetEnvironment']._loaded_options = None
+  _globals['_PROMPTSSERVICE'].methods_by_name['SetEnvironment']._serialized_options = b'\202\323\344\223\0027\0322/v1/prompts/{prompt_id}/environments/{environment}:\001*'
+  _globals['_PROMPTSSERVICE'].methods_by_name['ComparePromptVersions']._loaded_options = None
+  _globals['_PROMPTSSERVICE'].methods_by_name['ComparePromptVersions']._serialized_options = b'\202\323\344\223\002!\022\037/v1/prompts/{prompt_id}/compare'
+  _globals['_PROMPTSSERVICE'].methods_by_name['RenderPrompt']._loaded_options = None
+  _globals['_PROMPTSSERVICE'].methods_by_name['RenderPrompt']._serialized_options = b'\202\323\344\223\002#\"\036/v1/prompts/{prompt_id}/render:\001*'
+  _globals['_TEMPLATEFORMAT']._serialized_start=2221
+  _globals['_TEMPLATEFORMAT']._serialized_end=2322
+  _globals['_PROMPT']._serialized_start=128
+  _globals['_PROMPT']._serialized_end=332
+  _globals['_CHATMESSAGE']._serialized_start=334
+  _globals['_CHATMESSAGE']._serialized_end=378
+  _globals['_CREATEPROMPTREQUEST']._serialized_start=381
+  _globals['_CREATEPROMPTREQUEST']._serialized_end=512
+  _globals['_CREATEPROMPTRESPONSE']._serialized_start=514
+  _globals['_CREATEPROMPTRESPONSE']._serialized_end=580
+  _globals['_GETPROMPTREQUEST']._serialized_start=582
+  _globals['_GETPROMPTREQUEST']._serialized_end=657
+  _globals['_GETPROMPTRESPONSE']._serialized_start=659
+  _globals['_GETPROMPTRESPONSE']._serialized_end=722
+  _globals['_PROMPTSUMMARY']._serialized_start=725
+  _globals['_PROMPTSUMMARY']._serialized_end=1009
+  _globals['_PROMPTSUMMARY_ENVIRONMENTSENTRY']._serialized_start=958
+  _globals['_PROMPTSUMMARY_ENVIRONMENTSENTRY']._serialized_end=1009
+  _globals['_LISTPROMPTSREQUEST']._serialized_start=1011
+  _globals['_LISTPROMPTSREQUEST']._serialized_end=1070
+  _globals['_LISTPROMPTSRESPONSE']._serialized_start=1072
+  _globals['_LISTPROMPTSRESPONSE']._serialized_end=1170
+  _globals['_LISTPROMPTVERSIONSREQUEST']._serialized_start=1172
+  _globals['_LISTPROMPTVERSIONSREQUEST']._serialized_end=1257
+  _globals['_LISTPROMPTVERSIONSRESPONSE']._serialized_start=1259
+  _globals['_LISTPROMPTVERSIONSRESPONSE']._serialized_end=1358
+  _globals['_SETENVIRONMENTREQUEST']._serialized_start=1360
+  _globals['_SETENVIRONMENTREQUEST']._serialized_end=1440
+  _globals['_SETENVIRONMENTRESPONSE']._serialized_start=1442
+  _globals['_SETENVIRONMENTRESPONSE']._serialized_end=1536
+  _globals['_COMPAREPROMPTVERSIONSREQUEST']._serialized_start=1538
+  _globals['_COMPAREPROMPTVERSIONSREQUEST']._serialized_end=1633
+  _globals['_COMPAREPROMPTVERSIONSRESPONSE']._serialized_start=1636
+  _globals['_COMPAREPROMPTVERSIONSRESPONSE']._serialized_end=1819
+  _globals['_RENDERPROMPTREQUEST']._serialized_start=1822
+  _globals['_RENDERPROMPTREQUEST']._serialized_end=2041
+  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._serialized_start=1996
+  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._serialized_end=2041
+  _globals['_RENDERPROMPTRESPONSE']._serialized_start=2044
+  _globals['_RENDERPROMPTRESPONSE']._serialized_end=2219
+  _globals['_PROMPTSSERVICE']._serialized_start=2325
+  _globals['_PROMPTSSERVICE']._serialized_end=3344
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +20,29 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _TemplateFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TemplateFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TemplateFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TEMPLATE_FORMAT_UNSPECIFIED: _TemplateFormat.ValueType  # 0
+    """Treated as TEXT."""
+    TEMPLATE_FORMAT_TEXT: _TemplateFormat.ValueType  # 1
+    """Plain text with variables."""
+    TEMPLATE_FORMAT_CHAT: _TemplateFormat.ValueType  # 2
+    """A JSON list of {"role": ..., "content": ...} messages with variables in the contents."""
+
+class TemplateFormat(_TemplateFormat, metaclass=_TemplateFormatEnumTypeWrapper): ...
+
+TEMPLATE_FORMAT_UNSPECIFIED: TemplateFormat.ValueType  # 0
+"""Treated as TEXT."""
+TEMPLATE_FORMAT_TEXT: TemplateFormat.ValueType  # 1
+"""Plain text with variables."""
+TEMPLATE_FORMAT_CHAT: TemplateFormat.ValueType  # 2
+"""A JSON list of {"role": ..., "content": ...} messages with variables in the contents."""
+Global___TemplateFormat: _TypeAlias = TemplateFormat  # noqa: Y015
+
 @_typing.final
 class Prompt(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -25,12 +51,24 @@ class Prompt(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     prompt_id: _builtins.str
     """The organization's own name for the prompt, e.g. "support-reply"."""
     version: _builtins.int
     template: _builtins.str
+    format: Global___TemplateFormat.ValueType
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The template's variables, in order of first use."""
+
+    @_builtins.property
+    def environments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The environments that point at this version now."""
+
     def __init__(
         self,
         *,
@@ -38,14 +76,41 @@ class Prompt(_message.Message):
         version: _builtins.int = ...,
         template: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        format: Global___TemplateFormat.ValueType = ...,
+        variables: _abc.Iterable[_builtins.str] | None = ...,
+        environments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "prompt_id", b"prompt_id", "template", b"template", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "environments", b"environments", "format", b"format", "prompt_id", b"prompt_id", "template", b"template", "variables", b"variables", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Prompt: _TypeAlias = Prompt  # noqa: Y015
+
+@_typing.final
+class ChatMessage(_message.Message):
+    """One message of a rendered chat template."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    content: _builtins.str
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
 
 @_typing.final
 class CreatePromptRequest(_message.Message):
@@ -53,17 +118,24 @@ class CreatePromptRequest(_message.Message):
 
     PROMPT_ID_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     prompt_id: _builtins.str
     template: _builtins.str
+    format: Global___TemplateFormat.ValueType
+    environment: _builtins.str
+    """Also point this environment at the new version (optional)."""
     def __init__(
         self,
         *,
         prompt_id: _builtins.str = ...,
         template: _builtins.str = ...,
+        format: Global___TemplateFormat.ValueType = ...,
+        environment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt_id", b"prompt_id", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "format", b"format", "prompt_id", b"prompt_id", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,18 +167,22 @@ class GetPromptRequest(_message.Message):
 
     PROMPT_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     prompt_id: _builtins.str
     version: _builtins.int
-    """0 means the latest version."""
+    """0 means the latest version (or the one `environment` points at)."""
+    environment: _builtins.str
+    """The version this environment points at; not together with `version`."""
     def __init__(
         self,
         *,
         prompt_id: _builtins.str = ...,
         version: _builtins.int = ...,
+        environment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt_id", b"prompt_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "prompt_id", b"prompt_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,3 +207,363 @@ class GetPromptResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPromptResponse: _TypeAlias = GetPromptResponse  # noqa: Y015
+
+@_typing.final
+class PromptSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvironmentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    prompt_id: _builtins.str
+    latest_version: _builtins.int
+    @_builtins.property
+    def environments(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Environment label -> version."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the latest version was stored."""
+
+    def __init__(
+        self,
+        *,
+        prompt_id: _builtins.str = ...,
+        latest_version: _builtins.int = ...,
+        environments: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "environments", b"environments", "latest_version", b"latest_version", "prompt_id", b"prompt_id", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptSummary: _TypeAlias = PromptSummary  # noqa: Y015
+
+@_typing.final
+class ListPromptsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many prompts; 0 means 100 (the maximum is 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromptsRequest: _TypeAlias = ListPromptsRequest  # noqa: Y015
+
+@_typing.final
+class ListPromptsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptSummary]: ...
+    def __init__(
+        self,
+        *,
+        prompts: _abc.Iterable[Global___PromptSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "prompts", b"prompts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromptsResponse: _TypeAlias = ListPromptsResponse  # noqa: Y015
+
+@_typing.final
+class ListPromptVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    prompt_id: _builtins.str
+    page_size: _builtins.int
+    """At most this many versions; 0 means 100 (the maximum is 1000)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        prompt_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "prompt_id", b"prompt_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromptVersionsRequest: _TypeAlias = ListPromptVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPromptVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Prompt]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___Prompt] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromptVersionsResponse: _TypeAlias = ListPromptVersionsResponse  # noqa: Y015
+
+@_typing.final
+class SetEnvironmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    prompt_id: _builtins.str
+    environment: _builtins.str
+    """e.g. "production", "staging": 1-63 lowercase letters, digits, '-' or '_'."""
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        prompt_id: _builtins.str = ...,
+        environment: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "prompt_id", b"prompt_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetEnvironmentRequest: _TypeAlias = SetEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class SetEnvironmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    """The version it pointed at before; 0 when the environment is new."""
+    @_builtins.property
+    def prompt(self) -> Global___Prompt:
+        """The version the environment now points at."""
+
+    def __init__(
+        self,
+        *,
+        prompt: Global___Prompt | None = ...,
+        previous_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetEnvironmentResponse: _TypeAlias = SetEnvironmentResponse  # noqa: Y015
+
+@_typing.final
+class ComparePromptVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    TARGET_VERSION_FIELD_NUMBER: _builtins.int
+    prompt_id: _builtins.str
+    base_version: _builtins.int
+    target_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        prompt_id: _builtins.str = ...,
+        base_version: _builtins.int = ...,
+        target_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "prompt_id", b"prompt_id", "target_version", b"target_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparePromptVersionsRequest: _TypeAlias = ComparePromptVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ComparePromptVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DIFF_FIELD_NUMBER: _builtins.int
+    ADDED_VARIABLES_FIELD_NUMBER: _builtins.int
+    REMOVED_VARIABLES_FIELD_NUMBER: _builtins.int
+    diff: _builtins.str
+    """Unified diff of the templates (CHAT templates are compared one message field per line)."""
+    @_builtins.property
+    def base(self) -> Global___Prompt: ...
+    @_builtins.property
+    def target(self) -> Global___Prompt: ...
+    @_builtins.property
+    def added_variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed_variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        base: Global___Prompt | None = ...,
+        target: Global___Prompt | None = ...,
+        diff: _builtins.str = ...,
+        added_variables: _abc.Iterable[_builtins.str] | None = ...,
+        removed_variables: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_variables", b"added_variables", "base", b"base", "diff", b"diff", "removed_variables", b"removed_variables", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparePromptVersionsResponse: _TypeAlias = ComparePromptVersionsResponse  # noqa: Y015
+
+@_typing.final
+class RenderPromptRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    prompt_id: _builtins.str
+    version: _builtins.int
+    """0: the version `environment` points at, or the latest when no environment is given."""
+    environment: _builtins.str
+    organization_id: _builtins.str
+    """Only with the service credential (the proxy): whose prompt to render. Empty with a user key."""
+    @_builtins.property
+    def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Variable name -> value. Every variable of the template is required; no other name is allowed."""
+
+    def __init__(
+        self,
+        *,
+        prompt_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        environment: _builtins.str = ...,
+        inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        organization_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "inputs", b"inputs", "organization_id", b"organization_id", "prompt_id", b"prompt_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderPromptRequest: _TypeAlias = RenderPromptRequest  # noqa: Y015
+
+@_typing.final
+class RenderPromptResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    prompt_id: _builtins.str
+    version: _builtins.int
+    """The version rendered (what the proxy logs as the prompt version)."""
+    format: Global___TemplateFormat.ValueType
+    text: _builtins.str
+    """The rendered text of a TEXT template; empty for CHAT."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """The rendered messages; a TEXT template renders as one "user" message."""
+
+    def __init__(
+        self,
+        *,
+        prompt_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        format: Global___TemplateFormat.ValueType = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "messages", b"messages", "prompt_id", b"prompt_id", "text", b"text", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderPromptResponse: _TypeAlias = RenderPromptResponse  # noqa: Y015

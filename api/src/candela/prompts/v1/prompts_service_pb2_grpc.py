@@ -27,6 +27,19 @@ if _version_not_supported:
 
 class PromptsServiceStub:
     """Versioned prompt templates, per organization.
+
+    A version never changes once stored; a new template for a prompt becomes its next version.
+    Environments ("production", "staging", ...) are labels that point at one version each and move.
+
+    Template syntax: `{{name}}` (spaces inside the braces allowed) is a variable; a name is a letter or
+    `_` followed by letters, digits or `_`. A backslash right before `{{` makes it literal text. Any
+    other `{{` is malformed. A TEXT template is plain text; a CHAT template is a JSON list of
+    {"role", "content"} messages whose contents may hold variables.
+
+    Who may call what: every call is scoped to the organization of the caller's key
+    (`authorization: Bearer <key>`); another organization's prompt is NOT_FOUND. Reads need READ,
+    writes WRITE (ADMIN implies both). RenderPrompt also accepts a PROXY key, and the service credential
+    with `organization_id` (the proxy, which has already authenticated the caller).
     """
 
     def __init__(self, channel):
@@ -45,10 +58,48 @@ class PromptsServiceStub:
                 request_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.GetPromptRequest.SerializeToString,
                 response_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.GetPromptResponse.FromString,
                 _registered_method=True)
+        self.ListPrompts = channel.unary_unary(
+                '/candela.prompts.v1.PromptsService/ListPrompts',
+                request_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptsRequest.SerializeToString,
+                response_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptsResponse.FromString,
+                _registered_method=True)
+        self.ListPromptVersions = channel.unary_unary(
+                '/candela.prompts.v1.PromptsService/ListPromptVersions',
+                request_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptVersionsRequest.SerializeToString,
+                response_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptVersionsResponse.FromString,
+                _registered_method=True)
+        self.SetEnvironment = channel.unary_unary(
+                '/candela.prompts.v1.PromptsService/SetEnvironment',
+                request_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.SetEnvironmentRequest.SerializeToString,
+                response_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.SetEnvironmentResponse.FromString,
+                _registered_method=True)
+        self.ComparePromptVersions = channel.unary_unary(
+                '/candela.prompts.v1.PromptsService/ComparePromptVersions',
+                request_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ComparePromptVersionsRequest.SerializeToString,
+                response_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ComparePromptVersionsResponse.FromString,
+                _registered_method=True)
+        self.RenderPrompt = channel.unary_unary(
+                '/candela.prompts.v1.PromptsService/RenderPrompt',
+                request_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.RenderPromptRequest.SerializeToString,
+                response_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.RenderPromptResponse.FromString,
+                _registered_method=True)
 
 
 class PromptsServiceServicer:
     """Versioned prompt templates, per organization.
+
+    A version never changes once stored; a new template for a prompt becomes its next version.
+    Environments ("production", "staging", ...) are labels that point at one version each and move.
+
+    Template syntax: `{{name}}` (spaces inside the braces allowed) is a variable; a name is a letter or
+    `_` followed by letters, digits or `_`. A backslash right before `{{` makes it literal text. Any
+    other `{{` is malformed. A TEXT template is plain text; a CHAT template is a JSON list of
+    {"role", "content"} messages whose contents may hold variables.
+
+    Who may call what: every call is scoped to the organization of the caller's key
+    (`authorization: Bearer <key>`); another organization's prompt is NOT_FOUND. Reads need READ,
+    writes WRITE (ADMIN implies both). RenderPrompt also accepts a PROXY key, and the service credential
+    with `organization_id` (the proxy, which has already authenticated the caller).
     """
 
     def CreatePrompt(self, request, context):
@@ -59,7 +110,42 @@ class PromptsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPrompt(self, request, context):
-        """One version of a prompt; the latest when no version is given.
+        """One version of a prompt: the one named by `version` or by `environment`, else the latest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrompts(self, request, context):
+        """The organization's prompts, by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPromptVersions(self, request, context):
+        """Every version of one prompt, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEnvironment(self, request, context):
+        """Points an environment label at a version (creating the label or moving it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ComparePromptVersions(self, request, context):
+        """A line diff of two versions' templates, and the variables added and removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderPrompt(self, request, context):
+        """Fills a version's variables with `inputs`; INVALID_ARGUMENT names every missing or unexpected one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +164,31 @@ def add_PromptsServiceServicer_to_server(servicer, server):
                     request_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.GetPromptRequest.FromString,
                     response_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.GetPromptResponse.SerializeToString,
             ),
+            'ListPrompts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrompts,
+                    request_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptsRequest.FromString,
+                    response_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptsResponse.SerializeToString,
+            ),
+            'ListPromptVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPromptVersions,
+                    request_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptVersionsRequest.FromString,
+                    response_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptVersionsResponse.SerializeToString,
+            ),
+            'SetEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEnvironment,
+                    request_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.SetEnvironmentRequest.FromString,
+                    response_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.SetEnvironmentResponse.SerializeToString,
+            ),
+            'ComparePromptVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComparePromptVersions,
+                    request_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ComparePromptVersionsRequest.FromString,
+                    response_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ComparePromptVersionsResponse.SerializeToString,
+            ),
+            'RenderPrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderPrompt,
+                    request_deserializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.RenderPromptRequest.FromString,
+                    response_serializer=candela_dot_prompts_dot_v1_dot_prompts__service__pb2.RenderPromptResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'candela.prompts.v1.PromptsService', rpc_method_handlers)
@@ -88,6 +199,19 @@ def add_PromptsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PromptsService:
     """Versioned prompt templates, per organization.
+
+    A version never changes once stored; a new template for a prompt becomes its next version.
+    Environments ("production", "staging", ...) are labels that point at one version each and move.
+
+    Template syntax: `{{name}}` (spaces inside the braces allowed) is a variable; a name is a letter or
+    `_` followed by letters, digits or `_`. A backslash right before `{{` makes it literal text. Any
+    other `{{` is malformed. A TEXT template is plain text; a CHAT template is a JSON list of
+    {"role", "content"} messages whose contents may hold variables.
+
+    Who may call what: every call is scoped to the organization of the caller's key
+    (`authorization: Bearer <key>`); another organization's prompt is NOT_FOUND. Reads need READ,
+    writes WRITE (ADMIN implies both). RenderPrompt also accepts a PROXY key, and the service credential
+    with `organization_id` (the proxy, which has already authenticated the caller).
     """
 
     @staticmethod
@@ -134,6 +258,141 @@ class PromptsService:
             '/candela.prompts.v1.PromptsService/GetPrompt',
             candela_dot_prompts_dot_v1_dot_prompts__service__pb2.GetPromptRequest.SerializeToString,
             candela_dot_prompts_dot_v1_dot_prompts__service__pb2.GetPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrompts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.prompts.v1.PromptsService/ListPrompts',
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptsRequest.SerializeToString,
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPromptVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.prompts.v1.PromptsService/ListPromptVersions',
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptVersionsRequest.SerializeToString,
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ListPromptVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.prompts.v1.PromptsService/SetEnvironment',
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.SetEnvironmentRequest.SerializeToString,
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.SetEnvironmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComparePromptVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.prompts.v1.PromptsService/ComparePromptVersions',
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ComparePromptVersionsRequest.SerializeToString,
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.ComparePromptVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderPrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.prompts.v1.PromptsService/RenderPrompt',
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.RenderPromptRequest.SerializeToString,
+            candela_dot_prompts_dot_v1_dot_prompts__service__pb2.RenderPromptResponse.FromString,
             options,
             channel_credentials,
             insecure,

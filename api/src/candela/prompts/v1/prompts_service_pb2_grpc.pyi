@@ -27,7 +27,21 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class PromptsServiceStub:
-    """Versioned prompt templates, per organization."""
+    """Versioned prompt templates, per organization.
+
+    A version never changes once stored; a new template for a prompt becomes its next version.
+    Environments ("production", "staging", ...) are labels that point at one version each and move.
+
+    Template syntax: `{{name}}` (spaces inside the braces allowed) is a variable; a name is a letter or
+    `_` followed by letters, digits or `_`. A backslash right before `{{` makes it literal text. Any
+    other `{{` is malformed. A TEXT template is plain text; a CHAT template is a JSON list of
+    {"role", "content"} messages whose contents may hold variables.
+
+    Who may call what: every call is scoped to the organization of the caller's key
+    (`authorization: Bearer <key>`); another organization's prompt is NOT_FOUND. Reads need READ,
+    writes WRITE (ADMIN implies both). RenderPrompt also accepts a PROXY key, and the service credential
+    with `organization_id` (the proxy, which has already authenticated the caller).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -36,20 +50,68 @@ class PromptsServiceStub:
     CreatePrompt: _grpc.UnaryUnaryMultiCallable[_prompts_service_pb2.CreatePromptRequest, _prompts_service_pb2.CreatePromptResponse]
     """Stores a template as the next version of the prompt (version 1 for a new prompt)."""
     GetPrompt: _grpc.UnaryUnaryMultiCallable[_prompts_service_pb2.GetPromptRequest, _prompts_service_pb2.GetPromptResponse]
-    """One version of a prompt; the latest when no version is given."""
+    """One version of a prompt: the one named by `version` or by `environment`, else the latest."""
+    ListPrompts: _grpc.UnaryUnaryMultiCallable[_prompts_service_pb2.ListPromptsRequest, _prompts_service_pb2.ListPromptsResponse]
+    """The organization's prompts, by id."""
+    ListPromptVersions: _grpc.UnaryUnaryMultiCallable[_prompts_service_pb2.ListPromptVersionsRequest, _prompts_service_pb2.ListPromptVersionsResponse]
+    """Every version of one prompt, newest first."""
+    SetEnvironment: _grpc.UnaryUnaryMultiCallable[_prompts_service_pb2.SetEnvironmentRequest, _prompts_service_pb2.SetEnvironmentResponse]
+    """Points an environment label at a version (creating the label or moving it)."""
+    ComparePromptVersions: _grpc.UnaryUnaryMultiCallable[_prompts_service_pb2.ComparePromptVersionsRequest, _prompts_service_pb2.ComparePromptVersionsResponse]
+    """A line diff of two versions' templates, and the variables added and removed."""
+    RenderPrompt: _grpc.UnaryUnaryMultiCallable[_prompts_service_pb2.RenderPromptRequest, _prompts_service_pb2.RenderPromptResponse]
+    """Fills a version's variables with `inputs`; INVALID_ARGUMENT names every missing or unexpected one."""
 
 @_typing.type_check_only
 class PromptsServiceAsyncStub(PromptsServiceStub):
-    """Versioned prompt templates, per organization."""
+    """Versioned prompt templates, per organization.
+
+    A version never changes once stored; a new template for a prompt becomes its next version.
+    Environments ("production", "staging", ...) are labels that point at one version each and move.
+
+    Template syntax: `{{name}}` (spaces inside the braces allowed) is a variable; a name is a letter or
+    `_` followed by letters, digits or `_`. A backslash right before `{{` makes it literal text. Any
+    other `{{` is malformed. A TEXT template is plain text; a CHAT template is a JSON list of
+    {"role", "content"} messages whose contents may hold variables.
+
+    Who may call what: every call is scoped to the organization of the caller's key
+    (`authorization: Bearer <key>`); another organization's prompt is NOT_FOUND. Reads need READ,
+    writes WRITE (ADMIN implies both). RenderPrompt also accepts a PROXY key, and the service credential
+    with `organization_id` (the proxy, which has already authenticated the caller).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePrompt: _aio.UnaryUnaryMultiCallable[_prompts_service_pb2.CreatePromptRequest, _prompts_service_pb2.CreatePromptResponse]  # type: ignore[assignment]
     """Stores a template as the next version of the prompt (version 1 for a new prompt)."""
     GetPrompt: _aio.UnaryUnaryMultiCallable[_prompts_service_pb2.GetPromptRequest, _prompts_service_pb2.GetPromptResponse]  # type: ignore[assignment]
-    """One version of a prompt; the latest when no version is given."""
+    """One version of a prompt: the one named by `version` or by `environment`, else the latest."""
+    ListPrompts: _aio.UnaryUnaryMultiCallable[_prompts_service_pb2.ListPromptsRequest, _prompts_service_pb2.ListPromptsResponse]  # type: ignore[assignment]
+    """The organization's prompts, by id."""
+    ListPromptVersions: _aio.UnaryUnaryMultiCallable[_prompts_service_pb2.ListPromptVersionsRequest, _prompts_service_pb2.ListPromptVersionsResponse]  # type: ignore[assignment]
+    """Every version of one prompt, newest first."""
+    SetEnvironment: _aio.UnaryUnaryMultiCallable[_prompts_service_pb2.SetEnvironmentRequest, _prompts_service_pb2.SetEnvironmentResponse]  # type: ignore[assignment]
+    """Points an environment label at a version (creating the label or moving it)."""
+    ComparePromptVersions: _aio.UnaryUnaryMultiCallable[_prompts_service_pb2.ComparePromptVersionsRequest, _prompts_service_pb2.ComparePromptVersionsResponse]  # type: ignore[assignment]
+    """A line diff of two versions' templates, and the variables added and removed."""
+    RenderPrompt: _aio.UnaryUnaryMultiCallable[_prompts_service_pb2.RenderPromptRequest, _prompts_service_pb2.RenderPromptResponse]  # type: ignore[assignment]
+    """Fills a version's variables with `inputs`; INVALID_ARGUMENT names every missing or unexpected one."""
 
 class PromptsServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Versioned prompt templates, per organization."""
+    """Versioned prompt templates, per organization.
+
+    A version never changes once stored; a new template for a prompt becomes its next version.
+    Environments ("production", "staging", ...) are labels that point at one version each and move.
+
+    Template syntax: `{{name}}` (spaces inside the braces allowed) is a variable; a name is a letter or
+    `_` followed by letters, digits or `_`. A backslash right before `{{` makes it literal text. Any
+    other `{{` is malformed. A TEXT template is plain text; a CHAT template is a JSON list of
+    {"role", "content"} messages whose contents may hold variables.
+
+    Who may call what: every call is scoped to the organization of the caller's key
+    (`authorization: Bearer <key>`); another organization's prompt is NOT_FOUND. Reads need READ,
+    writes WRITE (ADMIN implies both). RenderPrompt also accepts a PROXY key, and the service credential
+    with `organization_id` (the proxy, which has already authenticated the caller).
+    """
 
     @_abc_1.abstractmethod
     def CreatePrompt(
@@ -65,6 +127,46 @@ class PromptsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompts_service_pb2.GetPromptRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompts_service_pb2.GetPromptResponse, _abc.Awaitable[_prompts_service_pb2.GetPromptResponse]]:
-        """One version of a prompt; the latest when no version is given."""
+        """One version of a prompt: the one named by `version` or by `environment`, else the latest."""
+
+    @_abc_1.abstractmethod
+    def ListPrompts(
+        self,
+        request: _prompts_service_pb2.ListPromptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompts_service_pb2.ListPromptsResponse, _abc.Awaitable[_prompts_service_pb2.ListPromptsResponse]]:
+        """The organization's prompts, by id."""
+
+    @_abc_1.abstractmethod
+    def ListPromptVersions(
+        self,
+        request: _prompts_service_pb2.ListPromptVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompts_service_pb2.ListPromptVersionsResponse, _abc.Awaitable[_prompts_service_pb2.ListPromptVersionsResponse]]:
+        """Every version of one prompt, newest first."""
+
+    @_abc_1.abstractmethod
+    def SetEnvironment(
+        self,
+        request: _prompts_service_pb2.SetEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompts_service_pb2.SetEnvironmentResponse, _abc.Awaitable[_prompts_service_pb2.SetEnvironmentResponse]]:
+        """Points an environment label at a version (creating the label or moving it)."""
+
+    @_abc_1.abstractmethod
+    def ComparePromptVersions(
+        self,
+        request: _prompts_service_pb2.ComparePromptVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompts_service_pb2.ComparePromptVersionsResponse, _abc.Awaitable[_prompts_service_pb2.ComparePromptVersionsResponse]]:
+        """A line diff of two versions' templates, and the variables added and removed."""
+
+    @_abc_1.abstractmethod
+    def RenderPrompt(
+        self,
+        request: _prompts_service_pb2.RenderPromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompts_service_pb2.RenderPromptResponse, _abc.Awaitable[_prompts_service_pb2.RenderPromptResponse]]:
+        """Fills a version's variables with `inputs`; INVALID_ARGUMENT names every missing or unexpected one."""
 
 def add_PromptsServiceServicer_to_server(servicer: PromptsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,30 +24,87 @@ _sym_db = _symbol_database.Default()
 
 from candela.logs.v1 import log_record_pb2 as candela_dot_logs_dot_v1_dot_log__record__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$candela/query/v1/query_service.proto\x12\x10\x63\x61ndela.query.v1\x1a candela/logs/v1/log_record.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x01\n\rRequestFilter\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x14QueryRequestsRequest\x12/\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1f.candela.query.v1.RequestFilter\x12\r\n\x05limit\x18\x02 \x01(\x05\"E\n\x15QueryRequestsResponse\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.candela.logs.v1.LogRecord\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"n\n\x12GetRequestResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12\x14\n\x0crequest_body\x18\x02 \x01(\t\x12\x15\n\rresponse_body\x18\x03 \x01(\t2\x89\x02\n\x0cQueryService\x12~\n\rQueryRequests\x12&.candela.query.v1.QueryRequestsRequest\x1a\'.candela.query.v1.QueryRequestsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/request/query:\x01*\x12y\n\nGetRequest\x12#.candela.query.v1.GetRequestRequest\x1a$.candela.query.v1.GetRequestResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/request/{request_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$candela/query/v1/query_service.proto\x12\x10\x63\x61ndela.query.v1\x1a candela/logs/v1/log_record.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x02\n\rRequestFilter\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\nconditions\x18\x08 \x03(\x0b\x32!.candela.query.v1.FilterCondition\x12,\n\x03\x61ll\x18\t \x03(\x0b\x32\x1f.candela.query.v1.RequestFilter\x12,\n\x03\x61ny\x18\n \x03(\x0b\x32\x1f.candela.query.v1.RequestFilter\"o\n\x0f\x46ilterCondition\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x14\n\x0cproperty_key\x18\x04 \x01(\t\"/\n\x0bRequestSort\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x11\n\tascending\x18\x02 \x01(\x08\"\x93\x01\n\x14QueryRequestsRequest\x12/\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1f.candela.query.v1.RequestFilter\x12\r\n\x05limit\x18\x02 \x01(\x05\x12+\n\x04sort\x18\x03 \x01(\x0b\x32\x1d.candela.query.v1.RequestSort\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"o\n\x15QueryRequestsResponse\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12\x18\n\x0bnext_cursor\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_next_cursor\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"n\n\x12GetRequestResponse\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12\x14\n\x0crequest_body\x18\x02 \x01(\t\x12\x15\n\rresponse_body\x18\x03 \x01(\t\"\x95\x02\n\x18\x41ggregateRequestsRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1f.candela.query.v1.RequestFilter\x12+\n\x08group_by\x18\x04 \x03(\x0e\x32\x19.candela.query.v1.GroupBy\x12\x14\n\x0cproperty_key\x18\x05 \x01(\t\x12\x31\n\x0btime_bucket\x18\x06 \x01(\x0e\x32\x1c.candela.query.v1.TimeBucket\"\xc9\x02\n\x0eRequestMetrics\x12\x15\n\rrequest_count\x18\x01 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x02 \x01(\t\x12\x16\n\x0eunpriced_count\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x06 \x01(\x03\x12\x16\n\x0elatency_p50_ms\x18\x07 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x08 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\t \x01(\x01\x12\x13\n\x0bttft_p50_ms\x18\n \x01(\x01\x12\x13\n\x0bttft_p95_ms\x18\x0b \x01(\x01\x12\x13\n\x0bttft_p99_ms\x18\x0c \x01(\x01\x12\x13\n\x0b\x65rror_count\x18\r \x01(\x03\x12\x12\n\nerror_rate\x18\x0e \x01(\x01\"O\n\x0cMetricsGroup\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x31\n\x07metrics\x18\x02 \x01(\x0b\x32 .candela.query.v1.RequestMetrics\"K\n\x19\x41ggregateRequestsResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.candela.query.v1.MetricsGroup\"\xaa\x01\n\x14QuerySessionsRequest\x12/\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1f.candela.query.v1.RequestFilter\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x04 \x01(\x05\"\xd8\x01\n\x0eSessionSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0csession_name\x18\x02 \x01(\t\x12\x34\n\x10\x66irst_request_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_request_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07metrics\x18\x05 \x01(\x0b\x32 .candela.query.v1.RequestMetrics\"K\n\x15QuerySessionsResponse\x12\x32\n\x08sessions\x18\x01 \x03(\x0b\x32 .candela.query.v1.SessionSummary\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xbb\x01\n\x0bSessionNode\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x08requests\x18\x03 \x03(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12/\n\x08\x63hildren\x18\x04 \x03(\x0b\x32\x1d.candela.query.v1.SessionNode\x12\x31\n\x07metrics\x18\x05 \x01(\x0b\x32 .candela.query.v1.RequestMetrics\"t\n\x12GetSessionResponse\x12\x31\n\x07session\x18\x01 \x01(\x0b\x32 .candela.query.v1.SessionSummary\x12+\n\x04root\x18\x02 \x01(\x0b\x32\x1d.candela.query.v1.SessionNode\"\xad\x01\n\x17QueryUserMetricsRequest\x12/\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1f.candela.query.v1.RequestFilter\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x04 \x01(\x05\"\xbc\x01\n\x0bUserMetrics\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x34\n\x10\x66irst_request_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_request_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07metrics\x18\x04 \x01(\x0b\x32 .candela.query.v1.RequestMetrics\"H\n\x18QueryUserMetricsResponse\x12,\n\x05users\x18\x01 \x03(\x0b\x32\x1d.candela.query.v1.UserMetrics\"+\n\x1bGetOrganizationUsageRequest\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\"\x8c\x01\n\nDailyUsage\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\t\x12\x16\n\x0eunpriced_count\x18\x06 \x01(\x03\"H\n\nUsageLimit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07limited\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\"\xf9\x01\n\x1cGetOrganizationUsageResponse\x12*\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32\x1c.candela.query.v1.DailyUsage\x12,\n\x06limits\x18\x02 \x03(\x0b\x32\x1c.candela.query.v1.UsageLimit\x12N\n\x08\x63ounters\x18\x03 \x03(\x0b\x32<.candela.query.v1.GetOrganizationUsageResponse.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*\x8b\x01\n\x07GroupBy\x12\x18\n\x14GROUP_BY_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_BY_MODEL\x10\x01\x12\x15\n\x11GROUP_BY_PROVIDER\x10\x02\x12\x11\n\rGROUP_BY_USER\x10\x03\x12\x15\n\x11GROUP_BY_PROPERTY\x10\x04\x12\x11\n\rGROUP_BY_TIME\x10\x05*l\n\nTimeBucket\x12\x1b\n\x17TIME_BUCKET_UNSPECIFIED\x10\x00\x12\x16\n\x12TIME_BUCKET_MINUTE\x10\x01\x12\x14\n\x10TIME_BUCKET_HOUR\x10\x02\x12\x13\n\x0fTIME_BUCKET_DAY\x10\x03\x32\xc0\x07\n\x0cQueryService\x12~\n\rQueryRequests\x12&.candela.query.v1.QueryRequestsRequest\x1a\'.candela.query.v1.QueryRequestsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/request/query:\x01*\x12y\n\nGetRequest\x12#.candela.query.v1.GetRequestRequest\x1a$.candela.query.v1.GetRequestResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/request/{request_id}\x12\x92\x01\n\x11\x41ggregateRequests\x12*.candela.query.v1.AggregateRequestsRequest\x1a+.candela.query.v1.AggregateRequestsResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/request/metrics/query:\x01*\x12~\n\rQuerySessions\x12&.candela.query.v1.QuerySessionsRequest\x1a\'.candela.query.v1.QuerySessionsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/session/query:\x01*\x12y\n\nGetSession\x12#.candela.query.v1.GetSessionRequest\x1a$.candela.query.v1.GetSessionResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/session/{session_id}\x12\x8c\x01\n\x10QueryUserMetrics\x12).candela.query.v1.QueryUserMetricsRequest\x1a*.candela.query.v1.QueryUserMetricsResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/user/metrics/query:\x01*\x12\x95\x01\n\x14GetOrganizationUsage\x12-.candela.query.v1.GetOrganizationUsageRequest\x1a..candela.query.v1.GetOrganizationUsageResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/organization/usageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'candela.query.v1.query_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETORGANIZATIONUSAGERESPONSE_COUNTERSENTRY']._loaded_options = None
+  _globals['_GETORGANIZATIONUSAGERESPONSE_COUNTERSENTRY']._serialized_options = b'8\001'
   _globals['_QUERYSERVICE'].methods_by_name['QueryRequests']._loaded_options = None
   _globals['_QUERYSERVICE'].methods_by_name['QueryRequests']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/request/query:\001*'
   _globals['_QUERYSERVICE'].methods_by_name['GetRequest']._loaded_options = None
   _globals['_QUERYSERVICE'].methods_by_name['GetRequest']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/request/{request_id}'
-  _globals['_REQUESTFILTER']._serialized_start=156
-  _globals['_REQUESTFILTER']._serialized_end=365
-  _globals['_QUERYREQUESTSREQUEST']._serialized_start=367
-  _globals['_QUERYREQUESTSREQUEST']._serialized_end=453
-  _globals['_QUERYREQUESTSRESPONSE']._serialized_start=455
-  _globals['_QUERYREQUESTSRESPONSE']._serialized_end=524
-  _globals['_GETREQUESTREQUEST']._serialized_start=526
-  _globals['_GETREQUESTREQUEST']._serialized_end=565
-  _globals['_GETREQUESTRESPONSE']._serialized_start=567
-  _globals['_GETREQUESTRESPONSE']._serialized_end=677
-  _globals['_QUERYSERVICE']._serialized_start=680
-  _globals['_QUERYSERVICE']._serialized_end=945
+  _globals['_QUERYSERVICE'].methods_by_name['AggregateRequests']._loaded_options = None
+  _globals['_QUERYSERVICE'].methods_by_name['AggregateRequests']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/request/metrics/query:\001*'
+  _globals['_QUERYSERVICE'].methods_by_name['QuerySessions']._loaded_options = None
+  _globals['_QUERYSERVICE'].methods_by_name['QuerySessions']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/session/query:\001*'
+  _globals['_QUERYSERVICE'].methods_by_name['GetSession']._loaded_options = None
+  _globals['_QUERYSERVICE'].methods_by_name['GetSession']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/session/{session_id}'
+  _globals['_QUERYSERVICE'].methods_by_name['QueryUserMetrics']._loaded_options = None
+  _globals['_QUERYSERVICE'].methods_by_name['QueryUserMetrics']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/user/metrics/query:\001*'
+  _globals['_QUERYSERVICE'].methods_by_name['GetOrganizationUsage']._loaded_options = None
+  _globals['_QUERYSERVICE'].methods_by_name['GetOrganizationUsage']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/organization/usage'
+  _globals['_GROUPBY']._serialized_start=3666
+  _globals['_GROUPBY']._serialized_end=3805
+  _globals['_TIMEBUCKET']._serialized_start=3807
+  _globals['_TIMEBUCKET']._serialized_end=3915
+  _globals['_REQUESTFILTER']._serialized_start=186
+  _globals['_REQUESTFILTER']._serialized_end=542
+  _globals['_FILTERCONDITION']._serialized_start=544
+  _globals['_FILTERCONDITION']._serialized_end=655
+  _globals['_REQUESTSORT']._serialized_start=657
+  _globals['_REQUESTSORT']._serialized_end=704
+  _globals['_QUERYREQUESTSREQUEST']._serialized_start=707
+  _globals['_QUERYREQUESTSREQUEST']._serialized_end=854
+  _globals['_QUERYREQUESTSRESPONSE']._serialized_start=856
+  _globals['_QUERYREQUESTSRESPONSE']._serialized_end=967
+  _globals['_GETREQUESTREQUEST']._serialized_start=969
+  _globals['_GETREQUESTREQUEST']._serialized_end=1008
+  _globals['_GETREQUESTRESPONSE']._serialized_start=1010
+  _globals['_GETREQUESTRESPONSE']._serialized_end=1120
+  _globals['_AGGREGATEREQUESTSREQUEST']._serialized_start=1123
+  _globals['_AGGREGATEREQUESTSREQUEST']._serialized_end=1400
+  _globals['_REQUESTMETRICS']._serialized_start=1403
+  _globals['_REQUESTMETRICS']._serialized_end=1732
+  _globals['_METRICSGROUP']._serialized_start=1734
+  _globals['_METRICSGROUP']._serialized_end=1813
+  _globals['_AGGREGATEREQUESTSRESPONSE']._serialized_start=1815
+  _globals['_AGGREGATEREQUESTSRESPONSE']._serialized_end=1890
+  _globals['_QUERYSESSIONSREQUEST']._serialized_start=1893
+  _globals['_QUERYSESSIONSREQUEST']._serialized_end=2063
+  _globals['_SESSIONSUMMARY']._serialized_start=2066
+  _globals['_SESSIONSUMMARY']._serialized_end=2282
+  _globals['_QUERYSESSIONSRESPONSE']._serialized_start=2284
+  _globals['_QUERYSESSIONSRESPONSE']._serialized_end=2359
+  _globals['_GETSESSIONREQUEST']._serialized_start=2361
+  _globals['_GETSESSIONREQUEST']._serialized_end=2400
+  _globals['_SESSIONNODE']._serialized_start=2403
+  _globals['_SESSIONNODE']._serialized_end=2590
+  _globals['_GETSESSIONRESPONSE']._serialized_start=2592
+  _globals['_GETSESSIONRESPONSE']._serialized_end=2708
+  _globals['_QUERYUSERMETRICSREQUEST']._serialized_start=2711
+  _globals['_QUERYUSERMETRICSREQUEST']._serialized_end=2884
+  _globals['_USERMETRICS']._serialized_start=2887
+  _globals['_USERMETRICS']._serialized_end=3075
+  _globals['_QUERYUSERMETRICSRESPONSE']._serialized_start=3077
+  _globals['_QUERYUSERMETRICSRESPONSE']._serialized_end=3149
+  _globals['_GETORGANIZATIONUSAGEREQUEST']._serialized_start=3151
+  _globals['_GETORGANIZATIONUSAGEREQUEST']._serialized_end=3194
+  _globals['_DAILYUSAGE']._serialized_start=3197
+  _globals['_DAILYUSAGE']._serialized_end=3337
+  _globals['_USAGELIMIT']._serialized_start=3339
+  _globals['_USAGELIMIT']._serialized_end=3411
+  _globals['_GETORGANIZATIONUSAGERESPONSE']._serialized_start=3414
+  _globals['_GETORGANIZATIONUSAGERESPONSE']._serialized_end=3663
+  _globals['_GETORGANIZATIONUSAGERESPONSE_COUNTERSENTRY']._serialized_start=3616
+  _globals['_GETORGANIZATIONUSAGERESPONSE_COUNTERSENTRY']._serialized_end=3663
+  _globals['_QUERYSERVICE']._serialized_start=3918
+  _globals['_QUERYSERVICE']._serialized_end=4878
 # @@protoc_insertion_point(module_scope)

@@ -7,8 +7,10 @@ from candela.logs.v1 import log_record_pb2 as _log_record_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,9 +22,56 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _GroupBy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GroupBy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GROUP_BY_UNSPECIFIED: _GroupBy.ValueType  # 0
+    GROUP_BY_MODEL: _GroupBy.ValueType  # 1
+    GROUP_BY_PROVIDER: _GroupBy.ValueType  # 2
+    GROUP_BY_USER: _GroupBy.ValueType  # 3
+    GROUP_BY_PROPERTY: _GroupBy.ValueType  # 4
+    GROUP_BY_TIME: _GroupBy.ValueType  # 5
+
+class GroupBy(_GroupBy, metaclass=_GroupByEnumTypeWrapper):
+    """What aggregates are grouped by."""
+
+GROUP_BY_UNSPECIFIED: GroupBy.ValueType  # 0
+GROUP_BY_MODEL: GroupBy.ValueType  # 1
+GROUP_BY_PROVIDER: GroupBy.ValueType  # 2
+GROUP_BY_USER: GroupBy.ValueType  # 3
+GROUP_BY_PROPERTY: GroupBy.ValueType  # 4
+GROUP_BY_TIME: GroupBy.ValueType  # 5
+Global___GroupBy: _TypeAlias = GroupBy  # noqa: Y015
+
+class _TimeBucket:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TimeBucketEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TimeBucket.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIME_BUCKET_UNSPECIFIED: _TimeBucket.ValueType  # 0
+    TIME_BUCKET_MINUTE: _TimeBucket.ValueType  # 1
+    TIME_BUCKET_HOUR: _TimeBucket.ValueType  # 2
+    TIME_BUCKET_DAY: _TimeBucket.ValueType  # 3
+
+class TimeBucket(_TimeBucket, metaclass=_TimeBucketEnumTypeWrapper):
+    """Width of a time bucket."""
+
+TIME_BUCKET_UNSPECIFIED: TimeBucket.ValueType  # 0
+TIME_BUCKET_MINUTE: TimeBucket.ValueType  # 1
+TIME_BUCKET_HOUR: TimeBucket.ValueType  # 2
+TIME_BUCKET_DAY: TimeBucket.ValueType  # 3
+Global___TimeBucket: _TypeAlias = TimeBucket  # noqa: Y015
+
 @_typing.final
 class RequestFilter(_message.Message):
-    """All set fields must match."""
+    """A node of a filter tree. The legacy fields 1-7 (deprecated: use `conditions`) and every other set
+    part must all match: each legacy field, each of `conditions`, each of `all`, and (when `any` is not
+    empty) at least one of `any`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -33,15 +82,39 @@ class RequestFilter(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CREATED_AFTER_FIELD_NUMBER: _builtins.int
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    ANY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """Deprecated: a condition {field: "model", operator: "equals"}."""
     provider: _builtins.str
+    """Deprecated: a condition on "provider"."""
     user_id: _builtins.str
+    """Deprecated: a condition on "user_id"."""
     status_code: _builtins.int
+    """Deprecated: a condition on "status_code"."""
     session_id: _builtins.str
+    """Deprecated: a condition on "session_id"."""
     @_builtins.property
-    def created_after(self) -> _timestamp_pb2.Timestamp: ...
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Deprecated: a condition {field: "created_at", operator: "gte"}."""
+
     @_builtins.property
-    def created_before(self) -> _timestamp_pb2.Timestamp: ...
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Deprecated: a condition {field: "created_at", operator: "lt"}."""
+
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___FilterCondition]:
+        """Leaf conditions; all must match."""
+
+    @_builtins.property
+    def all(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestFilter]:
+        """Sub-filters that must all match (and)."""
+
+    @_builtins.property
+    def any(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestFilter]:
+        """Sub-filters of which at least one must match (or)."""
+
     def __init__(
         self,
         *,
@@ -52,14 +125,85 @@ class RequestFilter(_message.Message):
         session_id: _builtins.str = ...,
         created_after: _timestamp_pb2.Timestamp | None = ...,
         created_before: _timestamp_pb2.Timestamp | None = ...,
+        conditions: _abc.Iterable[Global___FilterCondition] | None = ...,
+        all: _abc.Iterable[Global___RequestFilter] | None = ...,
+        any: _abc.Iterable[Global___RequestFilter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "model", b"model", "provider", b"provider", "session_id", b"session_id", "status_code", b"status_code", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "any", b"any", "conditions", b"conditions", "created_after", b"created_after", "created_before", b"created_before", "model", b"model", "provider", b"provider", "session_id", b"session_id", "status_code", b"status_code", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestFilter: _TypeAlias = RequestFilter  # noqa: Y015
+
+@_typing.final
+class FilterCondition(_message.Message):
+    """One comparison: `field operator value`, e.g. {"field": "latency_ms", "operator": "gte", "value": 500}."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    PROPERTY_KEY_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """model, provider, response_model, path, status_code, error, finish_reason, user_id, api_key_id,
+    session_id, session_path, session_name, prompt_id, prompt_version, request_id, latency_ms,
+    time_to_first_token_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, created_at,
+    cache_hit, streamed, priced, property (with `property_key`).
+    """
+    operator: _builtins.str
+    """equals, not_equals, contains, like, ilike (text); equals, not_equals, gt, gte, lt, lte (numbers, time)."""
+    property_key: _builtins.str
+    """The property's name when `field` is "property"."""
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """A string for text fields, created_at (RFC 3339) and cost_usd (exact decimal); a number for
+        counts and milliseconds (cost_usd too); a bool for cache_hit, streamed, priced.
+        """
+
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        value: _struct_pb2.Value | None = ...,
+        property_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "operator", b"operator", "property_key", b"property_key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FilterCondition: _TypeAlias = FilterCondition  # noqa: Y015
+
+@_typing.final
+class RequestSort(_message.Message):
+    """Sort order of a request page. Ties are broken by request id in the same direction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    ASCENDING_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """created_at (default), latency_ms, time_to_first_token_ms, total_tokens, cost_usd."""
+    ascending: _builtins.bool
+    """Oldest / smallest first when true; newest / largest first by default."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        ascending: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ascending", b"ascending", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestSort: _TypeAlias = RequestSort  # noqa: Y015
 
 @_typing.final
 class QueryRequestsRequest(_message.Message):
@@ -67,19 +211,27 @@ class QueryRequestsRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    SORT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """At most this many rows; 0 means the default (100)."""
+    cursor: _builtins.str
+    """`next_cursor` of the previous page; empty for the first page. Only valid with the same sort."""
     @_builtins.property
     def filter(self) -> Global___RequestFilter: ...
+    @_builtins.property
+    def sort(self) -> Global___RequestSort: ...
     def __init__(
         self,
         *,
         filter: Global___RequestFilter | None = ...,
         limit: _builtins.int = ...,
+        sort: Global___RequestSort | None = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "sort", b"sort"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "filter", b"filter", "limit", b"limit", "sort", b"sort"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,18 +242,24 @@ class QueryRequestsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Pass as `cursor` for the next page; absent when this was the last page."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[_log_record_pb2.LogRecord]: ...
     def __init__(
         self,
         *,
         requests: _abc.Iterable[_log_record_pb2.LogRecord] | None = ...,
+        next_cursor: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_next_cursor", b"_next_cursor", "next_cursor", b"next_cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_next_cursor", b"_next_cursor", "next_cursor", b"next_cursor", "requests", b"requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__next_cursor: _TypeAlias = _typing.Literal["next_cursor"]  # noqa: Y015
+    _WhichOneofArgType__next_cursor: _TypeAlias = _typing.Literal["_next_cursor", b"_next_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_cursor) -> _WhichOneofReturnType__next_cursor | None: ...
 
 Global___QueryRequestsResponse: _TypeAlias = QueryRequestsResponse  # noqa: Y015
 
@@ -150,3 +308,551 @@ class GetRequestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRequestResponse: _TypeAlias = GetRequestResponse  # noqa: Y015
+
+@_typing.final
+class AggregateRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    PROPERTY_KEY_FIELD_NUMBER: _builtins.int
+    TIME_BUCKET_FIELD_NUMBER: _builtins.int
+    property_key: _builtins.str
+    """The property grouped by with GROUP_BY_PROPERTY."""
+    time_bucket: Global___TimeBucket.ValueType
+    """Bucket width with GROUP_BY_TIME."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Requests created at or after this time (required)."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Requests created before this time (required)."""
+
+    @_builtins.property
+    def filter(self) -> Global___RequestFilter: ...
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___GroupBy.ValueType]:
+        """Up to two dimensions, e.g. [GROUP_BY_MODEL, GROUP_BY_TIME]; none gives one total."""
+
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        filter: Global___RequestFilter | None = ...,
+        group_by: _abc.Iterable[Global___GroupBy.ValueType] | None = ...,
+        property_key: _builtins.str = ...,
+        time_bucket: Global___TimeBucket.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "filter", b"filter", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "filter", b"filter", "group_by", b"group_by", "property_key", b"property_key", "start", b"start", "time_bucket", b"time_bucket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateRequestsRequest: _TypeAlias = AggregateRequestsRequest  # noqa: Y015
+
+@_typing.final
+class RequestMetrics(_message.Message):
+    """Totals of a set of requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    UNPRICED_COUNT_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P50_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P95_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    ERROR_COUNT_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    request_count: _builtins.int
+    cost_usd: _builtins.str
+    """Exact USD of the priced requests, as a decimal string."""
+    unpriced_count: _builtins.int
+    prompt_tokens: _builtins.int
+    completion_tokens: _builtins.int
+    total_tokens: _builtins.int
+    latency_p50_ms: _builtins.float
+    latency_p95_ms: _builtins.float
+    latency_p99_ms: _builtins.float
+    ttft_p50_ms: _builtins.float
+    """Over requests that had a first token; 0 when none had."""
+    ttft_p95_ms: _builtins.float
+    ttft_p99_ms: _builtins.float
+    error_count: _builtins.int
+    error_rate: _builtins.float
+    """error_count / request_count (status >= 400 or an error)."""
+    def __init__(
+        self,
+        *,
+        request_count: _builtins.int = ...,
+        cost_usd: _builtins.str = ...,
+        unpriced_count: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        total_tokens: _builtins.int = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p95_ms: _builtins.float = ...,
+        latency_p99_ms: _builtins.float = ...,
+        ttft_p50_ms: _builtins.float = ...,
+        ttft_p95_ms: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        error_count: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "error_count", b"error_count", "error_rate", b"error_rate", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "prompt_tokens", b"prompt_tokens", "request_count", b"request_count", "total_tokens", b"total_tokens", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms", "unpriced_count", b"unpriced_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestMetrics: _TypeAlias = RequestMetrics  # noqa: Y015
+
+@_typing.final
+class MetricsGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One value per group_by dimension, in order (a time bucket is its start, RFC 3339)."""
+
+    @_builtins.property
+    def metrics(self) -> Global___RequestMetrics: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        metrics: Global___RequestMetrics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "metrics", b"metrics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricsGroup: _TypeAlias = MetricsGroup  # noqa: Y015
+
+@_typing.final
+class AggregateRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricsGroup]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___MetricsGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateRequestsResponse: _TypeAlias = AggregateRequestsResponse  # noqa: Y015
+
+@_typing.final
+class QuerySessionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many sessions; 0 means the default (100)."""
+    @_builtins.property
+    def filter(self) -> Global___RequestFilter: ...
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Only requests created in [start, end) count (both optional)."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___RequestFilter | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "filter", b"filter", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "filter", b"filter", "limit", b"limit", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuerySessionsRequest: _TypeAlias = QuerySessionsRequest  # noqa: Y015
+
+@_typing.final
+class SessionSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_NAME_FIELD_NUMBER: _builtins.int
+    FIRST_REQUEST_AT_FIELD_NUMBER: _builtins.int
+    LAST_REQUEST_AT_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    session_name: _builtins.str
+    @_builtins.property
+    def first_request_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_request_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def metrics(self) -> Global___RequestMetrics: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        session_name: _builtins.str = ...,
+        first_request_at: _timestamp_pb2.Timestamp | None = ...,
+        last_request_at: _timestamp_pb2.Timestamp | None = ...,
+        metrics: Global___RequestMetrics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_request_at", b"first_request_at", "last_request_at", b"last_request_at", "metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_request_at", b"first_request_at", "last_request_at", b"last_request_at", "metrics", b"metrics", "session_id", b"session_id", "session_name", b"session_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionSummary: _TypeAlias = SessionSummary  # noqa: Y015
+
+@_typing.final
+class QuerySessionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionSummary]: ...
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___SessionSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuerySessionsResponse: _TypeAlias = QuerySessionsResponse  # noqa: Y015
+
+@_typing.final
+class GetSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionRequest: _TypeAlias = GetSessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionNode(_message.Message):
+    """A node of a session tree: one session path segment, its own requests and its children."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Full path of this node, e.g. "/plan/search"."""
+    name: _builtins.str
+    """Last segment of the path ("search"); empty for the root."""
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[_log_record_pb2.LogRecord]: ...
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionNode]: ...
+    @_builtins.property
+    def metrics(self) -> Global___RequestMetrics:
+        """Totals of this node and everything under it."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+        requests: _abc.Iterable[_log_record_pb2.LogRecord] | None = ...,
+        children: _abc.Iterable[Global___SessionNode] | None = ...,
+        metrics: Global___RequestMetrics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "metrics", b"metrics", "name", b"name", "path", b"path", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionNode: _TypeAlias = SessionNode  # noqa: Y015
+
+@_typing.final
+class GetSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionSummary: ...
+    @_builtins.property
+    def root(self) -> Global___SessionNode: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SessionSummary | None = ...,
+        root: Global___SessionNode | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
+
+@_typing.final
+class QueryUserMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many users (most requests first); 0 means the default (100)."""
+    @_builtins.property
+    def filter(self) -> Global___RequestFilter: ...
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___RequestFilter | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "filter", b"filter", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "filter", b"filter", "limit", b"limit", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUserMetricsRequest: _TypeAlias = QueryUserMetricsRequest  # noqa: Y015
+
+@_typing.final
+class UserMetrics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    FIRST_REQUEST_AT_FIELD_NUMBER: _builtins.int
+    LAST_REQUEST_AT_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def first_request_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_request_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def metrics(self) -> Global___RequestMetrics: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        first_request_at: _timestamp_pb2.Timestamp | None = ...,
+        last_request_at: _timestamp_pb2.Timestamp | None = ...,
+        metrics: Global___RequestMetrics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_request_at", b"first_request_at", "last_request_at", b"last_request_at", "metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_request_at", b"first_request_at", "last_request_at", b"last_request_at", "metrics", b"metrics", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserMetrics: _TypeAlias = UserMetrics  # noqa: Y015
+
+@_typing.final
+class QueryUserMetricsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserMetrics]: ...
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___UserMetrics] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUserMetricsResponse: _TypeAlias = QueryUserMetricsResponse  # noqa: Y015
+
+@_typing.final
+class GetOrganizationUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    """Days of daily usage to return (UTC, most recent last); 0 means 30."""
+    def __init__(
+        self,
+        *,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrganizationUsageRequest: _TypeAlias = GetOrganizationUsageRequest  # noqa: Y015
+
+@_typing.final
+class DailyUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    UNPRICED_COUNT_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """YYYY-MM-DD (UTC)."""
+    request_count: _builtins.int
+    prompt_tokens: _builtins.int
+    completion_tokens: _builtins.int
+    cost_usd: _builtins.str
+    unpriced_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        request_count: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cost_usd: _builtins.str = ...,
+        unpriced_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "day", b"day", "prompt_tokens", b"prompt_tokens", "request_count", b"request_count", "unpriced_count", b"unpriced_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailyUsage: _TypeAlias = DailyUsage  # noqa: Y015
+
+@_typing.final
+class UsageLimit(_message.Message):
+    """One limit and how much of it is used. New limits and counters are added as new entries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMITED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """e.g. "max_stored_logs", "retention_days"."""
+    limited: _builtins.bool
+    """Whether a limit is set (unset means unlimited)."""
+    limit: _builtins.int
+    used: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limited: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+        used: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "limited", b"limited", "name", b"name", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageLimit: _TypeAlias = UsageLimit  # noqa: Y015
+
+@_typing.final
+class GetOrganizationUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailyUsage]: ...
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageLimit]: ...
+    @_builtins.property
+    def counters(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """All-time counters by name: the sums of organization_usage_daily ("request_count", "prompt_tokens",
+        ...) and the writers' log counters ("stored_logs", "dropped_over_limit", "expired_logs").
+        """
+
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___DailyUsage] | None = ...,
+        limits: _abc.Iterable[Global___UsageLimit] | None = ...,
+        counters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters", "days", b"days", "limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrganizationUsageResponse: _TypeAlias = GetOrganizationUsageResponse  # noqa: Y015

@@ -45,6 +45,31 @@ class QueryServiceStub:
                 request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetRequestRequest.SerializeToString,
                 response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetRequestResponse.FromString,
                 _registered_method=True)
+        self.AggregateRequests = channel.unary_unary(
+                '/candela.query.v1.QueryService/AggregateRequests',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.AggregateRequestsRequest.SerializeToString,
+                response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.AggregateRequestsResponse.FromString,
+                _registered_method=True)
+        self.QuerySessions = channel.unary_unary(
+                '/candela.query.v1.QueryService/QuerySessions',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.QuerySessionsRequest.SerializeToString,
+                response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.QuerySessionsResponse.FromString,
+                _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/candela.query.v1.QueryService/GetSession',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetSessionResponse.FromString,
+                _registered_method=True)
+        self.QueryUserMetrics = channel.unary_unary(
+                '/candela.query.v1.QueryService/QueryUserMetrics',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.QueryUserMetricsRequest.SerializeToString,
+                response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.QueryUserMetricsResponse.FromString,
+                _registered_method=True)
+        self.GetOrganizationUsage = channel.unary_unary(
+                '/candela.query.v1.QueryService/GetOrganizationUsage',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageRequest.SerializeToString,
+                response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -52,7 +77,7 @@ class QueryServiceServicer:
     """
 
     def QueryRequests(self, request, context):
-        """Lists requests matching a filter, newest first.
+        """Lists requests matching a filter tree, sorted, one page at a time (cursor pagination).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +85,41 @@ class QueryServiceServicer:
 
     def GetRequest(self, request, context):
         """One request with its bodies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AggregateRequests(self, request, context):
+        """Counts, cost, tokens, latency and TTFT percentiles and error rate, grouped, over a time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuerySessions(self, request, context):
+        """Sessions (requests sharing a session id) with their totals, most recent first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSession(self, request, context):
+        """One session as a tree by session path, with totals per node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryUserMetrics(self, request, context):
+        """Per-user totals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrganizationUsage(self, request, context):
+        """The organization's usage against its limits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +137,31 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetRequest,
                     request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetRequestRequest.FromString,
                     response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetRequestResponse.SerializeToString,
+            ),
+            'AggregateRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.AggregateRequests,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.AggregateRequestsRequest.FromString,
+                    response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.AggregateRequestsResponse.SerializeToString,
+            ),
+            'QuerySessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuerySessions,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.QuerySessionsRequest.FromString,
+                    response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.QuerySessionsResponse.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetSessionRequest.FromString,
+                    response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'QueryUserMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryUserMetrics,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.QueryUserMetricsRequest.FromString,
+                    response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.QueryUserMetricsResponse.SerializeToString,
+            ),
+            'GetOrganizationUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrganizationUsage,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageRequest.FromString,
+                    response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +219,141 @@ class QueryService:
             '/candela.query.v1.QueryService/GetRequest',
             candela_dot_query_dot_v1_dot_query__service__pb2.GetRequestRequest.SerializeToString,
             candela_dot_query_dot_v1_dot_query__service__pb2.GetRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AggregateRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.query.v1.QueryService/AggregateRequests',
+            candela_dot_query_dot_v1_dot_query__service__pb2.AggregateRequestsRequest.SerializeToString,
+            candela_dot_query_dot_v1_dot_query__service__pb2.AggregateRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuerySessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.query.v1.QueryService/QuerySessions',
+            candela_dot_query_dot_v1_dot_query__service__pb2.QuerySessionsRequest.SerializeToString,
+            candela_dot_query_dot_v1_dot_query__service__pb2.QuerySessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.query.v1.QueryService/GetSession',
+            candela_dot_query_dot_v1_dot_query__service__pb2.GetSessionRequest.SerializeToString,
+            candela_dot_query_dot_v1_dot_query__service__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryUserMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.query.v1.QueryService/QueryUserMetrics',
+            candela_dot_query_dot_v1_dot_query__service__pb2.QueryUserMetricsRequest.SerializeToString,
+            candela_dot_query_dot_v1_dot_query__service__pb2.QueryUserMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrganizationUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.query.v1.QueryService/GetOrganizationUsage',
+            candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageRequest.SerializeToString,
+            candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,9 +34,19 @@ class QueryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> QueryServiceAsyncStub: ...
     QueryRequests: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.QueryRequestsRequest, _query_service_pb2.QueryRequestsResponse]
-    """Lists requests matching a filter, newest first."""
+    """Lists requests matching a filter tree, sorted, one page at a time (cursor pagination)."""
     GetRequest: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetRequestRequest, _query_service_pb2.GetRequestResponse]
     """One request with its bodies."""
+    AggregateRequests: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.AggregateRequestsRequest, _query_service_pb2.AggregateRequestsResponse]
+    """Counts, cost, tokens, latency and TTFT percentiles and error rate, grouped, over a time range."""
+    QuerySessions: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.QuerySessionsRequest, _query_service_pb2.QuerySessionsResponse]
+    """Sessions (requests sharing a session id) with their totals, most recent first."""
+    GetSession: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetSessionRequest, _query_service_pb2.GetSessionResponse]
+    """One session as a tree by session path, with totals per node."""
+    QueryUserMetrics: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.QueryUserMetricsRequest, _query_service_pb2.QueryUserMetricsResponse]
+    """Per-user totals."""
+    GetOrganizationUsage: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetOrganizationUsageRequest, _query_service_pb2.GetOrganizationUsageResponse]
+    """The organization's usage against its limits."""
 
 @_typing.type_check_only
 class QueryServiceAsyncStub(QueryServiceStub):
@@ -44,9 +54,19 @@ class QueryServiceAsyncStub(QueryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryRequests: _aio.UnaryUnaryMultiCallable[_query_service_pb2.QueryRequestsRequest, _query_service_pb2.QueryRequestsResponse]  # type: ignore[assignment]
-    """Lists requests matching a filter, newest first."""
+    """Lists requests matching a filter tree, sorted, one page at a time (cursor pagination)."""
     GetRequest: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetRequestRequest, _query_service_pb2.GetRequestResponse]  # type: ignore[assignment]
     """One request with its bodies."""
+    AggregateRequests: _aio.UnaryUnaryMultiCallable[_query_service_pb2.AggregateRequestsRequest, _query_service_pb2.AggregateRequestsResponse]  # type: ignore[assignment]
+    """Counts, cost, tokens, latency and TTFT percentiles and error rate, grouped, over a time range."""
+    QuerySessions: _aio.UnaryUnaryMultiCallable[_query_service_pb2.QuerySessionsRequest, _query_service_pb2.QuerySessionsResponse]  # type: ignore[assignment]
+    """Sessions (requests sharing a session id) with their totals, most recent first."""
+    GetSession: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetSessionRequest, _query_service_pb2.GetSessionResponse]  # type: ignore[assignment]
+    """One session as a tree by session path, with totals per node."""
+    QueryUserMetrics: _aio.UnaryUnaryMultiCallable[_query_service_pb2.QueryUserMetricsRequest, _query_service_pb2.QueryUserMetricsResponse]  # type: ignore[assignment]
+    """Per-user totals."""
+    GetOrganizationUsage: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetOrganizationUsageRequest, _query_service_pb2.GetOrganizationUsageResponse]  # type: ignore[assignment]
+    """The organization's usage against its limits."""
 
 class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads the organization's logged requests. The organization comes from the caller's key."""
@@ -57,7 +77,7 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _query_service_pb2.QueryRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.QueryRequestsResponse, _abc.Awaitable[_query_service_pb2.QueryRequestsResponse]]:
-        """Lists requests matching a filter, newest first."""
+        """Lists requests matching a filter tree, sorted, one page at a time (cursor pagination)."""
 
     @_abc_1.abstractmethod
     def GetRequest(
@@ -66,5 +86,45 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetRequestResponse, _abc.Awaitable[_query_service_pb2.GetRequestResponse]]:
         """One request with its bodies."""
+
+    @_abc_1.abstractmethod
+    def AggregateRequests(
+        self,
+        request: _query_service_pb2.AggregateRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.AggregateRequestsResponse, _abc.Awaitable[_query_service_pb2.AggregateRequestsResponse]]:
+        """Counts, cost, tokens, latency and TTFT percentiles and error rate, grouped, over a time range."""
+
+    @_abc_1.abstractmethod
+    def QuerySessions(
+        self,
+        request: _query_service_pb2.QuerySessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.QuerySessionsResponse, _abc.Awaitable[_query_service_pb2.QuerySessionsResponse]]:
+        """Sessions (requests sharing a session id) with their totals, most recent first."""
+
+    @_abc_1.abstractmethod
+    def GetSession(
+        self,
+        request: _query_service_pb2.GetSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetSessionResponse, _abc.Awaitable[_query_service_pb2.GetSessionResponse]]:
+        """One session as a tree by session path, with totals per node."""
+
+    @_abc_1.abstractmethod
+    def QueryUserMetrics(
+        self,
+        request: _query_service_pb2.QueryUserMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.QueryUserMetricsResponse, _abc.Awaitable[_query_service_pb2.QueryUserMetricsResponse]]:
+        """Per-user totals."""
+
+    @_abc_1.abstractmethod
+    def GetOrganizationUsage(
+        self,
+        request: _query_service_pb2.GetOrganizationUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetOrganizationUsageResponse, _abc.Awaitable[_query_service_pb2.GetOrganizationUsageResponse]]:
+        """The organization's usage against its limits."""
 
 def add_QueryServiceServicer_to_server(servicer: QueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
