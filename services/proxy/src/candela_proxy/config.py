@@ -30,6 +30,11 @@ class ProxyConfig:
     log_batch_max_bytes: int = env_field("A batch stops growing at this many bytes (bodies included).", 8 * 1024 * 1024)
     log_flush_interval_s: float = env_field("Longest a log waits in memory before a batch is sent.", 0.2)
     spool_dir: Path = env_field("Directory for logs awaiting ingest when it is down.", Path(".candela/spool"))
+    spool_max_bytes: int = env_field("Largest the on-disk spool may grow; past it logs are dropped (counted).", 1 << 30)
+    ingest_timeout_s: float = env_field(
+        "Seconds ingest gets to acknowledge a batch before the batch goes to the spool instead.", 5.0
+    )
     redis_url: str = env_field("Redis URL for the cache and rate limits.", "redis://127.0.0.1:6379/0")
+    redis_timeout_s: float = env_field("Seconds a Redis call may take before the cache is skipped.", 0.25)
     log_level: str = env_field("Logging level (DEBUG, INFO, WARNING, ERROR).", "INFO")
     shutdown_grace_s: float = env_field("Seconds in-flight requests get to finish on SIGTERM.", 10.0)

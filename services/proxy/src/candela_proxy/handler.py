@@ -1,19 +1,30 @@
-"""The proxy's request path: authenticate, forward, stream back untouched, and hand the log off.
+"""The proxy's request path: authenticate, limit, look in the cache, forward (with retries and
+fallbacks), stream back untouched, and hand the log off.
 
-Nothing on this path waits for logging: the finished record is queued (see :mod:`candela_proxy.shipping`).
-Errors Candela itself raises are JSON in the provider's own error shape so the SDK raises its usual
-exception; the provider's own errors pass through unchanged (and are logged like any answer).
+Nothing on this path waits for logging: the finished record is queued (see :mod:`candela_proxy.shipping`);
+storing an answer in the cache and counting a cents rate limit happen in owned background tasks after
+the answer is sent. Errors Candela itself raises are JSON in the provider's own error shape so the SDK
+raises its usual exception; the provider's own errors pass through unchanged (and are logged like any
+answer).
+
+Custom targets (``Candela-Target-Url`` and each ``Candela-Fallbacks`` ``target-url``) are base URLs to
+which the provider path (``/v1/chat/completions``, ...) is appended, as Helicone's gateway does: e.g.
+``https://api.groq.com/openai`` or ``http://127.0.0.1:8000`` for vLLM.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 from opentelemetry import propagate, trace
@@ -21,10 +32,12 @@ from opentelemetry import propagate, trace
 from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import pricing
+from candela_proxy import metrics, pricing
+from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
-from candela_proxy.headers import CandelaHeaders, HeaderError, bearer_secret, parse_candela_headers
+from candela_proxy.headers import CandelaHeaders, HeaderError, RetryPolicy, bearer_secret, parse_candela_headers
 from candela_proxy.providers import Provider, Route, error_body, resolve_route
+from candela_proxy.ratelimit import RateLimitDecision, RateLimiter, SegmentMissing, subject
 from candela_proxy.shipping import LogShipper
 from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
@@ -50,16 +63,19 @@ _HOP_BY_HOP = frozenset(
 )
 # aiohttp decompresses upstream bodies, so the encoding header no longer describes what we send.
 _NOT_RETURNED = _HOP_BY_HOP | {"content-encoding"}
+# OpenAI endpoints whose streams can carry a usage chunk on request (stream_options.include_usage).
+_STREAM_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class ProxyError(Exception):
     """A request Candela refuses itself, answered in the provider's error shape."""
 
-    def __init__(self, status: int, message: str, code: str) -> None:
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.headers = headers or {}
 
 
 @dataclass
@@ -79,8 +95,20 @@ class Exchange:
     error: str = ""
     first_byte: float | None = None
     request_body: bytes = b""
+    # The body sent upstream, when Candela changed it (stream usage injection).
+    upstream_body: bytes | None = None
+    document: dict[str, Any] | None = None
+    strip_usage_chunk: bool = False
+    rate_limit_subject: str = ""
+    target_url: str = ""
+    cache_key: str = ""
+    cache_hit: bool = False
+    cost_saved_usd: str | None = None
+    complete: bool = False
     response_chunks: list[bytes] = field(default_factory=list)
+    response_content_type: str = ""
     facts: ResponseFacts = field(default_factory=ResponseFacts)
+    attempts: list[log_record_pb2.UpstreamAttempt] = field(default_factory=list)
 
 
 def _upstream_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
@@ -92,6 +120,11 @@ def _upstream_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     }
 
 
+def _retryable(status: int) -> bool:
+    """A status worth another try: none at all (connection error), rate limited, or a server error."""
+    return status == 0 or status == 429 or status >= 500
+
+
 class ProxyHandler:
     """Handles every provider path."""
 
@@ -101,20 +134,35 @@ class ProxyHandler:
         session: aiohttp.ClientSession,
         authenticator: KeyAuthenticator,
         shipper: LogShipper,
+        cache: ResponseCache | None = None,
+        limiter: RateLimiter | None = None,
+        tracing: bool = True,
     ) -> None:
         self._config = config
         self._session = session
         self._authenticator = authenticator
         self._shipper = shipper
+        self._cache = cache
+        self._limiter = limiter
+        self._background: set[asyncio.Task[None]] = set()
+        # Spans cost ~50 us a request; without an exporter nobody sees them, so none are made (the client's
+        # traceparent still reaches the provider, as every other header does).
+        self._tracing = tracing
+
+    async def close(self) -> None:
+        """Waits for the cache writes and rate-limit counts still under way."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Proxies one request; always answers, and logs every request that reached a provider."""
+        """Proxies one request; always answers, and logs every request Candela accepted."""
         route = resolve_route(
             request.path, request.query_string, self._config.openai_base_url, self._config.anthropic_base_url
         )
         if route is None:
+            provider = Provider.ANTHROPIC if request.path.startswith("/anthropic") else Provider.OPENAI
             return _error_response(
-                Provider.OPENAI,
+                provider,
                 ProxyError(
                     404,
                     f"no provider serves {request.path}; use /v1/..., /openai/v1/... or /anthropic/v1/...",
@@ -126,19 +174,34 @@ class ProxyHandler:
             exchange = await self._admit(request, route)
         except ProxyError as err:
             return _error_response(route.provider, err, None)
+        except ConnectionResetError:
+            # The client left before its request arrived whole: nothing reached a provider, nothing to log.
+            return web.Response(status=400)
+        if not self._tracing:
+            try:
+                return await self._serve(request, exchange)
+            except asyncio.CancelledError:
+                exchange.error = exchange.error or "client disconnected"
+                raise
+            finally:
+                self._finish(exchange)
         with tracer.start_as_current_span(
-            f"llm {exchange.model or route.provider_path}",
+            f"chat {exchange.model}" if exchange.model else f"llm {route.provider_path}",
             context=propagate.extract(request.headers),
-            kind=trace.SpanKind.SERVER,
+            kind=trace.SpanKind.CLIENT,
         ) as span:
             try:
-                return await self._forward(request, exchange)
+                return await self._serve(request, exchange)
+            except asyncio.CancelledError:
+                exchange.error = exchange.error or "client disconnected"
+                raise
             finally:
                 record = self._finish(exchange)
-                _annotate_span(span, record)
+                if span.is_recording():
+                    _annotate_span(span, record)
 
     async def _admit(self, request: web.Request, route: Route) -> Exchange:
-        """Checks the Candela key and the body before anything goes upstream."""
+        """Checks the Candela key, the headers and the body before anything goes upstream."""
         started = time.perf_counter()
         started_at_us = time.time_ns() // 1000
         try:
@@ -171,43 +234,235 @@ class ProxyHandler:
             organization_id=caller.organization_id,
             api_key_id=caller.api_key_id,
             request_body=body,
+            target_url=options.target_url,
         )
+        if options.rate_limit is not None:
+            try:
+                exchange.rate_limit_subject = subject(
+                    options.rate_limit, caller.organization_id, options.user_id, options.properties
+                )
+            except SegmentMissing as err:
+                raise ProxyError(400, str(err), "invalid_candela_header") from None
         if body and request.method == "POST":
             try:
-                document = json.loads(body)
-            except ValueError:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
                 raise ProxyError(400, "the request body is not valid JSON", "invalid_json") from None
             if isinstance(document, dict):
+                exchange.document = document
                 model = document.get("model")
                 exchange.model = model if isinstance(model, str) else ""
                 exchange.streamed = document.get("stream") is True
+                self._inject_stream_usage(exchange, document)
+        elif options.fallbacks and any(fallback.body_overrides for fallback in options.fallbacks):
+            raise ProxyError(
+                400, "Candela-Fallbacks bodyKeyOverride needs a JSON object body", "invalid_candela_header"
+            )
         return exchange
 
-    async def _forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
-        headers = _upstream_headers(request.headers)
-        propagate.inject(headers)
-        try:
-            async with self._session.request(
-                request.method, exchange.route.upstream_url, data=exchange.request_body or None, headers=headers
-            ) as upstream:
-                exchange.status = upstream.status
-                reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _NOT_RETURNED}
-                reply_headers["Candela-Id"] = exchange.request_id
-                if upstream.content_type == "text/event-stream":
-                    return await self._relay_stream(request, upstream, reply_headers, exchange)
-                body = await upstream.read()
-                exchange.response_chunks.append(body)
-                exchange.facts = facts_from_json(exchange.route.provider, body)
-                return web.Response(body=body, status=upstream.status, headers=reply_headers)
-        except (aiohttp.ClientError, TimeoutError) as err:
-            exchange.status = 502
-            exchange.error = f"upstream request failed: {type(err).__name__}: {err}"
-            logger.warning("request %s: %s", exchange.request_id, exchange.error)
-            return _error_response(
-                exchange.route.provider,
-                ProxyError(502, "Candela could not reach the provider", "upstream_unreachable"),
-                exchange.request_id,
+    @staticmethod
+    def _inject_stream_usage(exchange: Exchange, document: dict[str, Any]) -> None:
+        """Candela-Stream-Usage: asks an OpenAI stream for its usage chunk, hidden from a client that did not."""
+        if not (
+            exchange.options.stream_usage
+            and exchange.streamed
+            and exchange.route.provider is Provider.OPENAI
+            and exchange.route.provider_path in _STREAM_USAGE_PATHS
+        ):
+            return
+        stream_options = document.get("stream_options")
+        if isinstance(stream_options, dict) and stream_options.get("include_usage") is True:
+            return
+        changed = dict(document)
+        changed["stream_options"] = {
+            **(stream_options if isinstance(stream_options, dict) else {}),
+            "include_usage": True,
+        }
+        exchange.upstream_body = orjson.dumps(changed)
+        exchange.strip_usage_chunk = True
+
+    async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        extra_headers: dict[str, str] = {}
+        policy = exchange.options.rate_limit
+        if policy is not None and self._limiter is not None:
+            decision = await self._limiter.admit(policy, exchange.rate_limit_subject)
+            if decision is not None:
+                extra_headers.update(decision.headers())
+                if not decision.admitted:
+                    return self._refuse_rate_limited(exchange, decision)
+        cache_policy = exchange.options.cache
+        if cache_policy is not None and self._cache is not None:
+            exchange.cache_key = cache_key(
+                exchange.organization_id,
+                cache_policy,
+                request.method,
+                exchange.route.url_at(exchange.target_url) if exchange.target_url else exchange.route.upstream_url,
+                exchange.request_body,
+                request.headers,
             )
+            answer = await self._cache.lookup(exchange.cache_key, cache_policy)
+            metrics.CACHE_LOOKUPS.labels("hit" if answer is not None else "miss").inc()
+            if answer is not None:
+                extra_headers["Candela-Cache"] = "HIT"
+                return await self._replay_cached(request, exchange, answer, extra_headers)
+            extra_headers["Candela-Cache"] = "MISS"
+        metrics.OVERHEAD.observe(time.perf_counter() - exchange.started)
+        return await self._forward(request, exchange, extra_headers)
+
+    def _refuse_rate_limited(self, exchange: Exchange, decision: RateLimitDecision) -> web.Response:
+        metrics.RATE_LIMITED.inc()
+        exchange.status = 429
+        exchange.error = f"rate limited by Candela-RateLimit-Policy {decision.policy.header_value}"
+        headers = {**decision.headers(), "Retry-After": str(decision.reset_s)}
+        err = ProxyError(
+            429,
+            f"Candela rate limit exceeded: {decision.limit} {decision.policy.unit}s per {decision.policy.window_s}s"
+            f" (policy {decision.policy.header_value}); retry after {decision.reset_s}s",
+            "candela_rate_limited",
+            headers,
+        )
+        return _error_response(exchange.route.provider, err, exchange.request_id)
+
+    async def _replay_cached(
+        self, request: web.Request, exchange: Exchange, answer: CachedAnswer, extra_headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Answers from the cache exactly as the provider answered the first time (SSE replayed as SSE)."""
+        exchange.cache_hit = True
+        exchange.status = answer.status
+        exchange.streamed = answer.streamed
+        exchange.facts = ResponseFacts.from_dict(answer.facts)
+        exchange.cost_saved_usd = answer.cost_usd
+        exchange.response_chunks.append(answer.body)
+        headers = {"Content-Type": answer.content_type, "Candela-Id": exchange.request_id, **extra_headers}
+        if not answer.streamed:
+            exchange.complete = True
+            return web.Response(body=answer.body, status=answer.status, headers=headers)
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        await response.prepare(request)
+        exchange.first_byte = time.perf_counter()
+        await response.write(answer.body)
+        await response.write_eof()
+        exchange.complete = True
+        return response
+
+    def _plan(self, exchange: Exchange) -> list[tuple[str, dict[str, str], bytes | None]]:
+        """(target base URL or "" for the default, extra headers, body) for the main call and each fallback."""
+        body = exchange.upstream_body if exchange.upstream_body is not None else exchange.request_body
+        plan: list[tuple[str, dict[str, str], bytes | None]] = [(exchange.target_url, {}, body or None)]
+        for fallback in exchange.options.fallbacks:
+            fallback_body = body
+            if fallback.body_overrides and exchange.document is not None:
+                base = orjson.loads(body) if exchange.upstream_body is not None else dict(exchange.document)
+                base.update(dict(fallback.body_overrides))
+                fallback_body = orjson.dumps(base)
+            plan.append((fallback.target_url, dict(fallback.headers), fallback_body or None))
+        return plan
+
+    async def _forward(
+        self, request: web.Request, exchange: Exchange, extra_headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """The main call, with retries, then each fallback in order while the last status asks for one."""
+        headers = _upstream_headers(request.headers)
+        if self._tracing:
+            propagate.inject(headers)
+        fallbacks = exchange.options.fallbacks
+        plan = self._plan(exchange)
+        for index, (target, overrides, body) in enumerate(plan):
+            url = exchange.route.url_at(target) if target else exchange.route.upstream_url
+            upstream = await self._attempt(request.method, url, target, {**headers, **overrides}, body, exchange)
+            status = upstream.status if upstream is not None else 0
+            if index < len(fallbacks) and (upstream is None or status in fallbacks[index].on_codes):
+                if upstream is not None:
+                    upstream.close()
+                continue
+            exchange.target_url = target
+            if upstream is None:
+                exchange.status = 502
+                return _error_response(
+                    exchange.route.provider,
+                    ProxyError(502, "Candela could not reach the provider", "upstream_unreachable"),
+                    exchange.request_id,
+                )
+            exchange.error = ""
+            return await self._relay(request, upstream, exchange, extra_headers)
+        raise AssertionError("the plan always has a last entry")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        exchange: Exchange,
+    ) -> aiohttp.ClientResponse | None:
+        """One target, retried on 429, 5xx and connection errors when Candela-Retry-Enabled asks for it."""
+        retry: RetryPolicy | None = exchange.options.retry
+        tries = 1 + (retry.num if retry is not None else 0)
+        for attempt in range(1, tries + 1):
+            started = time.perf_counter()
+            upstream: aiohttp.ClientResponse | None
+            try:
+                upstream = await self._session.request(method, url, data=body, headers=headers)
+                error = ""
+            except (aiohttp.ClientError, TimeoutError) as err:
+                upstream, error = None, f"upstream request failed: {type(err).__name__}: {err}"
+                exchange.error = error
+                logger.warning("request %s: %s", exchange.request_id, error)
+            status = upstream.status if upstream is not None else 0
+            metrics.count_attempt(status)
+            exchange.attempts.append(
+                log_record_pb2.UpstreamAttempt(
+                    target_url=target,
+                    status_code=status,
+                    error=error,
+                    latency_ms=round((time.perf_counter() - started) * 1000),
+                )
+            )
+            if retry is None or attempt == tries or not _retryable(status):
+                return upstream
+            delay = retry.delay_s(attempt)
+            if upstream is not None:
+                delay = max(delay, _retry_after_s(upstream, retry))
+                upstream.close()
+            await asyncio.sleep(delay)
+        return None  # pragma: no cover
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange,
+        extra_headers: dict[str, str],
+    ) -> web.StreamResponse:
+        exchange.status = upstream.status
+        reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _NOT_RETURNED}
+        reply_headers["Candela-Id"] = exchange.request_id
+        reply_headers.update(extra_headers)
+        exchange.response_content_type = upstream.headers.get("Content-Type", "")
+        try:
+            if upstream.content_type == "text/event-stream":
+                return await self._relay_stream(request, upstream, reply_headers, exchange)
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as err:
+                exchange.status = 502
+                exchange.error = f"upstream failed mid-answer: {type(err).__name__}: {err}"
+                return _error_response(
+                    exchange.route.provider,
+                    ProxyError(502, "the provider stopped answering mid-response", "upstream_failed"),
+                    exchange.request_id,
+                )
+            exchange.response_chunks.append(body)
+            exchange.facts = facts_from_json(exchange.route.provider, body)
+            exchange.complete = True
+            return web.Response(body=body, status=upstream.status, headers=reply_headers)
+        finally:
+            # Closing (not releasing) an unfinished answer cancels the upstream call.
+            if exchange.complete:
+                upstream.release()
+            else:
+                upstream.close()
 
     async def _relay_stream(
         self,
@@ -221,34 +476,47 @@ class ProxyHandler:
         response = web.StreamResponse(status=upstream.status, headers=reply_headers)
         await response.prepare(request)
         stream = StreamFacts(exchange.route.provider)
+        hidden = _UsageChunkFilter() if exchange.strip_usage_chunk else None
         try:
             async for chunk in upstream.content.iter_any():
                 if exchange.first_byte is None:
                     exchange.first_byte = time.perf_counter()
-                exchange.response_chunks.append(chunk)
                 stream.feed(chunk)
+                if hidden is not None:
+                    chunk = hidden.feed(chunk)
+                    if not chunk:
+                        continue
+                exchange.response_chunks.append(chunk)
                 await response.write(chunk)
+            if hidden is not None and (tail := hidden.finish()):
+                exchange.response_chunks.append(tail)
+                await response.write(tail)
             await response.write_eof()
-        except ConnectionResetError:
-            # The client went away: leaving the `async with` closes the upstream call too.
+            exchange.complete = True
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             exchange.error = "client disconnected mid-stream"
             logger.info("request %s: %s", exchange.request_id, exchange.error)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            exchange.error = f"upstream failed mid-stream: {type(err).__name__}: {err}"
+            logger.warning("request %s: %s", exchange.request_id, exchange.error)
         finally:
             exchange.facts = stream.finish()
         return response
 
     def _finish(self, exchange: Exchange) -> log_record_pb2.LogRecord:
-        """Builds the log record and queues it for ingest."""
+        """Builds the log record and queues it; schedules the cache write and the cents count."""
         finished = time.perf_counter()
         options = exchange.options
-        provider = exchange.route.provider.value
         facts = exchange.facts
+        target = exchange.target_url
+        provider = urlsplit(target).netloc if target else exchange.route.provider.value
+        model = exchange.model or facts.response_model
         record = log_record_pb2.LogRecord(
             request_id=exchange.request_id,
             organization_id=exchange.organization_id,
             api_key_id=exchange.api_key_id,
             provider=provider,
-            model=exchange.model or facts.response_model,
+            model=model,
             response_model=facts.response_model,
             path=exchange.route.provider_path,
             status_code=exchange.status,
@@ -263,24 +531,110 @@ class ProxyHandler:
             properties=options.properties,
             prompt_id=options.prompt_id,
             prompt_version=options.prompt_version,
+            cache_hit=exchange.cache_hit,
             request_body_omitted=options.omit_request,
             response_body_omitted=options.omit_response,
             finish_reason=facts.finish_reason,
+            target_url=target,
+            attempts=exchange.attempts,
         )
-        record.created_at.FromMicroseconds(exchange.started_at_us)
+        # Set directly: Timestamp.FromMicroseconds validates in Python and showed in profiles.
+        record.created_at.seconds, micros = divmod(exchange.started_at_us, 1_000_000)
+        record.created_at.nanos = micros * 1000
         if exchange.streamed and exchange.first_byte is not None:
             record.time_to_first_token_ms = round((exchange.first_byte - exchange.started) * 1000)
-        cost = pricing.cost_usd(provider, facts.response_model or exchange.model, facts)
-        if cost is not None:
-            record.cost_usd = format(cost, "f")
+        cost: Decimal | None = None
+        if exchange.cache_hit:
+            # A cache hit cost nothing; what it saved is what the first answer cost (when that was known).
+            if exchange.cost_saved_usd is not None:
+                record.cost_usd = "0"
+                record.cost_saved_usd = exchange.cost_saved_usd
+        elif exchange.status:
+            cost = pricing.cost_usd(exchange.route.provider.value, facts.response_model or model, facts, target)
+            if cost is not None:
+                record.cost_usd = format(cost, "f")
+        response_body = b"".join(exchange.response_chunks)
         self._shipper.submit(
             ingest_service_pb2.IngestRecord(
                 record=record,
                 request_body=b"" if options.omit_request else exchange.request_body,
-                response_body=b"" if options.omit_response else b"".join(exchange.response_chunks),
+                response_body=b"" if options.omit_response else response_body,
             )
         )
+        metrics.count_request(provider if not target else "custom", exchange.status)
+        self._after(exchange, response_body, cost)
         return record
+
+    def _after(self, exchange: Exchange, response_body: bytes, cost: Decimal | None) -> None:
+        """Cache write and cents count, off the request path (owned tasks, awaited on shutdown)."""
+        jobs = []
+        cache_policy = exchange.options.cache
+        if (
+            self._cache is not None
+            and cache_policy is not None
+            and exchange.cache_key
+            and not exchange.cache_hit
+            and exchange.complete
+            and 200 <= exchange.status < 300
+        ):
+            answer = CachedAnswer(
+                status=exchange.status,
+                content_type=exchange.response_content_type or "application/json",
+                body=response_body,
+                streamed=exchange.streamed,
+                facts=exchange.facts.as_dict(),
+                cost_usd=format(cost, "f") if cost is not None else None,
+            )
+            jobs.append(self._cache.store(exchange.cache_key, cache_policy, answer))
+        policy = exchange.options.rate_limit
+        if self._limiter is not None and policy is not None and policy.unit == "cents" and cost:
+            jobs.append(self._limiter.spend(policy, exchange.rate_limit_subject, cost))
+        for job in jobs:
+            task = asyncio.get_running_loop().create_task(job)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+
+class _UsageChunkFilter:
+    """Drops the usage-only chunk (``"choices": []``) of an OpenAI stream, passing every other byte as is."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes of the complete events in ``pending + chunk`` that the client should see."""
+        data = self._pending + chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return b""
+        self._pending = data[end + 2 :]
+        return b"".join(event + b"\n\n" for event in data[:end].split(b"\n\n") if not _is_usage_chunk(event))
+
+    def finish(self) -> bytes:
+        """Whatever trailing bytes never formed a complete event."""
+        tail, self._pending = self._pending, b""
+        return b"" if _is_usage_chunk(tail) else tail
+
+
+def _is_usage_chunk(event: bytes) -> bool:
+    if not event.startswith(b"data: {") or b'"usage"' not in event:
+        return False
+    try:
+        document = orjson.loads(event[6:])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(document, dict) and document.get("choices") == [] and document.get("usage") is not None
+
+
+def _retry_after_s(upstream: aiohttp.ClientResponse, retry: RetryPolicy) -> float:
+    """The provider's Retry-After (seconds), capped by the retry policy's longest wait."""
+    value = upstream.headers.get("Retry-After", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), retry.max_timeout_ms / 1000)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -294,6 +648,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 def _error_response(provider: Provider, err: ProxyError, request_id: str | None) -> web.Response:
     headers = {"Candela-Id": request_id} if request_id else {}
+    headers.update(err.headers)
     return web.Response(
         body=error_body(provider, err.status, err.message, err.code),
         status=err.status,
@@ -307,13 +662,25 @@ def _annotate_span(span: trace.Span, record: log_record_pb2.LogRecord) -> None:
     span.set_attributes(
         {
             "gen_ai.system": record.provider,
+            "gen_ai.operation.name": _operation(record.path),
             "gen_ai.request.model": record.model,
             "gen_ai.response.model": record.response_model,
             "gen_ai.usage.input_tokens": record.usage.prompt_tokens,
             "gen_ai.usage.output_tokens": record.usage.completion_tokens,
             "http.response.status_code": record.status_code,
             "candela.request_id": record.request_id,
+            "candela.cache_hit": record.cache_hit,
         }
     )
     if record.finish_reason:
         span.set_attribute("gen_ai.response.finish_reasons", [record.finish_reason])
+    if record.status_code >= 400 or record.error:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, record.error or str(record.status_code)))
+
+
+def _operation(path: str) -> str:
+    if path.endswith("/embeddings"):
+        return "embeddings"
+    if path.endswith("/completions") and not path.endswith("/chat/completions"):
+        return "text_completion"
+    return "chat"

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
 
 _PREFIXES = ("candela-", "helicone-")
 _PROPERTY = "property-"
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 MAX_PROPERTIES = 64
 MAX_VALUE_LENGTH = 1024
+# Fallback lists carry headers and body overrides, so they get more room than other values.
+MAX_FALLBACKS_LENGTH = 16 * 1024
+MAX_FALLBACKS = 8
+MAX_RETRIES = 10
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age=(\d+)")
+# Statuses that make the next fallback run when an entry names none (rate limits and server errors).
+DEFAULT_FALLBACK_CODES = frozenset({429, *range(500, 600)})
 
 
 class HeaderError(ValueError):
@@ -32,17 +45,191 @@ class CandelaHeaders:
     omit_request: bool = False
     omit_response: bool = False
     properties: dict[str, str] = field(default_factory=dict)
+    target_url: str = ""
+    stream_usage: bool = False
+    cache: CachePolicy | None = None
+    retry: RetryPolicy | None = None
+    fallbacks: tuple[Fallback, ...] = ()
+    rate_limit: RateLimitPolicy | None = None
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Candela-Cache-Enabled and its companions."""
+
+    max_age_s: int = 7 * 24 * 3600
+    bucket_max_size: int = 1
+    seed: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Candela-Retry-Enabled and its companions (Helicone's defaults, times in milliseconds)."""
+
+    num: int = 3
+    factor: float = 2.0
+    min_timeout_ms: int = 1000
+    max_timeout_ms: int = 10_000
+
+    def delay_s(self, attempt: int) -> float:
+        """Backoff before retry number ``attempt`` (1-based): min * factor^(attempt-1), capped at max."""
+        return min(self.min_timeout_ms * self.factor ** (attempt - 1), self.max_timeout_ms) / 1000
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """One entry of Candela-Fallbacks: where to go next, on which statuses of the attempt before it."""
+
+    target_url: str
+    on_codes: frozenset[int] = DEFAULT_FALLBACK_CODES
+    headers: tuple[tuple[str, str], ...] = ()
+    body_overrides: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """``<quota>;w=<seconds>[;u=request|cents][;s=user|<property>]`` (IETF RateLimit-Policy style)."""
+
+    quota: int
+    window_s: int
+    unit: str = "request"
+    segment: str = ""  # "" = the whole organization, "user", or a property name
+
+    @property
+    def header_value(self) -> str:
+        """The policy as echoed in ``Candela-RateLimit-Policy``."""
+        value = f"{self.quota};w={self.window_s};u={self.unit}"
+        return f"{value};s={self.segment}" if self.segment else value
+
+
+def _flag(raw_name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise HeaderError(f"header {raw_name} must be true or false, got {value!r}")
+
+
+def _positive_int(raw_name: str, value: str, upper: int) -> int:
+    text = value.strip()
+    if not text.isdigit() or not 0 < int(text) <= upper:
+        raise HeaderError(f"header {raw_name} must be an integer from 1 to {upper}, got {value!r}")
+    return int(text)
+
+
+def _http_url(raw_name: str, value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise HeaderError(f"header {raw_name} must be an http(s) URL, got {value!r}")
+    return value.strip().rstrip("/")
+
+
+def parse_rate_limit_policy(raw_name: str, value: str) -> RateLimitPolicy:
+    """Parses a policy strictly: every part must be known and well-formed."""
+    parts = [part.strip() for part in value.split(";")]
+    usage = (
+        f"header {raw_name} must look like '<quota>;w=<seconds>[;u=request|cents][;s=user|<property>]', got {value!r}"
+    )
+    if not parts[0].isdigit() or int(parts[0]) <= 0:
+        raise HeaderError(f"{usage}: the quota must be a positive integer")
+    quota, window, unit, segment = int(parts[0]), 0, "request", ""
+    seen: set[str] = set()
+    for part in parts[1:]:
+        key, sep, item = part.partition("=")
+        key = key.strip().lower()
+        item = item.strip()
+        if not sep or key in seen or key not in {"w", "u", "s"}:
+            raise HeaderError(f"{usage}: unexpected part {part!r}")
+        seen.add(key)
+        if key == "w":
+            if not item.isdigit() or not 1 <= int(item) <= 31_536_000:
+                raise HeaderError(f"{usage}: the window must be 1 to 31536000 seconds")
+            window = int(item)
+        elif key == "u":
+            if item.lower() not in {"request", "cents"}:
+                raise HeaderError(f"{usage}: the unit must be 'request' or 'cents'")
+            unit = item.lower()
+        else:
+            if not item or not re.fullmatch(r"[A-Za-z0-9_.-]+", item):
+                raise HeaderError(f"{usage}: the segment must be 'user' or a property name")
+            segment = item.lower()
+    if not window:
+        raise HeaderError(f"{usage}: the window 'w=<seconds>' is required")
+    return RateLimitPolicy(quota=quota, window_s=window, unit=unit, segment=segment)
+
+
+def _codes(raw_name: str, value: Any) -> frozenset[int]:
+    if not isinstance(value, list) or not value:
+        raise HeaderError(f"header {raw_name}: 'onCodes' must be a non-empty list")
+    codes: set[int] = set()
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            codes.add(item)
+        elif (
+            isinstance(item, dict)
+            and isinstance(item.get("from"), int)
+            and isinstance(item.get("to"), int)
+            and 100 <= item["from"] <= item["to"] <= 599
+        ):
+            codes.update(range(item["from"], item["to"] + 1))
+        else:
+            raise HeaderError(
+                f'header {raw_name}: each \'onCodes\' item must be a status (100-599) or {{"from": a, "to": b}}'
+            )
+    return frozenset(codes)
+
+
+def parse_fallbacks(raw_name: str, value: str) -> tuple[Fallback, ...]:
+    """A JSON list of ``{"target-url", "headers"?, "onCodes"?, "bodyKeyOverride"?}`` (Helicone's shape)."""
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise HeaderError(f"header {raw_name} is not valid JSON") from None
+    if not isinstance(document, list) or not document:
+        raise HeaderError(f"header {raw_name} must be a non-empty JSON list of fallback targets")
+    if len(document) > MAX_FALLBACKS:
+        raise HeaderError(f"header {raw_name} lists more than {MAX_FALLBACKS} fallbacks")
+    fallbacks = []
+    for index, entry in enumerate(document):
+        where = f"{raw_name}[{index}]"
+        if not isinstance(entry, dict):
+            raise HeaderError(f"header {where} must be an object with a 'target-url'")
+        unknown = set(entry) - {"target-url", "headers", "onCodes", "bodyKeyOverride"}
+        if unknown:
+            raise HeaderError(f"header {where} has unknown keys {sorted(unknown)}")
+        target = entry.get("target-url")
+        if not isinstance(target, str):
+            raise HeaderError(f"header {where} needs a 'target-url' string")
+        headers = entry.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise HeaderError(f"header {where}: 'headers' must map names to strings")
+        overrides = entry.get("bodyKeyOverride", {})
+        if not isinstance(overrides, dict):
+            raise HeaderError(f"header {where}: 'bodyKeyOverride' must be an object")
+        fallbacks.append(
+            Fallback(
+                target_url=_http_url(f"{where} target-url", target),
+                on_codes=_codes(where, entry["onCodes"]) if "onCodes" in entry else DEFAULT_FALLBACK_CODES,
+                headers=tuple(headers.items()),
+                body_overrides=tuple(overrides.items()),
+            )
+        )
+    return tuple(fallbacks)
 
 
 def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
     """Reads every ``Candela-*`` / ``Helicone-*`` header; raises :class:`HeaderError` on bad input."""
     parsed = CandelaHeaders()
+    tuning: dict[str, tuple[str, str]] = {}
     for raw_name, value in headers.items():
         name = raw_name.lower()
         if not name.startswith(_PREFIXES):
             continue
         option = name.split("-", 1)[1]
-        if len(value) > MAX_VALUE_LENGTH:
+        if len(value) > (MAX_FALLBACKS_LENGTH if option == "fallbacks" else MAX_VALUE_LENGTH):
             raise HeaderError(f"header {raw_name} is longer than {MAX_VALUE_LENGTH} characters")
         if option.startswith(_PROPERTY):
             # Header names are case-insensitive and proxies (Envoy among them) lowercase them, so property
@@ -76,7 +263,77 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
             parsed.omit_request = value.strip().lower() in _TRUE
         elif option == "omit-response":
             parsed.omit_response = value.strip().lower() in _TRUE
+        elif option == "target-url":
+            parsed.target_url = _http_url(raw_name, value)
+        elif option == "stream-usage":
+            parsed.stream_usage = _flag(raw_name, value)
+        elif option == "fallbacks":
+            parsed.fallbacks = parse_fallbacks(raw_name, value)
+        elif option == "ratelimit-policy":
+            parsed.rate_limit = parse_rate_limit_policy(raw_name, value)
+        elif option.startswith(("cache-", "retry-")):
+            tuning[option] = (raw_name, value)
+    _apply_tuning(parsed, tuning, headers)
     return parsed
+
+
+def _apply_tuning(parsed: CandelaHeaders, tuning: dict[str, tuple[str, str]], headers: Mapping[str, str]) -> None:
+    """Cache and retry settings, which only mean something together with their -Enabled header."""
+    if not tuning:
+        return
+    known = {
+        "cache-enabled",
+        "cache-bucket-max-size",
+        "cache-seed",
+        "retry-enabled",
+        "retry-num",
+        "retry-factor",
+        "retry-min-timeout",
+        "retry-max-timeout",
+    }
+    for option, (raw_name, _) in tuning.items():
+        if option not in known:
+            raise HeaderError(f"unknown header {raw_name}")
+    if "cache-enabled" in tuning and _flag(*tuning["cache-enabled"]):
+        max_age = CachePolicy.max_age_s
+        cache_control = headers.get("cache-control")
+        if cache_control:
+            match = _MAX_AGE.search(cache_control.lower())
+            if match is None:
+                raise HeaderError(f"header Cache-Control must carry max-age=<seconds>, got {cache_control!r}")
+            max_age = int(match.group(1))
+            if not 0 < max_age <= 365 * 24 * 3600:
+                raise HeaderError("header Cache-Control max-age must be 1 to 31536000 seconds")
+        bucket = 1
+        if "cache-bucket-max-size" in tuning:
+            bucket = _positive_int(*tuning["cache-bucket-max-size"], upper=20)
+        seed = tuning["cache-seed"][1] if "cache-seed" in tuning else ""
+        parsed.cache = CachePolicy(max_age_s=max_age, bucket_max_size=bucket, seed=seed)
+    if "retry-enabled" in tuning and _flag(*tuning["retry-enabled"]):
+        defaults = RetryPolicy()
+        num = _positive_int(*tuning["retry-num"], upper=MAX_RETRIES) if "retry-num" in tuning else defaults.num
+        factor = defaults.factor
+        if "retry-factor" in tuning:
+            raw_name, value = tuning["retry-factor"]
+            try:
+                factor = float(value)
+            except ValueError:
+                factor = -1.0
+            if not 1.0 <= factor <= 10.0:
+                raise HeaderError(f"header {raw_name} must be a number from 1 to 10, got {value!r}")
+        minimum = (
+            _positive_int(*tuning["retry-min-timeout"], upper=600_000)
+            if "retry-min-timeout" in tuning
+            else defaults.min_timeout_ms
+        )
+        maximum = (
+            _positive_int(*tuning["retry-max-timeout"], upper=600_000)
+            if "retry-max-timeout" in tuning
+            else max(defaults.max_timeout_ms, minimum)
+        )
+        if maximum < minimum:
+            raise HeaderError("header Candela-Retry-Max-Timeout is smaller than Candela-Retry-Min-Timeout")
+        parsed.retry = RetryPolicy(num=num, factor=factor, min_timeout_ms=minimum, max_timeout_ms=maximum)
 
 
 def bearer_secret(value: str | None) -> str | None:

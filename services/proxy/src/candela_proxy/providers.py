@@ -22,6 +22,12 @@ class Route:
     upstream_url: str
     # The provider's own path, e.g. "/v1/chat/completions", whatever prefix the client used.
     provider_path: str
+    query_string: str = ""
+
+    def url_at(self, target_base_url: str) -> str:
+        """The upstream URL at a custom target (``Candela-Target-Url``, a fallback): base + provider path."""
+        url = target_base_url.rstrip("/") + self.provider_path
+        return f"{url}?{self.query_string}" if self.query_string else url
 
 
 def resolve_route(path: str, query_string: str, openai_base_url: str, anthropic_base_url: str) -> Route | None:
@@ -45,7 +51,7 @@ def resolve_route(path: str, query_string: str, openai_base_url: str, anthropic_
         url, provider_path = anthropic_base_url.rstrip("/") + tail, tail
     if query_string:
         url = f"{url}?{query_string}"
-    return Route(provider=provider, upstream_url=url, provider_path=provider_path)
+    return Route(provider=provider, upstream_url=url, provider_path=provider_path, query_string=query_string)
 
 
 _OPENAI_TYPES = {

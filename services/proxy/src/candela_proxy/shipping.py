@@ -1,9 +1,13 @@
-"""Ships finished logs to ingest in batches, off the request path.
+"""Ships finished logs to ingest in batches, off the request path, spooling to disk when ingest is away.
 
 The request path only calls :meth:`LogShipper.submit`, which never waits: the record goes into a bounded
-queue that one background task drains in batches (up to ``batch_size`` records or ``flush_interval_s``).
-A batch that ingest refuses with a retryable status is retried with capped exponential backoff while new
-records keep queueing; when the queue is full a record is dropped, and every drop is counted and logged.
+queue that one background task drains in batches (up to ``batch_size`` records, ``max_batch_bytes`` or
+``flush_interval_s``). A batch ingest does not acknowledge within ``send_timeout_s`` (down, or slow) is
+appended to the on-disk :class:`~candela_proxy.spool.Spool`; while the spool holds anything, new batches
+go there too, so logs reach ingest in the order they finished. A second task replays the spool oldest
+first, with capped backoff, and deletes each segment once ingest has acknowledged all of it; on start it
+replays what a previous process left. Records ingest rejects as invalid are dropped singly (logged).
+Nothing is dropped silently: a full queue or a full spool is counted, logged and exported as metrics.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import asyncio
 import logging
 import re
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
 from candela.ingest.v1 import ingest_service_pb2
+from candela_proxy import metrics
+from candela_proxy.spool import Spool
 from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 
@@ -25,14 +32,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_MAX_BACKOFF_S = 5.0
-# Statuses that say the batch itself is bad; resending it cannot help.
+_MAX_BACKOFF_S = 2.0
+_DRAIN_EVERY_S = 0.02
 _RECORD_INDEX = re.compile(r"^records\[(\d+)\]")
+# Statuses that say the batch itself is bad; resending it cannot help.
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
+class IngestAway(Exception):
+    """Ingest did not acknowledge a batch in time (unreachable, failing or slow)."""
+
+
 class LogShipper:
-    """A bounded queue of finished logs and the task that sends them to ingest."""
+    """A bounded queue of finished logs, the task that sends them, and the spool replayer."""
 
     def __init__(
         self,
@@ -42,6 +54,9 @@ class LogShipper:
         batch_size: int,
         max_batch_bytes: int,
         flush_interval_s: float,
+        spool_dir: Path,
+        spool_max_bytes: int = 1024 * 1024 * 1024,
+        send_timeout_s: float = 5.0,
     ) -> None:
         self._stub = stub
         self._metadata = service_metadata(service_token)
@@ -49,11 +64,18 @@ class LogShipper:
         self._batch_size = batch_size
         self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._send_timeout_s = send_timeout_s
+        self._spool = Spool(spool_dir, spool_max_bytes)
+        self._spooled = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.sent = 0
         self.dropped = 0
         self.rejected = 0
+        if not self._spool.is_empty():
+            logger.info("log spool holds %d bytes from before; replaying", self._spool.size_bytes)
+            self._spooled.set()
+        self._export_spool_gauges()
 
     def submit(self, record: ingest_service_pb2.IngestRecord) -> None:
         """Queues a finished log; never blocks. A full queue drops the record, loudly."""
@@ -61,6 +83,7 @@ class LogShipper:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
             self.dropped += 1
+            metrics.LOGS_DROPPED.labels("queue_full").inc()
             logger.error(
                 "log queue full (%d records): dropped log %s (%d dropped so far)",
                 self._queue.maxsize,
@@ -70,77 +93,148 @@ class LogShipper:
 
     @property
     def pending(self) -> int:
-        """Logs queued and not yet acknowledged by ingest."""
+        """Logs in memory, not yet acknowledged by ingest nor spooled."""
         return self._queue.qsize()
 
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes waiting in the on-disk spool."""
+        return self._spool.size_bytes
+
     def start(self) -> None:
-        """Starts the background sender."""
-        self._task = asyncio.create_task(self._run(), name="log-shipper")
+        """Starts the sender and the spool replayer."""
+        self._tasks = [
+            asyncio.create_task(self._run(), name="log-shipper"),
+            asyncio.create_task(self._replay(), name="log-spool-replay"),
+        ]
 
     async def stop(self, timeout_s: float) -> None:
-        """Sends what is queued (for at most ``timeout_s``), then stops the sender."""
+        """Sends (or spools) what is queued within ``timeout_s``, then stops both tasks."""
         self._closing = True
-        if self._task is None:
+        if not self._tasks:
             return
+        sender, replayer = self._tasks
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            await asyncio.wait_for(asyncio.shield(sender), timeout_s)
         except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            sender.cancel()
+        replayer.cancel()
+        await asyncio.gather(sender, replayer, return_exceptions=True)
+        self._spool.close()
         if self._queue.qsize():
-            logger.error("stopping with %d logs not yet sent to ingest", self._queue.qsize())
+            logger.error("stopping with %d logs neither sent nor spooled", self._queue.qsize())
+        if not self._spool.is_empty():
+            logger.warning(
+                "stopping with %d bytes of logs in the spool; replayed on next start", self._spool.size_bytes
+            )
 
     async def _run(self) -> None:
         while not (self._closing and self._queue.empty()):
             batch = await self._next_batch()
-            if batch:
-                await self._send(batch)
+            metrics.LOG_QUEUE_DEPTH.set(self._queue.qsize())
+            if not batch:
+                continue
+            if self._spool.is_empty():
+                try:
+                    await self._send(batch)
+                    continue
+                except IngestAway as err:
+                    logger.warning("ingest away (%s): spooling %d logs to disk", err, len(batch))
+            await self._to_spool(batch)
+
+    async def _to_spool(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
+        payload = ingest_service_pb2.IngestRequest(records=batch).SerializeToString()
+        written = await asyncio.to_thread(self._spool.append, payload)
+        if written:
+            metrics.LOGS_SPOOLED.inc(len(batch))
+            self._spooled.set()
+        else:
+            self.dropped += len(batch)
+            metrics.LOGS_DROPPED.labels("spool_full").inc(len(batch))
+            logger.error(
+                "log spool full (%d bytes): dropped %d logs (%d dropped so far)",
+                self._spool.max_bytes,
+                len(batch),
+                self.dropped,
+            )
+        self._export_spool_gauges()
+
+    async def _replay(self) -> None:
+        """Sends spooled segments oldest first; deletes each once all of it is acknowledged."""
+        backoff = 0.05
+        while True:
+            await self._spooled.wait()
+            segment = await asyncio.to_thread(self._spool.oldest)
+            if segment is None:
+                self._spooled.clear()
+                continue
+            batches = await asyncio.to_thread(self._spool.read, segment)
+            index = 0
+            while index < len(batches):
+                request = ingest_service_pb2.IngestRequest.FromString(batches[index])
+                try:
+                    await self._send(list(request.records))
+                except IngestAway as err:
+                    logger.info("spool replay waiting for ingest (%s); next try in %.2fs", err, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                    continue
+                backoff = 0.05
+                index += 1
+            await asyncio.to_thread(self._spool.delete, segment)
+            self._export_spool_gauges()
+            if self._spool.is_empty():
+                logger.info("log spool replayed; sending to ingest directly again")
 
     async def _next_batch(self) -> list[ingest_service_pb2.IngestRecord]:
-        """Up to ``batch_size`` records (or about ``max_batch_bytes``), waiting at most ``flush_interval_s``."""
+        """Up to ``batch_size`` records (or about ``max_batch_bytes``), waiting at most ``flush_interval_s``.
+
+        Waits once for the first record, then drains what has queued every few milliseconds: one timer
+        per batch, not one per record (this task shares the event loop with the request path).
+        """
         batch: list[ingest_service_pb2.IngestRecord] = []
-        deadline: float | None = None
-        batch_bytes = 0
-        while len(batch) < self._batch_size and batch_bytes < self._max_batch_bytes:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            elif self._closing:
-                break
-            else:
-                now = time.monotonic()
-                timeout = self._flush_interval_s if deadline is None else deadline - now
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    if batch:
-                        break
-                    continue
-            batch_bytes += batch[-1].ByteSize()
-            if deadline is None:
-                deadline = time.monotonic() + self._flush_interval_s
-        return batch
+        if self._queue.empty():
+            if self._closing:
+                return batch
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), self._flush_interval_s))
+            except TimeoutError:
+                return batch
+        batch_bytes = batch[0].ByteSize() if batch else 0
+        deadline = time.monotonic() + self._flush_interval_s
+        while True:
+            while not self._queue.empty() and len(batch) < self._batch_size and batch_bytes < self._max_batch_bytes:
+                record = self._queue.get_nowait()
+                batch.append(record)
+                batch_bytes += record.ByteSize()
+            if len(batch) >= self._batch_size or batch_bytes >= self._max_batch_bytes or self._closing:
+                return batch
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return batch
+            await asyncio.sleep(min(remaining, _DRAIN_EVERY_S))
 
     async def _send(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
-        backoff = 0.1
+        """Sends one batch; raises :class:`IngestAway` when ingest does not acknowledge it."""
         while batch:
             try:
                 await self._stub.Ingest(
-                    ingest_service_pb2.IngestRequest(records=batch), metadata=self._metadata, timeout=30.0
+                    ingest_service_pb2.IngestRequest(records=batch),
+                    metadata=self._metadata,
+                    timeout=self._send_timeout_s,
                 )
             except grpc.aio.AioRpcError as err:
                 if err.code() in _PERMANENT:
                     batch = self._without_rejected(batch, err)
                     continue
-                logger.warning(
-                    "ingest unavailable (%s); retrying %d logs in %.1fs", err.code().name, len(batch), backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            else:
-                self.sent += len(batch)
-                return
+                raise IngestAway(err.code().name) from None
+            self.sent += len(batch)
+            metrics.LOGS_SENT.inc(len(batch))
+            return
+
+    def _export_spool_gauges(self) -> None:
+        metrics.SPOOL_BYTES.set(self._spool.size_bytes)
+        metrics.SPOOL_SEGMENTS.set(self._spool.segment_count())
 
     def _without_rejected(
         self, batch: list[ingest_service_pb2.IngestRecord], err: grpc.aio.AioRpcError
@@ -161,4 +255,5 @@ class LogShipper:
                 err.details(),
             )
         self.rejected += len(bad)
+        metrics.LOGS_REJECTED.inc(len(bad))
         return [record for index, record in enumerate(batch) if index not in bad]

@@ -8,9 +8,11 @@ and writes; Candela's ``prompt_tokens`` always include them, so totals compare a
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.providers import Provider
@@ -30,6 +32,16 @@ class ResponseFacts:
     has_usage: bool = False
     response_model: str = ""
     finish_reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for storing with a cached answer."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ResponseFacts:
+        """The inverse of :meth:`as_dict` (unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     def to_proto(self) -> log_record_pb2.TokenUsage:
         """The TokenUsage message."""
@@ -97,7 +109,7 @@ def facts_from_json(provider: Provider, body: bytes) -> ResponseFacts:
     """Facts from a complete (non-streamed) JSON response; empty facts when the body is not JSON."""
     facts = ResponseFacts()
     try:
-        document = json.loads(body)
+        document = orjson.loads(body)
     except ValueError:
         return facts
     if not isinstance(document, dict):
@@ -152,7 +164,7 @@ class StreamFacts:
         if not payload or payload == b"[DONE]":
             return
         try:
-            event = json.loads(payload)
+            event = orjson.loads(payload)
         except ValueError:
             return
         if not isinstance(event, dict):

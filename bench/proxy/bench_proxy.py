@@ -1,0 +1,559 @@
+"""Proxy overhead, side by side in one run: direct to a static upstream, through Candela, through LiteLLM.
+
+The upstream is nginx on a loopback port serving a fixed chat completion (JSON) and a fixed SSE stream,
+from a config in a temp dir. Candela runs as one proxy process with logging on (auth, ingest, S3, Kafka
+and Redis from the local stack launcher; the proxy is started here so its PID and RSS are ours).
+``bare_proxy.py`` (aiohttp server + client forwarding and nothing else) shows the floor of the stack
+Candela is built on. LiteLLM proxy 1.100.5 runs from its own virtualenv (bench/.venv-litellm) with one
+worker. The proxy under
+test is pinned to CPU 0 and wrk and nginx to CPU 1, so "one proxy process on these 2 cores" is what is
+measured. Each (target, connections) cell runs ``--runs`` times; the report gives the median and the
+spread (min-max). Added latency is the proxy's percentile minus the direct percentile of the same run.
+
+    uv run python bench/proxy/bench_proxy.py [--runs 3] [--duration 8] [--skip-install]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from candela_stack.stack import Component, Stack, StackConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
+LITELLM_VERSION = "1.100.5"
+RESULTS = ROOT / "bench" / "results"
+MODEL = "gpt-4o-mini"
+COMPLETION = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Echo: hello from the static upstream", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 8, "completion_tokens": 6, "total_tokens": 14},
+}
+REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello"}]}
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+
+
+def _sse_body() -> str:
+    chunks = []
+    for index, word in enumerate(["Echo:", " hello", " from", " the", " upstream"]):
+        delta = {"role": "assistant", "content": word} if index == 0 else {"content": word}
+        chunk = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+        chunks.append(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n")
+    final = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13},
+    }
+    chunks.append(f"data: {json.dumps(final, separators=(',', ':'))}\n\ndata: [DONE]\n\n")
+    return "".join(chunks)
+
+
+def _nginx_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout_s: float = 120.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Polls ``url`` until it answers (any status), or fails when ``process`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout_s}s")
+
+
+def install(skip: bool) -> None:
+    """nginx-light and wrk from apt, LiteLLM into its own virtualenv (each only when missing)."""
+    if skip:
+        return
+    if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()) or not shutil.which("wrk"):
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run([*sudo, "apt-get", "install", "-y", "nginx-light", "wrk"], check=True)
+    if not (LITELLM_VENV / "bin" / "litellm").exists():
+        subprocess.run(["uv", "venv", "-q", "--python", "3.11", str(LITELLM_VENV)], check=True)
+        # --no-config: LiteLLM's own pins, not the workspace's constraints.
+        subprocess.run(
+            [
+                "uv",
+                "pip",
+                "install",
+                "-q",
+                "--no-config",
+                "--python",
+                str(LITELLM_VENV / "bin" / "python"),
+                f"litellm[proxy]=={LITELLM_VERSION}",
+            ],
+            check=True,
+            cwd=tempfile.gettempdir(),
+        )
+
+
+@dataclass
+class Servers:
+    """Everything the bench started, stopped by PID in reverse order."""
+
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def start_nginx(servers: Servers, workdir: Path) -> str:
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body; proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fcgi; uwsgi_temp_path {workdir}/uwsgi; scgi_temp_path {workdir}/scgi;
+  keepalive_requests 10000000; keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /v1/chat/completions {{
+      default_type application/json;
+      return 200 {_nginx_string(json.dumps(COMPLETION))};
+    }}
+    location = /stream/v1/chat/completions {{
+      default_type text/event-stream;
+      return 200 {_nginx_string(_sse_body())};
+    }}
+    location / {{ return 200 'ok'; }}
+  }}
+}}
+"""
+    )
+    servers.start(
+        ["taskset", "-c", LOAD_CPU, "/usr/sbin/nginx", "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url)
+    return url
+
+
+def start_candela(servers: Servers, stack: Stack, upstream: str, workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    env = {
+        **stack.service_env(Component.PROXY),
+        "CANDELA_HTTP_PORT": str(port),
+        "CANDELA_OPENAI_BASE_URL": f"{upstream}/v1",
+        "CANDELA_SPOOL_DIR": str(workdir / "spool"),
+        "CANDELA_LOG_LEVEL": "WARNING",
+    }
+    process = servers.start(
+        ["taskset", "-c", PROXY_CPU, sys.executable, "-m", "candela_proxy"], workdir / "candela-proxy.log", env
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/healthz", process=process)
+    return url, process
+
+
+def start_bare(servers: Servers, upstream: str, workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """The aiohttp floor: the same server and client stack as Candela, doing nothing but forwarding."""
+    port = free_port()
+    process = servers.start(
+        [
+            "taskset",
+            "-c",
+            PROXY_CPU,
+            sys.executable,
+            str(Path(__file__).with_name("bare_proxy.py")),
+            str(port),
+            upstream,
+        ],
+        workdir / "bare-proxy.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url, process=process)
+    return url, process
+
+
+def start_litellm(servers: Servers, upstream: str, workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    config = workdir / "litellm.yaml"
+    models = [
+        {
+            "model_name": MODEL,
+            "litellm_params": {"model": f"openai/{MODEL}", "api_base": f"{upstream}/v1", "api_key": "sk-x"},
+        },
+        {
+            "model_name": f"{MODEL}-stream",
+            "litellm_params": {"model": f"openai/{MODEL}", "api_base": f"{upstream}/stream/v1", "api_key": "sk-x"},
+        },
+    ]
+    config.write_text(json.dumps({"model_list": models, "litellm_settings": {"telemetry": False}}))
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "NO_DOCS": "True",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    process = servers.start(
+        [
+            "taskset",
+            "-c",
+            PROXY_CPU,
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        workdir / "litellm.log",
+        env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health/liveliness", timeout_s=240, process=process)
+    return url, process
+
+
+def _pin_stack(stack_dir: Path) -> None:
+    """Moves the stack's processes (ingest, Kafka, S3, auth, Redis) to the load core, off the proxy's."""
+    record = json.loads((stack_dir / "run" / "pids.json").read_text())
+    for process in record["processes"]:
+        subprocess.run(["taskset", "-a", "-p", "-c", LOAD_CPU, str(process["pid"])], check=False, capture_output=True)
+
+
+@dataclass
+class Target:
+    """One way to reach the upstream: its URL, headers, and the process whose RSS counts."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    stream_url: str
+    stream_headers: dict[str, str]
+    stream_body: dict[str, object]
+    pid: int | None = None
+
+
+@dataclass
+class WrkResult:
+    """One wrk run, plus the CPU the proxy process spent per request during it."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us_per_request: float | None = None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process and its threads so far."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_LATENCY_LINE = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) -> WrkResult:
+    script = workdir / f"wrk-{target.name}.lua"
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-x", **target.headers}
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(REQUEST))}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    threads = 1 if connections < 4 else 2
+    cpu_before = cpu_seconds(target.pid)
+    output = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"{target.url}/v1/chat/completions",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    cpu_after = cpu_seconds(target.pid)
+    percentiles = {int(m.group(1)): _ms(m.group(2), m.group(3)) for m in _LATENCY_LINE.finditer(output)}
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = int(bad.group(1)) if bad else 0
+    if socket_errors:
+        errors += sum(int(part) for part in socket_errors.groups())
+    if rate is None or 50 not in percentiles or 99 not in percentiles:
+        raise RuntimeError(f"cannot read wrk output:\n{output}")
+    total = re.search(r"(\d+) requests in", output)
+    cpu_per_request = None
+    if cpu_before is not None and cpu_after is not None and total is not None and int(total.group(1)):
+        cpu_per_request = (cpu_after - cpu_before) / int(total.group(1)) * 1e6
+    return WrkResult(float(rate.group(1)), percentiles[50], percentiles[99], errors, cpu_per_request)
+
+
+async def _ttft(target: Target, samples: int) -> list[float]:
+    """Milliseconds to the first body byte of a streamed completion, one request at a time."""
+    body = json.dumps(target.stream_body).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-x", **target.stream_headers}
+    times: list[float] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for index in range(samples + 20):
+            started = time.perf_counter()
+            async with client.stream("POST", target.stream_url, content=body, headers=headers) as response:
+                first = True
+                async for _ in response.aiter_raw():
+                    if first and index >= 20:  # warm-up excluded
+                        times.append((time.perf_counter() - started) * 1000)
+                    first = False
+                if response.status_code != 200:
+                    raise RuntimeError(f"{target.name} stream answered {response.status_code}")
+    return times
+
+
+def peak_rss_mb(pid: int | None) -> float | None:
+    """VmHWM of a process: its peak resident set size so far."""
+    if pid is None:
+        return None
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+@contextlib.contextmanager
+def environment(workdir: Path, with_litellm: bool) -> Iterator[list[Target]]:
+    servers = Servers()
+    stack_dir = workdir / "stack"
+    stack = Stack(
+        StackConfig.for_tests(
+            stack_dir,
+            components=frozenset({Component.AUTH, Component.INGEST, Component.REDIS}),
+            log_level="WARNING",
+        )
+    )
+    try:
+        upstream = start_nginx(servers, workdir)
+        stack.start()
+        _pin_stack(stack_dir)
+        key = stack.bootstrap().api_key
+        candela_url, candela = start_candela(servers, stack, upstream, workdir)
+        candela_headers = {"Candela-Auth": f"Bearer {key}"}
+        targets = [
+            Target("direct", upstream, {}, f"{upstream}/stream/v1/chat/completions", {}, {**REQUEST, "stream": True}),
+            Target(
+                "candela",
+                candela_url,
+                candela_headers,
+                f"{candela_url}/v1/chat/completions",
+                {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
+                {**REQUEST, "stream": True},
+                candela.pid,
+            ),
+        ]
+        bare_url, bare = start_bare(servers, upstream, workdir)
+        targets.append(
+            Target(
+                "aiohttp-floor",
+                bare_url,
+                {},
+                f"{bare_url}/stream/v1/chat/completions",
+                {},
+                {**REQUEST, "stream": True},
+                bare.pid,
+            )
+        )
+        if with_litellm:
+            litellm_url, litellm = start_litellm(servers, upstream, workdir)
+            targets.append(
+                Target(
+                    "litellm",
+                    litellm_url,
+                    {},
+                    f"{litellm_url}/v1/chat/completions",
+                    {},
+                    {**REQUEST, "model": f"{MODEL}-stream", "stream": True},
+                    litellm.pid,
+                )
+            )
+        yield targets
+    finally:
+        servers.stop()
+        stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of every cell (median and spread)")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--ttft-samples", type=int, default=200)
+    parser.add_argument("--skip-install", action="store_true")
+    parser.add_argument("--no-litellm", action="store_true", help="Candela and direct only (quick)")
+    args = parser.parse_args()
+    install(args.skip_install)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="candela-bench-") as tmp,
+        environment(Path(tmp), not args.no_litellm) as targets,
+    ):
+        workdir = Path(tmp)
+        for target in targets:  # warm-up: connection pools, caches, LiteLLM's lazy imports
+            run_wrk(target, 4, 2, workdir)
+        cells: dict[tuple[str, int], list[WrkResult]] = {}
+        for run in range(args.runs):
+            for connections in (1, 64):
+                for target in targets:
+                    result = run_wrk(target, connections, args.duration, workdir)
+                    cells.setdefault((target.name, connections), []).append(result)
+                    print(
+                        f"run {run + 1} {target.name:8} c={connections:<3} {result.requests_per_s:9.0f} req/s"
+                        f"  p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  errors {result.errors}"
+                        f"  cpu/req {result.cpu_us_per_request or 0:6.0f} us",
+                        flush=True,
+                    )
+        ttft = {target.name: asyncio.run(_ttft(target, args.ttft_samples)) for target in targets}
+        rss = {target.name: peak_rss_mb(target.pid) for target in targets}
+    report = render(cells, ttft, rss, args)
+    print(report)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (RESULTS / f"proxy-{stamp}.md").write_text(report)
+
+
+def render(
+    cells: dict[tuple[str, int], list[WrkResult]],
+    ttft: dict[str, list[float]],
+    rss: dict[str, float | None],
+    args: argparse.Namespace,
+) -> str:
+    names = list(dict.fromkeys(name for name, _ in cells))
+    lines = [
+        f"# bench/proxy ({args.runs} runs x {args.duration}s per cell; median [min-max])",
+        "",
+        "| target | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | proxy CPU us/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for connections in (1, 64):
+        direct = cells[("direct", connections)]
+        for name in names:
+            results = cells[(name, connections)]
+            added50 = [r.p50_ms - d.p50_ms for r, d in zip(results, direct, strict=True)]
+            added99 = [r.p99_ms - d.p99_ms for r, d in zip(results, direct, strict=True)]
+            lines.append(
+                f"| {name} | {connections} | {_summary([r.requests_per_s for r in results])} |"
+                f" {_summary([r.p50_ms for r in results])} | {_summary([r.p99_ms for r in results])} |"
+                f" {'-' if name == 'direct' else _summary(added50)} |"
+                f" {'-' if name == 'direct' else _summary(added99)} |"
+                f" {_summary([r.cpu_us_per_request for r in results if r.cpu_us_per_request is not None])} |"
+                f" {sum(r.errors for r in results)} |"
+            )
+    direct_ttft = statistics.median(ttft["direct"])
+    lines += [
+        "",
+        "| target | TTFT p50 ms | TTFT p99 ms | TTFT overhead p50 ms | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        samples = sorted(ttft[name])
+        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+        memory = rss.get(name)
+        lines.append(
+            f"| {name} | {statistics.median(samples):.3f} | {p99:.3f} |"
+            f" {statistics.median(samples) - direct_ttft:.3f} | {f'{memory:.0f}' if memory else '-'} |"
+        )
+    if "litellm" in names:
+        for connections in (1, 64):
+            ratios = [
+                ours.requests_per_s / theirs.requests_per_s
+                for ours, theirs in zip(cells[("candela", connections)], cells[("litellm", connections)], strict=True)
+            ]
+            lines.append(f"\nCandela / LiteLLM req/s at {connections} connection(s): {_summary(ratios)}x")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

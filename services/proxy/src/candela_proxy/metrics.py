@@ -1,0 +1,51 @@
+"""The proxy's Prometheus metrics (process-wide registry, scraped at ``GET /metrics``)."""
+
+from __future__ import annotations
+
+import functools
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("candela_proxy_requests", "Requests answered, by provider and status class.", ["provider", "status"])
+OVERHEAD = Histogram(
+    "candela_proxy_overhead_seconds",
+    "Time the proxy itself adds before the upstream call starts (auth, parsing, cache, rate limit).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+)
+UPSTREAM_ATTEMPTS = Counter(
+    "candela_proxy_upstream_attempts", "Upstream attempts, by outcome (status code or 'error').", ["outcome"]
+)
+CACHE_LOOKUPS = Counter("candela_proxy_cache_lookups", "Cache lookups, by result.", ["result"])
+RATE_LIMITED = Counter("candela_proxy_rate_limited", "Requests refused with 429 by a Candela rate-limit policy.")
+REDIS_ERRORS = Counter(
+    "candela_proxy_redis_errors",
+    "Redis calls that failed (cache skipped, rate limit failed open), by feature.",
+    ["feature"],
+)
+LOG_QUEUE_DEPTH = Gauge("candela_proxy_log_queue_depth", "Finished logs waiting in memory for ingest.")
+LOGS_SENT = Counter("candela_proxy_logs_sent", "Logs acknowledged by ingest (directly or from the spool).")
+LOGS_SPOOLED = Counter("candela_proxy_logs_spooled", "Logs written to the on-disk spool.")
+LOGS_DROPPED = Counter("candela_proxy_logs_dropped", "Logs lost because a hard bound was hit, by reason.", ["reason"])
+LOGS_REJECTED = Counter("candela_proxy_logs_rejected", "Logs ingest refused as invalid.")
+SPOOL_BYTES = Gauge("candela_proxy_spool_bytes", "Bytes in the on-disk log spool.")
+SPOOL_SEGMENTS = Gauge("candela_proxy_spool_segments", "Segment files in the on-disk log spool.")
+
+
+@functools.cache
+def _request_counter(provider: str, status_class: str) -> Counter:
+    return REQUESTS.labels(provider, status_class)
+
+
+@functools.cache
+def _attempt_counter(status: int) -> Counter:
+    return UPSTREAM_ATTEMPTS.labels(str(status) if status else "error")
+
+
+def count_request(provider: str, status: int) -> None:
+    """Counts one answered request (label lookups cached: they cost more than the increment)."""
+    _request_counter(provider, f"{status // 100}xx").inc()
+
+
+def count_attempt(status: int) -> None:
+    """Counts one upstream attempt by its status (0: no answer)."""
+    _attempt_counter(status).inc()
