@@ -27,6 +27,7 @@ from candela_ingest.writer.batch import (
 )
 from candela_ingest.writer.dead_letters import ATTEMPTS_HEADER, ERROR_HEADER, dead_letter_headers
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
+from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +42,7 @@ class FakeRows:
 
     def __init__(self, unavailable_calls: int = 0) -> None:
         self.rows: dict[str, Row] = {}
+        self.scores: dict[tuple[str, str, str], Row] = {}
         self.calls = 0
         self.unavailable_calls = unavailable_calls
 
@@ -54,6 +56,13 @@ class FakeRows:
         for row in rows:
             self.rows[row[_REQUEST_ID]] = row
 
+    async def insert_scores(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            # (organization, request, name) -> the row of the newest version, as ReplacingMergeTree keeps.
+            key = (row[0], row[1], row[2])
+            if key not in self.scores or self.scores[key][5] <= row[5]:
+                self.scores[key] = row
+
 
 class FakeLedger:
     """The counted-requests ledger and a request counter."""
@@ -62,12 +71,13 @@ class FakeLedger:
         self.counted: set[str] = set()
         self.cost = Decimal(0)
 
-    async def count(self, records: Sequence[log_record_pb2.LogRecord]) -> int:
+    async def count(self, records: Sequence[log_record_pb2.LogRecord], insert_rows: InsertRows) -> LedgerOutcome:
         new = [r for key, r in unique_by_request_id(records).items() if str(key) not in self.counted]
+        await insert_rows(frozenset())  # as in Postgres: a store error here rolls the counting back
         for record in new:
             self.counted.add(record.request_id)
             self.cost += Decimal(record.cost_usd)
-        return len(new)
+        return LedgerOutcome(len(new), frozenset())
 
 
 class FakeDeadLetters:
@@ -222,3 +232,26 @@ def test_trace_context_travels_in_headers_and_becomes_links() -> None:
     links = links_from([headers, headers, (), None, [("traceparent", b"garbage")]])
     assert [(link.context.trace_id, link.context.span_id) for link in links] == [(0x1234, 0x42)]
     assert inject_headers() == [], "nothing to propagate outside a span"
+
+
+def _update(request_id: str, seconds: int, **scores: float) -> ConsumedMessage:
+    update = log_record_pb2.LogUpdate(request_id=request_id, organization_id=ORG, scores=scores)
+    update.updated_at.FromSeconds(seconds)
+    value = log_record_pb2.LogMessage(update=update).SerializeToString()
+    return ConsumedMessage("logs", 0, seconds, request_id.encode(), value)
+
+
+async def test_later_updates_land_on_the_same_score_row_newest_wins_in_any_order() -> None:
+    rows, ledger = FakeRows(), FakeLedger()
+    writer = BatchWriter(rows=rows, ledger=ledger, dead_letters=FakeDeadLetters(), retry=FAST_RETRY)
+    request_id = str(uuid.uuid4())
+    newer, older = _update(request_id, 2_000_000_000, accuracy=0.9), _update(request_id, 1_900_000_000, accuracy=0.1)
+    feedback = log_record_pb2.LogUpdate(request_id=request_id, organization_id=ORG, feedback=True)
+    feedback.updated_at.FromSeconds(1_950_000_000)
+    thumbs = ConsumedMessage("logs", 0, 9, None, log_record_pb2.LogMessage(update=feedback).SerializeToString())
+
+    outcome = await writer.write([newer, thumbs, older, newer], asyncio.Event())
+
+    assert (outcome.stored, outcome.newly_counted, outcome.dead_letters) == (4, 0, 0)
+    assert ledger.counted == set(), "an update is not a request: usage does not change"
+    assert {key[2]: row[3] for key, row in rows.scores.items()} == {"accuracy": 0.9, "feedback": 1.0}

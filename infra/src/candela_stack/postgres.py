@@ -6,8 +6,11 @@ created here and, for test stacks, dropped again.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import subprocess
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -129,3 +132,72 @@ def _redact(dsn: str) -> str:
         return dsn
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- a private cluster (StackConfig(own_postgres=True)) --------------------------------------------------
+
+POSTGRES_BIN_ROOT = Path("/usr/lib/postgresql")
+POSTGRES_OS_USER = "postgres"
+
+
+def server_bin_dir() -> Path:
+    """The newest `/usr/lib/postgresql/<version>/bin` holding `initdb` and `postgres`."""
+    candidates = sorted(
+        (path for path in POSTGRES_BIN_ROOT.glob("*/bin") if (path / "initdb").is_file()),
+        key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+    )
+    if not candidates:
+        raise PostgresUnavailableError(f"no PostgreSQL server binaries under {POSTGRES_BIN_ROOT}")
+    return candidates[-1]
+
+
+def _as_server_user(argv: list[str]) -> list[str]:
+    """`argv` run as the `postgres` OS user when we are root (Postgres refuses to run as root), else as is.
+
+    `setpriv` execs the command, so the PID the stack starts is the server's own.
+    """
+    if os.geteuid() != 0:
+        return argv
+    return ["setpriv", f"--reuid={POSTGRES_OS_USER}", f"--regid={POSTGRES_OS_USER}", "--init-groups", *argv]
+
+
+def init_cluster(report: Reporter | None = None) -> Path:
+    """A new, empty cluster (trust auth, superuser `postgres`) in a fresh private temp dir; returns it.
+
+    The dir lives in the system temp folder rather than the stack's data dir because the server user
+    must be able to traverse every parent directory (pytest's tmp dirs are private to their owner).
+    """
+    root = Path(tempfile.mkdtemp(prefix="candela-pg-"))
+    data = root / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        server_user = pwd.getpwnam(POSTGRES_OS_USER)
+        for path in (root, data):
+            os.chown(path, server_user.pw_uid, server_user.pw_gid)
+    argv = [str(server_bin_dir() / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]
+    completed = subprocess.run(
+        _as_server_user(argv), capture_output=True, text=True, check=False, timeout=120, cwd=root
+    )
+    if completed.returncode != 0:
+        raise PostgresUnavailableError(f"initdb failed ({completed.returncode}): {completed.stderr.strip()}")
+    if report is not None:
+        report(f"  private Postgres cluster initialised in {root}")
+    return root
+
+
+def cluster_server_argv(root: Path, port: int) -> list[str]:
+    """The `postgres` server of a cluster made by :func:`init_cluster`, on 127.0.0.1:`port` only."""
+    argv = [
+        str(server_bin_dir() / "postgres"),
+        "-D", str(root / "data"),
+        "-p", str(port),
+        "-h", "127.0.0.1",
+        "-k", str(root),
+        "-c", "max_connections=200",
+    ]  # fmt: skip
+    return _as_server_user(argv)
+
+
+def admin_dsn_for_port(port: int) -> str:
+    """The superuser DSN of a private cluster listening on `port`."""
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"

@@ -55,6 +55,8 @@ class ManagedProcess:
     """Monotonic time the process was started."""
     ready_seconds: float | None = None
     """Seconds from start to ready, once ready."""
+    stop_signal: signal.Signals = signal.SIGTERM
+    """The polite stop signal (Postgres's fast shutdown is SIGINT; its SIGTERM waits for every client)."""
 
     @property
     def pid(self) -> int:
@@ -118,6 +120,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         stop_grace: float = DEFAULT_STOP_GRACE,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> ManagedProcess:
         """Starts `argv` in a new session with stdout and stderr appended to `<log_dir>/<name>.log`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +149,7 @@ class Supervisor:
                 popen=popen,
                 log_path=log_path,
                 stop_grace=stop_grace,
+                stop_signal=stop_signal,
                 start_time_ticks=process_start_ticks(popen.pid),
             )
             self.processes.append(process)
@@ -196,7 +200,7 @@ class Supervisor:
         began = time.monotonic()
         how = "exited"
         if process.running():
-            _signal_group(process.pid, signal.SIGTERM)
+            _signal_group(process.pid, process.stop_signal)
             try:
                 process.popen.wait(timeout=process.stop_grace)
                 how = "stopped"

@@ -29,6 +29,8 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
+import signal
 import sys
 import threading
 import time
@@ -67,6 +69,8 @@ BODIES_BUCKET = "candela"
 SERVICE_TOKEN_METADATA = "candela-service-token"
 DEFAULT_S3_ACCESS_KEY = "candela"
 DEFAULT_S3_SECRET_KEY = "candela-local-secret"
+OWN_POSTGRES_OFFSET = 80
+"""Port offset of the private Postgres cluster of a stack with `own_postgres`."""
 
 
 class Component(StrEnum):
@@ -118,9 +122,9 @@ SERVICE_MODULES: dict[Component, str] = {
 _REQUIRES: dict[Component, frozenset[Component]] = {
     Component.AUTH: frozenset({Component.POSTGRES}),
     Component.PROMPTS: frozenset({Component.POSTGRES, Component.AUTH}),
-    Component.INGEST: frozenset({Component.KAFKA, Component.S3}),
+    Component.INGEST: frozenset({Component.KAFKA, Component.S3, Component.POSTGRES}),
     Component.WRITER: frozenset({Component.KAFKA, Component.POSTGRES, Component.CLICKHOUSE}),
-    Component.QUERY: frozenset({Component.CLICKHOUSE, Component.S3, Component.AUTH}),
+    Component.QUERY: frozenset({Component.POSTGRES, Component.CLICKHOUSE, Component.S3, Component.AUTH}),
     Component.PROXY: frozenset({Component.AUTH, Component.INGEST, Component.REDIS}),
 }
 
@@ -182,6 +186,9 @@ class StackConfig:
     """Seconds SeaweedFS gets after SIGTERM before SIGKILL (a clean exit takes ~16 s, see README)."""
     ready_timeout: float = 60.0
     """Seconds each process gets to become ready."""
+    own_postgres: bool = False
+    """Run a private Postgres cluster (initdb in a temp dir, port base + OWN_POSTGRES_OFFSET) instead of
+    using the machine's server, so a test can stop and restart Postgres without touching anyone else's."""
 
     @classmethod
     def dev(cls, **overrides: Any) -> StackConfig:
@@ -251,6 +258,7 @@ class Stack:
         self._report = report
         self._supervisor = Supervisor(self.log_dir, pid_file=config.data_dir / "run" / "pids.json")
         self._database_created = False
+        self._own_postgres_root: Path | None = None
         self._started = False
         self._abort = threading.Event()
         self._began = time.monotonic()
@@ -318,13 +326,20 @@ class Stack:
 
     @property
     def postgres_admin_dsn(self) -> str:
-        """The DSN used to create and drop the stack's database."""
+        """The DSN used to create and drop the stack's database (the private cluster's with `own_postgres`)."""
+        if self.config.own_postgres:
+            return postgres.admin_dsn_for_port(self.own_postgres_port)
         return self.config.postgres_admin_dsn
+
+    @property
+    def own_postgres_port(self) -> int:
+        """The port of the private Postgres cluster (meaningful with `own_postgres` only)."""
+        return self.ports.base + OWN_POSTGRES_OFFSET
 
     @property
     def postgres_dsn(self) -> str:
         """The stack's own Postgres database."""
-        return postgres.with_database(self.config.postgres_admin_dsn, self.config.database)
+        return postgres.with_database(self.postgres_admin_dsn, self.config.database)
 
     @property
     def clickhouse_host(self) -> str:
@@ -453,6 +468,11 @@ class Stack:
         if Component.S3 in self.components and not self._supervisor.processes:
             for leftover in seaweed.socket_files(self.ports):
                 leftover.unlink(missing_ok=True)
+        if self._own_postgres_root is not None:
+            # The whole private cluster goes (its server was stopped with the other processes).
+            shutil.rmtree(self._own_postgres_root, ignore_errors=True)
+            self._own_postgres_root = None
+            self._database_created = False
         if self._database_created and self.config.drop_database_on_stop:
             try:
                 postgres.drop_database(self.config.postgres_admin_dsn, self.config.database)
@@ -461,6 +481,40 @@ class Stack:
                 errors.append(error)
         if errors:
             raise RuntimeError("; ".join(str(error) for error in errors))
+
+    # --- one component at a time (fault tests) ---------------------------------------------------
+
+    def process_of(self, component: Component) -> ManagedProcess:
+        """The running process of `component` (Postgres only with `own_postgres`)."""
+        name = _PROCESS_NAMES.get(component, component.value)
+        for process in self._supervisor.processes:
+            if process.name == name:
+                return process
+        raise KeyError(f"{component} has no running process in this stack")
+
+    def stop_component(self, component: Component, *, kill: bool = False) -> None:
+        """Stops one component's process: politely (SIGTERM, grace, SIGKILL) or at once with `kill`.
+
+        Nothing that depends on it is stopped: this is how a test makes one component unavailable.
+        """
+        process = self.process_of(component)
+        if kill and process.running():
+            os.killpg(process.pid, signal.SIGKILL)
+        self._supervisor.stop(process, self._report)
+
+    def start_component(self, component: Component) -> None:
+        """Starts a component stopped by stop_component again, on the same ports and data, and waits
+        until it is ready (its provisioning steps, e.g. migrations and topics, run again idempotently)."""
+        if not self._started or self._abort.is_set():
+            raise RuntimeError("start_component needs a started stack that is not stopping")
+        if component not in self.components:
+            raise ValueError(f"{component} is not part of this stack")
+        self._finish(component, self._launch(component))
+
+    def restart_component(self, component: Component, *, kill: bool = False) -> None:
+        """stop_component then start_component."""
+        self.stop_component(component, kill=kill)
+        self.start_component(component)
 
     def kill_now(self) -> None:
         """SIGKILLs every remaining process group at once (e.g. on a second Ctrl-C during stop())."""
@@ -574,7 +628,7 @@ class Stack:
             Component.ENVOY: self._launch_envoy,
         }
         if component is Component.POSTGRES:
-            return None
+            return self._launch_own_postgres() if self.config.own_postgres else None
         if component in SERVICE_MODULES:
             return self._launch_service(component)
         return launchers[component]()
@@ -583,6 +637,9 @@ class Stack:
         """Waits until `component` is ready, then provisions it (migrations, buckets, topics)."""
         if process is None:
             self._timed("postgres", self._prepare_postgres)
+        elif component is Component.POSTGRES:
+            self._await(process, lambda: postgres.is_reachable(self.postgres_admin_dsn))
+            self._timed("postgres database", self._prepare_postgres)
         elif component is Component.REDIS:
             self._await(process, lambda: tcp_open(self.ports.redis))
         elif component is Component.CLICKHOUSE:
@@ -665,14 +722,25 @@ class Stack:
             Component.PROXY: {"proxy_http": p.proxy_http},
             Component.ENVOY: {"gateway": p.gateway, "envoy_admin": p.envoy_admin},
         }
+        if self.config.own_postgres:
+            by_component[Component.POSTGRES] = {"postgres": self.own_postgres_port}
         wanted: dict[str, int] = {}
         for component in self.components:
             wanted.update(by_component.get(component, {}))
         return wanted
 
+    def _launch_own_postgres(self) -> ManagedProcess:
+        if self._own_postgres_root is None:
+            self._own_postgres_root = postgres.init_cluster(self._report)
+        argv = postgres.cluster_server_argv(self._own_postgres_root, self.own_postgres_port)
+        return self._supervisor.start(
+            "postgres", argv, cwd=self._own_postgres_root, stop_grace=10.0, stop_signal=signal.SIGINT
+        )
+
     def _prepare_postgres(self) -> None:
-        postgres.ensure_server(self.config.postgres_admin_dsn, self._report)
-        created = postgres.create_database(self.config.postgres_admin_dsn, self.config.database)
+        if not self.config.own_postgres:
+            postgres.ensure_server(self.config.postgres_admin_dsn, self._report)
+        created = postgres.create_database(self.postgres_admin_dsn, self.config.database)
         self._database_created = self._database_created or created
         migrations.apply_postgres(self.postgres_dsn)
 
@@ -807,6 +875,7 @@ class Stack:
                 "CANDELA_GRPC_PORT": str(p.ingest_grpc),
                 "CANDELA_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
                 "CANDELA_KAFKA_TOPIC": LOGS_TOPIC,
+                "CANDELA_POSTGRES_DSN": self.postgres_dsn,  # refuses logs of unknown organizations
                 **s3,
             }
         if component is Component.WRITER:
@@ -818,11 +887,13 @@ class Stack:
                 "CANDELA_KAFKA_GROUP": WRITER_GROUP,
                 "CANDELA_POSTGRES_DSN": self.postgres_dsn,
                 **clickhouse_env,
+                **(s3 if Component.S3 in self.components else {}),  # retention deletes expired bodies
             }
         if component is Component.QUERY:
             return {
                 "CANDELA_GRPC_PORT": str(p.query_grpc),
                 "CANDELA_AUTH_ADDR": self.auth_addr,
+                "CANDELA_POSTGRES_DSN": self.postgres_dsn,
                 **clickhouse_env,
                 **s3,
             }
@@ -921,6 +992,10 @@ class Stack:
                 return False
             raise
         return bool(resolved.organization_id == previous.organization_id)
+
+
+_PROCESS_NAMES: dict[Component, str] = {Component.S3: "seaweedfs", Component.FAKE_PROVIDER: "fake-provider"}
+"""Process (and log file) names that differ from the component's value."""
 
 
 def _engine(value: str) -> KafkaEngine:

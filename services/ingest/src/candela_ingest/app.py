@@ -9,10 +9,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+import asyncpg
+
 from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from candela_ingest.bodies import S3BodyStore
 from candela_ingest.config import IngestConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
+from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.service import IngestServicer
 from candela_ingest.validation import BatchLimits
 from candela_runtime.config import load_config
@@ -35,6 +38,8 @@ class IngestDeps:
 
     bodies: S3BodyStore
     producer: Producer
+    organizations: OrganizationDirectory | None
+    """Refuses unknown organizations; None when no Postgres DSN is configured."""
 
 
 @asynccontextmanager
@@ -49,9 +54,17 @@ async def build_deps(config: IngestConfig) -> AsyncIterator[IngestDeps]:
         max_concurrency=config.s3_max_concurrency,
     )
     producer = Producer(config, client_id="candela-ingest")
+    # min_size=0: nothing connects here, so ingest starts (and serves) while Postgres is down.
+    pool = await asyncpg.create_pool(config.postgres_dsn, min_size=0, max_size=2) if config.postgres_dsn else None
     try:
-        yield IngestDeps(bodies=bodies, producer=producer)
+        yield IngestDeps(
+            bodies=bodies,
+            producer=producer,
+            organizations=OrganizationDirectory(pool) if pool is not None else None,
+        )
     finally:
+        if pool is not None:
+            await shutdown_step("postgres pool", pool.close, _PRODUCER_STOP_TIMEOUT_S)
         await shutdown_step("kafka producer", producer.stop, _PRODUCER_STOP_TIMEOUT_S)
         await shutdown_step("s3 client", lambda: asyncio.to_thread(bodies.close), _PRODUCER_STOP_TIMEOUT_S)
 
@@ -70,6 +83,7 @@ async def create_server(config: IngestConfig, deps: IngestDeps) -> GrpcServer:
             max_clock_skew=timedelta(seconds=config.max_clock_skew_s),
         ),
         store_timeout_s=config.store_timeout_s,
+        organizations=deps.organizations,
     )
     return await create_grpc_server(
         host=config.grpc_host,

@@ -39,6 +39,11 @@ class IngestConfig(ServiceConfig, KafkaSettings):
     )
     max_clock_skew_s: float = env_field("How far in the future a record's created_at may lie.", 86_400.0)
     store_timeout_s: float = env_field("Seconds the S3 upload plus Kafka acknowledgement of a batch may take.", 20.0)
+    postgres_dsn: str = env_field(
+        "Postgres DSN to refuse logs of unknown organizations (cached; a Postgres outage never blocks logs). "
+        "Empty: no check.",
+        "",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +67,7 @@ class WriterConfig(ServiceConfig, KafkaSettings):
     clickhouse_host: str = env_field("ClickHouse host (native protocol).", "127.0.0.1")
     clickhouse_port: int = env_field("ClickHouse native TCP port.", 9000)
     clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
+    clickhouse_table: str = env_field("ClickHouse table of request rows.", "requests")
     clickhouse_user: str = env_field("ClickHouse user.", "default")
     clickhouse_password: str = env_field("ClickHouse password.", "")
     batch_max_records: int = env_field("Most messages written per batch.", 5000)
@@ -70,8 +76,29 @@ class WriterConfig(ServiceConfig, KafkaSettings):
     max_attempts: int = env_field("Attempts at a batch the stores reject before its bad messages are isolated.", 3)
     retry_initial_backoff_s: float = env_field("First retry delay; doubles per attempt.", 0.2)
     retry_max_backoff_s: float = env_field("Longest retry delay (also while a store is down).", 10.0)
+    consumers: int = env_field(
+        "Consumers of the log topic in this process (group members; partitions bound the useful number).", 2
+    )
+    dlq_max_retries: int = env_field(
+        "Times a dead letter is retried from the DLQ before it is parked in Postgres for an operator.", 3
+    )
+    dlq_retry_delay_s: float = env_field("How long a dead letter waits in the DLQ before it is retried.", 30.0)
+    s3_endpoint: str = env_field(
+        "S3 endpoint of the bodies bucket (retention deletes expired bodies); empty: skip.", ""
+    )
+    s3_access_key: str = env_field("S3 access key id (retention).", "")
+    s3_secret_key: str = env_field("S3 secret access key (retention).", "")
+    s3_bucket: str = env_field("Bucket holding bodies/<organization_id>/...", "candela")
+    s3_region: str = env_field("S3 region used to sign requests.", "us-east-1")
+    retention_interval_s: float = env_field(
+        "Seconds between retention sweeps (organizations.retention_days); 0 disables them in this writer.", 3600.0
+    )
 
     def __post_init__(self) -> None:
+        if self.consumers < 1:
+            raise ConfigError("CANDELA_CONSUMERS must be at least 1")
+        if self.dlq_max_retries < 1:
+            raise ConfigError("CANDELA_DLQ_MAX_RETRIES must be at least 1")
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ConfigError(
                 "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of CANDELA_KAFKA_SESSION_TIMEOUT_MS"

@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.validation import COST_DECIMAL_PLACES
+from candela_ingest.validation import COST_DECIMAL_PLACES, FEEDBACK_SCORE
 
 REQUESTS_TABLE = "requests"
 REQUEST_COLUMNS: tuple[str, ...] = (
@@ -133,3 +133,28 @@ def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
         *response_body,
         version,
     )
+
+
+SCORES_TABLE = "request_scores"
+SCORE_COLUMNS: tuple[str, ...] = ("organization_id", "request_id", "name", "value", "updated_at", "version")
+
+
+def scores_insert_statement(table: str = SCORES_TABLE) -> str:
+    """The parameterised INSERT of score rows."""
+    return f"INSERT INTO {table} ({', '.join(SCORE_COLUMNS)}) VALUES"
+
+
+def score_rows(update: log_record_pb2.LogUpdate) -> list[Row]:
+    """One ``request_scores`` row per score of a validated update (feedback as the score "feedback").
+
+    The version is the update's own time in microseconds, so the newest update of a score wins whatever
+    order updates arrive in, and a redelivered one collapses into the same row.
+    """
+    version = update.updated_at.seconds * 1_000_000 + update.updated_at.nanos // 1000
+    scores = dict(update.scores)
+    if update.HasField("feedback"):
+        scores[FEEDBACK_SCORE] = 1.0 if update.feedback else 0.0
+    return [
+        (update.organization_id, update.request_id, name, float(value), update.updated_at.seconds, version)
+        for name, value in sorted(scores.items())
+    ]

@@ -18,11 +18,13 @@ from opentelemetry import trace
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
+from candela.logs.v1 import log_record_pb2
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
+from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.packing import PackedObject, pack_batch
 from candela_ingest.propagation import inject_headers
-from candela_ingest.validation import BatchLimits, validate_ingest_request
-from candela_runtime.errors import Unavailable
+from candela_ingest.validation import BatchLimits, validate_ingest_request, validate_update_logs_request
+from candela_runtime.errors import Unavailable, Violations
 from candela_runtime.security import require_service_credential
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         service_token: str,
         limits: BatchLimits,
         store_timeout_s: float,
+        organizations: OrganizationDirectory | None = None,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._bodies = bodies
@@ -69,12 +72,14 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self._service_token = service_token
         self._limits = limits
         self._store_timeout_s = store_timeout_s
+        self._organizations = organizations
         self._clock = clock
 
     async def Ingest(self, request: pb.IngestRequest, context: Context) -> pb.IngestResponse:
         require_service_credential(context, self._service_token)
         now = self._clock()
         validate_ingest_request(request, self._limits, now)
+        await self._refuse_unknown_organizations(request)
         packed = pack_batch(request.records, now)
         # Every message of the batch carries this call's trace context, so the writer can link to it.
         headers = inject_headers()
@@ -102,3 +107,44 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             logger.warning("a batch of %d logs was not stored: %s", len(outgoing), err.message)
             raise
         return pb.IngestResponse(accepted_count=len(outgoing))
+
+    async def _refuse_unknown_organizations(self, request: pb.IngestRequest) -> None:
+        """INVALID_ARGUMENT naming each record of an organization that does not exist (cached lookup)."""
+        if self._organizations is None:
+            return
+        unknown = await self._organizations.unknown(item.record.organization_id for item in request.records)
+        if not unknown:
+            return
+        violations = Violations()
+        for index, item in enumerate(request.records):
+            if item.record.organization_id.lower() in unknown:
+                violations.add(f"records[{index}].record.organization_id", "no such organization")
+        violations.raise_if_any("the batch of logs is invalid")
+
+    async def UpdateLogs(self, request: pb.UpdateLogsRequest, context: Context) -> pb.UpdateLogsResponse:
+        require_service_credential(context, self._service_token)
+        now = self._clock()
+        validate_update_logs_request(request, self._limits, now)
+        headers = inject_headers()
+        outgoing = []
+        for update in request.updates:
+            message = log_record_pb2.LogMessage(update=update)
+            message.update.request_id = update.request_id.lower()
+            message.update.organization_id = update.organization_id.lower()
+            if not update.HasField("updated_at"):
+                message.update.updated_at.FromDatetime(now)
+            message.ingested_at.FromDatetime(now)
+            outgoing.append(
+                OutgoingMessage(
+                    key=message.update.request_id.encode(), value=message.SerializeToString(), headers=headers
+                )
+            )
+        try:
+            async with asyncio.timeout(self._store_timeout_s):
+                await self._messages.send_all(self._topic, outgoing)
+        except TimeoutError as err:
+            raise Unavailable(f"storing the updates took over {self._store_timeout_s:.1f}s; retry them") from err
+        except KafkaUnavailable as err:
+            logger.warning("Kafka refused %d log updates: %s", len(outgoing), err)
+            raise Unavailable(f"the log topic is unavailable; retry the updates ({err})") from err
+        return pb.UpdateLogsResponse(accepted_count=len(outgoing))

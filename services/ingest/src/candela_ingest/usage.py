@@ -39,6 +39,9 @@ class DailyUsage:
     unpriced_count: int
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def created_at(record: log_record_pb2.LogRecord) -> datetime:
     """The record's creation time, aware, in UTC (microsecond precision)."""
     return datetime.fromtimestamp(record.created_at.seconds, UTC).replace(microsecond=record.created_at.nanos // 1000)
@@ -66,8 +69,18 @@ def aggregate_usage(records: Iterable[log_record_pb2.LogRecord]) -> list[DailyUs
     """
     totals: dict[tuple[uuid.UUID, date], list[int]] = {}
     costs: dict[tuple[uuid.UUID, date], Decimal] = {}
+    # Parsed once per organization and day: this loop runs for every log the writers count.
+    organizations: dict[str, uuid.UUID] = {}
+    days: dict[int, date] = {}
     for record in records:
-        key = (uuid.UUID(record.organization_id), created_at(record).date())
+        organization_id = organizations.get(record.organization_id)
+        if organization_id is None:
+            organization_id = organizations[record.organization_id] = uuid.UUID(record.organization_id)
+        day_number = record.created_at.seconds // 86_400
+        day = days.get(day_number)
+        if day is None:
+            day = days[day_number] = date.fromordinal(_EPOCH_ORDINAL + day_number)
+        key = (organization_id, day)
         counters = totals.setdefault(key, [0, 0, 0, 0])
         counters[0] += 1
         counters[1] += record.usage.prompt_tokens

@@ -1,8 +1,10 @@
 """Wiring of a storage writer: its stores, the consumer loop, the health server, and the process's main().
 
-One writer is one member of the writers' consumer group. It fetches batches bounded by count, bytes and
-time, hands each to :class:`~candela_ingest.writer.batch.BatchWriter`, and commits the batch's offsets
-only once every message is stored or dead-lettered. Delivery is at-least-once (a crash or a rebalance
+One writer process runs ``consumers`` members of the writers' consumer group on the log topic, plus one
+member of ``<group>-dlq`` on the dead-letter topic (letters are retried after a delay, then parked), plus
+the periodic retention sweep. Each member fetches batches bounded by count, bytes and time, hands each to
+:class:`~candela_ingest.writer.batch.BatchWriter`, and commits the batch's offsets only once every
+message is stored or dead-lettered. Delivery is at-least-once (a crash or a rebalance
 between storing and committing redelivers the batch), and the stores make that exactly-once in effect.
 """
 
@@ -14,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -25,10 +28,17 @@ from candela_ingest.config import WriterConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
 from candela_ingest.propagation import links_from
 from candela_ingest.writer.batch import BatchAborted, BatchWriter, ConsumedMessage, RetryPolicy
+from candela_ingest.writer.bodies import S3BodyDeleter
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
-from candela_ingest.writer.dead_letters import KafkaDeadLetterSink
+from candela_ingest.writer.dead_letters import (
+    KafkaDeadLetterSink,
+    PostgresParking,
+    RetryingDeadLetterSink,
+    failed_at_of,
+)
 from candela_ingest.writer.errors import StoreUnavailable
 from candela_ingest.writer.postgres import PostgresUsageLedger
+from candela_ingest.writer.retention import RetentionSweeper
 from candela_runtime.config import load_config
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server
 from candela_runtime.lifecycle import shutdown_step, wait_for_shutdown_signal
@@ -47,10 +57,14 @@ class WriterDeps:
     """What a writer talks to."""
 
     pool: asyncpg.Pool
-    rows: ClickHouseRowSink
+    rows: tuple[ClickHouseRowSink, ...]
+    """One ClickHouse connection per consumer (the last one serves the DLQ consumer and retention)."""
     ledger: PostgresUsageLedger
     dead_letter_producer: Producer
     dead_letters: KafkaDeadLetterSink
+    parking: PostgresParking
+    bodies: S3BodyDeleter | None
+    """Deletes expired bodies (retention); None when the writer has no S3 settings."""
 
 
 @asynccontextmanager
@@ -60,14 +74,29 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
     pool = await asyncpg.create_pool(
         config.postgres_dsn, min_size=0, max_size=config.postgres_pool_size, command_timeout=60
     )
-    rows = ClickHouseRowSink(
-        host=config.clickhouse_host,
-        port=config.clickhouse_port,
-        database=config.clickhouse_database,
-        user=config.clickhouse_user,
-        password=config.clickhouse_password,
+    rows = tuple(
+        ClickHouseRowSink(
+            host=config.clickhouse_host,
+            port=config.clickhouse_port,
+            database=config.clickhouse_database,
+            user=config.clickhouse_user,
+            password=config.clickhouse_password,
+            table=config.clickhouse_table,
+        )
+        for _ in range(config.consumers + 1)
     )
     producer = Producer(config, client_id="candela-writer-dlq")
+    bodies = (
+        S3BodyDeleter(
+            endpoint=config.s3_endpoint,
+            access_key=config.s3_access_key,
+            secret_key=config.s3_secret_key,
+            bucket=config.s3_bucket,
+            region=config.s3_region,
+        )
+        if config.s3_endpoint
+        else None
+    )
     try:
         yield WriterDeps(
             pool=pool,
@@ -75,10 +104,15 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             ledger=PostgresUsageLedger(pool),
             dead_letter_producer=producer,
             dead_letters=KafkaDeadLetterSink(producer, config.kafka_dlq_topic),
+            parking=PostgresParking(pool),
+            bodies=bodies,
         )
     finally:
+        if bodies is not None:
+            bodies.close()
         await shutdown_step("dead-letter producer", producer.stop, _STEP_TIMEOUT_S)
-        await shutdown_step("clickhouse", rows.close, _STEP_TIMEOUT_S)
+        for sink in rows:
+            await shutdown_step("clickhouse", sink.close, _STEP_TIMEOUT_S)
         await shutdown_step("postgres pool", pool.close, _STEP_TIMEOUT_S)
 
 
@@ -139,7 +173,23 @@ class WriterStats:
     stored: int = 0
     newly_counted: int = 0
     dead_letters: int = 0
+    dead_letters_retried: int = 0
+    parked: int = 0
     commits_failed: int = 0
+    retention_sweeps: int = 0
+
+
+@dataclass(frozen=True)
+class _Lane:
+    """One consumer-group member: what it reads, as which group, and how it stores a batch."""
+
+    name: str
+    topic: str
+    group: str
+    batches: BatchWriter
+    retry_delay_s: float = 0.0
+    """Dead letters only: how long after its failure a letter is retried."""
+    parking: RetryingDeadLetterSink | None = None
 
 
 class StorageWriter:
@@ -154,55 +204,128 @@ class StorageWriter:
             initial_backoff_s=config.retry_initial_backoff_s,
             max_backoff_s=config.retry_max_backoff_s,
         )
-        self._batches = BatchWriter(
-            rows=deps.rows,
-            ledger=deps.ledger,
-            dead_letters=deps.dead_letters,
-            retry=self._retry,
-            on_store_health=health.set_stores_ok,
+        lanes = [
+            _Lane(
+                name=f"logs-{index}",
+                topic=config.kafka_topic,
+                group=config.kafka_group,
+                batches=self._batch_writer(deps.rows[index], deps.dead_letters),
+            )
+            for index in range(config.consumers)
+        ]
+        parking = RetryingDeadLetterSink(deps.dead_letters, deps.parking, config.dlq_max_retries)
+        lanes.append(
+            _Lane(
+                name="dead-letters",
+                topic=config.kafka_dlq_topic,
+                group=f"{config.kafka_group}-dlq",
+                batches=self._batch_writer(deps.rows[-1], parking),
+                retry_delay_s=config.dlq_retry_delay_s,
+                parking=parking,
+            )
         )
+        self._lanes = lanes
+        self._retention = RetentionSweeper(deps.pool, deps.rows[-1], deps.bodies)
         self.stats = WriterStats()
 
+    def _batch_writer(
+        self, rows: ClickHouseRowSink, dead_letters: KafkaDeadLetterSink | RetryingDeadLetterSink
+    ) -> BatchWriter:
+        return BatchWriter(
+            rows=rows,
+            ledger=self._deps.ledger,
+            dead_letters=dead_letters,
+            retry=self._retry,
+            on_store_health=self._health.set_stores_ok,
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Waits for the stores, joins the group, and stores batches until ``stop`` is set."""
+        """Waits for the stores, then runs every consumer (and the retention sweep) until ``stop`` is set."""
         if not await self._retry_until(stop, "stores and dead-letter topic", self._check_dependencies):
             return
         await self._health.set_stores_ok(True)
+        async with asyncio.TaskGroup() as group:
+            for lane in self._lanes:
+                group.create_task(self._run_lane(lane, stop), name=f"writer-{lane.name}")
+            if self._config.retention_interval_s > 0:
+                group.create_task(self._sweep_periodically(stop), name="writer-retention")
+
+    async def _run_lane(self, lane: _Lane, stop: asyncio.Event) -> None:
         consumers: list[AIOKafkaConsumer] = []
-        if not await self._retry_until(stop, "Kafka consumer", lambda: self._start_consumer(consumers)):
+        if not await self._retry_until(
+            stop, f"Kafka consumer {lane.name}", lambda: self._start_consumer(lane, consumers)
+        ):
             return
         consumer = consumers[0]
-        consumer.subscribe([self._config.kafka_topic], listener=_GroupListener(self._health))
-        logger.info("consuming %s as group %s", self._config.kafka_topic, self._config.kafka_group)
+        consumer.subscribe([lane.topic], listener=_GroupListener(self._health))
+        logger.info("consumer %s reads %s as group %s", lane.name, lane.topic, lane.group)
         try:
-            await self._consume(consumer, stop)
+            await self._consume(lane, consumer, stop)
         finally:
             # Leaves the group at once, so the partitions move to another writer without a session timeout.
-            await shutdown_step("kafka consumer", consumer.stop, _STEP_TIMEOUT_S)
+            await shutdown_step(f"kafka consumer {lane.name}", consumer.stop, _STEP_TIMEOUT_S)
             await self._health.set_joined(False)
 
-    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    async def _sweep_periodically(self, stop: asyncio.Event) -> None:
+        """Runs the retention sweep every ``retention_interval_s`` (first one after one interval)."""
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), self._config.retention_interval_s)
+            except TimeoutError:
+                pass
+            else:
+                return
+            try:
+                await self._retention.sweep(datetime.now(UTC))
+                self.stats.retention_sweeps += 1
+            except StoreUnavailable as err:
+                logger.warning("retention sweep failed (%s); next one in %.0fs", err, self._config.retention_interval_s)
+
+    async def _wait_for_retry_time(self, lane: _Lane, batch: Sequence[ConsumedMessage], stop: asyncio.Event) -> bool:
+        """Dead letters: waits until the newest letter of the batch is ``retry_delay_s`` old; False on stop."""
+        if lane.retry_delay_s <= 0:
+            return True
+        failed = [failed_at_of(message.headers) for message in batch]
+        newest = max((stamp for stamp in failed if stamp is not None), default=None)
+        if newest is None:
+            return True
+        wait_s = (newest - datetime.now(UTC)).total_seconds() + lane.retry_delay_s
+        if wait_s <= 0:
+            return True
+        try:
+            await asyncio.wait_for(stop.wait(), wait_s)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _consume(self, lane: _Lane, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             batch = await self._next_batch(consumer, stop)
             if not batch:
                 continue
+            if not await self._wait_for_retry_time(lane, batch, stop):
+                return
+            parked_before = lane.parking.parked if lane.parking is not None else 0
             with tracer.start_as_current_span(
                 "writer.batch",
                 kind=trace.SpanKind.CONSUMER,
                 links=links_from(message.headers for message in batch),
                 attributes={
-                    "messaging.destination.name": self._config.kafka_topic,
+                    "messaging.destination.name": lane.topic,
                     "messaging.batch.message_count": len(batch),
                 },
             ):
                 try:
-                    outcome = await self._batches.write(batch, stop)
+                    outcome = await lane.batches.write(batch, stop)
                 except BatchAborted:
                     logger.warning(
                         "stopping with a batch of %d messages not stored; it will be redelivered", len(batch)
                     )
                     return
                 await self._commit(consumer, batch)
+            if lane.parking is not None:
+                self.stats.dead_letters_retried += len(batch)
+                self.stats.parked += lane.parking.parked - parked_before
             self.stats.batches += 1
             self.stats.stored += outcome.stored
             self.stats.newly_counted += outcome.newly_counted
@@ -263,9 +386,9 @@ class StorageWriter:
             self.stats.commits_failed += 1
             logger.warning("offsets of a stored batch were not committed (%r); it will be redelivered", err)
 
-    async def _start_consumer(self, started: list[AIOKafkaConsumer]) -> None:
+    async def _start_consumer(self, lane: _Lane, started: list[AIOKafkaConsumer]) -> None:
         """Connects a new consumer (a failed one cannot be restarted) and appends it to ``started``."""
-        consumer = self._consumer()
+        consumer = self._consumer(lane)
         try:
             await consumer.start()
         except KafkaError:
@@ -273,12 +396,12 @@ class StorageWriter:
             raise
         started.append(consumer)
 
-    def _consumer(self) -> AIOKafkaConsumer:
+    def _consumer(self, lane: _Lane) -> AIOKafkaConsumer:
         config = self._config
         return AIOKafkaConsumer(
             bootstrap_servers=config.kafka_bootstrap,
-            client_id="candela-writer",
-            group_id=config.kafka_group,
+            client_id=f"candela-writer-{lane.name}",
+            group_id=lane.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=config.kafka_session_timeout_ms,
@@ -287,7 +410,7 @@ class StorageWriter:
         )
 
     async def _check_dependencies(self) -> None:
-        await self._deps.rows.check()
+        await self._deps.rows[0].check()
         await self._deps.ledger.check()
         await self._deps.dead_letter_producer.start()
         await self._deps.dead_letter_producer.check_topic(self._config.kafka_dlq_topic)

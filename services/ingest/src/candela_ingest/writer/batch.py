@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,9 +31,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import Row, clickhouse_row
+from candela_ingest.rows import Row, clickhouse_row, score_rows
 from candela_ingest.validation import check_log_message
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
+from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
 from candela_runtime.errors import Violations
 
 logger = logging.getLogger(__name__)
@@ -103,17 +105,21 @@ class BatchAborted(Exception):
 
 
 class RowSink(Protocol):
-    """The ClickHouse requests table."""
+    """The ClickHouse requests and request_scores tables."""
 
     async def insert(self, rows: Sequence[Row]) -> None:
         """Inserts all rows at once; raises StoreUnavailable or StoreRejected."""
 
+    async def insert_scores(self, rows: Sequence[Row]) -> None:
+        """Inserts all score rows at once; raises StoreUnavailable or StoreRejected."""
+
 
 class UsageLedger(Protocol):
-    """The Postgres idempotency ledger and usage counters."""
+    """The Postgres idempotency ledger, usage counters and log limits."""
 
-    async def count(self, records: Sequence[log_record_pb2.LogRecord]) -> int:
-        """Counts the requests not counted before, in one transaction; returns how many were new."""
+    async def count(self, records: Sequence[log_record_pb2.LogRecord], insert_rows: InsertRows) -> LedgerOutcome:
+        """Counts the requests not counted before, in one transaction that calls ``insert_rows`` (with the
+        ids whose rows must not be stored) before it commits; raises StoreUnavailable or StoreRejected."""
 
 
 class DeadLetterSink(Protocol):
@@ -138,6 +144,11 @@ def decode(message: ConsumedMessage) -> Decoded | DeadLetter:
         problems = "; ".join(f"{v.field}: {v.description}" for v in violations.items[:10])
         return DeadLetter(message, f"invalid LogMessage: {problems}", attempts=1)
     return Decoded(message, log)
+
+
+def canonical_id(value: str) -> str:
+    """A validated UUID string in its canonical lower-case form."""
+    return str(uuid.UUID(value))
 
 
 def _now_us() -> int:
@@ -263,16 +274,39 @@ class BatchWriter:
         return stored, newly_counted, dead
 
     async def _store(self, entries: Sequence[Decoded]) -> int:
-        """One ClickHouse insert, then one Postgres transaction; returns the newly counted requests."""
+        """One Postgres transaction around one ClickHouse insert (then the scores' insert, if any);
+        returns the newly counted requests."""
+        updates = [entry.log.update for entry in entries if entry.log.HasField("update")]
+        entries = [entry for entry in entries if not entry.log.HasField("update")]
+        newly_counted = await self._store_logs(entries) if entries else 0
+        if updates:
+            # Scores are not counted in usage: a plain idempotent insert (ReplacingMergeTree by score).
+            rows = [row for update in updates for row in score_rows(update)]
+            with tracer.start_as_current_span("clickhouse.insert_scores") as span:
+                span.set_attribute("db.system", "clickhouse")
+                span.set_attribute("candela.writer.rows", len(rows))
+                await self._rows.insert_scores(rows)
+        return newly_counted
+
+    async def _store_logs(self, entries: Sequence[Decoded]) -> int:
         version = self._clock_us()
-        rows = [clickhouse_row(entry.log, version) for entry in entries]
-        with tracer.start_as_current_span("clickhouse.insert") as span:
-            span.set_attribute("db.system", "clickhouse")
-            span.set_attribute("candela.writer.rows", len(rows))
-            await self._rows.insert(rows)
+
+        async def insert_rows(not_stored: frozenset[str]) -> None:
+            rows = [
+                clickhouse_row(entry.log, version)
+                for entry in entries
+                if not not_stored or canonical_id(entry.log.record.request_id) not in not_stored
+            ]
+            with tracer.start_as_current_span("clickhouse.insert") as span:
+                span.set_attribute("db.system", "clickhouse")
+                span.set_attribute("candela.writer.rows", len(rows))
+                await self._rows.insert(rows)
+
         with tracer.start_as_current_span("postgres.count_usage") as span:
             span.set_attribute("db.system", "postgresql")
-            return await self._ledger.count([entry.log.record for entry in entries])
+            outcome = await self._ledger.count([entry.log.record for entry in entries], insert_rows)
+            span.set_attribute("candela.writer.not_stored", len(outcome.not_stored))
+            return outcome.newly_counted
 
     async def _until_available(self, what: str, action: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
         attempt = 0

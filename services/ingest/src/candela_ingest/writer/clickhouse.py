@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import struct
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from candela_ingest.rows import REQUESTS_TABLE, Row, insert_statement
+from candela_ingest.rows import REQUESTS_TABLE, Row, insert_statement, scores_insert_statement
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 
 T = TypeVar("T")
@@ -83,6 +85,7 @@ class ClickHouseRowSink:
     ) -> None:
         self._table = table
         self._insert = insert_statement(table)
+        self._insert_scores = scores_insert_statement()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client = Client(
             host=host,
@@ -106,6 +109,43 @@ class ClickHouseRowSink:
         """One insert of all ``rows``; ``types_check`` makes the driver refuse a value its column cannot hold."""
         if rows:
             await self._run(self._client.execute, self._insert, list(rows), types_check=True)
+
+    async def insert_scores(self, rows: Sequence[Row]) -> None:
+        """One insert of score rows into ``request_scores``."""
+        if rows:
+            await self._run(self._client.execute, self._insert_scores, list(rows), types_check=True)
+
+    async def delete_older_than(self, organization_id: uuid.UUID, cutoff: datetime) -> None:
+        """Deletes the organization's rows created before ``cutoff`` (a background mutation; idempotent)."""
+        statement = (
+            f"ALTER TABLE {self._table} DELETE "
+            "WHERE organization_id = toUUID(%(organization)s) AND created_at < toDateTime(%(cutoff)s, 'UTC')"
+        )
+        params = {"organization": str(organization_id), "cutoff": int(cutoff.timestamp())}
+        await self._run(self._client.execute, statement, params)
+
+    async def partitions(self) -> list[str]:
+        """The active monthly partitions (YYYYMM) of the table."""
+        result = await self._run(
+            self._client.execute,
+            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = %(t)s"
+            " AND active ORDER BY partition",
+            {"t": self._table},
+        )
+        return [str(row[0]).strip("'") for row in result]
+
+    async def organizations_in_partition(self, partition: str) -> set[uuid.UUID]:
+        """The organizations with rows in one monthly partition."""
+        result = await self._run(
+            self._client.execute,
+            f"SELECT DISTINCT organization_id FROM {self._table} WHERE toYYYYMM(created_at) = %(p)s",
+            {"p": int(partition)},
+        )
+        return {uuid.UUID(str(row[0])) for row in result}
+
+    async def drop_partition(self, partition: str) -> None:
+        """Drops one monthly partition (its id is a YYYYMM number)."""
+        await self._run(self._client.execute, f"ALTER TABLE {self._table} DROP PARTITION {int(partition)}")
 
     async def check(self) -> None:
         """Raises StoreUnavailable unless the server answers and the table exists (readiness)."""

@@ -1,14 +1,26 @@
-"""Exactly-once usage counters in Postgres: the counted-requests ledger and the daily totals, one transaction.
+"""Exactly-once usage counters and log limits in Postgres, in one transaction around the ClickHouse insert.
 
 The transaction inserts every request id of the batch into ``counted_requests`` (ON CONFLICT DO NOTHING
 RETURNING), then adds only the ids that came back, the ones never counted before, to
 ``organization_usage_daily``. A redelivered or replayed message therefore never counts twice, and a
 failed transaction leaves nothing behind to count twice on retry.
+
+Limits (``organizations.max_stored_logs``): for each organization with a limit, its
+``organization_log_counters`` row is locked and the newly counted requests are stored only while
+``stored_logs`` stays within the limit (first counted, first stored; oldest first within a batch); the
+others stay counted in usage but are marked
+``stored = false`` and added to ``dropped_over_limit``. The ClickHouse insert of the batch's stored rows
+runs inside the transaction, before it commits: a row ClickHouse rejects or cannot take rolls the
+counting back, so Postgres counts a request exactly when its row (or its over-limit drop) is durable.
+If the commit itself is lost after the insert, the retry inserts the same rows again (ReplacingMergeTree
+collapses them) and counts them then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -20,8 +32,37 @@ _COUNT_REQUESTS = """
 INSERT INTO counted_requests (request_id, organization_id, created_at)
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
 ON CONFLICT (request_id) DO NOTHING
-RETURNING request_id
+RETURNING request_id, organization_id, created_at
 """
+
+_LIMITS = "SELECT id, max_stored_logs FROM organizations WHERE id = ANY($1::uuid[]) AND max_stored_logs IS NOT NULL"
+
+_LOCK_COUNTERS = """
+INSERT INTO organization_log_counters (organization_id)
+SELECT * FROM unnest($1::uuid[]) ORDER BY 1
+ON CONFLICT (organization_id) DO NOTHING
+"""
+
+_STORED_LOGS = """
+SELECT organization_id, stored_logs FROM organization_log_counters
+WHERE organization_id = ANY($1::uuid[]) ORDER BY organization_id FOR UPDATE
+"""
+
+_MARK_DROPPED = "UPDATE counted_requests SET stored = false WHERE request_id = ANY($1::uuid[])"
+
+_ADD_COUNTERS = """
+INSERT INTO organization_log_counters AS counters (organization_id, stored_logs, dropped_over_limit, last_dropped_at)
+SELECT organization_id, stored, dropped, CASE WHEN dropped > 0 THEN now() END
+FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS t (organization_id, stored, dropped)
+ORDER BY organization_id
+ON CONFLICT (organization_id) DO UPDATE SET
+    stored_logs = counters.stored_logs + EXCLUDED.stored_logs,
+    dropped_over_limit = counters.dropped_over_limit + EXCLUDED.dropped_over_limit,
+    last_dropped_at = coalesce(EXCLUDED.last_dropped_at, counters.last_dropped_at),
+    updated_at = now()
+"""
+
+_NOT_STORED = "SELECT request_id FROM counted_requests WHERE request_id = ANY($1::uuid[]) AND NOT stored"
 
 _ADD_USAGE = """
 INSERT INTO organization_usage_daily AS daily
@@ -48,17 +89,33 @@ def classify_postgres_error(error: BaseException) -> StoreRejected | StoreUnavai
     return StoreUnavailable(f"Postgres failed: {error!r}")
 
 
+InsertRows = Callable[[frozenset[str]], Awaitable[None]]
+"""Inserts the batch's rows except those of the given request ids (not stored); raises a store error."""
+
+
+@dataclass(frozen=True)
+class LedgerOutcome:
+    """What one counting transaction did."""
+
+    newly_counted: int
+    """Requests counted in usage for the first time."""
+    not_stored: frozenset[str]
+    """Request ids of the batch whose rows are not stored (over the limit, now or when first counted)."""
+
+
 class PostgresUsageLedger:
-    """Counts each request once in the per-organization daily usage."""
+    """Counts each request once in the per-organization usage and log counters, enforcing max_stored_logs."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def count(self, records: Sequence[log_record_pb2.LogRecord]) -> int:
-        """Counts the requests of ``records`` not counted before; returns how many that was."""
+    async def count(self, records: Sequence[log_record_pb2.LogRecord], insert_rows: InsertRows) -> LedgerOutcome:
+        """Counts the requests of ``records`` not counted before and, in the same transaction (before it
+        commits), calls ``insert_rows`` with the ids whose rows must not be stored."""
         unique = unique_by_request_id(records)
         if not unique:
-            return 0
+            await insert_rows(frozenset())
+            return LedgerOutcome(0, frozenset())
         # Sorted, so that concurrent writers take row locks in one order.
         ledger = sorted((counted_request(record) for record in unique.values()), key=lambda row: row.request_id)
         try:
@@ -69,6 +126,7 @@ class PostgresUsageLedger:
                     [row.organization_id for row in ledger],
                     [row.created_at for row in ledger],
                 )
+                dropped = await self._apply_limits(connection, returned)
                 usage = aggregate_usage(unique[row["request_id"]] for row in returned)
                 if usage:
                     await connection.execute(
@@ -81,14 +139,57 @@ class PostgresUsageLedger:
                         [day.cost_usd for day in usage],
                         [day.unpriced_count for day in usage],
                     )
+                # Requests counted before (a redelivery or replay) keep the storage decision made back then.
+                newly = {row["request_id"] for row in returned}
+                earlier = [row.request_id for row in ledger if row.request_id not in newly]
+                not_stored_ids = set(dropped)
+                if earlier:
+                    not_stored_ids.update(row["request_id"] for row in await connection.fetch(_NOT_STORED, earlier))
+                not_stored = frozenset(str(request_id) for request_id in not_stored_ids)
+                # A store error raised here rolls the whole transaction back.
+                await insert_rows(not_stored)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
             raise classify_postgres_error(err) from err
-        return len(returned)
+        return LedgerOutcome(len(returned), not_stored)
+
+    async def _apply_limits(self, connection: asyncpg.Connection, counted: Sequence[asyncpg.Record]) -> list[uuid.UUID]:
+        """Marks the newly counted requests beyond their organization's limit as not stored (returned);
+        updates the counters."""
+        if not counted:
+            return []
+        by_organization: dict[uuid.UUID, list[asyncpg.Record]] = {}
+        for row in counted:
+            by_organization.setdefault(row["organization_id"], []).append(row)
+        organizations = sorted(by_organization)
+        limits = {row["id"]: int(row["max_stored_logs"]) for row in await connection.fetch(_LIMITS, organizations)}
+        dropped_ids: list[uuid.UUID] = []
+        dropped_by_organization: dict[uuid.UUID, int] = {}
+        if limits:
+            limited = sorted(limits)
+            await connection.execute(_LOCK_COUNTERS, limited)
+            stored_now = {
+                row["organization_id"]: int(row["stored_logs"]) for row in await connection.fetch(_STORED_LOGS, limited)
+            }
+            for organization_id in limited:
+                room = max(limits[organization_id] - stored_now.get(organization_id, 0), 0)
+                # The oldest requests get the room left; the newest are the ones dropped.
+                newest_last = sorted(by_organization[organization_id], key=lambda r: (r["created_at"], r["request_id"]))
+                over = newest_last[room:]
+                dropped_ids.extend(row["request_id"] for row in over)
+                dropped_by_organization[organization_id] = len(over)
+        if dropped_ids:
+            await connection.execute(_MARK_DROPPED, dropped_ids)
+        dropped = [dropped_by_organization.get(o, 0) for o in organizations]
+        stored = [len(by_organization[o]) - d for o, d in zip(organizations, dropped, strict=True)]
+        await connection.execute(_ADD_COUNTERS, organizations, stored, dropped)
+        return dropped_ids
 
     async def check(self) -> None:
-        """Raises StoreUnavailable unless Postgres answers and the usage tables exist (readiness)."""
+        """Raises StoreUnavailable unless Postgres answers and the writers' tables exist (readiness)."""
         try:
-            await self._pool.fetchval("SELECT count(*) FROM counted_requests WHERE false")
+            await self._pool.fetchval("SELECT count(*) FROM counted_requests WHERE NOT stored AND false")
             await self._pool.fetchval("SELECT count(*) FROM organization_usage_daily WHERE false")
+            await self._pool.fetchval("SELECT count(*) FROM organization_log_counters WHERE false")
+            await self._pool.fetchval("SELECT count(*) FROM parked_dead_letters WHERE false")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
             raise StoreUnavailable(f"Postgres is not ready: {err!r}") from err

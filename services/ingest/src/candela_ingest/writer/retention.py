@@ -1,0 +1,107 @@
+"""Retention (``organizations.retention_days``): a periodic sweep in each writer process.
+
+For each organization with a retention, rows created before ``now - retention_days`` are deleted from
+ClickHouse (``ALTER TABLE requests DELETE``, a mutation that 18.16 and modern servers both run in the
+background), then, in one Postgres transaction, their ledger entries are marked not stored and moved
+from ``stored_logs`` to ``expired_logs`` (so they free room under ``max_stored_logs``, and a replay of an
+expired log does not bring its row back). The ClickHouse delete is issued first and by time, so a sweep
+interrupted between the two steps is simply completed by the next one. Sweeps by several writers at once
+are harmless: the Postgres update counts each request once.
+
+Then, when the writer has S3 settings, the organization's body objects under
+``bodies/<org>/<yyyy>/<mm>/<dd>/`` of days before the cutoff's day are deleted (a body's key date is the
+day it was ingested, never before its request's day, so no live row loses its body). Last, a monthly
+partition whose every organization has a retention that expired the whole month is dropped outright
+(``DROP PARTITION``; cheaper than the mutation, which has already removed its rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+import asyncpg
+
+from candela_ingest.writer.clickhouse import ClickHouseRowSink
+from candela_ingest.writer.errors import StoreUnavailable
+from candela_ingest.writer.postgres import classify_postgres_error
+
+logger = logging.getLogger(__name__)
+
+_RETENTIONS = "SELECT id, retention_days FROM organizations WHERE retention_days IS NOT NULL ORDER BY id"
+
+_EXPIRE = """
+WITH expired AS (
+    UPDATE counted_requests SET stored = false
+    WHERE organization_id = $1 AND created_at < $2 AND stored
+    RETURNING 1
+), total AS (
+    SELECT count(*) AS expired_logs FROM expired
+), counters_update AS (
+    INSERT INTO organization_log_counters AS counters
+        (organization_id, stored_logs, expired_logs, last_retention_sweep_at)
+    SELECT $1, 0, expired_logs, now() FROM total
+    ON CONFLICT (organization_id) DO UPDATE SET
+        stored_logs = greatest(counters.stored_logs - EXCLUDED.expired_logs, 0),
+        expired_logs = counters.expired_logs + EXCLUDED.expired_logs,
+        last_retention_sweep_at = now(),
+        updated_at = now()
+)
+SELECT expired_logs FROM total
+"""
+
+
+class BodyDeleter(Protocol):
+    """Deletes an organization's body objects of days before a cutoff (S3 in production)."""
+
+    async def delete_days_before(self, organization_id: str, cutoff: date) -> int:
+        """Deletes the objects under ``bodies/<org>/<yyyy>/<mm>/<dd>/`` for days < cutoff; returns how many."""
+
+
+class RetentionSweeper:
+    """Deletes each organization's logs older than its retention and keeps the counters exact."""
+
+    def __init__(self, pool: asyncpg.Pool, rows: ClickHouseRowSink, bodies: BodyDeleter | None = None) -> None:
+        self._pool = pool
+        self._rows = rows
+        self._bodies = bodies
+
+    async def sweep(self, now: datetime) -> dict[uuid.UUID, int]:
+        """One sweep; returns how many stored logs expired per organization."""
+        try:
+            retentions = [(row["id"], int(row["retention_days"])) for row in await self._pool.fetch(_RETENTIONS)]
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+            raise classify_postgres_error(err) from err
+        expired: dict[uuid.UUID, int] = {}
+        for organization_id, days in retentions:
+            cutoff = now - timedelta(days=days)
+            await self._rows.delete_older_than(organization_id, cutoff)
+            try:
+                count = await self._pool.fetchval(_EXPIRE, organization_id, cutoff)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+                raise StoreUnavailable(f"retention of {organization_id}: {classify_postgres_error(err)}") from err
+            expired[organization_id] = int(count or 0)
+            if count:
+                logger.info("retention: %d logs of %s older than %s expired", count, organization_id, cutoff)
+            if self._bodies is not None:
+                deleted = await self._bodies.delete_days_before(str(organization_id), cutoff.date())
+                if deleted:
+                    logger.info("retention: deleted %d body objects of %s", deleted, organization_id)
+        await self._drop_expired_partitions(dict(retentions), now)
+        return expired
+
+    async def _drop_expired_partitions(self, retention_days: dict[uuid.UUID, int], now: datetime) -> None:
+        """Drops each monthly partition that every organization in it has expired as a whole."""
+        for partition in await self._rows.partitions():
+            year, month = divmod(int(partition), 100)
+            month_end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+            owners = await self._rows.organizations_in_partition(partition)
+            if owners and all(
+                owner in retention_days and month_end <= now - timedelta(days=retention_days[owner]) for owner in owners
+            ):
+                await self._rows.drop_partition(partition)
+                logger.info(
+                    "retention: dropped partition %s (expired for all its %d organizations)", partition, len(owners)
+                )

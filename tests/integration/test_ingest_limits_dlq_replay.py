@@ -1,0 +1,318 @@
+"""Limits, dead letters (retried, then parked), replay without double counting, retention, and a store outage.
+
+One stack with its own private Postgres cluster (so Postgres can be stopped without touching the
+machine's server), ClickHouse 18.16, SeaweedFS and Tansu. Each test has its own topics and organizations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import operator
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from candela.logs.v1 import log_record_pb2
+from candela_ingest.config import WriterConfig
+from candela_ingest.replay import ReplayOptions, replay
+from candela_ingest.writer.clickhouse import ClickHouseRowSink
+from candela_ingest.writer.retention import RetentionSweeper
+from candela_stack.stack import Component, Stack, StackConfig
+from tests.integration.test_ingest_pipeline import (
+    InProcessWriter,
+    _clickhouse,
+    _committed,
+    _create_topics,
+    _eventually,
+    _log_message,
+    _produce,
+    _query_clickhouse,
+    _read_topic,
+    _record,
+    _stored_requests,
+    _usage,
+    _writer_config,
+    start_writer,
+)
+
+pytestmark = pytest.mark.integration
+OUTAGE_S = 30.0
+__all__ = ["start_writer"]  # the fixture, imported so pytest finds it here
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A private Postgres cluster, ClickHouse, SeaweedFS S3 and Tansu."""
+    config = StackConfig.for_tests(
+        tmp_path_factory.mktemp("ingest-limits"),
+        components=frozenset({Component.POSTGRES, Component.CLICKHOUSE, Component.S3, Component.KAFKA}),
+        own_postgres=True,
+    )
+    with Stack(config) as running:
+        yield running
+
+
+async def _sql(stack: Stack, statement: str, *args: Any) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        return list(await connection.fetch(statement, *args))
+    finally:
+        await connection.close()
+
+
+async def _organization(stack: Stack, max_stored_logs: int | None = None, retention_days: int | None = None) -> str:
+    organization_id = str(uuid.uuid4())
+    await _sql(
+        stack,
+        "INSERT INTO organizations (id, name, max_stored_logs, retention_days) VALUES ($1, 'limits', $2, $3)",
+        uuid.UUID(organization_id),
+        max_stored_logs,
+        retention_days,
+    )
+    return organization_id
+
+
+async def _counters(stack: Stack, organization_id: str) -> tuple[int, int, int]:
+    rows = await _sql(
+        stack,
+        "SELECT stored_logs, dropped_over_limit, expired_logs FROM organization_log_counters"
+        " WHERE organization_id = $1",
+        uuid.UUID(organization_id),
+    )
+    return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else (0, 0, 0)
+
+
+def _messages(records: list[log_record_pb2.LogRecord]) -> list[tuple[bytes, bytes]]:
+    return [(r.request_id.encode(), _log_message(r).SerializeToString()) for r in records]
+
+
+async def test_max_stored_logs_stores_up_to_the_limit_counts_all_and_a_replay_changes_nothing(
+    stack: Stack, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=2)
+    organization_id = await _organization(stack, max_stored_logs=5)
+    base = datetime.now(UTC) - timedelta(minutes=10)
+    records = [_record(organization_id) for _ in range(8)]
+    for index, record in enumerate(records):
+        record.created_at.FromDatetime(base + timedelta(seconds=index))
+    await _produce(stack.kafka_bootstrap, topics.logs, _messages(records))
+
+    writer = start_writer(_writer_config(stack, topics))
+    usage = await _eventually(lambda: _usage(stack, organization_id), lambda found: found[0] >= 8)
+    await writer.finish()
+
+    assert usage[0] == 8, "every log is counted in usage, stored or not"
+    assert await _stored_requests(stack, [organization_id]) == 5
+    assert await _counters(stack, organization_id) == (5, 3, 0)
+    kept = await _query_clickhouse(
+        stack,
+        "SELECT toString(request_id) FROM requests FINAL WHERE organization_id = %(o)s",
+        {"o": uuid.UUID(organization_id)},
+    )
+    # Logs are stored in the order they are counted (first come, first stored); nothing stored is evicted.
+    assert {row[0] for row in kept} <= {r.request_id for r in records}
+
+    # Replaying the window (twice) neither stores the dropped logs nor counts anything again.
+    for _ in range(2):
+        await replay(
+            ReplayOptions(
+                "window",
+                stack.kafka_bootstrap,
+                topics.logs,
+                topics.dlq,
+                stack.postgres_dsn,
+                since=datetime.now(UTC) - timedelta(hours=1),
+                until=None,
+                show_progress=False,
+            )
+        )
+    again = start_writer(_writer_config(stack, topics))
+    offsets = await _eventually(
+        lambda: _committed(stack.kafka_bootstrap, topics.group, topics.logs, 2), lambda found: sum(found.values()) >= 32
+    )
+    await again.finish()
+    assert sum(offsets.values()) == 32, "8 logs, replayed once (8), then again with the first replay's copies (16)"
+    assert await _usage(stack, organization_id) == usage
+    assert await _stored_requests(stack, [organization_id]) == 5
+    assert await _counters(stack, organization_id) == (5, 3, 0)
+
+
+async def test_poison_messages_are_retried_from_the_dlq_then_parked_and_replayable(
+    stack: Stack, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=1)
+    table = f"requests_strict_{secrets.token_hex(4)}"
+
+    # The same table, but a model column of 11 bytes at most: a longer model's row does not fit the column
+    # (the insert fails; the writer's own validation cannot know this), like a schema the data outgrew.
+    def create() -> None:
+        client = _clickhouse(stack)
+        try:
+            ddl = client.execute("SHOW CREATE TABLE requests")[0][0]
+            ddl = ddl.replace(f"{stack.clickhouse_database}.requests", f"{stack.clickhouse_database}.{table}", 1)
+            ddl = re.sub(r"\bmodel (LowCardinality\(String\)|String)", "model FixedString(11)", ddl, count=1)
+            client.execute(ddl)
+        finally:
+            client.disconnect()
+
+    await asyncio.to_thread(create)
+    organization_id = await _organization(stack)
+    good = [_record(organization_id) for _ in range(6)]
+    rejected = _record(organization_id)
+    rejected.model = "not-in-the-enum"
+    garbage = (b"garbage-key", b"\x0a\xff\xff\xff not a LogMessage")
+    messages = [*_messages(good[:3]), garbage, *_messages([rejected]), *_messages(good[3:])]
+    await _produce(stack.kafka_bootstrap, topics.logs, messages, partition=0)
+
+    config = _writer_config(
+        stack, topics, clickhouse_table=table, dlq_retry_delay_s=0.2, dlq_max_retries=2, max_attempts=2
+    )
+    writer = start_writer(config)
+
+    async def stored() -> int:
+        rows = await _query_clickhouse(
+            stack, f"SELECT count() FROM {table} FINAL WHERE organization_id = %(o)s", {"o": uuid.UUID(organization_id)}
+        )
+        return int(rows[0][0])
+
+    assert await _eventually(stored, lambda n: n >= 6) == 6, "the rest of the partition flowed"
+    parked = await _eventually(
+        lambda: _sql(
+            stack,
+            "SELECT message_key, error, attempts FROM parked_dead_letters WHERE dlq_topic = $1 ORDER BY message_key",
+            topics.dlq,
+        ),
+        lambda rows: len(rows) >= 2,
+    )
+    stats = await writer.finish()
+    assert [bytes(row["message_key"]) for row in parked] == sorted([garbage[0], rejected.request_id.encode()])
+    errors = {bytes(row["message_key"]): row["error"] for row in parked}
+    assert "not a candela.logs.v1.LogMessage" in errors[garbage[0]]
+    assert "rejected by a store" in errors[rejected.request_id.encode()]
+    assert all(row["attempts"] >= 2 for row in parked)
+    assert stats.parked == 2
+    letters = await _read_topic(stack.kafka_bootstrap, topics.dlq, expected=None, timeout_s=1.0)
+    assert len(letters) == 4, "each poison message went through the DLQ twice (dlq_max_retries=2), then parked"
+    assert await _usage(stack, organization_id) == (6, 600, Decimal("0.000900"), 0)
+
+    # The operator fixes the cause (here: the real table) and replays the parked set, twice: once counted.
+    for _ in range(2):
+        await replay(
+            ReplayOptions(
+                "parked", stack.kafka_bootstrap, topics.logs, topics.dlq, stack.postgres_dsn, None, None, False
+            )
+        )
+    pending = await _sql(
+        stack, "SELECT count(*) FROM parked_dead_letters WHERE dlq_topic = $1 AND replayed_at IS NULL", topics.dlq
+    )
+    assert pending[0][0] == 0
+    fixed = start_writer(_writer_config(stack, topics, kafka_group=topics.group + "-fixed", dlq_retry_delay_s=0.2))
+    assert await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda n: n >= 7) == 7
+    await fixed.finish()
+    assert (await _usage(stack, organization_id))[0] == 7, "the replayed log counted once; nothing else twice"
+
+
+async def test_retention_deletes_old_rows_and_frees_room_under_the_limit(
+    stack: Stack, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=1)
+    organization_id = await _organization(stack, max_stored_logs=10, retention_days=7)
+    old = [_record(organization_id) for _ in range(4)]
+    for record in old:
+        record.created_at.FromDatetime(datetime.now(UTC) - timedelta(days=30))
+    recent = [_record(organization_id) for _ in range(3)]
+    await _produce(stack.kafka_bootstrap, topics.logs, _messages(old + recent))
+    writer = start_writer(_writer_config(stack, topics))
+    await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda n: n >= 7)
+    await writer.finish()
+
+    pool = await asyncpg.create_pool(stack.postgres_dsn, min_size=0, max_size=2)
+    rows = ClickHouseRowSink(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user="default",
+        password="",
+    )
+    try:
+        expired = await RetentionSweeper(pool, rows).sweep(datetime.now(UTC))
+        again = await RetentionSweeper(pool, rows).sweep(datetime.now(UTC))
+    finally:
+        await rows.close()
+        await pool.close()
+    assert expired[uuid.UUID(organization_id)] == 4
+    assert again[uuid.UUID(organization_id)] == 0, "a second sweep finds nothing more"
+    assert await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda n: n <= 3) == 3
+    assert await _counters(stack, organization_id) == (3, 0, 4)
+    assert (await _usage(stack, organization_id))[0] == 7, "usage history is not retention's to delete"
+
+
+async def test_postgres_and_clickhouse_outages_lose_nothing_and_count_nothing_twice(
+    stack: Stack, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=2)
+    organization_id = await _organization(stack)
+    writer = start_writer(_writer_config(stack, topics, retry_max_backoff_s=1.0))
+    first = [_record(organization_id) for _ in range(50)]
+    await _produce(stack.kafka_bootstrap, topics.logs, _messages(first))
+    await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda n: n >= 50)
+
+    total = 50
+    for component in (Component.POSTGRES, Component.CLICKHOUSE):
+        await asyncio.to_thread(stack.stop_component, component)
+        during = [_record(organization_id) for _ in range(50)]
+        await _produce(stack.kafka_bootstrap, topics.logs, _messages(during))
+        await asyncio.sleep(OUTAGE_S)  # the outage itself: the writer keeps retrying meanwhile
+        await asyncio.to_thread(stack.start_component, component)
+        total += 50
+        stored = await _eventually(
+            lambda: _stored_requests(stack, [organization_id]), functools.partial(operator.le, total), 60
+        )
+        assert stored == total
+
+    await writer.finish()
+    assert (await _usage(stack, organization_id))[0] == total
+    duplicates = await _query_clickhouse(
+        stack,
+        "SELECT count() - uniqExact(request_id) FROM requests FINAL WHERE organization_id = %(o)s",
+        {"o": uuid.UUID(organization_id)},
+    )
+    assert duplicates == [(0,)]
+
+
+async def test_scores_arriving_after_the_log_land_on_one_row_and_count_nothing(
+    stack: Stack, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=2)
+    organization_id = await _organization(stack)
+    record = _record(organization_id)
+
+    def update(seconds_ago: int, **scores: float) -> tuple[bytes, bytes]:
+        change = log_record_pb2.LogUpdate(request_id=record.request_id, organization_id=organization_id, scores=scores)
+        change.updated_at.FromDatetime(datetime.now(UTC) - timedelta(seconds=seconds_ago))
+        return record.request_id.encode(), log_record_pb2.LogMessage(update=change).SerializeToString()
+
+    # A score before its log, the log, a newer score, a stale one, and the newer one redelivered.
+    messages = [update(30, accuracy=0.1), *_messages([record]), update(10, accuracy=0.8), update(20, accuracy=0.5)]
+    await _produce(stack.kafka_bootstrap, topics.logs, [*messages, messages[2]])
+    writer = start_writer(_writer_config(stack, topics))
+    await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda n: n >= 1)
+    scores = await _eventually(
+        lambda: _query_clickhouse(
+            stack,
+            "SELECT name, value FROM request_scores FINAL WHERE organization_id = %(o)s AND request_id = %(r)s",
+            {"o": uuid.UUID(organization_id), "r": uuid.UUID(record.request_id)},
+        ),
+        lambda rows: rows == [("accuracy", 0.8)],
+    )
+    await writer.finish()
+    assert scores == [("accuracy", 0.8)], "one row per score; the newest update wins whatever the arrival order"
+    assert (await _usage(stack, organization_id))[0] == 1, "updates are not requests"
