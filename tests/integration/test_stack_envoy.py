@@ -195,10 +195,11 @@ def envoy_process(tmp_path: Path, gateway_ports: StackPorts) -> Iterator[Supervi
 @pytest.fixture
 async def upstreams(gateway_ports: StackPorts) -> AsyncIterator[None]:
     auth_server = grpc.aio.server()
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(), auth_server)
+    # The routing stand-ins script a few RPCs; the generated bases answer UNIMPLEMENTED for the rest.
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(), auth_server)  # type: ignore[abstract]
     auth_server.add_insecure_port(f"127.0.0.1:{gateway_ports.auth_grpc}")
     query_server = grpc.aio.server()
-    query_service_pb2_grpc.add_QueryServiceServicer_to_server(FakeQuery(), query_server)
+    query_service_pb2_grpc.add_QueryServiceServicer_to_server(FakeQuery(), query_server)  # type: ignore[abstract]
     query_server.add_insecure_port(f"127.0.0.1:{gateway_ports.query_grpc}")
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", stand_in_proxy)

@@ -14,12 +14,14 @@ One listener (HTTP/1.1 and h2c) in front of the whole mesh:
 from __future__ import annotations
 
 import importlib.resources
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import FileDescriptor
+from google.rpc import error_details_pb2
 
 from candela_stack.ports import LOOPBACK, StackPorts
 
@@ -55,20 +57,39 @@ class EnvoyConfigError(RuntimeError):
 
 
 def descriptor_set_path(copy_to: Path) -> Path:
-    """The API's descriptor set (generated into the installed `candela` package) as a file on disk.
+    """The API's descriptor set (generated into the installed `candela` package), written into `copy_to`.
 
-    Returned in place when the package is installed as files; otherwise copied into `copy_to`.
+    The copy also carries `google/rpc/error_details.proto`: services put `google.rpc.BadRequest` (and
+    other details) into `grpc-status-details-bin`, and the transcoder's `convert_grpc_status` can only
+    turn that status into a JSON body when it can resolve every detail's type. Without it, a REST caller
+    gets the right HTTP status (e.g. 400) with an empty body.
     """
     resource = importlib.resources.files("candela") / DESCRIPTOR_SET_RESOURCE
     if not resource.is_file():
         raise FileNotFoundError(f"candela/{DESCRIPTOR_SET_RESOURCE} not found: run `make protos`")
-    if isinstance(resource, Path):
-        return resource
     copy_to.mkdir(parents=True, exist_ok=True)
     target = copy_to / DESCRIPTOR_SET_RESOURCE
-    with importlib.resources.as_file(resource) as source:
-        shutil.copyfile(source, target)
+    target.write_bytes(_with_error_details(resource.read_bytes()))
     return target
+
+
+def _with_error_details(descriptor_set: bytes) -> bytes:
+    """`descriptor_set` plus google/rpc/error_details.proto and whatever it imports that is missing."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    present = {file.name for file in files.file}
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in present:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        files.file.append(proto)
+        present.add(file.name)
+
+    add(error_details_pb2.DESCRIPTOR)
+    return files.SerializeToString()
 
 
 def build_config(

@@ -15,6 +15,7 @@ from candela_query.clickhouse import ClickHouseReader
 from candela_query.config import QueryConfig
 from candela_query.service import QueryServicer
 from candela_query.store import RequestStore
+from candela_query.usage import UsageReader
 from candela_runtime.channels import internal_channel
 from candela_runtime.config import load_config
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server
@@ -34,6 +35,7 @@ class QueryDeps:
     bodies: BodyReader
     auth_channel: grpc.aio.Channel
     authenticator: KeyAuthenticator
+    usage: UsageReader | None = None
 
 
 @asynccontextmanager
@@ -46,12 +48,19 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
         config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region
     )
     channel = internal_channel(config.auth_addr)
+    usage: UsageReader | None = None
     try:
         await clickhouse.fetch("SELECT 1", {})
         await bodies.check()
+        if config.postgres_dsn:
+            usage = await UsageReader.connect(config.postgres_dsn)
         authenticator = KeyAuthenticator(auth_service_pb2_grpc.AuthServiceStub(channel), config.service_token)
-        yield QueryDeps(clickhouse=clickhouse, bodies=bodies, auth_channel=channel, authenticator=authenticator)
+        yield QueryDeps(
+            clickhouse=clickhouse, bodies=bodies, auth_channel=channel, authenticator=authenticator, usage=usage
+        )
     finally:
+        if usage is not None:
+            await usage.close()
         await channel.close(None)
         clickhouse.close()
 
@@ -59,7 +68,13 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
 async def create_server(config: QueryConfig, deps: QueryDeps) -> GrpcServer:
     """The query gRPC server, started and NOT_SERVING until the caller marks it ready."""
     servicer = QueryServicer(
-        RequestStore(deps.clickhouse), deps.bodies, deps.authenticator, max_page_size=config.max_page_size
+        RequestStore(deps.clickhouse, final=config.clickhouse_final),
+        deps.bodies,
+        deps.authenticator,
+        max_page_size=config.max_page_size,
+        # Cursors are signed with a key derived from the service token, shared by every query replica.
+        cursor_secret=config.service_token,
+        usage=deps.usage,
     )
     return await create_grpc_server(
         host=config.grpc_host,

@@ -1,60 +1,161 @@
-"""The QueryService servicer: validation and the caller's organization, then the store."""
+"""The QueryService servicer: the caller's organization and validation, then the store.
+
+Every RPC authenticates first and passes ``caller.organization_id`` (from the key, never from the
+request) to :class:`RequestStore`, which puts it in every query. Bad input is collected into field
+violations and answered with INVALID_ARGUMENT (400 through the REST gateway); store errors never reach
+the caller as text (the gRPC boundary answers INTERNAL with a trace id).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
 
 import grpc
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
+from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_query.bodies import BodyReader
-from candela_query.store import RequestStore
-from candela_runtime.errors import NotFound, Violations
+from candela_query.cursor import CursorCodec, CursorError, Position
+from candela_query.filters import FilterCompiler, Params, time_bound
+from candela_query.store import SORT_COLUMNS, Metrics, MetricsRow, RequestStore, StoredRequest, decimal_text, timestamp
+from candela_query.usage import UsageReader
+from candela_runtime.errors import NotFound, Unavailable, Violations
 from candela_runtime.security import KeyAuthenticator
 
 DEFAULT_PAGE_SIZE = 100
+MAX_GROUPS = 10_000
+MAX_RANGE_DAYS = 400
+MAX_SESSION_REQUESTS = 10_000
+MAX_USAGE_DAYS = 400
+DEFAULT_USAGE_DAYS = 30
+_BUCKET_SECONDS = {pb.TIME_BUCKET_MINUTE: 60, pb.TIME_BUCKET_HOUR: 3600, pb.TIME_BUCKET_DAY: 86_400}
 
 Context = grpc.aio.ServicerContext[object, object]
+
+
+@dataclass
+class _Node:
+    """A session tree node while it is being built."""
+
+    path: str
+    name: str
+    requests: list[log_record_pb2.LogRecord] = field(default_factory=list)
+    children: dict[str, _Node] = field(default_factory=dict)
+
+    def all_records(self) -> list[log_record_pb2.LogRecord]:
+        records = list(self.requests)
+        for child in self.children.values():
+            records.extend(child.all_records())
+        return records
+
+    def to_proto(self) -> pb.SessionNode:
+        return pb.SessionNode(
+            path=self.path,
+            name=self.name,
+            requests=self.requests,
+            children=[child.to_proto() for _, child in sorted(self.children.items())],
+            metrics=Metrics.of_records(self.all_records()).to_proto(),
+        )
+
+
+def session_tree(records: list[log_record_pb2.LogRecord]) -> pb.SessionNode:
+    """The session's requests arranged by session path ("/a/b" is a child of "/a"), oldest first."""
+    root = _Node(path="/", name="")
+    for record in records:
+        node = root
+        built = ""
+        for segment in (part for part in record.session_path.split("/") if part):
+            built = f"{built}/{segment}"
+            node = node.children.setdefault(segment, _Node(path=built, name=segment))
+        node.requests.append(record)
+    return root.to_proto()
+
+
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     """Logged requests of the caller's organization."""
 
     def __init__(
-        self, store: RequestStore, bodies: BodyReader, authenticator: KeyAuthenticator, max_page_size: int
+        self,
+        store: RequestStore,
+        bodies: BodyReader,
+        authenticator: KeyAuthenticator,
+        max_page_size: int,
+        cursor_secret: str,
+        usage: UsageReader | None = None,
     ) -> None:
         self._store = store
         self._bodies = bodies
         self._authenticator = authenticator
         self._max_page_size = max_page_size
+        self._cursors = CursorCodec(cursor_secret)
+        self._usage = usage
+
+    async def _organization(self, context: Context) -> str:
+        caller = await self._authenticator.authenticate_call(context)
+        caller.require_scope(auth_pb.API_KEY_SCOPE_READ)
+        return caller.organization_id
+
+    def _limit(self, limit: int, violations: Violations, maximum: int | None = None) -> int:
+        top = maximum or self._max_page_size
+        if not 0 <= limit <= top:
+            violations.add("limit", f"must be between 1 and {top} (0 for {DEFAULT_PAGE_SIZE})")
+        return min(limit or DEFAULT_PAGE_SIZE, top)
 
     async def QueryRequests(self, request: pb.QueryRequestsRequest, context: Context) -> pb.QueryRequestsResponse:
-        caller = await self._authenticator.authenticate_call(context)
-        caller.require_scope(auth_pb.API_KEY_SCOPE_READ)
+        organization_id = await self._organization(context)
         violations = Violations()
-        if not 0 <= request.limit <= self._max_page_size:
-            violations.add("limit", f"must be between 1 and {self._max_page_size} (0 for {DEFAULT_PAGE_SIZE})")
-        if request.filter.status_code < 0:
-            violations.add("filter.status_code", "must be a positive HTTP status")
+        limit = self._limit(request.limit, violations)
+        params = Params()
+        where = FilterCompiler(params, violations).compile(request.filter)
+        sort_field = request.sort.field or "created_at"
+        if sort_field not in SORT_COLUMNS:
+            violations.add("sort.field", f"cannot sort by {sort_field!r}; use one of {', '.join(SORT_COLUMNS)}")
+        digest = hashlib.sha256(
+            request.filter.SerializeToString(deterministic=True) + f"|{sort_field}|{request.sort.ascending}".encode()
+        ).hexdigest()[:16]
+        after: Position | None = None
+        if request.cursor:
+            try:
+                after = self._cursors.decode(request.cursor, digest)
+            except CursorError as error:
+                violations.add("cursor", str(error))
         violations.raise_if_any()
-        rows = await self._store.query(caller.organization_id, request.filter, request.limit or DEFAULT_PAGE_SIZE)
-        return pb.QueryRequestsResponse(requests=[row.record for row in rows])
+        page = await self._store.page(
+            organization_id, where, params.values, sort_field, request.sort.ascending, after, limit
+        )
+        response = pb.QueryRequestsResponse(requests=[row.record for row in page.rows])
+        if page.has_more and page.rows:
+            last = page.rows[-1]
+            response.next_cursor = self._cursors.encode(
+                Position(last.sort_keys[SORT_COLUMNS[sort_field]], last.record.request_id), digest
+            )
+        return response
 
     async def GetRequest(self, request: pb.GetRequestRequest, context: Context) -> pb.GetRequestResponse:
-        caller = await self._authenticator.authenticate_call(context)
-        caller.require_scope(auth_pb.API_KEY_SCOPE_READ)
+        organization_id = await self._organization(context)
         violations = Violations()
         try:
             request_id = uuid.UUID(request.request_id)
         except ValueError:
             violations.add("request_id", f"must be a UUID, got {request.request_id!r}")
         violations.raise_if_any()
-        stored = await self._store.get(caller.organization_id, request_id)
+        stored = await self._store.get(organization_id, request_id)
         if stored is None:
             raise NotFound(f"request {request_id} does not exist")
+        return await self._with_bodies(stored)
+
+    async def _with_bodies(self, stored: StoredRequest) -> pb.GetRequestResponse:
         request_body, response_body = await asyncio.gather(
             self._bodies.read(stored.request_body), self._bodies.read(stored.response_body)
         )
@@ -63,3 +164,197 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             request_body=request_body.decode("utf-8", errors="replace"),
             response_body=response_body.decode("utf-8", errors="replace"),
         )
+
+    def _range(self, request: Any, params: Params, violations: Violations, *, required: bool) -> tuple[list[str], int]:
+        """Conditions for [start, end) and its length in seconds (0 when open)."""
+        conditions: list[str] = []
+        has_start, has_end = request.HasField("start"), request.HasField("end")
+        if required:
+            if not has_start:
+                violations.add("start", "is required")
+            if not has_end:
+                violations.add("end", "is required")
+        start = request.start.ToMicroseconds() if has_start else None
+        end = request.end.ToMicroseconds() if has_end else None
+        if start is not None and end is not None:
+            if end <= start:
+                violations.add("end", "must be after start")
+            elif end - start > MAX_RANGE_DAYS * 86_400_000_000:
+                violations.add("end", f"the range may span at most {MAX_RANGE_DAYS} days")
+        if start is not None:
+            conditions.append(time_bound(">=", start, params))
+        if end is not None:
+            conditions.append(time_bound("<", end, params))
+        span = (end - start) // 1_000_000 if start is not None and end is not None else 0
+        return conditions, span
+
+    async def AggregateRequests(
+        self, request: pb.AggregateRequestsRequest, context: Context
+    ) -> pb.AggregateRequestsResponse:
+        organization_id = await self._organization(context)
+        violations = Violations()
+        params = Params()
+        conditions, span = self._range(request, params, violations, required=True)
+        conditions.append(FilterCompiler(params, violations).compile(request.filter))
+        group_sql: list[str] = []
+        time_dimension: int | None = None
+        if len(request.group_by) > 2 or len(set(request.group_by)) != len(request.group_by):
+            violations.add("group_by", "at most two different dimensions")
+        for index, dimension in enumerate(request.group_by):
+            if dimension == pb.GROUP_BY_MODEL:
+                group_sql.append("model")
+            elif dimension == pb.GROUP_BY_PROVIDER:
+                group_sql.append("provider")
+            elif dimension == pb.GROUP_BY_USER:
+                group_sql.append("user_id")
+            elif dimension == pb.GROUP_BY_PROPERTY:
+                if not request.property_key:
+                    violations.add("property_key", "is required with GROUP_BY_PROPERTY")
+                group_sql.append(f"property_values[indexOf(property_keys, {params.bind(request.property_key)})]")
+            elif dimension == pb.GROUP_BY_TIME:
+                width = _BUCKET_SECONDS.get(request.time_bucket)
+                if width is None:
+                    violations.add("time_bucket", "is required with GROUP_BY_TIME (minute, hour or day)")
+                    width = 86_400
+                elif span and span // width > MAX_GROUPS:
+                    violations.add("time_bucket", f"the range holds more than {MAX_GROUPS} buckets; use a wider one")
+                time_dimension = index
+                group_sql.append(f"intDiv(toUInt32(created_at), {width}) * {width}")
+            else:
+                violations.add(f"group_by[{index}]", "must be a GroupBy value other than UNSPECIFIED")
+        violations.raise_if_any()
+        where = " AND ".join(f"({condition})" for condition in conditions)
+        rows = await self._store.metrics(organization_id, where, params.values, group_sql, MAX_GROUPS)
+
+        def key_text(index: int, value: Any) -> str:
+            return _rfc3339(int(value)) if index == time_dimension else str(value)
+
+        return pb.AggregateRequestsResponse(
+            groups=[
+                pb.MetricsGroup(
+                    keys=[key_text(index, value) for index, value in enumerate(row.keys)],
+                    metrics=row.metrics.to_proto(),
+                )
+                for row in rows
+            ]
+        )
+
+    @staticmethod
+    def _summary(row: MetricsRow) -> pb.SessionSummary:
+        return pb.SessionSummary(
+            session_id=str(row.keys[0]),
+            session_name=row.label,
+            first_request_at=timestamp(row.first_at_us),
+            last_request_at=timestamp(row.last_at_us),
+            metrics=row.metrics.to_proto(),
+        )
+
+    async def QuerySessions(self, request: pb.QuerySessionsRequest, context: Context) -> pb.QuerySessionsResponse:
+        organization_id = await self._organization(context)
+        violations = Violations()
+        limit = self._limit(request.limit, violations)
+        params = Params()
+        conditions, _ = self._range(request, params, violations, required=False)
+        conditions.append(FilterCompiler(params, violations).compile(request.filter))
+        conditions.append("session_id != ''")
+        violations.raise_if_any()
+        where = " AND ".join(f"({condition})" for condition in conditions)
+        rows = await self._store.metrics(
+            organization_id, where, params.values, ["session_id"], limit, order="last", label="max(session_name)"
+        )
+        return pb.QuerySessionsResponse(sessions=[self._summary(row) for row in rows])
+
+    async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.GetSessionResponse:
+        organization_id = await self._organization(context)
+        violations = Violations()
+        violations.require("session_id", request.session_id)
+        if len(request.session_id) > 1024:
+            violations.add("session_id", "must be at most 1024 characters")
+        violations.raise_if_any()
+        rows = await self._store.session_requests(organization_id, request.session_id, MAX_SESSION_REQUESTS)
+        if not rows:
+            raise NotFound(f"session {request.session_id!r} does not exist")
+        records = [row.record for row in rows]
+        summary = pb.SessionSummary(
+            session_id=request.session_id,
+            session_name=max(record.session_name for record in records),
+            first_request_at=records[0].created_at,
+            last_request_at=records[-1].created_at,
+            metrics=Metrics.of_records(records).to_proto(),
+        )
+        return pb.GetSessionResponse(session=summary, root=session_tree(records))
+
+    async def QueryUserMetrics(
+        self, request: pb.QueryUserMetricsRequest, context: Context
+    ) -> pb.QueryUserMetricsResponse:
+        organization_id = await self._organization(context)
+        violations = Violations()
+        limit = self._limit(request.limit, violations)
+        params = Params()
+        conditions, _ = self._range(request, params, violations, required=False)
+        conditions.append(FilterCompiler(params, violations).compile(request.filter))
+        violations.raise_if_any()
+        where = " AND ".join(f"({condition})" for condition in conditions)
+        rows = await self._store.metrics(organization_id, where, params.values, ["user_id"], limit, order="count")
+        return pb.QueryUserMetricsResponse(
+            users=[
+                pb.UserMetrics(
+                    user_id=str(row.keys[0]),
+                    first_request_at=timestamp(row.first_at_us),
+                    last_request_at=timestamp(row.last_at_us),
+                    metrics=row.metrics.to_proto(),
+                )
+                for row in rows
+            ]
+        )
+
+    async def GetOrganizationUsage(
+        self, request: pb.GetOrganizationUsageRequest, context: Context
+    ) -> pb.GetOrganizationUsageResponse:
+        organization_id = await self._organization(context)
+        violations = Violations()
+        if not 0 <= request.days <= MAX_USAGE_DAYS:
+            violations.add("days", f"must be between 1 and {MAX_USAGE_DAYS} (0 for {DEFAULT_USAGE_DAYS})")
+        violations.raise_if_any()
+        if self._usage is None:
+            raise Unavailable("usage is not available: the query service has no Postgres connection")
+        today = datetime.now(UTC).date()
+        usage = await self._usage.usage(organization_id, request.days or DEFAULT_USAGE_DAYS, today)
+        if usage is None:
+            raise NotFound("the organization does not exist")
+        # Logs kept, as the writers count them when they enforce the limit; before that counter existed,
+        # every counted request was stored.
+        stored = usage.counters.get("stored_logs", usage.counters.get("request_count", 0))
+        limits = [
+            pb.UsageLimit(
+                name="max_stored_logs",
+                limited=usage.max_stored_logs is not None,
+                limit=usage.max_stored_logs or 0,
+                used=stored,
+            ),
+            pb.UsageLimit(
+                name="retention_days",
+                limited=usage.retention_days is not None,
+                limit=usage.retention_days or 0,
+                used=_days_since(usage.oldest_day, today),
+            ),
+        ]
+        return pb.GetOrganizationUsageResponse(
+            days=[
+                pb.DailyUsage(
+                    day=row.day.isoformat(),
+                    request_count=row.request_count,
+                    prompt_tokens=row.prompt_tokens,
+                    completion_tokens=row.completion_tokens,
+                    cost_usd=decimal_text(row.cost_usd),
+                    unpriced_count=row.unpriced_count,
+                )
+                for row in usage.days
+            ],
+            limits=limits,
+            counters=usage.counters,
+        )
+
+
+def _days_since(oldest: date | None, today: date) -> int:
+    return (today - oldest).days + 1 if oldest is not None else 0

@@ -1,0 +1,293 @@
+"""QueryService over gRPC on real ClickHouse 18.16, Postgres and AuthService: what a caller sees.
+
+Validation answers INVALID_ARGUMENT with one field violation per mistake (and never ClickHouse's text),
+cursors page through stably and are refused when tampered with, the organization comes from the key,
+and the usage RPC reads the writers' counters and the limits from Postgres.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from candela.auth.v1 import auth_service_pb2 as auth_pb
+from candela.auth.v1 import auth_service_pb2_grpc
+from candela.query.v1 import query_service_pb2 as pb
+from candela.query.v1 import query_service_pb2_grpc
+from candela_query.app import QueryDeps, create_server
+from candela_query.bodies import BodyReader
+from candela_query.clickhouse import ClickHouseReader
+from candela_query.config import QueryConfig
+from candela_query.usage import UsageReader
+from candela_runtime.errors import bad_request_violations, rpc_error_status
+from candela_runtime.security import KeyAuthenticator
+from candela_stack.stack import Component, Stack, StackConfig
+from tests.conftest import SERVICE_TOKEN
+from tests.integration.conftest import AuthServer, bearer, create_key, create_organization
+from tests.integration.query_support import DriverRunner, insert_rows, make_rows
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = StackConfig.for_tests(tmp_path_factory.mktemp("ch"), components=frozenset({Component.CLICKHOUSE}))
+    with Stack(config) as stack:
+        yield stack
+
+
+class Fixture:
+    """A running query service and two organizations' read keys."""
+
+    def __init__(self, stub: query_service_pb2_grpc.QueryServiceAsyncStub, key: str, other_key: str, org: str) -> None:
+        self.stub = stub
+        self.key = key
+        self.other_key = other_key
+        self.organization_id = org
+
+
+@pytest.fixture(scope="module")
+async def service(
+    clickhouse: Stack,
+    auth_server: AuthServer,
+    auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
+    postgres_dsn: str,
+) -> AsyncIterator[Fixture]:
+    org = await create_organization(auth_stub, "Query Co")
+    other = await create_organization(auth_stub, "Other Co")
+    key = (await create_key(auth_stub, org, auth_pb.API_KEY_SCOPE_READ)).secret
+    other_key = (await create_key(auth_stub, other, auth_pb.API_KEY_SCOPE_READ)).secret
+    reader = ClickHouseReader(clickhouse.clickhouse_host, clickhouse.clickhouse_port, clickhouse.clickhouse_database, 2)
+    loader = DriverRunner(clickhouse.clickhouse_host, clickhouse.clickhouse_port, clickhouse.clickhouse_database)
+    insert_rows(loader.client, make_rows([org], 400, seed=3))
+    loader.close()
+    config = QueryConfig(
+        service_token=SERVICE_TOKEN,
+        auth_addr=auth_server.address,
+        s3_endpoint="http://127.0.0.1:1",
+        s3_access_key="unused",
+        s3_secret_key="unused",
+        max_page_size=200,
+    )
+    usage = await UsageReader.connect(postgres_dsn)
+    async with grpc.aio.insecure_channel(auth_server.address) as auth_channel:
+        deps = QueryDeps(
+            clickhouse=reader,
+            bodies=BodyReader(config.s3_endpoint, "unused", "unused", "candela", "us-east-1"),
+            auth_channel=auth_channel,
+            authenticator=KeyAuthenticator(auth_service_pb2_grpc.AuthServiceStub(auth_channel), SERVICE_TOKEN),
+            usage=usage,
+        )
+        server = await create_server(config, deps)
+        await server.set_serving()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield Fixture(query_service_pb2_grpc.QueryServiceStub(channel), key, other_key, org)
+        await server.stop(1)
+    await usage.close()
+    reader.close()
+
+
+def cond(field: str, operator: str, value: struct_pb2.Value, key: str = "") -> pb.FilterCondition:
+    return pb.FilterCondition(field=field, operator=operator, value=value, property_key=key)
+
+
+def text(value: str) -> struct_pb2.Value:
+    return struct_pb2.Value(string_value=value)
+
+
+async def violations_of(call: object) -> list[str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_error_status(caught.value)
+    assert status is not None
+    assert "Code:" not in status.message
+    assert "DB::Exception" not in status.message
+    return [violation.field for violation in bad_request_violations(status)]
+
+
+async def test_bad_input_names_every_bad_field(service: Fixture) -> None:
+    request = pb.QueryRequestsRequest(
+        limit=5000,
+        filter=pb.RequestFilter(
+            conditions=[
+                cond("no_such_field", "equals", text("x")),
+                cond("latency_ms", "like", text("1%")),
+                cond("latency_ms", "gt", text("fast")),
+                cond("property", "equals", text("x")),
+            ],
+            any=[pb.RequestFilter(conditions=[cond("created_at", "gte", text("yesterday"))])],
+        ),
+        sort=pb.RequestSort(field="model"),
+        cursor="not-a-cursor",
+    )
+    fields = await violations_of(service.stub.QueryRequests(request, metadata=bearer(service.key)))
+    assert fields == [
+        "limit",
+        "filter.conditions[0].field",
+        "filter.conditions[1].operator",
+        "filter.conditions[2].value",
+        "filter.conditions[3].property_key",
+        "filter.any[0].conditions[0].value",
+        "sort.field",
+        "cursor",
+    ]
+
+
+async def test_cursor_pages_and_refuses_tampering(service: Fixture) -> None:
+    request = pb.QueryRequestsRequest(
+        limit=70, filter=pb.RequestFilter(conditions=[cond("model", "not_equals", text("x"))])
+    )
+    seen: list[str] = []
+    cursor = ""
+    pages = 0
+    while True:
+        request.cursor = cursor
+        response = await service.stub.QueryRequests(request, metadata=bearer(service.key))
+        seen.extend(record.request_id for record in response.requests)
+        pages += 1
+        if not response.next_cursor:
+            break
+        cursor = response.next_cursor
+        last_cursor = cursor
+    assert pages == 6
+    assert len(seen) == len(set(seen)) == 400
+    body, signature = last_cursor.split(".")
+    forged = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1] + "." + signature
+    request.cursor = forged
+    assert await violations_of(service.stub.QueryRequests(request, metadata=bearer(service.key))) == ["cursor"]
+    # A cursor from another query (another filter) is refused too.
+    other = pb.QueryRequestsRequest(limit=70, cursor=last_cursor)
+    assert await violations_of(service.stub.QueryRequests(other, metadata=bearer(service.key))) == ["cursor"]
+
+
+async def test_the_key_decides_the_organization(service: Fixture) -> None:
+    mine = await service.stub.QueryRequests(pb.QueryRequestsRequest(limit=3), metadata=bearer(service.key))
+    assert {record.organization_id for record in mine.requests} == {service.organization_id}
+    theirs = await service.stub.QueryRequests(pb.QueryRequestsRequest(), metadata=bearer(service.other_key))
+    assert list(theirs.requests) == []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.GetRequest(
+            pb.GetRequestRequest(request_id=mine.requests[0].request_id), metadata=bearer(service.other_key)
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_aggregates_sessions_and_users_over_grpc(service: Fixture) -> None:
+    start = pb.AggregateRequestsRequest().start
+    start.FromSeconds(1_767_225_600)
+    end = pb.AggregateRequestsRequest().end
+    end.FromSeconds(1_767_225_600 + 11 * 86_400)
+    response = await service.stub.AggregateRequests(
+        pb.AggregateRequestsRequest(
+            start=start, end=end, group_by=[pb.GROUP_BY_MODEL, pb.GROUP_BY_TIME], time_bucket=pb.TIME_BUCKET_DAY
+        ),
+        metadata=bearer(service.key),
+    )
+    assert sum(group.metrics.request_count for group in response.groups) == 400
+    assert all(group.keys[1].endswith("T00:00:00Z") for group in response.groups)
+    total = await service.stub.AggregateRequests(
+        pb.AggregateRequestsRequest(start=start, end=end), metadata=bearer(service.key)
+    )
+    [only] = total.groups
+    assert Decimal(only.metrics.cost_usd) == sum(Decimal(g.metrics.cost_usd) for g in response.groups)
+    assert only.metrics.error_rate == pytest.approx(only.metrics.error_count / 400)
+    bad = pb.AggregateRequestsRequest(start=end, end=start, group_by=[pb.GROUP_BY_PROPERTY, pb.GROUP_BY_TIME])
+    assert await violations_of(service.stub.AggregateRequests(bad, metadata=bearer(service.key))) == [
+        "end",
+        "property_key",
+        "time_bucket",
+    ]
+    sessions = await service.stub.QuerySessions(pb.QuerySessionsRequest(limit=5), metadata=bearer(service.key))
+    assert len(sessions.sessions) == 5
+    first = sessions.sessions[0]
+    tree = await service.stub.GetSession(
+        pb.GetSessionRequest(session_id=first.session_id), metadata=bearer(service.key)
+    )
+    assert tree.session.metrics == first.metrics
+    assert tree.root.metrics.request_count == first.metrics.request_count
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.GetSession(pb.GetSessionRequest(session_id="nope"), metadata=bearer(service.key))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    users = await service.stub.QueryUserMetrics(pb.QueryUserMetricsRequest(), metadata=bearer(service.key))
+    assert sum(user.metrics.request_count for user in users.users) == 400
+
+
+async def test_usage_against_limits_from_postgres(service: Fixture, postgres_dsn: str) -> None:
+    today = datetime.now(UTC).date()
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        org = uuid.UUID(service.organization_id)
+        await connection.execute(
+            "INSERT INTO organization_usage_daily (organization_id, day, request_count, prompt_tokens,"
+            " completion_tokens, cost_usd, unpriced_count) VALUES ($1, $2, 7, 70, 700, 0.000000000123, 1),"
+            " ($1, $2 - 100, 5, 0, 0, 1, 0)",
+            org,
+            today,
+        )
+        await connection.execute("UPDATE organizations SET max_stored_logs = 10 WHERE id = $1", org)
+        await connection.execute(
+            "INSERT INTO organization_log_counters (organization_id, stored_logs, dropped_over_limit, expired_logs)"
+            " VALUES ($1, 10, 2, 3)",
+            org,
+        )
+    finally:
+        await connection.close()
+    usage = await service.stub.GetOrganizationUsage(
+        pb.GetOrganizationUsageRequest(days=7), metadata=bearer(service.key)
+    )
+    assert [(d.day, d.request_count, d.cost_usd) for d in usage.days] == [(today.isoformat(), 7, "0.000000000123")]
+    limits = {limit.name: limit for limit in usage.limits}
+    assert (limits["max_stored_logs"].limited, limits["max_stored_logs"].limit) == (True, 10)
+    # The writers' own count of kept logs, not the requests counted in usage.
+    assert limits["max_stored_logs"].used == 10
+    assert not limits["retention_days"].limited
+    assert limits["retention_days"].used == 101
+    assert usage.counters["request_count"] == 12
+    assert usage.counters["unpriced_count"] == 1
+    assert (usage.counters["dropped_over_limit"], usage.counters["expired_logs"]) == (2, 3)
+    assert await violations_of(
+        service.stub.GetOrganizationUsage(pb.GetOrganizationUsageRequest(days=-1), metadata=bearer(service.key))
+    ) == ["days"]
+
+
+async def test_a_clickhouse_failure_is_internal_without_its_text(
+    clickhouse: Stack, auth_server: AuthServer, service: Fixture
+) -> None:
+    broken = ClickHouseReader(clickhouse.clickhouse_host, clickhouse.clickhouse_port, "no_such_database", 1)
+    config = QueryConfig(
+        service_token=SERVICE_TOKEN,
+        auth_addr=auth_server.address,
+        s3_endpoint="http://127.0.0.1:1",
+        s3_access_key="unused",
+        s3_secret_key="unused",
+    )
+    async with grpc.aio.insecure_channel(auth_server.address) as auth_channel:
+        deps = QueryDeps(
+            clickhouse=broken,
+            bodies=BodyReader(config.s3_endpoint, "unused", "unused", "candela", "us-east-1"),
+            auth_channel=auth_channel,
+            authenticator=KeyAuthenticator(auth_service_pb2_grpc.AuthServiceStub(auth_channel), SERVICE_TOKEN),
+        )
+        server = await create_server(config, deps)
+        await server.set_serving()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = query_service_pb2_grpc.QueryServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.QueryRequests(pb.QueryRequestsRequest(), metadata=bearer(service.key))
+        finally:
+            await server.stop(1)
+            broken.close()
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    details = caught.value.details() or ""
+    assert "no_such_database" not in details
+    assert "DB::Exception" not in details
+    assert "Code:" not in details
