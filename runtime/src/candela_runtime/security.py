@@ -67,12 +67,20 @@ class Caller:
     organization_id: str
     api_key_id: str
     scopes: frozenset[int]
+    expires_at: float | None = None
+    """When the key expires (seconds since the epoch), if it does."""
 
     def require_scope(self, scope: int) -> None:
         """Raises PERMISSION_DENIED unless the key has ``scope`` (admin implies every scope)."""
         if scope not in self.scopes and auth_service_pb2.API_KEY_SCOPE_ADMIN not in self.scopes:
             name = auth_service_pb2.ApiKeyScope.Name(scope)  # type: ignore[arg-type]
             raise PermissionDenied(f"this API key lacks the {name} scope")
+
+    def require_any_scope(self, *scopes: int) -> None:
+        """Raises PERMISSION_DENIED unless the key has one of ``scopes`` (admin implies every scope)."""
+        if not self.scopes & {*scopes, auth_service_pb2.API_KEY_SCOPE_ADMIN}:
+            names = " or ".join(auth_service_pb2.ApiKeyScope.Name(s) for s in scopes)  # type: ignore[arg-type]
+            raise PermissionDenied(f"this API key lacks the {names} scope")
 
 
 class KeyAuthenticator:
@@ -99,6 +107,9 @@ class KeyAuthenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             caller = cached[1]
+            # A cached answer never outlives the key's own expiry.
+            if caller is not None and caller.expires_at is not None and caller.expires_at <= time.time():
+                caller = None
         else:
             caller = await self._lookup(api_key)
             if len(self._cache) >= self._max_entries:
@@ -128,4 +139,5 @@ class KeyAuthenticator:
             organization_id=response.organization_id,
             api_key_id=response.api_key_id,
             scopes=frozenset(response.scopes),
+            expires_at=response.expire_time.ToNanoseconds() / 1e9 if response.HasField("expire_time") else None,
         )

@@ -39,7 +39,9 @@ async def build_deps(config: PromptsConfig) -> AsyncIterator[PromptsDeps]:
     pool = await asyncpg.create_pool(config.postgres_dsn, min_size=1, max_size=config.postgres_pool_size)
     channel = internal_channel(config.auth_addr)
     try:
-        authenticator = KeyAuthenticator(auth_service_pb2_grpc.AuthServiceStub(channel), config.service_token)
+        authenticator = KeyAuthenticator(
+            auth_service_pb2_grpc.AuthServiceStub(channel), config.service_token, ttl_s=config.key_cache_ttl_s
+        )
         yield PromptsDeps(pool=pool, auth_channel=channel, authenticator=authenticator)
     finally:
         await channel.close(None)
@@ -48,7 +50,7 @@ async def build_deps(config: PromptsConfig) -> AsyncIterator[PromptsDeps]:
 
 async def create_server(config: PromptsConfig, deps: PromptsDeps) -> GrpcServer:
     """The prompts gRPC server, started and NOT_SERVING until the caller marks it ready."""
-    servicer = PromptsServicer(deps.pool, deps.authenticator)
+    servicer = PromptsServicer(deps.pool, deps.authenticator, config.service_token)
     return await create_grpc_server(
         host=config.grpc_host,
         port=config.grpc_port,

@@ -14,3 +14,6 @@ class PromptsConfig(ServiceConfig):
     postgres_dsn: str = env_field("Postgres DSN holding prompt versions.")
     postgres_pool_size: int = env_field("Maximum Postgres connections.", 10)
     auth_addr: str = env_field("host:port of the auth service, which resolves callers' API keys.")
+    key_cache_ttl_s: float = env_field(
+        "Seconds an API key's resolution is cached: a revoked key keeps working here at most this long.", 5.0
+    )
