@@ -3,7 +3,8 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 
 
-.PHONY: install run test lint typecheck protos check-protos test-unit test-integration test-e2e bench format
+.PHONY: install run test lint typecheck protos check-protos test-unit test-integration test-e2e format \
+	bench bench-proxy bench-ingest bench-query bench-auth
 
 install:
 	@./scripts/install.sh
@@ -39,3 +40,18 @@ check-protos:
 format:
 	uv run ruff format .
 	uv run ruff check --fix .
+
+# Benchmarks: each runs its baseline side by side and writes a report to bench/results/.
+bench: bench-proxy bench-ingest bench-query bench-auth
+
+bench-proxy: install  ## direct vs Candela vs LiteLLM against a static nginx upstream
+	uv run python bench/proxy/bench_proxy.py
+
+bench-ingest: install  ## ingest RPC -> rows visible in ClickHouse (BENCH_ARGS= to change)
+	uv run python bench/ingest/bench_ingest.py $(BENCH_ARGS)
+
+bench-query: install  ## 10M requests in ClickHouse 18.16, p50/p99 of the query API (ROWS=, RUNS= to change)
+	uv run python bench/query/run.py --rows $${ROWS:-10000000} --runs $${RUNS:-100}
+
+bench-auth: install  ## Authenticate on the proxy's hot path, cached and uncached
+	uv run python bench/auth/bench_authenticate.py
