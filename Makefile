@@ -4,7 +4,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 
 
 .PHONY: install run test lint typecheck protos check-protos test-unit test-integration test-e2e format \
-	bench bench-proxy bench-ingest bench-query bench-auth
+	bench bench-proxy bench-ingest bench-query bench-auth bench-gateway
 
 install:
 	@./scripts/install.sh
@@ -42,10 +42,13 @@ format:
 	uv run ruff check --fix .
 
 # Benchmarks: each runs its baseline side by side and writes a report to bench/results/.
-bench: bench-proxy bench-ingest bench-query bench-auth
+bench: bench-proxy bench-gateway bench-ingest bench-query bench-auth
 
 bench-proxy: install  ## direct vs Candela vs LiteLLM against a static nginx upstream
 	uv run python bench/proxy/bench_proxy.py
+
+bench-gateway: install  ## the proxy benchmark straight to the proxy vs through Envoy, side by side
+	uv run python bench/gateway/bench_gateway.py
 
 bench-ingest: install  ## ingest RPC -> rows visible in ClickHouse (BENCH_ARGS= to change)
 	uv run python bench/ingest/bench_ingest.py $(BENCH_ARGS)

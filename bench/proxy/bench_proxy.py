@@ -110,14 +110,14 @@ def wait_http(url: str, timeout_s: float = 120.0, process: subprocess.Popen[byte
     raise RuntimeError(f"{url} did not come up within {timeout_s}s")
 
 
-def install(skip: bool) -> None:
-    """nginx-light and wrk from apt, LiteLLM into its own virtualenv (each only when missing)."""
+def install(skip: bool, *, litellm: bool = True) -> None:
+    """nginx-light and wrk from apt, LiteLLM (unless not wanted) into its own virtualenv (each only when missing)."""
     if skip:
         return
     if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()) or not shutil.which("wrk"):
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         subprocess.run([*sudo, "apt-get", "install", "-y", "nginx-light", "wrk"], check=True)
-    if not (LITELLM_VENV / "bin" / "litellm").exists():
+    if litellm and not (LITELLM_VENV / "bin" / "litellm").exists():
         subprocess.run(["uv", "venv", "-q", "--python", "3.11", str(LITELLM_VENV)], check=True)
         # --no-config: LiteLLM's own pins, not the workspace's constraints.
         subprocess.run(
@@ -199,8 +199,11 @@ http {{
     return url
 
 
-def start_candela(servers: Servers, stack: Stack, upstream: str, workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
+def start_candela(
+    servers: Servers, stack: Stack, upstream: str, workdir: Path, port: int | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """One Candela proxy on CPU 0, on `port` (a free one when None), logging to the stack's ingest."""
+    port = port or free_port()
     env = {
         **stack.service_env(Component.PROXY),
         "CANDELA_HTTP_PORT": str(port),

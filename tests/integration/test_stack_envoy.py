@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,11 @@ import grpc
 import pytest
 import yaml
 from aiohttp import web
+from google.protobuf import descriptor_pb2
 
 from candela.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from candela.ingest.v1 import ingest_service_pb2
+from candela.prompts.v1 import prompts_service_pb2
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_stack import envoy_config
 from candela_stack.binaries import envoy_binary
@@ -52,16 +58,133 @@ def test_every_listener_and_upstream_is_on_loopback(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_grpc_prefixes_route_to_their_services_and_the_rest_to_the_proxy(tmp_path: Path) -> None:
     routes = routes_of(build(tmp_path))
-    assert [(route["match"]["prefix"], route["route"]["cluster"]) for route in routes] == [
+    prefixed = [route for route in routes if "prefix" in route["match"] and "route" in route]
+    assert [(route["match"]["prefix"], route["route"]["cluster"]) for route in prefixed] == [
         ("/candela.auth.v1.AuthService/", "auth"),
         ("/candela.ingest.v1.IngestService/", "ingest"),
         ("/candela.query.v1.QueryService/", "query"),
         ("/candela.prompts.v1.PromptsService/", "prompts"),
         ("/", "proxy"),
     ]
+    assert routes[-1] is prefixed[-1], "the proxy is the catch-all, after every other route"
     proxy = routes[-1]["route"]
+    # A long LLM stream is never cut by a route timeout; only silence ends it.
     assert proxy["timeout"] == "0s"
     assert proxy["idle_timeout"] == "600s"
+    assert "retry_policy" not in proxy
+
+
+def _declared_idempotency() -> dict[str, int]:
+    """gRPC path -> idempotency_level, read from the generated modules (not from the descriptor set file)."""
+    levels: dict[str, int] = {}
+    for module in (auth_service_pb2, ingest_service_pb2, query_service_pb2, prompts_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                levels[f"/{service.full_name}/{method.name}"] = method.GetOptions().idempotency_level
+    return levels
+
+
+@pytest.mark.unit
+def test_retry_policies_exist_exactly_for_the_idempotent_rpcs(tmp_path: Path) -> None:
+    routes = routes_of(build(tmp_path))
+    retried = {route["match"]["path"] for route in routes if "retry_policy" in route.get("route", {})}
+    declared = _declared_idempotency()
+    no_side_effects = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+    assert retried == {path for path, level in declared.items() if level == no_side_effects}
+    # The read-only RPCs the protos mark, and none of the mutating ones (a retried write could apply twice).
+    assert {"/candela.query.v1.QueryService/GetRequest", "/candela.auth.v1.AuthService/Authenticate"} <= retried
+    for mutating in (
+        "/candela.auth.v1.AuthService/CreateOrganization",
+        "/candela.auth.v1.AuthService/CreateApiKey",
+        "/candela.auth.v1.AuthService/UpdateOrganization",
+        "/candela.auth.v1.AuthService/RevokeApiKey",
+        "/candela.prompts.v1.PromptsService/CreatePrompt",
+        "/candela.prompts.v1.PromptsService/SetEnvironment",
+    ):
+        assert declared[mutating] != no_side_effects, f"{mutating} is a write but the proto marks it side-effect free"
+        assert mutating not in retried
+    assert not any(path.startswith("/candela.ingest.v1.") for path in retried), "Ingest is never retried"
+    # Each retry route sits before its service's prefix route, so it is the one that matches.
+    names = [route["name"] for route in routes]
+    for route in routes:
+        if "retry_policy" in route.get("route", {}):
+            assert names.index(route["name"]) < names.index(f"grpc-{route['route']['cluster']}")
+            assert route["route"]["retry_policy"]["num_retries"] <= 3
+
+
+@pytest.mark.unit
+def test_a_write_marked_idempotent_in_the_protos_would_be_retried(tmp_path: Path) -> None:
+    """The retry routes come from the descriptor set, not from a list: marking an RPC changes them."""
+    descriptor_set = envoy_config.descriptor_set_path(tmp_path)
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                if method.name in ("CreatePrompt", "Ingest"):
+                    method.options.idempotency_level = descriptor_pb2.MethodOptions.IDEMPOTENT
+    descriptor_set.write_bytes(files.SerializeToString())
+    paths = {path for path, _ in envoy_config.idempotent_methods(descriptor_set)}
+    assert "/candela.prompts.v1.PromptsService/CreatePrompt" in paths
+    assert "/candela.ingest.v1.IngestService/Ingest" not in paths, "Ingest stays unretried whatever the proto says"
+
+
+@pytest.mark.unit
+def test_every_upstream_is_health_checked_and_circuit_broken(tmp_path: Path) -> None:
+    clusters = {cluster["name"]: cluster for cluster in build(tmp_path)["static_resources"]["clusters"]}
+    for name, cluster in clusters.items():
+        (check,) = cluster["health_checks"]
+        if name == "proxy":
+            assert check["http_health_check"] == {"path": "/healthz"}
+        else:
+            assert check["grpc_health_check"] == {"service_name": envoy_config.GRPC_SERVICES[name]}
+        # Envoy's default no-traffic interval (60 s) would hide a stopped service for a minute.
+        assert check["no_traffic_interval"] == check["interval"] == "2s"
+        assert check["unhealthy_interval"] == "1s"
+        (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+        assert {"max_connections", "max_pending_requests", "max_requests"} <= set(thresholds)
+    assert envoy_config.GRPC_SERVICES["query"] == "candela.query.v1.QueryService"
+
+
+@pytest.mark.unit
+def test_body_limits_sit_just_above_each_services_own(tmp_path: Path) -> None:
+    limits = envoy_config.BodyLimits(proxy=1000, grpc=2000, ingest=3000)
+    config = envoy_config.build_config(
+        StackPorts.from_base(7700), envoy_config.descriptor_set_path(tmp_path), body_limits=limits
+    )
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (buffer,) = [f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.buffer"]
+    headroom = envoy_config.BODY_LIMIT_HEADROOM
+    assert buffer["typed_config"]["max_request_bytes"] == 1000 + headroom  # the default: the proxy's routes
+    for route in routes_of(config):
+        if "route" not in route or route["route"]["cluster"] == "proxy":
+            continue
+        per_route = route["typed_per_filter_config"]["envoy.filters.http.buffer"]["buffer"]["max_request_bytes"]
+        assert per_route == (3000 if route["route"]["cluster"] == "ingest" else 2000) + headroom
+
+
+@pytest.mark.unit
+def test_envoys_own_replies_are_json_in_the_sdks_error_shape(tmp_path: Path) -> None:
+    manager = build(tmp_path)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    local_reply = manager["local_reply_config"]
+    assert local_reply["body_format"]["json_format"]["error"]["message"] == "%LOCAL_REPLY_BODY%"
+    assert local_reply["body_format"]["json_format"]["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.unit
+def test_access_log_is_json_lines_without_credentials(tmp_path: Path) -> None:
+    config = envoy_config.build_config(
+        StackPorts.from_base(7700), envoy_config.descriptor_set_path(tmp_path), access_log=tmp_path / "access.log"
+    )
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (log,) = manager["access_log"]
+    assert log["typed_config"]["path"] == str(tmp_path / "access.log")
+    fields = log["typed_config"]["log_format"]["json_format"]
+    assert {"method", "path", "status", "duration_ms", "upstream_cluster", "request_id", "bytes_received"} <= set(
+        fields
+    )
+    text = yaml.safe_dump(fields).lower()
+    for secret_header in ("authorization", "candela-auth", "helicone-auth", "x-api-key", "cookie", "%req(:path)%"):
+        assert secret_header not in text
 
 
 @pytest.mark.unit
@@ -80,7 +203,12 @@ def test_transcoder_serves_the_rest_mappings_before_the_router(tmp_path: Path) -
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert manager["codec_type"] == "AUTO"
     filters = manager["http_filters"]
-    assert [f["name"] for f in filters] == ["envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.router"]
+    # The body limit comes after the transcoder, so a REST call is measured as the gRPC call it became.
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.buffer",
+        "envoy.filters.http.router",
+    ]
     transcoder = filters[0]["typed_config"]
     assert Path(transcoder["proto_descriptor"]).is_file()
     assert transcoder["services"] == [
@@ -103,9 +231,23 @@ def test_dump_is_yaml_of_the_same_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
-    path = envoy_config.write(build(tmp_path), tmp_path / "envoy.yaml")
-    envoy_config.validate(envoy_binary(), path)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"access_log": Path("access.log")},
+        {"body_limits": envoy_config.BodyLimits(proxy=1024, grpc=2048, ingest=4096)},
+        {"access_log": Path("access.log"), "otlp_port": 4317, "max_downstream_connections": 10},
+    ],
+    ids=["defaults", "access-log", "body-limits", "everything"],
+)
+def test_envoy_accepts_the_generated_config(tmp_path: Path, options: dict[str, Any]) -> None:
+    if "access_log" in options:
+        options = {**options, "access_log": tmp_path / options["access_log"]}
+    config = envoy_config.build_config(
+        StackPorts.from_base(7700), envoy_config.descriptor_set_path(tmp_path), **options
+    )
+    envoy_config.validate(envoy_binary(), envoy_config.write(config, tmp_path / "envoy.yaml"))
 
 
 @pytest.mark.integration
@@ -121,7 +263,23 @@ def test_envoy_rejects_a_broken_config_with_its_reason(tmp_path: Path) -> None:
 
 
 class FakeAuth(auth_service_pb2_grpc.AuthServiceServicer):
-    """Answers CreateOrganization with the service token it saw; refuses the rest."""
+    """Answers CreateOrganization with the service token it saw; GetOrganization and UpdateOrganization
+    always fail UNAVAILABLE (counting their attempts); refuses the rest."""
+
+    def __init__(self) -> None:
+        self.attempts: Counter[str] = Counter()
+
+    async def GetOrganization(
+        self, request: auth_service_pb2.GetOrganizationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_service_pb2.GetOrganizationResponse:
+        self.attempts["GetOrganization"] += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "briefly down")
+
+    async def UpdateOrganization(
+        self, request: auth_service_pb2.UpdateOrganizationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_service_pb2.UpdateOrganizationResponse:
+        self.attempts["UpdateOrganization"] += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "briefly down")
 
     async def CreateOrganization(
         self, request: auth_service_pb2.CreateOrganizationRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -176,9 +334,13 @@ def gateway_ports() -> StackPorts:
 @pytest.fixture
 def envoy_process(tmp_path: Path, gateway_ports: StackPorts) -> Iterator[Supervisor]:
     supervisor = Supervisor(tmp_path / "logs")
-    config_path = envoy_config.write(
-        envoy_config.build_config(gateway_ports, envoy_config.descriptor_set_path(tmp_path)), tmp_path / "envoy.yaml"
+    config = envoy_config.build_config(
+        gateway_ports,
+        envoy_config.descriptor_set_path(tmp_path),
+        access_log=tmp_path / "access.log",
+        body_limits=SMALL_LIMITS,
     )
+    config_path = envoy_config.write(config, tmp_path / "envoy.yaml")
     envoy = envoy_binary()
     process = supervisor.start("envoy", envoy_config.server_argv(envoy, config_path, base_id=gateway_ports.base))
     try:
@@ -192,11 +354,20 @@ def envoy_process(tmp_path: Path, gateway_ports: StackPorts) -> Iterator[Supervi
         supervisor.stop_all()
 
 
+SMALL_LIMITS = envoy_config.BodyLimits(proxy=64 * 1024, grpc=64 * 1024, ingest=64 * 1024)
+"""Body limits small enough for a test to exceed cheaply."""
+
+
 @pytest.fixture
-async def upstreams(gateway_ports: StackPorts) -> AsyncIterator[None]:
+def fake_auth() -> FakeAuth:
+    return FakeAuth()  # type: ignore[abstract]
+
+
+@pytest.fixture
+async def upstreams(gateway_ports: StackPorts, fake_auth: FakeAuth) -> AsyncIterator[None]:
     auth_server = grpc.aio.server()
     # The routing stand-ins script a few RPCs; the generated bases answer UNIMPLEMENTED for the rest.
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(FakeAuth(), auth_server)  # type: ignore[abstract]
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(fake_auth, auth_server)
     auth_server.add_insecure_port(f"127.0.0.1:{gateway_ports.auth_grpc}")
     query_server = grpc.aio.server()
     query_service_pb2_grpc.add_QueryServiceServicer_to_server(FakeQuery(), query_server)  # type: ignore[abstract]
@@ -258,3 +429,112 @@ async def test_gateway_routes_rest_grpc_and_proxy_traffic(gateway_ports: StackPo
             timeout=5,
         )
     assert reply.organization.id == "org-for-grpc-token"
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("upstreams", "envoy_process")
+async def test_gateway_retries_idempotent_rpcs_only(gateway_ports: StackPorts, fake_auth: FakeAuth) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_ports.gateway}") as channel:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as read:
+            await stub.GetOrganization(auth_service_pb2.GetOrganizationRequest(), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as write:
+            await stub.UpdateOrganization(auth_service_pb2.UpdateOrganizationRequest(), timeout=5)
+        assert read.value.code() == write.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The read is tried 1 + num_retries times; the write exactly once (a retried write could apply twice).
+    assert fake_auth.attempts == {
+        "GetOrganization": 1 + envoy_config.RETRY_POLICY["num_retries"],
+        "UpdateOrganization": 1,
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("upstreams", "envoy_process")
+async def test_gateway_refuses_oversized_bodies_and_unknown_services_clearly(gateway_ports: StackPorts) -> None:
+    gateway = f"http://127.0.0.1:{gateway_ports.gateway}"
+    too_big = b'{"pad": "' + b"x" * (SMALL_LIMITS.proxy + envoy_config.BODY_LIMIT_HEADROOM) + b'"}'
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{gateway}/v1/chat/completions", data=too_big, headers={"content-type": "application/json"}
+        ) as response:
+            assert response.status == 413
+            assert response.content_type == "application/json"
+            assert await response.json() == {
+                "error": {
+                    "message": "Payload Too Large",
+                    "type": "invalid_request_error",
+                    "code": "request_payload_too_large",
+                }
+            }
+        async with session.post(
+            f"{gateway}/anthropic/v1/messages", data=too_big, headers={"content-type": "application/json"}
+        ) as response:
+            assert response.status == 413
+            body = await response.json()
+            assert body["type"] == "error"
+            assert body["error"]["type"] == "invalid_request_error"
+        # A REST call is limited as the gRPC call it becomes.
+        async with session.post(
+            f"{gateway}/v1/request/query", data=too_big, headers={"content-type": "application/json"}
+        ) as response:
+            assert response.status == 413
+            assert response.content_type == "application/json"
+            assert (await response.json())["error"]["code"] == (
+                "grpc_json_transcode_failure{request_buffer_size_limit_reached}"
+            )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_ports.gateway}") as channel:
+        # A gRPC message above the limit: RESOURCE_EXHAUSTED-like refusal, not a hang or a reset.
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as oversized:
+            await stub.GetRequest(query_service_pb2.GetRequestRequest(request_id="x" * 200_000), timeout=5)
+        assert oversized.value.code() != grpc.StatusCode.OK
+        assert "Payload Too Large" in (oversized.value.details() or "")
+        # A service the gateway does not serve: UNIMPLEMENTED from Envoy, with a reason.
+        unknown = channel.unary_unary(
+            "/candela.nope.v1.NopeService/Get", request_serializer=bytes, response_deserializer=bytes
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await unknown(b"", timeout=5)
+        assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "no such gRPC service" in (failure.value.details() or "")
+        # A known service, an unknown method: the service itself says UNIMPLEMENTED.
+        missing = channel.unary_unary(
+            "/candela.query.v1.QueryService/NoSuchMethod", request_serializer=bytes, response_deserializer=bytes
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await missing(b"", timeout=5)
+        assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _health(admin_port: int) -> dict[str, str]:
+    """Cluster -> its endpoint's health per Envoy's admin /clusters ("healthy" or the failed checks)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/clusters?format=json", timeout=5) as reply:
+        statuses = json.load(reply)["cluster_statuses"]
+    health: dict[str, str] = {}
+    for cluster in statuses:
+        for host in cluster.get("host_statuses", []):
+            status = host["health_status"]
+            failed = sorted(key for key, value in status.items() if value is True)
+            health[cluster["name"]] = ",".join(failed) or status.get("eds_health_status", "HEALTHY").lower()
+    return health
+
+
+async def _wait_health(admin_port: int, cluster: str, healthy: bool, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = await asyncio.to_thread(_health, admin_port)
+        if ("failed_active_health_check" not in state[cluster]) == healthy:
+            return
+        assert time.monotonic() < deadline, f"{cluster} still {state[cluster]!r}, wanted healthy={healthy}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("upstreams", "envoy_process")
+async def test_health_checks_follow_each_upstream(gateway_ports: StackPorts) -> None:
+    admin = gateway_ports.envoy_admin
+    # Running stand-ins serve grpc.health.v1 only if registered: the stand-in proxy answers /healthz
+    # (its catch-all says 200); auth and query do not serve health, ingest and prompts are not running.
+    await _wait_health(admin, "proxy", healthy=True)
+    for absent in ("ingest", "prompts"):
+        await _wait_health(admin, absent, healthy=False)

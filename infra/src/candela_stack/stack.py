@@ -40,6 +40,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -125,7 +126,7 @@ _REQUIRES: dict[Component, frozenset[Component]] = {
     Component.INGEST: frozenset({Component.KAFKA, Component.S3, Component.POSTGRES}),
     Component.WRITER: frozenset({Component.KAFKA, Component.POSTGRES, Component.CLICKHOUSE}),
     Component.QUERY: frozenset({Component.POSTGRES, Component.CLICKHOUSE, Component.S3, Component.AUTH}),
-    Component.PROXY: frozenset({Component.AUTH, Component.INGEST, Component.REDIS}),
+    Component.PROXY: frozenset({Component.AUTH, Component.INGEST, Component.REDIS, Component.PROMPTS}),
 }
 
 _STOP_GRACE: dict[Component, float] = {
@@ -189,6 +190,13 @@ class StackConfig:
     own_postgres: bool = False
     """Run a private Postgres cluster (initdb in a temp dir, port base + OWN_POSTGRES_OFFSET) instead of
     using the machine's server, so a test can stop and restart Postgres without touching anyone else's."""
+    otlp_endpoint: str | None = None
+    """An OTLP/gRPC collector on loopback (`http://127.0.0.1:<port>`) that every service and Envoy export
+    their spans to (`make run`: CANDELA_OTLP_ENDPOINT); None leaves tracing as the environment has it
+    (Envoy does not trace)."""
+    otlp_flush_interval_ms: int = 1000
+    """How long finished spans wait in each process before export (OTEL_BSP_SCHEDULE_DELAY and Envoy's
+    flush interval): short, so a trace is complete at the collector soon after its request."""
 
     @classmethod
     def dev(cls, **overrides: Any) -> StackConfig:
@@ -206,6 +214,7 @@ class StackConfig:
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
             log_level=environ.get("CANDELA_LOG_LEVEL", "INFO"),
             seaweed_stop_grace=float(environ.get("CANDELA_SEAWEED_STOP_GRACE", "5")),
+            otlp_endpoint=environ.get("CANDELA_OTLP_ENDPOINT") or None,
         )
         return replace(config, **overrides)
 
@@ -226,6 +235,15 @@ class StackConfig:
             seaweed_stop_grace=1.0,
         )
         return replace(config, **overrides)
+
+
+def loopback_port(endpoint: str) -> int:
+    """The port of a collector endpoint such as `http://127.0.0.1:4317`; only loopback is accepted, since
+    the stack never sends traffic elsewhere."""
+    parts = urlsplit(endpoint)
+    if parts.hostname not in {LOOPBACK, "localhost"} or parts.port is None:
+        raise ValueError(f"the OTLP endpoint must be http://{LOOPBACK}:<port>, not {endpoint!r}")
+    return parts.port
 
 
 @dataclass(frozen=True)
@@ -531,6 +549,7 @@ class Stack:
             }
         )
         env.update(self._service_specific_env(component))
+        env.update(self._otlp_env())
         metrics_port = self.metrics_ports().get(component)
         if metrics_port is not None:
             env["CANDELA_METRICS_PORT"] = str(metrics_port)
@@ -902,6 +921,7 @@ class Stack:
                 "CANDELA_HTTP_PORT": str(p.proxy_http),
                 "CANDELA_AUTH_ADDR": self.auth_addr,
                 "CANDELA_INGEST_ADDR": self.ingest_addr,
+                "CANDELA_PROMPTS_ADDR": self.prompts_addr,
                 "CANDELA_SPOOL_DIR": str(self.spool_dir),
                 "CANDELA_REDIS_URL": self.redis_url,
             }
@@ -912,6 +932,15 @@ class Stack:
             return env
         raise ValueError(f"{component} is not a service")
 
+    def _otlp_env(self) -> dict[str, str]:
+        """The OpenTelemetry SDK's own variables pointing a service at the stack's collector, if any."""
+        if self.config.otlp_endpoint is None:
+            return {}
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.config.otlp_endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": str(self.config.otlp_flush_interval_ms),
+        }
+
     def _launch_envoy(self) -> ManagedProcess:
         envoy = binaries.envoy_binary()
         envoy_dir = self.data_dir / "envoy"
@@ -919,11 +948,24 @@ class Stack:
             self.ports,
             envoy_config.descriptor_set_path(envoy_dir),
             access_log=self.log_dir / "envoy-access.log",
+            otlp_port=loopback_port(self.config.otlp_endpoint) if self.config.otlp_endpoint else None,
+            otlp_flush_interval_ms=self.config.otlp_flush_interval_ms,
+            body_limits=self._gateway_body_limits(),
         )
         config_path = envoy_config.write(config, envoy_dir / "envoy.yaml")
         envoy_config.validate(envoy, config_path)
         argv = envoy_config.server_argv(envoy, config_path, base_id=self.ports.base)
         return self._supervisor.start("envoy", argv, cwd=envoy_dir)
+
+    def _gateway_body_limits(self) -> envoy_config.BodyLimits:
+        """The services' own request size limits, as they will read them, for Envoy to enforce just above."""
+        defaults = envoy_config.BodyLimits()
+        proxy_env = self.service_env(Component.PROXY)
+        ingest_env = self.service_env(Component.INGEST)
+        return envoy_config.BodyLimits(
+            proxy=int(proxy_env.get("CANDELA_MAX_BODY_BYTES", defaults.proxy)),
+            ingest=int(ingest_env.get("CANDELA_MAX_CALL_BYTES", defaults.ingest)),
+        )
 
     # --- helpers ---------------------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""Envoy's OpenTelemetry tracing: the generated config, Envoy's own validation of it, and a real Envoy that
+continues the client's trace, hands its own context to the upstream and exports its span over OTLP/gRPC."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from candela_stack import envoy_config
+from candela_stack.binaries import envoy_binary
+from candela_stack.ports import StackPorts, pick_free_port_base
+from candela_stack.probes import http_ok
+from candela_stack.processes import Supervisor
+from candela_stack.stack import loopback_port
+from tests.e2e.otlp_support import SpanKind, SpanReceiver, otlp_receiver
+
+CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN_ID = "00f067aa0ba902b7"
+
+
+def manager_of(config: dict[str, Any]) -> dict[str, Any]:
+    manager: dict[str, Any] = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return manager
+
+
+@pytest.mark.unit
+def test_tracing_is_off_without_a_collector(tmp_path: Path) -> None:
+    config = envoy_config.build_config(StackPorts.from_base(7700), envoy_config.descriptor_set_path(tmp_path))
+    assert "tracing" not in manager_of(config)
+    assert envoy_config.OTLP_CLUSTER not in {cluster["name"] for cluster in config["static_resources"]["clusters"]}
+
+
+@pytest.mark.unit
+def test_tracing_exports_to_the_collector_on_loopback_over_http2(tmp_path: Path) -> None:
+    config = envoy_config.build_config(
+        StackPorts.from_base(7700),
+        envoy_config.descriptor_set_path(tmp_path),
+        otlp_port=4317,
+        otlp_flush_interval_ms=200,
+    )
+    provider = manager_of(config)["tracing"]["provider"]
+    assert provider["name"] == "envoy.tracers.opentelemetry"
+    assert provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == envoy_config.OTLP_CLUSTER
+    collector = next(c for c in config["static_resources"]["clusters"] if c["name"] == envoy_config.OTLP_CLUSTER)
+    [endpoint] = collector["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 4317}
+    options = collector["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert list(options["explicit_http_config"]) == ["http2_protocol_options"]
+    [layer] = config["layered_runtime"]["layers"]
+    assert layer["static_layer"] == {"tracing.opentelemetry.flush_interval_ms": 200}
+
+
+@pytest.mark.unit
+def test_stack_accepts_only_a_loopback_collector() -> None:
+    assert loopback_port("http://127.0.0.1:4317") == 4317
+    for endpoint in ("http://10.0.0.5:4317", "http://collector.example.com:4317", "http://127.0.0.1"):
+        with pytest.raises(ValueError, match=re.escape("must be http://127.0.0.1:<port>")):
+            loopback_port(endpoint)
+
+
+@pytest.mark.integration
+def test_envoy_accepts_the_traced_config(tmp_path: Path) -> None:
+    config = envoy_config.build_config(
+        StackPorts.from_base(7700), envoy_config.descriptor_set_path(tmp_path), otlp_port=4317
+    )
+    envoy_config.validate(envoy_binary(), envoy_config.write(config, tmp_path / "envoy.yaml"))
+
+
+# --- A real Envoy between a client with a traceparent and an upstream that records what it received. ---
+
+
+@pytest.fixture
+def gateway_ports() -> StackPorts:
+    return StackPorts.from_base(pick_free_port_base())
+
+
+@pytest.fixture
+def receiver() -> Iterator[SpanReceiver]:
+    with otlp_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def traced_envoy(tmp_path: Path, gateway_ports: StackPorts, receiver: SpanReceiver) -> Iterator[None]:
+    config = envoy_config.build_config(
+        gateway_ports,
+        envoy_config.descriptor_set_path(tmp_path),
+        otlp_port=loopback_port(receiver.endpoint),
+        otlp_flush_interval_ms=100,
+    )
+    config_path = envoy_config.write(config, tmp_path / "envoy.yaml")
+    supervisor = Supervisor(tmp_path / "logs")
+    process = supervisor.start(
+        "envoy", envoy_config.server_argv(envoy_binary(), config_path, base_id=gateway_ports.base)
+    )
+    try:
+        supervisor.wait_ready(
+            process,
+            lambda: http_ok(f"http://127.0.0.1:{gateway_ports.envoy_admin}/ready", expect_body=b"LIVE"),
+            timeout=20,
+        )
+        yield
+    finally:
+        supervisor.stop_all()
+
+
+@pytest.fixture
+async def upstream_headers(gateway_ports: StackPorts) -> AsyncIterator[list[dict[str, str]]]:
+    """A stand-in proxy on the proxy's port that keeps the headers of each request it gets."""
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append({name.lower(): value for name, value in request.headers.items()})
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", gateway_ports.proxy_http).start()
+    try:
+        yield seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("traced_envoy")
+async def test_envoy_continues_the_client_trace_and_exports_its_span(
+    gateway_ports: StackPorts, receiver: SpanReceiver, upstream_headers: list[dict[str, str]]
+) -> None:
+    traceparent = f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{gateway_ports.gateway}/v1/chat/completions",
+            json={"model": "gpt-4o-mini"},
+            headers={"traceparent": traceparent, "authorization": "Bearer sk-provider-secret"},
+        ) as response,
+    ):
+        assert response.status == 200
+
+    [headers] = upstream_headers
+    version, trace_id, envoy_span_id, flags = headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", CLIENT_TRACE_ID, "01"), "the upstream is in the client's trace"
+    assert envoy_span_id != CLIENT_SPAN_ID, "the upstream's parent is Envoy's own span, not the client's"
+
+    spans = receiver.wait_for(
+        "Envoy span", lambda spans: any(span.span_id == envoy_span_id for span in spans), timeout_s=15
+    )
+    [envoy_span] = [span for span in spans if span.span_id == envoy_span_id]
+    assert envoy_span.service == "candela-gateway"
+    assert (envoy_span.trace_id, envoy_span.parent_span_id) == (CLIENT_TRACE_ID, CLIENT_SPAN_ID)
+    assert envoy_span.kind == SpanKind.SPAN_KIND_SERVER
+    assert "sk-provider-secret" not in repr(envoy_span.attributes), "Envoy does not record the Authorization header"
