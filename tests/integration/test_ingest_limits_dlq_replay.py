@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.config import WriterConfig
@@ -88,6 +89,27 @@ async def _counters(stack: Stack, organization_id: str) -> tuple[int, int, int]:
         uuid.UUID(organization_id),
     )
     return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else (0, 0, 0)
+
+
+def _writer_metrics() -> dict[str, float]:
+    """The writer's dead-letter and store metrics, from this process's registry (these writers run in-process)."""
+
+    def read(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    return {
+        "dead_letters_from_log_topic": read("candela_writer_dead_letters_total", source="log_topic"),
+        "dead_letters_from_dlq_retry": read("candela_writer_dead_letters_total", source="dlq_retry"),
+        "dead_letters_retried": read("candela_writer_dead_letters_retried_total"),
+        "parked": read("candela_writer_dead_letters_parked_total"),
+        "rows_inserted": read("candela_writer_rows_inserted_total", table="requests"),
+        "usage_counted": read("candela_writer_usage_counted_total"),
+        "clickhouse_rejections": read("candela_writer_store_errors_total", store="clickhouse", kind="rejected"),
+        "clickhouse_unavailable": read("candela_writer_store_errors_total", store="clickhouse", kind="unavailable"),
+        "clickhouse_retries": read("candela_writer_retries_total", store="clickhouse"),
+        "postgres_unavailable": read("candela_writer_store_errors_total", store="postgres", kind="unavailable"),
+        "postgres_retries": read("candela_writer_retries_total", store="postgres"),
+    }
 
 
 def _messages(records: list[log_record_pb2.LogRecord]) -> list[tuple[bytes, bytes]]:
@@ -175,6 +197,7 @@ async def test_poison_messages_are_retried_from_the_dlq_then_parked_and_replayab
     config = _writer_config(
         stack, topics, clickhouse_table=table, dlq_retry_delay_s=0.2, dlq_max_retries=2, max_attempts=2
     )
+    metrics_before = _writer_metrics()
     writer = start_writer(config)
 
     async def stored() -> int:
@@ -193,6 +216,7 @@ async def test_poison_messages_are_retried_from_the_dlq_then_parked_and_replayab
         lambda rows: len(rows) >= 2,
     )
     stats = await writer.finish()
+    moved = {name: value - metrics_before[name] for name, value in _writer_metrics().items()}
     assert [bytes(row["message_key"]) for row in parked] == sorted([garbage[0], rejected.request_id.encode()])
     errors = {bytes(row["message_key"]): row["error"] for row in parked}
     assert "not a candela.logs.v1.LogMessage" in errors[garbage[0]]
@@ -201,6 +225,16 @@ async def test_poison_messages_are_retried_from_the_dlq_then_parked_and_replayab
     assert stats.parked == 2
     letters = await _read_topic(stack.kafka_bootstrap, topics.dlq, expected=None, timeout_s=1.0)
     assert len(letters) == 4, "each poison message went through the DLQ twice (dlq_max_retries=2), then parked"
+    # The metrics tell the same story: 2 letters from the log topic, 2 re-queued once, 4 retries, 2 parked;
+    # the 6 good logs stored and counted once each; the rejections blamed on ClickHouse and retried.
+    assert {name: moved[name] for name in ("dead_letters_from_log_topic", "dead_letters_from_dlq_retry")} == {
+        "dead_letters_from_log_topic": 2,
+        "dead_letters_from_dlq_retry": 2,
+    }
+    assert (moved["dead_letters_retried"], moved["parked"]) == (4, 2)
+    assert (moved["rows_inserted"], moved["usage_counted"]) == (6, 6)
+    assert moved["clickhouse_rejections"] >= 2
+    assert moved["clickhouse_retries"] >= 1
     assert await _usage(stack, organization_id) == (6, 600, Decimal("0.000900"), 0)
 
     # The operator fixes the cause (here: the real table) and replays the parked set, twice: once counted.
@@ -267,6 +301,7 @@ async def test_postgres_and_clickhouse_outages_lose_nothing_and_count_nothing_tw
 
     total = 50
     for component in (Component.POSTGRES, Component.CLICKHOUSE):
+        metrics_before = _writer_metrics()
         await asyncio.to_thread(stack.stop_component, component)
         during = [_record(organization_id) for _ in range(50)]
         await _produce(stack.kafka_bootstrap, topics.logs, _messages(during))
@@ -277,6 +312,13 @@ async def test_postgres_and_clickhouse_outages_lose_nothing_and_count_nothing_tw
             lambda: _stored_requests(stack, [organization_id]), functools.partial(operator.le, total), 60
         )
         assert stored == total
+        # The outage is blamed on the right store and retried all along (backoff capped at 1 s over 30 s),
+        # and it turned no message into a dead letter.
+        moved = {name: value - metrics_before[name] for name, value in _writer_metrics().items()}
+        store = component.value
+        assert moved[f"{store}_unavailable"] >= 10, moved
+        assert moved[f"{store}_retries"] == moved[f"{store}_unavailable"], moved
+        assert moved["dead_letters_from_log_topic"] == 0
 
     await writer.finish()
     assert (await _usage(stack, organization_id))[0] == total

@@ -1,22 +1,46 @@
-"""OpenTelemetry context in Kafka headers: ingest injects it into each message, the writers link to it."""
+"""OpenTelemetry context in Kafka headers: ingest puts each log's own request context on its message, the
+writers continue it.
+
+One request is one trace although its log travels later and in batches: the proxy records the LLM
+span's W3C context with the log (``IngestRecord.trace_context``), ingest copies it into the message's
+headers, and a writer's batch span takes the first traced message's context as its parent and links to
+the others (the OpenTelemetry messaging conventions for batch receiving). A log without a context (the
+proxy does not trace) carries the ingest call's own context instead, as before.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 KafkaHeaders = list[tuple[str, bytes]]
 # Headers that carry the W3C trace context (the default propagator's fields).
 _TRACE_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
 MAX_LINKS = 128
+# A record's context is caller input: only W3C trace context is taken from it, and only when it parses.
+_W3C = TraceContextTextMapPropagator()
 
 
 def inject_headers(context: Context | None = None) -> KafkaHeaders:
     """Kafka headers carrying ``context`` (the current one by default); empty when nothing is traced."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=context)
+    return [(key, value.encode()) for key, value in carrier.items()]
+
+
+def record_headers(trace_context: Mapping[str, str], fallback: KafkaHeaders) -> KafkaHeaders:
+    """Kafka headers carrying a log's own request context; ``fallback`` when it carries none that is valid."""
+    if not trace_context:
+        return fallback
+    span_context = trace.get_current_span(_W3C.extract(trace_context)).get_span_context()
+    if not span_context.is_valid:
+        return fallback
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
     return [(key, value.encode()) for key, value in carrier.items()]
 
 
@@ -44,3 +68,19 @@ def links_from(headers_of_messages: Iterable[Sequence[tuple[str, bytes]] | None]
         if len(links) >= MAX_LINKS:
             break
     return links
+
+
+def batch_context(
+    headers_of_messages: Iterable[Sequence[tuple[str, bytes]] | None],
+) -> tuple[Context, list[trace.Link]]:
+    """The parent and links of a span over a batch: the first traced message's context is the parent (so a
+    lone request's log stays in its trace), and every other distinct upstream span is a link.
+
+    With no traced message at all, the parent is an empty context: the batch span starts its own trace
+    rather than joining whatever context the consuming task happens to run in.
+    """
+    links = links_from(headers_of_messages)
+    if not links:
+        return otel_context.Context(), []
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(links[0].context), otel_context.Context())
+    return parent, links[1:]

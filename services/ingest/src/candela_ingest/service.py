@@ -19,12 +19,13 @@ from opentelemetry import trace
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.logs.v1 import log_record_pb2
+from candela_ingest import metrics
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
 from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.packing import PackedObject, pack_batch
-from candela_ingest.propagation import inject_headers
+from candela_ingest.propagation import inject_headers, record_headers
 from candela_ingest.validation import BatchLimits, validate_ingest_request, validate_update_logs_request
-from candela_runtime.errors import Unavailable, Violations
+from candela_runtime.errors import InvalidArgument, Unavailable, Violations
 from candela_runtime.security import require_service_credential
 
 logger = logging.getLogger(__name__)
@@ -78,34 +79,49 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def Ingest(self, request: pb.IngestRequest, context: Context) -> pb.IngestResponse:
         require_service_credential(context, self._service_token)
         now = self._clock()
-        validate_ingest_request(request, self._limits, now)
+        try:
+            validate_ingest_request(request, self._limits, now)
+        except InvalidArgument:
+            metrics.RECORDS_REFUSED.labels(metrics.refusal_reason(request, self._limits)).inc(len(request.records))
+            raise
         await self._refuse_unknown_organizations(request)
         packed = pack_batch(request.records, now)
-        # Every message of the batch carries this call's trace context, so the writer can link to it.
-        headers = inject_headers()
+        # Each message carries its own request's trace context (see candela_ingest.propagation), so the
+        # writer continues that request's trace; a log shipped without one carries this call's context.
+        call_headers = inject_headers()
         outgoing = [
-            OutgoingMessage(key=message.record.request_id.encode(), value=message.SerializeToString(), headers=headers)
-            for message in packed.messages
+            OutgoingMessage(
+                key=message.record.request_id.encode(),
+                value=message.SerializeToString(),
+                headers=record_headers(item.trace_context, call_headers),
+            )
+            for item, message in zip(request.records, packed.messages, strict=True)
         ]
         try:
             async with asyncio.timeout(self._store_timeout_s):
                 with tracer.start_as_current_span("ingest.store_bodies") as span:
                     span.set_attribute("candela.ingest.objects", len(packed.objects))
                     span.set_attribute("candela.ingest.body_bytes", sum(len(o.data) for o in packed.objects))
-                    await self._bodies.put_objects(packed.objects)
+                    with metrics.S3_PUT_SECONDS.time():
+                        await self._bodies.put_objects(packed.objects)
                 with tracer.start_as_current_span("ingest.produce") as span:
                     span.set_attribute("messaging.destination.name", self._topic)
                     span.set_attribute("messaging.batch.message_count", len(outgoing))
-                    await self._messages.send_all(self._topic, outgoing)
+                    with metrics.KAFKA_PRODUCE_SECONDS.labels("logs").time():
+                        await self._messages.send_all(self._topic, outgoing)
         except TimeoutError as err:
+            metrics.STORE_FAILURES.labels("timeout").inc()
             logger.warning("storing a batch of %d logs took over %.1fs", len(outgoing), self._store_timeout_s)
             raise Unavailable(f"storing the batch took over {self._store_timeout_s:.1f}s; retry it") from err
         except KafkaUnavailable as err:
+            metrics.STORE_FAILURES.labels("kafka").inc()
             logger.warning("Kafka refused a batch of %d logs: %s", len(outgoing), err)
             raise Unavailable(f"the log topic is unavailable; retry the batch ({err})") from err
         except Unavailable as err:
+            metrics.STORE_FAILURES.labels("s3").inc()
             logger.warning("a batch of %d logs was not stored: %s", len(outgoing), err.message)
             raise
+        metrics.count_accepted(len(outgoing), packed.objects)
         return pb.IngestResponse(accepted_count=len(outgoing))
 
     async def _refuse_unknown_organizations(self, request: pb.IngestRequest) -> None:
@@ -119,6 +135,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         for index, item in enumerate(request.records):
             if item.record.organization_id.lower() in unknown:
                 violations.add(f"records[{index}].record.organization_id", "no such organization")
+        metrics.RECORDS_REFUSED.labels("unknown_organization").inc(len(request.records))
         violations.raise_if_any("the batch of logs is invalid")
 
     async def UpdateLogs(self, request: pb.UpdateLogsRequest, context: Context) -> pb.UpdateLogsResponse:
@@ -141,10 +158,14 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             )
         try:
             async with asyncio.timeout(self._store_timeout_s):
-                await self._messages.send_all(self._topic, outgoing)
+                with metrics.KAFKA_PRODUCE_SECONDS.labels("updates").time():
+                    await self._messages.send_all(self._topic, outgoing)
         except TimeoutError as err:
+            metrics.STORE_FAILURES.labels("timeout").inc()
             raise Unavailable(f"storing the updates took over {self._store_timeout_s:.1f}s; retry them") from err
         except KafkaUnavailable as err:
+            metrics.STORE_FAILURES.labels("kafka").inc()
             logger.warning("Kafka refused %d log updates: %s", len(outgoing), err)
             raise Unavailable(f"the log topic is unavailable; retry the updates ({err})") from err
+        metrics.UPDATES_ACCEPTED.inc(len(outgoing))
         return pb.UpdateLogsResponse(accepted_count=len(outgoing))

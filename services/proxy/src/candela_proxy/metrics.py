@@ -6,7 +6,19 @@ import functools
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("candela_proxy_requests", "Requests answered, by provider and status class.", ["provider", "status"])
+REQUESTS = Counter(
+    "candela_proxy_requests",
+    "Requests answered (refused ones too), by provider, endpoint and status class.",
+    ["provider", "endpoint", "status"],
+)
+DURATION = Histogram(
+    "candela_proxy_request_duration_seconds",
+    "From receiving a request to the last byte of its answer, by endpoint (requests that reached a provider).",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+# Endpoints get a label of their own; any other path counts as "other", so the series stay few.
+ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"})
 OVERHEAD = Histogram(
     "candela_proxy_overhead_seconds",
     "Time the proxy itself adds before the upstream call starts (auth, parsing, cache, rate limit).",
@@ -31,9 +43,19 @@ SPOOL_BYTES = Gauge("candela_proxy_spool_bytes", "Bytes in the on-disk log spool
 SPOOL_SEGMENTS = Gauge("candela_proxy_spool_segments", "Segment files in the on-disk log spool.")
 
 
+def endpoint_label(path: str) -> str:
+    """The ``endpoint`` label of a provider path."""
+    return path if path in ENDPOINTS else "other"
+
+
 @functools.cache
-def _request_counter(provider: str, status_class: str) -> Counter:
-    return REQUESTS.labels(provider, status_class)
+def _request_counter(provider: str, endpoint: str, status_class: str) -> Counter:
+    return REQUESTS.labels(provider, endpoint, status_class)
+
+
+@functools.cache
+def _duration_histogram(endpoint: str) -> Histogram:
+    return DURATION.labels(endpoint)
 
 
 @functools.cache
@@ -41,9 +63,14 @@ def _attempt_counter(status: int) -> Counter:
     return UPSTREAM_ATTEMPTS.labels(str(status) if status else "error")
 
 
-def count_request(provider: str, status: int) -> None:
+def count_request(provider: str, path: str, status: int) -> None:
     """Counts one answered request (label lookups cached: they cost more than the increment)."""
-    _request_counter(provider, f"{status // 100}xx").inc()
+    _request_counter(provider, endpoint_label(path), f"{status // 100}xx").inc()
+
+
+def observe_duration(path: str, seconds: float) -> None:
+    """Records how long one request took end to end."""
+    _duration_histogram(endpoint_label(path)).observe(seconds)
 
 
 def count_attempt(status: int) -> None:

@@ -8,6 +8,12 @@ go there too, so logs reach ingest in the order they finished. A second task rep
 first, with capped backoff, and deletes each segment once ingest has acknowledged all of it; on start it
 replays what a previous process left. Records ingest rejects as invalid are dropped singly (logged).
 Nothing is dropped silently: a full queue or a full spool is counted, logged and exported as metrics.
+
+Tracing: each record carries its request's W3C context (``IngestRecord.trace_context``, kept through the
+spool since the spool stores the records as they are). Sending a batch is one span whose parent is the
+first traced record's request and which links to the other requests (the OpenTelemetry messaging
+conventions for batches), so a request alone is one trace from the client to the writer. A batch with no
+traced record (the proxy does not trace) makes no span of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela_proxy import metrics
@@ -31,12 +40,40 @@ if TYPE_CHECKING:
     from candela.ingest.v1.ingest_service_pb2_grpc import IngestServiceAsyncStub
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("candela.proxy")
 
 _MAX_BACKOFF_S = 2.0
 _DRAIN_EVERY_S = 0.02
 _RECORD_INDEX = re.compile(r"^records\[(\d+)\]")
 # Statuses that say the batch itself is bad; resending it cannot help.
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+_W3C = TraceContextTextMapPropagator()
+# A batch span links to at most this many requests besides its parent (span links are kept in memory).
+MAX_LINKS = 128
+
+
+def batch_trace(batch: list[ingest_service_pb2.IngestRecord]) -> tuple[Context, list[trace.Link]] | None:
+    """The parent context and links of the span that ships ``batch``; None when no record is traced.
+
+    The parent is the first traced record's request, each other distinct request is a link.
+    """
+    seen: set[tuple[int, int]] = set()
+    requests: list[trace.SpanContext] = []
+    for item in batch:
+        if not item.trace_context:
+            continue
+        span_context = trace.get_current_span(_W3C.extract(item.trace_context)).get_span_context()
+        identity = (span_context.trace_id, span_context.span_id)
+        if not span_context.is_valid or identity in seen:
+            continue
+        seen.add(identity)
+        requests.append(span_context)
+        if len(requests) > MAX_LINKS:
+            break
+    if not requests:
+        return None
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(requests[0]), Context())
+    return parent, [trace.Link(span_context) for span_context in requests[1:]]
 
 
 class IngestAway(Exception):
@@ -215,7 +252,24 @@ class LogShipper:
             await asyncio.sleep(min(remaining, _DRAIN_EVERY_S))
 
     async def _send(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
-        """Sends one batch; raises :class:`IngestAway` when ingest does not acknowledge it."""
+        """Sends one batch, in the trace of its first traced request; raises :class:`IngestAway` when ingest
+        does not acknowledge it."""
+        traced = batch_trace(batch)
+        if traced is None:
+            await self._call_ingest(batch)
+            return
+        parent, links = traced
+        with tracer.start_as_current_span(
+            "send ingest",
+            context=parent,
+            kind=trace.SpanKind.PRODUCER,
+            links=links,
+            attributes={"messaging.operation.type": "send", "messaging.batch.message_count": len(batch)},
+        ):
+            await self._call_ingest(batch)
+
+    async def _call_ingest(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
+        """The Ingest call itself (in whatever span is current), dropping records ingest rejects."""
         while batch:
             try:
                 await self._stub.Ingest(

@@ -26,7 +26,8 @@ from opentelemetry import trace
 
 from candela_ingest.config import WriterConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
-from candela_ingest.propagation import links_from
+from candela_ingest.propagation import batch_context
+from candela_ingest.writer import metrics
 from candela_ingest.writer.batch import BatchAborted, BatchWriter, ConsumedMessage, RetryPolicy
 from candela_ingest.writer.bodies import S3BodyDeleter
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
@@ -303,13 +304,17 @@ class StorageWriter:
             batch = await self._next_batch(consumer, stop)
             if not batch:
                 continue
+            metrics.observe_batch(lane.topic, batch)
             if not await self._wait_for_retry_time(lane, batch, stop):
                 return
             parked_before = lane.parking.parked if lane.parking is not None else 0
+            # Parent: the first traced message's request; links: the others (candela_ingest.propagation).
+            parent, links = batch_context(message.headers for message in batch)
             with tracer.start_as_current_span(
                 "writer.batch",
+                context=parent,
                 kind=trace.SpanKind.CONSUMER,
-                links=links_from(message.headers for message in batch),
+                links=links,
                 attributes={
                     "messaging.destination.name": lane.topic,
                     "messaging.batch.message_count": len(batch),
@@ -324,6 +329,7 @@ class StorageWriter:
                     return
                 await self._commit(consumer, batch)
             if lane.parking is not None:
+                metrics.DEAD_LETTERS_RETRIED.inc(len(batch))
                 self.stats.dead_letters_retried += len(batch)
                 self.stats.parked += lane.parking.parked - parked_before
             self.stats.batches += 1
@@ -363,6 +369,7 @@ class StorageWriter:
                         key=record.key,
                         value=record.value,
                         headers=tuple(record.headers or ()),
+                        timestamp_ms=record.timestamp,
                     )
                     batch.append(message)
                     size += message.size
@@ -383,8 +390,11 @@ class StorageWriter:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as err:
             # The group moved on (or Kafka hiccuped): the new owner rewrites the batch, idempotently.
+            metrics.COMMITS_FAILED.labels(batch[0].topic).inc()
             self.stats.commits_failed += 1
             logger.warning("offsets of a stored batch were not committed (%r); it will be redelivered", err)
+        else:
+            metrics.observe_commit(batch)
 
     async def _start_consumer(self, lane: _Lane, started: list[AIOKafkaConsumer]) -> None:
         """Connects a new consumer (a failed one cannot be restarted) and appends it to ``started``."""

@@ -33,6 +33,7 @@ from opentelemetry import trace
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.rows import Row, clickhouse_row, score_rows
 from candela_ingest.validation import check_log_message
+from candela_ingest.writer import metrics
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
 from candela_runtime.errors import Violations
@@ -51,6 +52,8 @@ class ConsumedMessage:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int | None = None
+    """The Kafka timestamp (milliseconds since the epoch), when the broker kept one: the commit lag's origin."""
 
     @property
     def size(self) -> int:
@@ -222,6 +225,7 @@ class BatchWriter:
                     stored, newly_counted, dead = await self._isolate(entries, last_rejection, rejections)
             except StoreUnavailable as err:
                 unavailable += 1
+                metrics.RETRIES.labels(metrics.store_of(err)).inc()
                 await self._on_store_health(False)
                 delay = self._retry.delay(unavailable)
                 logger.warning("a store is unavailable (%s); retrying %d messages in %.1fs", err, len(entries), delay)
@@ -230,6 +234,7 @@ class BatchWriter:
                 rejections += 1
                 last_rejection = err
                 if rejections < self._retry.max_attempts:
+                    metrics.RETRIES.labels(metrics.store_of(err)).inc()
                     delay = self._retry.delay(rejections)
                     logger.warning(
                         "a store rejected a batch of %d messages (attempt %d of %d): %s; retrying in %.1fs",
@@ -285,7 +290,9 @@ class BatchWriter:
             with tracer.start_as_current_span("clickhouse.insert_scores") as span:
                 span.set_attribute("db.system", "clickhouse")
                 span.set_attribute("candela.writer.rows", len(rows))
-                await self._rows.insert_scores(rows)
+                with metrics.store_call("clickhouse"):
+                    await self._rows.insert_scores(rows)
+                metrics.ROWS_INSERTED.labels("request_scores").inc(len(rows))
         return newly_counted
 
     async def _store_logs(self, entries: Sequence[Decoded]) -> int:
@@ -300,11 +307,15 @@ class BatchWriter:
             with tracer.start_as_current_span("clickhouse.insert") as span:
                 span.set_attribute("db.system", "clickhouse")
                 span.set_attribute("candela.writer.rows", len(rows))
-                await self._rows.insert(rows)
+                with metrics.store_call("clickhouse"):
+                    await self._rows.insert(rows)
+                metrics.ROWS_INSERTED.labels("requests").inc(len(rows))
 
         with tracer.start_as_current_span("postgres.count_usage") as span:
             span.set_attribute("db.system", "postgresql")
-            outcome = await self._ledger.count([entry.log.record for entry in entries], insert_rows)
+            with metrics.store_call("postgres"):
+                outcome = await self._ledger.count([entry.log.record for entry in entries], insert_rows)
+            metrics.USAGE_COUNTED.inc(outcome.newly_counted)
             span.set_attribute("candela.writer.not_stored", len(outcome.not_stored))
             return outcome.newly_counted
 
@@ -315,6 +326,7 @@ class BatchWriter:
                 await action()
             except StoreUnavailable as err:
                 attempt += 1
+                metrics.RETRIES.labels(metrics.store_of(err)).inc()
                 delay = self._retry.delay(attempt)
                 logger.warning("the %s is unavailable (%s); retrying in %.1fs", what, err, delay)
                 await self._pause(delay, stop)

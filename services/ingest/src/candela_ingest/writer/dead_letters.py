@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage, Producer
+from candela_ingest.writer import metrics
 from candela_ingest.writer.batch import DeadLetter
 from candela_ingest.writer.errors import StoreUnavailable
 from candela_ingest.writer.postgres import classify_postgres_error
@@ -114,10 +115,12 @@ class KafkaDeadLetterSink:
             )
             for letter in letters
         ]
-        try:
-            await self._producer.send_all(self._topic, messages)
-        except KafkaUnavailable as err:
-            raise StoreUnavailable(str(err)) from err
+        with metrics.store_call("dead_letter_topic"):
+            try:
+                await self._producer.send_all(self._topic, messages)
+            except KafkaUnavailable as err:
+                raise StoreUnavailable(str(err)) from err
+        metrics.DEAD_LETTERS.labels("dlq_retry" if retries else "log_topic").inc(len(messages))
 
 
 _PARK = """
@@ -170,10 +173,13 @@ class PostgresParking:
                     previous_attempts(message.headers) + letter.attempts,
                 )
             )
-        try:
-            await self._pool.execute(_PARK, *(list(column) for column in zip(*rows, strict=True)))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
-            raise StoreUnavailable(f"cannot park dead letters: {classify_postgres_error(err)}") from err
+        with metrics.store_call("postgres"):
+            try:
+                status = await self._pool.execute(_PARK, *(list(column) for column in zip(*rows, strict=True)))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+                raise StoreUnavailable(f"cannot park dead letters: {classify_postgres_error(err)}") from err
+        # Counted from the rows really inserted ("INSERT 0 <n>"): a letter parked again on redelivery is not.
+        metrics.DEAD_LETTERS_PARKED.inc(int(status.rsplit(" ", 1)[-1]))
 
 
 class RetryingDeadLetterSink:
