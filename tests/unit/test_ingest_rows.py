@@ -13,12 +13,16 @@ import pytest
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.rows import NO_FIRST_TOKEN, REQUEST_COLUMNS, clickhouse_row, exact_cost, insert_statement
 from candela_ingest.usage import aggregate_usage, counted_request, unique_by_request_id
+from candela_ingest.validation import check_log_message
+from candela_runtime.errors import Violations
 
 pytestmark = pytest.mark.unit
 
 ORG = str(uuid.uuid4())
 CREATED = datetime(2026, 3, 7, 23, 59, 59, 654321, tzinfo=UTC)
-MIGRATION = Path(__file__).parents[2] / "infra/src/candela_stack/migrations/clickhouse/0001_requests.sql"
+MIGRATIONS = Path(__file__).parents[2] / "infra/src/candela_stack/migrations/clickhouse"
+MIGRATION = MIGRATIONS / "0001_requests.sql"
+ADDED_COLUMNS = MIGRATIONS / "0004_request_routing_and_prompt_inputs.sql"
 
 
 def _record(**fields: Any) -> log_record_pb2.LogRecord:
@@ -38,7 +42,12 @@ def test_columns_match_the_migration() -> None:
         words = line.strip().split()
         if len(words) >= 2 and not line.strip().startswith(("--", "CREATE", ")", "PARTITION", "ORDER")):
             declared.append(words[0])
-    assert list(REQUEST_COLUMNS) == declared
+    for line in ADDED_COLUMNS.read_text().splitlines():
+        words = line.strip().split()
+        if words[:2] == ["ADD", "COLUMN"]:
+            declared.append(words[2])
+    # The columns 0004 added come before `version` in a row, so `version` stays the last value.
+    assert list(REQUEST_COLUMNS) == [name for name in declared if name != "version"] + ["version"]
     assert insert_statement() == f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES"
 
 
@@ -73,6 +82,13 @@ def test_full_row_mapping() -> None:
         prompt_version="3",
         cache_hit=True,
         finish_reason="end_turn",
+        target_url="https://fallback.example/v1",
+        cost_saved_usd="0.0000000000015",
+        attempts=[
+            log_record_pb2.UpstreamAttempt(target_url="", status_code=0, error="connection refused", latency_ms=3),
+            log_record_pb2.UpstreamAttempt(target_url="https://fallback.example/v1", status_code=200, latency_ms=9),
+        ],
+        prompt_inputs={"topic": "tides", "city": "Brest"},
     )
     message = log_record_pb2.LogMessage(
         record=record,
@@ -124,6 +140,15 @@ def test_full_row_mapping() -> None:
         "response_body_offset": 30,
         "response_body_length": 40,
         "version": 1_700_000_000_000_001,
+        "target_url": "https://fallback.example/v1",
+        "cost_saved_usd": Decimal("0.000000000002"),
+        "cost_saved_known": 1,
+        "attempt_target_urls": ["", "https://fallback.example/v1"],
+        "attempt_status_codes": [0, 200],
+        "attempt_errors": ["connection refused", ""],
+        "attempt_latencies_ms": [3, 9],
+        "prompt_input_keys": ["city", "topic"],
+        "prompt_input_values": ["Brest", "tides"],
     }
 
 
@@ -137,6 +162,14 @@ def test_unset_fields_map_to_their_sentinels() -> None:
     assert (row["property_keys"], row["property_values"]) == ([], [])
     assert row["request_body_omitted"] == 1
     assert row["error"] == "client went away"
+    assert (row["target_url"], row["cost_saved_known"], row["cost_saved_usd"]) == ("", 0, Decimal(0))
+    assert (row["attempt_target_urls"], row["attempt_status_codes"], row["prompt_input_keys"]) == ([], [], [])
+
+
+def test_a_cost_saved_that_is_not_a_cost_makes_the_message_a_dead_letter() -> None:
+    violations = Violations()
+    check_log_message(violations, log_record_pb2.LogMessage(record=_record(cache_hit=True, cost_saved_usd="NaN")))
+    assert [v.field for v in violations.items] == ["record.cost_saved_usd"]
 
 
 def test_a_zero_first_token_time_is_kept() -> None:

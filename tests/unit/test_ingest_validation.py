@@ -140,9 +140,10 @@ def test_token_counts_must_fit_uint32(name: str, value: int) -> None:
     assert _fields(pb.IngestRecord(record=record)) == [f"records[0].record.usage.{name}"]
 
 
+@pytest.mark.parametrize("field", ["cost_usd", "cost_saved_usd"])
 @pytest.mark.parametrize("cost", ["", "abc", "-0.01", "NaN", "Infinity", "1000000", "1e7"])
-def test_cost_must_be_a_bounded_non_negative_decimal(cost: str) -> None:
-    assert _fields(pb.IngestRecord(record=_record(cost_usd=cost))) == ["records[0].record.cost_usd"]
+def test_costs_must_be_bounded_non_negative_decimals(field: str, cost: str) -> None:
+    assert _fields(pb.IngestRecord(record=_record(**{field: cost}))) == [f"records[0].record.{field}"]
 
 
 @pytest.mark.parametrize("cost", ["0", "0.000000000001", "12.5", "999999.999999999999", "1.5e-7"])

@@ -57,6 +57,17 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "response_body_key",
     "response_body_offset",
     "response_body_length",
+    # Added by migration 0004 (after `version` in the table; `version` stays last here, where readers of a
+    # row expect it).
+    "target_url",
+    "cost_saved_usd",
+    "cost_saved_known",
+    "attempt_target_urls",
+    "attempt_status_codes",
+    "attempt_errors",
+    "attempt_latencies_ms",
+    "prompt_input_keys",
+    "prompt_input_values",
     "version",
 )
 NO_FIRST_TOKEN = -1
@@ -92,6 +103,9 @@ def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
     property_keys = sorted(record.properties)
     request_body = _body(message.request_body, message.HasField("request_body"))
     response_body = _body(message.response_body, message.HasField("response_body"))
+    cost_saved = exact_cost(record.cost_saved_usd) if record.HasField("cost_saved_usd") else None
+    attempts = record.attempts
+    prompt_input_keys = sorted(record.prompt_inputs)
     return (
         record.organization_id,
         record.request_id,
@@ -131,6 +145,15 @@ def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
         int(record.response_body_omitted),
         *request_body,
         *response_body,
+        record.target_url,
+        cost_saved if cost_saved is not None else Decimal(0),
+        int(cost_saved is not None),
+        [attempt.target_url for attempt in attempts],
+        [attempt.status_code for attempt in attempts],
+        [attempt.error for attempt in attempts],
+        [attempt.latency_ms for attempt in attempts],
+        prompt_input_keys,
+        [record.prompt_inputs[key] for key in prompt_input_keys],
         version,
     )
 

@@ -121,11 +121,16 @@ def check_log_record(
         _check_range(violations, f"{path}.time_to_first_token_ms", record.time_to_first_token_ms, 0, INT32_MAX)
     for name in _TOKEN_FIELDS:
         _check_range(violations, f"{path}.usage.{name}", getattr(record.usage, name), 0, UINT32_MAX)
-    if record.HasField("cost_usd") and parse_cost(record.cost_usd) is None:
-        violations.add(
-            f"{path}.cost_usd",
-            f"must be a non-negative decimal below {MAX_COST_USD} (unset when unpriced), got {record.cost_usd[:64]!r}",
-        )
+    costs = {
+        "cost_usd": record.cost_usd if record.HasField("cost_usd") else None,
+        "cost_saved_usd": record.cost_saved_usd if record.HasField("cost_saved_usd") else None,
+    }
+    for name, value in costs.items():
+        if value is not None and parse_cost(value) is None:
+            violations.add(
+                f"{path}.{name}",
+                f"must be a non-negative decimal below {MAX_COST_USD} (unset when unpriced), got {value[:64]!r}",
+            )
 
 
 def validate_ingest_request(request: ingest_service_pb2.IngestRequest, limits: BatchLimits, now: datetime) -> None:

@@ -17,9 +17,11 @@ from aiohttp import web
 
 from candela.auth.v1 import auth_service_pb2_grpc
 from candela.ingest.v1 import ingest_service_pb2_grpc
+from candela.prompts.v1 import prompts_service_pb2_grpc
 from candela_proxy.cache import ResponseCache
 from candela_proxy.config import ProxyConfig
 from candela_proxy.handler import ProxyHandler
+from candela_proxy.prompting import PromptRenderer
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.redis_store import RedisStore
 from candela_proxy.shipping import LogShipper
@@ -43,11 +45,13 @@ class ProxyDeps:
     authenticator: KeyAuthenticator
     shipper: LogShipper
     redis: RedisStore
+    prompts_channel: grpc.aio.Channel | None = None
+    """None when no prompts service is configured (a named prompt is then refused with 503)."""
 
 
 @asynccontextmanager
 async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
-    """Opens the upstream HTTP pool and the channels to auth and ingest; starts the log shipper.
+    """Opens the upstream HTTP pool and the channels to auth, ingest and prompts; starts the log shipper.
 
     On exit the shipper sends what it still holds (within the grace period) before the channels close.
     """
@@ -61,6 +65,7 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
     )
     auth_channel = internal_channel(config.auth_addr)
     ingest_channel = internal_channel(config.ingest_addr)
+    prompts_channel = internal_channel(config.prompts_addr) if config.prompts_addr else None
     shipper = LogShipper(
         ingest_service_pb2_grpc.IngestServiceStub(ingest_channel),
         config.service_token,
@@ -84,10 +89,13 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
             ),
             shipper=shipper,
             redis=redis,
+            prompts_channel=prompts_channel,
         )
     finally:
         await shutdown_step("log shipper", lambda: shipper.stop(config.shutdown_grace_s), config.shutdown_grace_s + 1)
         await ingest_channel.close(None)
+        if prompts_channel is not None:
+            await prompts_channel.close(None)
         await auth_channel.close(None)
         await session.close()
         await redis.close()
@@ -105,6 +113,7 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
         deps.shipper,
         cache=ResponseCache(deps.redis),
         limiter=RateLimiter(deps.redis),
+        prompts=_prompt_renderer(config, deps),
         tracing=tracing,
     )
     app = web.Application(client_max_size=config.max_body_bytes + 1)
@@ -133,6 +142,13 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
+
+
+def _prompt_renderer(config: ProxyConfig, deps: ProxyDeps) -> PromptRenderer | None:
+    if deps.prompts_channel is None:
+        return None
+    stub = prompts_service_pb2_grpc.PromptsServiceStub(deps.prompts_channel)
+    return PromptRenderer(stub, config.service_token, config.prompts_timeout_s)
 
 
 async def main() -> None:

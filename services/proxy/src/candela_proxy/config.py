@@ -15,6 +15,10 @@ class ProxyConfig:
     service_token: str = env_field("Shared secret that authenticates internal calls between services.")
     auth_addr: str = env_field("host:port of the auth service, which resolves Candela keys.")
     ingest_addr: str = env_field("host:port of the ingest service, which receives the logs.")
+    prompts_addr: str = env_field(
+        "host:port of the prompts service, which renders named prompts; empty: a named prompt gets 503.", ""
+    )
+    prompts_timeout_s: float = env_field("Seconds the prompts service gets to render a named prompt.", 2.0)
     http_host: str = env_field("Address the HTTP server binds.", "127.0.0.1")
     http_port: int = env_field("Port the HTTP server binds.", 8080)
     openai_base_url: str = env_field(

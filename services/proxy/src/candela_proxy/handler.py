@@ -28,11 +28,12 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 from opentelemetry import propagate, trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics, pricing
+from candela_proxy import metrics, pricing, prompting
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
 from candela_proxy.headers import CandelaHeaders, HeaderError, RetryPolicy, bearer_secret, parse_candela_headers
@@ -45,6 +46,8 @@ from candela_runtime.security import KeyAuthenticator
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("candela.proxy")
+_W3C = TraceContextTextMapPropagator()
+_UNIT_NAMES = {"request": "requests", "cents": "cents"}
 
 # Headers that describe one connection, not the message; never forwarded either way.
 _HOP_BY_HOP = frozenset(
@@ -137,6 +140,7 @@ class ProxyHandler:
         cache: ResponseCache | None = None,
         limiter: RateLimiter | None = None,
         tracing: bool = True,
+        prompts: prompting.PromptRenderer | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -144,6 +148,7 @@ class ProxyHandler:
         self._shipper = shipper
         self._cache = cache
         self._limiter = limiter
+        self._prompts = prompts
         self._background: set[asyncio.Task[None]] = set()
         # Spans cost ~50 us a request; without an exporter nobody sees them, so none are made (the client's
         # traceparent still reaches the provider, as every other header does).
@@ -161,6 +166,7 @@ class ProxyHandler:
         )
         if route is None:
             provider = Provider.ANTHROPIC if request.path.startswith("/anthropic") else Provider.OPENAI
+            metrics.count_request(provider.value, "", 404)
             return _error_response(
                 provider,
                 ProxyError(
@@ -170,35 +176,42 @@ class ProxyHandler:
                 ),
                 None,
             )
+        if not self._tracing:
+            return await self._admit_and_serve(request, route, None)
+        # The span opens before admission, so the key check (AuthService.Authenticate) is part of it; it is
+        # renamed "<operation> <model>" (GenAI conventions) once the body says which model. Only the W3C trace
+        # context is taken from the client: its baggage does not ride along into the internal calls.
+        with tracer.start_as_current_span(
+            f"{_operation(route.provider_path)} {route.provider_path}",
+            context=_W3C.extract(request.headers),
+            kind=trace.SpanKind.CLIENT,
+        ) as span:
+            return await self._admit_and_serve(request, route, span)
+
+    async def _admit_and_serve(self, request: web.Request, route: Route, span: trace.Span | None) -> web.StreamResponse:
+        """Admits, serves and logs one request; ``span`` (when tracing) is the LLM span to annotate."""
         try:
             exchange = await self._admit(request, route)
         except ProxyError as err:
+            metrics.count_request(route.provider.value, route.provider_path, err.status)
+            if span is not None:
+                span.set_attribute("http.response.status_code", err.status)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, err.code))
             return _error_response(route.provider, err, None)
         except ConnectionResetError:
             # The client left before its request arrived whole: nothing reached a provider, nothing to log.
             return web.Response(status=400)
-        if not self._tracing:
-            try:
-                return await self._serve(request, exchange)
-            except asyncio.CancelledError:
-                exchange.error = exchange.error or "client disconnected"
-                raise
-            finally:
-                self._finish(exchange)
-        with tracer.start_as_current_span(
-            f"chat {exchange.model}" if exchange.model else f"llm {route.provider_path}",
-            context=propagate.extract(request.headers),
-            kind=trace.SpanKind.CLIENT,
-        ) as span:
-            try:
-                return await self._serve(request, exchange)
-            except asyncio.CancelledError:
-                exchange.error = exchange.error or "client disconnected"
-                raise
-            finally:
-                record = self._finish(exchange)
-                if span.is_recording():
-                    _annotate_span(span, record)
+        if span is not None and exchange.model:
+            span.update_name(f"{_operation(route.provider_path)} {exchange.model}")
+        try:
+            return await self._serve(request, exchange)
+        except asyncio.CancelledError:
+            exchange.error = exchange.error or "client disconnected"
+            raise
+        finally:
+            record = self._finish(exchange)
+            if span is not None and span.is_recording():
+                _annotate_span(span, record)
 
     async def _admit(self, request: web.Request, route: Route) -> Exchange:
         """Checks the Candela key, the headers and the body before anything goes upstream."""
@@ -249,6 +262,8 @@ class ProxyHandler:
             except orjson.JSONDecodeError:
                 raise ProxyError(400, "the request body is not valid JSON", "invalid_json") from None
             if isinstance(document, dict):
+                if prompting.names_prompt(options, document):
+                    document = await self._render_prompt(exchange, document)
                 exchange.document = document
                 model = document.get("model")
                 exchange.model = model if isinstance(model, str) else ""
@@ -258,7 +273,26 @@ class ProxyHandler:
             raise ProxyError(
                 400, "Candela-Fallbacks bodyKeyOverride needs a JSON object body", "invalid_candela_header"
             )
+        if exchange.document is None and prompting.names_prompt(options, None):
+            raise ProxyError(
+                400, "a named prompt is rendered into a JSON object request body", "invalid_prompt_request"
+            )
         return exchange
+
+    async def _render_prompt(self, exchange: Exchange, document: dict[str, Any]) -> dict[str, Any]:
+        """Renders the named prompt into the body sent upstream (and logged); the log gets its version."""
+        try:
+            if self._prompts is None:
+                raise prompting.unavailable()
+            named = prompting.prompt_request(exchange.options, document)
+            rendered = await self._prompts.render(exchange.route, exchange.organization_id, named)
+        except prompting.PromptError as err:
+            raise ProxyError(err.status, err.message, err.code) from None
+        options = exchange.options
+        options.prompt_id, options.prompt_version = rendered.prompt_id, str(rendered.version)
+        options.prompt_environment, options.prompt_inputs = named.environment, rendered.inputs
+        exchange.request_body = orjson.dumps(rendered.document)
+        return rendered.document
 
     @staticmethod
     def _inject_stream_usage(exchange: Exchange, document: dict[str, Any]) -> None:
@@ -316,7 +350,8 @@ class ProxyHandler:
         headers = {**decision.headers(), "Retry-After": str(decision.reset_s)}
         err = ProxyError(
             429,
-            f"Candela rate limit exceeded: {decision.limit} {decision.policy.unit}s per {decision.policy.window_s}s"
+            f"Candela rate limit exceeded: {decision.limit} {_UNIT_NAMES[decision.policy.unit]} per"
+            f" {decision.policy.window_s}s"
             f" (policy {decision.policy.header_value}); retry after {decision.reset_s}s",
             "candela_rate_limited",
             headers,
@@ -529,8 +564,9 @@ class ProxyHandler:
             session_path=options.session_path,
             session_name=options.session_name,
             properties=options.properties,
-            prompt_id=options.prompt_id,
+            prompt_id=options.prompt_id or options.prompt_tag,
             prompt_version=options.prompt_version,
+            prompt_inputs=options.prompt_inputs,
             cache_hit=exchange.cache_hit,
             request_body_omitted=options.omit_request,
             response_body_omitted=options.omit_response,
@@ -559,9 +595,12 @@ class ProxyHandler:
                 record=record,
                 request_body=b"" if options.omit_request else exchange.request_body,
                 response_body=b"" if options.omit_response else response_body,
+                # None (not {}) when not tracing: an empty map costs ~1 us a request to build.
+                trace_context=_request_trace_context() if self._tracing else None,
             )
         )
-        metrics.count_request(provider if not target else "custom", exchange.status)
+        metrics.count_request(provider if not target else "custom", exchange.route.provider_path, exchange.status)
+        metrics.observe_duration(exchange.route.provider_path, finished - exchange.started)
         self._after(exchange, response_body, cost)
         return record
 
@@ -676,6 +715,16 @@ def _annotate_span(span: trace.Span, record: log_record_pb2.LogRecord) -> None:
         span.set_attribute("gen_ai.response.finish_reasons", [record.finish_reason])
     if record.status_code >= 400 or record.error:
         span.set_status(trace.Status(trace.StatusCode.ERROR, record.error or str(record.status_code)))
+
+
+def _request_trace_context() -> dict[str, str]:
+    """The W3C context (traceparent, tracestate) of the current span, the LLM span, for the log to carry.
+
+    Only trace context is taken, never baggage: whatever a client put in its baggage stays out of the log.
+    """
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier
 
 
 def _operation(path: str) -> str:

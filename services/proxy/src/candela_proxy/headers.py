@@ -20,6 +20,11 @@ MAX_VALUE_LENGTH = 1024
 # Fallback lists carry headers and body overrides, so they get more room than other values.
 MAX_FALLBACKS_LENGTH = 16 * 1024
 MAX_FALLBACKS = 8
+# Prompt inputs are whole variable values (documents, transcripts), so they get the fallbacks' room too.
+MAX_PROMPT_INPUTS_LENGTH = MAX_FALLBACKS_LENGTH
+# Prompt versions are int32 in PromptsService.
+MAX_PROMPT_VERSION = 2**31 - 1
+_LONG_VALUES = {"fallbacks": MAX_FALLBACKS_LENGTH, "prompt-inputs": MAX_PROMPT_INPUTS_LENGTH}
 MAX_RETRIES = 10
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age=(\d+)")
 # Statuses that make the next fallback run when an entry names none (rate limits and server errors).
@@ -41,7 +46,14 @@ class CandelaHeaders:
     session_path: str = ""
     session_name: str = ""
     prompt_id: str = ""
+    # Helicone-Prompt-Id alone only tags the request, as it does in Helicone (a migrating user's tags keep
+    # working); it names the prompt to render when a version, environment or inputs are given with it.
+    prompt_tag: str = ""
+    # A version number (digits) when given; after rendering, the version that was rendered.
     prompt_version: str = ""
+    prompt_environment: str = ""
+    # Candela-Prompt-Inputs; None when the header is absent (the body may still carry `inputs`).
+    prompt_inputs: dict[str, str] | None = None
     omit_request: bool = False
     omit_response: bool = False
     properties: dict[str, str] = field(default_factory=dict)
@@ -220,6 +232,25 @@ def parse_fallbacks(raw_name: str, value: str) -> tuple[Fallback, ...]:
     return tuple(fallbacks)
 
 
+def parse_prompt_inputs(raw_name: str, value: str) -> dict[str, str]:
+    """A JSON object of variable name -> string value (numbers are not coerced: the template holds text)."""
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise HeaderError(f"header {raw_name} is not valid JSON") from None
+    return prompt_inputs_object(f"header {raw_name}", document)
+
+
+def prompt_inputs_object(where: str, document: Any) -> dict[str, str]:
+    """Checks that ``document`` (from a header or the body) maps variable names to strings."""
+    if not isinstance(document, dict):
+        raise HeaderError(f"{where} must be a JSON object of variable name -> string value")
+    for name, item in document.items():
+        if not isinstance(item, str):
+            raise HeaderError(f"{where}: the value of {name!r} must be a string, got {type(item).__name__}")
+    return document
+
+
 def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
     """Reads every ``Candela-*`` / ``Helicone-*`` header; raises :class:`HeaderError` on bad input."""
     parsed = CandelaHeaders()
@@ -229,8 +260,9 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
         if not name.startswith(_PREFIXES):
             continue
         option = name.split("-", 1)[1]
-        if len(value) > (MAX_FALLBACKS_LENGTH if option == "fallbacks" else MAX_VALUE_LENGTH):
-            raise HeaderError(f"header {raw_name} is longer than {MAX_VALUE_LENGTH} characters")
+        limit = _LONG_VALUES.get(option, MAX_VALUE_LENGTH)
+        if len(value) > limit:
+            raise HeaderError(f"header {raw_name} is longer than {limit} characters")
         if option.startswith(_PROPERTY):
             # Header names are case-insensitive and proxies (Envoy among them) lowercase them, so property
             # names are lowercase by definition: one name, however the client spelled it.
@@ -256,9 +288,16 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
         elif option == "session-name":
             parsed.session_name = value
         elif option == "prompt-id":
-            parsed.prompt_id = value
+            if name.startswith("helicone-"):
+                parsed.prompt_tag = value
+            else:
+                parsed.prompt_id = value
         elif option == "prompt-version":
-            parsed.prompt_version = value
+            parsed.prompt_version = str(_positive_int(raw_name, value, upper=MAX_PROMPT_VERSION))
+        elif option == "prompt-environment":
+            parsed.prompt_environment = value.strip()
+        elif option == "prompt-inputs":
+            parsed.prompt_inputs = parse_prompt_inputs(raw_name, value)
         elif option == "omit-request":
             parsed.omit_request = value.strip().lower() in _TRUE
         elif option == "omit-response":

@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from candela.logs.v1 import log_record_pb2 as candela_dot_logs_dot_v1_dot_log__record__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&candela/ingest/v1/ingest_service.proto\x12\x11\x63\x61ndela.ingest.v1\x1a candela/logs/v1/log_record.proto\"g\n\x0cIngestRecord\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12\x14\n\x0crequest_body\x18\x02 \x01(\x0c\x12\x15\n\rresponse_body\x18\x03 \x01(\x0c\"A\n\rIngestRequest\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.candela.ingest.v1.IngestRecord\"(\n\x0eIngestResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\"@\n\x11UpdateLogsRequest\x12+\n\x07updates\x18\x01 \x03(\x0b\x32\x1a.candela.logs.v1.LogUpdate\",\n\x12UpdateLogsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x32\xb9\x01\n\rIngestService\x12M\n\x06Ingest\x12 .candela.ingest.v1.IngestRequest\x1a!.candela.ingest.v1.IngestResponse\x12Y\n\nUpdateLogs\x12$.candela.ingest.v1.UpdateLogsRequest\x1a%.candela.ingest.v1.UpdateLogsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&candela/ingest/v1/ingest_service.proto\x12\x11\x63\x61ndela.ingest.v1\x1a candela/logs/v1/log_record.proto\"\xe6\x01\n\x0cIngestRecord\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12\x14\n\x0crequest_body\x18\x02 \x01(\x0c\x12\x15\n\rresponse_body\x18\x03 \x01(\x0c\x12H\n\rtrace_context\x18\x04 \x03(\x0b\x32\x31.candela.ingest.v1.IngestRecord.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\rIngestRequest\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.candela.ingest.v1.IngestRecord\"(\n\x0eIngestResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\"@\n\x11UpdateLogsRequest\x12+\n\x07updates\x18\x01 \x03(\x0b\x32\x1a.candela.logs.v1.LogUpdate\",\n\x12UpdateLogsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x32\xb9\x01\n\rIngestService\x12M\n\x06Ingest\x12 .candela.ingest.v1.IngestRequest\x1a!.candela.ingest.v1.IngestResponse\x12Y\n\nUpdateLogs\x12$.candela.ingest.v1.UpdateLogsRequest\x1a%.candela.ingest.v1.UpdateLogsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'candela.ingest.v1.ingest_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INGESTRECORD']._serialized_start=95
-  _globals['_INGESTRECORD']._serialized_end=198
-  _globals['_INGESTREQUEST']._serialized_start=200
-  _globals['_INGESTREQUEST']._serialized_end=265
-  _globals['_INGESTRESPONSE']._serialized_start=267
-  _globals['_INGESTRESPONSE']._serialized_end=307
-  _globals['_UPDATELOGSREQUEST']._serialized_start=309
-  _globals['_UPDATELOGSREQUEST']._serialized_end=373
-  _globals['_UPDATELOGSRESPONSE']._serialized_start=375
-  _globals['_UPDATELOGSRESPONSE']._serialized_end=419
-  _globals['_INGESTSERVICE']._serialized_start=422
-  _globals['_INGESTSERVICE']._serialized_end=607
+  _globals['_INGESTRECORD_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_INGESTRECORD_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_INGESTRECORD']._serialized_start=96
+  _globals['_INGESTRECORD']._serialized_end=326
+  _globals['_INGESTRECORD_TRACECONTEXTENTRY']._serialized_start=275
+  _globals['_INGESTRECORD_TRACECONTEXTENTRY']._serialized_end=326
+  _globals['_INGESTREQUEST']._serialized_start=328
+  _globals['_INGESTREQUEST']._serialized_end=393
+  _globals['_INGESTRESPONSE']._serialized_start=395
+  _globals['_INGESTRESPONSE']._serialized_end=435
+  _globals['_UPDATELOGSREQUEST']._serialized_start=437
+  _globals['_UPDATELOGSREQUEST']._serialized_end=501
+  _globals['_UPDATELOGSRESPONSE']._serialized_start=503
+  _globals['_UPDATELOGSRESPONSE']._serialized_end=547
+  _globals['_INGESTSERVICE']._serialized_start=550
+  _globals['_INGESTSERVICE']._serialized_end=735
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n candela/logs/v1/log_record.proto\x12\x0f\x63\x61ndela.logs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x04 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x05 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x06 \x01(\x03\x12\x1b\n\x13\x61udio_prompt_tokens\x18\x07 \x01(\x03\x12\x1f\n\x17\x61udio_completion_tokens\x18\x08 \x01(\x03\"\xeb\x06\n\tLogRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x16\n\x0eresponse_model\x18\x07 \x01(\t\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x13\n\x0bstatus_code\x18\t \x01(\x05\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x10\n\x08streamed\x18\x0b \x01(\x08\x12\x12\n\nlatency_ms\x18\x0c \x01(\x03\x12#\n\x16time_to_first_token_ms\x18\r \x01(\x03H\x00\x88\x01\x01\x12*\n\x05usage\x18\x0e \x01(\x0b\x32\x1b.candela.logs.v1.TokenUsage\x12\x15\n\x08\x63ost_usd\x18\x0f \x01(\tH\x01\x88\x01\x01\x12\x0f\n\x07user_id\x18\x10 \x01(\t\x12\x12\n\nsession_id\x18\x11 \x01(\t\x12\x14\n\x0csession_path\x18\x12 \x01(\t\x12\x14\n\x0csession_name\x18\x13 \x01(\t\x12>\n\nproperties\x18\x14 \x03(\x0b\x32*.candela.logs.v1.LogRecord.PropertiesEntry\x12\x11\n\tprompt_id\x18\x15 \x01(\t\x12\x16\n\x0eprompt_version\x18\x16 \x01(\t\x12\x11\n\tcache_hit\x18\x17 \x01(\x08\x12\x1c\n\x14request_body_omitted\x18\x18 \x01(\x08\x12\x1d\n\x15response_body_omitted\x18\x19 \x01(\x08\x12\x15\n\rfinish_reason\x18\x1a \x01(\t\x12\x12\n\ntarget_url\x18\x1b \x01(\t\x12\x1b\n\x0e\x63ost_saved_usd\x18\x1c \x01(\tH\x02\x88\x01\x01\x12\x32\n\x08\x61ttempts\x18\x1d \x03(\x0b\x32 .candela.logs.v1.UpstreamAttempt\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x19\n\x17_time_to_first_token_msB\x0b\n\t_cost_usdB\x11\n\x0f_cost_saved_usd\"]\n\x0fUpstreamAttempt\x12\x12\n\ntarget_url\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x03\"=\n\x07\x42odyRef\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"\xf6\x01\n\nLogMessage\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12.\n\x0crequest_body\x18\x02 \x01(\x0b\x32\x18.candela.logs.v1.BodyRef\x12/\n\rresponse_body\x18\x03 \x01(\x0b\x32\x18.candela.logs.v1.BodyRef\x12/\n\x0bingested_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06update\x18\x64 \x01(\x0b\x32\x1a.candela.logs.v1.LogUpdate\"\xf3\x01\n\tLogUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06scores\x18\x04 \x03(\x0b\x32&.candela.logs.v1.LogUpdate.ScoresEntry\x12\x15\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x08H\x00\x88\x01\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_feedbackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n candela/logs/v1/log_record.proto\x12\x0f\x63\x61ndela.logs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x04 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x05 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x06 \x01(\x03\x12\x1b\n\x13\x61udio_prompt_tokens\x18\x07 \x01(\x03\x12\x1f\n\x17\x61udio_completion_tokens\x18\x08 \x01(\x03\"\xe5\x07\n\tLogRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x16\n\x0eresponse_model\x18\x07 \x01(\t\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x13\n\x0bstatus_code\x18\t \x01(\x05\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x10\n\x08streamed\x18\x0b \x01(\x08\x12\x12\n\nlatency_ms\x18\x0c \x01(\x03\x12#\n\x16time_to_first_token_ms\x18\r \x01(\x03H\x00\x88\x01\x01\x12*\n\x05usage\x18\x0e \x01(\x0b\x32\x1b.candela.logs.v1.TokenUsage\x12\x15\n\x08\x63ost_usd\x18\x0f \x01(\tH\x01\x88\x01\x01\x12\x0f\n\x07user_id\x18\x10 \x01(\t\x12\x12\n\nsession_id\x18\x11 \x01(\t\x12\x14\n\x0csession_path\x18\x12 \x01(\t\x12\x14\n\x0csession_name\x18\x13 \x01(\t\x12>\n\nproperties\x18\x14 \x03(\x0b\x32*.candela.logs.v1.LogRecord.PropertiesEntry\x12\x11\n\tprompt_id\x18\x15 \x01(\t\x12\x16\n\x0eprompt_version\x18\x16 \x01(\t\x12\x11\n\tcache_hit\x18\x17 \x01(\x08\x12\x1c\n\x14request_body_omitted\x18\x18 \x01(\x08\x12\x1d\n\x15response_body_omitted\x18\x19 \x01(\x08\x12\x15\n\rfinish_reason\x18\x1a \x01(\t\x12\x12\n\ntarget_url\x18\x1b \x01(\t\x12\x1b\n\x0e\x63ost_saved_usd\x18\x1c \x01(\tH\x02\x88\x01\x01\x12\x32\n\x08\x61ttempts\x18\x1d \x03(\x0b\x32 .candela.logs.v1.UpstreamAttempt\x12\x43\n\rprompt_inputs\x18\x1e \x03(\x0b\x32,.candela.logs.v1.LogRecord.PromptInputsEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11PromptInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x19\n\x17_time_to_first_token_msB\x0b\n\t_cost_usdB\x11\n\x0f_cost_saved_usd\"]\n\x0fUpstreamAttempt\x12\x12\n\ntarget_url\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x03\"=\n\x07\x42odyRef\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"\xf6\x01\n\nLogMessage\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.candela.logs.v1.LogRecord\x12.\n\x0crequest_body\x18\x02 \x01(\x0b\x32\x18.candela.logs.v1.BodyRef\x12/\n\rresponse_body\x18\x03 \x01(\x0b\x32\x18.candela.logs.v1.BodyRef\x12/\n\x0bingested_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06update\x18\x64 \x01(\x0b\x32\x1a.candela.logs.v1.LogUpdate\"\xf3\x01\n\tLogUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06scores\x18\x04 \x03(\x0b\x32&.candela.logs.v1.LogUpdate.ScoresEntry\x12\x15\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x08H\x00\x88\x01\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_feedbackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOGRECORD_PROPERTIESENTRY']._loaded_options = None
   _globals['_LOGRECORD_PROPERTIESENTRY']._serialized_options = b'8\001'
+  _globals['_LOGRECORD_PROMPTINPUTSENTRY']._loaded_options = None
+  _globals['_LOGRECORD_PROMPTINPUTSENTRY']._serialized_options = b'8\001'
   _globals['_LOGUPDATE_SCORESENTRY']._loaded_options = None
   _globals['_LOGUPDATE_SCORESENTRY']._serialized_options = b'8\001'
   _globals['_TOKENUSAGE']._serialized_start=87
   _globals['_TOKENUSAGE']._serialized_end=314
   _globals['_LOGRECORD']._serialized_start=317
-  _globals['_LOGRECORD']._serialized_end=1192
-  _globals['_LOGRECORD_PROPERTIESENTRY']._serialized_start=1084
-  _globals['_LOGRECORD_PROPERTIESENTRY']._serialized_end=1133
-  _globals['_UPSTREAMATTEMPT']._serialized_start=1194
-  _globals['_UPSTREAMATTEMPT']._serialized_end=1287
-  _globals['_BODYREF']._serialized_start=1289
-  _globals['_BODYREF']._serialized_end=1350
-  _globals['_LOGMESSAGE']._serialized_start=1353
-  _globals['_LOGMESSAGE']._serialized_end=1599
-  _globals['_LOGUPDATE']._serialized_start=1602
-  _globals['_LOGUPDATE']._serialized_end=1845
-  _globals['_LOGUPDATE_SCORESENTRY']._serialized_start=1787
-  _globals['_LOGUPDATE_SCORESENTRY']._serialized_end=1832
+  _globals['_LOGRECORD']._serialized_end=1314
+  _globals['_LOGRECORD_PROPERTIESENTRY']._serialized_start=1153
+  _globals['_LOGRECORD_PROPERTIESENTRY']._serialized_end=1202
+  _globals['_LOGRECORD_PROMPTINPUTSENTRY']._serialized_start=1204
+  _globals['_LOGRECORD_PROMPTINPUTSENTRY']._serialized_end=1255
+  _globals['_UPSTREAMATTEMPT']._serialized_start=1316
+  _globals['_UPSTREAMATTEMPT']._serialized_end=1409
+  _globals['_BODYREF']._serialized_start=1411
+  _globals['_BODYREF']._serialized_end=1472
+  _globals['_LOGMESSAGE']._serialized_start=1475
+  _globals['_LOGMESSAGE']._serialized_end=1721
+  _globals['_LOGUPDATE']._serialized_start=1724
+  _globals['_LOGUPDATE']._serialized_end=1967
+  _globals['_LOGUPDATE_SCORESENTRY']._serialized_start=1909
+  _globals['_LOGUPDATE_SCORESENTRY']._serialized_end=1954
 # @@protoc_insertion_point(module_scope)

@@ -151,12 +151,13 @@ class FilterCondition(_message.Message):
     """model, provider, response_model, path, status_code, error, finish_reason, user_id, api_key_id,
     session_id, session_path, session_name, prompt_id, prompt_version, request_id, latency_ms,
     time_to_first_token_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, created_at,
-    cache_hit, streamed, priced, property (with `property_key`).
+    cache_hit, streamed, priced, property (with `property_key`), prompt_input (with `property_key` naming
+    the template variable).
     """
     operator: _builtins.str
     """equals, not_equals, contains, like, ilike (text); equals, not_equals, gt, gte, lt, lte (numbers, time)."""
     property_key: _builtins.str
-    """The property's name when `field` is "property"."""
+    """The property's name when `field` is "property"; the prompt variable's name when it is "prompt_input"."""
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
         """A string for text fields, created_at (RFC 3339) and cost_usd (exact decimal); a number for
