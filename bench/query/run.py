@@ -7,11 +7,11 @@ users per organization, properties, prompts, sessions of ~20 requests, 90 days),
 objects in S3 for the detail query, then times each query through the real gRPC API (with auth) and the
 same store call in-process (no gRPC, no auth) to show where the time goes.
 
-    uv run python bench/query/run.py [--rows 10000000] [--runs 100] [--chdb]
+    uv run python bench/query/run.py [--rows 10000000] [--runs 100] [--rounds 3] [--chdb]
 
 With --chdb the same store queries also run on modern ClickHouse in-process (chDB), same generated data.
 
-Nothing is written to the repository: data lives in a temp dir removed at the end.
+Data lives in a temp dir removed at the end; the figures go to bench/results/query-<UTC time>.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -283,7 +284,8 @@ class Queries:
         params = Params()
         where = f"{time_bound('>=', start * 1_000_000, params)} AND {time_bound('<', end * 1_000_000, params)}"
         groups = ["model", "intDiv(toUInt32(created_at), 86400) * 86400"]
-        await (store or self.store).metrics(self.org, where, params.values, groups, 10_000)
+        span = (start * 1_000_000, end * 1_000_000)
+        await (store or self.store).metrics(self.org, where, params.values, groups, 10_000, span=span)
 
     async def session_grpc(self) -> None:
         session_id = self.rng.choice(self.session_ids)
@@ -303,7 +305,8 @@ class Queries:
         start, end = self._range(30)
         params = Params()
         where = f"{time_bound('>=', start * 1_000_000, params)} AND {time_bound('<', end * 1_000_000, params)}"
-        await (store or self.store).metrics(self.org, where, params.values, ["user_id"], 100, order="count")
+        span = (start * 1_000_000, end * 1_000_000)
+        await (store or self.store).metrics(self.org, where, params.values, ["user_id"], 100, order="count", span=span)
 
     async def detail_grpc(self) -> None:
         request_id = self.rng.choice(self.detail_ids)
@@ -327,13 +330,28 @@ async def timed(call: Callable[[], Awaitable[None]], runs: int, warmup: int = 3)
     return statistics.median(samples), samples[min(len(samples) - 1, int(0.99 * len(samples)))]
 
 
-async def measure(stack: Stack, key: str, org: str, end: int, detail_ids: list[str], runs: int) -> None:
+def load_text() -> str:
+    """The machine's 1-minute load average (others share these 2 cores: say how busy it was)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+async def measure(
+    stack: Stack, key: str, org: str, end: int, detail_ids: list[str], runs: int, rounds: int
+) -> list[str]:
+    """Each query ``rounds`` times (``runs`` calls each): the median and the best round's p50, and the
+    median round's p99, through gRPC; the store alone; the store with no duplicate handling at all
+    (neither FINAL nor proofs: what the duplicate handling costs). Returns the report's table lines."""
     reader = ClickHouseReader(stack.clickhouse_host, stack.clickhouse_port, stack.clickhouse_database, 2)
     session_rows = await reader.fetch(
         "SELECT session_id FROM request_sessions WHERE organization_id = toUUID(%(org)s)"
         " GROUP BY session_id ORDER BY cityHash64(session_id) LIMIT 500",
         {"org": org},
     )
+    lines = [
+        "| query | target p50 | gRPC p50 (median of rounds) | gRPC p50 (best round) | gRPC p99 | store p50 "
+        "| no dedup p50 | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     async with grpc.aio.insecure_channel(stack.query_addr) as channel:
         queries = Queries(
             query_service_pb2_grpc.QueryServiceStub(channel),
@@ -344,7 +362,7 @@ async def measure(stack: Stack, key: str, org: str, end: int, detail_ids: list[s
             [str(row[0]) for row in session_rows],
             detail_ids,
         )
-        no_final = RequestStore(reader, final=False)
+        no_dedup = RequestStore(reader, final=False)
         cases: list[tuple[str, str, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]], Any]] = [
             (
                 "filtered page (org + 7 days + model + property)",
@@ -377,20 +395,46 @@ async def measure(stack: Stack, key: str, org: str, end: int, detail_ids: list[s
             ),
         ]
         print()
-        print(f"{'query':<48} {'target':>7} {'gRPC p50':>9} {'p99':>8} {'store p50':>10} {'no FINAL p50':>13}")
+        print(lines[0])
         for name, target, through_grpc, in_process, store_call in cases:
-            grpc_p50, grpc_p99 = await timed(through_grpc, runs)
+            grpc_rounds = [await timed(through_grpc, runs) for _ in range(rounds)]
             store_p50, _ = await timed(in_process, runs)
-            plain_p50, _ = await timed(functools.partial(store_call, no_final), max(10, runs // 4))
-            print(
-                f"{name:<48} {target:>7} {grpc_p50:>8.1f} {grpc_p99:>8.1f} {store_p50:>10.1f} {plain_p50:>13.1f}",
-                flush=True,
+            plain_p50, _ = await timed(functools.partial(store_call, no_dedup), max(10, runs // 4))
+            p50s = sorted(p50 for p50, _ in grpc_rounds)
+            p99 = statistics.median(p99 for _, p99 in grpc_rounds)
+            line = (
+                f"| {name} | {target} | {statistics.median(p50s):.1f} | {p50s[0]:.1f} | {p99:.1f} | {store_p50:.1f}"
+                f" | {plain_p50:.1f} | {load_text()} |"
             )
-        print(
-            "(milliseconds; store = the same query in-process without gRPC/auth, bodies not read;"
-            " no FINAL = store without FINAL)"
-        )
+            lines.append(line)
+            print(line, flush=True)
     reader.close()
+    return lines
+
+
+def write_report(rows: int, runs: int, rounds: int, setup: list[str], table: list[str], load_before: str) -> Path:
+    """bench/results/query-<UTC time>.md with the setup and the table."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = Path(__file__).resolve().parents[1] / "results" / f"query-{stamp}.md"
+    text = [
+        f"# Query latency on {rows:,} rows (ClickHouse 18.16, bench/query/run.py)",
+        "",
+        f"`uv run python bench/query/run.py --rows {rows} --runs {runs} --rounds {rounds}`, {time.ctime()} UTC,"
+        f" {os.cpu_count()} cores shared with other work; 1-minute load average {load_before} before measuring.",
+        "",
+        *[f"- {line}" for line in setup],
+        "",
+        *table,
+        "",
+        "Milliseconds. gRPC = through the real QueryService with auth (detail includes the two S3 ranged GETs);"
+        f" each round is {runs} sequential calls after 3 warm-up calls; p50 is given as the median and the best"
+        " of the rounds, p99 as the median round's. store = the same query in-process (no gRPC, no auth, no"
+        " bodies). no dedup = the store with neither FINAL nor copy proofs: not exact under redelivered"
+        " copies, shown only to price the duplicate handling.",
+        "",
+    ]
+    path.write_text("\n".join(text))
+    return path
 
 
 class ChdbStore:
@@ -466,6 +510,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --runs calls per query (median and best)")
     parser.add_argument("--chdb", action="store_true", help="also run the store queries on chDB (modern ClickHouse)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="candela-bench-query-") as tmp:
@@ -505,12 +550,16 @@ def main() -> None:
             size = client.execute("SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND table = 'requests'")[0][
                 0
             ]
-            print(
+            setup = [
                 f"{total:,} rows ({main_rows:,} in the measured organization), {size / 2**30:.2f} GiB on disk,"
-                f" generated in {seconds:.0f} s ({total / seconds:,.0f} rows/s)"
-            )
+                f" generated in {seconds:.0f} s ({total / seconds:,.0f} rows/s)",
+                f"{parts} active parts after background merges settled",
+            ]
+            print(setup[0])
             client.disconnect()
-            asyncio.run(measure(stack, admin.api_key, org, end, detail_ids, args.runs))
+            load_before = load_text()
+            table = asyncio.run(measure(stack, admin.api_key, org, end, detail_ids, args.runs, args.rounds))
+            print(f"report: {write_report(args.rows, args.runs, args.rounds, setup, table, load_before)}")
         if args.chdb:
             asyncio.run(measure_chdb(args.rows, args.runs, end, Path(tmp) / "chdb"))
 

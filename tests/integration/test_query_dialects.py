@@ -419,3 +419,133 @@ async def test_only_the_newest_version_of_a_redelivered_log_is_visible(
             found = await store.get(ORG, uuid.UUID(request_id))
             assert found is not None, name
             assert found.record.model != "stale-copy", name
+
+
+async def test_a_filter_matching_only_a_stale_copy_finds_nothing(
+    stores: dict[str, RequestStore], reference: list[Ref], rows: list[Row]
+) -> None:
+    """Pages read every stored version without FINAL: the newest version alone must decide a match."""
+    duplicated = {str(row[1]) for row in rows if row[-1] == 1 and row[0] == ORG}
+    newest = next(ref for ref in reference if ref["request_id"] in duplicated)
+    for name, store in stores.items():
+        assert await matching_ids(store, pb.RequestFilter(conditions=[cond("model", "equals", "stale-copy")])) == set()
+        same_time = pb.RequestFilter(
+            conditions=[
+                cond("model", "equals", newest["model"]),
+                cond("request_id", "equals", newest["request_id"]),
+            ]
+        )
+        assert await matching_ids(store, same_time) == {newest["request_id"]}, name
+
+
+DEDUP_ORG = "44444444-4444-4444-8444-444444444444"
+SPAN = (BASE_SECONDS * 1_000_000, (BASE_SECONDS + 11 * 86_400) * 1_000_000)
+
+
+def _by_model(values: list[Ref]) -> dict[tuple[Any, ...], Metrics]:
+    groups: dict[tuple[Any, ...], list[Ref]] = {}
+    for ref in values:
+        groups.setdefault((ref["model"],), []).append(ref)
+    return {key: reference_metrics(refs) for key, refs in groups.items()}
+
+
+async def _model_metrics(store: RequestStore) -> dict[tuple[Any, ...], Metrics]:
+    params = Params()
+    where = f"created_at_us >= {params.bind(SPAN[0])} AND created_at_us < {params.bind(SPAN[1])}"
+    result = await store.metrics(DEDUP_ORG, where, params.values, ["model"], 10_000, span=SPAN)
+    return {tuple(_plain(key) for key in row.keys): row.metrics for row in result}
+
+
+class InsertsDuringReads:
+    """A runner that stores ``copies`` just before the first aggregate read without FINAL, as a writer's
+    redelivery landing while a dashboard query runs."""
+
+    def __init__(self, inner: DriverRunner | ChdbRunner, copies: list[Row]) -> None:
+        self.inner = inner
+        self.copies = copies
+
+    async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if self.copies and "quantilesExact" in sql and "FINAL" not in sql:
+            _insert(self.inner, self.copies)
+            self.copies = []
+        return await self.inner.fetch(sql, params)
+
+
+def _insert(runner: DriverRunner | ChdbRunner, values: list[Row]) -> None:
+    if isinstance(runner, DriverRunner):
+        insert_rows(runner.client, values)
+    else:
+        runner.insert(values)
+
+
+async def test_aggregates_skip_final_only_over_days_proven_free_of_copies(
+    driver: DriverRunner, chdb: ChdbRunner
+) -> None:
+    generated = make_rows([DEDUP_ORG], 300, seed=21)
+    originals = [row for row in generated if row[-1] == 2]
+    stale = [row for row in generated if row[-1] == 1]
+    refs = [dict(zip(REQUEST_COLUMNS, row, strict=True)) for row in originals]
+    for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
+        store = RequestStore(runner)
+        _insert(runner, originals)
+        assert await _model_metrics(store) == _by_model(refs), name
+        proofs = await runner.fetch(
+            "SELECT count() FROM request_dedup_checks WHERE organization_id = toUUID(%(o)s)", {"o": DEDUP_ORG}
+        )
+        assert int(proofs[0][0]) >= 10, f"{name}: the days were not proven free of copies"
+        # A copy landing while the rows are read without FINAL is caught by the check after the read.
+        redelivered = [(*row[:-1], 3) for row in originals[:5]]
+        racing = InsertsDuringReads(runner, redelivered)
+        assert await _model_metrics(RequestStore(racing)) == _by_model(refs), name
+        assert not racing.copies, f"{name}: the rows were not read without FINAL"
+        # A redelivery leaves older copies (another model here): the proofs no longer match those days,
+        # which now hold copies, so they are read with FINAL and nothing is counted twice.
+        _insert(runner, stale)
+        assert await _model_metrics(store) == _by_model(refs), name
+
+
+async def test_ranked_groups_cut_by_the_limit_keep_the_top_ones(
+    stores: dict[str, RequestStore], reference: list[Ref]
+) -> None:
+    """Ranked groups are chosen before their aggregates are computed: the kept ones must be the top ones."""
+    by_user: dict[str, list[Ref]] = {}
+    by_session: dict[str, list[Ref]] = {}
+    for ref in reference:
+        by_user.setdefault(ref["user_id"], []).append(ref)
+        if ref["session_id"]:
+            by_session.setdefault(ref["session_id"], []).append(ref)
+    top_users = sorted(by_user, key=lambda user: (-len(by_user[user]), user))[:2]
+    latest = sorted(by_session, key=lambda s: (-max(r["created_at_us"] for r in by_session[s]), s))[:3]
+    for name, store in stores.items():
+        users = await store.metrics(ORG, "1", {}, ["user_id"], 2, order="count")
+        assert [row.keys[0] for row in users] == top_users, name
+        assert [row.metrics for row in users] == [reference_metrics(by_user[user]) for user in top_users], name
+        sessions = await store.metrics(ORG, "session_id != ''", {}, ["session_id"], 3, order="last")
+        assert [row.keys[0] for row in sessions] == latest, name
+        assert [row.metrics for row in sessions] == [reference_metrics(by_session[s]) for s in latest], name
+
+
+async def test_distinct_requests_of_the_same_microsecond_are_not_taken_for_copies(
+    driver: DriverRunner, chdb: ChdbRunner
+) -> None:
+    """Busy days hold same-microsecond pairs of distinct requests: their days must still be proven."""
+    twins_org = "55555555-5555-4555-8555-555555555555"
+    rows = [row for row in make_rows([twins_org], 40, seed=31) if row[-1] == 2]
+    first = dict(zip(REQUEST_COLUMNS, rows[0], strict=True))
+    twin = dict(zip(REQUEST_COLUMNS, rows[1], strict=True)) | {
+        "created_at": first["created_at"],
+        "created_at_us": first["created_at_us"],
+    }
+    rows[1] = tuple(twin[column] for column in REQUEST_COLUMNS)
+    day = int(first["created_at"]) // 86_400
+    for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
+        _insert(runner, rows)
+        params = Params()
+        where = f"created_at_us >= {params.bind(SPAN[0])} AND created_at_us < {params.bind(SPAN[1])}"
+        result = await RequestStore(runner).metrics(twins_org, where, params.values, [], 1, span=SPAN)
+        assert result[0].metrics.request_count == len(rows), name
+        proofs = await runner.fetch(
+            "SELECT count() FROM request_dedup_checks WHERE organization_id = toUUID(%(o)s) AND day = %(d)s",
+            {"o": twins_org, "d": day},
+        )
+        assert int(proofs[0][0]) == 1, f"{name}: the day of two same-microsecond requests was not proven"

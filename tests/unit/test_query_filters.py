@@ -51,7 +51,7 @@ def test_every_field_accepts_its_operators_and_rejects_the_others(field: str) ->
         "bool": struct_pb2.Value(bool_value=True),
         "uuid": struct_pb2.Value(string_value="6b0f7d5e-8a55-4c1f-9f3e-0d1c2b3a4f5e"),
     }
-    key = "feature" if field == "property" else ""
+    key = "feature" if field in {"property", "prompt_input"} else ""
     for operator in ("equals", "not_equals", "contains", "like", "ilike", "gt", "gte", "lt", "lte"):
         request_filter = pb.RequestFilter(conditions=[condition(field, operator, samples[kind.value], key)])
         if operator in OPERATORS[kind]:
@@ -92,6 +92,25 @@ def test_too_deep_or_too_many_conditions_are_refused() -> None:
     with pytest.raises(InvalidArgument) as caught:
         compile_filter(wide)
     assert "at most 100" in caught.value.violations[0].description
+
+
+def test_a_prompt_input_filter_binds_its_variable_name_and_needs_one() -> None:
+    sql, params = compile_filter(
+        pb.RequestFilter(
+            conditions=[condition("prompt_input", "equals", struct_pb2.Value(string_value="Brest"), "city")]
+        )
+    )
+    assert sql == "(prompt_input_values[indexOf(prompt_input_keys, %(p0)s)] = %(p1)s)"
+    assert params == {"p0": "city", "p1": "Brest"}
+    with pytest.raises(InvalidArgument) as caught:
+        compile_filter(
+            pb.RequestFilter(conditions=[condition("prompt_input", "equals", struct_pb2.Value(string_value="x"))])
+        )
+    [violation] = caught.value.violations
+    assert (violation.field, violation.description) == (
+        "filter.conditions[0].property_key",
+        "is required with field 'prompt_input'",
+    )
 
 
 def test_an_empty_filter_matches_everything() -> None:

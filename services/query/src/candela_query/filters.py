@@ -62,6 +62,10 @@ OPERATORS: dict[Kind, frozenset[str]] = {
 _COMPARISONS = {"equals": "=", "not_equals": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 PROPERTY = "property"
+# One input of the rendered prompt; its variable name travels in `property_key` too, so no new proto
+# field is needed: the key names a property or a prompt input, whichever the field says.
+PROMPT_INPUT = "prompt_input"
+KEYED_FIELDS = frozenset({PROPERTY, PROMPT_INPUT})
 FIELDS: dict[str, Field] = {
     **{
         name: Field(name, Kind.TEXT)
@@ -94,6 +98,8 @@ FIELDS: dict[str, Field] = {
     "request_id": Field("request_id", Kind.UUID),
     # The value of one property (''. when the request lacks it); the key is bound too.
     PROPERTY: Field("property_values[indexOf(property_keys, {key})]", Kind.TEXT),
+    # The value of one prompt input ('' when the request has none of that name).
+    PROMPT_INPUT: Field("prompt_input_values[indexOf(prompt_input_keys, {key})]", Kind.TEXT),
 }
 
 _INT64_MAX = 2**63 - 1
@@ -230,13 +236,13 @@ class FilterCompiler:
             )
             return "1"
         sql = field.sql
-        if condition.field == PROPERTY:
+        if condition.field in KEYED_FIELDS:
             if not condition.property_key:
-                self.violations.add(f"{path}.property_key", "is required with field 'property'")
+                self.violations.add(f"{path}.property_key", f"is required with field {condition.field!r}")
                 return "1"
             sql = sql.format(key=self.params.bind(condition.property_key))
         elif condition.property_key:
-            self.violations.add(f"{path}.property_key", "applies only to field 'property'")
+            self.violations.add(f"{path}.property_key", "applies only to fields 'property' and 'prompt_input'")
         compiled = self._compare(field, sql, condition.operator, condition.value, f"{path}.value")
         if compiled is None:
             return "1"
