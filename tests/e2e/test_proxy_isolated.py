@@ -3,6 +3,7 @@ and ingest down for 30 s (with a proxy restart in the middle): answers unaffecte
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -42,6 +43,31 @@ def test_body_over_the_limit_is_413_in_the_provider_shape(stack: Stack, admin: B
         assert anthropic_refused.status_code == 413
         assert anthropic_refused.json()["error"]["type"] == "request_too_large"
         assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=_headers(admin), timeout=10).is_success
+
+
+def test_targets_outside_the_allowed_hosts_are_refused_before_anything_goes_out(
+    stack: Stack, admin: Bootstrap, tmp_path: Path
+) -> None:
+    assert stack.fake_provider_url is not None
+    port = stack.fake_provider_url.rsplit(":", 1)[1]
+    with services() as started:
+        proxy, url = start_proxy(stack, tmp_path, CANDELA_TARGET_HOSTS="127.0.0.1, *.groq.com")
+        started.append(proxy)
+        allowed = httpx.post(
+            f"{url}/v1/chat/completions",
+            json=CHAT,
+            headers=_headers(admin, **{"Candela-Target-Url": f"http://127.0.0.1:{port}"}),
+            timeout=10,
+        )
+        assert allowed.status_code == 200
+        fallbacks = json.dumps([{"target-url": f"http://localhost:{port}", "onCodes": [500]}])
+        for extra in ({"Candela-Target-Url": f"http://localhost:{port}"}, {"Candela-Fallbacks": fallbacks}):
+            refused = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=_headers(admin, **extra), timeout=10)
+            assert refused.status_code == 403, extra
+            error = refused.json()["error"]
+            assert (error["type"], error["code"]) == ("permission_error", "target_not_allowed")
+            assert "'localhost'" in error["message"]
+            assert "candela-id" not in refused.headers, "a refused request is not logged"
 
 
 def test_redis_down_turns_cache_off_and_rate_limits_open(stack: Stack, admin: Bootstrap, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,12 @@ class ProxyConfig:
         "host:port of the prompts service, which renders named prompts; empty: a named prompt gets 503.", ""
     )
     prompts_timeout_s: float = env_field("Seconds the prompts service gets to render a named prompt.", 2.0)
+    target_hosts: str = env_field(
+        "Comma-separated hosts that Candela-Target-Url and Candela-Fallbacks may reach ('*.example.com' for a"
+        " domain and its subdomains); empty: any host. Set it where keys are handed to people who must not"
+        " make the gateway call arbitrary URLs.",
+        "",
+    )
     http_host: str = env_field("Address the HTTP server binds.", "127.0.0.1")
     http_port: int = env_field("Port the HTTP server binds.", 8080)
     openai_base_url: str = env_field(
@@ -42,3 +49,8 @@ class ProxyConfig:
     redis_timeout_s: float = env_field("Seconds a Redis call may take before the cache is skipped.", 0.25)
     log_level: str = env_field("Logging level (DEBUG, INFO, WARNING, ERROR).", "INFO")
     shutdown_grace_s: float = env_field("Seconds in-flight requests get to finish on SIGTERM.", 10.0)
+
+    @functools.cached_property
+    def allowed_target_hosts(self) -> frozenset[str]:
+        """``target_hosts`` as a set of lower-case patterns (empty: any host)."""
+        return frozenset(host.strip().lower() for host in self.target_hosts.split(",") if host.strip())

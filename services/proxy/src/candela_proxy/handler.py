@@ -37,7 +37,7 @@ from candela_proxy import metrics, pricing, prompting
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
 from candela_proxy.headers import CandelaHeaders, HeaderError, RetryPolicy, bearer_secret, parse_candela_headers
-from candela_proxy.providers import Provider, Route, error_body, resolve_route
+from candela_proxy.providers import Provider, Route, error_body, resolve_route, target_allowed
 from candela_proxy.ratelimit import RateLimitDecision, RateLimiter, SegmentMissing, subject
 from candela_proxy.shipping import LogShipper
 from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
@@ -237,6 +237,7 @@ class ProxyHandler:
             raise ProxyError(
                 503, "Candela cannot verify keys right now; retry shortly", "candela_auth_unavailable"
             ) from None
+        self._check_targets(options)
         body = await _read_body(request, self._config.max_body_bytes)
         exchange = Exchange(
             request_id=options.request_id or str(uuid.uuid4()),
@@ -278,6 +279,20 @@ class ProxyHandler:
                 400, "a named prompt is rendered into a JSON object request body", "invalid_prompt_request"
             )
         return exchange
+
+    def _check_targets(self, options: CandelaHeaders) -> None:
+        """Refuses a Candela-Target-Url or fallback whose host the operator did not allow (CANDELA_TARGET_HOSTS)."""
+        allowed = self._config.allowed_target_hosts
+        if not allowed:
+            return
+        for url in (options.target_url, *(fallback.target_url for fallback in options.fallbacks)):
+            if url and not target_allowed(url, allowed):
+                raise ProxyError(
+                    403,
+                    f"this gateway does not send requests to {urlsplit(url).hostname!r}; allowed hosts: "
+                    + ", ".join(sorted(allowed)),
+                    "target_not_allowed",
+                )
 
     async def _render_prompt(self, exchange: Exchange, document: dict[str, Any]) -> dict[str, Any]:
         """Renders the named prompt into the body sent upstream (and logged); the log gets its version."""
