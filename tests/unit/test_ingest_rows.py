@@ -12,7 +12,7 @@ import pytest
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.rows import NO_FIRST_TOKEN, REQUEST_COLUMNS, clickhouse_row, exact_cost, insert_statement
-from candela_ingest.usage import aggregate_usage, counted_request, unique_by_request_id
+from candela_ingest.usage import aggregate_usage, ledger_columns, unique_by_canonical_id
 from candela_ingest.validation import check_log_message
 from candela_runtime.errors import Violations
 
@@ -222,14 +222,21 @@ def test_duplicates_collapse_to_the_last_record() -> None:
     again = log_record_pb2.LogRecord()
     again.CopyFrom(first)
     again.cost_usd = "2"
-    unique = unique_by_request_id([first, _record(), again])
+    shouted = log_record_pb2.LogRecord()
+    shouted.CopyFrom(first)
+    shouted.request_id = first.request_id.upper()
+    shouted.cost_usd = "3"
+    unique = unique_by_canonical_id([first, _record(), again, shouted])
     assert len(unique) == 2
-    assert unique[uuid.UUID(first.request_id)].cost_usd == "2"
+    assert unique[first.request_id].cost_usd == "3"
 
 
-def test_counted_request_keeps_microseconds() -> None:
-    record = _record()
-    counted = counted_request(record)
-    assert counted.request_id == uuid.UUID(record.request_id)
-    assert counted.organization_id == uuid.UUID(ORG)
-    assert counted.created_at == CREATED
+def test_ledger_rows_are_sorted_like_uuids_and_keep_microseconds() -> None:
+    records = [_record() for _ in range(50)]
+    records[0].organization_id = ORG.upper()
+    ledger = ledger_columns(unique_by_canonical_id(records))
+    assert [uuid.UUID(request_id) for request_id in ledger.request_ids] == sorted(
+        uuid.UUID(record.request_id) for record in records
+    )
+    assert set(ledger.organization_ids) == {ORG}
+    assert set(ledger.created_ats) == {CREATED}

@@ -15,7 +15,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.propagation import extract_context, inject_headers, links_from
 from candela_ingest.rows import REQUEST_COLUMNS, Row
-from candela_ingest.usage import unique_by_request_id
+from candela_ingest.usage import unique_by_canonical_id
 from candela_ingest.writer.batch import (
     BatchAborted,
     BatchWriter,
@@ -72,7 +72,7 @@ class FakeLedger:
         self.cost = Decimal(0)
 
     async def count(self, records: Sequence[log_record_pb2.LogRecord], insert_rows: InsertRows) -> LedgerOutcome:
-        new = [r for key, r in unique_by_request_id(records).items() if str(key) not in self.counted]
+        new = [r for key, r in unique_by_canonical_id(records).items() if key not in self.counted]
         await insert_rows(frozenset())  # as in Postgres: a store error here rolls the counting back
         for record in new:
             self.counted.add(record.request_id)

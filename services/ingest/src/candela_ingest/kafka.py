@@ -15,6 +15,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from candela_ingest.config import KafkaSettings
 from candela_ingest.propagation import KafkaHeaders
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 # A message travels as one produce request; brokers' default message.max.bytes is about 1 MiB.
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_BATCH_BYTES = 256 * 1024
 
 
 class KafkaUnavailable(Exception):
@@ -49,6 +52,8 @@ def producer_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
         "compression_type": compression,
         "request_timeout_ms": settings.kafka_request_timeout_ms,
         "max_request_size": MAX_MESSAGE_BYTES,
+        # Record batches of up to 256 KiB per partition: one Ingest call of a thousand logs is a few batches.
+        "max_batch_size": MAX_BATCH_BYTES,
         "linger_ms": 0,
     }
 
@@ -57,6 +62,42 @@ def _retrieve_exception(future: asyncio.Future[Any]) -> None:
     """Marks a send's outcome as seen, so an abandoned send does not log 'exception never retrieved'."""
     if not future.cancelled():
         future.exception()
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+def _by_partition(messages: Sequence[OutgoingMessage], partitions: list[int]) -> dict[int, list[OutgoingMessage]]:
+    """The messages per partition, in order, partitioned exactly as ``AIOKafkaProducer.send`` would (murmur2
+    of the key), so a request id's messages land on one partition whichever path produced them."""
+    if not partitions:
+        raise KafkaUnavailable("the topic has no partitions")
+    groups: dict[int, list[OutgoingMessage]] = {}
+    for message in messages:
+        groups.setdefault(_PARTITIONER(message.key, partitions, partitions), []).append(message)
+    return groups
+
+
+async def _send_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    messages: Sequence[OutgoingMessage],
+    futures: list[asyncio.Future[Any]],
+) -> None:
+    """Appends ``messages`` to as many record batches as they need, queues each, and collects their futures."""
+    batch = producer.create_batch()
+    for message in messages:
+        # The check ``AIOKafkaProducer.send`` makes: a message over the request size is refused here.
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, message.value, message.headers)
+        if size > MAX_MESSAGE_BYTES:
+            raise KafkaUnavailable(f"a message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+        if batch.append(key=message.key, value=message.value, timestamp=None, headers=message.headers) is None:
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            # An empty batch takes any one message (its size is checked above).
+            batch.append(key=message.key, value=message.value, timestamp=None, headers=message.headers)
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
 
 
 class Producer:
@@ -95,15 +136,20 @@ class Producer:
             raise KafkaUnavailable(f"topic {topic} has no partitions")
 
     async def send_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Produces ``messages`` and returns once Kafka acknowledged every one; else raises KafkaUnavailable."""
+        """Produces ``messages`` and returns once Kafka acknowledged every one; else raises KafkaUnavailable.
+
+        The messages are appended to record batches per partition (the producer's own key partitioning),
+        so a call costs one future per batch rather than one per message.
+        """
         producer = self._require()
+        if not messages:
+            return
         futures: list[asyncio.Future[Any]] = []
         acknowledged = False
         try:
-            for message in messages:
-                futures.append(
-                    await producer.send(topic, value=message.value, key=message.key, headers=message.headers)
-                )
+            partitions = sorted(await producer.partitions_for(topic))
+            for partition, group in _by_partition(messages, partitions).items():
+                await _send_batches(producer, topic, partition, group, futures)
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
             acknowledged = True
         except KafkaError as err:

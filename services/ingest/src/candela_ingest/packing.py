@@ -53,11 +53,13 @@ class _ObjectBuilder:
         self.parts: list[bytes] = []
         self.size = 0
 
-    def add(self, body: bytes) -> log_record_pb2.BodyRef:
-        ref = log_record_pb2.BodyRef(object_key=self.key, offset=self.size, length=len(body))
+    def add(self, body: bytes, ref: log_record_pb2.BodyRef) -> None:
+        """Appends ``body`` and points ``ref`` (a field of the message being built) at it."""
+        ref.object_key = self.key
+        ref.offset = self.size
+        ref.length = len(body)
         self.parts.append(body)
         self.size += len(body)
-        return ref
 
 
 def pack_batch(
@@ -75,12 +77,14 @@ def pack_batch(
     stamp.FromDatetime(ingested_at)
     messages = []
     for item in records:
-        record = log_record_pb2.LogRecord()
+        # Built in place (one copy of the record, no intermediate messages): this runs for every log.
+        message = log_record_pb2.LogMessage()
+        message.ingested_at.CopyFrom(stamp)
+        record = message.record
         record.CopyFrom(item.record)
         record.request_id = record.request_id.lower()
         record.organization_id = record.organization_id.lower()
         record.api_key_id = record.api_key_id.lower()
-        message = log_record_pb2.LogMessage(record=record, ingested_at=stamp)
         for body, target in ((item.request_body, message.request_body), (item.response_body, message.response_body)):
             if not body:
                 continue
@@ -88,7 +92,7 @@ def pack_batch(
             if builder is None:
                 key = object_key(record.organization_id, ingested_at, new_object_id())
                 builder = builders[record.organization_id] = _ObjectBuilder(record.organization_id, key)
-            target.CopyFrom(builder.add(body))
+            builder.add(body, target)
         messages.append(message)
     objects = tuple(
         PackedObject(organization_id=builder.organization_id, key=builder.key, data=b"".join(builder.parts))

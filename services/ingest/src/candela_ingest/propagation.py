@@ -55,9 +55,15 @@ def extract_context(headers: Sequence[tuple[str, bytes]] | None) -> Context:
 def links_from(headers_of_messages: Iterable[Sequence[tuple[str, bytes]] | None]) -> list[trace.Link]:
     """One span link per distinct upstream span among the messages (at most :data:`MAX_LINKS`)."""
     seen: set[tuple[int, int]] = set()
+    # The messages of one Ingest call usually share their headers: each distinct set is parsed once.
+    seen_headers: set[tuple[tuple[str, bytes], ...]] = set()
     links: list[trace.Link] = []
     for headers in headers_of_messages:
-        span_context = trace.get_current_span(extract_context(headers)).get_span_context()
+        distinct = tuple(headers or ())
+        if distinct in seen_headers:
+            continue
+        seen_headers.add(distinct)
+        span_context = trace.get_current_span(extract_context(distinct)).get_span_context()
         if not span_context.is_valid:
             continue
         identity = (span_context.trace_id, span_context.span_id)

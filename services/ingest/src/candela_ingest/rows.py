@@ -7,6 +7,7 @@ cost is quantised to the column's 12 decimal places, exactly as the usage counte
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -95,17 +96,42 @@ def _body(ref: log_record_pb2.BodyRef, present: bool) -> tuple[str, int, int]:
     return (ref.object_key, ref.offset, ref.length) if present else ("", 0, 0)
 
 
+# Most logs carry no properties, prompt inputs or retried attempts: those columns are built only when there
+# is something in them (the row is built for every log the writers store).
+
+
+def _sorted_map(values: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """A map's keys in order and their values (two parallel arrays)."""
+    if not values:
+        return [], []
+    keys = sorted(values)
+    return keys, [values[key] for key in keys]
+
+
+def _attempt_columns(
+    attempts: Sequence[log_record_pb2.UpstreamAttempt],
+) -> tuple[list[str], list[int], list[str], list[int]]:
+    """The attempts' target URLs, status codes, errors and latencies (parallel arrays)."""
+    if not attempts:
+        return [], [], [], []
+    return (
+        [attempt.target_url for attempt in attempts],
+        [attempt.status_code for attempt in attempts],
+        [attempt.error for attempt in attempts],
+        [attempt.latency_ms for attempt in attempts],
+    )
+
+
 def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
     """The ``requests`` row of a validated message; ``version`` (microseconds) makes the newest write win."""
     record = message.record
     usage = record.usage
     priced = record.HasField("cost_usd")
-    property_keys = sorted(record.properties)
+    property_keys, property_values = _sorted_map(record.properties)
     request_body = _body(message.request_body, message.HasField("request_body"))
     response_body = _body(message.response_body, message.HasField("response_body"))
     cost_saved = exact_cost(record.cost_saved_usd) if record.HasField("cost_saved_usd") else None
-    attempts = record.attempts
-    prompt_input_keys = sorted(record.prompt_inputs)
+    prompt_input_keys, prompt_input_values = _sorted_map(record.prompt_inputs)
     return (
         record.organization_id,
         record.request_id,
@@ -136,7 +162,7 @@ def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
         record.session_path,
         record.session_name,
         property_keys,
-        [record.properties[key] for key in property_keys],
+        property_values,
         record.prompt_id,
         record.prompt_version,
         int(record.cache_hit),
@@ -148,12 +174,9 @@ def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
         record.target_url,
         cost_saved if cost_saved is not None else Decimal(0),
         int(cost_saved is not None),
-        [attempt.target_url for attempt in attempts],
-        [attempt.status_code for attempt in attempts],
-        [attempt.error for attempt in attempts],
-        [attempt.latency_ms for attempt in attempts],
+        *_attempt_columns(record.attempts),
         prompt_input_keys,
-        [record.prompt_inputs[key] for key in prompt_input_keys],
+        prompt_input_values,
         version,
     )
 

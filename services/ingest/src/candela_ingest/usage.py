@@ -8,22 +8,13 @@ transaction. A day is the UTC date of the request's ``created_at``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.rows import exact_cost
-
-
-@dataclass(frozen=True)
-class CountedRequest:
-    """A request's row in the idempotency ledger."""
-
-    request_id: uuid.UUID
-    organization_id: uuid.UUID
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -42,23 +33,46 @@ class DailyUsage:
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def created_at(record: log_record_pb2.LogRecord) -> datetime:
-    """The record's creation time, aware, in UTC (microsecond precision)."""
-    return datetime.fromtimestamp(record.created_at.seconds, UTC).replace(microsecond=record.created_at.nanos // 1000)
+    """The record's creation time, aware, in UTC (microsecond precision; epoch plus a delta is the
+    cheapest exact construction, and this runs for every log the writers count)."""
+    stamp = record.created_at
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
-def counted_request(record: log_record_pb2.LogRecord) -> CountedRequest:
-    """The ledger row of a validated record."""
-    return CountedRequest(
-        request_id=uuid.UUID(record.request_id),
-        organization_id=uuid.UUID(record.organization_id),
-        created_at=created_at(record),
+@dataclass(frozen=True)
+class LedgerColumns:
+    """A batch's ledger rows as the parallel arrays the counting statement unnests, sorted by request id."""
+
+    request_ids: list[str]
+    organization_ids: list[str]
+    created_ats: list[datetime]
+
+
+def unique_by_canonical_id(records: Iterable[log_record_pb2.LogRecord]) -> dict[str, log_record_pb2.LogRecord]:
+    """Validated records keyed by their request id in canonical (lower-case) form; the later one of a pair.
+
+    Strings, not parsed UUIDs: this runs for every log the writers store, and Postgres takes the text.
+    """
+    return {record.request_id.lower(): record for record in records}
+
+
+def ledger_columns(unique: Mapping[str, log_record_pb2.LogRecord]) -> LedgerColumns:
+    """The ledger rows of ``unique`` (from :func:`unique_by_canonical_id`), sorted by request id.
+
+    Sorted so that concurrent writers take row locks in one order: canonical UUID strings (fixed-width,
+    lower-case hex) sort exactly as the UUIDs do.
+    """
+    request_ids = sorted(unique)
+    records = [unique[request_id] for request_id in request_ids]
+    return LedgerColumns(
+        request_ids=request_ids,
+        organization_ids=[record.organization_id.lower() for record in records],
+        created_ats=[created_at(record) for record in records],
     )
-
-
-def unique_by_request_id(records: Iterable[log_record_pb2.LogRecord]) -> dict[uuid.UUID, log_record_pb2.LogRecord]:
-    """The records keyed by request id; of a request seen twice, the later record is kept."""
-    return {uuid.UUID(record.request_id): record for record in records}
 
 
 def aggregate_usage(records: Iterable[log_record_pb2.LogRecord]) -> list[DailyUsage]:

@@ -11,10 +11,12 @@ native driver silently wraps an out-of-range integer, so a bad value has to be s
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Literal
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
@@ -38,6 +40,11 @@ _TOKEN_FIELDS = (
     "audio_prompt_tokens",
     "audio_completion_tokens",
 )
+_USAGE_FIELDS = tuple(f"usage.{name}" for name in _TOKEN_FIELDS)
+_TOKEN_COUNTS = operator.attrgetter(*_TOKEN_FIELDS)
+_COST_FIELDS: tuple[Literal["cost_usd"], Literal["cost_saved_usd"]] = ("cost_usd", "cost_saved_usd")
+_EARLIEST_SECONDS = int(EARLIEST_CREATED_AT.timestamp())
+_LATEST_SECONDS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
 
 
 @dataclass(frozen=True)
@@ -72,18 +79,22 @@ def parse_cost(value: str) -> Decimal | None:
     return cost
 
 
-def _check_uuid(violations: Violations, field: str, value: str, *, required: bool) -> None:
+# The checks below take the record's path and the field's name apart and join them only for a violation:
+# they run for every log, in ingest and again in the writers, and valid logs are the common case.
+
+
+def _check_uuid(violations: Violations, path: str, field: str, value: str, *, required: bool) -> None:
     if not value:
         if required:
-            violations.add(field, "is required")
+            violations.add(f"{path}.{field}", "is required")
         return
     if not is_canonical_uuid(value):
-        violations.add(field, f"must be a UUID (8-4-4-4-12 hex digits), got {value[:64]!r}")
+        violations.add(f"{path}.{field}", f"must be a UUID (8-4-4-4-12 hex digits), got {value[:64]!r}")
 
 
-def _check_range(violations: Violations, field: str, value: int, low: int, high: int) -> None:
+def _check_range(violations: Violations, path: str, field: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
-        violations.add(field, f"must be between {low} and {high}, got {value}")
+        violations.add(f"{path}.{field}", f"must be between {low} and {high}, got {value}")
 
 
 def check_log_record(
@@ -98,15 +109,15 @@ def check_log_record(
     ``latest_created_at`` bounds ``created_at`` from above (now plus the allowed clock skew); the writers
     pass None because they may legitimately read old messages from the topic.
     """
-    _check_uuid(violations, f"{path}.request_id", record.request_id, required=True)
-    _check_uuid(violations, f"{path}.organization_id", record.organization_id, required=True)
-    _check_uuid(violations, f"{path}.api_key_id", record.api_key_id, required=False)
+    _check_uuid(violations, path, "request_id", record.request_id, required=True)
+    _check_uuid(violations, path, "organization_id", record.organization_id, required=True)
+    _check_uuid(violations, path, "api_key_id", record.api_key_id, required=False)
     if not record.HasField("created_at"):
         violations.add(f"{path}.created_at", "is required")
     else:
         stamp = record.created_at
-        earliest = int(EARLIEST_CREATED_AT.timestamp())
-        latest = int((latest_created_at or datetime(2100, 1, 1, tzinfo=UTC)).timestamp())
+        earliest = _EARLIEST_SECONDS
+        latest = _LATEST_SECONDS if latest_created_at is None else int(latest_created_at.timestamp())
         if not 0 <= stamp.nanos < _NANOS_PER_SECOND:
             violations.add(f"{path}.created_at.nanos", f"must be between 0 and 999999999, got {stamp.nanos}")
         elif not earliest <= stamp.seconds <= latest:
@@ -115,18 +126,21 @@ def check_log_record(
                 f"must lie between {EARLIEST_CREATED_AT.isoformat()} and "
                 f"{datetime.fromtimestamp(latest, UTC).isoformat()}, got {stamp.seconds} s since the epoch",
             )
-    _check_range(violations, f"{path}.status_code", record.status_code, 0, MAX_STATUS_CODE)
-    _check_range(violations, f"{path}.latency_ms", record.latency_ms, 0, UINT32_MAX)
+    _check_range(violations, path, "status_code", record.status_code, 0, MAX_STATUS_CODE)
+    _check_range(violations, path, "latency_ms", record.latency_ms, 0, UINT32_MAX)
     if record.HasField("time_to_first_token_ms"):
-        _check_range(violations, f"{path}.time_to_first_token_ms", record.time_to_first_token_ms, 0, INT32_MAX)
-    for name in _TOKEN_FIELDS:
-        _check_range(violations, f"{path}.usage.{name}", getattr(record.usage, name), 0, UINT32_MAX)
-    costs = {
-        "cost_usd": record.cost_usd if record.HasField("cost_usd") else None,
-        "cost_saved_usd": record.cost_saved_usd if record.HasField("cost_saved_usd") else None,
-    }
-    for name, value in costs.items():
-        if value is not None and parse_cost(value) is None:
+        _check_range(violations, path, "time_to_first_token_ms", record.time_to_first_token_ms, 0, INT32_MAX)
+    if record.HasField("usage"):
+        tokens = _TOKEN_COUNTS(record.usage)
+        # One pass in C for the common all-valid case; the slow loop only names the bad fields.
+        if min(tokens) < 0 or max(tokens) > UINT32_MAX:
+            for field, value in zip(_USAGE_FIELDS, tokens, strict=True):
+                _check_range(violations, path, field, value, 0, UINT32_MAX)
+    for name in _COST_FIELDS:
+        if not record.HasField(name):
+            continue
+        value = getattr(record, name)
+        if parse_cost(value) is None:
             violations.add(
                 f"{path}.{name}",
                 f"must be a non-negative decimal below {MAX_COST_USD} (unset when unpriced), got {value[:64]!r}",
@@ -173,8 +187,8 @@ def check_log_update(
     violations: Violations, path: str, update: log_record_pb2.LogUpdate, *, latest_updated_at: datetime | None = None
 ) -> None:
     """Adds a violation for each bad field of a score/feedback update, named ``<path>.<field>``."""
-    _check_uuid(violations, f"{path}.request_id", update.request_id, required=True)
-    _check_uuid(violations, f"{path}.organization_id", update.organization_id, required=True)
+    _check_uuid(violations, path, "request_id", update.request_id, required=True)
+    _check_uuid(violations, path, "organization_id", update.organization_id, required=True)
     if not update.scores and not update.HasField("feedback"):
         violations.add(path, "must carry at least one score or the feedback")
     if len(update.scores) > MAX_SCORES_PER_UPDATE:

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from candela_ingest.rows import REQUESTS_TABLE, Row, insert_statement, scores_insert_statement
+from candela_ingest.rows import (
+    REQUEST_COLUMNS,
+    REQUESTS_TABLE,
+    SCORE_COLUMNS,
+    Row,
+    insert_statement,
+    scores_insert_statement,
+)
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 
 T = TypeVar("T")
@@ -68,6 +75,22 @@ def _first_line(error: BaseException) -> str:
     return text.split("Stack trace:", 1)[0].strip().replace("\n", " ")[:500]
 
 
+def columns_of(rows: Sequence[Row], organization_column: int) -> list[list[Any]]:
+    """The rows transposed into columns (lists: the driver prepares values in place).
+
+    A columnar insert spares the driver its per-column pass over every row in Python; the transposition
+    here runs in C (``zip``), which matters at thousands of rows per batch. The organization id repeats
+    across a batch: each distinct one is parsed once here rather than by the driver once per row (a value
+    that is no UUID raises ValueError, which classifies as rejected data, as the driver's own error does).
+    """
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    if columns:
+        organizations = columns[organization_column]
+        parsed = {value: uuid.UUID(str(value)) for value in set(organizations)}
+        columns[organization_column] = [parsed[value] for value in organizations]
+    return columns
+
+
 class ClickHouseRowSink:
     """Inserts rows into the ``requests`` table."""
 
@@ -108,12 +131,16 @@ class ClickHouseRowSink:
     async def insert(self, rows: Sequence[Row]) -> None:
         """One insert of all ``rows``; ``types_check`` makes the driver refuse a value its column cannot hold."""
         if rows:
-            await self._run(self._client.execute, self._insert, list(rows), types_check=True)
+            await self._run(self._insert_columns, self._insert, rows, REQUEST_COLUMNS.index("organization_id"))
 
     async def insert_scores(self, rows: Sequence[Row]) -> None:
         """One insert of score rows into ``request_scores``."""
         if rows:
-            await self._run(self._client.execute, self._insert_scores, list(rows), types_check=True)
+            await self._run(self._insert_columns, self._insert_scores, rows, SCORE_COLUMNS.index("organization_id"))
+
+    def _insert_columns(self, statement: str, rows: Sequence[Row], organization_column: int) -> None:
+        """Runs on the worker thread: a transposition error is classified like the driver's own."""
+        self._client.execute(statement, columns_of(rows, organization_column), types_check=True, columnar=True)
 
     async def delete_older_than(self, organization_id: uuid.UUID, cutoff: datetime) -> None:
         """Deletes the organization's rows created before ``cutoff`` (a background mutation; idempotent)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.usage import aggregate_usage, counted_request, unique_by_request_id
+from candela_ingest.usage import aggregate_usage, ledger_columns, unique_by_canonical_id
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 
 _COUNT_REQUESTS = """
@@ -112,22 +112,19 @@ class PostgresUsageLedger:
     async def count(self, records: Sequence[log_record_pb2.LogRecord], insert_rows: InsertRows) -> LedgerOutcome:
         """Counts the requests of ``records`` not counted before and, in the same transaction (before it
         commits), calls ``insert_rows`` with the ids whose rows must not be stored."""
-        unique = unique_by_request_id(records)
+        unique = unique_by_canonical_id(records)
         if not unique:
             await insert_rows(frozenset())
             return LedgerOutcome(0, frozenset())
-        # Sorted, so that concurrent writers take row locks in one order.
-        ledger = sorted((counted_request(record) for record in unique.values()), key=lambda row: row.request_id)
+        ledger = ledger_columns(unique)
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 returned = await connection.fetch(
-                    _COUNT_REQUESTS,
-                    [row.request_id for row in ledger],
-                    [row.organization_id for row in ledger],
-                    [row.created_at for row in ledger],
+                    _COUNT_REQUESTS, ledger.request_ids, ledger.organization_ids, ledger.created_ats
                 )
                 dropped = await self._apply_limits(connection, returned)
-                usage = aggregate_usage(unique[row["request_id"]] for row in returned)
+                newly = {str(row["request_id"]) for row in returned}
+                usage = aggregate_usage(unique[request_id] for request_id in newly)
                 if usage:
                     await connection.execute(
                         _ADD_USAGE,
@@ -140,8 +137,7 @@ class PostgresUsageLedger:
                         [day.unpriced_count for day in usage],
                     )
                 # Requests counted before (a redelivery or replay) keep the storage decision made back then.
-                newly = {row["request_id"] for row in returned}
-                earlier = [row.request_id for row in ledger if row.request_id not in newly]
+                earlier = [request_id for request_id in ledger.request_ids if request_id not in newly]
                 not_stored_ids = set(dropped)
                 if earlier:
                     not_stored_ids.update(row["request_id"] for row in await connection.fetch(_NOT_STORED, earlier))
