@@ -383,8 +383,11 @@ class RequestStore:
         self._final = " FINAL" if final else ""
         self._clock = clock
 
-    def _scope(self, organization_id: str, where: str, params: dict[str, Any], table: str = "requests") -> str:
-        """``FROM requests FINAL WHERE <organization> AND (<where>)``: the only way queries reach a table."""
+    def _scope(
+        self, organization_id: str, where: str, params: dict[str, Any], table: str = "requests", prewhere: str = ""
+    ) -> str:
+        """``FROM requests FINAL [PREWHERE <prewhere>] WHERE <organization> AND (<where>)``: the only way
+        queries reach a table. ``prewhere`` narrows the rows before the other columns are read."""
         params["organization_id"] = str(uuid.UUID(organization_id))
         source = {
             "requests": f"requests{self._final}",
@@ -394,7 +397,8 @@ class RequestStore:
             "request_times": "request_times",
             "request_dedup_checks": "request_dedup_checks",
         }[table]
-        return f"FROM {source} WHERE organization_id = toUUID(%(organization_id)s) AND ({where})"
+        narrowed = f" PREWHERE {prewhere}" if prewhere else ""
+        return f"FROM {source}{narrowed} WHERE organization_id = toUUID(%(organization_id)s) AND ({where})"
 
     async def page(
         self,
@@ -489,8 +493,11 @@ class RequestStore:
         lookup = dict(params)
         lookup["candidate_ids"] = tuple(sorted({key[1] for _, key in candidates}))
         lookup["candidate_seconds"] = tuple(sorted({second for second, _ in candidates}))
-        identity = "created_at IN %(candidate_seconds)s AND toString(request_id) IN %(candidate_ids)s"
-        return [row for row, matches in await self._versions(organization_id, identity, lookup, where) if matches]
+        identity = "toString(request_id) IN %(candidate_ids)s"
+        seconds = "created_at IN %(candidate_seconds)s"
+        return [
+            row for row, matches in await self._versions(organization_id, identity, lookup, where, seconds) if matches
+        ]
 
     async def _time_range(self, organization_id: str, table: str, condition: str, params: dict[str, Any]) -> str:
         """A bound on created_at from an index table (``request_times`` / ``request_sessions``), or ""
@@ -511,26 +518,33 @@ class RequestStore:
         22 ms against 25 ms for a separate lookup on 10M rows). An id absent from the index is looked for
         in the whole organization."""
         params: dict[str, Any] = {"request_id": str(request_id)}
-        condition = "request_id = toUUID(%(request_id)s)"
-        index = self._scope(organization_id, condition, params, table="request_times")
-        indexed = f"{condition} AND created_at IN (SELECT created_at {index})"
-        rows = await self._latest(organization_id, indexed, params) or await self._latest(
-            organization_id, condition, params
+        identity = "request_id = toUUID(%(request_id)s)"
+        index = self._scope(organization_id, identity, params, table="request_times")
+        indexed = f"created_at IN (SELECT created_at {index})"
+        rows = await self._latest(organization_id, identity, params, indexed) or await self._latest(
+            organization_id, identity, params
         )
         return rows[0] if rows else None
 
-    async def _latest(self, organization_id: str, where: str, params: dict[str, Any]) -> list[StoredRequest]:
-        """The newest version of each row matching ``where``, which must select whole requests by identity
-        (ids, a session): exactly what FINAL shows, but without FINAL's single-threaded merge of every
-        column of the granules read, which dominates point lookups on 18.16."""
-        return [row for row, _ in await self._versions(organization_id, where, params, "1")]
+    async def _latest(
+        self, organization_id: str, identity: str, params: dict[str, Any], where: str = "1"
+    ) -> list[StoredRequest]:
+        """The newest version of each row matching ``identity`` and ``where``; ``identity`` must select
+        whole requests by their ids: exactly what FINAL shows, but without FINAL's single-threaded merge of
+        every column of the granules read, which dominates point lookups on 18.16."""
+        return [row for row, _ in await self._versions(organization_id, identity, params, "1", where)]
 
     async def _versions(
-        self, organization_id: str, where: str, params: dict[str, Any], flag: str
+        self, organization_id: str, identity: str, params: dict[str, Any], flag: str, where: str = "1"
     ) -> list[tuple[StoredRequest, bool]]:
-        """The newest version of each row matching ``where`` (an identity condition, as for _latest), with
-        the value of the SQL condition ``flag`` on that version."""
-        scope = self._scope(organization_id, where, params, table="request_versions")
+        """The newest version of each row matching ``identity`` (request ids) and ``where``, with the value
+        of the SQL condition ``flag`` on that version.
+
+        ``identity`` is a PREWHERE: the server reads the request id column first and the ~50 other
+        columns only of the granules holding a wanted row, instead of every granule the primary key
+        could not exclude (measured on 2M rows, 18.16: a request 25 -> 14 ms, a session 29 -> 21 ms).
+        ClickHouse does not move key columns to PREWHERE by itself, hence the explicit one."""
+        scope = self._scope(organization_id, where, params, table="request_versions", prewhere=identity)
         newest: dict[tuple[int, str], tuple[int, tuple[Any, ...]]] = {}
         for row in await self._runner.fetch(f"SELECT {', '.join(_COLUMNS)}, version, ({flag}) {scope}", params):
             key = (int(row[3]), str(row[0]))  # (created_at_us, request id): the row's identity
@@ -556,8 +570,8 @@ class RequestStore:
         # Every version of every request that was ever in the session; the newest version decides
         # whether it still is (exactly FINAL's answer).
         members = self._scope(organization_id, "session_id = %(session_id)s" + time_range, params, "request_versions")
-        where = f"request_id IN (SELECT request_id {members}){time_range}"
-        rows = await self._latest(organization_id, where, params)
+        identity = f"request_id IN (SELECT request_id {members})"
+        rows = await self._latest(organization_id, identity, params, "1" + time_range)
         current = [row for row in rows if row.record.session_id == session_id]
         current.sort(key=lambda row: (row.sort_keys["created_at_us"], row.record.request_id))
         return current[:limit]
