@@ -114,6 +114,9 @@ async def throughput(stack: Stack, logs: int, batch: int, concurrency: int) -> t
     cpu_after = _cpu_seconds(stack)
     shares = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     shares["bench client"] = time.process_time() - own_before
+    writers = [seconds for name, seconds in shares.items() if name.startswith("writer")]
+    if len(writers) > 1:
+        shares["writers together"] = sum(writers)
     profile = ", ".join(
         f"{name} {seconds / total * 1e6:.0f}" for name, seconds in sorted(shares.items(), key=lambda x: -x[1])
     )
@@ -177,16 +180,21 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--writers", type=int, default=None, help="writer processes (default: the stack's, CANDELA_STACK_WRITERS)"
+    )
     args = parser.parse_args()
+    overrides: dict[str, Any] = {} if args.writers is None else {"writers": args.writers}
     components = frozenset({Component.INGEST, Component.WRITER, Component.CLICKHOUSE, Component.S3, Component.KAFKA})
     with tempfile.TemporaryDirectory() as data_dir:
         config = StackConfig.for_tests(
             Path(data_dir),
             components=components,
             env={"CANDELA_LOG_LEVEL": "WARNING", "CANDELA_DLQ_RETRY_DELAY_S": "1"},
+            **overrides,
         )
         with Stack(config) as stack:
-            print(f"broker engine: {config.kafka_engine}")
+            print(f"broker engine: {config.kafka_engine}; writer processes: {config.writers}")
             rates, puts, p50s, p99s = [], [], [], []
             for run in range(args.runs):
                 rate, put = await throughput(stack, args.logs, args.batch, args.concurrency)

@@ -62,17 +62,25 @@ class Scrape:
         return sum(sample.value for sample in self.select(name, **labels))
 
 
-def _scrape_url(stack: Stack, component: Component) -> str:
+def _scrape_urls(stack: Stack, component: Component) -> list[str]:
+    """Where ``component`` serves /metrics: one URL per process (the writer may run several)."""
     if component is Component.PROXY:
-        return f"{stack.proxy_url}/metrics"
-    return f"http://127.0.0.1:{stack.metrics_ports()[component]}/metrics"
+        return [f"{stack.proxy_url}/metrics"]
+    if component is Component.WRITER:
+        return [f"http://127.0.0.1:{port}/metrics" for port in stack.writer_metrics_ports()]
+    return [f"http://127.0.0.1:{stack.metrics_ports()[component]}/metrics"]
 
 
 def _scrape(stack: Stack, component: Component) -> Scrape:
-    response = httpx.get(_scrape_url(stack, component), timeout=5)
-    response.raise_for_status()
-    families = text_string_to_metric_families(response.text)
-    return Scrape(tuple(sample for family in families for sample in family.samples))
+    """Every process of ``component`` scraped; each sample labelled with its process (``instance``), so a
+    total is the sum over the processes and a per-process series (a partition's lag gauge) stays apart."""
+    samples: list[Sample] = []
+    for instance, url in enumerate(_scrape_urls(stack, component)):
+        response = httpx.get(url, timeout=5)
+        response.raise_for_status()
+        for family in text_string_to_metric_families(response.text):
+            samples.extend(s._replace(labels={**s.labels, "instance": str(instance)}) for s in family.samples)
+    return Scrape(tuple(samples))
 
 
 def _snapshot(stack: Stack) -> dict[Component, Scrape]:
@@ -196,12 +204,13 @@ def test_a_known_amount_of_traffic_moves_every_service_counter_by_that_amount(
     # The partitions committed since `before` (their gauge moved) report a lag of a second or so.
     lag_name = "candela_writer_commit_lag_seconds"
     lags_before = {
-        lag.labels["partition"]: lag.value for lag in before[Component.WRITER].select(lag_name, topic=logs_topic)
+        (lag.labels["instance"], lag.labels["partition"]): lag.value
+        for lag in before[Component.WRITER].select(lag_name, topic=logs_topic)
     }
     fresh = [
         lag
         for lag in after[Component.WRITER].select(lag_name, topic=logs_topic)
-        if lags_before.get(lag.labels["partition"]) != lag.value
+        if lags_before.get((lag.labels["instance"], lag.labels["partition"])) != lag.value
     ]
     assert fresh, "a commit of the log topic reports its lag"
     assert all(0 <= lag.value < 10 for lag in fresh), [(lag.labels, lag.value) for lag in fresh]
@@ -287,22 +296,32 @@ def test_query_and_auth_count_the_calls_they_serve(
     "component", [Component.AUTH, Component.PROMPTS, Component.INGEST, Component.QUERY, Component.WRITER]
 )
 def test_each_service_serves_metrics(stack: Stack, component: Component) -> None:
-    response = httpx.get(f"http://127.0.0.1:{stack.metrics_ports()[component]}/metrics", timeout=5)
-    assert response.status_code == 200
-    assert "process_resident_memory_bytes" in response.text
+    for url in _scrape_urls(stack, component):
+        response = httpx.get(url, timeout=5)
+        assert response.status_code == 200
+        assert "process_resident_memory_bytes" in response.text
+
+
+def test_every_writer_process_serves_its_own_metrics_port(stack: Stack) -> None:
+    """Each writer process has its own endpoint (one per configured writer, none shared)."""
+    ports = stack.writer_metrics_ports()
+    assert len(ports) == stack.config.writers == len(stack.processes_of(Component.WRITER))
+    assert len(set(ports)) == len(ports)
+    assert all(process.running() for process in stack.processes_of(Component.WRITER))
 
 
 def test_the_writer_serves_its_own_metrics(stack: Stack) -> None:
     """The writer answers no RPC, so its endpoint must carry the writer's families, not just the process's."""
-    text = httpx.get(_scrape_url(stack, Component.WRITER), timeout=5).text
-    families = {family.name: family.type for family in text_string_to_metric_families(text)}
-    assert {
-        "candela_writer_batch_messages": "histogram",
-        "candela_writer_rows_inserted": "counter",
-        "candela_writer_dead_letters": "counter",
-        "candela_writer_dead_letters_parked": "counter",
-        "candela_writer_commit_lag_seconds": "gauge",
-    }.items() <= families.items()
+    for url in _scrape_urls(stack, Component.WRITER):
+        text = httpx.get(url, timeout=5).text
+        families = {family.name: family.type for family in text_string_to_metric_families(text)}
+        assert {
+            "candela_writer_batch_messages": "histogram",
+            "candela_writer_rows_inserted": "counter",
+            "candela_writer_dead_letters": "counter",
+            "candela_writer_dead_letters_parked": "counter",
+            "candela_writer_commit_lag_seconds": "gauge",
+        }.items() <= families.items()
 
 
 def test_the_proxy_counts_the_requests_it_refuses_by_endpoint(stack: Stack) -> None:

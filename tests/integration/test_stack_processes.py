@@ -12,6 +12,7 @@ import pytest
 
 from candela_stack.ports import (
     MAX_PORT_BASE,
+    MAX_WRITERS,
     SEAWEED_GRPC_OFFSET,
     StackPorts,
     busy_ports,
@@ -38,6 +39,19 @@ def test_ports_are_offsets_of_the_base() -> None:
     assert (ports.kafka, ports.seaweed_master, ports.seaweed_s3) == (7750, 7760, 7763)
     assert len(set(ports.named().values())) == len(ports.named())
     assert ports.seaweed_s3 + SEAWEED_GRPC_OFFSET in ports.all_bound()
+
+
+@pytest.mark.unit
+def test_every_writer_slot_has_its_own_ports_reserved_with_the_stack() -> None:
+    ports = StackPorts.from_base(7700)
+    grpc = [ports.writer_grpc_port(index) for index in range(MAX_WRITERS)]
+    metrics = [ports.writer_metrics_port(index) for index in range(MAX_WRITERS)]
+    assert (grpc, metrics) == ([7715, 7716, 7717, 7718, 7719], [7775, 7776, 7777, 7778, 7779])
+    bound = ports.all_bound()
+    assert len(set(bound)) == len(bound), "no writer slot collides with another port"
+    assert set(grpc + metrics) <= set(bound), "a free port base is free for every writer"
+    with pytest.raises(ValueError, match="writer index"):
+        ports.writer_grpc_port(MAX_WRITERS)
 
 
 @pytest.mark.unit

@@ -20,6 +20,10 @@ MAX_PORT_BASE = 55000
 
 LOOPBACK = "127.0.0.1"
 
+MAX_WRITERS = 5
+"""Writer processes a stack can run: writer i (0-based) serves gRPC on base + 15 + i and metrics on
+base + 75 + i, so they fill base + 15..19 and base + 75..79 (base + 20 is the fake provider's)."""
+
 
 @dataclass(frozen=True)
 class StackPorts:
@@ -42,13 +46,14 @@ class StackPorts:
     prompts_grpc: int
     """PromptsService."""
     writer_grpc: int
-    """The ingest writer's gRPC health endpoint."""
+    """The first ingest writer's gRPC health endpoint (the others follow it: see `writer_grpc_port`)."""
     auth_metrics: int
     """Prometheus scrape endpoints (GET /metrics) of the gRPC services and the writer."""
     ingest_metrics: int
     query_metrics: int
     prompts_metrics: int
     writer_metrics: int
+    """The first writer's; the others follow it (see `writer_metrics_port`)."""
     fake_provider: int
     """The local fake OpenAI/Anthropic upstream."""
     redis: int
@@ -103,12 +108,28 @@ class StackPorts:
         """Every port by name, base excluded."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base"}
 
+    def writer_grpc_port(self, index: int) -> int:
+        """The gRPC health port of writer process `index` (0-based, below MAX_WRITERS)."""
+        return self.writer_grpc + _writer_index(index)
+
+    def writer_metrics_port(self, index: int) -> int:
+        """The Prometheus port of writer process `index` (0-based, below MAX_WRITERS)."""
+        return self.writer_metrics + _writer_index(index)
+
     def all_bound(self) -> list[int]:
-        """Every port the stack binds, SeaweedFS's hidden gRPC ports (+10000) included."""
+        """Every port the stack may bind: SeaweedFS's hidden gRPC ports (+10000) and every writer slot included."""
         ports = list(self.named().values())
+        for index in range(1, MAX_WRITERS):
+            ports.extend((self.writer_grpc_port(index), self.writer_metrics_port(index)))
         seaweed = (self.seaweed_master, self.seaweed_volume, self.seaweed_filer, self.seaweed_s3)
         ports.extend(port + SEAWEED_GRPC_OFFSET for port in seaweed)
         return sorted(ports)
+
+
+def _writer_index(index: int) -> int:
+    if not 0 <= index < MAX_WRITERS:
+        raise ValueError(f"writer index must be in [0, {MAX_WRITERS}), got {index}")
+    return index
 
 
 def dev_port_base() -> int:

@@ -47,7 +47,14 @@ import grpc
 from candela.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from candela_stack import binaries, clickhouse, envoy_config, kafka, migrations, postgres, seaweed
 from candela_stack.kafka import KafkaEngine
-from candela_stack.ports import LOOPBACK, StackPorts, dev_port_base, pick_free_port_base, port_is_free
+from candela_stack.ports import (
+    LOOPBACK,
+    MAX_WRITERS,
+    StackPorts,
+    dev_port_base,
+    pick_free_port_base,
+    port_is_free,
+)
 from candela_stack.probes import grpc_serving, http_ok, tcp_open
 from candela_stack.processes import ManagedProcess, Probe, Reporter, StartupError, Supervisor, clean_leftovers
 
@@ -71,6 +78,10 @@ SERVICE_TOKEN_METADATA = "candela-service-token"
 DEFAULT_S3_ACCESS_KEY = "candela"
 DEFAULT_S3_SECRET_KEY = "candela-local-secret"
 OWN_POSTGRES_OFFSET = 80
+WRITERS_ENV = "CANDELA_STACK_WRITERS"
+DEFAULT_WRITERS = 2
+"""Writer processes unless CANDELA_STACK_WRITERS says otherwise (see StackConfig.writers): 2 measured ~10 %
+more logs/s than 1 on 2 cores (bench/results/ingest-20261123T130700Z.md)."""
 """Port offset of the private Postgres cluster of a stack with `own_postgres`."""
 
 
@@ -175,6 +186,10 @@ class StackConfig:
     """ClickHouse database the migrations create and the services use."""
     kafka_partitions: int = 4
     """Partitions of the logs topic and of its dead-letter topic."""
+    writers: int = DEFAULT_WRITERS
+    """Writer processes (CANDELA_STACK_WRITERS), all in one consumer group: one Python process is bound to
+    one core by the GIL, so more than one lets the writers use every core (partitions bound the useful
+    number; at most MAX_WRITERS, see StackPorts)."""
     s3_access_key: str = DEFAULT_S3_ACCESS_KEY
     """S3 access key (SeaweedFS identity, also handed to the services and the broker)."""
     s3_secret_key: str = DEFAULT_S3_SECRET_KEY
@@ -209,6 +224,7 @@ class StackConfig:
             database=environ.get("CANDELA_POSTGRES_DATABASE", "candela"),
             postgres_admin_dsn=environ.get(postgres.ADMIN_DSN_ENV, postgres.DEFAULT_ADMIN_DSN),
             kafka_partitions=_int_env("CANDELA_KAFKA_PARTITIONS", 4),
+            writers=_int_env(WRITERS_ENV, DEFAULT_WRITERS),
             s3_access_key=environ.get("CANDELA_S3_ACCESS_KEY", DEFAULT_S3_ACCESS_KEY),
             s3_secret_key=environ.get("CANDELA_S3_SECRET_KEY", DEFAULT_S3_SECRET_KEY),
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
@@ -230,6 +246,7 @@ class StackConfig:
             drop_database_on_stop=True,
             postgres_admin_dsn=environ.get(postgres.ADMIN_DSN_ENV, postgres.DEFAULT_ADMIN_DSN),
             kafka_partitions=_int_env("CANDELA_KAFKA_PARTITIONS", 4),
+            writers=_int_env(WRITERS_ENV, DEFAULT_WRITERS),
             log_level=environ.get("CANDELA_LOG_LEVEL", "INFO"),
             # Test data is thrown away: no point waiting for SeaweedFS's slow clean exit.
             seaweed_stop_grace=1.0,
@@ -265,6 +282,8 @@ class Stack:
         """Prepares (does not start) a stack; `report` receives progress lines (e.g. print)."""
         self.config = config
         self.ports = StackPorts.from_base(config.port_base)
+        if not 1 <= config.writers <= MAX_WRITERS:
+            raise ValueError(f"writers must be in [1, {MAX_WRITERS}], got {config.writers}")
         self.components = resolve_components(config.components, config.kafka_engine)
         self.service_token = config.service_token or secrets.token_urlsafe(32)
         self.data_dir = config.data_dir
@@ -503,22 +522,29 @@ class Stack:
     # --- one component at a time (fault tests) ---------------------------------------------------
 
     def process_of(self, component: Component) -> ManagedProcess:
-        """The running process of `component` (Postgres only with `own_postgres`)."""
-        name = _PROCESS_NAMES.get(component, component.value)
-        for process in self._supervisor.processes:
-            if process.name == name:
-                return process
-        raise KeyError(f"{component} has no running process in this stack")
+        """The running process of `component` (Postgres only with `own_postgres`; the first writer)."""
+        return self.processes_of(component)[0]
+
+    def processes_of(self, component: Component) -> list[ManagedProcess]:
+        """The running processes of `component` in start order (several only for the writer)."""
+        names = set(self._process_names(component))
+        found = [process for process in self._supervisor.processes if process.name in names]
+        if not found:
+            raise KeyError(f"{component} has no running process in this stack")
+        return found
 
     def stop_component(self, component: Component, *, kill: bool = False) -> None:
-        """Stops one component's process: politely (SIGTERM, grace, SIGKILL) or at once with `kill`.
+        """Stops one component's processes: politely (SIGTERM, grace, SIGKILL) or at once with `kill`.
 
         Nothing that depends on it is stopped: this is how a test makes one component unavailable.
         """
-        process = self.process_of(component)
-        if kill and process.running():
-            os.killpg(process.pid, signal.SIGKILL)
-        self._supervisor.stop(process, self._report)
+        processes = self.processes_of(component)
+        if kill:
+            for process in processes:
+                if process.running():
+                    os.killpg(process.pid, signal.SIGKILL)
+        for process in reversed(processes):
+            self._supervisor.stop(process, self._report)
 
     def start_component(self, component: Component) -> None:
         """Starts a component stopped by stop_component again, on the same ports and data, and waits
@@ -538,8 +564,9 @@ class Stack:
         """SIGKILLs every remaining process group at once (e.g. on a second Ctrl-C during stop())."""
         self._supervisor.kill_remaining()
 
-    def service_env(self, component: Component) -> dict[str, str]:
-        """The environment one service is started with (the caller's `env` overrides included)."""
+    def service_env(self, component: Component, instance: int = 0) -> dict[str, str]:
+        """The environment one service is started with (the caller's `env` overrides included);
+        `instance` picks the writer process (each has its own gRPC and metrics ports)."""
         env = dict(os.environ)
         env.update(
             {
@@ -551,13 +578,21 @@ class Stack:
         env.update(self._service_specific_env(component))
         env.update(self._otlp_env())
         metrics_port = self.metrics_ports().get(component)
+        if component is Component.WRITER:
+            env["CANDELA_GRPC_PORT"] = str(self.ports.writer_grpc_port(instance))
+            metrics_port = self.ports.writer_metrics_port(instance)
         if metrics_port is not None:
             env["CANDELA_METRICS_PORT"] = str(metrics_port)
         env.update(self.config.env)
         return env
 
+    def writer_metrics_ports(self) -> list[int]:
+        """The Prometheus scrape port of every writer process (a writer total is their sum)."""
+        return [self.ports.writer_metrics_port(index) for index in range(self.config.writers)]
+
     def metrics_ports(self) -> dict[Component, int]:
-        """The Prometheus scrape port of each gRPC service (the proxy serves /metrics on its HTTP port)."""
+        """The Prometheus scrape port of each gRPC service (the proxy serves /metrics on its HTTP port;
+        the writer's entry is the first writer's: see writer_metrics_ports)."""
         p = self.ports
         return {
             Component.AUTH: p.auth_metrics,
@@ -636,8 +671,9 @@ class Stack:
             after.add(Component.FAKE_PROVIDER)
         return frozenset(after) & self.components
 
-    def _launch(self, component: Component) -> ManagedProcess | None:
-        """Starts the process of `component` (None for Postgres, which is the machine's server)."""
+    def _launch(self, component: Component) -> list[ManagedProcess]:
+        """Starts the processes of `component`: none for Postgres when it is the machine's server, one
+        per writer for the writer, else one."""
         launchers: dict[Component, Callable[[], ManagedProcess]] = {
             Component.REDIS: self._launch_redis,
             Component.CLICKHOUSE: self._launch_clickhouse,
@@ -647,16 +683,20 @@ class Stack:
             Component.ENVOY: self._launch_envoy,
         }
         if component is Component.POSTGRES:
-            return self._launch_own_postgres() if self.config.own_postgres else None
+            return [self._launch_own_postgres()] if self.config.own_postgres else []
+        if component is Component.WRITER:
+            return [self._launch_service(component, index) for index in range(self.config.writers)]
         if component in SERVICE_MODULES:
-            return self._launch_service(component)
-        return launchers[component]()
+            return [self._launch_service(component)]
+        return [launchers[component]()]
 
-    def _finish(self, component: Component, process: ManagedProcess | None) -> None:
-        """Waits until `component` is ready, then provisions it (migrations, buckets, topics)."""
-        if process is None:
+    def _finish(self, component: Component, processes: list[ManagedProcess]) -> None:
+        """Waits until every process of `component` is ready, then provisions it (migrations, topics)."""
+        if not processes:
             self._timed("postgres", self._prepare_postgres)
-        elif component is Component.POSTGRES:
+            return
+        process = processes[0]
+        if component is Component.POSTGRES:
             self._await(process, lambda: postgres.is_reachable(self.postgres_admin_dsn))
             self._timed("postgres database", self._prepare_postgres)
         elif component is Component.REDIS:
@@ -674,7 +714,8 @@ class Stack:
         elif component is Component.ENVOY:
             self._await(process, lambda: http_ok(f"{self.envoy_admin_url}/ready", expect_body=b"LIVE"))
         else:
-            self._await(process, self._service_probe(component))
+            for instance, service in enumerate(processes):  # several only for the writer
+                self._await(service, self._service_probe(component, instance))
 
     def _run_graph(self, after: dict[Component, frozenset[Component]]) -> None:
         """Starts each component as soon as what it comes after is ready, until all are ready.
@@ -694,8 +735,8 @@ class Stack:
                 while pending or running:
                     for component in [c for c in pending if after[c] <= ready]:
                         pending.remove(component)
-                        process = self._launch(component)
-                        running[pool.submit(self._finish, component, process)] = component
+                        processes = self._launch(component)
+                        running[pool.submit(self._finish, component, processes)] = component
                     if not running:
                         raise RuntimeError(f"cannot order the start of {pending}: circular dependencies")
                     finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -736,7 +777,10 @@ class Stack:
             Component.AUTH: {"auth_grpc": p.auth_grpc},
             Component.PROMPTS: {"prompts_grpc": p.prompts_grpc},
             Component.INGEST: {"ingest_grpc": p.ingest_grpc},
-            Component.WRITER: {"writer_grpc": p.writer_grpc},
+            Component.WRITER: {
+                f"writer_grpc_{index}": p.writer_grpc_port(index) for index in range(self.config.writers)
+            }
+            | {f"writer_metrics_{index}": p.writer_metrics_port(index) for index in range(self.config.writers)},
             Component.QUERY: {"query_grpc": p.query_grpc},
             Component.PROXY: {"proxy_http": p.proxy_http},
             Component.ENVOY: {"gateway": p.gateway, "envoy_admin": p.envoy_admin},
@@ -838,7 +882,7 @@ class Stack:
         argv = [sys.executable, "-m", "candela_stack.fake_provider", "--port", str(self.ports.fake_provider)]
         return self._supervisor.start("fake-provider", argv, env=env, cwd=self.data_dir)
 
-    def _launch_service(self, component: Component) -> ManagedProcess:
+    def _launch_service(self, component: Component, instance: int = 0) -> ManagedProcess:
         module = SERVICE_MODULES[component]
         try:
             found = importlib.util.find_spec(module) is not None
@@ -849,24 +893,30 @@ class Stack:
         if component is Component.PROXY:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
         return self._supervisor.start(
-            component.value,
+            self._process_names(component)[instance],
             [sys.executable, "-m", module],
-            env=self.service_env(component),
+            env=self.service_env(component, instance),
             cwd=self.data_dir,
             stop_grace=_STOP_GRACE.get(component, 10.0),
         )
 
-    def _service_probe(self, component: Component) -> Probe:
+    def _service_probe(self, component: Component, instance: int = 0) -> Probe:
         if component is Component.PROXY:
             return lambda: http_ok(f"{self.proxy_url}/healthz")
         address = {
             Component.AUTH: self.auth_addr,
             Component.PROMPTS: self.prompts_addr,
             Component.INGEST: self.ingest_addr,
-            Component.WRITER: self.writer_addr,
+            Component.WRITER: f"{LOOPBACK}:{self.ports.writer_grpc_port(instance)}",
             Component.QUERY: self.query_addr,
         }[component]
         return lambda: grpc_serving(address)
+
+    def _process_names(self, component: Component) -> list[str]:
+        """Process (and log file) names of `component`: `writer`, `writer-2`, ... for the writers."""
+        if component is Component.WRITER:
+            return ["writer", *(f"writer-{index + 1}" for index in range(1, self.config.writers))]
+        return [_PROCESS_NAMES.get(component, component.value)]
 
     def _service_specific_env(self, component: Component) -> dict[str, str]:
         p = self.ports
