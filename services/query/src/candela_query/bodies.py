@@ -45,6 +45,32 @@ class BodyReader:
             return b""
         return await asyncio.to_thread(self._read, location)
 
+    async def read_pair(self, first: BodyLocation | None, second: BodyLocation | None) -> tuple[bytes, bytes]:
+        """Both bodies of a request; one ranged GET when they sit close together in one object (ingest packs
+        a request's bodies one after the other), which saves a whole S3 round trip and botocore's CPU."""
+        if first is None or second is None or (covering := covering_range(first, second)) is None:
+            return await asyncio.gather(self.read(first), self.read(second))
+        both = await asyncio.to_thread(self._read, covering)
+        return (
+            both[first.offset - covering.offset :][: first.length],
+            both[second.offset - covering.offset :][: second.length],
+        )
+
     async def check(self) -> None:
         """Raises unless the bucket is reachable (readiness)."""
         await asyncio.to_thread(self._client.head_bucket, Bucket=self._bucket)
+
+
+# Bytes between two bodies that one GET may read and throw away rather than making a second GET.
+MAX_GAP_BYTES = 64 * 1024
+
+
+def covering_range(first: BodyLocation, second: BodyLocation) -> BodyLocation | None:
+    """The one range holding both bodies, when both are in the same object at most MAX_GAP_BYTES apart."""
+    if first.length == 0 or second.length == 0 or first.object_key != second.object_key:
+        return None
+    start = min(first.offset, second.offset)
+    end = max(first.offset + first.length, second.offset + second.length)
+    if end - start - first.length - second.length > MAX_GAP_BYTES:
+        return None
+    return BodyLocation(first.object_key, start, end - start)

@@ -8,7 +8,6 @@ the caller as text (the gRPC boundary answers INTERNAL with a trace id).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from dataclasses import dataclass, field
@@ -156,9 +155,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         return await self._with_bodies(stored)
 
     async def _with_bodies(self, stored: StoredRequest) -> pb.GetRequestResponse:
-        request_body, response_body = await asyncio.gather(
-            self._bodies.read(stored.request_body), self._bodies.read(stored.response_body)
-        )
+        request_body, response_body = await self._bodies.read_pair(stored.request_body, stored.response_body)
         return pb.GetRequestResponse(
             request=stored.record,
             request_body=request_body.decode("utf-8", errors="replace"),
