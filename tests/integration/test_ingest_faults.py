@@ -150,16 +150,20 @@ async def _usage_count(stack: Stack, organization_id: str) -> int:
 
 
 async def _assert_exact(stack: Stack, organization_id: str, acknowledged: int, timeout_s: float = 90.0) -> None:
-    """Waits until ClickHouse holds every acknowledged log, then checks usage and duplicates."""
+    """Waits until ClickHouse and the usage counters hold every acknowledged log, then checks both exactly.
+
+    A writer inserts into ClickHouse inside its Postgres transaction, so a batch's rows can be visible a
+    moment before its usage commits: both are awaited, then compared (a count above is as wrong as below).
+    """
     deadline = time.monotonic() + timeout_s
-    counts = (0, 0, 0)
+    counts, usage = (0, 0, 0), 0
     while time.monotonic() < deadline:
         counts = await asyncio.to_thread(_clickhouse_counts, stack, organization_id)
-        if counts[1] >= acknowledged:
+        usage = await _usage_count(stack, organization_id)
+        if counts[1] >= acknowledged and usage >= acknowledged:
             break
         await asyncio.sleep(0.25)
     assert counts == (acknowledged, acknowledged, 0), "rows == acknowledged logs, none visible twice"
-    usage = await _usage_count(stack, organization_id)
     assert usage == acknowledged, "usage totals exact"
 
 
