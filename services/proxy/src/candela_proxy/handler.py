@@ -614,8 +614,12 @@ class ProxyHandler:
                 trace_context=_request_trace_context() if self._tracing else None,
             )
         )
-        metrics.count_request(provider if not target else "custom", exchange.route.provider_path, exchange.status)
-        metrics.observe_duration(exchange.route.provider_path, finished - exchange.started)
+        metrics.count_served(
+            provider if not target else "custom",
+            exchange.route.provider_path,
+            exchange.status,
+            finished - exchange.started,
+        )
         self._after(exchange, response_body, cost)
         return record
 

@@ -68,9 +68,11 @@ def count_request(provider: str, path: str, status: int) -> None:
     _request_counter(provider, endpoint_label(path), f"{status // 100}xx").inc()
 
 
-def observe_duration(path: str, seconds: float) -> None:
-    """Records how long one request took end to end."""
-    _duration_histogram(endpoint_label(path)).observe(seconds)
+def count_served(provider: str, path: str, status: int, seconds: float) -> None:
+    """Counts one request that reached a provider and records how long it took end to end."""
+    endpoint = endpoint_label(path)
+    _request_counter(provider, endpoint, f"{status // 100}xx").inc()
+    _duration_histogram(endpoint).observe(seconds)
 
 
 def count_attempt(status: int) -> None:
