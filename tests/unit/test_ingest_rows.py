@@ -11,8 +11,15 @@ from typing import Any
 import pytest
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import NO_FIRST_TOKEN, REQUEST_COLUMNS, clickhouse_row, exact_cost, insert_statement
-from candela_ingest.usage import aggregate_usage, ledger_columns, unique_by_canonical_id
+from candela_ingest.rows import (
+    NO_FIRST_TOKEN,
+    REQUEST_COLUMNS,
+    clickhouse_row,
+    exact_cost,
+    insert_statement,
+    request_columns,
+)
+from candela_ingest.usage import BatchRequests, aggregate_usage, ledger_columns
 from candela_ingest.validation import check_log_message
 from candela_runtime.errors import Violations
 
@@ -30,6 +37,15 @@ def _record(**fields: Any) -> log_record_pb2.LogRecord:
     if not record.HasField("created_at"):
         record.created_at.FromDatetime(CREATED)
     return record
+
+
+def _batch(records: list[log_record_pb2.LogRecord]) -> BatchRequests:
+    return BatchRequests.of(request_columns([log_record_pb2.LogMessage(record=record) for record in records], 1))
+
+
+def _usage(records: list[log_record_pb2.LogRecord]) -> list[Any]:
+    batch = _batch(records)
+    return aggregate_usage(batch, batch.positions)
 
 
 def _row(message: log_record_pb2.LogMessage, version: int = 42) -> dict[str, Any]:
@@ -202,7 +218,7 @@ def test_usage_aggregates_per_organization_and_utc_day() -> None:
     elsewhere = _record(cost_usd="1")
     elsewhere.organization_id = other
 
-    usage = aggregate_usage([late, next_day, unpriced, precise, elsewhere])
+    usage = _usage([late, next_day, unpriced, precise, elsewhere])
     by_key = {(u.organization_id, u.day): u for u in usage}
     mine = by_key[(uuid.UUID(ORG), date(2026, 3, 7))]
     assert (mine.request_count, mine.prompt_tokens, mine.completion_tokens, mine.unpriced_count) == (3, 15, 6, 1)
@@ -213,7 +229,7 @@ def test_usage_aggregates_per_organization_and_utc_day() -> None:
 
 
 def test_an_organization_with_only_unpriced_requests_costs_zero() -> None:
-    (usage,) = aggregate_usage([_record(), _record()])
+    (usage,) = _usage([_record(), _record()])
     assert (usage.request_count, usage.unpriced_count, usage.cost_usd) == (2, 2, Decimal(0))
 
 
@@ -226,17 +242,30 @@ def test_duplicates_collapse_to_the_last_record() -> None:
     shouted.CopyFrom(first)
     shouted.request_id = first.request_id.upper()
     shouted.cost_usd = "3"
-    unique = unique_by_canonical_id([first, _record(), again, shouted])
-    assert len(unique) == 2
-    assert unique[first.request_id].cost_usd == "3"
+    batch = _batch([first, _record(), again, shouted])
+    assert len(batch.positions) == 2
+    assert batch.positions[first.request_id] == 3
+    (usage,) = aggregate_usage(batch, batch.positions)
+    assert (usage.request_count, usage.cost_usd) == (2, Decimal(3))
 
 
 def test_ledger_rows_are_sorted_like_uuids_and_keep_microseconds() -> None:
     records = [_record() for _ in range(50)]
     records[0].organization_id = ORG.upper()
-    ledger = ledger_columns(unique_by_canonical_id(records))
+    ledger = ledger_columns(_batch(records))
     assert [uuid.UUID(request_id) for request_id in ledger.request_ids] == sorted(
         uuid.UUID(record.request_id) for record in records
     )
     assert set(ledger.organization_ids) == {ORG}
-    assert set(ledger.created_ats) == {CREATED}
+    assert set(ledger.created_at_us) == {int(CREATED.timestamp()) * 1_000_000 + CREATED.microsecond}
+
+
+def test_a_batch_without_some_requests_keeps_the_others_aligned() -> None:
+    records = [_record(cost_usd=str(index)) for index in range(5)]
+    batch = _batch(records)
+    kept = dict(
+        zip(REQUEST_COLUMNS, batch.without(frozenset({records[1].request_id, records[3].request_id})), strict=True)
+    )
+    assert kept["request_id"] == [records[index].request_id for index in (0, 2, 4)]
+    assert kept["cost_usd"] == [Decimal(0), Decimal(2), Decimal(4)]
+    assert batch.without(frozenset()) is batch.columns

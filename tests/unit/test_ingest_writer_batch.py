@@ -14,8 +14,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.propagation import extract_context, inject_headers, links_from
-from candela_ingest.rows import REQUEST_COLUMNS, Row
-from candela_ingest.usage import unique_by_canonical_id
+from candela_ingest.rows import REQUEST_COLUMNS, RequestColumns, Row
+from candela_ingest.usage import BatchRequests
 from candela_ingest.writer.batch import (
     BatchAborted,
     BatchWriter,
@@ -35,6 +35,7 @@ ORG = str(uuid.uuid4())
 FAST_RETRY = RetryPolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.004)
 _MODEL = REQUEST_COLUMNS.index("model")
 _REQUEST_ID = REQUEST_COLUMNS.index("request_id")
+_COST = REQUEST_COLUMNS.index("cost_usd")
 
 
 class FakeRows:
@@ -46,7 +47,8 @@ class FakeRows:
         self.calls = 0
         self.unavailable_calls = unavailable_calls
 
-    async def insert(self, rows: Sequence[Row]) -> None:
+    async def insert(self, columns: RequestColumns) -> None:
+        rows = list(zip(*columns, strict=True))
         self.calls += 1
         if self.unavailable_calls:
             self.unavailable_calls -= 1
@@ -71,12 +73,12 @@ class FakeLedger:
         self.counted: set[str] = set()
         self.cost = Decimal(0)
 
-    async def count(self, records: Sequence[log_record_pb2.LogRecord], insert_rows: InsertRows) -> LedgerOutcome:
-        new = [r for key, r in unique_by_canonical_id(records).items() if key not in self.counted]
+    async def count(self, batch: BatchRequests, insert_rows: InsertRows) -> LedgerOutcome:
+        new = [(key, index) for key, index in batch.positions.items() if key not in self.counted]
         await insert_rows(frozenset())  # as in Postgres: a store error here rolls the counting back
-        for record in new:
-            self.counted.add(record.request_id)
-            self.cost += Decimal(record.cost_usd)
+        for key, index in new:
+            self.counted.add(key)
+            self.cost += batch.columns[_COST][index]
         return LedgerOutcome(len(new), frozenset())
 
 

@@ -98,12 +98,8 @@ def created_at_us(record: log_record_pb2.LogRecord) -> int:
     return record.created_at.seconds * 1_000_000 + record.created_at.nanos // 1000
 
 
-def _body(ref: log_record_pb2.BodyRef, present: bool) -> tuple[str, int, int]:
-    return (ref.object_key, ref.offset, ref.length) if present else ("", 0, 0)
-
-
 # Most logs carry no properties, prompt inputs or retried attempts: those columns are built only when there
-# is something in them (the row is built for every log the writers store).
+# is something in them (the columns are built for every log the writers store).
 
 
 def _sorted_map(values: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -128,8 +124,31 @@ def _attempt_columns(
     )
 
 
-# Runs of columns copied as they are from the record, each read by one C-level attrgetter call (one
-# Python attribute access per column costs more, and this runs for every log the writers store).
+def _map_columns(maps: Sequence[Mapping[str, str]]) -> tuple[list[list[str]], list[list[str]]]:
+    """The key and value array columns of one map field across a batch."""
+    if not any(maps):
+        return [[] for _ in maps], [[] for _ in maps]
+    pairs = [_sorted_map(values) for values in maps]
+    return [keys for keys, _ in pairs], [values for _, values in pairs]
+
+
+def _attempts_of(records: Sequence[log_record_pb2.LogRecord]) -> list[list[Any]]:
+    """The four attempt array columns across a batch."""
+    attempts = [record.attempts for record in records]
+    if not any(attempts):
+        return [[[] for _ in records] for _ in range(4)]
+    return [list(column) for column in zip(*map(_attempt_columns, attempts), strict=True)]
+
+
+def _costs(records: Sequence[log_record_pb2.LogRecord], field: str) -> tuple[list[Decimal], list[int]]:
+    """A cost column and its "known" flags. An unset cost reads as "": a validated message never sets an
+    empty one (it is no decimal), so the text alone tells whether the cost is known."""
+    texts = list(map(attrgetter(field), records))
+    return [exact_cost(text) if text else _ZERO for text in texts], [int(bool(text)) for text in texts]
+
+
+# Fields copied as they are from the record, each run read by one C-level attrgetter per log and
+# transposed by zip: per-value Python work is what a batch of thousands of logs pays for.
 # (A dotted path would fetch the sub-message again for every field: each fetch makes a new wrapper.)
 _IDS = attrgetter("organization_id", "request_id")
 _TIME = attrgetter("seconds", "nanos")
@@ -146,46 +165,75 @@ _USAGE = attrgetter(
 )
 _SESSION = attrgetter("user_id", "session_id", "session_path", "session_name")
 _PROMPT = attrgetter("prompt_id", "prompt_version")
+_FLAGS = attrgetter("streamed", "cache_hit", "request_body_omitted", "response_body_omitted")
+_BODY = attrgetter("object_key", "offset", "length")
 _ZERO = Decimal(0)
 
 
-def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
-    """The ``requests`` row of a validated message; ``version`` (microseconds) makes the newest write win."""
-    record = message.record
-    seconds, nanos = _TIME(record.created_at)
-    priced = record.HasField("cost_usd")
-    property_keys, property_values = _sorted_map(record.properties)
-    cost_saved = exact_cost(record.cost_saved_usd) if record.HasField("cost_saved_usd") else None
-    prompt_input_keys, prompt_input_values = _sorted_map(record.prompt_inputs)
-    return (
-        *_IDS(record),
+def _transposed(getter: attrgetter[Any], items: Sequence[Any]) -> list[list[Any]]:
+    """The columns of ``getter``'s fields across ``items`` (lists: the driver may convert values in place)."""
+    return [list(column) for column in zip(*map(getter, items), strict=True)]
+
+
+RequestColumns = list[list[Any]]
+"""The ``requests`` rows of a batch as one list per column, in :data:`REQUEST_COLUMNS` order."""
+
+
+def request_columns(messages: Sequence[log_record_pb2.LogMessage], version: int) -> RequestColumns:
+    """The ``requests`` columns of validated messages; ``version`` (microseconds) makes the newest write win.
+
+    Built column by column rather than row by row: the batch is inserted columnar, and a column read
+    across the batch with a C-level getter costs a fraction of the same values gathered per row.
+    An unset body reference reads as the empty reference, which is exactly its ("", 0, 0) sentinel.
+    """
+    if not messages:
+        return [[] for _ in REQUEST_COLUMNS]
+    records = [message.record for message in messages]
+    seconds, nanos = _transposed(_TIME, list(map(attrgetter("created_at"), records)))
+    streamed, cache_hit, request_omitted, response_omitted = (
+        list(map(int, flags)) for flags in zip(*map(_FLAGS, records), strict=True)
+    )
+    cost, priced = _costs(records, "cost_usd")
+    cost_saved, cost_saved_known = _costs(records, "cost_saved_usd")
+    property_keys, property_values = _map_columns([record.properties for record in records])
+    input_keys, input_values = _map_columns([record.prompt_inputs for record in records])
+    return [
+        *_transposed(_IDS, records),
         seconds,
-        seconds * 1_000_000 + nanos // 1000,  # as created_at_us()
-        *_ROUTE(record),
-        int(record.streamed),
-        record.latency_ms,
-        record.time_to_first_token_ms if record.HasField("time_to_first_token_ms") else NO_FIRST_TOKEN,
-        *_USAGE(record.usage),
-        exact_cost(record.cost_usd) if priced else _ZERO,
-        int(priced),
-        *_SESSION(record),
+        [second * 1_000_000 + nano // 1000 for second, nano in zip(seconds, nanos, strict=True)],  # created_at_us()
+        *_transposed(_ROUTE, records),
+        streamed,
+        [record.latency_ms for record in records],
+        [
+            record.time_to_first_token_ms if record.HasField("time_to_first_token_ms") else NO_FIRST_TOKEN
+            for record in records
+        ],
+        *_transposed(_USAGE, [record.usage for record in records]),
+        cost,
+        priced,
+        *_transposed(_SESSION, records),
         property_keys,
         property_values,
-        *_PROMPT(record),
-        int(record.cache_hit),
-        record.finish_reason,
-        int(record.request_body_omitted),
-        int(record.response_body_omitted),
-        *_body(message.request_body, message.HasField("request_body")),
-        *_body(message.response_body, message.HasField("response_body")),
-        record.target_url,
-        cost_saved if cost_saved is not None else _ZERO,
-        int(cost_saved is not None),
-        *_attempt_columns(record.attempts),
-        prompt_input_keys,
-        prompt_input_values,
-        version,
-    )
+        *_transposed(_PROMPT, records),
+        cache_hit,
+        [record.finish_reason for record in records],
+        request_omitted,
+        response_omitted,
+        *_transposed(_BODY, [message.request_body for message in messages]),
+        *_transposed(_BODY, [message.response_body for message in messages]),
+        [record.target_url for record in records],
+        cost_saved,
+        cost_saved_known,
+        *_attempts_of(records),
+        input_keys,
+        input_values,
+        [version] * len(messages),
+    ]
+
+
+def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
+    """The ``requests`` row of one validated message (see :func:`request_columns`)."""
+    return tuple(column[0] for column in request_columns([message], version))
 
 
 SCORES_TABLE = "request_scores"

@@ -8,13 +8,13 @@ transaction. A day is the UTC date of the request's ``created_at``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from decimal import Decimal
+from itertools import compress
 
-from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import exact_cost
+from candela_ingest.rows import REQUEST_COLUMNS, RequestColumns
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,41 @@ class DailyUsage:
     unpriced_count: int
 
 
+_ZERO = Decimal(0)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DAY_US = 86_400 * 1_000_000
+_ORGANIZATION = REQUEST_COLUMNS.index("organization_id")
+_REQUEST = REQUEST_COLUMNS.index("request_id")
+_CREATED_AT_US = REQUEST_COLUMNS.index("created_at_us")
+_PROMPT_TOKENS = REQUEST_COLUMNS.index("prompt_tokens")
+_COMPLETION_TOKENS = REQUEST_COLUMNS.index("completion_tokens")
+_COST = REQUEST_COLUMNS.index("cost_usd")
+_PRICED = REQUEST_COLUMNS.index("priced")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+@dataclass(frozen=True)
+class BatchRequests:
+    """A batch's rows (:func:`~candela_ingest.rows.request_columns`) and where each request's row is.
 
+    The ledger reads the same columns the ClickHouse insert sends, so each field of a log is read from
+    its message once per batch, not once per store.
+    """
 
-def created_at(record: log_record_pb2.LogRecord) -> datetime:
-    """The record's creation time, aware, in UTC (microsecond precision; epoch plus a delta is the
-    cheapest exact construction, and this runs for every log the writers count)."""
-    stamp = record.created_at
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+    columns: RequestColumns
+    positions: dict[str, int]
+    """Request id in canonical (lower-case) form -> the position of its row; the later row of a pair."""
+
+    @classmethod
+    def of(cls, columns: RequestColumns) -> BatchRequests:
+        """The batch of ``columns``, whose request ids are validated UUIDs (any case)."""
+        return cls(columns, {request_id.lower(): index for index, request_id in enumerate(columns[_REQUEST])})
+
+    def without(self, request_ids: frozenset[str]) -> RequestColumns:
+        """The columns without the rows of ``request_ids`` (canonical ids)."""
+        if not request_ids:
+            return self.columns
+        keep = [request_id.lower() not in request_ids for request_id in self.columns[_REQUEST]]
+        return [list(compress(column, keep)) for column in self.columns]
 
 
 @dataclass(frozen=True)
@@ -49,68 +73,62 @@ class LedgerColumns:
 
     request_ids: list[str]
     organization_ids: list[str]
-    created_ats: list[datetime]
+    created_at_us: list[int]
+    """Microseconds since the epoch (Postgres makes the timestamps: exact, and no datetime per log here)."""
 
 
-def unique_by_canonical_id(records: Iterable[log_record_pb2.LogRecord]) -> dict[str, log_record_pb2.LogRecord]:
-    """Validated records keyed by their request id in canonical (lower-case) form; the later one of a pair.
-
-    Strings, not parsed UUIDs: this runs for every log the writers store, and Postgres takes the text.
-    """
-    return {record.request_id.lower(): record for record in records}
-
-
-def ledger_columns(unique: Mapping[str, log_record_pb2.LogRecord]) -> LedgerColumns:
-    """The ledger rows of ``unique`` (from :func:`unique_by_canonical_id`), sorted by request id.
+def ledger_columns(batch: BatchRequests) -> LedgerColumns:
+    """The ledger rows of ``batch``, one per request, sorted by request id.
 
     Sorted so that concurrent writers take row locks in one order: canonical UUID strings (fixed-width,
     lower-case hex) sort exactly as the UUIDs do.
     """
-    request_ids = sorted(unique)
-    records = [unique[request_id] for request_id in request_ids]
+    request_ids = sorted(batch.positions)
+    positions = [batch.positions[request_id] for request_id in request_ids]
+    organizations = batch.columns[_ORGANIZATION]
+    created = batch.columns[_CREATED_AT_US]
     return LedgerColumns(
         request_ids=request_ids,
-        organization_ids=[record.organization_id.lower() for record in records],
-        created_ats=[created_at(record) for record in records],
+        organization_ids=[organizations[index].lower() for index in positions],
+        created_at_us=[created[index] for index in positions],
     )
 
 
-def aggregate_usage(records: Iterable[log_record_pb2.LogRecord]) -> list[DailyUsage]:
-    """Sums ``records`` (each counted once, by the caller) per organization and UTC day.
+def aggregate_usage(batch: BatchRequests, request_ids: Iterable[str]) -> list[DailyUsage]:
+    """Sums the requests ``request_ids`` of ``batch`` (each counted once, by the caller) per organization
+    and UTC day.
 
     The result is sorted by (organization, day), so concurrent writers lock counter rows in one order
     and cannot deadlock each other.
     """
-    totals: dict[tuple[uuid.UUID, date], list[int]] = {}
-    costs: dict[tuple[uuid.UUID, date], Decimal] = {}
-    # Parsed once per organization and day: this loop runs for every log the writers count.
-    organizations: dict[str, uuid.UUID] = {}
-    days: dict[int, date] = {}
-    for record in records:
-        organization_id = organizations.get(record.organization_id)
-        if organization_id is None:
-            organization_id = organizations[record.organization_id] = uuid.UUID(record.organization_id)
-        day_number = record.created_at.seconds // 86_400
-        day = days.get(day_number)
-        if day is None:
-            day = days[day_number] = date.fromordinal(_EPOCH_ORDINAL + day_number)
-        key = (organization_id, day)
-        counters = totals.setdefault(key, [0, 0, 0, 0])
+    columns = batch.columns
+    organizations, created = columns[_ORGANIZATION], columns[_CREATED_AT_US]
+    prompt, completion = columns[_PROMPT_TOKENS], columns[_COMPLETION_TOKENS]
+    costs, priced = columns[_COST], columns[_PRICED]
+    totals: dict[tuple[str, int], list[int]] = {}
+    cost_totals: dict[tuple[str, int], Decimal] = {}
+    for request_id in request_ids:
+        index = batch.positions[request_id]
+        key = (organizations[index].lower(), created[index] // _DAY_US)
+        counters = totals.get(key)
+        if counters is None:
+            counters = totals[key] = [0, 0, 0, 0]
+            cost_totals[key] = _ZERO
         counters[0] += 1
-        counters[1] += record.usage.prompt_tokens
-        counters[2] += record.usage.completion_tokens
-        if record.HasField("cost_usd"):
-            costs[key] = costs.get(key, Decimal(0)) + exact_cost(record.cost_usd)
+        counters[1] += prompt[index]
+        counters[2] += completion[index]
+        if priced[index]:
+            cost_totals[key] += costs[index]
         else:
             counters[3] += 1
     return [
         DailyUsage(
-            organization_id=organization_id,
-            day=day,
+            organization_id=uuid.UUID(organization_id),
+            day=date.fromordinal(_EPOCH_ORDINAL + day),
             request_count=counters[0],
             prompt_tokens=counters[1],
             completion_tokens=counters[2],
-            cost_usd=costs.get((organization_id, day), Decimal(0)),
+            cost_usd=cost_totals[organization_id, day],
             unpriced_count=counters[3],
         )
         for (organization_id, day), counters in sorted(totals.items())

@@ -10,9 +10,11 @@ native driver silently wraps an out-of-range integer, so a bad value has to be s
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -246,3 +248,86 @@ def check_log_message(violations: Violations, message: log_record_pb2.LogMessage
             violations.add(f"{name}.object_key", "is required")
         if ref.offset < 0 or ref.length < 0:
             violations.add(name, f"offset and length must not be negative, got {ref.offset} and {ref.length}")
+
+
+_HAS_UPDATE = operator.methodcaller("HasField", "update")
+_BODY_FIELDS: tuple[Literal["request_body"], Literal["response_body"]] = ("request_body", "response_body")
+_CREATED_AT = operator.attrgetter("created_at")
+_STAMP = operator.attrgetter("seconds", "nanos")
+_BODY_REF = operator.attrgetter("object_key", "offset", "length")
+_ROUTE_NUMBERS = operator.attrgetter("status_code", "latency_ms", "time_to_first_token_ms")
+
+
+def _not_canonical_uuids(values: Sequence[str], *, required: bool) -> list[int]:
+    """The positions of the values that are no canonical UUID (or empty, when ``required``)."""
+    if all(map(_CANONICAL_UUID.fullmatch, values if required else filter(None, values))):
+        return []
+    return [index for index, value in enumerate(values) if (value or required) and not is_canonical_uuid(value)]
+
+
+def suspect_log_messages(messages: Sequence[log_record_pb2.LogMessage]) -> list[int]:
+    """The positions of the messages that may fail :func:`check_log_message`, for a batch read from Kafka.
+
+    A superset: every invalid message is among them (and every update message, which this does not check),
+    so the exact, per-message check runs only for these. The checks run column by column across the batch
+    in C (getters, ``min``/``max``, a regular expression mapped over the ids), which is what lets a writer
+    validate thousands of logs for the price of a few hundred. Unset fields read as their defaults, which
+    either pass the exact check too (zeros, an unset first-token time) or are flagged here (an empty id,
+    created_at at the epoch); an empty cost or body key is flagged only when ``HasField`` says it was set.
+    A column out of bounds flags every message of the batch: the exact check then names the bad ones.
+    """
+    if not messages:
+        return []
+    records = [message.record for message in messages]
+    suspects: set[int] = set()
+    if any(map(_HAS_UPDATE, messages)):
+        suspects.update(index for index, message in enumerate(messages) if message.HasField("update"))
+    for field in ("request_id", "organization_id", "api_key_id"):
+        values = list(map(operator.attrgetter(field), records))
+        suspects.update(_not_canonical_uuids(values, required=field != "api_key_id"))
+    positions = [index for index in range(len(messages)) if index not in suspects]
+    if not positions:
+        return sorted(suspects)
+    if suspects:
+        records = [records[index] for index in positions]
+        messages = [messages[index] for index in positions]
+
+    def flag_all_unless(within_bounds: bool) -> None:
+        if not within_bounds:
+            suspects.update(positions)
+
+    seconds, nanos = zip(*map(_STAMP, map(_CREATED_AT, records)), strict=True)
+    flag_all_unless(min(seconds) >= _EARLIEST_SECONDS and max(seconds) <= _LATEST_SECONDS)
+    flag_all_unless(min(nanos) >= 0 and max(nanos) < _NANOS_PER_SECOND)
+    status, latency, first_token = zip(*map(_ROUTE_NUMBERS, records), strict=True)
+    flag_all_unless(min(status) >= 0 and max(status) <= MAX_STATUS_CODE)
+    flag_all_unless(min(latency) >= 0 and max(latency) <= UINT32_MAX)
+    flag_all_unless(min(first_token) >= 0 and max(first_token) <= INT32_MAX)
+    tokens = [count for counts in map(_TOKEN_COUNTS, map(operator.attrgetter("usage"), records)) for count in counts]
+    flag_all_unless(min(tokens) >= 0 and max(tokens) <= UINT32_MAX)
+    for name in _COST_FIELDS:
+        texts = list(map(operator.attrgetter(name), records))
+        distinct = set(texts)
+        bad = {text for text in distinct if text and _cached_cost(text) is None}
+        if bad or "" in distinct:
+            suspects.update(
+                position
+                for position, record, text in zip(positions, records, texts, strict=True)
+                if text in bad or (not text and record.HasField(name))
+            )
+    for body in _BODY_FIELDS:
+        keys, offsets, lengths = zip(*map(_BODY_REF, map(operator.attrgetter(body), messages)), strict=True)
+        flag_all_unless(min(offsets) >= 0 and min(lengths) >= 0)
+        if not all(keys):
+            suspects.update(
+                position
+                for position, message, key in zip(positions, messages, keys, strict=True)
+                if not key and message.HasField(body)
+            )
+    return sorted(suspects)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_cost(text: str) -> Decimal | None:
+    """:func:`parse_cost`, cached: a batch repeats few distinct costs."""
+    return parse_cost(text)

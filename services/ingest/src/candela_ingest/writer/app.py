@@ -361,18 +361,21 @@ class StorageWriter:
                 await asyncio.sleep(self._retry.initial_backoff_s)
                 continue
             for records in fetched.values():
-                for record in records:
-                    message = ConsumedMessage(
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        key=record.key,
-                        value=record.value,
-                        headers=tuple(record.headers or ()),
-                        timestamp_ms=record.timestamp,
+                # Positional and without per-message method calls: this runs for every message consumed.
+                # (aiokafka hands headers over as a tuple already.)
+                batch.extend(
+                    ConsumedMessage(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                        record.headers or (),
+                        record.timestamp,
                     )
-                    batch.append(message)
-                    size += message.size
+                    for record in records
+                )
+                size += sum(len(record.key or b"") + len(record.value or b"") for record in records)
             if batch and deadline is None:
                 deadline = time.monotonic() + config.batch_max_wait_ms / 1000
             if len(batch) >= config.batch_max_records or size >= config.batch_max_bytes:

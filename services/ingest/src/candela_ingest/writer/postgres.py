@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from candela.logs.v1 import log_record_pb2
-from candela_ingest.usage import aggregate_usage, ledger_columns, unique_by_canonical_id
+from candela_ingest.usage import BatchRequests, aggregate_usage, ledger_columns
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 
 _COUNT_REQUESTS = """
 INSERT INTO counted_requests (request_id, organization_id, created_at)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+SELECT request_id, organization_id, timestamptz 'epoch' + created_at_us * interval '1 microsecond'
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t (request_id, organization_id, created_at_us)
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id, organization_id, created_at
 """
@@ -109,22 +109,21 @@ class PostgresUsageLedger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def count(self, records: Sequence[log_record_pb2.LogRecord], insert_rows: InsertRows) -> LedgerOutcome:
-        """Counts the requests of ``records`` not counted before and, in the same transaction (before it
+    async def count(self, batch: BatchRequests, insert_rows: InsertRows) -> LedgerOutcome:
+        """Counts the requests of ``batch`` not counted before and, in the same transaction (before it
         commits), calls ``insert_rows`` with the ids whose rows must not be stored."""
-        unique = unique_by_canonical_id(records)
-        if not unique:
+        if not batch.positions:
             await insert_rows(frozenset())
             return LedgerOutcome(0, frozenset())
-        ledger = ledger_columns(unique)
+        ledger = ledger_columns(batch)
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 returned = await connection.fetch(
-                    _COUNT_REQUESTS, ledger.request_ids, ledger.organization_ids, ledger.created_ats
+                    _COUNT_REQUESTS, ledger.request_ids, ledger.organization_ids, ledger.created_at_us
                 )
                 dropped = await self._apply_limits(connection, returned)
                 newly = {str(row["request_id"]) for row in returned}
-                usage = aggregate_usage(unique[request_id] for request_id in newly)
+                usage = aggregate_usage(batch, newly)
                 if usage:
                     await connection.execute(
                         _ADD_USAGE,
