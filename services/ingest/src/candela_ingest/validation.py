@@ -4,8 +4,9 @@ Ingest refuses a whole batch when any record is invalid (nothing is written), na
 its path in the request, e.g. ``records[2].record.request_id``. The same record checks run again in the
 writers on what they read from Kafka, since anything can be produced to a topic.
 
-The numeric bounds are those of the ClickHouse columns (UInt32 token counts, Decimal64(12) cost): the
-native driver silently wraps an out-of-range integer, so a bad value has to be stopped here.
+The numeric bounds are those of the ClickHouse columns (UInt32 token counts, Decimal64(12) cost): a value
+out of them would otherwise be refused only by the insert, for its whole batch, and then isolated by
+bisection; stopped here, it is one dead letter at once.
 """
 
 from __future__ import annotations

@@ -3,4 +3,4 @@
 from candela_ingest.writer.app import main
 from candela_runtime.lifecycle import run
 
-run(main)
+run(main, batch_gc=True)
