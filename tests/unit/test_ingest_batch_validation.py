@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.validation import UINT32_MAX, check_log_message, suspect_log_messages
-from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, decode, decode_batch
+from candela_ingest.rows import REQUEST_COLUMNS, checked_request_columns, request_columns
+from candela_ingest.validation import UINT32_MAX, check_log_message
+from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, DecodedBatch, decode, decode_batch
 from candela_runtime.errors import Violations
 
 pytestmark = pytest.mark.unit
@@ -37,27 +38,33 @@ def _valid(index: int = 0) -> log_record_pb2.LogMessage:
     return message
 
 
+def suspect_log_messages(messages: list[log_record_pb2.LogMessage]) -> list[int]:
+    return checked_request_columns(messages, 1)[1]
+
+
 def _is_invalid(message: log_record_pb2.LogMessage) -> bool:
     violations = Violations()
     check_log_message(violations, message)
     return bool(violations.items)
 
 
-# One way to break each checked field (or to leave it as a valid message may), applied at random.
-_CHANGES = {
-    "request_id": st.sampled_from(["", "not-a-uuid", str(uuid.uuid4()).upper(), str(uuid.uuid4())[:-1] + "g"]),
-    "organization_id": st.sampled_from(["", "x" * 36, str(uuid.uuid4())]),
-    "api_key_id": st.sampled_from(["", "key", str(uuid.uuid4())]),
-    "status_code": st.sampled_from([0, 999, 1000, -1]),
-    "latency_ms": st.sampled_from([0, UINT32_MAX, UINT32_MAX + 1, -5]),
-    "time_to_first_token_ms": st.sampled_from([None, 0, 2**31 - 1, 2**31, -1]),
-    "prompt_tokens": st.sampled_from([0, UINT32_MAX, UINT32_MAX + 1, -1]),
-    "cost_usd": st.sampled_from([None, "", "0", "1.5", "NaN", "-1", "1000000", "abc"]),
-    "cost_saved_usd": st.sampled_from([None, "", "0.25", "Infinity"]),
-    "created_at": st.sampled_from(["now", "unset", "epoch", "2101", "bad-nanos"]),
-    "request_body": st.sampled_from(["keep", "unset", "empty-key", "negative"]),
-    "update": st.booleans(),
+# Ways to break each checked field (or to leave it as a valid message may), applied at random.
+_VALUES: dict[str, list[object]] = {
+    "request_id": ["", "not-a-uuid", str(uuid.uuid4()).upper(), str(uuid.uuid4())[:-1] + "g"],
+    "organization_id": ["", "x" * 36, str(uuid.uuid4())],
+    "api_key_id": ["", "key", str(uuid.uuid4())],
+    "status_code": [0, 999, 1000, -1],
+    "latency_ms": [0, UINT32_MAX, UINT32_MAX + 1, -5],
+    "time_to_first_token_ms": [None, 0, 2**31 - 1, 2**31, -1],
+    "prompt_tokens": [0, UINT32_MAX, UINT32_MAX + 1, -1],
+    "cost_usd": [None, "", "0", "1.5", "NaN", "-1", "1000000", "abc"],
+    "cost_saved_usd": [None, "", "0.25", "Infinity"],
+    "created_at": ["now", "unset", "epoch", "2101", "bad-nanos", "big-nanos"],
+    "request_body": ["keep", "unset", "empty-key", "negative"],
+    "update": [False, True],
 }
+_CHANGES = {name: st.sampled_from(values) for name, values in _VALUES.items()}
+_SINGLE_CHANGES = [(name, value) for name, values in _VALUES.items() for value in values]
 
 
 def _apply(message: log_record_pb2.LogMessage, changes: dict[str, object]) -> None:
@@ -82,6 +89,8 @@ def _apply(message: log_record_pb2.LogMessage, changes: dict[str, object]) -> No
         record.created_at.FromDatetime(datetime(2101, 1, 1, tzinfo=UTC))
     elif stamp == "bad-nanos":
         record.created_at.nanos = -1
+    elif stamp == "big-nanos":
+        record.created_at.nanos = 1_000_000_000
     body = changes.get("request_body", "keep")
     if body == "unset":
         message.ClearField("request_body")
@@ -106,6 +115,16 @@ def test_every_invalid_message_is_a_suspect(shapes: list[dict[str, None]], data:
     suspects = set(suspect_log_messages(messages))
     invalid = {index for index, message in enumerate(messages) if _is_invalid(message)}
     assert invalid <= suspects
+
+
+@pytest.mark.parametrize(("name", "value"), _SINGLE_CHANGES)
+def test_one_bad_field_among_valid_messages_makes_its_message_a_suspect(name: str, value: object) -> None:
+    messages = [_valid(index) for index in range(4)]
+    _apply(messages[2], {name: value})
+    if _is_invalid(messages[2]):
+        assert 2 in suspect_log_messages(messages)
+    else:
+        assert suspect_log_messages(messages) in ([], [2])
 
 
 def test_a_valid_batch_has_no_suspects_even_with_unpriced_logs_and_missing_bodies() -> None:
@@ -134,13 +153,36 @@ def test_decode_batch_sorts_messages_as_decode_does_and_keeps_batch_order() -> N
     ]
     entries, dead = decode_batch(batch)
     one_by_one = [decode(message) for message in batch]
-    assert [entry.message.offset for entry in entries] == [
+    assert [entry.message.offset for entry in entries.logs] == [
         result.message.offset for result in one_by_one if not isinstance(result, DeadLetter)
     ]
     assert [(letter.message.offset, letter.error) for letter in dead] == [
         (result.message.offset, result.error) for result in one_by_one if isinstance(result, DeadLetter)
     ]
     assert [letter.message.offset for letter in dead] == [1, 5, 8, 9]
+    assert entries.columns == request_columns([entry.log for entry in entries.logs], 0), "rows of the kept logs only"
+
+
+def test_decode_batch_keeps_updates_apart_and_halves_keep_rows_with_their_logs() -> None:
+    logs = [_valid(index) for index in range(5)]
+    update = log_record_pb2.LogMessage(
+        update=log_record_pb2.LogUpdate(request_id=str(uuid.uuid4()), organization_id=ORG, feedback=True)
+    )
+    update.update.updated_at.FromDatetime(NOW)
+    payloads = [logs[0], logs[1], update, logs[2], logs[3], logs[4]]
+    batch = [ConsumedMessage("logs", 0, offset, b"k", log.SerializeToString()) for offset, log in enumerate(payloads)]
+    decoded, dead = decode_batch(batch)
+    assert dead == []
+    assert [entry.message.offset for entry in decoded.updates] == [2]
+    assert [entry.message.offset for entry in decoded.logs] == [0, 1, 3, 4, 5]
+    first, second = decoded.halves()
+    assert (len(first), len(second)) == (3, 3)
+    request_ids = REQUEST_COLUMNS.index("request_id")
+    for half in (first, second):
+        assert half.columns[request_ids] == [entry.log.record.request_id for entry in half.logs]
+    assert [entry.message.offset for entry in second.updates] == [2]
+    single, rest = DecodedBatch(decoded.logs[:1], [c[:1] for c in decoded.columns], decoded.updates).halves()
+    assert (len(single.logs), len(single.updates), len(rest.logs), len(rest.updates)) == (1, 0, 0, 1)
 
 
 def test_a_cost_or_body_key_set_to_empty_is_a_suspect_though_it_reads_as_unset() -> None:

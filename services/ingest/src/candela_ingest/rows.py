@@ -10,11 +10,22 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
-from operator import attrgetter
-from typing import Any
+from operator import attrgetter, methodcaller
+from typing import Any, Literal
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.validation import COST_DECIMAL_PLACES, FEEDBACK_SCORE
+from candela_ingest.validation import (
+    CANONICAL_UUID,
+    COST_DECIMAL_PLACES,
+    EARLIEST_SECONDS,
+    FEEDBACK_SCORE,
+    INT32_MAX,
+    LATEST_SECONDS,
+    MAX_STATUS_CODE,
+    NANOS_PER_SECOND,
+    UINT32_MAX,
+    parse_cost,
+)
 
 REQUESTS_TABLE = "requests"
 REQUEST_COLUMNS: tuple[str, ...] = (
@@ -140,11 +151,16 @@ def _attempts_of(records: Sequence[log_record_pb2.LogRecord]) -> list[list[Any]]
     return [list(column) for column in zip(*map(_attempt_columns, attempts), strict=True)]
 
 
-def _costs(records: Sequence[log_record_pb2.LogRecord], field: str) -> tuple[list[Decimal], list[int]]:
+@functools.lru_cache(maxsize=4096)
+def _stored_cost(cost_usd: str) -> Decimal:
+    """:func:`exact_cost`, or zero for a text that is no valid cost (such a message is never stored)."""
+    return exact_cost(cost_usd) if cost_usd and parse_cost(cost_usd) is not None else _ZERO
+
+
+def _costs(texts: Sequence[str]) -> tuple[list[Decimal], list[int]]:
     """A cost column and its "known" flags. An unset cost reads as "": a validated message never sets an
     empty one (it is no decimal), so the text alone tells whether the cost is known."""
-    texts = list(map(attrgetter(field), records))
-    return [exact_cost(text) if text else _ZERO for text in texts], [int(bool(text)) for text in texts]
+    return list(map(_stored_cost, texts)), [int(bool(text)) for text in texts]
 
 
 # Fields copied as they are from the record, each run read by one C-level attrgetter per log and
@@ -153,7 +169,7 @@ def _costs(records: Sequence[log_record_pb2.LogRecord], field: str) -> tuple[lis
 _IDS = attrgetter("organization_id", "request_id")
 _TIME = attrgetter("seconds", "nanos")
 _ROUTE = attrgetter("api_key_id", "provider", "model", "response_model", "path", "status_code", "error")
-_USAGE = attrgetter(
+_USAGE_NAMES = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
@@ -163,6 +179,7 @@ _USAGE = attrgetter(
     "audio_prompt_tokens",
     "audio_completion_tokens",
 )
+_USAGE = attrgetter(*_USAGE_NAMES)
 _SESSION = attrgetter("user_id", "session_id", "session_path", "session_name")
 _PROMPT = attrgetter("prompt_id", "prompt_version")
 _FLAGS = attrgetter("streamed", "cache_hit", "request_body_omitted", "response_body_omitted")
@@ -180,33 +197,45 @@ RequestColumns = list[list[Any]]
 
 
 def request_columns(messages: Sequence[log_record_pb2.LogMessage], version: int) -> RequestColumns:
-    """The ``requests`` columns of validated messages; ``version`` (microseconds) makes the newest write win.
+    """The ``requests`` columns of validated messages; ``version`` (microseconds) makes the newest write win."""
+    return checked_request_columns(messages, version)[0]
+
+
+def checked_request_columns(
+    messages: Sequence[log_record_pb2.LogMessage], version: int
+) -> tuple[RequestColumns, list[int]]:
+    """The ``requests`` columns of ``messages`` and the positions of the messages that may be invalid.
 
     Built column by column rather than row by row: the batch is inserted columnar, and a column read
-    across the batch with a C-level getter costs a fraction of the same values gathered per row.
-    An unset body reference reads as the empty reference, which is exactly its ("", 0, 0) sentinel.
+    across the batch with a C-level getter costs a fraction of the same values gathered per row. The
+    columns are then checked as they are (see :func:`_suspects`), so each field of a log is read once per
+    batch, whatever checks and stores it. An unset body reference reads as the empty reference, which is
+    exactly its ("", 0, 0) sentinel. Suspects' rows hold what their fields read as; they are never stored.
     """
     if not messages:
-        return [[] for _ in REQUEST_COLUMNS]
+        return [[] for _ in REQUEST_COLUMNS], []
     records = [message.record for message in messages]
     seconds, nanos = _transposed(_TIME, list(map(attrgetter("created_at"), records)))
     streamed, cache_hit, request_omitted, response_omitted = (
         list(map(int, flags)) for flags in zip(*map(_FLAGS, records), strict=True)
     )
-    cost, priced = _costs(records, "cost_usd")
-    cost_saved, cost_saved_known = _costs(records, "cost_saved_usd")
+    cost_texts = list(map(attrgetter("cost_usd"), records))
+    saved_texts = list(map(attrgetter("cost_saved_usd"), records))
+    cost, priced = _costs(cost_texts)
+    cost_saved, cost_saved_known = _costs(saved_texts)
     property_keys, property_values = _map_columns([record.properties for record in records])
     input_keys, input_values = _map_columns([record.prompt_inputs for record in records])
-    return [
+    first_token = list(map(attrgetter("time_to_first_token_ms"), records))
+    columns = [
         *_transposed(_IDS, records),
         seconds,
         [second * 1_000_000 + nano // 1000 for second, nano in zip(seconds, nanos, strict=True)],  # created_at_us()
         *_transposed(_ROUTE, records),
         streamed,
         [record.latency_ms for record in records],
-        [
-            record.time_to_first_token_ms if record.HasField("time_to_first_token_ms") else NO_FIRST_TOKEN
-            for record in records
+        [  # 0 is a time when set: only HasField tells it from unset
+            value or (0 if record.HasField("time_to_first_token_ms") else NO_FIRST_TOKEN)
+            for value, record in zip(first_token, records, strict=True)
         ],
         *_transposed(_USAGE, [record.usage for record in records]),
         cost,
@@ -229,6 +258,86 @@ def request_columns(messages: Sequence[log_record_pb2.LogMessage], version: int)
         input_values,
         [version] * len(messages),
     ]
+    suspects = _suspects(messages, columns, nanos, first_token, {"cost_usd": cost_texts, "cost_saved_usd": saved_texts})
+    return columns, suspects
+
+
+_HAS_UPDATE = methodcaller("HasField", "update")
+_IS_UUID = CANONICAL_UUID.fullmatch
+_REQUIRED_UUID_COLUMNS = tuple(REQUEST_COLUMNS.index(name) for name in ("request_id", "organization_id"))
+_API_KEY_COLUMN = REQUEST_COLUMNS.index("api_key_id")
+_SECONDS_COLUMN = REQUEST_COLUMNS.index("created_at")
+_BOUNDED_COLUMNS = tuple(
+    (REQUEST_COLUMNS.index(name), low, high)
+    for name, low, high in (
+        ("status_code", 0, MAX_STATUS_CODE),
+        ("latency_ms", 0, UINT32_MAX),
+        *((name, 0, UINT32_MAX) for name in _USAGE_NAMES),
+        ("request_body_offset", 0, 2**63 - 1),
+        ("request_body_length", 0, 2**63 - 1),
+        ("response_body_offset", 0, 2**63 - 1),
+        ("response_body_length", 0, 2**63 - 1),
+    )
+)
+_BODY_KEY_COLUMNS: tuple[tuple[Literal["request_body", "response_body"], int], ...] = (
+    ("request_body", REQUEST_COLUMNS.index("request_body_key")),
+    ("response_body", REQUEST_COLUMNS.index("response_body_key")),
+)
+
+
+def _suspects(
+    messages: Sequence[log_record_pb2.LogMessage],
+    columns: RequestColumns,
+    nanos: list[int],
+    first_token: list[int],
+    cost_texts: dict[Literal["cost_usd", "cost_saved_usd"], list[str]],
+) -> list[int]:
+    """The positions of the messages that may fail :func:`~candela_ingest.validation.check_log_message`.
+
+    A superset (every update message included, which this does not check), so the exact, per-message
+    check runs only for these. Each check runs over a whole column in C (``min``/``max``, a regular
+    expression mapped over the ids); a column out of bounds makes every message a suspect, and the exact
+    check then names the bad ones. Unset fields read as their defaults, which either pass the exact check
+    too (zeros) or fail here (an empty id, created_at at the epoch); an empty cost or body key is a
+    suspect only when ``HasField`` says it was set.
+    """
+    count = len(messages)
+    suspects: set[int] = set()
+    if any(map(_HAS_UPDATE, messages)):
+        suspects.update(index for index, message in enumerate(messages) if message.HasField("update"))
+    for column in _REQUIRED_UUID_COLUMNS:
+        values = columns[column]
+        if not all(map(_IS_UUID, values)):
+            suspects.update(index for index, value in enumerate(values) if not _IS_UUID(value))
+    api_keys = columns[_API_KEY_COLUMN]
+    if not all(map(_IS_UUID, filter(None, api_keys))):
+        suspects.update(index for index, value in enumerate(api_keys) if value and not _IS_UUID(value))
+    seconds = columns[_SECONDS_COLUMN]
+    within_bounds = (
+        min(seconds) >= EARLIEST_SECONDS
+        and max(seconds) <= LATEST_SECONDS
+        and min(nanos) >= 0
+        and max(nanos) < NANOS_PER_SECOND
+        and min(first_token) >= 0
+        and max(first_token) <= INT32_MAX
+        and all(min(columns[column]) >= low and max(columns[column]) <= high for column, low, high in _BOUNDED_COLUMNS)
+    )
+    if not within_bounds:
+        return list(range(count))
+    for field, texts in cost_texts.items():
+        distinct = set(texts)
+        bad = {text for text in distinct if text and parse_cost(text) is None}
+        if bad or "" in distinct:
+            suspects.update(
+                index
+                for index, text in enumerate(texts)
+                if text in bad or (not text and messages[index].record.HasField(field))
+            )
+    for body, column in _BODY_KEY_COLUMNS:
+        keys = columns[column]
+        if not all(keys):
+            suspects.update(index for index, key in enumerate(keys) if not key and messages[index].HasField(body))
+    return sorted(suspects)
 
 
 def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:

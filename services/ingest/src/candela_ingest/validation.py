@@ -11,11 +11,9 @@ bisection; stopped here, it is one dead letter at once.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -32,7 +30,7 @@ MAX_STATUS_CODE = 999
 MAX_COST_USD = Decimal(1_000_000)
 COST_DECIMAL_PLACES = 12
 EARLIEST_CREATED_AT = datetime(2000, 1, 1, tzinfo=UTC)
-_NANOS_PER_SECOND = 1_000_000_000
+NANOS_PER_SECOND = 1_000_000_000
 _TOKEN_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
@@ -46,8 +44,8 @@ _TOKEN_FIELDS = (
 _USAGE_FIELDS = tuple(f"usage.{name}" for name in _TOKEN_FIELDS)
 _TOKEN_COUNTS = operator.attrgetter(*_TOKEN_FIELDS)
 _COST_FIELDS: tuple[Literal["cost_usd"], Literal["cost_saved_usd"]] = ("cost_usd", "cost_saved_usd")
-_EARLIEST_SECONDS = int(EARLIEST_CREATED_AT.timestamp())
-_LATEST_SECONDS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
+EARLIEST_SECONDS = int(EARLIEST_CREATED_AT.timestamp())
+LATEST_SECONDS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class BatchLimits:
     max_clock_skew: timedelta
 
 
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def is_canonical_uuid(value: str) -> bool:
@@ -68,7 +66,7 @@ def is_canonical_uuid(value: str) -> bool:
 
     A regular expression rather than ``uuid.UUID``: it is the writers' hottest check (several per log).
     """
-    return _CANONICAL_UUID.fullmatch(value) is not None
+    return CANONICAL_UUID.fullmatch(value) is not None
 
 
 def parse_cost(value: str) -> Decimal | None:
@@ -119,9 +117,9 @@ def check_log_record(
         violations.add(f"{path}.created_at", "is required")
     else:
         stamp = record.created_at
-        earliest = _EARLIEST_SECONDS
-        latest = _LATEST_SECONDS if latest_created_at is None else int(latest_created_at.timestamp())
-        if not 0 <= stamp.nanos < _NANOS_PER_SECOND:
+        earliest = EARLIEST_SECONDS
+        latest = LATEST_SECONDS if latest_created_at is None else int(latest_created_at.timestamp())
+        if not 0 <= stamp.nanos < NANOS_PER_SECOND:
             violations.add(f"{path}.created_at.nanos", f"must be between 0 and 999999999, got {stamp.nanos}")
         elif not earliest <= stamp.seconds <= latest:
             violations.add(
@@ -209,7 +207,7 @@ def check_log_update(
         stamp = update.updated_at
         latest = int((latest_updated_at or datetime(2100, 1, 1, tzinfo=UTC)).timestamp())
         if (
-            not 0 <= stamp.nanos < _NANOS_PER_SECOND
+            not 0 <= stamp.nanos < NANOS_PER_SECOND
             or not int(EARLIEST_CREATED_AT.timestamp()) <= stamp.seconds <= latest
         ):
             violations.add(f"{path}.updated_at", "must lie between 2000-01-01 and now (plus the allowed clock skew)")
@@ -249,86 +247,3 @@ def check_log_message(violations: Violations, message: log_record_pb2.LogMessage
             violations.add(f"{name}.object_key", "is required")
         if ref.offset < 0 or ref.length < 0:
             violations.add(name, f"offset and length must not be negative, got {ref.offset} and {ref.length}")
-
-
-_HAS_UPDATE = operator.methodcaller("HasField", "update")
-_BODY_FIELDS: tuple[Literal["request_body"], Literal["response_body"]] = ("request_body", "response_body")
-_CREATED_AT = operator.attrgetter("created_at")
-_STAMP = operator.attrgetter("seconds", "nanos")
-_BODY_REF = operator.attrgetter("object_key", "offset", "length")
-_ROUTE_NUMBERS = operator.attrgetter("status_code", "latency_ms", "time_to_first_token_ms")
-
-
-def _not_canonical_uuids(values: Sequence[str], *, required: bool) -> list[int]:
-    """The positions of the values that are no canonical UUID (or empty, when ``required``)."""
-    if all(map(_CANONICAL_UUID.fullmatch, values if required else filter(None, values))):
-        return []
-    return [index for index, value in enumerate(values) if (value or required) and not is_canonical_uuid(value)]
-
-
-def suspect_log_messages(messages: Sequence[log_record_pb2.LogMessage]) -> list[int]:
-    """The positions of the messages that may fail :func:`check_log_message`, for a batch read from Kafka.
-
-    A superset: every invalid message is among them (and every update message, which this does not check),
-    so the exact, per-message check runs only for these. The checks run column by column across the batch
-    in C (getters, ``min``/``max``, a regular expression mapped over the ids), which is what lets a writer
-    validate thousands of logs for the price of a few hundred. Unset fields read as their defaults, which
-    either pass the exact check too (zeros, an unset first-token time) or are flagged here (an empty id,
-    created_at at the epoch); an empty cost or body key is flagged only when ``HasField`` says it was set.
-    A column out of bounds flags every message of the batch: the exact check then names the bad ones.
-    """
-    if not messages:
-        return []
-    records = [message.record for message in messages]
-    suspects: set[int] = set()
-    if any(map(_HAS_UPDATE, messages)):
-        suspects.update(index for index, message in enumerate(messages) if message.HasField("update"))
-    for field in ("request_id", "organization_id", "api_key_id"):
-        values = list(map(operator.attrgetter(field), records))
-        suspects.update(_not_canonical_uuids(values, required=field != "api_key_id"))
-    positions = [index for index in range(len(messages)) if index not in suspects]
-    if not positions:
-        return sorted(suspects)
-    if suspects:
-        records = [records[index] for index in positions]
-        messages = [messages[index] for index in positions]
-
-    def flag_all_unless(within_bounds: bool) -> None:
-        if not within_bounds:
-            suspects.update(positions)
-
-    seconds, nanos = zip(*map(_STAMP, map(_CREATED_AT, records)), strict=True)
-    flag_all_unless(min(seconds) >= _EARLIEST_SECONDS and max(seconds) <= _LATEST_SECONDS)
-    flag_all_unless(min(nanos) >= 0 and max(nanos) < _NANOS_PER_SECOND)
-    status, latency, first_token = zip(*map(_ROUTE_NUMBERS, records), strict=True)
-    flag_all_unless(min(status) >= 0 and max(status) <= MAX_STATUS_CODE)
-    flag_all_unless(min(latency) >= 0 and max(latency) <= UINT32_MAX)
-    flag_all_unless(min(first_token) >= 0 and max(first_token) <= INT32_MAX)
-    tokens = [count for counts in map(_TOKEN_COUNTS, map(operator.attrgetter("usage"), records)) for count in counts]
-    flag_all_unless(min(tokens) >= 0 and max(tokens) <= UINT32_MAX)
-    for name in _COST_FIELDS:
-        texts = list(map(operator.attrgetter(name), records))
-        distinct = set(texts)
-        bad = {text for text in distinct if text and _cached_cost(text) is None}
-        if bad or "" in distinct:
-            suspects.update(
-                position
-                for position, record, text in zip(positions, records, texts, strict=True)
-                if text in bad or (not text and record.HasField(name))
-            )
-    for body in _BODY_FIELDS:
-        keys, offsets, lengths = zip(*map(_BODY_REF, map(operator.attrgetter(body), messages)), strict=True)
-        flag_all_unless(min(offsets) >= 0 and min(lengths) >= 0)
-        if not all(keys):
-            suspects.update(
-                position
-                for position, message, key in zip(positions, messages, keys, strict=True)
-                if not key and message.HasField(body)
-            )
-    return sorted(suspects)
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_cost(text: str) -> Decimal | None:
-    """:func:`parse_cost`, cached: a batch repeats few distinct costs."""
-    return parse_cost(text)

@@ -24,15 +24,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import RequestColumns, Row, request_columns, score_rows
+from candela_ingest.rows import RequestColumns, Row, checked_request_columns, score_rows
 from candela_ingest.usage import BatchRequests
-from candela_ingest.validation import check_log_message, suspect_log_messages
+from candela_ingest.validation import check_log_message
 from candela_ingest.writer import metrics
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
@@ -161,22 +162,62 @@ def decode(message: ConsumedMessage) -> Decoded | DeadLetter:
     return log if isinstance(log, DeadLetter) else _checked(message, log)
 
 
-def decode_batch(batch: Sequence[ConsumedMessage]) -> tuple[list[Decoded], list[DeadLetter]]:
-    """The valid LogMessages of ``batch`` and its dead letters, each in batch order, exactly as
-    :func:`decode` of every message would sort them. The batch is validated column by column and only
-    its suspects one by one (see :func:`~candela_ingest.validation.suspect_log_messages`)."""
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The valid messages of a consumed batch: logs, with their ``requests`` rows, and later updates."""
+
+    logs: list[Decoded]
+    columns: RequestColumns
+    """The rows of ``logs``, one list per column (:func:`~candela_ingest.rows.request_columns`)."""
+    updates: list[Decoded]
+
+    def __len__(self) -> int:
+        return len(self.logs) + len(self.updates)
+
+    @property
+    def messages(self) -> list[ConsumedMessage]:
+        """The consumed messages, logs first."""
+        return [entry.message for entry in (*self.logs, *self.updates)]
+
+    def halves(self) -> tuple[DecodedBatch, DecodedBatch]:
+        """The first and the second half of the messages (logs first), each with its rows."""
+        middle = len(self) // 2
+        logs = min(middle, len(self.logs))
+        updates = middle - logs
+        return (
+            DecodedBatch(self.logs[:logs], [column[:logs] for column in self.columns], self.updates[:updates]),
+            DecodedBatch(self.logs[logs:], [column[logs:] for column in self.columns], self.updates[updates:]),
+        )
+
+
+def decode_batch(batch: Sequence[ConsumedMessage]) -> tuple[DecodedBatch, list[DeadLetter]]:
+    """The valid messages of ``batch`` (in batch order) and its dead letters, exactly as :func:`decode` of
+    every message would sort them. The rows' version is 0 until they are written.
+
+    The rows are built once for the batch and checked column by column; only the suspects among them
+    get the exact, per-message check (see :func:`~candela_ingest.rows.checked_request_columns`).
+    """
     results: list[Decoded | DeadLetter] = []
     for message in batch:
         log = _parse(message)
         results.append(log if isinstance(log, DeadLetter) else Decoded(message, log))
     decoded = [(index, result) for index, result in enumerate(results) if isinstance(result, Decoded)]
-    for suspect in suspect_log_messages([entry.log for _, entry in decoded]):
+    columns, suspects = checked_request_columns([entry.log for _, entry in decoded], 0)
+    if not suspects:
+        logs = [entry for _, entry in decoded]
+        return DecodedBatch(logs, columns, []), [result for result in results if isinstance(result, DeadLetter)]
+    keep = [True] * len(decoded)
+    updates = []
+    for suspect in suspects:
         index, entry = decoded[suspect]
-        results[index] = _checked(*entry)
-    return (
-        [result for result in results if isinstance(result, Decoded)],
-        [result for result in results if isinstance(result, DeadLetter)],
-    )
+        checked = results[index] = _checked(*entry)
+        if isinstance(checked, DeadLetter) or checked.log.HasField("update"):
+            keep[suspect] = False
+            if isinstance(checked, Decoded):
+                updates.append(checked)
+    logs = [entry for (_, entry), kept in zip(decoded, keep, strict=True) if kept]
+    columns = [list(compress(column, keep)) for column in columns]
+    return DecodedBatch(logs, columns, updates), [result for result in results if isinstance(result, DeadLetter)]
 
 
 def _now_us() -> int:
@@ -209,8 +250,8 @@ class BatchWriter:
 
     async def write(self, batch: Sequence[ConsumedMessage], stop: asyncio.Event) -> BatchOutcome:
         """Stores ``batch``; returns once every message is stored or dead-lettered (then commit it)."""
-        entries, dead = decode_batch(batch)
-        stored, newly_counted, rejected = await self._store_with_retries(entries, stop)
+        decoded, dead = decode_batch(batch)
+        stored, newly_counted, rejected = await self._store_with_retries(decoded, stop)
         dead.extend(rejected)
         if dead:
             await self._until_available("dead-letter topic", lambda: self._dead_letters.publish(dead), stop)
@@ -227,7 +268,7 @@ class BatchWriter:
         return BatchOutcome(stored=stored, newly_counted=newly_counted, dead_letters=len(dead))
 
     async def _store_with_retries(
-        self, entries: list[Decoded], stop: asyncio.Event
+        self, entries: DecodedBatch, stop: asyncio.Event
     ) -> tuple[int, int, list[DeadLetter]]:
         """(stored, newly counted, dead letters) for the decoded entries."""
         rejections = 0
@@ -273,18 +314,17 @@ class BatchWriter:
         return 0, 0, []
 
     async def _isolate(
-        self, entries: list[Decoded], error: StoreRejected, attempts: int
+        self, entries: DecodedBatch, error: StoreRejected, attempts: int
     ) -> tuple[int, int, list[DeadLetter]]:
         """Bisects a group the stores rejected (with ``error``, after ``attempts`` tries of each message).
 
         Halves that store are done; a single message rejected on its own is a dead letter.
         """
         if len(entries) == 1:
-            return 0, 0, [DeadLetter(entries[0].message, f"rejected by a store: {error}", attempts)]
-        middle = len(entries) // 2
+            return 0, 0, [DeadLetter(entries.messages[0], f"rejected by a store: {error}", attempts)]
         stored = newly_counted = 0
         dead: list[DeadLetter] = []
-        for half in (entries[:middle], entries[middle:]):
+        for half in entries.halves():
             try:
                 newly_counted += await self._store(half)
             except StoreRejected as half_error:
@@ -296,15 +336,13 @@ class BatchWriter:
                 stored += len(half)
         return stored, newly_counted, dead
 
-    async def _store(self, entries: Sequence[Decoded]) -> int:
+    async def _store(self, entries: DecodedBatch) -> int:
         """One Postgres transaction around one ClickHouse insert (then the scores' insert, if any);
         returns the newly counted requests."""
-        updates = [entry.log.update for entry in entries if entry.log.HasField("update")]
-        entries = [entry for entry in entries if not entry.log.HasField("update")]
-        newly_counted = await self._store_logs(entries) if entries else 0
-        if updates:
+        newly_counted = await self._store_logs(entries.columns) if entries.logs else 0
+        if entries.updates:
             # Scores are not counted in usage: a plain idempotent insert (ReplacingMergeTree by score).
-            rows = [row for update in updates for row in score_rows(update)]
+            rows = [row for entry in entries.updates for row in score_rows(entry.log.update)]
             with tracer.start_as_current_span("clickhouse.insert_scores") as span:
                 span.set_attribute("db.system", "clickhouse")
                 span.set_attribute("candela.writer.rows", len(rows))
@@ -313,8 +351,9 @@ class BatchWriter:
                 metrics.ROWS_INSERTED.labels("request_scores").inc(len(rows))
         return newly_counted
 
-    async def _store_logs(self, entries: Sequence[Decoded]) -> int:
-        batch = BatchRequests.of(request_columns([entry.log for entry in entries], self._clock_us()))
+    async def _store_logs(self, columns: RequestColumns) -> int:
+        # The version is the time of this write (a retry or a redelivery writes a newer one), as the last column.
+        batch = BatchRequests.of([*columns[:-1], [self._clock_us()] * len(columns[-1])])
 
         async def insert_rows(not_stored: frozenset[str]) -> None:
             columns = batch.without(not_stored)
