@@ -8,8 +8,9 @@ FINAL where it can be avoided, since FINAL costs 4-7x on 18.16 (measured on 10M 
 - pages and point reads (a request, a session) read every stored version of the few rows they return
   and keep the newest; a page's filter is evaluated on that newest version (``_newest_matching``);
 - aggregates over a time span skip FINAL when every day of the span is proven free of copies
-  (``_copy_free_fingerprint``, proofs in ``request_dedup_checks``) and nothing changed during the read;
-  otherwise (or without a span) they read with FINAL.
+  (``_copy_free_proof``, proofs in ``request_dedup_checks``) and nothing changed during the read;
+  otherwise (or without a span) they read with FINAL. The days' fingerprints are summed from those of the
+  table's immutable parts, kept in memory, so only parts not seen before are read for them.
 
 The SQL selects only portable values (strings, integers, arrays): ids and decimals through toString(),
 so the same statements give the same Python values on ClickHouse 18.16 (clickhouse-driver) and on modern
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -117,10 +119,56 @@ internal order that is not the text order, so text keeps cursors and both dialec
 
 
 _PARTS_SQL = (
-    "SELECT groupArray(name) FROM (SELECT name FROM system.parts"
-    " WHERE database = currentDatabase() AND table = 'requests' AND active ORDER BY name)"
+    "SELECT groupArray(concat(name, ' ', toString(rows), ' ', toString(toUInt32(modification_time))))"
+    " FROM system.parts WHERE database = currentDatabase() AND table = 'requests' AND active"
 )
-"""The active parts of the requests table, in name order."""
+"""The active parts of the requests table, each as "<name> <rows> <modification time>": a part never changes,
+but its name alone could come back with other rows in a table dropped and created again, which the
+remembered part fingerprints must not take for the old part."""
+
+REMEMBERED_ORGANIZATIONS = 256
+"""Organizations whose part fingerprints and proven days are kept (the ones queried most recently)."""
+
+Fingerprint = tuple[int, int]
+"""(rows, sum of versions modulo 2**64) of a set of stored versions: any insert, merge or deletion changes it."""
+
+
+@dataclass(frozen=True)
+class PartFingerprints:
+    """What one immutable part holds of one organization: the fingerprint of each day with rows there,
+    among ``counted_days`` (the days it was read for)."""
+
+    counted_days: range
+    days: dict[int, Fingerprint]
+
+    def merged(self, later: PartFingerprints) -> PartFingerprints:
+        """Both countings of the part when their days meet (each is exact for its days), else the later."""
+        earlier_days, later_days = self.counted_days, later.counted_days
+        if max(earlier_days.start, later_days.start) > min(earlier_days.stop, later_days.stop):
+            return later
+        counted_days = range(min(earlier_days.start, later_days.start), max(earlier_days.stop, later_days.stop))
+        return PartFingerprints(counted_days, {**self.days, **later.days})
+
+
+@dataclass(frozen=True)
+class RememberedOrganization:
+    """What is known of one organization's rows: the fingerprints of active parts, and for each day the
+    last fingerprint found free of copies (a lasting fact, like a row of request_dedup_checks)."""
+
+    parts: dict[str, PartFingerprints] = field(default_factory=dict)
+    proven_days: dict[int, Fingerprint] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CopyFreeProof:
+    """The days of a span proven free of copies: their total fingerprint, the active parts it was taken
+    from, the part fingerprints read for it, and whether some days were checked after the parts were
+    read (then only a recount confirms it)."""
+
+    total: Fingerprint
+    parts: frozenset[str]
+    counted: dict[str, PartFingerprints]
+    checked_later: bool = False
 
 
 class SqlRunner(Protocol):
@@ -375,13 +423,16 @@ class RequestStore:
     """Queries over logged requests for one organization at a time.
 
     ``final=False`` drops the duplicate handling of aggregates (no FINAL, no proofs): only for benchmarks
-    pricing it. ``clock`` (epoch seconds) decides which days are closed enough to record proofs of.
+    pricing it. ``clock`` (epoch seconds) decides which days are closed enough to record proofs of. The
+    store remembers the day fingerprints of the table's parts and the proven days of the organizations
+    queried last (REMEMBERED_ORGANIZATIONS): share one store per process.
     """
 
     def __init__(self, runner: SqlRunner, final: bool = True, clock: Callable[[], float] = time.time) -> None:
         self._runner = runner
         self._final = " FINAL" if final else ""
         self._clock = clock
+        self._remembered: OrderedDict[str, RememberedOrganization] = OrderedDict()
 
     def _scope(
         self, organization_id: str, where: str, params: dict[str, Any], table: str = "requests", prewhere: str = ""
@@ -592,15 +643,15 @@ class RequestStore:
         ``order``: "keys" (ascending), "count" (most requests first) or "last" (latest request first).
         ``label`` is an extra aggregate expression returned per group (e.g. a session's name).
         ``span``: [start, end) in microseconds when ``where`` keeps only rows created in it; then the
-        rows are read without FINAL if the days it covers are proven free of copies (_copy_free_fingerprint),
+        rows are read without FINAL if the days it covers are proven free of copies (_copy_free_proof),
         and the proof still holds after the read. Otherwise (or without a span) with FINAL.
         """
         params["limit"] = limit
-        proof = await self._copy_free_fingerprint(organization_id, span) if span and self._final else None
+        proof = await self._copy_free_proof(organization_id, span) if span and self._final else None
         table = "request_versions" if proof is not None else "requests"
         sql = self._metrics_sql(organization_id, where, params, group_by, order, label, table)
         rows = await self._runner.fetch(sql, params)
-        if proof is not None and span is not None and not await self._unchanged(organization_id, span, *proof):
+        if proof is not None and span is not None and not await self._unchanged(organization_id, span, proof):
             # Logs arrived (maybe a redelivered copy) while the rows were read: read them again with FINAL.
             sql = self._metrics_sql(organization_id, where, params, group_by, order, label, "requests")
             rows = await self._runner.fetch(sql, params)
@@ -668,63 +719,137 @@ class RequestStore:
         params["days_end"] = min((params["last_day"] + 1) * DAY_SECONDS, 2**32 - 1)
         return "created_at >= toDateTime(%(days_start)s) AND created_at < toDateTime(%(days_end)s)"
 
-    async def _unchanged(
-        self, organization_id: str, span: tuple[int, int], fingerprint: tuple[int, int], parts: tuple[str, ...]
-    ) -> bool:
-        """Whether the days of ``span`` still have ``fingerprint``: (rows, sum of versions) of every stored
-        version, which any insert, merge or deletion there changes. When the table's active parts are still
-        ``parts`` (immutable; every insert, merge or mutation makes a new one), nothing changed at all and
-        the rows need not be counted again."""
-        if parts and tuple(str(name) for name in (await self._runner.fetch(_PARTS_SQL, {}))[0][0]) == parts:
+    async def _unchanged(self, organization_id: str, span: tuple[int, int], proof: CopyFreeProof) -> bool:
+        """Whether the days of ``span`` still have the fingerprint of ``proof``. When the table's active parts
+        are still those it was taken from (immutable; every insert, merge or mutation makes a new one, and a
+        part that left never comes back), nothing changed at all and the rows need not be counted again.
+
+        The part fingerprints read for ``proof`` are remembered for the parts still active: those were
+        active throughout, so their reading saw all their rows."""
+        active = await self._active_parts()
+        self._remember(organization_id, proof.counted, active)
+        if active == proof.parts and not proof.checked_later:
             return True
         params: dict[str, Any] = {}
         scope = self._scope(organization_id, self._day_range(span, params), params, "request_versions")
         count, version_sum = (await self._runner.fetch(f"SELECT count(), sum(version) {scope}", params))[0]
-        return (int(count), int(version_sum)) == fingerprint
+        return (int(count), int(version_sum)) == proof.total
 
-    async def _copy_free_fingerprint(
-        self, organization_id: str, span: tuple[int, int]
-    ) -> tuple[tuple[int, int], tuple[str, ...]] | None:
-        """The fingerprint of the days of ``span`` (and the table's active parts before it was taken) when
-        none of them holds two copies of a request, else None (then only FINAL reads them exactly).
+    async def _active_parts(self) -> frozenset[str]:
+        """The active parts of the requests table (see _PARTS_SQL)."""
+        return frozenset(str(part) for part in (await self._runner.fetch(_PARTS_SQL, {}))[0][0])
 
-        A day is free of copies when a recorded proof (request_dedup_checks) has its current fingerprint,
-        or when checking it now finds as many distinct (created_at_us, request_id) as rows: copies share
-        both, whereas created_at_us alone collides between distinct requests on busy days (a day of 1M
-        requests holds a few same-microsecond pairs), which would send such days to FINAL for good. Proofs
-        of closed days are recorded, so each day is checked about once.
+    def _remember(self, organization_id: str, counted: dict[str, PartFingerprints], active: frozenset[str]) -> None:
+        """Keeps the fingerprints of the ``active`` parts, adding those just ``counted`` (the others left)."""
+        remembered = self._remembered.get(organization_id, RememberedOrganization())
+        kept = {part: fingerprints for part, fingerprints in remembered.parts.items() if part in active}
+        for part, fingerprints in counted.items():
+            if part in active:
+                kept[part] = kept[part].merged(fingerprints) if part in kept else fingerprints
+        self._keep(organization_id, RememberedOrganization(kept, remembered.proven_days))
+
+    def _remember_proven(self, organization_id: str, proven_days: dict[int, Fingerprint]) -> None:
+        """Keeps the fingerprints just found free of copies."""
+        remembered = self._remembered.get(organization_id, RememberedOrganization())
+        self._keep(organization_id, RememberedOrganization(remembered.parts, {**remembered.proven_days, **proven_days}))
+
+    def _keep(self, organization_id: str, remembered: RememberedOrganization) -> None:
+        self._remembered.pop(organization_id, None)
+        self._remembered[organization_id] = remembered
+        while len(self._remembered) > REMEMBERED_ORGANIZATIONS:
+            self._remembered.popitem(last=False)
+
+    async def _copy_free_proof(self, organization_id: str, span: tuple[int, int]) -> CopyFreeProof | None:
+        """The fingerprint of the days of ``span`` when none of them holds two copies of a request, else
+        None (then only FINAL reads them exactly).
+
+        A day's fingerprint is the sum of those of the active parts, each read once per part and day (a
+        part never changes) and remembered. A day is free of copies when a proof (remembered, or recorded
+        in request_dedup_checks) has its current fingerprint, or when checking it now finds as many
+        distinct (created_at_us, request_id) as rows: copies share both, whereas created_at_us alone
+        collides between distinct requests on busy days (a day of 1M requests holds a few same-microsecond
+        pairs), which would send such days to FINAL for good. Proofs of closed days are recorded, so each
+        day is checked about once.
         """
         params: dict[str, Any] = {}
-        days = self._day_range(span, params)
-        per_day = (
-            "SELECT toUInt32(intDiv(toUInt32(created_at), 86400)) AS day, toUInt64(count()) AS row_count,"
-            f" toUInt64(sum(version)) AS version_sum {self._scope(organization_id, days, params, 'request_versions')}"
-            " GROUP BY day"
+        self._day_range(span, params)  # the span's whole days: first_day, last_day
+        span_days = range(params["first_day"], params["last_day"] + 1)
+        # Read before any row is: _unchanged compares them with the parts after the read.
+        parts = await self._active_parts()
+        remembered = self._remembered.get(organization_id, RememberedOrganization())
+        counted_before = {part: remembered.parts[part].counted_days for part in parts if part in remembered.parts}
+        uncounted = {
+            part: missing
+            for part in parts
+            if (missing := [day for day in span_days if day not in counted_before.get(part, range(0))])
+        }
+        counted: dict[str, PartFingerprints] = {}
+        if uncounted:
+            # One read of the uncounted parts over the days some of them lack (a sliding span: its new days).
+            first_day, last_day = (
+                min(days[0] for days in uncounted.values()),
+                max(days[-1] for days in uncounted.values()),
+            )
+            counted = await self._count_parts(organization_id, sorted(uncounted), range(first_day, last_day + 1))
+        current = {part: remembered.parts[part] for part in parts if part in remembered.parts}
+        for part, part_fingerprints in counted.items():
+            current[part] = current[part].merged(part_fingerprints) if part in current else part_fingerprints
+        fingerprints: dict[int, Fingerprint] = {}
+        for part_fingerprints in current.values():
+            for day, (count, version_sum) in part_fingerprints.days.items():
+                if day in span_days:
+                    rows_before, sum_before = fingerprints.get(day, (0, 0))
+                    fingerprints[day] = (rows_before + count, (sum_before + version_sum) % 2**64)
+        unproven = sorted(
+            day for day, fingerprint in fingerprints.items() if remembered.proven_days.get(day) != fingerprint
         )
-        recorded = self._scope(
-            organization_id, "day >= %(first_day)s AND day <= %(last_day)s", params, "request_dedup_checks"
-        )
-        proofs = f"SELECT day, row_count, version_sum, toUInt8(1) AS proven {recorded}"
-        sql = (
-            f"SELECT day, row_count, version_sum, proven, ({_PARTS_SQL}) FROM ({per_day})"
-            f" AS fingerprints ANY LEFT JOIN ({proofs}) AS proofs USING (day, row_count, version_sum)"
-        )
-        fingerprints: dict[int, tuple[int, int]] = {}
-        unproven: list[int] = []
-        parts: tuple[str, ...] = ()
-        for day, count, version_sum, proven, names in await self._runner.fetch(sql, params):
-            fingerprints[int(day)] = (int(count), int(version_sum))
-            parts = tuple(str(name) for name in names)
-            if not int(proven):
-                unproven.append(int(day))
+        checked_later = False
         if unproven:
-            checked = await self._check_days(organization_id, sorted(unproven))
-            if any(distinct != count for count, _, distinct in checked.values()):
-                return None
-            fingerprints.update({day: (count, version_sum) for day, (count, version_sum, _) in checked.items()})
-            parts = ()  # read after the parts: whether they changed meanwhile is unknown
+            recorded = await self._recorded_proofs(organization_id, unproven)
+            proven = {day: fingerprints[day] for day in unproven if (day, *fingerprints[day]) in recorded}
+            unproven = [day for day in unproven if day not in proven]
+            if unproven:
+                checked = await self._check_days(organization_id, unproven)
+                if any(distinct != count for count, _, distinct in checked.values()):
+                    return None
+                checked_fingerprints = {day: (count, version_sum) for day, (count, version_sum, _) in checked.items()}
+                fingerprints.update(checked_fingerprints)
+                proven.update(checked_fingerprints)
+                # Read after the parts: whether they changed meanwhile is unknown.
+                checked_later = True
+            self._remember_proven(organization_id, proven)
         total = sum(count for count, _ in fingerprints.values()), sum(s for _, s in fingerprints.values()) % 2**64
-        return total, parts
+        return CopyFreeProof(total, parts, counted, checked_later)
+
+    async def _recorded_proofs(self, organization_id: str, days: list[int]) -> set[tuple[int, int, int]]:
+        """The (day, rows, sum of versions) of ``days`` recorded free of copies in request_dedup_checks."""
+        params: dict[str, Any] = {"proof_days": tuple(days)}
+        scope = self._scope(organization_id, "day IN %(proof_days)s", params, "request_dedup_checks")
+        rows = await self._runner.fetch(f"SELECT day, row_count, version_sum {scope}", params)
+        return {(int(day), int(count), int(version_sum)) for day, count, version_sum in rows}
+
+    async def _count_parts(self, organization_id: str, parts: list[str], days: range) -> dict[str, PartFingerprints]:
+        """The fingerprints of the organization's rows in each of ``parts`` on each of ``days``: the server
+        reads only those parts (pruned by their names) and only those days (by the primary key)."""
+        by_name = {part.split(" ")[0]: part for part in parts}
+        params: dict[str, Any] = {
+            "counted_parts": tuple(sorted(by_name)),
+            "count_start": days[0] * DAY_SECONDS,
+            "count_end": min((days[-1] + 1) * DAY_SECONDS, 2**32 - 1),
+        }
+        condition = (
+            "created_at >= toDateTime(%(count_start)s) AND created_at < toDateTime(%(count_end)s)"
+            " AND _part IN %(counted_parts)s"
+        )
+        sql = (
+            "SELECT _part, toUInt32(intDiv(toUInt32(created_at), 86400)) AS day, toUInt64(count()),"
+            f" toUInt64(sum(version)) {self._scope(organization_id, condition, params, 'request_versions')}"
+            " GROUP BY _part, day"
+        )
+        found: dict[str, dict[int, Fingerprint]] = {part: {} for part in parts}
+        for name, day, count, version_sum in await self._runner.fetch(sql, params):
+            found[by_name[str(name)]][int(day)] = (int(count), int(version_sum))
+        return {part: PartFingerprints(days, day_fingerprints) for part, day_fingerprints in found.items()}
 
     async def _check_days(self, organization_id: str, days: list[int]) -> dict[int, tuple[int, int, int]]:
         """(rows, sum of versions, distinct identities) of each of ``days``; proofs of the closed ones that
