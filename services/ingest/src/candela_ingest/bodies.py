@@ -35,6 +35,10 @@ class S3BodyStore:
         max_concurrency: int,
     ) -> None:
         self._bucket = bucket
+        # Every PUT is checked end to end by the server, with one hash of the 2 MiB body, not two: over plain
+        # http botocore signs the body's SHA-256 (always), so the CRC32 it would add too is dropped (~0.6 ms
+        # of CPU per object); over https the body is not signed and the CRC32 is what the server checks.
+        checksums = "when_required" if endpoint.lower().startswith("http:") else "when_supported"
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="s3-bodies")
         self._client: Any = boto3.client(
             "s3",
@@ -48,6 +52,7 @@ class S3BodyStore:
                 connect_timeout=5,
                 read_timeout=30,
                 max_pool_connections=max_concurrency,
+                request_checksum_calculation=checksums,
             ),
         )
 

@@ -10,6 +10,7 @@ proxy does not trace) carries the ingest call's own context instead, as before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from opentelemetry import context as otel_context
@@ -23,6 +24,9 @@ _TRACE_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
 MAX_LINKS = 128
 # A record's context is caller input: only W3C trace context is taken from it, and only when it parses.
 _W3C = TraceContextTextMapPropagator()
+_PLAIN_TRACEPARENT = re.compile("00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_INVALID_TRACE_ID = "0" * 32
+_INVALID_SPAN_ID = "0" * 16
 
 
 def inject_headers(context: Context | None = None) -> KafkaHeaders:
@@ -36,6 +40,14 @@ def record_headers(trace_context: Mapping[str, str], fallback: KafkaHeaders) -> 
     """Kafka headers carrying a log's own request context; ``fallback`` when it carries none that is valid."""
     if not trace_context:
         return fallback
+    if "tracestate" not in trace_context:
+        traceparent = trace_context.get("traceparent")
+        # The common case, checked without the propagator (this runs for every traced log): a version-00
+        # traceparent exactly as the propagator writes it, so extracting and injecting it gives it back.
+        if traceparent is not None and (match := _PLAIN_TRACEPARENT.fullmatch(traceparent)) is not None:
+            if match[1] == _INVALID_TRACE_ID or match[2] == _INVALID_SPAN_ID:
+                return fallback
+            return [("traceparent", traceparent.encode())]
     span_context = trace.get_current_span(_W3C.extract(trace_context)).get_span_context()
     if not span_context.is_valid:
         return fallback

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -84,18 +84,15 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         except InvalidArgument:
             metrics.RECORDS_REFUSED.labels(metrics.refusal_reason(request, self._limits)).inc(len(request.records))
             raise
-        await self._refuse_unknown_organizations(request)
+        # Packed first (no side effect): the lookup then takes the batch's few organizations, not every record's.
         packed = pack_batch(request.records, now)
+        await self._refuse_unknown_organizations(request, packed.organization_ids)
         # Each message carries its own request's trace context (see candela_ingest.propagation), so the
         # writer continues that request's trace; a log shipped without one carries this call's context.
         call_headers = inject_headers()
         outgoing = [
-            OutgoingMessage(
-                key=message.record.request_id.encode(),
-                value=message.SerializeToString(),
-                headers=record_headers(item.trace_context, call_headers),
-            )
-            for item, message in zip(request.records, packed.messages, strict=True)
+            OutgoingMessage(key, value, record_headers(item.trace_context, call_headers))
+            for item, key, value in zip(request.records, packed.keys, packed.values, strict=True)
         ]
         try:
             async with asyncio.timeout(self._store_timeout_s):
@@ -124,11 +121,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         metrics.count_accepted(len(outgoing), packed.objects)
         return pb.IngestResponse(accepted_count=len(outgoing))
 
-    async def _refuse_unknown_organizations(self, request: pb.IngestRequest) -> None:
-        """INVALID_ARGUMENT naming each record of an organization that does not exist (cached lookup)."""
+    async def _refuse_unknown_organizations(self, request: pb.IngestRequest, organization_ids: Iterable[str]) -> None:
+        """INVALID_ARGUMENT naming each record of an organization that does not exist (cached lookup);
+        ``organization_ids`` are the distinct organizations of ``request``'s records."""
         if self._organizations is None:
             return
-        unknown = await self._organizations.unknown(item.record.organization_id for item in request.records)
+        unknown = await self._organizations.unknown(organization_ids)
         if not unknown:
             return
         violations = Violations()
