@@ -17,13 +17,10 @@ from candela.logs.v1 import log_record_pb2
 from candela_ingest.validation import (
     CANONICAL_UUID,
     COST_DECIMAL_PLACES,
-    EARLIEST_SECONDS,
     FEEDBACK_SCORE,
-    INT32_MAX,
     LATEST_SECONDS,
-    MAX_STATUS_CODE,
-    NANOS_PER_SECOND,
-    UINT32_MAX,
+    RECORD_BOUNDS,
+    batch_within_bounds,
     parse_cost,
 )
 
@@ -267,17 +264,13 @@ _IS_UUID = CANONICAL_UUID.fullmatch
 _REQUIRED_UUID_COLUMNS = tuple(REQUEST_COLUMNS.index(name) for name in ("request_id", "organization_id"))
 _API_KEY_COLUMN = REQUEST_COLUMNS.index("api_key_id")
 _SECONDS_COLUMN = REQUEST_COLUMNS.index("created_at")
-_BOUNDED_COLUMNS = tuple(
-    (REQUEST_COLUMNS.index(name), low, high)
-    for name, low, high in (
-        ("status_code", 0, MAX_STATUS_CODE),
-        ("latency_ms", 0, UINT32_MAX),
-        *((name, 0, UINT32_MAX) for name in _USAGE_NAMES),
-        ("request_body_offset", 0, 2**63 - 1),
-        ("request_body_length", 0, 2**63 - 1),
-        ("response_body_offset", 0, 2**63 - 1),
-        ("response_body_length", 0, 2**63 - 1),
-    )
+_NUMBER_COLUMNS = tuple(
+    (name, REQUEST_COLUMNS.index(name)) for name, _, _ in RECORD_BOUNDS if name != "time_to_first_token_ms"
+)
+_BODY_POSITION_COLUMNS = tuple(
+    REQUEST_COLUMNS.index(f"{body}_{part}")
+    for body in ("request_body", "response_body")
+    for part in ("offset", "length")
 )
 _BODY_KEY_COLUMNS: tuple[tuple[Literal["request_body", "response_body"], int], ...] = (
     ("request_body", REQUEST_COLUMNS.index("request_body_key")),
@@ -312,17 +305,11 @@ def _suspects(
     api_keys = columns[_API_KEY_COLUMN]
     if not all(map(_IS_UUID, filter(None, api_keys))):
         suspects.update(index for index, value in enumerate(api_keys) if value and not _IS_UUID(value))
-    seconds = columns[_SECONDS_COLUMN]
-    within_bounds = (
-        min(seconds) >= EARLIEST_SECONDS
-        and max(seconds) <= LATEST_SECONDS
-        and min(nanos) >= 0
-        and max(nanos) < NANOS_PER_SECOND
-        and min(first_token) >= 0
-        and max(first_token) <= INT32_MAX
-        and all(min(columns[column]) >= low and max(columns[column]) <= high for column, low, high in _BOUNDED_COLUMNS)
-    )
-    if not within_bounds:
+    numbers = {name: columns[index] for name, index in _NUMBER_COLUMNS}
+    numbers["time_to_first_token_ms"] = first_token  # as set: the column holds -1 when unset
+    if not batch_within_bounds(numbers, columns[_SECONDS_COLUMN], nanos, LATEST_SECONDS) or not all(
+        min(columns[index]) >= 0 for index in _BODY_POSITION_COLUMNS
+    ):
         return list(range(count))
     for field, texts in cost_texts.items():
         distinct = set(texts)

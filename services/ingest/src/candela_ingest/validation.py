@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from itertools import chain
 from typing import Literal
 
 from candela.ingest.v1 import ingest_service_pb2
@@ -191,6 +190,28 @@ _OMITTED = operator.attrgetter("request_body_omitted", "response_body_omitted")
 _REQUEST_BODY = operator.attrgetter("request_body")
 _RESPONSE_BODY = operator.attrgetter("response_body")
 
+RECORD_BOUNDS: tuple[tuple[str, int, int], ...] = (
+    ("status_code", 0, MAX_STATUS_CODE),
+    ("latency_ms", 0, UINT32_MAX),
+    ("time_to_first_token_ms", 0, INT32_MAX),
+    *((name, 0, UINT32_MAX) for name in _TOKEN_FIELDS),
+)
+"""The bounds :func:`check_log_record` puts on a record's numbers (unset ones read 0, which is within)."""
+
+
+def batch_within_bounds(
+    numbers: Mapping[str, Sequence[int]], seconds: Sequence[int], nanos: Sequence[int], latest_seconds: int
+) -> bool:
+    """Whether a batch's numbers (each of :data:`RECORD_BOUNDS` by name, across the batch) and creation
+    times all lie within the bounds of :func:`check_log_record`: a pass over each column in C."""
+    return (
+        min(seconds) >= EARLIEST_SECONDS
+        and max(seconds) <= latest_seconds
+        and min(nanos) >= 0
+        and max(nanos) < NANOS_PER_SECOND
+        and all(min(numbers[name]) >= low and max(numbers[name]) <= high for name, low, high in RECORD_BOUNDS)
+    )
+
 
 def _all_records_pass(
     items: Sequence[ingest_service_pb2.IngestRecord], limits: BatchLimits, latest_seconds: int
@@ -217,22 +238,12 @@ def _all_records_pass(
         if not all(map(_IS_UUID, values if required else filter(None, values))):
             return False
     seconds, nanos = zip(*map(_STAMP, map(operator.attrgetter("created_at"), records)), strict=True)
-    status, latency, first_token = zip(*map(_RECORD_NUMBERS, records), strict=True)
-    tokens = list(chain.from_iterable(map(_TOKEN_COUNTS, map(operator.attrgetter("usage"), records))))
-    if not (
-        min(seconds) >= EARLIEST_SECONDS
-        and max(seconds) <= latest_seconds
-        and min(nanos) >= 0
-        and max(nanos) < NANOS_PER_SECOND
-        and min(status) >= 0
-        and max(status) <= MAX_STATUS_CODE
-        and min(latency) >= 0
-        and max(latency) <= UINT32_MAX
-        and min(first_token) >= 0
-        and max(first_token) <= INT32_MAX
-        and min(tokens) >= 0
-        and max(tokens) <= UINT32_MAX
-    ):
+    route = zip(*map(_RECORD_NUMBERS, records), strict=True)
+    tokens = zip(*map(_TOKEN_COUNTS, map(operator.attrgetter("usage"), records)), strict=True)
+    numbers = dict(
+        zip(("status_code", "latency_ms", "time_to_first_token_ms", *_TOKEN_FIELDS), (*route, *tokens), strict=True)
+    )
+    if not batch_within_bounds(numbers, seconds, nanos, latest_seconds):
         return False
     for name in _COST_FIELDS:
         texts = list(map(operator.attrgetter(name), records))
