@@ -473,6 +473,14 @@ class InsertsDuringReads:
         return await self.inner.fetch(sql, params)
 
 
+def _versions(organization_id: str, seed: int) -> tuple[list[Row], list[Row], list[Ref]]:
+    """Generated rows of one organization: the newest versions, the stale copies, and the newest as refs."""
+    generated = make_rows([organization_id], 300, seed=seed)
+    originals = [row for row in generated if row[-1] == 2]
+    stale = [row for row in generated if row[-1] == 1]
+    return originals, stale, [dict(zip(REQUEST_COLUMNS, row, strict=True)) for row in originals]
+
+
 def _insert(runner: DriverRunner | ChdbRunner, values: list[Row]) -> None:
     if isinstance(runner, DriverRunner):
         insert_rows(runner.client, values)
@@ -483,10 +491,7 @@ def _insert(runner: DriverRunner | ChdbRunner, values: list[Row]) -> None:
 async def test_aggregates_skip_final_only_over_days_proven_free_of_copies(
     driver: DriverRunner, chdb: ChdbRunner
 ) -> None:
-    generated = make_rows([DEDUP_ORG], 300, seed=21)
-    originals = [row for row in generated if row[-1] == 2]
-    stale = [row for row in generated if row[-1] == 1]
-    refs = [dict(zip(REQUEST_COLUMNS, row, strict=True)) for row in originals]
+    originals, stale, refs = _versions(DEDUP_ORG, seed=21)
     for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
         store = RequestStore(runner)
         _insert(runner, originals)
@@ -575,10 +580,7 @@ async def test_remembered_part_fingerprints_spare_rereading_and_never_hide_new_c
     """Once the days are proven, a repeated aggregate reads no row for the proof (the parts' fingerprints
     are remembered); a redelivery stored after that lands in a new part, which is read, so it is not missed."""
     organization_id = "66666666-6666-4666-8666-666666666666"
-    generated = make_rows([organization_id], 300, seed=41)
-    originals = [row for row in generated if row[-1] == 2]
-    stale = [row for row in generated if row[-1] == 1]
-    refs = [dict(zip(REQUEST_COLUMNS, row, strict=True)) for row in originals]
+    originals, stale, refs = _versions(organization_id, seed=41)
     for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
         recording = RecordingRunner(runner)
         store = RequestStore(recording)
@@ -603,16 +605,10 @@ async def test_part_fingerprints_remembered_for_some_days_are_read_again_for_oth
 ) -> None:
     """A part read for the first days of a span says nothing of its later days: copies there still count."""
     organization_id = "77777777-7777-4777-8777-777777777777"
-    generated = make_rows([organization_id], 300, seed=43)
-    originals = [row for row in generated if row[-1] == 2]
+    originals, stale, refs = _versions(organization_id, seed=43)
     late_start = (BASE_SECONDS + 6 * 86_400) * 1_000_000
-    late_stale = [
-        row
-        for row in generated
-        if row[-1] == 1 and dict(zip(REQUEST_COLUMNS, row, strict=True))["created_at_us"] >= late_start
-    ]
+    late_stale = [row for row in stale if dict(zip(REQUEST_COLUMNS, row, strict=True))["created_at_us"] >= late_start]
     assert late_stale
-    refs = [dict(zip(REQUEST_COLUMNS, row, strict=True)) for row in originals]
     early = (SPAN[0], SPAN[0] + 5 * DAY_US)
     for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
         store = RequestStore(runner)
