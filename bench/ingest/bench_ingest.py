@@ -2,11 +2,26 @@
 
 Starts a test stack (infrastructure + ingest + writer; CANDELA_TEST_KAFKA_ENGINE=s3 for the durable
 broker), then:
-1. throughput: sends ``--logs`` logs (2 KiB bodies) in batches of ``--batch`` over ``--concurrency`` calls
-   and measures the time until every row is visible in ClickHouse (FINAL count);
+1. throughput: sends ``--logs`` logs (2 KiB of bodies each) in batches of ``--batch`` over ``--concurrency``
+   calls and measures the time until every row is visible in ClickHouse;
 2. freshness: sends at ``--rate`` logs/s for ``--seconds`` and polls ClickHouse for each sampled request id,
    reporting p50/p99 of (visible - sent).
 Each run repeats ``--runs`` times; medians and spreads are printed. PUTs = packed objects written.
+
+Bodies (``--bodies``): ``json`` (default) is what an LLM call logs: a 1 KiB chat request and a 1 KiB chat
+completion, JSON whose text differs from every other log's (slices of one long random stream of common
+English words); ``random`` is incompressible bytes (the worst case for compression); ``repeated`` is the
+same 1 KiB of one byte for every body, which stops 9 and 10 measured with (it compresses ~100x: no longer a
+fair load once bodies are stored compressed).
+
+CPU is accounted for every process on the machine (/proc), not only the stack's: Postgres (shared, started
+before the session) and the kernel's workers (disk writeback, network) are part of what one log costs.
+
+The stack's data lives under ``--data-dir`` (default ``<repo>/.candela-bench``, next to the dev stack's
+``.candela``), not in the system temp dir: on these machines /tmp's ext4 block groups are crowded with
+recently deleted inodes (every test run makes and removes its stack there) and creating a file in /tmp
+cost 0.6-0.9 ms of kernel CPU, against ~0.05 ms under the repo; ClickHouse creates ~130 files per insert,
+so a run in /tmp measured the directory more than Candela.
 
     uv run python bench/ingest/bench_ingest.py --logs 100000 --runs 3
 """
@@ -16,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -35,35 +51,118 @@ from candela_runtime.security import service_metadata
 from candela_stack import seaweed
 from candela_stack.stack import Component, Stack, StackConfig
 
-BODY = b"x" * 2048
+BODY_BYTES = 1024
+"""Each of a log's two bodies (request and response): 2 KiB per log."""
+REPO = Path(__file__).resolve().parents[2]
+_VOCABULARY = (
+    "the of and to a in is you that it he was for on are as with his they at be this have from or one had by "
+    "word but not what all were we when your can said there use an each which she do how their if will up other "
+    "about out many then them these so some her would make like him into time has look two more write go see "
+    "number no way could people my than first water been call who oil its now find long down day did get come "
+    "made may part model token answer user system assistant content role prompt cost latency request response "
+    "summary question context example reason result please explain code function data table query value list"
+)
 
 
-def _batch(organization_id: str, size: int) -> tuple[pb.IngestRequest, list[str]]:
+_REQUEST = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"TEXT"}],"temperature":0.7}'
+_RESPONSE = (
+    '{"id":"chatcmpl-ID","object":"chat.completion","created":1764720000,"model":"gpt-4o-mini-2024-07-18",'
+    '"choices":[{"index":0,"message":{"role":"assistant","content":"TEXT"},"finish_reason":"stop"}],'
+    '"usage":{"prompt_tokens":230,"completion_tokens":210,"total_tokens":440}}'
+)
+
+
+class Bodies:
+    """Request and response bodies of ``BODY_BYTES`` each, of one kind (see the module docstring)."""
+
+    def __init__(self, kind: str, seed: int = 7) -> None:
+        self._random = random.Random(seed)
+        self.kind = kind
+        if kind == "json":
+            # One long stream of words; each body's text is a slice at a random offset, so no two logs share
+            # their text (as no two LLM calls do) while the text compresses like English prose.
+            self._stream = " ".join(self._random.choices(_VOCABULARY.split(), k=2_000_000))
+        elif kind not in ("random", "repeated"):
+            raise ValueError(f"unknown body kind {kind!r}")
+
+    def _text(self, length: int) -> str:
+        start = self._random.randrange(len(self._stream) - length)
+        return self._stream[start : start + length]
+
+    def pair(self) -> tuple[bytes, bytes]:
+        """A (request, response) pair, ``BODY_BYTES`` each."""
+        if self.kind == "repeated":
+            return b"x" * BODY_BYTES, b"x" * BODY_BYTES
+        if self.kind == "random":
+            return self._random.randbytes(BODY_BYTES), self._random.randbytes(BODY_BYTES)
+        return self._json(_REQUEST), self._json(_RESPONSE.replace("ID", uuid.uuid4().hex[:24]))
+
+    def _json(self, template: str) -> bytes:
+        return template.replace("TEXT", self._text(BODY_BYTES - len(template) + len("TEXT"))).encode()
+
+
+_API_KEY_ID = str(uuid.uuid4())
+_TARGET_URL = "https://api.openai.com/v1/chat/completions"
+
+
+def _batch(organization_id: str, size: int, bodies: Bodies) -> tuple[pb.IngestRequest, list[str]]:
     records = []
     ids = []
     now = datetime.now(UTC)
-    for _ in range(size):
+    for index in range(size):
+        # What the proxy logs for a plain chat completion (candela_proxy.handler): ids, route, usage, cost,
+        # the upstream attempt, a user and one custom property.
         record = log_record_pb2.LogRecord(
-            request_id=str(uuid.uuid4()), organization_id=organization_id, provider="openai", model="gpt-4o-mini",
-            status_code=200, latency_ms=100, cost_usd="0.0001",
+            request_id=str(uuid.uuid4()), organization_id=organization_id, api_key_id=_API_KEY_ID, provider="openai",
+            model="gpt-4o-mini", response_model="gpt-4o-mini-2024-07-18", path="/v1/chat/completions",
+            status_code=200, latency_ms=850 + index % 400,
+            usage=log_record_pb2.TokenUsage(prompt_tokens=230, completion_tokens=210, total_tokens=440),
+            cost_usd="0.0001605", user_id=f"user-{index % 500}", properties={"environment": "production"},
+            finish_reason="stop", target_url=_TARGET_URL,
+            attempts=[log_record_pb2.UpstreamAttempt(target_url=_TARGET_URL, status_code=200, latency_ms=840)],
         )  # fmt: skip
         record.created_at.FromDatetime(now)
         ids.append(record.request_id)
-        records.append(pb.IngestRecord(record=record, request_body=BODY[:1024], response_body=BODY[:1024]))
+        request_body, response_body = bodies.pair()
+        records.append(pb.IngestRecord(record=record, request_body=request_body, response_body=response_body))
     return pb.IngestRequest(records=records), ids
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(stack: Stack) -> dict[str, float]:
-    """CPU seconds (user + system) each stack process has used so far, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) used so far by every process on the machine, from /proc, grouped: the
+    stack's processes by name, Postgres, the kernel's threads, this benchmark, and everything else."""
+    names = {process.pid: process.name for process in stack.processes()}
+    names[os.getpid()] = "bench client"
     used: dict[str, float] = {}
-    for process in stack.processes():
-        try:
-            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        used[process.name] = (int(fields[11]) + int(fields[12])) / ticks
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        pid, parent = int(entry.name), int(fields[1])
+        if pid in names:
+            group = names[pid]
+        elif command.startswith("postgres"):
+            group = "postgres"
+        elif parent == 2 or pid == 2:
+            group = "kernel threads"
+        else:
+            group = "other"
+        used[group] = used.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
     return used
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle so far (/proc/stat), interrupts included."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICKS
 
 
 async def _organization(stack: Stack) -> str:
@@ -86,14 +185,14 @@ def _count(client: Client, organization_id: str) -> int:
     return int(rows[0][0])
 
 
-async def throughput(stack: Stack, logs: int, batch: int, concurrency: int) -> tuple[float, float]:
+async def throughput(stack: Stack, logs: int, batch: int, concurrency: int, bodies: Bodies) -> tuple[float, float]:
     """(logs/s end to end, S3 PUTs per log)."""
     organization_id = await _organization(stack)
     metadata = service_metadata(stack.service_token)
-    requests = [_batch(organization_id, batch)[0] for _ in range(logs // batch)]
+    requests = [_batch(organization_id, batch, bodies)[0] for _ in range(logs // batch)]
     client = Client(host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database)
     cpu_before = _cpu_seconds(stack)
-    own_before = time.process_time()
+    busy_before = _machine_busy_seconds()
     began = time.monotonic()
     async with grpc.aio.insecure_channel(stack.ingest_addr) as channel:
         stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
@@ -111,16 +210,20 @@ async def throughput(stack: Stack, logs: int, batch: int, concurrency: int) -> t
     while await asyncio.to_thread(_count, client, organization_id) < total:  # noqa: ASYNC110 - polls another process
         await asyncio.sleep(0.05)
     elapsed = time.monotonic() - began
+    busy = _machine_busy_seconds() - busy_before
     cpu_after = _cpu_seconds(stack)
     shares = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
-    shares["bench client"] = time.process_time() - own_before
     writers = [seconds for name, seconds in shares.items() if name.startswith("writer")]
     if len(writers) > 1:
         shares["writers together"] = sum(writers)
     profile = ", ".join(
-        f"{name} {seconds / total * 1e6:.0f}" for name, seconds in sorted(shares.items(), key=lambda x: -x[1])
+        f"{name} {seconds / total * 1e6:.0f}"
+        for name, seconds in sorted(shares.items(), key=lambda x: -x[1])
+        if seconds / total * 1e6 >= 0.5
     )
-    print(f"  CPU us per log: {profile} (postgres server: not a stack process)")
+    cores = os.cpu_count() or 1
+    print(f"  CPU us per log: {profile}")
+    print(f"  machine: {busy / total * 1e6:.0f} us of CPU per log, cores {busy / elapsed / cores:.0%} busy")
     client.disconnect()
     s3 = seaweed.client(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     listing = s3.list_objects_v2(Bucket=stack.s3_bucket, Prefix=f"bodies/{organization_id}/")
@@ -128,7 +231,7 @@ async def throughput(stack: Stack, logs: int, batch: int, concurrency: int) -> t
     return total / elapsed, listing.get("KeyCount", 0) / total
 
 
-async def freshness(stack: Stack, rate: int, seconds: float) -> tuple[float, float, float]:
+async def freshness(stack: Stack, rate: int, seconds: float, bodies: Bodies) -> tuple[float, float, float]:
     """(p50 s, p99 s, achieved logs/s) from a batch sent to its rows visible, at ``rate`` logs/s (10 batches/s)."""
     organization_id = await _organization(stack)
     metadata = service_metadata(stack.service_token)
@@ -137,7 +240,7 @@ async def freshness(stack: Stack, rate: int, seconds: float) -> tuple[float, flo
     sent: list[tuple[float, int]] = []
     delays: list[float] = []
     # Built beforehand, so the sender keeps its pace; calls overlap (the rate does not wait on acks).
-    batches = [_batch(organization_id, per_batch)[0] for _ in range(int(seconds * 10))]
+    batches = [_batch(organization_id, per_batch, bodies)[0] for _ in range(int(seconds * 10))]
     async with grpc.aio.insecure_channel(stack.ingest_addr) as channel:
         stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
         calls: list[asyncio.Task[pb.IngestResponse]] = []
@@ -183,10 +286,14 @@ async def main() -> None:
     parser.add_argument(
         "--writers", type=int, default=None, help="writer processes (default: the stack's, CANDELA_STACK_WRITERS)"
     )
+    parser.add_argument("--bodies", choices=("json", "random", "repeated"), default="json")
+    parser.add_argument("--data-dir", type=Path, default=REPO / ".candela-bench")
     args = parser.parse_args()
     overrides: dict[str, Any] = {} if args.writers is None else {"writers": args.writers}
     components = frozenset({Component.INGEST, Component.WRITER, Component.CLICKHOUSE, Component.S3, Component.KAFKA})
-    with tempfile.TemporaryDirectory() as data_dir:
+    bodies = Bodies(args.bodies)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
         config = StackConfig.for_tests(
             Path(data_dir),
             components=components,
@@ -194,11 +301,14 @@ async def main() -> None:
             **overrides,
         )
         with Stack(config) as stack:
-            print(f"broker engine: {config.kafka_engine}; writer processes: {config.writers}")
+            print(
+                f"broker engine: {config.kafka_engine}; writer processes: {config.writers}; bodies: {args.bodies}; "
+                f"data in {data_dir}"
+            )
             rates, puts, p50s, p99s = [], [], [], []
             for run in range(args.runs):
-                rate, put = await throughput(stack, args.logs, args.batch, args.concurrency)
-                p50, p99, achieved = await freshness(stack, args.rate, args.seconds)
+                rate, put = await throughput(stack, args.logs, args.batch, args.concurrency, bodies)
+                p50, p99, achieved = await freshness(stack, args.rate, args.seconds, bodies)
                 print(
                     f"run {run + 1}: {rate:,.0f} logs/s, {put:.4f} PUTs/log, freshness at {achieved:,.0f} logs/s "
                     f"p50 {p50:.2f}s p99 {p99:.2f}s"
