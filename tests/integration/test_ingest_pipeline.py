@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 import grpc
 import pytest
+import zstandard
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from clickhouse_driver import Client
@@ -37,6 +38,7 @@ from candela.logs.v1 import log_record_pb2
 from candela_ingest.app import IngestDeps, build_deps, create_server, wait_until_ready
 from candela_ingest.config import IngestConfig, WriterConfig
 from candela_ingest.writer.app import WriterStats, run_writer
+from candela_ingest.writer.bodies import S3BodyDeleter
 from candela_ingest.writer.dead_letters import ATTEMPTS_HEADER, ERROR_HEADER, SOURCE_OFFSET_HEADER
 from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer
@@ -319,6 +321,12 @@ async def start_writer() -> AsyncIterator[Callable[[WriterConfig], InProcessWrit
 # --- IngestService ---------------------------------------------------------------------------------------
 
 
+def _chat_body(kind: str, index: int, words: int) -> bytes:
+    """A JSON chat request or completion whose text differs from every other's."""
+    text = " ".join(f"{kind}-{index}-{position} of the answer" for position in range(words))
+    return f'{{"{kind}": [{{"role": "user", "content": "{text}"}}]}}'.encode()
+
+
 async def test_ingest_packs_bodies_per_organization_and_produces_one_message_per_record(
     stack: Stack, topics: Topics, ingest: Ingest, s3: Any
 ) -> None:
@@ -326,14 +334,14 @@ async def test_ingest_packs_bodies_per_organization_and_produces_one_message_per
     items = [
         pb.IngestRecord(
             record=_record(organizations[index % 2]),
-            request_body=f'{{"messages": [{{"role": "user", "content": "question {index}"}}]}}'.encode(),
-            response_body=(f"answer {index} " * (index + 1)).encode() if index % 7 else b"",
+            request_body=_chat_body("messages", index, 60),
+            response_body=_chat_body("choices", index, index) if index % 7 else b"",
         )
-        for index in range(50)
+        for index in range(80)
     ]
 
     response = await ingest.stub.Ingest(pb.IngestRequest(records=items), metadata=INTERNAL)
-    assert response.accepted_count == 50
+    assert response.accepted_count == 80
 
     for organization_id in organizations:
         listing = await asyncio.to_thread(
@@ -342,33 +350,80 @@ async def test_ingest_packs_bodies_per_organization_and_produces_one_message_per
         keys = [entry["Key"] for entry in listing.get("Contents", [])]
         assert len(keys) == 1, "one packed object per organization per batch"
         assert keys[0].startswith(f"bodies/{organization_id}/{datetime.now(UTC):%Y/%m/%d}/")
+        assert keys[0].endswith(".zst")
+        stored = await asyncio.to_thread(s3.get_object, Bucket=stack.s3_bucket, Key=keys[0])
+        assert stored["ContentType"] == "application/zstd"
+        # The object is a zstd stream of the organization's bodies in request order, as any zstd tool reads
+        # it, and smaller than they are.
+        data = stored["Body"].read()
+        bodies = b"".join(
+            item.request_body + item.response_body for item in items if item.record.organization_id == organization_id
+        )
+        assert zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read() == bodies
+        assert len(data) * 2 < len(bodies)
 
-    messages = await _read_topic(stack.kafka_bootstrap, topics.logs, expected=50)
-    assert len(messages) == 50
+    messages = await _read_topic(stack.kafka_bootstrap, topics.logs, expected=80)
+    assert len(messages) == 80
     by_id = {item.record.request_id: item for item in items}
+    frames: set[tuple[str, int]] = set()
     for consumed in messages:
         log = log_record_pb2.LogMessage.FromString(consumed.value)
         assert consumed.key == log.record.request_id.encode(), "keyed by request id"
         item = by_id.pop(log.record.request_id)
         assert log.record == item.record
-        bodies: tuple[tuple[bytes, Literal["request_body", "response_body"]], ...] = (
+        pairs: tuple[tuple[bytes, Literal["request_body", "response_body"]], ...] = (
             (item.request_body, "request_body"),
             (item.response_body, "response_body"),
         )
-        for body, field in bodies:
+        for body, field in pairs:
             if not body:
                 assert not log.HasField(field)
                 continue
             ref: log_record_pb2.BodyRef = getattr(log, field)
             assert ref.object_key.startswith(f"bodies/{item.record.organization_id}/")
+            # One ranged GET of the body's frame, decompressed alone.
             ranged = await asyncio.to_thread(
                 s3.get_object,
                 Bucket=stack.s3_bucket,
                 Key=ref.object_key,
-                Range=f"bytes={ref.offset}-{ref.offset + ref.length - 1}",
+                Range=f"bytes={ref.frame_offset}-{ref.frame_offset + ref.frame_length - 1}",
             )
-            assert ranged["Body"].read() == body
+            content = zstandard.ZstdDecompressor().decompress(ranged["Body"].read(), allow_extra_data=False)
+            assert content[ref.offset : ref.offset + ref.length] == body
+            frames.add((ref.object_key, ref.frame_offset))
     assert by_id == {}
+    assert len(frames) > len(organizations), "bodies past 64 KiB per organization take several frames"
+
+
+async def test_an_organizations_bodies_are_deleted_by_its_prefix(stack: Stack, ingest: Ingest, s3: Any) -> None:
+    doomed, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    batch = pb.IngestRequest(
+        records=[
+            pb.IngestRecord(record=_record(organization_id), request_body=_chat_body("messages", index, 40))
+            for index, organization_id in enumerate([doomed, kept] * 5)
+        ]
+    )
+    await ingest.stub.Ingest(batch, metadata=INTERNAL)
+    await ingest.stub.Ingest(batch, metadata=INTERNAL)
+
+    async def keys(organization_id: str) -> list[str]:
+        listing = await asyncio.to_thread(
+            s3.list_objects_v2, Bucket=stack.s3_bucket, Prefix=f"bodies/{organization_id}/"
+        )
+        return [entry["Key"] for entry in listing.get("Contents", [])]
+
+    assert len(await keys(doomed)) == len(await keys(kept)) == 2
+    deleter = S3BodyDeleter(
+        endpoint=stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        bucket=stack.s3_bucket,
+        region="us-east-1",
+    )
+    # Retention deletes whole days of an organization; a cutoff of tomorrow takes all of them.
+    assert await deleter.delete_days_before(doomed, datetime.now(UTC).date() + timedelta(days=1)) == 2
+    assert await keys(doomed) == []
+    assert len(await keys(kept)) == 2
 
 
 async def test_a_bad_batch_writes_nothing(stack: Stack, topics: Topics, ingest: Ingest, s3: Any) -> None:

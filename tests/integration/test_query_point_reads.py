@@ -16,7 +16,7 @@ import pytest
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.rows import Row, clickhouse_row
-from candela_query.store import RequestStore, SqlRunner
+from candela_query.store import BodyLocation, RequestStore, SqlRunner
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.integration.query_support import ChdbRunner, DriverRunner, insert_rows, make_record
 
@@ -31,6 +31,18 @@ def _message(rng: random.Random, organization_id: str, index: int) -> log_record
     message = make_record(rng, organization_id, index)
     message.record.session_id = SESSION
     message.record.session_name = "Redelivered run"
+    if index % 2:
+        # A log written since bodies are compressed: its bodies sit in zstd frames (the response body of
+        # make_record is one of before, a plain byte range).
+        message.request_body.MergeFrom(
+            log_record_pb2.BodyRef(
+                object_key=f"bodies/{organization_id}/{index}.zst",
+                offset=index * 100,
+                length=2_000,
+                frame_offset=5_000_000_000 + index,
+                frame_length=60_000,
+            )
+        )
     return message
 
 
@@ -111,6 +123,23 @@ async def test_a_request_shows_once_with_its_newest_version(
     unchanged = await store.get(ORG, uuid.UUID(messages[1].record.request_id))
     assert unchanged is not None
     assert unchanged.record == messages[1].record
+
+
+async def test_bodies_read_back_where_they_were_stored_framed_or_not(
+    store: RequestStore, messages: list[log_record_pb2.LogMessage]
+) -> None:
+    for message in messages[1:]:
+        stored = await store.get(ORG, uuid.UUID(message.record.request_id))
+        assert stored is not None
+        for ref, location in (
+            (message.request_body, stored.request_body),
+            (message.response_body, stored.response_body),
+        ):
+            if not ref.object_key:
+                assert location is None
+                continue
+            assert location == BodyLocation(ref.object_key, ref.offset, ref.length, ref.frame_offset, ref.frame_length)
+    assert {bool(message.request_body.frame_length) for message in messages[1:]} == {True, False}, "both kinds"
 
 
 async def test_each_organization_sees_only_its_own_row(

@@ -7,6 +7,8 @@ and the usage RPC reads the writers' counters and the limits from Postgres.
 
 from __future__ import annotations
 
+import json
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -19,26 +21,34 @@ from google.protobuf import struct_pb2
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.auth.v1 import auth_service_pb2_grpc
+from candela.ingest.v1 import ingest_service_pb2 as ingest_pb
+from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
+from candela_ingest.packing import pack_batch
+from candela_ingest.rows import clickhouse_row
 from candela_query.app import QueryDeps, create_server
-from candela_query.bodies import BodyReader
+from candela_query.bodies import MAX_GAP_BYTES, BodyReader
 from candela_query.clickhouse import ClickHouseReader
 from candela_query.config import QueryConfig
 from candela_query.usage import UsageReader
 from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import KeyAuthenticator
+from candela_stack import seaweed
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.conftest import SERVICE_TOKEN
 from tests.integration.conftest import AuthServer, bearer, create_key, create_organization
-from tests.integration.query_support import DriverRunner, insert_rows, make_rows
+from tests.integration.query_support import DriverRunner, insert_rows, make_record, make_rows
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = StackConfig.for_tests(tmp_path_factory.mktemp("ch"), components=frozenset({Component.CLICKHOUSE}))
+    """ClickHouse 18.16 and the S3 store the bodies are read from."""
+    config = StackConfig.for_tests(
+        tmp_path_factory.mktemp("ch"), components=frozenset({Component.CLICKHOUSE, Component.S3})
+    )
     with Stack(config) as stack:
         yield stack
 
@@ -71,16 +81,19 @@ async def service(
     config = QueryConfig(
         service_token=SERVICE_TOKEN,
         auth_addr=auth_server.address,
-        s3_endpoint="http://127.0.0.1:1",
-        s3_access_key="unused",
-        s3_secret_key="unused",
+        s3_endpoint=clickhouse.s3_endpoint,
+        s3_access_key=clickhouse.s3_access_key,
+        s3_secret_key=clickhouse.s3_secret_key,
+        s3_bucket=clickhouse.s3_bucket,
         max_page_size=200,
     )
     usage = await UsageReader.connect(postgres_dsn)
     async with grpc.aio.insecure_channel(auth_server.address) as auth_channel:
         deps = QueryDeps(
             clickhouse=reader,
-            bodies=BodyReader(config.s3_endpoint, "unused", "unused", "candela", "us-east-1"),
+            bodies=BodyReader(
+                config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region
+            ),
             auth_channel=auth_channel,
             authenticator=KeyAuthenticator(auth_service_pb2_grpc.AuthServiceStub(auth_channel), SERVICE_TOKEN),
             usage=usage,
@@ -178,6 +191,74 @@ async def test_the_key_decides_the_organization(service: Fixture) -> None:
             pb.GetRequestRequest(request_id=mine.requests[0].request_id), metadata=bearer(service.other_key)
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _chat_body(rng: random.Random, role: str, words: int) -> bytes:
+    """A JSON chat body (UTF-8, not ASCII only) whose text differs from every other's."""
+    vocabulary = ("the", "model", "answer", "café", "token", "prompt", "naïve", "result", "🔥", "explain")
+    return json.dumps({"role": role, "content": " ".join(rng.choices(vocabulary, k=words))}).encode()
+
+
+async def test_a_request_comes_back_with_its_exact_bodies_compressed_or_not(
+    clickhouse: Stack, auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub, service: Fixture
+) -> None:
+    organization_id = await create_organization(auth_stub, "Bodies Co")
+    key = (await create_key(auth_stub, organization_id, auth_pb.API_KEY_SCOPE_READ)).secret
+    rng = random.Random(12)
+    s3 = seaweed.client(clickhouse.s3_endpoint, clickhouse.s3_access_key, clickhouse.s3_secret_key)
+    # Logs packed by ingest into zstd frames: pairs sharing a frame or straddling two, a body bigger than a
+    # frame, and logs with one body only.
+    pairs = [(_chat_body(rng, "user", 150), _chat_body(rng, "assistant", 200)) for _ in range(60)]
+    pairs[20] = (_chat_body(rng, "user", 20), _chat_body(rng, "assistant", 40_000))
+    pairs[30] = (_chat_body(rng, "user", 50), b"")
+    pairs[31] = (b"", _chat_body(rng, "assistant", 50))
+    records = [
+        ingest_pb.IngestRecord(
+            record=make_record(rng, organization_id, index).record, request_body=req, response_body=res
+        )
+        for index, (req, res) in enumerate(pairs)
+    ]
+    packed = pack_batch(records, datetime.now(UTC))
+    for packed_object in packed.objects:
+        s3.put_object(Bucket=clickhouse.s3_bucket, Key=packed_object.key, Body=packed_object.data)
+    expected = {item.record.request_id: (req, res) for item, (req, res) in zip(records, pairs, strict=True)}
+    messages = list(packed.messages)
+    assert len({m.request_body.frame_offset for m in messages if m.HasField("request_body")}) > 2
+    # Logs stored before bodies were compressed: byte ranges of a plain object, as they always read.
+    old_key = f"bodies/{organization_id}/2025/12/31/{uuid.uuid4()}.bin"
+    old_object = bytearray()
+    for index in range(3):
+        request_body, response_body = _chat_body(rng, "user", 30), _chat_body(rng, "assistant", 40)
+        message = log_record_pb2.LogMessage(record=make_record(rng, organization_id, 100 + index).record)
+        message.request_body.MergeFrom(
+            log_record_pb2.BodyRef(object_key=old_key, offset=len(old_object), length=len(request_body))
+        )
+        old_object += request_body
+        if index == 2:
+            old_object += bytes(MAX_GAP_BYTES + 1)  # this pair too far apart for one GET
+        message.response_body.MergeFrom(
+            log_record_pb2.BodyRef(object_key=old_key, offset=len(old_object), length=len(response_body))
+        )
+        old_object += response_body
+        messages.append(message)
+        expected[message.record.request_id] = (request_body, response_body)
+    s3.put_object(Bucket=clickhouse.s3_bucket, Key=old_key, Body=bytes(old_object))
+    # A log whose frame is not what its object holds.
+    corrupt = log_record_pb2.LogMessage(record=make_record(rng, organization_id, 200).record)
+    corrupt.request_body.MergeFrom(messages[0].request_body)
+    corrupt.request_body.frame_offset += 1
+    messages.append(corrupt)
+    loader = DriverRunner(clickhouse.clickhouse_host, clickhouse.clickhouse_port, clickhouse.clickhouse_database)
+    insert_rows(loader.client, [clickhouse_row(message, version=1) for message in messages])
+    loader.close()
+
+    for request_id, (request_body, response_body) in expected.items():
+        response = await service.stub.GetRequest(pb.GetRequestRequest(request_id=request_id), metadata=bearer(key))
+        assert (response.request_body, response.response_body) == (request_body.decode(), response_body.decode())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.GetRequest(pb.GetRequestRequest(request_id=corrupt.record.request_id), metadata=bearer(key))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "zstd" not in (caught.value.details() or "")
 
 
 async def test_aggregates_sessions_and_users_over_grpc(service: Fixture) -> None:

@@ -32,9 +32,11 @@ def _valid(index: int = 0) -> log_record_pb2.LogMessage:
     record.cost_usd = "0.0001"
     record.usage.prompt_tokens = 10
     record.created_at.FromDatetime(NOW)
-    message.request_body.object_key = f"bodies/{ORG}/object"
+    message.request_body.object_key = f"bodies/{ORG}/object.zst"
     message.request_body.offset = index * 10
     message.request_body.length = 10
+    message.request_body.frame_offset = index * 100
+    message.request_body.frame_length = 50
     return message
 
 
@@ -60,7 +62,7 @@ _VALUES: dict[str, list[object]] = {
     "cost_usd": [None, "", "0", "1.5", "NaN", "-1", "1000000", "abc"],
     "cost_saved_usd": [None, "", "0.25", "Infinity"],
     "created_at": ["now", "unset", "epoch", "2101", "bad-nanos", "big-nanos"],
-    "request_body": ["keep", "unset", "empty-key", "negative"],
+    "request_body": ["keep", "unset", "empty-key", "negative", "negative-frame"],
     "update": [False, True],
 }
 _CHANGES = {name: st.sampled_from(values) for name, values in _VALUES.items()}
@@ -98,6 +100,8 @@ def _apply(message: log_record_pb2.LogMessage, changes: dict[str, object]) -> No
         message.request_body.object_key = ""
     elif body == "negative":
         message.request_body.length = -1
+    elif body == "negative-frame":
+        message.request_body.frame_length = -1
     if changes.get("update"):
         update = log_record_pb2.LogUpdate(request_id=str(uuid.uuid4()), organization_id=ORG, feedback=True)
         update.updated_at.FromDatetime(NOW)
@@ -183,6 +187,15 @@ def test_decode_batch_keeps_updates_apart_and_halves_keep_rows_with_their_logs()
     assert [entry.message.offset for entry in second.updates] == [2]
     single, rest = DecodedBatch(decoded.logs[:1], [c[:1] for c in decoded.columns], decoded.updates).halves()
     assert (len(single.logs), len(single.updates), len(rest.logs), len(rest.updates)) == (1, 0, 0, 1)
+
+
+@pytest.mark.parametrize("field", ["offset", "length", "frame_offset", "frame_length"])
+def test_a_negative_body_position_is_a_suspect(field: str) -> None:
+    """The columns are UInt64: a negative position must reach the exact check, never the insert."""
+    messages = [_valid(index) for index in range(4)]
+    setattr(messages[2].request_body, field, -1)
+    assert 2 in suspect_log_messages(messages)
+    assert _is_invalid(messages[2])
 
 
 def test_a_cost_or_body_key_set_to_empty_is_a_suspect_though_it_reads_as_unset() -> None:

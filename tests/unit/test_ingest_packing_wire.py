@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import pytest
+import zstandard
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.packing import pack_batch, read_body
+from candela_ingest.packing import MAX_FRAME_BYTES, pack_batch, read_body
 
 pytestmark = pytest.mark.unit
 
@@ -43,21 +44,45 @@ def _item(rng: random.Random, index: int) -> pb.IngestRecord:
     if index % 11 == 0:
         record.MergeFromString(UNKNOWN_FIELD)
     record.created_at.FromDatetime(datetime(2026, 3, 6, 1, 2, 3, tzinfo=UTC))
-    # Empty bodies, small ones and ones past 16 KiB (offsets and lengths of several varint bytes).
+    # Empty bodies, small ones, ones past 16 KiB (offsets and lengths of several varint bytes) and past a
+    # frame; incompressible and compressible ones (frames of very different sizes).
     sizes = [0, 1, 127, 128, 1024, 16_383, 16_384, 70_000]
     return pb.IngestRecord(
         record=record,
-        request_body=rng.randbytes(rng.choice(sizes)),
-        response_body=rng.randbytes(rng.choice(sizes)),
+        request_body=_body(rng, rng.choice(sizes)),
+        response_body=_body(rng, rng.choice(sizes)),
     )
+
+
+_FOUR_LETTERS = bytes(b"ab{}"[value % 4] for value in range(256))
+
+
+def _body(rng: random.Random, size: int) -> bytes:
+    """Random bytes (incompressible) or random text of four letters (compressible ~4x)."""
+    data = rng.randbytes(size)
+    return data if rng.random() < 0.5 else data.translate(_FOUR_LETTERS)
 
 
 def _reference_messages(
     records: Sequence[pb.IngestRecord], keys: dict[str, str]
 ) -> tuple[list[log_record_pb2.LogMessage], dict[str, bytes]]:
-    """The LogMessages built with the protobuf library (the straightforward way), and the objects' bytes."""
+    """The LogMessages built with the protobuf library (the straightforward way), and the objects' bytes.
+
+    Each organization's bodies go into frames in order; a frame is closed before a body that would take it
+    past MAX_FRAME_BYTES, and its refs get their frame's place once it is compressed."""
     messages = []
     objects: dict[str, bytearray] = {}
+    open_frames: dict[str, tuple[bytearray, list[log_record_pb2.BodyRef]]] = {}
+
+    def close(key: str) -> None:
+        content, refs = open_frames.pop(key)
+        frame = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(bytes(content))
+        data = objects.setdefault(key, bytearray())
+        for ref in refs:
+            ref.frame_offset = len(data)
+            ref.frame_length = len(frame)
+        data += frame
+
     for item in records:
         message = log_record_pb2.LogMessage()
         message.ingested_at.FromDatetime(INGESTED_AT)
@@ -69,12 +94,17 @@ def _reference_messages(
             if not body:
                 continue
             key = keys[message.record.organization_id]
-            data = objects.setdefault(key, bytearray())
+            if key in open_frames and len(open_frames[key][0]) + len(body) > MAX_FRAME_BYTES:
+                close(key)
+            content, refs = open_frames.setdefault(key, (bytearray(), []))
             ref.object_key = key
-            ref.offset = len(data)
+            ref.offset = len(content)
             ref.length = len(body)
-            data += body
+            refs.append(ref)
+            content += body
         messages.append(message)
+    for key in list(open_frames):
+        close(key)
     return messages, {key: bytes(data) for key, data in objects.items()}
 
 

@@ -29,7 +29,10 @@ ORG = str(uuid.uuid4())
 CREATED = datetime(2026, 3, 7, 23, 59, 59, 654321, tzinfo=UTC)
 MIGRATIONS = Path(__file__).parents[2] / "infra/src/candela_stack/migrations/clickhouse"
 MIGRATION = MIGRATIONS / "0001_requests.sql"
-ADDED_COLUMNS = MIGRATIONS / "0004_request_routing_and_prompt_inputs.sql"
+ADDED_COLUMNS = (
+    MIGRATIONS / "0004_request_routing_and_prompt_inputs.sql",
+    MIGRATIONS / "0006_request_body_frames.sql",
+)
 
 
 def _record(**fields: Any) -> log_record_pb2.LogRecord:
@@ -58,11 +61,12 @@ def test_columns_match_the_migration() -> None:
         words = line.strip().split()
         if len(words) >= 2 and not line.strip().startswith(("--", "CREATE", ")", "PARTITION", "ORDER")):
             declared.append(words[0])
-    for line in ADDED_COLUMNS.read_text().splitlines():
-        words = line.strip().split()
-        if words[:2] == ["ADD", "COLUMN"]:
-            declared.append(words[2])
-    # The columns 0004 added come before `version` in a row, so `version` stays the last value.
+    for migration in ADDED_COLUMNS:
+        for line in migration.read_text().splitlines():
+            words = line.strip().split()
+            if words[:2] == ["ADD", "COLUMN"]:
+                declared.append(words[2])
+    # The columns added later come before `version` in a row, so `version` stays the last value.
     assert list(REQUEST_COLUMNS) == [name for name in declared if name != "version"] + ["version"]
     assert insert_statement() == f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES"
 
@@ -108,8 +112,12 @@ def test_full_row_mapping() -> None:
     )
     message = log_record_pb2.LogMessage(
         record=record,
-        request_body=log_record_pb2.BodyRef(object_key="bodies/x/1.bin", offset=10, length=20),
-        response_body=log_record_pb2.BodyRef(object_key="bodies/x/1.bin", offset=30, length=40),
+        request_body=log_record_pb2.BodyRef(
+            object_key="bodies/x/1.zst", offset=10, length=20, frame_offset=500, frame_length=70
+        ),
+        response_body=log_record_pb2.BodyRef(
+            object_key="bodies/x/1.zst", offset=0, length=40, frame_offset=570, frame_length=30
+        ),
     )
     row = _row(message, version=1_700_000_000_000_001)
     assert row == {
@@ -149,12 +157,16 @@ def test_full_row_mapping() -> None:
         "finish_reason": "end_turn",
         "request_body_omitted": 0,
         "response_body_omitted": 0,
-        "request_body_key": "bodies/x/1.bin",
+        "request_body_key": "bodies/x/1.zst",
         "request_body_offset": 10,
         "request_body_length": 20,
-        "response_body_key": "bodies/x/1.bin",
-        "response_body_offset": 30,
+        "response_body_key": "bodies/x/1.zst",
+        "response_body_offset": 0,
         "response_body_length": 40,
+        "request_body_frame_offset": 500,
+        "request_body_frame_length": 70,
+        "response_body_frame_offset": 570,
+        "response_body_frame_length": 30,
         "version": 1_700_000_000_000_001,
         "target_url": "https://fallback.example/v1",
         "cost_saved_usd": Decimal("0.000000000002"),
@@ -175,6 +187,8 @@ def test_unset_fields_map_to_their_sentinels() -> None:
     assert (row["priced"], row["cost_usd"]) == (0, Decimal(0))
     assert (row["request_body_key"], row["request_body_offset"], row["request_body_length"]) == ("", 0, 0)
     assert (row["response_body_key"], row["response_body_length"]) == ("", 0)
+    assert (row["request_body_frame_offset"], row["request_body_frame_length"]) == (0, 0)
+    assert (row["response_body_frame_offset"], row["response_body_frame_length"]) == (0, 0)
     assert (row["property_keys"], row["property_values"]) == ([], [])
     assert row["request_body_omitted"] == 1
     assert row["error"] == "client went away"

@@ -13,7 +13,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from candela_ingest.packing import PackedObject
+from candela_ingest.packing import OBJECT_CONTENT_TYPE, PackedObject
 from candela_runtime.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class S3BodyStore:
             Bucket=self._bucket,
             Key=packed.key,
             Body=packed.data,
-            ContentType="application/octet-stream",
+            ContentType=OBJECT_CONTENT_TYPE,
         )
 
     async def check(self) -> None:

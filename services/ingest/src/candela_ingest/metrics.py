@@ -25,7 +25,7 @@ BATCH_RECORDS = Histogram(
 )
 BATCH_BODY_BYTES = Histogram(
     "candela_ingest_batch_body_bytes",
-    "Bytes of packed request and response bodies written to S3 per accepted Ingest call.",
+    "Bytes of packed (zstd-compressed) request and response bodies written to S3 per accepted Ingest call.",
     buckets=(0, 1024, 16 * 1024, 128 * 1024, 1024**2, 8 * 1024**2, 32 * 1024**2, 128 * 1024**2),
 )
 BATCH_OBJECTS = Histogram(

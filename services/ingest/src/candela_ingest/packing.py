@@ -1,25 +1,47 @@
 """Packing a batch's bodies into one S3 object per organization, and the LogMessages that point into them.
 
-An object is the plain concatenation of its bodies (no framing, no compression), so any body can be read
-back with one ranged GET at its :class:`BodyRef`, and an organization's data is deleted by removing its
-``bodies/<organization_id>/`` prefix. The date in the key is the day the batch was ingested (not the
-requests' own days: a batch replayed from a proxy's spool still packs into one object per organization),
-so a retention sweep by key date keeps a body at most as long as the spool delay beyond its row.
+An object is a sequence of independent zstd frames, each holding consecutive bodies of the batch (a frame
+is closed when the next body would take it past :data:`MAX_FRAME_BYTES`; a bigger body gets a frame of its
+own). Concatenated zstd frames are one valid zstd stream, so the object is a plain ``.zst`` file of the
+bodies back to back. A :class:`BodyRef` names the body's frame (``frame_offset``, ``frame_length``) and its
+place inside the decompressed frame (``offset``, ``length``): a reader fetches the frame with one ranged GET
+and decompresses only it. LLM bodies are JSON text: frames of ~64 KiB compress them ~3x (one frame per body
+would compress ~1 KiB bodies only ~1.8x, and cost more per body). That costs ~8 us of CPU per log here and
+saves more than it costs: SeaweedFS spent ~4x less CPU storing the objects (47 -> 12 ms per 1,000 logs; it
+gzipped text itself before, so its disk use barely changes), boto3 ~2 ms less signing and sending them, and
+an S3 that stores objects as they come (AWS, MinIO) keeps a third of the bytes.
+
+An organization's data is deleted by removing its ``bodies/<organization_id>/`` prefix. The date in the
+key is the day the batch was ingested (not the requests' own days: a batch replayed from a proxy's spool
+still packs into one object per organization), so a retention sweep by key date keeps a body at most as
+long as the spool delay beyond its row.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import zstandard
 from google.protobuf import timestamp_pb2
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
 
 BODIES_PREFIX = "bodies"
+OBJECT_CONTENT_TYPE = "application/zstd"
+"""The packed objects' media type: any zstd tool reads them. (SeaweedFS does not gzip them again either way:
+it spent the same CPU on the same bytes sent as application/octet-stream under a .bin key.)"""
+MAX_FRAME_BYTES = 64 * 1024
+"""Uncompressed bytes past which a frame holds no further body. Frames of several ~1 KiB JSON bodies compress
+~3.3x at this size (gains flatten beyond it), and a reader decompresses at most this much besides the
+bodies it wants; the proto promises readers at most 1 MiB for a frame holding more than one body."""
+COMPRESSION_LEVEL = 1
+"""zstd's level. Measured on ~1 KiB JSON bodies in 64 KiB frames: ~5 us per KiB and 3.3x; the faster
+(negative) levels saved no CPU there and compressed 2.7-2.9x, level 3 cost 20% more for 3.45x."""
 
 # LogMessage's fields (candela/logs/v1/log_record.proto) as wire-format tags: field number << 3 | 2, the
 # length-delimited wire type of a message or string field.
@@ -30,11 +52,13 @@ _INGESTED_AT_TAG = b"\x22"  # LogMessage.ingested_at = 4
 _OBJECT_KEY_TAG = b"\x0a"  # BodyRef.object_key = 1
 _OFFSET_TAG = b"\x10"  # BodyRef.offset = 2, a varint
 _LENGTH_TAG = b"\x18"  # BodyRef.length = 3, a varint
+_FRAME_OFFSET_TAG = b"\x20"  # BodyRef.frame_offset = 4, a varint
+_FRAME_LENGTH_TAG = b"\x28"  # BodyRef.frame_length = 5, a varint
 
 
 @dataclass(frozen=True)
 class PackedObject:
-    """One S3 object to upload: the bodies of one organization's records in a batch."""
+    """One S3 object to upload: the bodies of one organization's records in a batch, as zstd frames."""
 
     organization_id: str
     key: str
@@ -61,8 +85,8 @@ class PackedBatch:
 
 
 def object_key(organization_id: str, ingested_at: datetime, object_id: uuid.UUID) -> str:
-    """``bodies/<organization_id>/<yyyy>/<mm>/<dd>/<object_id>.bin``."""
-    return f"{BODIES_PREFIX}/{organization_id}/{ingested_at:%Y/%m/%d}/{object_id}.bin"
+    """``bodies/<organization_id>/<yyyy>/<mm>/<dd>/<object_id>.zst``."""
+    return f"{BODIES_PREFIX}/{organization_id}/{ingested_at:%Y/%m/%d}/{object_id}.zst"
 
 
 def _encode_varint(value: int) -> bytes:
@@ -92,30 +116,85 @@ def _varint(value: int) -> bytes:
     return _encode_varint(value)
 
 
-class _ObjectBuilder:
-    """Accumulates the bodies of one organization and hands out the BodyRefs that point at them."""
+_compressors = threading.local()
 
-    def __init__(self, organization_id: str, key: str) -> None:
+
+def _thread_compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor (one is not safe to share between threads, and making one per batch would
+    allocate its buffers each time).
+
+    Its frames declare their content size, which bounds what a reader decompresses, and end with a
+    checksum of their content, as the zstd tool writes by default: the format alone does not catch a
+    changed byte in a stored (incompressible) block, and the checksum costs ~2% of the compression
+    (0.2-0.3 ms per 1,000 logs of 2 KiB, within this machine's noise), so a reader never hands out a
+    silently altered body and ``zstd -t`` fully checks an object.
+    """
+    compressor: zstandard.ZstdCompressor | None = getattr(_compressors, "compressor", None)
+    if compressor is None:
+        compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True)
+        _compressors.compressor = compressor
+    return compressor
+
+
+_RefSlot = tuple[list[bytes], int, bytes, int, int]
+"""Where a BodyRef goes once its frame is known: a LogMessage's fields, the index of the field, the field's
+tag, and the body's offset and length inside its frame."""
+
+
+class _ObjectBuilder:
+    """Compresses the bodies of one organization into frames and writes the BodyRefs that point at them.
+
+    A body's ref names its frame, which is known only once the frame is closed: :meth:`add` leaves a
+    placeholder in the LogMessage's fields and :meth:`close_frame` fills in those of the frame's bodies.
+    """
+
+    def __init__(self, organization_id: str, key: str, compressor: zstandard.ZstdCompressor) -> None:
         self.organization_id = organization_id
         self.key = key
         encoded_key = key.encode()
         self._key_field = _OBJECT_KEY_TAG + _varint(len(encoded_key)) + encoded_key
-        self.parts: list[bytes] = []
-        self.size = 0
+        self._compressor = compressor
+        self.frames: list[bytes] = []
+        self._size = 0  # bytes of the closed frames: where the open frame will start
+        self._bodies: list[bytes] = []  # those of the open frame
+        self._frame_size = 0  # uncompressed bytes of the open frame
+        self._slots: list[_RefSlot] = []  # the refs of the open frame's bodies
 
-    def add(self, tag: bytes, body: bytes) -> bytes:
-        """Appends ``body`` (not empty); returns the LogMessage field ``tag`` holding its BodyRef, serialized."""
-        offset = self.size
+    def add(self, fields: list[bytes], tag: bytes, body: bytes) -> None:
+        """Appends ``body`` (not empty) to the open frame, and to ``fields`` a placeholder for the LogMessage
+        field ``tag`` holding its BodyRef, written when the frame is closed."""
         length = len(body)
-        self.parts.append(body)
-        self.size = offset + length
-        # proto3 leaves a zero offset out, as SerializeToString() does.
-        ref = b"".join(
-            (self._key_field, _OFFSET_TAG, _varint(offset), _LENGTH_TAG, _varint(length))
-            if offset
-            else (self._key_field, _LENGTH_TAG, _varint(length))
-        )
-        return tag + _varint(len(ref)) + ref
+        if self._frame_size and self._frame_size + length > MAX_FRAME_BYTES:
+            self.close_frame()
+        self._slots.append((fields, len(fields), tag, self._frame_size, length))
+        fields.append(b"")
+        self._bodies.append(body)
+        self._frame_size += length
+
+    def close_frame(self) -> None:
+        """Compresses the open frame (if it holds anything) and writes its bodies' BodyRefs."""
+        if not self._bodies:
+            return
+        frame = self._compressor.compress(b"".join(self._bodies))
+        frame_offset = self._size
+        self.frames.append(frame)
+        self._size += len(frame)
+        # proto3 leaves zeros out (a first frame's offset, a frame's first body's offset), as
+        # SerializeToString() does; fields go in field-number order.
+        frame_fields = _FRAME_LENGTH_TAG + _varint(len(frame))
+        if frame_offset:
+            frame_fields = _FRAME_OFFSET_TAG + _varint(frame_offset) + frame_fields
+        key_field = self._key_field
+        for fields, index, tag, offset, length in self._slots:
+            ref = b"".join(
+                (key_field, _OFFSET_TAG, _varint(offset), _LENGTH_TAG, _varint(length), frame_fields)
+                if offset
+                else (key_field, _LENGTH_TAG, _varint(length), frame_fields)
+            )
+            fields[index] = tag + _varint(len(ref)) + ref
+        self._bodies = []
+        self._frame_size = 0
+        self._slots = []
 
 
 def _canonical_copy(
@@ -143,17 +222,18 @@ def pack_batch(
 
     This runs for every log, so a LogMessage is not built as a message: its serialization is the
     concatenation of its fields' (the record serialized as received when its identifiers are already
-    canonical, BodyRefs written directly, the batch's one ``ingested_at``), in field-number order as
-    ``SerializeToString()`` writes them.
+    canonical, BodyRefs written directly once their frames are closed, the batch's one ``ingested_at``), in
+    field-number order as ``SerializeToString()`` writes them.
     """
     builders: dict[str, _ObjectBuilder] = {}
+    compressor = _thread_compressor()
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(ingested_at)
     serialized_stamp = stamp.SerializeToString()
     ingested_at_field = _INGESTED_AT_TAG + _varint(len(serialized_stamp)) + serialized_stamp
     organization_ids: set[str] = set()
     keys: list[bytes] = []
-    values: list[bytes] = []
+    messages: list[list[bytes]] = []
     for item in records:
         record = item.record
         request_id = record.request_id
@@ -172,23 +252,32 @@ def pack_batch(
             builder = builders.get(organization_id)
             if builder is None:
                 key = object_key(organization_id, ingested_at, new_object_id())
-                builder = builders[organization_id] = _ObjectBuilder(organization_id, key)
+                builder = builders[organization_id] = _ObjectBuilder(organization_id, key, compressor)
             if request_body:
-                fields.append(builder.add(_REQUEST_BODY_TAG, request_body))
+                builder.add(fields, _REQUEST_BODY_TAG, request_body)
             if response_body:
-                fields.append(builder.add(_RESPONSE_BODY_TAG, response_body))
+                builder.add(fields, _RESPONSE_BODY_TAG, response_body)
         fields.append(ingested_at_field)
         keys.append(request_id.encode())
-        values.append(b"".join(fields))
+        messages.append(fields)
+    for builder in builders.values():
+        builder.close_frame()
     objects = tuple(
-        PackedObject(organization_id=builder.organization_id, key=builder.key, data=b"".join(builder.parts))
+        PackedObject(organization_id=builder.organization_id, key=builder.key, data=b"".join(builder.frames))
         for builder in builders.values()
     )
     return PackedBatch(
-        objects=objects, organization_ids=frozenset(organization_ids), keys=tuple(keys), values=tuple(values)
+        objects=objects,
+        organization_ids=frozenset(organization_ids),
+        keys=tuple(keys),
+        values=tuple(map(b"".join, messages)),
     )
 
 
 def read_body(data: bytes, ref: log_record_pb2.BodyRef) -> bytes:
-    """The body ``ref`` points at inside a packed object's bytes."""
+    """The body ``ref`` points at inside a packed object's bytes (of either layout, framed or not)."""
+    if ref.frame_length:
+        data = zstandard.ZstdDecompressor().decompress(
+            data[ref.frame_offset : ref.frame_offset + ref.frame_length], allow_extra_data=False
+        )
     return data[ref.offset : ref.offset + ref.length]

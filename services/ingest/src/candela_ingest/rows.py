@@ -68,8 +68,8 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "response_body_key",
     "response_body_offset",
     "response_body_length",
-    # Added by migration 0004 (after `version` in the table; `version` stays last here, where readers of a
-    # row expect it).
+    # Added by migration 0004 (after `version` in the table, as every later column is; `version` stays last
+    # here, where readers of a row expect it).
     "target_url",
     "cost_saved_usd",
     "cost_saved_known",
@@ -79,6 +79,11 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "attempt_latencies_ms",
     "prompt_input_keys",
     "prompt_input_values",
+    # Added by migration 0006: the zstd frame holding the body (0, 0 for a body stored uncompressed).
+    "request_body_frame_offset",
+    "request_body_frame_length",
+    "response_body_frame_offset",
+    "response_body_frame_length",
     "version",
 )
 NO_FIRST_TOKEN = -1
@@ -181,6 +186,7 @@ _SESSION = attrgetter("user_id", "session_id", "session_path", "session_name")
 _PROMPT = attrgetter("prompt_id", "prompt_version")
 _FLAGS = attrgetter("streamed", "cache_hit", "request_body_omitted", "response_body_omitted")
 _BODY = attrgetter("object_key", "offset", "length")
+_BODY_FRAME = attrgetter("frame_offset", "frame_length")
 _ZERO = Decimal(0)
 
 
@@ -207,7 +213,7 @@ def checked_request_columns(
     across the batch with a C-level getter costs a fraction of the same values gathered per row. The
     columns are then checked as they are (see :func:`_suspects`), so each field of a log is read once per
     batch, whatever checks and stores it. An unset body reference reads as the empty reference, which is
-    exactly its ("", 0, 0) sentinel. Suspects' rows hold what their fields read as; they are never stored.
+    exactly its ("", 0, 0) sentinel (frame 0, 0). Suspects' rows hold what their fields read as; they are never stored.
     """
     if not messages:
         return [[] for _ in REQUEST_COLUMNS], []
@@ -223,6 +229,8 @@ def checked_request_columns(
     property_keys, property_values = _map_columns([record.properties for record in records])
     input_keys, input_values = _map_columns([record.prompt_inputs for record in records])
     first_token = list(map(attrgetter("time_to_first_token_ms"), records))
+    request_bodies = [message.request_body for message in messages]
+    response_bodies = [message.response_body for message in messages]
     columns = [
         *_transposed(_IDS, records),
         seconds,
@@ -245,14 +253,16 @@ def checked_request_columns(
         [record.finish_reason for record in records],
         request_omitted,
         response_omitted,
-        *_transposed(_BODY, [message.request_body for message in messages]),
-        *_transposed(_BODY, [message.response_body for message in messages]),
+        *_transposed(_BODY, request_bodies),
+        *_transposed(_BODY, response_bodies),
         [record.target_url for record in records],
         cost_saved,
         cost_saved_known,
         *_attempts_of(records),
         input_keys,
         input_values,
+        *_transposed(_BODY_FRAME, request_bodies),
+        *_transposed(_BODY_FRAME, response_bodies),
         [version] * len(messages),
     ]
     suspects = _suspects(messages, columns, nanos, first_token, {"cost_usd": cost_texts, "cost_saved_usd": saved_texts})
@@ -270,7 +280,7 @@ _NUMBER_COLUMNS = tuple(
 _BODY_POSITION_COLUMNS = tuple(
     REQUEST_COLUMNS.index(f"{body}_{part}")
     for body in ("request_body", "response_body")
-    for part in ("offset", "length")
+    for part in ("offset", "length", "frame_offset", "frame_length")
 )
 _BODY_KEY_COLUMNS: tuple[tuple[Literal["request_body", "response_body"], int], ...] = (
     ("request_body", REQUEST_COLUMNS.index("request_body_key")),

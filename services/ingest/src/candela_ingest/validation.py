@@ -326,5 +326,9 @@ def check_log_message(violations: Violations, message: log_record_pb2.LogMessage
         ref: log_record_pb2.BodyRef = getattr(message, name)
         if not ref.object_key:
             violations.add(f"{name}.object_key", "is required")
-        if ref.offset < 0 or ref.length < 0:
-            violations.add(name, f"offset and length must not be negative, got {ref.offset} and {ref.length}")
+        if ref.offset < 0 or ref.length < 0 or ref.frame_offset < 0 or ref.frame_length < 0:
+            violations.add(
+                name,
+                "offset, length, frame_offset and frame_length must not be negative, got "
+                f"{ref.offset}, {ref.length}, {ref.frame_offset} and {ref.frame_length}",
+            )

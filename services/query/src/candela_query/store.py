@@ -85,6 +85,11 @@ _COLUMNS = (
     "attempt_latencies_ms",
     "prompt_input_keys",
     "prompt_input_values",
+    # Added by migration 0006.
+    "request_body_frame_offset",
+    "request_body_frame_length",
+    "response_body_frame_offset",
+    "response_body_frame_length",
 )
 
 # Aggregates of a set of rows, in the order Metrics.from_row reads them. quantilesExact picks the
@@ -181,11 +186,28 @@ class SqlRunner(Protocol):
 
 @dataclass(frozen=True)
 class BodyLocation:
-    """Where a body lives in S3 (a byte range of a packed object)."""
+    """Where a body lives in S3 (see BodyRef in candela/logs/v1/log_record.proto).
+
+    When ``frame_length`` is set, the body is bytes [offset, offset + length) of the zstd frame at
+    [frame_offset, frame_offset + frame_length) of the object, once decompressed; otherwise (a body stored
+    before bodies were compressed) it is bytes [offset, offset + length) of the object itself.
+    """
 
     object_key: str
     offset: int
     length: int
+    frame_offset: int = 0
+    frame_length: int = 0
+
+    @property
+    def stored_start(self) -> int:
+        """Where the bytes to read begin in the object: the frame's, or the body's own when it has none."""
+        return self.frame_offset if self.frame_length else self.offset
+
+    @property
+    def stored_length(self) -> int:
+        """How many bytes of the object to read: the whole frame, or the body itself."""
+        return self.frame_length or self.length
 
 
 @dataclass(frozen=True)
@@ -302,8 +324,18 @@ def timestamp(microseconds: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _body(key: str, offset: int, length: int) -> BodyLocation | None:
-    return BodyLocation(key, int(offset), int(length)) if key else None
+def _body(values: dict[str, Any], body: str) -> BodyLocation | None:
+    """The location of ``body`` (``request_body`` or ``response_body``) in a row's values; None when unset."""
+    key = values[f"{body}_key"]
+    if not key:
+        return None
+    return BodyLocation(
+        key,
+        int(values[f"{body}_offset"]),
+        int(values[f"{body}_length"]),
+        int(values[f"{body}_frame_offset"]),
+        int(values[f"{body}_frame_length"]),
+    )
 
 
 def _attempts(values: dict[str, Any]) -> list[log_record_pb2.UpstreamAttempt]:
@@ -377,10 +409,8 @@ def _to_stored(row: tuple[Any, ...]) -> StoredRequest:
     }
     return StoredRequest(
         record=record,
-        request_body=_body(values["request_body_key"], values["request_body_offset"], values["request_body_length"]),
-        response_body=_body(
-            values["response_body_key"], values["response_body_offset"], values["response_body_length"]
-        ),
+        request_body=_body(values, "request_body"),
+        response_body=_body(values, "response_body"),
         sort_keys=sort_keys,
     )
 

@@ -290,26 +290,45 @@ Global___UpstreamAttempt: _TypeAlias = UpstreamAttempt  # noqa: Y015
 
 @_typing.final
 class BodyRef(_message.Message):
-    """Where a body lives in S3: a byte range of a packed object."""
+    """Where a body lives in S3, inside a packed object.
+
+    A packed object (key ending in `.zst`) is a sequence of independent zstd frames, each holding
+    consecutive bodies; concatenated, they are one valid zstd stream of the bodies. Every frame declares its
+    content size, and a frame holding more than one body decompresses to at most 1 MiB (ingest closes
+    frames at 64 KiB), so a reader can bound what it decompresses.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OBJECT_KEY_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
+    FRAME_OFFSET_FIELD_NUMBER: _builtins.int
+    FRAME_LENGTH_FIELD_NUMBER: _builtins.int
     object_key: _builtins.str
     offset: _builtins.int
+    """Where the body starts: inside the decompressed frame when frame_length > 0, else in the object."""
     length: _builtins.int
+    frame_offset: _builtins.int
+    """When frame_length > 0, the body lives in the zstd frame at [frame_offset, frame_offset + frame_length)
+    of the object, and offset / length are its position inside the decompressed frame. When it is 0
+    (every ref written before frames existed; such objects end in `.bin`), offset / length are the body's
+    byte range in the object itself.
+    """
+    frame_length: _builtins.int
+    """The compressed size of the body's frame; 0 for a body stored uncompressed."""
     def __init__(
         self,
         *,
         object_key: _builtins.str = ...,
         offset: _builtins.int = ...,
         length: _builtins.int = ...,
+        frame_offset: _builtins.int = ...,
+        frame_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "object_key", b"object_key", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame_length", b"frame_length", "frame_offset", b"frame_offset", "length", b"length", "object_key", b"object_key", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
