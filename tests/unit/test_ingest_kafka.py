@@ -8,7 +8,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from candela_ingest.kafka import OutgoingMessage, _by_partition
-from candela_ingest.writer.clickhouse import columns_of, parse_organizations
+from candela_ingest.writer.clickhouse import columns_of
 
 pytestmark = pytest.mark.unit
 
@@ -26,19 +26,11 @@ def test_messages_go_to_the_partition_of_their_key_in_order() -> None:
     assert len(groups) == 4
 
 
-def test_columns_parse_each_organization_once_and_keep_rows_aligned() -> None:
-    organization = str(uuid.uuid4())
-    rows = [(organization, f"request-{index}", index) for index in range(3)]
-    columns = parse_organizations(columns_of(rows), organization_column=0)
-    assert columns == [[uuid.UUID(organization)] * 3, ["request-0", "request-1", "request-2"], [0, 1, 2]]
-    assert columns[0][0] is columns[0][2]
+def test_score_rows_become_columns_that_stay_aligned() -> None:
+    rows = [(f"request-{index}", index) for index in range(3)]
+    assert columns_of(rows) == [["request-0", "request-1", "request-2"], [0, 1, 2]]
 
 
 def test_a_row_of_another_width_is_refused() -> None:
     with pytest.raises(ValueError, match="shorter"):
         columns_of([("a", 1), ("b",)])
-
-
-def test_an_organization_that_is_no_uuid_is_refused_as_data() -> None:
-    with pytest.raises(ValueError, match="badly formed"):
-        parse_organizations([["not-a-uuid"]], organization_column=0)
