@@ -19,7 +19,7 @@ from candela_ingest.rows import (
     insert_statement,
     request_columns,
 )
-from candela_ingest.usage import BatchRequests, aggregate_usage, ledger_columns
+from candela_ingest.usage import BatchRequests, aggregate_usage, counted_oldest_first, ledger_columns
 from candela_ingest.validation import check_log_message
 from candela_runtime.errors import Violations
 
@@ -272,6 +272,22 @@ def test_ledger_rows_are_sorted_like_uuids_and_keep_microseconds() -> None:
     )
     assert set(ledger.organization_ids) == {ORG}
     assert set(ledger.created_at_us) == {int(CREATED.timestamp()) * 1_000_000 + CREATED.microsecond}
+
+
+def test_counted_requests_of_limited_organizations_come_oldest_first() -> None:
+    """The order in which room under a log limit is given out: creation time, then id; other organizations
+    and requests not counted now are left out."""
+    other = str(uuid.uuid4())
+    records = [_record() for _ in range(6)]
+    for index, seconds in enumerate((30, 10, 20, 10, 5, 1)):
+        records[index].created_at.FromDatetime(CREATED.replace(second=seconds))
+    records[4].organization_id = other
+    records[5].organization_id = ORG.upper()
+    batch = _batch(records)
+    counted = [record.request_id for record in records[:5]]  # records[5] was counted by an earlier batch
+    ordered = counted_oldest_first(batch, counted, frozenset({uuid.UUID(ORG)}))
+    same_second = sorted((records[1].request_id, records[3].request_id))
+    assert ordered == {uuid.UUID(ORG): [*same_second, records[2].request_id, records[0].request_id]}
 
 
 def test_a_batch_without_some_requests_keeps_the_others_aligned() -> None:

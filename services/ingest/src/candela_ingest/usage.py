@@ -94,6 +94,26 @@ def ledger_columns(batch: BatchRequests) -> LedgerColumns:
     )
 
 
+def counted_oldest_first(
+    batch: BatchRequests, request_ids: Iterable[str], organizations: frozenset[uuid.UUID]
+) -> dict[uuid.UUID, list[str]]:
+    """The requests ``request_ids`` of ``batch`` that belong to ``organizations``, per organization, oldest
+    first (by creation time, then id): the order in which an organization's room under its log limit is
+    given out."""
+    organization_column, created = batch.columns[_ORGANIZATION], batch.columns[_CREATED_AT_US]
+    wanted = {str(organization): organization for organization in organizations}
+    by_organization: dict[uuid.UUID, list[tuple[int, str]]] = {}
+    for request_id in request_ids:
+        index = batch.positions[request_id]
+        organization = wanted.get(organization_column[index].lower())
+        if organization is not None:
+            by_organization.setdefault(organization, []).append((created[index], request_id))
+    return {
+        organization: [request_id for _, request_id in sorted(requests)]
+        for organization, requests in by_organization.items()
+    }
+
+
 def aggregate_usage(batch: BatchRequests, request_ids: Iterable[str]) -> list[DailyUsage]:
     """Sums the requests ``request_ids`` of ``batch`` (each counted once, by the caller) per organization
     and UTC day.
