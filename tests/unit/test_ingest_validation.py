@@ -7,10 +7,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.validation import BatchLimits, check_log_message, validate_ingest_request
+from candela_ingest.validation import (
+    BatchLimits,
+    check_log_message,
+    is_canonical_uuid,
+    uuid_bytes,
+    validate_ingest_request,
+)
 from candela_runtime.errors import InvalidArgument, Violations
 
 pytestmark = pytest.mark.unit
@@ -198,3 +206,27 @@ def test_old_log_messages_are_fine_for_the_writer() -> None:
     violations = Violations()
     check_log_message(violations, log_record_pb2.LogMessage(record=record))
     assert violations.items == []
+
+
+_UUID_ALPHABET = "0123456789abcdefABCDEF-g ü"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.uuids().map(str),
+            st.uuids().map(lambda value: str(value).upper()),
+            st.text(alphabet=_UUID_ALPHABET, min_size=30, max_size=40),
+            st.uuids().map(lambda value: str(value).replace("-", "")[:32] + "----"),
+        ),
+        max_size=6,
+    )
+)
+def test_the_batch_uuid_check_agrees_with_the_per_value_one(values: list[str]) -> None:
+    """uuid_bytes (the whole column at once) accepts exactly what the regular expression accepts, one by one,
+    and its bytes are the UUIDs' own."""
+    parsed = uuid_bytes(values)
+    assert (parsed is not None) == all(is_canonical_uuid(value) for value in values)
+    if parsed is not None:
+        assert parsed == b"".join(uuid.UUID(value).bytes for value in values)

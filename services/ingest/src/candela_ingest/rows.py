@@ -22,6 +22,7 @@ from candela_ingest.validation import (
     RECORD_BOUNDS,
     batch_within_bounds,
     parse_cost,
+    uuid_bytes,
 )
 
 REQUESTS_TABLE = "requests"
@@ -310,10 +311,10 @@ def _suspects(
         suspects.update(index for index, message in enumerate(messages) if message.HasField("update"))
     for column in _REQUIRED_UUID_COLUMNS:
         values = columns[column]
-        if not all(map(_IS_UUID, values)):
+        if uuid_bytes(values) is None:
             suspects.update(index for index, value in enumerate(values) if not _IS_UUID(value))
     api_keys = columns[_API_KEY_COLUMN]
-    if not all(map(_IS_UUID, filter(None, api_keys))):
+    if uuid_bytes(list(filter(None, api_keys))) is None:
         suspects.update(index for index, value in enumerate(api_keys) if value and not _IS_UUID(value))
     numbers = {name: columns[index] for name, index in _NUMBER_COLUMNS}
     numbers["time_to_first_token_ms"] = first_token  # as set: the column holds -1 when unset

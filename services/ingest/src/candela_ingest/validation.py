@@ -11,6 +11,7 @@ bisection; stopped here, it is one dead letter at once.
 
 from __future__ import annotations
 
+import binascii
 import math
 import operator
 import re
@@ -60,6 +61,33 @@ class BatchLimits:
 
 
 CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+_UUID_TEXT = 36
+_HYPHENS = (8, 13, 18, 23)
+
+
+def uuid_bytes(values: Sequence[str]) -> bytes | None:
+    """The 16 big-endian bytes of each of ``values``, concatenated, if every one is a UUID in its
+    36-character hyphenated form (any case); None otherwise.
+
+    The text of all the values is checked and parsed at once (this runs over every id of every log, in
+    ingest and in the writers): each value 36 characters with its hyphens in place, then the hex digits
+    without them, whose bytes have the exact length only if each value held 32 of them. A value that is
+    no str raises TypeError.
+    """
+    count = len(values)
+    text = "".join(values)
+    hyphens = "-" * count
+    if len(text) != _UUID_TEXT * count or any(text[at::_UUID_TEXT] != hyphens for at in _HYPHENS):
+        return None
+    try:
+        # bytes.translate deletes the hyphens several times faster than str.replace.
+        raw = binascii.unhexlify(text.encode("ascii").translate(None, b"-"))
+    except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
+        return None
+    # A hyphen elsewhere than in the four places leaves fewer digits.
+    return raw if len(raw) == 16 * count else None
 
 
 def is_canonical_uuid(value: str) -> bool:
@@ -182,7 +210,6 @@ def validate_ingest_request(request: ingest_service_pb2.IngestRequest, limits: B
     violations.raise_if_any("the batch of logs is invalid")
 
 
-_IS_UUID = CANONICAL_UUID.fullmatch
 _BYTE_SIZE = operator.methodcaller("ByteSize")
 _STAMP = operator.attrgetter("seconds", "nanos")
 _RECORD_NUMBERS = operator.attrgetter("status_code", "latency_ms", "time_to_first_token_ms")
@@ -234,8 +261,8 @@ def _all_records_pass(
     if metadata + bodies + 33 > limits.max_record_bytes and max(map(_BYTE_SIZE, items)) > limits.max_record_bytes:
         return False
     for field, required in (("request_id", True), ("organization_id", True), ("api_key_id", False)):
-        values = map(operator.attrgetter(field), records)
-        if not all(map(_IS_UUID, values if required else filter(None, values))):
+        values = list(map(operator.attrgetter(field), records))
+        if uuid_bytes(values if required else list(filter(None, values))) is None:
             return False
     seconds, nanos = zip(*map(_STAMP, map(operator.attrgetter("created_at"), records)), strict=True)
     route = zip(*map(_RECORD_NUMBERS, records), strict=True)

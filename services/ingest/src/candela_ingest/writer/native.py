@@ -16,7 +16,6 @@ seconds, decimals :class:`~decimal.Decimal` (or int) with no more places than th
 
 from __future__ import annotations
 
-import binascii
 import functools
 import io
 import re
@@ -32,6 +31,8 @@ from typing import Any
 from clickhouse_driver.bufferedwriter import CompressedBufferedWriter
 from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.defines import BUFFER_SIZE
+
+from candela_ingest.validation import is_canonical_uuid, uuid_bytes
 
 Encoder = Callable[[Sequence[Any]], bytes]
 """A column's values -> their Native-format bytes."""
@@ -206,33 +207,20 @@ def _encode_fixed_strings(size: int, values: Sequence[Any]) -> bytes:
     return b"".join(map(bytes.ljust, encoded, repeat(size, count), repeat(b"\x00", count)))
 
 
-_UUID_TEXT = 36
-_HYPHENS = (8, 13, 18, 23)
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HALVES = next(code for code in "BHILQ" if array(code).itemsize == 8)
 
 
 def _encode_uuids(values: Sequence[Any]) -> bytes:
     """Canonical UUID strings (any case) as ClickHouse stores a UUID: two little-endian UInt64 halves.
 
-    The text of the whole column is checked and parsed at once: every value 36 characters with its
-    hyphens in place, then the hex digits without them, whose bytes have the exact length only if each
-    value held 32 of them. Reversing each 8-byte half of the big-endian UUID bytes gives the two
-    little-endian UInt64s.
+    The whole column is parsed at once (:func:`~candela_ingest.validation.uuid_bytes`); reversing each
+    8-byte half of the big-endian UUID bytes gives the two little-endian UInt64s.
     """
     count = len(values)
     if count > 1 and _repeated(values):
         return _encode_uuids(values[:1]) * count
-    text = "".join(values)  # TypeError for a value that is no str (a uuid.UUID included: give its text)
-    hyphens = "-" * count
-    if len(text) != _UUID_TEXT * count or any(text[at::_UUID_TEXT] != hyphens for at in _HYPHENS):
-        raise _not_uuid(values)
-    try:
-        # bytes.translate deletes the hyphens several times faster than str.replace.
-        raw = binascii.unhexlify(text.encode("ascii").translate(None, b"-"))
-    except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
-        raise _not_uuid(values) from None
-    if len(raw) != 16 * count:  # a hyphen elsewhere than in the four places leaves fewer digits
+    raw = uuid_bytes(values)  # TypeError for a value that is no str (a uuid.UUID included: give its text)
+    if raw is None:
         raise _not_uuid(values)
     halves = array(_HALVES, raw)
     halves.byteswap()  # whatever the machine's order: each 8-byte half reversed, in memory
@@ -241,7 +229,7 @@ def _encode_uuids(values: Sequence[Any]) -> bytes:
 
 def _not_uuid(values: Sequence[Any]) -> ValueError:
     """The error naming the first value that is no canonical UUID (only on the error path)."""
-    bad = next((value for value in values if not _CANONICAL_UUID.fullmatch(value)), None)
+    bad = next((value for value in values if not is_canonical_uuid(value)), None)
     return ValueError(f"not a UUID (8-4-4-4-12 hex digits): {bad!r}")
 
 
