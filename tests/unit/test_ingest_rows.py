@@ -274,6 +274,25 @@ def test_ledger_rows_are_sorted_like_uuids_and_keep_microseconds() -> None:
     assert set(ledger.created_at_us) == {int(CREATED.timestamp()) * 1_000_000 + CREATED.microsecond}
 
 
+def test_attempt_arrays_stay_aligned_across_logs_with_none_one_and_several_attempts() -> None:
+    attempt = log_record_pb2.UpstreamAttempt
+    records = [
+        _record(attempts=[attempt(target_url="https://a.example", status_code=200, latency_ms=5)]),
+        _record(),
+        _record(
+            attempts=[attempt(status_code=502, error="bad gateway"), attempt(target_url="https://b", latency_ms=7)]
+        ),
+        _record(attempts=[attempt(error="timeout", latency_ms=30_000)]),
+    ]
+    columns = dict(
+        zip(REQUEST_COLUMNS, request_columns([log_record_pb2.LogMessage(record=r) for r in records], 1), strict=True)
+    )
+    assert columns["attempt_target_urls"] == [["https://a.example"], [], ["", "https://b"], [""]]
+    assert columns["attempt_status_codes"] == [[200], [], [502, 0], [0]]
+    assert columns["attempt_errors"] == [[""], [], ["bad gateway", ""], ["timeout"]]
+    assert columns["attempt_latencies_ms"] == [[5], [], [0, 7], [30_000]]
+
+
 def test_counted_requests_of_limited_organizations_come_oldest_first() -> None:
     """The order in which room under a log limit is given out: creation time, then id; other organizations
     and requests not counted now are left out."""
