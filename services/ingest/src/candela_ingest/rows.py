@@ -201,6 +201,7 @@ def _transposed(getter: attrgetter[Any], items: Sequence[Any]) -> list[list[Any]
     return [list(column) for column in zip(*map(getter, items), strict=True)]
 
 
+_CostField = Literal["cost_usd", "cost_saved_usd"]
 RequestColumns = list[list[Any]]
 """The ``requests`` rows of a batch as one list per column, in :data:`REQUEST_COLUMNS` order."""
 
@@ -271,11 +272,15 @@ def checked_request_columns(
         *_transposed(_BODY_FRAME, response_bodies),
         [version] * len(messages),
     ]
-    suspects = _suspects(messages, columns, nanos, first_token, {"cost_usd": cost_texts, "cost_saved_usd": saved_texts})
+    costs: dict[_CostField, list[str]] = {"cost_usd": cost_texts, "cost_saved_usd": saved_texts}
+    suspects = _suspects(messages, records, columns, nanos, first_token, costs)
     return columns, suspects
 
 
 _HAS_UPDATE = methodcaller("HasField", "update")
+_HAS_FIELD = {
+    name: methodcaller("HasField", name) for name in ("cost_usd", "cost_saved_usd", "request_body", "response_body")
+}
 _IS_UUID = CANONICAL_UUID.fullmatch
 _REQUIRED_UUID_COLUMNS = tuple(REQUEST_COLUMNS.index(name) for name in ("request_id", "organization_id"))
 _API_KEY_COLUMN = REQUEST_COLUMNS.index("api_key_id")
@@ -296,10 +301,11 @@ _BODY_KEY_COLUMNS: tuple[tuple[Literal["request_body", "response_body"], int], .
 
 def _suspects(
     messages: Sequence[log_record_pb2.LogMessage],
+    records: Sequence[log_record_pb2.LogRecord],
     columns: RequestColumns,
     nanos: list[int],
     first_token: list[int],
-    cost_texts: dict[Literal["cost_usd", "cost_saved_usd"], list[str]],
+    cost_texts: dict[_CostField, list[str]],
 ) -> list[int]:
     """The positions of the messages that may fail :func:`~candela_ingest.validation.check_log_message`.
 
@@ -327,18 +333,20 @@ def _suspects(
         min(columns[index]) >= 0 for index in _BODY_POSITION_COLUMNS
     ):
         return list(range(count))
+    # A cost or body key set to "" reads as unset: only HasField tells them apart. Counting the fields set
+    # (one pass in C) against the values that are not empty tells whether any empty one was set at all.
     for field, texts in cost_texts.items():
         distinct = set(texts)
         bad = {text for text in distinct if text and parse_cost(text) is None}
-        if bad or "" in distinct:
+        if bad or ("" in distinct and sum(map(_HAS_FIELD[field], records)) > count - texts.count("")):
             suspects.update(
                 index
                 for index, text in enumerate(texts)
-                if text in bad or (not text and messages[index].record.HasField(field))
+                if text in bad or (not text and records[index].HasField(field))
             )
     for body, column in _BODY_KEY_COLUMNS:
         keys = columns[column]
-        if not all(keys):
+        if not all(keys) and sum(map(_HAS_FIELD[body], messages)) > count - keys.count(""):
             suspects.update(index for index, key in enumerate(keys) if not key and messages[index].HasField(body))
     return sorted(suspects)
 
