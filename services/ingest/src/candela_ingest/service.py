@@ -85,9 +85,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             metrics.RECORDS_REFUSED.labels(metrics.refusal_reason(request, self._limits)).inc(len(request.records))
             raise
         # Packed first (no side effect): the lookup then takes the batch's few organizations, not every record's.
-        # On a worker thread: compressing the bodies is most of it and releases the GIL, so other calls'
-        # validation and produce go on meanwhile (and the event loop is not held for ~15 ms a batch).
-        packed = await asyncio.to_thread(pack_batch, request.records, now)
+        packed = pack_batch(request.records, now)
         await self._refuse_unknown_organizations(request, packed.organization_ids)
         # Each message carries its own request's trace context (see candela_ingest.propagation), so the
         # writer continues that request's trace; a log shipped without one carries this call's context.
