@@ -30,6 +30,7 @@ from google.protobuf import timestamp_pb2
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
+from candela_ingest.varint import varint
 
 BODIES_PREFIX = "bodies"
 OBJECT_CONTENT_TYPE = "application/zstd"
@@ -89,33 +90,6 @@ def object_key(organization_id: str, ingested_at: datetime, object_id: uuid.UUID
     return f"{BODIES_PREFIX}/{organization_id}/{ingested_at:%Y/%m/%d}/{object_id}.zst"
 
 
-def _encode_varint(value: int) -> bytes:
-    """``value`` (not negative) as a protobuf base-128 varint."""
-    encoded = bytearray()
-    while value >= 0x80:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
-
-
-# Varints are looked up rather than computed (several are written for every log): those of one and two
-# bytes (lengths of records, bodies and BodyRefs are nearly always below 16 KiB) and, for the offsets in an
-# object of up to 256 MiB, the low 14 bits of a longer one (two 7-bit groups, both marked "more follows").
-_VARINT_TABLE_SIZE = 1 << 14
-_VARINTS = tuple(_encode_varint(value) for value in range(_VARINT_TABLE_SIZE))
-_LOW_GROUPS = tuple(bytes((value & 0x7F | 0x80, value >> 7 | 0x80)) for value in range(_VARINT_TABLE_SIZE))
-
-
-def _varint(value: int) -> bytes:
-    """``value`` (not negative) as a protobuf base-128 varint."""
-    if value < _VARINT_TABLE_SIZE:
-        return _VARINTS[value]
-    if value < _VARINT_TABLE_SIZE * _VARINT_TABLE_SIZE:
-        return _LOW_GROUPS[value & (_VARINT_TABLE_SIZE - 1)] + _VARINTS[value >> 14]
-    return _encode_varint(value)
-
-
 _compressors = threading.local()
 
 
@@ -152,7 +126,7 @@ class _ObjectBuilder:
         self.organization_id = organization_id
         self.key = key
         encoded_key = key.encode()
-        self._key_field = _OBJECT_KEY_TAG + _varint(len(encoded_key)) + encoded_key
+        self._key_field = _OBJECT_KEY_TAG + varint(len(encoded_key)) + encoded_key
         self._compressor = compressor
         self.frames: list[bytes] = []
         self._size = 0  # bytes of the closed frames: where the open frame will start
@@ -181,17 +155,17 @@ class _ObjectBuilder:
         self._size += len(frame)
         # proto3 leaves zeros out (a first frame's offset, a frame's first body's offset), as
         # SerializeToString() does; fields go in field-number order.
-        frame_fields = _FRAME_LENGTH_TAG + _varint(len(frame))
+        frame_fields = _FRAME_LENGTH_TAG + varint(len(frame))
         if frame_offset:
-            frame_fields = _FRAME_OFFSET_TAG + _varint(frame_offset) + frame_fields
+            frame_fields = _FRAME_OFFSET_TAG + varint(frame_offset) + frame_fields
         key_field = self._key_field
         for fields, index, tag, offset, length in self._slots:
             ref = b"".join(
-                (key_field, _OFFSET_TAG, _varint(offset), _LENGTH_TAG, _varint(length), frame_fields)
+                (key_field, _OFFSET_TAG, varint(offset), _LENGTH_TAG, varint(length), frame_fields)
                 if offset
-                else (key_field, _LENGTH_TAG, _varint(length), frame_fields)
+                else (key_field, _LENGTH_TAG, varint(length), frame_fields)
             )
-            fields[index] = tag + _varint(len(ref)) + ref
+            fields[index] = tag + varint(len(ref)) + ref
         self._bodies = []
         self._frame_size = 0
         self._slots = []
@@ -230,7 +204,7 @@ def pack_batch(
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(ingested_at)
     serialized_stamp = stamp.SerializeToString()
-    ingested_at_field = _INGESTED_AT_TAG + _varint(len(serialized_stamp)) + serialized_stamp
+    ingested_at_field = _INGESTED_AT_TAG + varint(len(serialized_stamp)) + serialized_stamp
     organization_ids: set[str] = set()
     keys: list[bytes] = []
     messages: list[list[bytes]] = []
@@ -245,7 +219,7 @@ def pack_batch(
             record = _canonical_copy(record, request_id, organization_id, api_key_id.lower())
         organization_ids.add(organization_id)
         serialized = record.SerializeToString()
-        fields = [_RECORD_TAG, _varint(len(serialized)), serialized]
+        fields = [_RECORD_TAG, varint(len(serialized)), serialized]
         request_body = item.request_body
         response_body = item.response_body
         if request_body or response_body:

@@ -33,6 +33,7 @@ from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.defines import BUFFER_SIZE
 
 from candela_ingest.validation import is_canonical_uuid, uuid_bytes
+from candela_ingest.varint import varint
 
 Encoder = Callable[[Sequence[Any]], bytes]
 """A column's values -> their Native-format bytes."""
@@ -69,7 +70,7 @@ def encode_block(
     rows = len(columns[0]) if columns else 0
     if any(len(column) != rows for column in columns):
         raise ValueError(f"columns of different lengths: {sorted({len(column) for column in columns})}")
-    parts = [_BLOCK_INFO if block_info else b"", _varint(len(columns)), _varint(rows)]
+    parts = [_BLOCK_INFO if block_info else b"", varint(len(columns)), varint(rows)]
     for (name, column_type), values in zip(columns_with_types, columns, strict=True):
         parts += (_binary_string(name), _binary_string(column_type))
         if custom_serialization:
@@ -105,19 +106,9 @@ def driver_encoding(context: Any, column_name: str, column_type: str, values: Se
 _BLOCK_INFO = b"\x01\x00\x02\xff\xff\xff\xff\x00"
 
 
-def _varint(value: int) -> bytes:
-    """``value`` as an unsigned LEB128 varint."""
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _binary_string(text: str) -> bytes:
     encoded = text.encode()
-    return _varint(len(encoded)) + encoded
+    return varint(len(encoded)) + encoded
 
 
 # --- encoders --------------------------------------------------------------------------------------------
@@ -166,7 +157,7 @@ def _encode_floats(code: str, values: Sequence[Any]) -> bytes:
 def _string_bytes(text: str) -> bytes:
     """One string as the Native format writes it: its UTF-8 length (a varint), then its bytes."""
     encoded = str.encode(text)  # TypeError for a value that is no str
-    return _varint(len(encoded)) + encoded
+    return varint(len(encoded)) + encoded
 
 
 def _encode_strings(values: Sequence[Any]) -> bytes:
@@ -186,7 +177,7 @@ def _encode_strings(values: Sequence[Any]) -> bytes:
             return combined.encode("ascii")
     encoded = list(map(str.encode, values))
     lengths = list(map(len, encoded))
-    varints = {length: _varint(length) for length in set(lengths)}  # few distinct lengths in a column
+    varints = {length: varint(length) for length in set(lengths)}  # few distinct lengths in a column
     parts: list[bytes] = [b""] * (2 * count)
     parts[0::2] = map(varints.__getitem__, lengths)
     parts[1::2] = encoded
