@@ -19,6 +19,7 @@ collapses them) and counts them then.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -176,11 +177,9 @@ class PostgresUsageLedger:
         updates the counters. ``usage`` is what ``counted`` adds per organization and day."""
         if not counted:
             return []
-        counted_by_organization: dict[uuid.UUID, int] = {}
+        counted_by_organization: Counter[uuid.UUID] = Counter()
         for day in usage:
-            counted_by_organization[day.organization_id] = counted_by_organization.get(day.organization_id, 0) + (
-                day.request_count
-            )
+            counted_by_organization[day.organization_id] += day.request_count
         organizations = sorted(counted_by_organization)
         limits = {row["id"]: int(row["max_stored_logs"]) for row in await connection.fetch(_LIMITS, organizations)}
         dropped_ids: list[str] = []
