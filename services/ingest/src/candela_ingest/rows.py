@@ -310,11 +310,11 @@ def _suspects(
     """The positions of the messages that may fail :func:`~candela_ingest.validation.check_log_message`.
 
     A superset (every update message included, which this does not check), so the exact, per-message
-    check runs only for these. Each check runs over a whole column in C (``min``/``max``, a regular
-    expression mapped over the ids); a column out of bounds makes every message a suspect, and the exact
-    check then names the bad ones. Unset fields read as their defaults, which either pass the exact check
-    too (zeros) or fail here (an empty id, created_at at the epoch); an empty cost or body key is a
-    suspect only when ``HasField`` says it was set.
+    check runs only for these. Each check runs over a whole column in C (``min``/``max``, one
+    :func:`~candela_ingest.validation.uuid_bytes` per id column); a column out of bounds makes every
+    message a suspect, and the exact check then names the bad ones. Unset fields read as their defaults,
+    which either pass the exact check too (zeros) or fail here (an empty id, created_at at the epoch); an
+    empty cost or body key is a suspect only when ``HasField`` says it was set.
     """
     count = len(messages)
     suspects: set[int] = set()
