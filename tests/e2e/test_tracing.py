@@ -92,13 +92,16 @@ def _new_traceparent() -> tuple[str, str, str]:
 
 
 def _complete_trace(receiver: SpanReceiver, trace_id: str, *also: tuple[str, str]) -> Trace:
-    """Waits until the trace holds the spans of every process (the writer's ClickHouse insert is the last
-    to happen), and the ``also`` (service, name) ones."""
+    """Waits until the trace holds the spans of every process, and the ``also`` (service, name) ones.
+
+    The writer's batch span is the last to end (after its inserts, the ledger and the offset commit); its
+    children may be exported in an earlier export batch, so the wait is for the batch span itself."""
     wanted = {
         ("candela-proxy", "chat gpt-4o-mini"),
         ("candela-proxy", "send ingest"),
         ("candela-ingest", INGEST),
         ("candela-writer", "clickhouse.insert"),
+        ("candela-writer", "writer.batch"),
         *also,
     }
 
