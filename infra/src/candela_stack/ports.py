@@ -161,14 +161,35 @@ def busy_ports(ports: StackPorts) -> list[int]:
     return [port for port in ports.all_bound() if not port_is_free(port)]
 
 
-def pick_free_port_base(low: int = 20000, high: int = 44000, attempts: int = 200) -> int:
+STACK_PORT_SPAN = 80
+"""Ports a stack uses above its base (base .. base + 79), SeaweedFS's +10000 ones aside."""
+
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+_LINUX_EPHEMERAL_START = 32768
+
+
+def ephemeral_port_start() -> int:
+    """The lowest port the kernel may give an outgoing connection (Linux's default when unknown)."""
+    try:
+        with open(_EPHEMERAL_RANGE) as found:
+            return int(found.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _LINUX_EPHEMERAL_START
+
+
+def pick_free_port_base(low: int = 10000, high: int | None = None, attempts: int = 200) -> int:
     """A random base in [low, high) whose every port (and SeaweedFS's +10000 ones) is bindable now.
 
-    Randomised so that concurrent test runs rarely collide; there is still a window between this
-    check and the servers binding, which the servers' own start-up errors report.
+    By default every port stays below the ephemeral range: there, any outgoing connection (to Kafka, S3,
+    ClickHouse...) may take a port between this check and the server binding it. Randomised so that
+    concurrent test runs rarely collide; the servers' own start-up errors report a collision that happens.
     """
+    if high is None:
+        high = min(MAX_PORT_BASE, ephemeral_port_start() - SEAWEED_GRPC_OFFSET - STACK_PORT_SPAN)
     if high > MAX_PORT_BASE:
         raise ValueError(f"high must be <= {MAX_PORT_BASE}")
+    if high <= low:
+        raise ValueError(f"no port base fits in [{low}, {high})")
     rng = random.SystemRandom()
     for _ in range(attempts):
         base = rng.randrange(low, high)
