@@ -20,6 +20,7 @@ from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_runtime.security import service_metadata
 from candela_stack.stack import Bootstrap, Stack
 from tests.e2e.conftest import bearer, expected_cost, wait_for_logged_request
+from tests.e2e.proxy_support import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -217,7 +218,16 @@ def test_usage_is_counted_per_organization_and_unknown_models_stay_unpriced(
         finally:
             await connection.close()
 
-    row = asyncio.run(usage_row())
+    # The writer inserts the rows inside the Postgres transaction that counts them: a log is readable in
+    # ClickHouse a moment before its usage commits (and the three may land in different batches).
+    rows: list[asyncpg.Record | None] = [None]
+
+    def all_counted() -> bool:
+        rows[0] = asyncio.run(usage_row())
+        return rows[0] is not None and (rows[0]["requests"] or 0) >= 3
+
+    wait_until(all_counted, what="the three requests counted in the usage totals")
+    row = rows[0]
     assert row is not None
     assert (row["requests"], row["prompt"], row["completion"], row["unpriced"]) == (
         3,

@@ -188,16 +188,25 @@ def _log_message(record: log_record_pb2.LogRecord) -> log_record_pb2.LogMessage:
 async def _read_topic(
     bootstrap: str, topic: str, *, expected: int | None, timeout_s: float = 10.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every message of ``topic`` (waits for ``expected`` of them, or ``timeout_s`` when None)."""
+    """Every message of ``topic``: waits for ``expected`` of them, or when None reads up to the partitions'
+    end offsets as they are now (within ``timeout_s`` either way)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
         found: list[ConsumerRecord[bytes, bytes]] = []
+
+        async def more_to_read() -> bool:
+            if expected is not None:
+                return len(found) < expected
+            return any([await consumer.position(partition) < end for partition, end in ends.items()])
+
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (expected is None or len(found) < expected):
+        while await more_to_read():
+            assert time.monotonic() < deadline, f"read {len(found)} messages of {topic} in {timeout_s}s, not all"
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 found.extend(records)
         return found
@@ -445,7 +454,7 @@ async def test_a_bad_batch_writes_nothing(stack: Stack, topics: Topics, ingest: 
     ]
     listing = await asyncio.to_thread(s3.list_objects_v2, Bucket=stack.s3_bucket, Prefix=f"bodies/{organization_id}/")
     assert listing.get("KeyCount", 0) == 0
-    assert await _read_topic(stack.kafka_bootstrap, topics.logs, expected=None, timeout_s=1.0) == []
+    assert await _read_topic(stack.kafka_bootstrap, topics.logs, expected=None) == []
 
 
 async def test_ingest_requires_the_service_credential(topics: Topics, ingest: Ingest) -> None:
@@ -478,6 +487,11 @@ async def test_redelivered_logs_are_stored_and_counted_exactly_once(
     writer = start_writer(_writer_config(stack, topics))
     stored = await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda count: count >= 25)
     usage = await _eventually(lambda: _usage(stack, organization_id), lambda found: found[0] >= 25)
+    # The first copies alone make those counts: wait until the second copies are consumed too.
+    await _eventually(
+        lambda: _committed(stack.kafka_bootstrap, topics.group, topics.logs, 3),
+        lambda offsets: sum(offsets.values()) >= 50,
+    )
     stats = await writer.finish()
 
     assert stored == 25
