@@ -507,7 +507,8 @@ def test_revoked_and_expired_keys_are_refused_within_the_cache_ttl(
 ) -> None:
     auth = auth_service_pb2_grpc.AuthServiceStub(gateway_channel)
     admin = bearer(tenants.a.keys["admin"])
-    expires_at = time.time() + 1.0
+    # Long enough for both keys to be created and used six times on a loaded machine before it expires.
+    expires_at = time.time() + 5.0
     revoked = auth.CreateApiKey(
         auth_pb.CreateApiKeyRequest(name="to revoke", scopes=[auth_pb.API_KEY_SCOPE_READ, auth_pb.API_KEY_SCOPE_PROXY]),
         metadata=admin,

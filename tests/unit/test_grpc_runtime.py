@@ -21,7 +21,11 @@ SERVICE = "candela.auth.v1.AuthService"
 
 
 class _ScriptedServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    """Answers CreateOrganization according to the requested name."""
+    """Answers CreateOrganization according to the requested name (sets ``slow_started`` when the slow
+    call has begun)."""
+
+    def __init__(self, slow_started: asyncio.Event) -> None:
+        self.slow_started = slow_started
 
     async def CreateOrganization(
         self, request: pb.CreateOrganizationRequest, context: grpc.aio.ServicerContext[object, object]
@@ -33,14 +37,20 @@ class _ScriptedServicer(auth_service_pb2_grpc.AuthServiceServicer):
         if request.name == "crash":
             raise RuntimeError("secret internal detail")
         if request.name == "slow":
+            self.slow_started.set()
             await asyncio.sleep(0.5)
         return pb.CreateOrganizationResponse(organization=pb.Organization(name=request.name))
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[GrpcServer]:
+def slow_started() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+async def server(slow_started: asyncio.Event) -> AsyncIterator[GrpcServer]:
     # Only CreateOrganization is scripted; the generated base answers UNIMPLEMENTED for the rest.
-    servicer = _ScriptedServicer()  # type: ignore[abstract]
+    servicer = _ScriptedServicer(slow_started)  # type: ignore[abstract]
     started = await create_grpc_server(
         host="127.0.0.1",
         port=0,
@@ -106,7 +116,9 @@ async def test_every_call_is_counted_by_method_and_code(channel: grpc.aio.Channe
     assert latency_count >= 4
 
 
-async def test_health_follows_readiness_and_shutdown(server: GrpcServer, channel: grpc.aio.Channel) -> None:
+async def test_health_follows_readiness_and_shutdown(
+    server: GrpcServer, channel: grpc.aio.Channel, slow_started: asyncio.Event
+) -> None:
     health = health_pb2_grpc.HealthStub(channel)
 
     async def status(service: str) -> int:
@@ -119,7 +131,7 @@ async def test_health_follows_readiness_and_shutdown(server: GrpcServer, channel
     assert await status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
     in_flight = asyncio.create_task(_create(channel, "slow"))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(slow_started.wait(), 5)
     stopping = asyncio.create_task(server.stop(grace_s=5))
     await asyncio.sleep(0.05)
     assert await _answer_or_unavailable(health) in {health_pb2.HealthCheckResponse.NOT_SERVING, "unavailable"}
