@@ -11,8 +11,8 @@ Each run repeats ``--runs`` times; medians and spreads are printed. PUTs = packe
 Bodies (``--bodies``): ``json`` (default) is what an LLM call logs: a 1 KiB chat request and a 1 KiB chat
 completion, JSON whose text differs from every other log's (slices of one long random stream of common
 English words); ``random`` is incompressible bytes (the worst case for compression); ``repeated`` is the
-same 1 KiB of one byte for every body, which stops 9 and 10 measured with (it compresses ~100x: no longer a
-fair load once bodies are stored compressed).
+same 1 KiB of one byte for every body, the load of the earlier result files (it compresses ~100x: no longer
+a fair load once bodies are stored compressed).
 
 CPU is accounted for every process on the machine (/proc), not only the stack's: Postgres (shared, started
 before the session) and the kernel's workers (disk writeback, network) are part of what one log costs.

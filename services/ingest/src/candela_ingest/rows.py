@@ -220,7 +220,8 @@ def checked_request_columns(
     across the batch with a C-level getter costs a fraction of the same values gathered per row. The
     columns are then checked as they are (see :func:`_suspects`), so each field of a log is read once per
     batch, whatever checks and stores it. An unset body reference reads as the empty reference, which is
-    exactly its ("", 0, 0) sentinel (frame 0, 0). Suspects' rows hold what their fields read as; they are never stored.
+    exactly its ("", 0, 0) sentinel (frame 0, 0). Suspects' rows hold what their fields read as; they are
+    never stored.
     """
     if not messages:
         return [[] for _ in REQUEST_COLUMNS], []
