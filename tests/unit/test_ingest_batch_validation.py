@@ -157,14 +157,15 @@ def test_decode_batch_sorts_messages_as_decode_does_and_keeps_batch_order() -> N
     ]
     entries, dead = decode_batch(batch)
     one_by_one = [decode(message) for message in batch]
-    assert [entry.message.offset for entry in entries.logs] == [
+    assert [message.offset for message in entries.logs] == [
         result.message.offset for result in one_by_one if not isinstance(result, DeadLetter)
     ]
     assert [(letter.message.offset, letter.error) for letter in dead] == [
         (result.message.offset, result.error) for result in one_by_one if isinstance(result, DeadLetter)
     ]
     assert [letter.message.offset for letter in dead] == [1, 5, 8, 9]
-    assert entries.columns == request_columns([entry.log for entry in entries.logs], 0), "rows of the kept logs only"
+    kept = [log_record_pb2.LogMessage.FromString(message.value or b"") for message in entries.logs]
+    assert entries.columns == request_columns(kept, 0), "rows of the kept logs only"
 
 
 def test_decode_batch_keeps_updates_apart_and_halves_keep_rows_with_their_logs() -> None:
@@ -178,12 +179,14 @@ def test_decode_batch_keeps_updates_apart_and_halves_keep_rows_with_their_logs()
     decoded, dead = decode_batch(batch)
     assert dead == []
     assert [entry.message.offset for entry in decoded.updates] == [2]
-    assert [entry.message.offset for entry in decoded.logs] == [0, 1, 3, 4, 5]
+    assert [message.offset for message in decoded.logs] == [0, 1, 3, 4, 5]
     first, second = decoded.halves()
     assert (len(first), len(second)) == (3, 3)
     request_ids = REQUEST_COLUMNS.index("request_id")
     for half in (first, second):
-        assert half.columns[request_ids] == [entry.log.record.request_id for entry in half.logs]
+        assert half.columns[request_ids] == [
+            log_record_pb2.LogMessage.FromString(message.value or b"").record.request_id for message in half.logs
+        ]
     assert [entry.message.offset for entry in second.updates] == [2]
     single, rest = DecodedBatch(decoded.logs[:1], [c[:1] for c in decoded.columns], decoded.updates).halves()
     assert (len(single.logs), len(single.updates), len(rest.logs), len(rest.updates)) == (1, 0, 0, 1)

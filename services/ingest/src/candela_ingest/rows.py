@@ -8,12 +8,13 @@ cost is quantised to the column's 12 decimal places, exactly as the usage counte
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 from operator import attrgetter, methodcaller
 from typing import Any, Literal
 
 from candela.logs.v1 import log_record_pb2
+from candela_ingest import _logwire
 from candela_ingest.validation import (
     CANONICAL_UUID,
     COST_DECIMAL_PLACES,
@@ -274,7 +275,7 @@ def checked_request_columns(
         [version] * len(messages),
     ]
     costs: dict[_CostField, list[str]] = {"cost_usd": cost_texts, "cost_saved_usd": saved_texts}
-    suspects = _suspects(messages, records, columns, nanos, first_token, costs)
+    suspects = _suspects(columns, nanos, first_token, costs, _set_but_empty(messages, records, columns, costs))
     return columns, suspects
 
 
@@ -301,26 +302,23 @@ _BODY_KEY_COLUMNS: tuple[tuple[Literal["request_body", "response_body"], int], .
 
 
 def _suspects(
-    messages: Sequence[log_record_pb2.LogMessage],
-    records: Sequence[log_record_pb2.LogRecord],
     columns: RequestColumns,
     nanos: list[int],
     first_token: list[int],
     cost_texts: dict[_CostField, list[str]],
+    set_but_empty: Iterable[int],
 ) -> list[int]:
     """The positions of the messages that may fail :func:`~candela_ingest.validation.check_log_message`.
 
-    A superset (every update message included, which this does not check), so the exact, per-message
-    check runs only for these. Each check runs over a whole column in C (``min``/``max``, one
-    :func:`~candela_ingest.validation.uuid_bytes` per id column); a column out of bounds makes every
-    message a suspect, and the exact check then names the bad ones. Unset fields read as their defaults,
-    which either pass the exact check too (zeros) or fail here (an empty id, created_at at the epoch); an
-    empty cost or body key is a suspect only when ``HasField`` says it was set.
+    A superset, so the exact, per-message check runs only for these. Each check runs over a whole column
+    in C (``min``/``max``, one :func:`~candela_ingest.validation.uuid_bytes` per id column); a column out
+    of bounds makes every message a suspect, and the exact check then names the bad ones. Unset fields
+    read as their defaults, which either pass the exact check too (zeros) or fail here (an empty id,
+    created_at at the epoch). What the columns cannot tell (an update; a cost or body key set to "", which
+    reads as unset) comes from ``set_but_empty``.
     """
-    count = len(messages)
+    count = len(columns[0])
     suspects: set[int] = set()
-    if any(map(_HAS_UPDATE, messages)):
-        suspects.update(index for index, message in enumerate(messages) if message.HasField("update"))
     for column in _REQUIRED_UUID_COLUMNS:
         values = columns[column]
         if uuid_bytes(values) is None:
@@ -334,22 +332,76 @@ def _suspects(
         min(columns[index]) >= 0 for index in _BODY_POSITION_COLUMNS
     ):
         return list(range(count))
-    # A cost or body key set to "" reads as unset: only HasField tells them apart. Counting the fields set
-    # (one pass in C) against the values that are not empty tells whether any empty one was set at all.
+    for texts in cost_texts.values():
+        bad = {text for text in set(texts) if text and parse_cost(text) is None}
+        if bad:
+            suspects.update(index for index, text in enumerate(texts) if text in bad)
+    suspects.update(set_but_empty)
+    return sorted(suspects)
+
+
+def _set_but_empty(
+    messages: Sequence[log_record_pb2.LogMessage],
+    records: Sequence[log_record_pb2.LogRecord],
+    columns: RequestColumns,
+    cost_texts: dict[_CostField, list[str]],
+) -> set[int]:
+    """The parsed messages that are updates, or whose cost or body key is set to "" (see :func:`_suspects`).
+
+    Counting the fields set (one pass in C) against the values that are not empty tells whether any empty
+    one was set at all; only then is each message asked.
+    """
+    count = len(messages)
+    found: set[int] = set()
+    if any(map(_HAS_UPDATE, messages)):
+        found.update(index for index, message in enumerate(messages) if message.HasField("update"))
     for field, texts in cost_texts.items():
-        distinct = set(texts)
-        bad = {text for text in distinct if text and parse_cost(text) is None}
-        if bad or ("" in distinct and sum(map(_HAS_FIELD[field], records)) > count - texts.count("")):
-            suspects.update(
-                index
-                for index, text in enumerate(texts)
-                if text in bad or (not text and records[index].HasField(field))
-            )
+        if "" in texts and sum(map(_HAS_FIELD[field], records)) > count - texts.count(""):
+            found.update(index for index, text in enumerate(texts) if not text and records[index].HasField(field))
     for body, column in _BODY_KEY_COLUMNS:
         keys = columns[column]
         if not all(keys) and sum(map(_HAS_FIELD[body], messages)) > count - keys.count(""):
-            suspects.update(index for index, key in enumerate(keys) if not key and messages[index].HasField(body))
-    return sorted(suspects)
+            found.update(index for index, key in enumerate(keys) if not key and messages[index].HasField(body))
+    return found
+
+
+_WIRE_INDEX = {name: index for index, name in enumerate(_logwire.COLUMNS)}
+_WIRE_NANOS = _WIRE_INDEX["created_at_nanos"]
+_WIRE_FIRST_TOKEN = _WIRE_INDEX["time_to_first_token_ms_as_set"]
+_WIRE_COSTS = _WIRE_INDEX["cost_usd_text"], _WIRE_INDEX["cost_saved_usd_text"]
+_WIRE_COLUMNS = tuple(_WIRE_INDEX.get(name) for name in REQUEST_COLUMNS)
+"""Where each ``requests`` column is among the wire decoder's (None: made here, from them)."""
+
+
+def wire_request_columns(values: list[bytes], version: int) -> tuple[RequestColumns, list[int], list[int]]:
+    """:func:`checked_request_columns` of serialized LogMessages, read by the C wire decoder
+    (``candela_ingest._logwire``) with no protobuf message made.
+
+    Returns the columns of the messages it decoded (in the order of ``values``), the suspects among
+    them, and the positions in ``values`` of the messages it left to the protobuf runtime (updates,
+    text that is not UTF-8, encodings it does not take on). Every value of a decoded message is what
+    :func:`checked_request_columns` reads from the parsed message; the tests compare the two.
+    """
+    wire, set_but_empty, fallback = _logwire.columns(values)
+    count = len(wire[0])
+    cost_texts, saved_texts = (wire[index] for index in _WIRE_COSTS)
+    cost, priced = _costs(cost_texts)
+    cost_saved, cost_saved_known = _costs(saved_texts)
+    made: dict[str, list[Any]] = {
+        "cost_usd": cost,
+        "priced": priced,
+        "cost_saved_usd": cost_saved,
+        "cost_saved_known": cost_saved_known,
+        "version": [version] * count,
+    }
+    columns: RequestColumns = [
+        made[name] if index is None else wire[index] for name, index in zip(REQUEST_COLUMNS, _WIRE_COLUMNS, strict=True)
+    ]
+    if not count:
+        return columns, [], fallback
+    costs: dict[_CostField, list[str]] = {"cost_usd": cost_texts, "cost_saved_usd": saved_texts}
+    suspects = _suspects(columns, wire[_WIRE_NANOS], wire[_WIRE_FIRST_TOKEN], costs, set_but_empty)
+    return columns, suspects, fallback
 
 
 def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:

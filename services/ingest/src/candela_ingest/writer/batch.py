@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import RequestColumns, Row, checked_request_columns, score_rows
+from candela_ingest.rows import RequestColumns, Row, checked_request_columns, score_rows, wire_request_columns
 from candela_ingest.usage import BatchRequests
 from candela_ingest.validation import check_log_message
 from candela_ingest.writer import metrics
@@ -166,7 +166,8 @@ def decode(message: ConsumedMessage) -> Decoded | DeadLetter:
 class DecodedBatch:
     """The valid messages of a consumed batch: logs, with their ``requests`` rows, and later updates."""
 
-    logs: list[Decoded]
+    logs: list[ConsumedMessage]
+    """The messages holding a valid log, in batch order."""
     columns: RequestColumns
     """The rows of ``logs``, one list per column (:func:`~candela_ingest.rows.request_columns`)."""
     updates: list[Decoded]
@@ -177,7 +178,7 @@ class DecodedBatch:
     @property
     def messages(self) -> list[ConsumedMessage]:
         """The consumed messages, logs first."""
-        return [entry.message for entry in (*self.logs, *self.updates)]
+        return [*self.logs, *(entry.message for entry in self.updates)]
 
     def halves(self) -> tuple[DecodedBatch, DecodedBatch]:
         """The first and the second half of the messages (logs first), each with its rows."""
@@ -190,34 +191,95 @@ class DecodedBatch:
         )
 
 
+class _Sorted(NamedTuple):
+    """Messages of a batch sorted out: where the logs are (batch positions) and their rows, the updates and
+    the dead letters, each with its position."""
+
+    logs_at: list[int]
+    columns: RequestColumns
+    updates: list[tuple[int, Decoded]]
+    dead: list[tuple[int, DeadLetter]]
+
+
+def _read_by_runtime(batch: Sequence[ConsumedMessage], positions: list[int]) -> _Sorted:
+    """The messages at ``positions`` parsed by the protobuf runtime, their rows built from the messages and
+    checked column by column; only the suspects among them get the exact, per-message check."""
+    parsed = [(position, _parse(batch[position])) for position in positions]
+    dead = [(position, log) for position, log in parsed if isinstance(log, DeadLetter)]
+    logs = [(position, log) for position, log in parsed if not isinstance(log, DeadLetter)]
+    columns, suspects = checked_request_columns([log for _, log in logs], 0)
+    keep = [True] * len(logs)
+    updates = []
+    for suspect in suspects:
+        position, log = logs[suspect]
+        checked = _checked(batch[position], log)
+        if isinstance(checked, DeadLetter) or log.HasField("update"):
+            keep[suspect] = False
+            if isinstance(checked, DeadLetter):
+                dead.append((position, checked))
+            else:
+                updates.append((position, checked))
+    return _Sorted(
+        list(compress([position for position, _ in logs], keep)),
+        [list(compress(column, keep)) for column in columns] if suspects else columns,
+        updates,
+        dead,
+    )
+
+
+def _read_by_wire(batch: Sequence[ConsumedMessage], positions: list[int]) -> tuple[_Sorted, list[int]]:
+    """The messages at ``positions`` read by the C wire decoder (:func:`~candela_ingest.rows.wire_request_columns`),
+    and the positions of those it left to the protobuf runtime. A suspect is parsed and checked exactly."""
+    columns, suspects, fallback = wire_request_columns([batch[position].value or b"" for position in positions], 0)
+    left = [positions[index] for index in fallback]
+    logs_at = positions
+    if left:
+        skipped = set(fallback)
+        logs_at = [position for index, position in enumerate(positions) if index not in skipped]
+    dead = []
+    keep = [True] * len(logs_at)
+    for suspect in suspects:
+        checked = decode(batch[logs_at[suspect]])
+        if isinstance(checked, DeadLetter):
+            keep[suspect] = False
+            dead.append((logs_at[suspect], checked))
+    if dead:
+        logs_at = list(compress(logs_at, keep))
+        columns = [list(compress(column, keep)) for column in columns]
+    return _Sorted(logs_at, columns, [], dead), left
+
+
+def _merged(first: _Sorted, second: _Sorted) -> _Sorted:
+    """Two sorted-out parts of one batch as one, in batch order."""
+    if not second.logs_at:
+        logs_at, columns = first.logs_at, first.columns
+    else:
+        both = first.logs_at + second.logs_at
+        order = sorted(range(len(both)), key=both.__getitem__)
+        logs_at = [both[index] for index in order]
+        columns = [[*a, *b] for a, b in zip(first.columns, second.columns, strict=True)]
+        columns = [[column[index] for index in order] for column in columns]
+    return _Sorted(logs_at, columns, sorted(first.updates + second.updates), sorted(first.dead + second.dead))
+
+
 def decode_batch(batch: Sequence[ConsumedMessage]) -> tuple[DecodedBatch, list[DeadLetter]]:
     """The valid messages of ``batch`` (in batch order) and its dead letters, exactly as :func:`decode` of
     every message would sort them. The rows' version is 0 until they are written.
 
-    The rows are built once for the batch and checked column by column; only the suspects among them
-    get the exact, per-message check (see :func:`~candela_ingest.rows.checked_request_columns`).
+    Logs are read by the C wire decoder; what it leaves (updates, messages it does not take on, values
+    that are None) is parsed by the protobuf runtime, as :func:`decode` does.
     """
-    results: list[Decoded | DeadLetter] = []
-    for message in batch:
-        log = _parse(message)
-        results.append(log if isinstance(log, DeadLetter) else Decoded(message, log))
-    decoded = [(index, result) for index, result in enumerate(results) if isinstance(result, Decoded)]
-    columns, suspects = checked_request_columns([entry.log for _, entry in decoded], 0)
-    if not suspects:
-        logs = [entry for _, entry in decoded]
-        return DecodedBatch(logs, columns, []), [result for result in results if isinstance(result, DeadLetter)]
-    keep = [True] * len(decoded)
-    updates = []
-    for suspect in suspects:
-        index, entry = decoded[suspect]
-        checked = results[index] = _checked(*entry)
-        if isinstance(checked, DeadLetter) or checked.log.HasField("update"):
-            keep[suspect] = False
-            if isinstance(checked, Decoded):
-                updates.append(checked)
-    logs = [entry for (_, entry), kept in zip(decoded, keep, strict=True) if kept]
-    columns = [list(compress(column, keep)) for column in columns]
-    return DecodedBatch(logs, columns, updates), [result for result in results if isinstance(result, DeadLetter)]
+    with_value = [position for position, message in enumerate(batch) if message.value is not None]
+    by_wire, left = _read_by_wire(batch, with_value)
+    without_value = [position for position, message in enumerate(batch) if message.value is None]
+    if left or without_value:
+        by_wire = _merged(by_wire, _read_by_runtime(batch, sorted(left + without_value)))
+    return (
+        DecodedBatch(
+            [batch[position] for position in by_wire.logs_at], by_wire.columns, [u for _, u in by_wire.updates]
+        ),
+        [letter for _, letter in by_wire.dead],
+    )
 
 
 def _now_us() -> int:

@@ -1,0 +1,630 @@
+/* candela_ingest._logwire: serialized candela.logs.v1.LogMessage values straight into the writers' columns.
+
+The writers store every log as a row of the ClickHouse `requests` table. Parsing each message with the
+protobuf runtime and reading its fields back one by one makes a Python object per field read (about
+0.13 us each, some 15 us per log in all); this reads the wire format once, in C, and makes only the
+objects the columns hold. It is an accelerator, not a second definition: candela_ingest.rows builds the
+same columns from parsed messages (the reference), and the tests compare the two on arbitrary messages.
+
+A message this decoder does not take on (a later update, a string that is not UTF-8, a malformed or
+unusual encoding) is returned as "fallback": the caller parses it with the protobuf runtime, which decides
+whether it is a log, an update or a dead letter, exactly as for any other message.
+
+columns(values) -> (columns, set_but_empty, fallback)
+    values: a list of bytes, each a serialized LogMessage.
+    columns: one list per name of COLUMNS, a value per decoded message, in the order of values.
+    set_but_empty: positions (among the decoded messages) of those with a cost or a body reference set to
+        its empty value, which only presence tells from unset.
+    fallback: positions (in values) of the messages left to the caller.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The output columns, in the order of COLUMNS (exported to Python). */
+enum {
+    K_ORGANIZATION_ID, K_REQUEST_ID, K_CREATED_AT, K_CREATED_AT_US, K_NANOS,
+    K_API_KEY_ID, K_PROVIDER, K_MODEL, K_RESPONSE_MODEL, K_PATH, K_STATUS_CODE, K_ERROR,
+    K_STREAMED, K_LATENCY_MS, K_TIME_TO_FIRST_TOKEN_MS, K_FIRST_TOKEN_AS_SET,
+    K_PROMPT_TOKENS, K_COMPLETION_TOKENS, K_TOTAL_TOKENS, K_CACHE_READ_TOKENS, K_CACHE_WRITE_TOKENS,
+    K_REASONING_TOKENS, K_AUDIO_PROMPT_TOKENS, K_AUDIO_COMPLETION_TOKENS,
+    K_COST_USD, K_COST_SAVED_USD,
+    K_USER_ID, K_SESSION_ID, K_SESSION_PATH, K_SESSION_NAME,
+    K_PROPERTY_KEYS, K_PROPERTY_VALUES,
+    K_PROMPT_ID, K_PROMPT_VERSION, K_CACHE_HIT, K_FINISH_REASON,
+    K_REQUEST_BODY_OMITTED, K_RESPONSE_BODY_OMITTED,
+    K_REQUEST_BODY_KEY, K_REQUEST_BODY_OFFSET, K_REQUEST_BODY_LENGTH,
+    K_REQUEST_BODY_FRAME_OFFSET, K_REQUEST_BODY_FRAME_LENGTH,
+    K_RESPONSE_BODY_KEY, K_RESPONSE_BODY_OFFSET, K_RESPONSE_BODY_LENGTH,
+    K_RESPONSE_BODY_FRAME_OFFSET, K_RESPONSE_BODY_FRAME_LENGTH,
+    K_TARGET_URL,
+    K_ATTEMPT_TARGET_URLS, K_ATTEMPT_STATUS_CODES, K_ATTEMPT_ERRORS, K_ATTEMPT_LATENCIES_MS,
+    K_PROMPT_INPUT_KEYS, K_PROMPT_INPUT_VALUES,
+    K_COUNT
+};
+
+static const char *const COLUMN_NAMES[K_COUNT] = {
+    "organization_id", "request_id", "created_at", "created_at_us", "created_at_nanos",
+    "api_key_id", "provider", "model", "response_model", "path", "status_code", "error",
+    "streamed", "latency_ms", "time_to_first_token_ms", "time_to_first_token_ms_as_set",
+    "prompt_tokens", "completion_tokens", "total_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "audio_prompt_tokens", "audio_completion_tokens",
+    "cost_usd_text", "cost_saved_usd_text",
+    "user_id", "session_id", "session_path", "session_name",
+    "property_keys", "property_values",
+    "prompt_id", "prompt_version", "cache_hit", "finish_reason",
+    "request_body_omitted", "response_body_omitted",
+    "request_body_key", "request_body_offset", "request_body_length",
+    "request_body_frame_offset", "request_body_frame_length",
+    "response_body_key", "response_body_offset", "response_body_length",
+    "response_body_frame_offset", "response_body_frame_length",
+    "target_url",
+    "attempt_target_urls", "attempt_status_codes", "attempt_errors", "attempt_latencies_ms",
+    "prompt_input_keys", "prompt_input_values",
+};
+
+typedef struct {
+    const char *data;
+    Py_ssize_t size;
+} Slice;
+
+typedef struct {
+    Slice key;
+    Slice value;
+} Pair;
+
+typedef struct {
+    Slice target_url;
+    int64_t status_code;
+    Slice error;
+    int64_t latency_ms;
+} Attempt;
+
+/* Growable arrays, reused from message to message. */
+typedef struct {
+    Pair *items;
+    Py_ssize_t count, capacity;
+} Pairs;
+
+typedef struct {
+    Attempt *items;
+    Py_ssize_t count, capacity;
+} Attempts;
+
+/* One message as read: string fields as slices of the input, numbers as they are. */
+typedef struct {
+    Slice text[K_COUNT];
+    int64_t number[K_COUNT];
+    int has_first_token, has_cost, has_cost_saved, has_request_body, has_response_body;
+    Pairs properties, prompt_inputs;
+    Attempts attempts;
+} Row;
+
+typedef enum { OK = 0, FALLBACK = 1 } Outcome;
+
+#define WIRE_VARINT 0
+#define WIRE_FIXED64 1
+#define WIRE_LEN 2
+#define WIRE_FIXED32 5
+
+static int read_varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
+    uint64_t value = 0;
+    const uint8_t *p = *at;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (p >= end) return -1;
+        uint8_t byte = *p++;
+        if (shift == 63 && byte > 1) return -1; /* beyond 64 bits: left to the runtime */
+        value |= (uint64_t)(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) {
+            *at = p;
+            *out = value;
+            return 0;
+        }
+    }
+    return -1; /* more than 10 bytes */
+}
+
+/* Reads a tag and, for a length-delimited field, its bounds; -1 when malformed. */
+typedef struct {
+    uint32_t number;
+    int wire;
+    uint64_t varint;   /* WIRE_VARINT */
+    const uint8_t *start; /* WIRE_LEN */
+    Py_ssize_t size;
+} Field;
+
+static int read_field(const uint8_t **at, const uint8_t *end, Field *field) {
+    uint64_t tag;
+    if (read_varint(at, end, &tag) < 0 || tag >> 3 == 0 || tag >> 3 > 0x1FFFFFFF) return -1;
+    field->number = (uint32_t)(tag >> 3);
+    field->wire = (int)(tag & 7);
+    switch (field->wire) {
+    case WIRE_VARINT:
+        return read_varint(at, end, &field->varint);
+    case WIRE_FIXED64:
+        if (end - *at < 8) return -1;
+        *at += 8;
+        return 0;
+    case WIRE_FIXED32:
+        if (end - *at < 4) return -1;
+        *at += 4;
+        return 0;
+    case WIRE_LEN: {
+        uint64_t size;
+        if (read_varint(at, end, &size) < 0 || size > (uint64_t)(end - *at)) return -1;
+        field->start = *at;
+        field->size = (Py_ssize_t)size;
+        *at += size;
+        return 0;
+    }
+    default:
+        return -1; /* groups: left to the protobuf runtime */
+    }
+}
+
+static Slice slice_of(const Field *field) {
+    Slice slice = {(const char *)field->start, field->size};
+    return slice;
+}
+
+/* A message whose fields this decoder ignores: only its encoding is checked. */
+static Outcome skip_message(const uint8_t *p, const uint8_t *end) {
+    Field field;
+    while (p < end)
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+    return OK;
+}
+
+/* Each of these parses one (sub)message into the row; a message met again merges into what was read, as
+   the protobuf runtime merges it. A known field with an unexpected wire type is left to the runtime. */
+
+#define EXPECT(wire_type) \
+    if (field.wire != (wire_type)) return FALLBACK
+
+static Outcome parse_timestamp(const uint8_t *p, const uint8_t *end, Row *row) {
+    Field field;
+    while (p < end) {
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+        if (field.number == 1) {
+            EXPECT(WIRE_VARINT);
+            row->number[K_CREATED_AT] = (int64_t)field.varint;
+        } else if (field.number == 2) {
+            EXPECT(WIRE_VARINT);
+            row->number[K_NANOS] = (int32_t)field.varint;
+        }
+    }
+    return OK;
+}
+
+static Outcome parse_usage(const uint8_t *p, const uint8_t *end, Row *row) {
+    Field field;
+    while (p < end) {
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+        if (field.number >= 1 && field.number <= 8) {
+            EXPECT(WIRE_VARINT);
+            row->number[K_PROMPT_TOKENS + field.number - 1] = (int64_t)field.varint;
+        }
+    }
+    return OK;
+}
+
+static Outcome parse_pair(const uint8_t *p, const uint8_t *end, Pairs *pairs) {
+    if (pairs->count == pairs->capacity) {
+        Py_ssize_t capacity = pairs->capacity ? pairs->capacity * 2 : 8;
+        Pair *items = PyMem_Realloc(pairs->items, capacity * sizeof(Pair));
+        if (items == NULL) return FALLBACK;
+        pairs->items = items;
+        pairs->capacity = capacity;
+    }
+    Pair *pair = &pairs->items[pairs->count];
+    pair->key.data = pair->value.data = "";
+    pair->key.size = pair->value.size = 0;
+    Field field;
+    while (p < end) {
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+        if (field.number == 1) {
+            EXPECT(WIRE_LEN);
+            pair->key = slice_of(&field);
+        } else if (field.number == 2) {
+            EXPECT(WIRE_LEN);
+            pair->value = slice_of(&field);
+        } else {
+            return FALLBACK; /* the runtime keeps such an entry aside, out of the map */
+        }
+    }
+    pairs->count++;
+    return OK;
+}
+
+static Outcome parse_attempt(const uint8_t *p, const uint8_t *end, Attempts *attempts) {
+    if (attempts->count == attempts->capacity) {
+        Py_ssize_t capacity = attempts->capacity ? attempts->capacity * 2 : 4;
+        Attempt *items = PyMem_Realloc(attempts->items, capacity * sizeof(Attempt));
+        if (items == NULL) return FALLBACK;
+        attempts->items = items;
+        attempts->capacity = capacity;
+    }
+    Attempt *attempt = &attempts->items[attempts->count];
+    memset(attempt, 0, sizeof(*attempt));
+    attempt->target_url.data = attempt->error.data = "";
+    Field field;
+    while (p < end) {
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+        switch (field.number) {
+        case 1: EXPECT(WIRE_LEN); attempt->target_url = slice_of(&field); break;
+        case 2: EXPECT(WIRE_VARINT); attempt->status_code = (int32_t)field.varint; break;
+        case 3: EXPECT(WIRE_LEN); attempt->error = slice_of(&field); break;
+        case 4: EXPECT(WIRE_VARINT); attempt->latency_ms = (int64_t)field.varint; break;
+        default: break;
+        }
+    }
+    attempts->count++;
+    return OK;
+}
+
+/* BodyRef: its five fields are consecutive columns from `first` (the key) on. */
+static Outcome parse_body(const uint8_t *p, const uint8_t *end, Row *row, int first) {
+    Field field;
+    while (p < end) {
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+        if (field.number == 1) {
+            EXPECT(WIRE_LEN);
+            row->text[first] = slice_of(&field);
+        } else if (field.number >= 2 && field.number <= 5) {
+            EXPECT(WIRE_VARINT);
+            row->number[first + field.number - 1] = (int64_t)field.varint;
+        }
+    }
+    return OK;
+}
+
+/* LogRecord's string fields and where they go, as column + 1 (0: not a string field). */
+#define TO(column) ((column) + 1)
+static const int RECORD_STRINGS[31] = {
+    [1] = TO(K_REQUEST_ID), [2] = TO(K_ORGANIZATION_ID), [3] = TO(K_API_KEY_ID), [5] = TO(K_PROVIDER),
+    [6] = TO(K_MODEL), [7] = TO(K_RESPONSE_MODEL), [8] = TO(K_PATH), [10] = TO(K_ERROR), [15] = TO(K_COST_USD),
+    [16] = TO(K_USER_ID), [17] = TO(K_SESSION_ID), [18] = TO(K_SESSION_PATH), [19] = TO(K_SESSION_NAME),
+    [21] = TO(K_PROMPT_ID), [22] = TO(K_PROMPT_VERSION), [26] = TO(K_FINISH_REASON), [27] = TO(K_TARGET_URL),
+    [28] = TO(K_COST_SAVED_USD),
+};
+/* LogRecord's integer and bool fields, likewise (bools are read as 0/1 at output). */
+static const int RECORD_NUMBERS[31] = {
+    [9] = TO(K_STATUS_CODE), [11] = TO(K_STREAMED), [12] = TO(K_LATENCY_MS), [13] = TO(K_TIME_TO_FIRST_TOKEN_MS),
+    [23] = TO(K_CACHE_HIT), [24] = TO(K_REQUEST_BODY_OMITTED), [25] = TO(K_RESPONSE_BODY_OMITTED),
+};
+
+static Outcome parse_record(const uint8_t *p, const uint8_t *end, Row *row) {
+    Field field;
+    while (p < end) {
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+        uint32_t number = field.number;
+        if (number <= 30 && RECORD_STRINGS[number]) {
+            EXPECT(WIRE_LEN);
+            row->text[RECORD_STRINGS[number] - 1] = slice_of(&field);
+            if (number == 15) row->has_cost = 1;
+            if (number == 28) row->has_cost_saved = 1;
+        } else if (number <= 30 && RECORD_NUMBERS[number]) {
+            EXPECT(WIRE_VARINT);
+            int column = RECORD_NUMBERS[number] - 1;
+            row->number[column] = number == 9 ? (int64_t)(int32_t)field.varint : (int64_t)field.varint;
+            if (number == 13) row->has_first_token = 1;
+        } else if (number == 4 || number == 14 || number == 20 || number == 29 || number == 30) {
+            EXPECT(WIRE_LEN);
+            const uint8_t *start = field.start, *stop = field.start + field.size;
+            Outcome outcome = number == 4    ? parse_timestamp(start, stop, row)
+                              : number == 14 ? parse_usage(start, stop, row)
+                              : number == 20 ? parse_pair(start, stop, &row->properties)
+                              : number == 29 ? parse_attempt(start, stop, &row->attempts)
+                                             : parse_pair(start, stop, &row->prompt_inputs);
+            if (outcome != OK) return outcome;
+        }
+    }
+    return OK;
+}
+
+static Outcome parse_message(const uint8_t *p, const uint8_t *end, Row *row) {
+    Field field;
+    while (p < end) {
+        if (read_field(&p, end, &field) < 0) return FALLBACK;
+        if (field.number == 100) return FALLBACK; /* a later update: the caller's to read */
+        if (field.number < 1 || field.number > 4) continue;
+        EXPECT(WIRE_LEN);
+        const uint8_t *start = field.start, *stop = field.start + field.size;
+        Outcome outcome;
+        if (field.number == 1) {
+            outcome = parse_record(start, stop, row);
+        } else if (field.number == 2) {
+            row->has_request_body = 1;
+            outcome = parse_body(start, stop, row, K_REQUEST_BODY_KEY);
+        } else if (field.number == 3) {
+            row->has_response_body = 1;
+            outcome = parse_body(start, stop, row, K_RESPONSE_BODY_KEY);
+        } else {
+            outcome = skip_message(start, stop); /* ingested_at: not a column */
+        }
+        if (outcome != OK) return outcome;
+    }
+    return OK;
+}
+
+/* Building the Python values of a row. NULL with no exception set means "fallback" (not UTF-8);
+   NULL with an exception set is an error. */
+
+/* The last text made for each column: consecutive logs repeat most of their texts (provider, model, path,
+   user), and a repeat shares the object. */
+typedef struct {
+    Slice slice;
+    PyObject *text;
+} Cached;
+
+static PyObject *text_of(Slice slice, Cached *cached) {
+    if (cached != NULL && cached->text != NULL && cached->slice.size == slice.size &&
+        memcmp(cached->slice.data, slice.data, (size_t)slice.size) == 0) {
+        Py_INCREF(cached->text);
+        return cached->text;
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(slice.data, slice.size, NULL);
+    if (text == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
+        return NULL;
+    }
+    if (cached != NULL) {
+        Py_XSETREF(cached->text, Py_NewRef(text));
+        cached->slice = slice;
+    }
+    return text;
+}
+
+/* Map entries as two lists, the keys sorted and the values in their order; a repeated key keeps its last
+   value, as in a protobuf map. */
+static int map_lists(const Pairs *pairs, PyObject **keys_out, PyObject **values_out) {
+    *keys_out = *values_out = NULL;
+    PyObject *map = PyDict_New();
+    if (map == NULL) return -1;
+    for (Py_ssize_t i = 0; i < pairs->count; i++) {
+        PyObject *key = text_of(pairs->items[i].key, NULL);
+        PyObject *value = key == NULL ? NULL : text_of(pairs->items[i].value, NULL);
+        if (value == NULL || PyDict_SetItem(map, key, value) < 0) {
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            Py_DECREF(map);
+            return -1;
+        }
+        Py_DECREF(key);
+        Py_DECREF(value);
+    }
+    PyObject *keys = PyDict_Keys(map);
+    if (keys == NULL || PyList_Sort(keys) < 0) {
+        Py_XDECREF(keys);
+        Py_DECREF(map);
+        return -1;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(keys);
+    PyObject *values = PyList_New(count);
+    if (values == NULL) {
+        Py_DECREF(keys);
+        Py_DECREF(map);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        PyList_SET_ITEM(values, i, Py_NewRef(PyDict_GetItem(map, PyList_GET_ITEM(keys, i))));
+    Py_DECREF(map);
+    *keys_out = keys;
+    *values_out = values;
+    return 0;
+}
+
+static int is_text_column(int column) {
+    switch (column) {
+    case K_ORGANIZATION_ID: case K_REQUEST_ID: case K_API_KEY_ID: case K_PROVIDER: case K_MODEL:
+    case K_RESPONSE_MODEL: case K_PATH: case K_ERROR: case K_COST_USD: case K_COST_SAVED_USD:
+    case K_USER_ID: case K_SESSION_ID: case K_SESSION_PATH: case K_SESSION_NAME: case K_PROMPT_ID:
+    case K_PROMPT_VERSION: case K_FINISH_REASON: case K_REQUEST_BODY_KEY: case K_RESPONSE_BODY_KEY:
+    case K_TARGET_URL:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int is_list_column(int column) {
+    return column == K_PROPERTY_KEYS || column == K_PROPERTY_VALUES || column == K_PROMPT_INPUT_KEYS ||
+           column == K_PROMPT_INPUT_VALUES || (column >= K_ATTEMPT_TARGET_URLS && column <= K_ATTEMPT_LATENCIES_MS);
+}
+
+static int is_flag_column(int column) {
+    return column == K_STREAMED || column == K_CACHE_HIT || column == K_REQUEST_BODY_OMITTED ||
+           column == K_RESPONSE_BODY_OMITTED;
+}
+
+/* Python's floor division, for a (possibly negative) number of nanoseconds. */
+static int64_t floor_div(int64_t value, int64_t by) {
+    int64_t quotient = value / by;
+    return (value % by != 0 && value < 0) ? quotient - 1 : quotient;
+}
+
+/* The attempts as four lists (URLs, status codes, errors, latencies). */
+static int attempt_lists(const Attempts *attempts, Cached *cache, PyObject **lists) {
+    for (int i = 0; i < 4; i++) {
+        lists[i] = PyList_New(attempts->count);
+        if (lists[i] == NULL) return -1;
+    }
+    for (Py_ssize_t i = 0; i < attempts->count; i++) {
+        const Attempt *attempt = &attempts->items[i];
+        PyObject *url = text_of(attempt->target_url, &cache[K_TARGET_URL]);
+        PyObject *error = url == NULL ? NULL : text_of(attempt->error, &cache[K_ERROR]);
+        PyObject *code = error == NULL ? NULL : PyLong_FromLongLong(attempt->status_code);
+        PyObject *latency = code == NULL ? NULL : PyLong_FromLongLong(attempt->latency_ms);
+        if (latency == NULL) {
+            Py_XDECREF(url);
+            Py_XDECREF(error);
+            Py_XDECREF(code);
+            return -1;
+        }
+        PyList_SET_ITEM(lists[0], i, url);
+        PyList_SET_ITEM(lists[1], i, code);
+        PyList_SET_ITEM(lists[2], i, error);
+        PyList_SET_ITEM(lists[3], i, latency);
+    }
+    return 0;
+}
+
+/* seconds * 1,000,000 + micros in Python's integers. */
+static PyObject *wide_micros(int64_t seconds, int64_t micros) {
+    PyObject *result = NULL, *big = PyLong_FromLongLong(seconds), *million = PyLong_FromLong(1000000),
+             *small = PyLong_FromLongLong(micros), *product = NULL;
+    if (big != NULL && million != NULL && small != NULL) product = PyNumber_Multiply(big, million);
+    if (product != NULL) result = PyNumber_Add(product, small);
+    Py_XDECREF(big);
+    Py_XDECREF(million);
+    Py_XDECREF(small);
+    Py_XDECREF(product);
+    return result;
+}
+
+/* The row's values, one per column; -1 (values cleared) when one cannot be made. */
+static int row_values(Row *row, Cached *cache, PyObject **values) {
+    memset(values, 0, K_COUNT * sizeof(PyObject *));
+    int64_t seconds = row->number[K_CREATED_AT], micros = floor_div(row->number[K_NANOS], 1000);
+    /* Beyond 64 bits (no valid log comes near), created_at_us is made as Python's exact integers make it. */
+    int wide = seconds > INT64_C(9000000000000) || seconds < -INT64_C(9000000000000);
+    if (!wide) row->number[K_CREATED_AT_US] = seconds * 1000000 + micros;
+    int64_t first_token = row->number[K_TIME_TO_FIRST_TOKEN_MS];
+    row->number[K_FIRST_TOKEN_AS_SET] = first_token;
+    if (!row->has_first_token) row->number[K_TIME_TO_FIRST_TOKEN_MS] = -1;
+    if (map_lists(&row->properties, &values[K_PROPERTY_KEYS], &values[K_PROPERTY_VALUES]) < 0 ||
+        map_lists(&row->prompt_inputs, &values[K_PROMPT_INPUT_KEYS], &values[K_PROMPT_INPUT_VALUES]) < 0 ||
+        attempt_lists(&row->attempts, cache, &values[K_ATTEMPT_TARGET_URLS]) < 0)
+        goto failed;
+    for (int column = 0; column < K_COUNT; column++) {
+        if (is_list_column(column)) continue;
+        if (is_text_column(column))
+            values[column] = text_of(row->text[column], &cache[column]);
+        else if (column == K_CREATED_AT_US && wide)
+            values[column] = wide_micros(seconds, micros);
+        else if (is_flag_column(column))
+            values[column] = PyLong_FromLong(row->number[column] != 0);
+        else
+            values[column] = PyLong_FromLongLong(row->number[column]);
+        if (values[column] == NULL) goto failed;
+    }
+    return 0;
+failed:
+    for (int column = 0; column < K_COUNT; column++) Py_CLEAR(values[column]);
+    return -1;
+}
+
+static void reset_row(Row *row) {
+    Pairs properties = row->properties, prompt_inputs = row->prompt_inputs;
+    Attempts attempts = row->attempts;
+    memset(row, 0, sizeof(*row));
+    for (int column = 0; column < K_COUNT; column++) row->text[column].data = "";
+    properties.count = prompt_inputs.count = attempts.count = 0;
+    row->properties = properties;
+    row->prompt_inputs = prompt_inputs;
+    row->attempts = attempts;
+}
+
+static int append_index(PyObject *list, Py_ssize_t index) {
+    PyObject *number = PyLong_FromSsize_t(index);
+    if (number == NULL) return -1;
+    int result = PyList_Append(list, number);
+    Py_DECREF(number);
+    return result;
+}
+
+static PyObject *columns(PyObject *Py_UNUSED(module), PyObject *values) {
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "columns() takes a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(values);
+    PyObject *result = NULL, *lists = PyList_New(K_COUNT), *set_but_empty = PyList_New(0),
+             *fallback = PyList_New(0);
+    Cached cache[K_COUNT];
+    memset(cache, 0, sizeof(cache));
+    Row row;
+    memset(&row, 0, sizeof(row));
+    if (lists == NULL || set_but_empty == NULL || fallback == NULL) goto done;
+    for (int column = 0; column < K_COUNT; column++) {
+        PyObject *list = PyList_New(0);
+        if (list == NULL) goto done;
+        PyList_SET_ITEM(lists, column, list);
+    }
+    Py_ssize_t decoded = 0;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *value = PyList_GET_ITEM(values, index);
+        if (!PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "columns() takes a list of bytes");
+            goto done;
+        }
+        const uint8_t *start = (const uint8_t *)PyBytes_AS_STRING(value);
+        reset_row(&row);
+        PyObject *row_objects[K_COUNT];
+        if (parse_message(start, start + PyBytes_GET_SIZE(value), &row) != OK ||
+            row_values(&row, cache, row_objects) < 0) {
+            if (PyErr_Occurred()) goto done;
+            if (append_index(fallback, index) < 0) goto done;
+            continue;
+        }
+        for (int column = 0; column < K_COUNT; column++) {
+            int appended = PyList_Append(PyList_GET_ITEM(lists, column), row_objects[column]);
+            Py_DECREF(row_objects[column]);
+            if (appended < 0) {
+                for (int rest = column + 1; rest < K_COUNT; rest++) Py_DECREF(row_objects[rest]);
+                goto done;
+            }
+        }
+        int empty = (row.has_cost && row.text[K_COST_USD].size == 0) ||
+                    (row.has_cost_saved && row.text[K_COST_SAVED_USD].size == 0) ||
+                    (row.has_request_body && row.text[K_REQUEST_BODY_KEY].size == 0) ||
+                    (row.has_response_body && row.text[K_RESPONSE_BODY_KEY].size == 0);
+        if (empty && append_index(set_but_empty, decoded) < 0) goto done;
+        decoded++;
+    }
+    result = PyTuple_Pack(3, lists, set_but_empty, fallback);
+done:
+    for (int column = 0; column < K_COUNT; column++) Py_XDECREF(cache[column].text);
+    PyMem_Free(row.properties.items);
+    PyMem_Free(row.prompt_inputs.items);
+    PyMem_Free(row.attempts.items);
+    Py_XDECREF(lists);
+    Py_XDECREF(set_but_empty);
+    Py_XDECREF(fallback);
+    return result;
+}
+
+static PyMethodDef METHODS[] = {
+    {"columns", columns, METH_O, "Serialized LogMessages as the writers' columns (see the module docstring)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT, "candela_ingest._logwire",
+    "Serialized candela.logs.v1.LogMessage values straight into the writers' columns.", -1, METHODS,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__logwire(void) {
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module == NULL) return NULL;
+    PyObject *names = PyTuple_New(K_COUNT);
+    if (names == NULL) goto failed;
+    for (int column = 0; column < K_COUNT; column++) {
+        PyObject *name = PyUnicode_FromString(COLUMN_NAMES[column]);
+        if (name == NULL) {
+            Py_DECREF(names);
+            goto failed;
+        }
+        PyTuple_SET_ITEM(names, column, name);
+    }
+    if (PyModule_AddObject(module, "COLUMNS", names) < 0) {
+        Py_DECREF(names);
+        goto failed;
+    }
+    return module;
+failed:
+    Py_DECREF(module);
+    return NULL;
+}
