@@ -14,6 +14,11 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 export PATH="$HOME/.local/bin:$PATH"
 
+if ! command -v cc >/dev/null 2>&1; then
+  echo "installing gcc (the writers' wire decoder is a C extension, built by uv sync)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+fi
 uv sync --quiet
 
 if [ ! -x node_modules/.bin/buf ]; then
