@@ -209,14 +209,23 @@ static Outcome parse_usage(const uint8_t *p, const uint8_t *end, Row *row) {
     return OK;
 }
 
+/* Doubles a growable array's capacity (8 at first); -1 when out of memory. */
+static int grow(void **items, Py_ssize_t *capacity, size_t item_size) {
+    Py_ssize_t larger = *capacity ? *capacity * 2 : 8;
+    void *grown = PyMem_Realloc(*items, (size_t)larger * item_size);
+    if (grown == NULL) return -1;
+    *items = grown;
+    *capacity = larger;
+    return 0;
+}
+
+/* Room for one more item in a growable array (Pairs, Attempts); -1 when out of memory. */
+#define RESERVE(array)                                                                                \
+    ((array)->count < (array)->capacity ? 0                                                           \
+                                        : grow((void **)&(array)->items, &(array)->capacity, sizeof(*(array)->items)))
+
 static Outcome parse_pair(const uint8_t *p, const uint8_t *end, Pairs *pairs) {
-    if (pairs->count == pairs->capacity) {
-        Py_ssize_t capacity = pairs->capacity ? pairs->capacity * 2 : 8;
-        Pair *items = PyMem_Realloc(pairs->items, capacity * sizeof(Pair));
-        if (items == NULL) return FALLBACK;
-        pairs->items = items;
-        pairs->capacity = capacity;
-    }
+    if (RESERVE(pairs) < 0) return FALLBACK;
     Pair *pair = &pairs->items[pairs->count];
     pair->key.data = pair->value.data = "";
     pair->key.size = pair->value.size = 0;
@@ -238,13 +247,7 @@ static Outcome parse_pair(const uint8_t *p, const uint8_t *end, Pairs *pairs) {
 }
 
 static Outcome parse_attempt(const uint8_t *p, const uint8_t *end, Attempts *attempts) {
-    if (attempts->count == attempts->capacity) {
-        Py_ssize_t capacity = attempts->capacity ? attempts->capacity * 2 : 4;
-        Attempt *items = PyMem_Realloc(attempts->items, capacity * sizeof(Attempt));
-        if (items == NULL) return FALLBACK;
-        attempts->items = items;
-        attempts->capacity = capacity;
-    }
+    if (RESERVE(attempts) < 0) return FALLBACK;
     Attempt *attempt = &attempts->items[attempts->count];
     memset(attempt, 0, sizeof(*attempt));
     attempt->target_url.data = attempt->error.data = "";
