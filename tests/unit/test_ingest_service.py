@@ -14,10 +14,9 @@ import pytest
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.app import SERVICE_NAME
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
 from candela_ingest.packing import PackedObject, read_body
-from candela_ingest.service import IngestServicer
+from candela_ingest.service import SERVICE_NAME, IngestServicer, add_to_server
 from candela_ingest.validation import BatchLimits
 from candela_runtime.errors import Unavailable, bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server
@@ -82,7 +81,7 @@ async def ingest() -> AsyncIterator[Running]:
         host="127.0.0.1",
         port=0,
         service_names=[SERVICE_NAME],
-        registrars=[lambda s: ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(servicer, s)],
+        registrars=[lambda s: add_to_server(servicer, s)],
     )
     await server.set_serving()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -145,3 +144,28 @@ async def test_store_failures_are_unavailable(ingest: Running, failing: str) -> 
         await ingest.stub.Ingest(pb.IngestRequest(records=[_item(str(uuid.uuid4()))]), metadata=service_metadata(TOKEN))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "kafka" not in ingest.stores.events
+
+
+async def test_bytes_that_are_no_ingest_request_are_refused_as_invalid(ingest: Running) -> None:
+    # Ingest takes its request as bytes; what the protobuf runtime cannot parse is the caller's error.
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{ingest.server.port}")
+    call = channel.unary_unary(
+        f"/{SERVICE_NAME}/Ingest", request_serializer=lambda data: data, response_deserializer=lambda data: data
+    )
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"\x0a\x05\x0a\x03abc", metadata=service_metadata(TOKEN))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid IngestRequest" in (caught.value.details() or "")
+    assert ingest.stores.events == []
+
+
+async def test_ids_in_upper_case_are_stored_in_their_canonical_form(ingest: Running) -> None:
+    org = str(uuid.uuid4())
+    items = [_item(org), _item(org.upper())]
+    items[1].record.request_id = items[1].record.request_id.upper()
+    await ingest.stub.Ingest(pb.IngestRequest(records=items), metadata=service_metadata(TOKEN))
+    records = [log_record_pb2.LogMessage.FromString(sent.value).record for sent in ingest.stores.sent]
+    assert [record.organization_id for record in records] == [org, org]
+    assert [sent.key for sent in ingest.stores.sent] == [item.record.request_id.lower().encode() for item in items]
+    assert len(ingest.stores.objects) == 1, "one organization, one object"

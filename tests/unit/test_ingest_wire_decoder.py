@@ -134,3 +134,21 @@ def test_decode_batch_sorts_any_values_as_decode_does(values: list[bytes]) -> No
         result.message.offset for result in valid if result.log.HasField("update")
     ]
     assert _rows(decoded.columns) == _rows(checked_request_columns([result.log for result in logs], 0)[0])
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"\x2a\x02\xc3\x28",  # provider = 5, an invalid two-byte sequence
+        b"\xa2\x01\x06\x0a\x02\xed\xa0\x12\x00",  # properties = 20, a key holding a surrogate's first bytes
+        b"\xea\x01\x04\x0a\x02\xff\xfe",  # attempts = 29, a target_url of bytes no UTF-8 text starts with
+    ],
+)
+def test_a_string_that_is_not_utf8_is_left_to_the_runtime_even_when_a_later_one_replaces_it(field: bytes) -> None:
+    # The runtime refuses the whole message for any occurrence that is not UTF-8 (a dead letter), so the
+    # decoder must not read the later, valid occurrence as the log.
+    record = field + log_record_pb2.LogRecord(provider="openai", request_id=str(uuid.uuid4())).SerializeToString()
+    value = b"\x0a" + bytes([len(record)]) + record
+    with pytest.raises(DecodeError):
+        log_record_pb2.LogMessage.FromString(value)
+    assert wire_request_columns([value], 0)[2] == [0]

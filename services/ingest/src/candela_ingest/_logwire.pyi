@@ -8,3 +8,15 @@ COLUMNS: tuple[str, ...]
 def columns(values: list[bytes], /) -> tuple[list[list[Any]], list[int], list[int]]:
     """(one list per name of COLUMNS, positions among the decoded of those with a cost or body reference set
     to its empty value, positions in ``values`` of the messages left to the protobuf runtime)."""
+
+def ingest_request(
+    data: bytes,
+    max_records: int,
+    max_record_bytes: int,
+    max_metadata_bytes: int,
+    earliest_seconds: int,
+    latest_seconds: int,
+    /,
+) -> tuple[list[bytes], list[bytes], list[str], list[bytes], list[bytes], list[dict[str, str] | None]] | None:
+    """A serialized IngestRequest's parts per record (LogMessage record field, request id, organization id,
+    request body, response body, trace context) when every record surely passes ingest's checks; else None."""

@@ -11,12 +11,11 @@ from datetime import timedelta
 
 import asyncpg
 
-from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from candela_ingest.bodies import S3BodyStore
 from candela_ingest.config import IngestConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
 from candela_ingest.organizations import OrganizationDirectory
-from candela_ingest.service import IngestServicer
+from candela_ingest.service import SERVICE_NAME, IngestServicer, add_to_server
 from candela_ingest.validation import BatchLimits
 from candela_runtime.config import load_config
 from candela_runtime.errors import Unavailable
@@ -27,7 +26,6 @@ from candela_runtime.telemetry import setup_telemetry
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 _PRODUCER_STOP_TIMEOUT_S = 10.0
 _READY_MAX_BACKOFF_S = 5.0
 
@@ -89,7 +87,7 @@ async def create_server(config: IngestConfig, deps: IngestDeps) -> GrpcServer:
         host=config.grpc_host,
         port=config.grpc_port,
         service_names=[SERVICE_NAME],
-        registrars=[lambda server: ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)],
+        registrars=[lambda server: add_to_server(servicer, server)],
         options=[("grpc.max_receive_message_length", config.max_call_bytes)],
     )
 

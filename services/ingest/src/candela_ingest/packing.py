@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import zstandard
 from google.protobuf import timestamp_pb2
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
+from candela_ingest import _logwire
+from candela_ingest.validation import EARLIEST_SECONDS, BatchLimits
 from candela_ingest.varint import varint
 
 BODIES_PREFIX = "bodies"
@@ -77,7 +80,8 @@ class PackedBatch:
     keys: tuple[bytes, ...]
     """Each message's Kafka key: its request id in canonical (lower-case) form."""
     values: tuple[bytes, ...]
-    """Each serialized LogMessage, byte for byte what ``LogMessage.SerializeToString()`` gives."""
+    """Each serialized LogMessage (byte for byte what ``LogMessage.SerializeToString()`` gives, when its
+    record field is what the record's ``SerializeToString()`` gives)."""
 
     @property
     def messages(self) -> tuple[log_record_pb2.LogMessage, ...]:
@@ -171,43 +175,29 @@ class _ObjectBuilder:
         self._slots = []
 
 
-def _canonical_copy(
-    record: log_record_pb2.LogRecord, request_id: str, organization_id: str, api_key_id: str
-) -> log_record_pb2.LogRecord:
-    """A copy of ``record`` with its identifiers replaced by their canonical forms (the request is not
-    modified)."""
-    copy = log_record_pb2.LogRecord()
-    copy.CopyFrom(record)
-    copy.request_id = request_id
-    copy.organization_id = organization_id
-    copy.api_key_id = api_key_id
-    return copy
+class BatchParts(NamedTuple):
+    """A validated batch, as :func:`pack_parts` takes it: one item per record in each list, in request order."""
+
+    records: Sequence[bytes]
+    """Each LogMessage's record field: its tag, its length and the serialized LogRecord, ids canonical."""
+    keys: Sequence[bytes]
+    """Each request id in canonical (lower-case) form: the Kafka key."""
+    organization_ids: Sequence[str]
+    """Each organization id in canonical form."""
+    request_bodies: Sequence[bytes]
+    response_bodies: Sequence[bytes]
+    trace_contexts: Sequence[Mapping[str, str] | None]
+    """Each record's trace context (see candela_ingest.propagation); empty or None when it has none."""
 
 
-def pack_batch(
-    records: Sequence[ingest_service_pb2.IngestRecord],
-    ingested_at: datetime,
-    new_object_id: Callable[[], uuid.UUID] = uuid.uuid4,
-) -> PackedBatch:
-    """Packs the bodies of validated ``records`` and serializes their LogMessages.
+def batch_parts(records: Sequence[ingest_service_pb2.IngestRecord]) -> BatchParts:
+    """The parts of parsed and validated ``records``, identifiers lower-cased to their canonical form (so a
+    request id is the same Kafka key and the same ClickHouse value however the client spelled it).
 
-    Identifiers are lower-cased to their canonical form, so a request id is the same Kafka key and
-    the same ClickHouse value however the client spelled it. Empty bodies get no BodyRef.
-
-    This runs for every log, so a LogMessage is not built as a message: its serialization is the
-    concatenation of its fields' (the record serialized as received when its identifiers are already
-    canonical, BodyRefs written directly once their frames are closed, the batch's one ``ingested_at``), in
-    field-number order as ``SerializeToString()`` writes them.
+    A record whose identifiers are already canonical is serialized as it is; others are copied first (the
+    request is not modified).
     """
-    builders: dict[str, _ObjectBuilder] = {}
-    compressor = _thread_compressor()
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(ingested_at)
-    serialized_stamp = stamp.SerializeToString()
-    ingested_at_field = _INGESTED_AT_TAG + varint(len(serialized_stamp)) + serialized_stamp
-    organization_ids: set[str] = set()
-    keys: list[bytes] = []
-    messages: list[list[bytes]] = []
+    serialized_records, keys, organization_ids = [], [], []
     for item in records:
         record = item.record
         request_id = record.request_id
@@ -216,12 +206,75 @@ def pack_batch(
         # islower() is False for an identifier without letters too: only a needless (and rare) copy.
         if not (request_id.islower() and organization_id.islower() and (api_key_id.islower() or not api_key_id)):
             request_id, organization_id = request_id.lower(), organization_id.lower()
-            record = _canonical_copy(record, request_id, organization_id, api_key_id.lower())
-        organization_ids.add(organization_id)
+            copy = log_record_pb2.LogRecord()
+            copy.CopyFrom(record)
+            copy.request_id, copy.organization_id, copy.api_key_id = request_id, organization_id, api_key_id.lower()
+            record = copy
         serialized = record.SerializeToString()
-        fields = [_RECORD_TAG, varint(len(serialized)), serialized]
-        request_body = item.request_body
-        response_body = item.response_body
+        serialized_records.append(_RECORD_TAG + varint(len(serialized)) + serialized)
+        keys.append(request_id.encode())
+        organization_ids.append(organization_id)
+    return BatchParts(
+        serialized_records,
+        keys,
+        organization_ids,
+        [item.request_body for item in records],
+        [item.response_body for item in records],
+        [item.trace_context for item in records],
+    )
+
+
+def wire_batch_parts(data: bytes, limits: BatchLimits, latest_created_at: datetime) -> BatchParts | None:
+    """The parts of a serialized IngestRequest, read in C, when every record surely passes
+    :func:`~candela_ingest.validation.validate_ingest_request` (with ``latest_created_at`` its ``now`` plus
+    the allowed clock skew) with its identifiers already canonical; None otherwise, which means "parse and
+    check it exactly", not "invalid".
+
+    The records are passed on as received: the same LogRecords as :func:`batch_parts` serializes (the
+    bytes may differ, e.g. in the order of map entries).
+    """
+    parts = _logwire.ingest_request(
+        data,
+        limits.max_batch_records,
+        limits.max_record_bytes,
+        limits.max_metadata_bytes,
+        EARLIEST_SECONDS,
+        int(latest_created_at.timestamp()),
+    )
+    return None if parts is None else BatchParts(*parts)
+
+
+def pack_batch(
+    records: Sequence[ingest_service_pb2.IngestRecord],
+    ingested_at: datetime,
+    new_object_id: Callable[[], uuid.UUID] = uuid.uuid4,
+) -> PackedBatch:
+    """Packs validated ``records`` (see :func:`batch_parts` and :func:`pack_parts`)."""
+    return pack_parts(batch_parts(records), ingested_at, new_object_id)
+
+
+def pack_parts(
+    parts: BatchParts,
+    ingested_at: datetime,
+    new_object_id: Callable[[], uuid.UUID] = uuid.uuid4,
+) -> PackedBatch:
+    """Packs the bodies of a validated batch and serializes its LogMessages. Empty bodies get no BodyRef.
+
+    This runs for every log, so a LogMessage is not built as a message: its serialization is the
+    concatenation of its fields' (the record field, BodyRefs written directly once their frames are closed,
+    the batch's one ``ingested_at``), in field-number order as ``SerializeToString()`` writes them.
+    """
+    builders: dict[str, _ObjectBuilder] = {}
+    compressor = _thread_compressor()
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(ingested_at)
+    serialized_stamp = stamp.SerializeToString()
+    ingested_at_field = _INGESTED_AT_TAG + varint(len(serialized_stamp)) + serialized_stamp
+    messages: list[list[bytes]] = []
+    for record, organization_id, request_body, response_body in zip(
+        parts.records, parts.organization_ids, parts.request_bodies, parts.response_bodies, strict=True
+    ):
+        fields = [record]
         if request_body or response_body:
             builder = builders.get(organization_id)
             if builder is None:
@@ -232,7 +285,6 @@ def pack_batch(
             if response_body:
                 builder.add(fields, _RESPONSE_BODY_TAG, response_body)
         fields.append(ingested_at_field)
-        keys.append(request_id.encode())
         messages.append(fields)
     for builder in builders.values():
         builder.close_frame()
@@ -242,8 +294,8 @@ def pack_batch(
     )
     return PackedBatch(
         objects=objects,
-        organization_ids=frozenset(organization_ids),
-        keys=tuple(keys),
+        organization_ids=frozenset(parts.organization_ids),
+        keys=tuple(parts.keys),
         values=tuple(map(b"".join, messages)),
     )
 

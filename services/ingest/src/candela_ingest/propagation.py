@@ -36,7 +36,7 @@ def inject_headers(context: Context | None = None) -> KafkaHeaders:
     return [(key, value.encode()) for key, value in carrier.items()]
 
 
-def record_headers(trace_context: Mapping[str, str], fallback: KafkaHeaders) -> KafkaHeaders:
+def record_headers(trace_context: Mapping[str, str] | None, fallback: KafkaHeaders) -> KafkaHeaders:
     """Kafka headers carrying a log's own request context; ``fallback`` when it carries none that is valid."""
     if not trace_context:
         return fallback

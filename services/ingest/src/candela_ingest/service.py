@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
@@ -22,7 +23,7 @@ from candela.logs.v1 import log_record_pb2
 from candela_ingest import metrics
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
 from candela_ingest.organizations import OrganizationDirectory
-from candela_ingest.packing import PackedObject, pack_batch
+from candela_ingest.packing import BatchParts, PackedObject, batch_parts, pack_parts, wire_batch_parts
 from candela_ingest.propagation import inject_headers, record_headers
 from candela_ingest.validation import BatchLimits, validate_ingest_request, validate_update_logs_request
 from candela_runtime.errors import InvalidArgument, Unavailable, Violations
@@ -76,23 +77,21 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self._organizations = organizations
         self._clock = clock
 
-    async def Ingest(self, request: pb.IngestRequest, context: Context) -> pb.IngestResponse:
+    async def Ingest(self, request: pb.IngestRequest | bytes, context: Context) -> pb.IngestResponse:
+        """Takes the request as bytes when registered by :func:`add_to_server` (or parsed, as the generated
+        registration passes it)."""
         require_service_credential(context, self._service_token)
         now = self._clock()
-        try:
-            validate_ingest_request(request, self._limits, now)
-        except InvalidArgument:
-            metrics.RECORDS_REFUSED.labels(metrics.refusal_reason(request, self._limits)).inc(len(request.records))
-            raise
+        parts = self._validated_parts(request, now)
         # Packed first (no side effect): the lookup then takes the batch's few organizations, not every record's.
-        packed = pack_batch(request.records, now)
-        await self._refuse_unknown_organizations(request, packed.organization_ids)
+        packed = pack_parts(parts, now)
+        await self._refuse_unknown_organizations(parts.organization_ids, packed.organization_ids)
         # Each message carries its own request's trace context (see candela_ingest.propagation), so the
         # writer continues that request's trace; a log shipped without one carries this call's context.
         call_headers = inject_headers()
         outgoing = [
-            OutgoingMessage(key, value, record_headers(item.trace_context, call_headers))
-            for item, key, value in zip(request.records, packed.keys, packed.values, strict=True)
+            OutgoingMessage(key, value, record_headers(trace_context, call_headers))
+            for trace_context, key, value in zip(parts.trace_contexts, packed.keys, packed.values, strict=True)
         ]
         try:
             async with asyncio.timeout(self._store_timeout_s):
@@ -121,19 +120,43 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         metrics.count_accepted(len(outgoing), packed.objects)
         return pb.IngestResponse(accepted_count=len(outgoing))
 
-    async def _refuse_unknown_organizations(self, request: pb.IngestRequest, organization_ids: Iterable[str]) -> None:
+    def _validated_parts(self, request: pb.IngestRequest | bytes, now: datetime) -> BatchParts:
+        """The batch's parts once it passed validation; else INVALID_ARGUMENT naming every problem.
+
+        A request received as bytes is read in C when every record surely passes (the common case), and
+        otherwise parsed and checked by the protobuf runtime, which names each problem.
+        """
+        if isinstance(request, bytes):
+            parts = wire_batch_parts(request, self._limits, now + self._limits.max_clock_skew)
+            if parts is not None:
+                return parts
+            try:
+                request = pb.IngestRequest.FromString(request)
+            except DecodeError as err:
+                metrics.RECORDS_REFUSED.labels("invalid").inc()  # records it held: not known
+                raise InvalidArgument(f"the request is not a valid IngestRequest: {err}") from err
+        try:
+            validate_ingest_request(request, self._limits, now)
+        except InvalidArgument:
+            metrics.RECORDS_REFUSED.labels(metrics.refusal_reason(request, self._limits)).inc(len(request.records))
+            raise
+        return batch_parts(request.records)
+
+    async def _refuse_unknown_organizations(
+        self, organization_ids: Sequence[str], distinct_organization_ids: Iterable[str]
+    ) -> None:
         """INVALID_ARGUMENT naming each record of an organization that does not exist (cached lookup);
-        ``organization_ids`` are the distinct organizations of ``request``'s records."""
+        ``organization_ids`` are the records' organizations, ``distinct_organization_ids`` the same once each."""
         if self._organizations is None:
             return
-        unknown = await self._organizations.unknown(organization_ids)
+        unknown = await self._organizations.unknown(distinct_organization_ids)
         if not unknown:
             return
         violations = Violations()
-        for index, item in enumerate(request.records):
-            if item.record.organization_id.lower() in unknown:
+        for index, organization_id in enumerate(organization_ids):
+            if organization_id in unknown:
                 violations.add(f"records[{index}].record.organization_id", "no such organization")
-        metrics.RECORDS_REFUSED.labels("unknown_organization").inc(len(request.records))
+        metrics.RECORDS_REFUSED.labels("unknown_organization").inc(len(organization_ids))
         violations.raise_if_any("the batch of logs is invalid")
 
     async def UpdateLogs(self, request: pb.UpdateLogsRequest, context: Context) -> pb.UpdateLogsResponse:
@@ -167,3 +190,22 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             raise Unavailable(f"the log topic is unavailable; retry the updates ({err})") from err
         metrics.UPDATES_ACCEPTED.inc(len(outgoing))
         return pb.UpdateLogsResponse(accepted_count=len(outgoing))
+
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+
+def add_to_server(servicer: IngestServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer`` as the generated registration does, except that Ingest takes its request as
+    bytes (no deserializer): a valid batch is then read in C rather than parsed (see ``Ingest``)."""
+    handlers = {
+        "Ingest": grpc.unary_unary_rpc_method_handler(
+            servicer.Ingest, response_serializer=pb.IngestResponse.SerializeToString
+        ),
+        "UpdateLogs": grpc.unary_unary_rpc_method_handler(
+            servicer.UpdateLogs,
+            request_deserializer=pb.UpdateLogsRequest.FromString,
+            response_serializer=pb.UpdateLogsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
