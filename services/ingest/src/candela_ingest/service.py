@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -83,9 +83,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         require_service_credential(context, self._service_token)
         now = self._clock()
         parts = self._validated_parts(request, now)
-        # Packed first (no side effect): the lookup then takes the batch's few organizations, not every record's.
+        await self._refuse_unknown_organizations(parts.organization_ids)
         packed = pack_parts(parts, now)
-        await self._refuse_unknown_organizations(parts.organization_ids, packed.organization_ids)
         # Each message carries its own request's trace context (see candela_ingest.propagation), so the
         # writer continues that request's trace; a log shipped without one carries this call's context.
         call_headers = inject_headers()
@@ -142,14 +141,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             raise
         return batch_parts(request.records)
 
-    async def _refuse_unknown_organizations(
-        self, organization_ids: Sequence[str], distinct_organization_ids: Iterable[str]
-    ) -> None:
-        """INVALID_ARGUMENT naming each record of an organization that does not exist (cached lookup);
-        ``organization_ids`` are the records' organizations, ``distinct_organization_ids`` the same once each."""
+    async def _refuse_unknown_organizations(self, organization_ids: Sequence[str]) -> None:
+        """INVALID_ARGUMENT naming each record of an organization that does not exist (a cached lookup of
+        the batch's few distinct organizations); ``organization_ids`` are the records', in canonical form."""
         if self._organizations is None:
             return
-        unknown = await self._organizations.unknown(distinct_organization_ids)
+        unknown = await self._organizations.unknown(set(organization_ids))
         if not unknown:
             return
         violations = Violations()
