@@ -173,7 +173,8 @@ def test_a_known_amount_of_traffic_moves_every_service_counter_by_that_amount(
     assert after[Component.PROXY].value("candela_proxy_log_queue_depth") == 0
 
     # Ingest: every record accepted once, in however many calls the proxy batched them; one S3 object per call
-    # (one organization); each call timed against Kafka; nothing refused.
+    # (one organization); each call timed against Kafka; nothing refused; every batch read in C (the proxy's
+    # records are valid, with canonical ids).
     calls = delta(Component.INGEST, "candela_grpc_server_handled_total", grpc_method=INGEST_METHOD, grpc_code="OK")
     assert 1 <= calls <= logged
     assert delta(Component.INGEST, "candela_grpc_server_handled_total", grpc_method=INGEST_METHOD) == calls
@@ -185,6 +186,9 @@ def test_a_known_amount_of_traffic_moves_every_service_counter_by_that_amount(
     assert delta(Component.INGEST, "candela_ingest_kafka_produce_seconds_count", kind="logs") == calls
     assert delta(Component.INGEST, "candela_ingest_s3_put_seconds_count") == calls
     assert delta(Component.INGEST, "candela_ingest_records_refused_total") == 0
+    assert delta(Component.INGEST, "candela_ingest_batches_read_total", reader="c") == calls, (
+        "the proxy's logs read in C"
+    )
     assert delta(Component.INGEST, "candela_ingest_store_failures_total") == 0
 
     # Writer: one row and one usage count per log, batch sizes adding up to the logs, no dead letter.

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
@@ -95,12 +96,18 @@ def _item(organization_id: str, body: bytes = b"request", answer: bytes = b"resp
     return pb.IngestRecord(record=record, request_body=body, response_body=answer)
 
 
+def _batches_read(reader: str) -> float:
+    return REGISTRY.get_sample_value("candela_ingest_batches_read_total", {"reader": reader}) or 0.0
+
+
 async def test_a_batch_is_stored_in_s3_then_kafka(ingest: Running) -> None:
     org = str(uuid.uuid4())
     items = [_item(org, f"q{i}".encode(), f"a{i}".encode()) for i in range(5)]
+    read_in_c = _batches_read("c")
     response = await ingest.stub.Ingest(pb.IngestRequest(records=items), metadata=service_metadata(TOKEN))
 
     assert response.accepted_count == 5
+    assert _batches_read("c") == read_in_c + 1
     assert ingest.stores.events == ["s3", "kafka"], "bodies are durable before the metadata is published"
     assert len(ingest.stores.objects) == 1
     for item, sent in zip(items, ingest.stores.sent, strict=True):
@@ -164,7 +171,9 @@ async def test_ids_in_upper_case_are_stored_in_their_canonical_form(ingest: Runn
     org = str(uuid.uuid4())
     items = [_item(org), _item(org.upper())]
     items[1].record.request_id = items[1].record.request_id.upper()
+    read_by_runtime = _batches_read("runtime")
     await ingest.stub.Ingest(pb.IngestRequest(records=items), metadata=service_metadata(TOKEN))
+    assert _batches_read("runtime") == read_by_runtime + 1, "ids not in canonical form: the exact path"
     records = [log_record_pb2.LogMessage.FromString(sent.value).record for sent in ingest.stores.sent]
     assert [record.organization_id for record in records] == [org, org]
     assert [sent.key for sent in ingest.stores.sent] == [item.record.request_id.lower().encode() for item in items]

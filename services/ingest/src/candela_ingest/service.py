@@ -128,7 +128,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         if isinstance(request, bytes):
             parts = wire_batch_parts(request, self._limits, now + self._limits.max_clock_skew)
             if parts is not None:
+                metrics.BATCHES_READ.labels("c").inc()
                 return parts
+            metrics.BATCHES_READ.labels("runtime").inc()
             try:
                 request = pb.IngestRequest.FromString(request)
             except DecodeError as err:
