@@ -1,4 +1,5 @@
-"""The C part of candela-ingest: the writers' wire decoder (src/candela_ingest/_logwire.c)."""
+"""The C part of candela-ingest: the log wire format read in C, for the writers and ingest
+(src/candela_ingest/_logwire.c)."""
 
 from setuptools import Extension, setup
 

@@ -1,4 +1,5 @@
-"""The C wire decoder (_logwire.c): serialized LogMessages straight into the writers' columns."""
+"""The log wire format read in C (_logwire.c): LogMessages into the writers' columns, IngestRequests into
+ingest's parts."""
 
 from typing import Any
 
