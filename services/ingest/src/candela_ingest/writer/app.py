@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import groupby
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -51,6 +53,21 @@ tracer = trace.get_tracer(__name__)
 
 _STEP_TIMEOUT_S = 10.0
 _IDLE_POLL_MS = 200
+_PARTITION = operator.attrgetter("topic", "partition")
+_OFFSET = operator.attrgetter("offset")
+
+
+def commit_offsets(batch: Sequence[ConsumedMessage]) -> dict[TopicPartition, int]:
+    """The offsets that commit ``batch``: per partition, one past its highest offset in the batch.
+
+    A batch holds a few runs of one partition's messages (one per fetch), each passed over in C: this runs
+    for every message stored.
+    """
+    offsets: dict[TopicPartition, int] = {}
+    for (topic, partition), run in groupby(batch, _PARTITION):
+        key = TopicPartition(topic, partition)
+        offsets[key] = max(offsets.get(key, 0), max(map(_OFFSET, run)) + 1)
+    return offsets
 
 
 @dataclass(frozen=True)
@@ -385,12 +402,8 @@ class StorageWriter:
         return batch
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: Sequence[ConsumedMessage]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for message in batch:
-            partition = TopicPartition(message.topic, message.partition)
-            offsets[partition] = max(offsets.get(partition, 0), message.offset + 1)
         try:
-            await consumer.commit(offsets)
+            await consumer.commit(commit_offsets(batch))
         except (CommitFailedError, IllegalStateError, KafkaError) as err:
             # The group moved on (or Kafka hiccuped): the new owner rewrites the batch, idempotently.
             metrics.COMMITS_FAILED.labels(batch[0].topic).inc()

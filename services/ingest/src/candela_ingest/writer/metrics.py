@@ -11,9 +11,11 @@ innermost :func:`store_call` tags the exception with its store and the retry loo
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -23,6 +25,8 @@ from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 if TYPE_CHECKING:
     from candela_ingest.writer.batch import ConsumedMessage
 
+_PARTITION = operator.attrgetter("topic", "partition")
+_TIMESTAMP = operator.attrgetter("timestamp_ms")
 _STORE_ATTRIBUTE = "candela_store"
 UNKNOWN_STORE = "unknown"
 
@@ -111,12 +115,14 @@ def observe_commit(batch: Sequence[ConsumedMessage], now_s: float | None = None)
     """
     committed_at = time.time() if now_s is None else now_s
     newest: dict[tuple[str, int], int] = {}
-    for message in batch:
-        stamp = message.timestamp_ms
-        if stamp is not None and stamp >= 0:
-            key = (message.topic, message.partition)
+    topics: set[str] = set()
+    # A batch holds a few runs of one partition's messages (one per fetch): a C-level pass over each.
+    for key, run in groupby(batch, _PARTITION):
+        topics.add(key[0])
+        stamp = max((stamp for stamp in map(_TIMESTAMP, run) if stamp is not None and stamp >= 0), default=None)
+        if stamp is not None:
             newest[key] = max(newest.get(key, stamp), stamp)
     for (topic, partition), stamp in newest.items():
         COMMIT_LAG.labels(topic, str(partition)).set(max(committed_at - stamp / 1000, 0.0))
-    for topic in {message.topic for message in batch}:
+    for topic in topics:
         BATCHES_COMMITTED.labels(topic).inc()
