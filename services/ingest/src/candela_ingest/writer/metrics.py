@@ -116,7 +116,7 @@ def observe_commit(batch: Sequence[ConsumedMessage], now_s: float | None = None)
     committed_at = time.time() if now_s is None else now_s
     newest: dict[tuple[str, int], int] = {}
     topics: set[str] = set()
-    # A batch holds a few runs of one partition's messages (one per fetch): a C-level pass over each.
+    # A batch holds a few runs of one partition's messages (one per fetch), told apart in C (groupby).
     for key, run in groupby(batch, _PARTITION):
         topics.add(key[0])
         stamp = max((stamp for stamp in map(_TIMESTAMP, run) if stamp is not None and stamp >= 0), default=None)
