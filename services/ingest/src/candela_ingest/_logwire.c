@@ -432,24 +432,29 @@ static PyObject *text_of(Slice slice, Cached *cached) {
     return text;
 }
 
-/* Map entries as two lists, the keys sorted and the values in their order; a repeated key keeps its last
-   value, as in a protobuf map. */
-static int map_lists(const Pairs *pairs, PyObject **keys_out, PyObject **values_out) {
-    *keys_out = *values_out = NULL;
+/* Map entries as a dict; a repeated key keeps its last value, as in a protobuf map. */
+static PyObject *pairs_dict(const Pairs *pairs) {
     PyObject *map = PyDict_New();
-    if (map == NULL) return -1;
+    if (map == NULL) return NULL;
     for (Py_ssize_t i = 0; i < pairs->count; i++) {
         PyObject *key = text_of(pairs->items[i].key, NULL);
         PyObject *value = key == NULL ? NULL : text_of(pairs->items[i].value, NULL);
-        if (value == NULL || PyDict_SetItem(map, key, value) < 0) {
-            Py_XDECREF(key);
-            Py_XDECREF(value);
+        int set = value == NULL ? -1 : PyDict_SetItem(map, key, value);
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (set < 0) {
             Py_DECREF(map);
-            return -1;
+            return NULL;
         }
-        Py_DECREF(key);
-        Py_DECREF(value);
     }
+    return map;
+}
+
+/* Map entries as two lists, the keys sorted and the values in their order (see pairs_dict). */
+static int map_lists(const Pairs *pairs, PyObject **keys_out, PyObject **values_out) {
+    *keys_out = *values_out = NULL;
+    PyObject *map = pairs_dict(pairs);
+    if (map == NULL) return -1;
     PyObject *keys = PyDict_Keys(map);
     if (keys == NULL || PyList_Sort(keys) < 0) {
         Py_XDECREF(keys);
@@ -730,25 +735,6 @@ static PyObject *record_field(const Field *record) {
     return field;
 }
 
-/* A trace context map as a dict (a repeated key keeps its last value); None when empty. */
-static PyObject *context_dict(const Pairs *pairs) {
-    if (pairs->count == 0) return Py_NewRef(Py_None);
-    PyObject *context = PyDict_New();
-    if (context == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < pairs->count; i++) {
-        PyObject *key = text_of(pairs->items[i].key, NULL);
-        PyObject *value = key == NULL ? NULL : text_of(pairs->items[i].value, NULL);
-        int set = value == NULL ? -1 : PyDict_SetItem(context, key, value);
-        Py_XDECREF(key);
-        Py_XDECREF(value);
-        if (set < 0) {
-            Py_DECREF(context);
-            return NULL;
-        }
-    }
-    return context;
-}
-
 enum { P_RECORDS, P_KEYS, P_ORGANIZATIONS, P_REQUEST_BODIES, P_RESPONSE_BODIES, P_CONTEXTS, P_COUNT };
 
 /* One IngestRecord's parts appended to the lists; 1 when done, 0 when the record needs the exact checks,
@@ -784,7 +770,7 @@ static int take_record(const uint8_t *p, const uint8_t *end, const int64_t *boun
         text_of(row->text[K_ORGANIZATION_ID], organization),
         PyBytes_FromStringAndSize(bodies[0].data, bodies[0].size),
         PyBytes_FromStringAndSize(bodies[1].data, bodies[1].size),
-        context_dict(context),
+        context->count ? pairs_dict(context) : Py_NewRef(Py_None), /* the trace context */
     };
     int result = 1;
     for (int i = 0; i < P_COUNT; i++) {
