@@ -85,7 +85,7 @@ def test_updates_are_left_to_the_runtime_and_the_logs_around_them_are_read() -> 
     assert _rows(columns) == _rows(checked_request_columns([log, log], 0)[0])
 
 
-def _mutated(value: bytes, data: st.DataObject) -> bytes:
+def mutated(value: bytes, data: st.DataObject) -> bytes:
     """``value`` with bytes changed, inserted or cut off: malformed, or well-formed but unusual."""
     buffer = bytearray(value)
     for _ in range(data.draw(st.integers(1, 3))):
@@ -105,7 +105,7 @@ def _mutated(value: bytes, data: st.DataObject) -> bytes:
 def test_a_damaged_value_is_read_as_the_runtime_reads_it_or_left_to_it(
     message: log_record_pb2.LogMessage, data: st.DataObject
 ) -> None:
-    value = _mutated(message.SerializeToString(), data)
+    value = mutated(message.SerializeToString(), data)
     columns, _, fallback = wire_request_columns([value], 0)
     try:
         parsed = log_record_pb2.LogMessage.FromString(value)

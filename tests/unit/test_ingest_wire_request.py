@@ -15,7 +15,9 @@ from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import BatchParts, batch_parts, wire_batch_parts
 from candela_ingest.validation import BatchLimits, validate_ingest_request
+from candela_ingest.varint import varint
 from candela_runtime.errors import InvalidArgument
+from tests.unit.test_ingest_wire_decoder import mutated
 
 pytestmark = pytest.mark.unit
 
@@ -243,34 +245,15 @@ def test_an_empty_or_oversized_batch_is_left_to_the_exact_checks() -> None:
 def test_a_record_sent_twice_in_one_item_is_left_to_the_runtime_which_merges_it() -> None:
     item = _valid_item(1)
     duplicated = item.SerializeToString() + pb.IngestRecord(record=item.record).SerializeToString()
-    data = b"\x0a" + _varint(len(duplicated)) + duplicated
+    data = b"\x0a" + varint(len(duplicated)) + duplicated
     assert wire_batch_parts(data, LIMITS, LATEST) is None
     assert _exact(data) is not None
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_a_damaged_batch_is_read_as_the_runtime_reads_it_or_left_to_it(data: st.DataObject) -> None:
-    buffer = bytearray(pb.IngestRequest(records=[_valid_item(index) for index in range(3)]).SerializeToString())
-    for _ in range(data.draw(st.integers(1, 3))):
-        kind = data.draw(st.sampled_from(["flip", "insert", "truncate"]))
-        position = data.draw(st.integers(0, max(len(buffer) - 1, 0)))
-        if kind == "flip" and buffer:
-            buffer[position] = data.draw(st.integers(0, 255))
-        elif kind == "insert":
-            buffer[position:position] = data.draw(st.binary(min_size=1, max_size=4))
-        else:
-            del buffer[position:]
-    damaged = bytes(buffer)
+    damaged = mutated(pb.IngestRequest(records=[_valid_item(index) for index in range(3)]).SerializeToString(), data)
     parts = wire_batch_parts(damaged, LIMITS, LATEST)
     if parts is None:
         return
