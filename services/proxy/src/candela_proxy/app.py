@@ -25,6 +25,7 @@ from candela_proxy.prompting import PromptRenderer
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.redis_store import RedisStore
 from candela_proxy.shipping import LogShipper
+from candela_proxy.targets import PolicyResolver, TargetSession
 from candela_runtime.channels import internal_channel
 from candela_runtime.config import load_config
 from candela_runtime.lifecycle import shutdown_step, wait_for_shutdown_signal
@@ -40,6 +41,9 @@ class ProxyDeps:
     """What the proxy talks to."""
 
     session: aiohttp.ClientSession
+    """The operator's providers (CANDELA_OPENAI_BASE_URL, CANDELA_ANTHROPIC_BASE_URL): trusted, any address."""
+    targets: TargetSession
+    """Client-named targets: only public addresses or the operator's CANDELA_TARGET_HOSTS."""
     auth_channel: grpc.aio.Channel
     ingest_channel: grpc.aio.Channel
     authenticator: KeyAuthenticator
@@ -63,6 +67,9 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
         auto_decompress=True,
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
+    targets = TargetSession(
+        PolicyResolver(config.target_allow_list), config.upstream_connect_timeout_s, config.upstream_read_timeout_s
+    )
     auth_channel = internal_channel(config.auth_addr)
     ingest_channel = internal_channel(config.ingest_addr)
     prompts_channel = internal_channel(config.prompts_addr) if config.prompts_addr else None
@@ -82,6 +89,7 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
     try:
         yield ProxyDeps(
             session=session,
+            targets=targets,
             auth_channel=auth_channel,
             ingest_channel=ingest_channel,
             authenticator=KeyAuthenticator(
@@ -98,6 +106,7 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
             await prompts_channel.close(None)
         await auth_channel.close(None)
         await session.close()
+        await targets.close()
         await redis.close()
 
 
@@ -109,6 +118,7 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
     handler = ProxyHandler(
         config,
         deps.session,
+        deps.targets,
         deps.authenticator,
         deps.shipper,
         cache=ResponseCache(deps.redis),

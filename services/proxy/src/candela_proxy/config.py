@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from candela_proxy.targets import AllowList
 from candela_runtime.config import env_field
 
 
@@ -21,10 +22,16 @@ class ProxyConfig:
     )
     prompts_timeout_s: float = env_field("Seconds the prompts service gets to render a named prompt.", 2.0)
     target_hosts: str = env_field(
-        "Comma-separated hosts that Candela-Target-Url and Candela-Fallbacks may reach ('*.example.com' for a"
-        " domain and its subdomains); empty: any host. Set it where keys are handed to people who must not"
-        " make the gateway call arbitrary URLs.",
+        "Comma-separated hosts that Candela-Target-Url and Candela-Fallbacks may reach even though they resolve"
+        " to non-public addresses (a local vLLM or Ollama): 'host' (any port), 'host:port', '*.example.com' (a"
+        " domain and its subdomains), '[::1]:8000'. Empty: only hosts whose every address is public. Cloud"
+        " metadata addresses are never reached.",
         "",
+    )
+    target_hosts_only: bool = env_field(
+        "true: Candela-Target-Url and Candela-Fallbacks may reach only the CANDELA_TARGET_HOSTS entries, public"
+        " hosts included (and nothing when the list is empty); false: any public host as well.",
+        False,
     )
     http_host: str = env_field("Address the HTTP server binds.", "127.0.0.1")
     http_port: int = env_field("Port the HTTP server binds.", 8080)
@@ -51,6 +58,6 @@ class ProxyConfig:
     shutdown_grace_s: float = env_field("Seconds in-flight requests get to finish on SIGTERM.", 10.0)
 
     @functools.cached_property
-    def allowed_target_hosts(self) -> frozenset[str]:
-        """``target_hosts`` as a set of lower-case patterns (empty: any host)."""
-        return frozenset(host.strip().lower() for host in self.target_hosts.split(",") if host.strip())
+    def target_allow_list(self) -> AllowList:
+        """``target_hosts`` and ``target_hosts_only`` parsed; raises ValueError on a malformed entry."""
+        return AllowList.parse(self.target_hosts, only=self.target_hosts_only)

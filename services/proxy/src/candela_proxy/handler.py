@@ -9,7 +9,8 @@ answer).
 
 Custom targets (``Candela-Target-Url`` and each ``Candela-Fallbacks`` ``target-url``) are base URLs to
 which the provider path (``/v1/chat/completions``, ...) is appended, as Helicone's gateway does: e.g.
-``https://api.groq.com/openai`` or ``http://127.0.0.1:8000`` for vLLM.
+``https://api.groq.com/openai`` or ``http://127.0.0.1:8000`` for vLLM. They go out through their own
+session, which reaches only public addresses or the hosts the operator allowed (:mod:`candela_proxy.targets`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -37,9 +37,10 @@ from candela_proxy import metrics, pricing, prompting
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
 from candela_proxy.headers import CandelaHeaders, HeaderError, RetryPolicy, bearer_secret, parse_candela_headers
-from candela_proxy.providers import Provider, Route, error_body, resolve_route, target_allowed
+from candela_proxy.providers import Provider, Route, error_body, resolve_route
 from candela_proxy.ratelimit import RateLimitDecision, RateLimiter, SegmentMissing, subject
 from candela_proxy.shipping import LogShipper
+from candela_proxy.targets import TargetRefused, TargetSession, provider_name
 from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
 from candela_runtime.security import KeyAuthenticator
@@ -135,6 +136,7 @@ class ProxyHandler:
         self,
         config: ProxyConfig,
         session: aiohttp.ClientSession,
+        targets: TargetSession,
         authenticator: KeyAuthenticator,
         shipper: LogShipper,
         cache: ResponseCache | None = None,
@@ -144,6 +146,8 @@ class ProxyHandler:
     ) -> None:
         self._config = config
         self._session = session
+        # Client-named targets never ride on the providers' session (see candela_proxy.targets).
+        self._targets = targets
         self._authenticator = authenticator
         self._shipper = shipper
         self._cache = cache
@@ -237,7 +241,7 @@ class ProxyHandler:
             raise ProxyError(
                 503, "Candela cannot verify keys right now; retry shortly", "candela_auth_unavailable"
             ) from None
-        self._check_targets(options)
+        await self._check_targets(options)
         body = await _read_body(request, self._config.max_body_bytes)
         exchange = Exchange(
             request_id=options.request_id or str(uuid.uuid4()),
@@ -280,19 +284,16 @@ class ProxyHandler:
             )
         return exchange
 
-    def _check_targets(self, options: CandelaHeaders) -> None:
-        """Refuses a Candela-Target-Url or fallback whose host the operator did not allow (CANDELA_TARGET_HOSTS)."""
-        allowed = self._config.allowed_target_hosts
-        if not allowed:
-            return
+    async def _check_targets(self, options: CandelaHeaders) -> None:
+        """Refuses (403) a Candela-Target-Url or fallback the address policy keeps the proxy from reaching."""
         for url in (options.target_url, *(fallback.target_url for fallback in options.fallbacks)):
-            if url and not target_allowed(url, allowed):
-                raise ProxyError(
-                    403,
-                    f"this gateway does not send requests to {urlsplit(url).hostname!r}; allowed hosts: "
-                    + ", ".join(sorted(allowed)),
-                    "target_not_allowed",
-                )
+            if not url:
+                continue
+            try:
+                await self._targets.admit(url)
+            except TargetRefused as err:
+                logger.info("refused target %s at admission: %s", provider_name(url), err.detail)
+                raise ProxyError(403, str(err), "target_not_allowed") from None
 
     async def _render_prompt(self, exchange: Exchange, document: dict[str, Any]) -> dict[str, Any]:
         """Renders the named prompt into the body sent upstream (and logged); the log gets its version."""
@@ -419,7 +420,12 @@ class ProxyHandler:
         plan = self._plan(exchange)
         for index, (target, overrides, body) in enumerate(plan):
             url = exchange.route.url_at(target) if target else exchange.route.upstream_url
-            upstream = await self._attempt(request.method, url, target, {**headers, **overrides}, body, exchange)
+            try:
+                upstream = await self._attempt(request.method, url, target, {**headers, **overrides}, body, exchange)
+            except ProxyError as err:
+                # Refused where it connects (its DNS answer changed since admission): answered and logged.
+                exchange.target_url, exchange.status = target, err.status
+                return _error_response(exchange.route.provider, err, exchange.request_id)
             status = upstream.status if upstream is not None else 0
             if index < len(fallbacks) and (upstream is None or status in fallbacks[index].on_codes):
                 if upstream is not None:
@@ -453,8 +459,23 @@ class ProxyHandler:
             started = time.perf_counter()
             upstream: aiohttp.ClientResponse | None
             try:
-                upstream = await self._session.request(method, url, data=body, headers=headers)
+                if target:
+                    upstream = await self._targets.request(method, url, data=body, headers=headers)
+                else:
+                    upstream = await self._session.request(method, url, data=body, headers=headers)
                 error = ""
+            except TargetRefused as err:
+                # The record (which the caller can read) names the host, the proxy's log what it resolved to.
+                exchange.error = f"refused where it connects: {err}"
+                logger.warning("request %s: target refused where it connects: %s", exchange.request_id, err.detail)
+                exchange.attempts.append(
+                    log_record_pb2.UpstreamAttempt(
+                        target_url=target,
+                        error=exchange.error,
+                        latency_ms=round((time.perf_counter() - started) * 1000),
+                    )
+                )
+                raise ProxyError(403, str(err), "target_not_allowed") from None
             except (aiohttp.ClientError, TimeoutError) as err:
                 upstream, error = None, f"upstream request failed: {type(err).__name__}: {err}"
                 exchange.error = error
@@ -559,7 +580,7 @@ class ProxyHandler:
         options = exchange.options
         facts = exchange.facts
         target = exchange.target_url
-        provider = urlsplit(target).netloc if target else exchange.route.provider.value
+        provider = provider_name(target) if target else exchange.route.provider.value
         model = exchange.model or facts.response_model
         record = log_record_pb2.LogRecord(
             request_id=exchange.request_id,

@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
+
+from candela_proxy.targets import TargetUrlError, parse_target_url
 
 _PREFIXES = ("candela-", "helicone-")
 _PROPERTY = "property-"
@@ -131,10 +132,10 @@ def _positive_int(raw_name: str, value: str, upper: int) -> int:
 
 
 def _http_url(raw_name: str, value: str) -> str:
-    parts = urlsplit(value.strip())
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise HeaderError(f"header {raw_name} must be an http(s) URL, got {value!r}")
-    return value.strip().rstrip("/")
+    try:
+        return parse_target_url(value)
+    except TargetUrlError as err:
+        raise HeaderError(f"header {raw_name} {err}") from None
 
 
 def parse_rate_limit_policy(raw_name: str, value: str) -> RateLimitPolicy:

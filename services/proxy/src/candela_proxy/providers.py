@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import urlsplit
 
 
 class Provider(Enum):
@@ -29,19 +28,6 @@ class Route:
         """The upstream URL at a custom target (``Candela-Target-Url``, a fallback): base + provider path."""
         url = target_base_url.rstrip("/") + self.provider_path
         return f"{url}?{self.query_string}" if self.query_string else url
-
-
-def target_allowed(url: str, allowed_hosts: frozenset[str]) -> bool:
-    """Whether a custom target URL's host is allowed: any when ``allowed_hosts`` is empty, else an exact host
-    or a ``*.domain`` pattern (the domain itself and its subdomains)."""
-    if not allowed_hosts:
-        return True
-    host = (urlsplit(url).hostname or "").lower()
-    if host in allowed_hosts:
-        return True
-    return any(
-        pattern.startswith("*.") and (host == pattern[2:] or host.endswith(pattern[1:])) for pattern in allowed_hosts
-    )
 
 
 def resolve_route(path: str, query_string: str, openai_base_url: str, anthropic_base_url: str) -> Route | None:
