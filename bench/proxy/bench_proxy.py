@@ -208,6 +208,8 @@ def start_candela(
         **stack.service_env(Component.PROXY),
         "CANDELA_HTTP_PORT": str(port),
         "CANDELA_OPENAI_BASE_URL": f"{upstream}/v1",
+        # The streaming runs name nginx with Candela-Target-Url: a local target the operator allows.
+        "CANDELA_TARGET_HOSTS": upstream.removeprefix("http://"),
         "CANDELA_SPOOL_DIR": str(workdir / "spool"),
         "CANDELA_LOG_LEVEL": "WARNING",
     }

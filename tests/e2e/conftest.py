@@ -13,6 +13,7 @@ from genai_prices import Usage, calc_price
 
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_stack.stack import Bootstrap, Stack, StackConfig
+from tests.e2e.proxy_support import services, start_proxy
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,21 @@ def gateway_channel(stack: Stack) -> Iterator[grpc.Channel]:
 def query_stub(gateway_channel: grpc.Channel) -> query_service_pb2_grpc.QueryServiceStub:
     """QueryService through the gateway."""
     return query_service_pb2_grpc.QueryServiceStub(gateway_channel)
+
+
+@pytest.fixture(scope="session")
+def local_target_proxy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a proxy of its own whose operator lets custom targets reach the stand-in provider (exactly
+    its host:port in CANDELA_TARGET_HOSTS); the stack's proxy, as installed, reaches only public targets."""
+    assert stack.fake_provider_url is not None
+    with services() as started:
+        proxy, url = start_proxy(
+            stack,
+            tmp_path_factory.mktemp("local-target-proxy"),
+            CANDELA_TARGET_HOSTS=stack.fake_provider_url.removeprefix("http://"),
+        )
+        started.append(proxy)
+        yield url
 
 
 @pytest.fixture

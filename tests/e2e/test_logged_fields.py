@@ -24,9 +24,10 @@ PROMPT_TOKENS = 3 + 3 + 2
 REPLY_TOKENS = 12
 
 
-def _post(stack: Stack, admin: Bootstrap, marker: str, **headers: str) -> httpx.Response:
+def _post(stack: Stack, admin: Bootstrap, marker: str, via: str = "", **headers: str) -> httpx.Response:
+    """A chat call through the gateway, or through the proxy at ``via``."""
     return httpx.post(
-        f"{stack.gateway_url}/v1/chat/completions",
+        f"{via or stack.gateway_url}/v1/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": f"Say {marker}"}]},
         headers={"Candela-Auth": f"Bearer {admin.api_key}", "Authorization": "Bearer sk-x", **headers},
         timeout=30,
@@ -63,14 +64,18 @@ def test_retried_call_logs_every_attempt(
 
 
 def test_fallback_logs_the_target_that_answered(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, local_target_proxy: str
 ) -> None:
     assert stack.fake_provider_url is not None
     fallback_url = stack.fake_provider_url.rstrip("/")
     key = uuid.uuid4().hex
     fallbacks = [{"target-url": fallback_url, "onCodes": [500]}]
     response = _post(
-        stack, admin, key, **{"x-fake-fail-times": "1", "x-fake-key": key, "Candela-Fallbacks": json.dumps(fallbacks)}
+        stack,
+        admin,
+        key,
+        local_target_proxy,
+        **{"x-fake-fail-times": "1", "x-fake-key": key, "Candela-Fallbacks": json.dumps(fallbacks)},
     )
     assert response.status_code == 200
     assert len(fake_requests(stack, x_fake_key=key)) == 2
@@ -80,11 +85,11 @@ def test_fallback_logs_the_target_that_answered(
 
 
 def test_custom_target_is_logged(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, local_target_proxy: str
 ) -> None:
     assert stack.fake_provider_url is not None
     target = stack.fake_provider_url.rstrip("/")
-    response = _post(stack, admin, uuid.uuid4().hex, **{"Candela-Target-Url": target})
+    response = _post(stack, admin, uuid.uuid4().hex, local_target_proxy, **{"Candela-Target-Url": target})
     assert response.status_code == 200
     record = wait_for_logged_request(query_stub, admin.api_key, response.headers["candela-id"]).request
     assert (record.target_url, _attempts(record)) == (target, [(target, 200)])

@@ -32,8 +32,11 @@ def _headers(admin: Bootstrap, **extra: str) -> dict[str, str]:
     return {"Candela-Auth": f"Bearer {admin.api_key}", "Authorization": "Bearer sk-x", **extra}
 
 
-def _post(stack: Stack, body: object, headers: dict[str, str], path: str = "/v1/chat/completions") -> httpx.Response:
-    return httpx.post(f"{stack.gateway_url}{path}", json=body, headers=headers, timeout=30)
+def _post(
+    stack: Stack, body: object, headers: dict[str, str], path: str = "/v1/chat/completions", via: str = ""
+) -> httpx.Response:
+    """A call through the gateway, or through the proxy at ``via``."""
+    return httpx.post(f"{via or stack.gateway_url}{path}", json=body, headers=headers, timeout=30)
 
 
 def test_cache_hit_replays_the_answer_and_is_logged_as_cached(
@@ -164,7 +167,7 @@ def test_retries_ride_out_provider_errors(
 
 
 def test_fallback_is_tried_on_the_listed_status(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, local_target_proxy: str
 ) -> None:
     assert stack.fake_provider_url is not None
     key = uuid.uuid4().hex
@@ -180,6 +183,7 @@ def test_fallback_is_tried_on_the_listed_status(
         stack,
         _chat("fallback"),
         _headers(admin, **{"x-fake-fail-times": "1", "x-fake-key": key, "Candela-Fallbacks": json.dumps(fallbacks)}),
+        via=local_target_proxy,
     )
     assert response.status_code == 200
     first, second = fake_requests(stack, x_fake_key=key)
@@ -204,13 +208,14 @@ def test_fallback_is_tried_on_the_listed_status(
                 "Candela-Fallbacks": json.dumps(fallbacks),
             },
         ),
+        via=local_target_proxy,
     )
     assert answered.status_code == 400
     assert len(fake_requests(stack, x_fake_key=key)) == 1
 
 
 def test_target_url_reaches_any_openai_compatible_provider(
-    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, local_target_proxy: str
 ) -> None:
     assert stack.fake_provider_url is not None
     marker = uuid.uuid4().hex
@@ -218,6 +223,7 @@ def test_target_url_reaches_any_openai_compatible_provider(
         stack,
         _chat(marker, model="llama-3.1-8b-instant"),
         _headers(admin, **{"Helicone-Target-Url": stack.fake_provider_url, "x-test-marker": marker}),
+        via=local_target_proxy,
     )
     assert response.status_code == 200
     (upstream,) = fake_requests(stack, x_test_marker=marker)

@@ -151,12 +151,18 @@ def test_allow_list_entries() -> None:
         AllowEntry("::2"),
         AllowEntry("localhost"),
     )
-    assert allow.permits("127.0.0.1", 8000) and not allow.permits("127.0.0.1", 8001)
-    assert allow.permits("api.groq.com", 443) and allow.permits("groq.com", 80)
-    assert not allow.permits("evilgroq.com", 443) and not allow.permits("api.groq.com.evil.example", 443)
+    assert allow.permits("127.0.0.1", 8000)
+    assert not allow.permits("127.0.0.1", 8001)
+    assert allow.permits("api.groq.com", 443)
+    assert allow.permits("groq.com", 80)
+    assert not allow.permits("evilgroq.com", 443)
+    assert not allow.permits("api.groq.com.evil.example", 443)
     assert allow.permits("OLLAMA.LAN.", 11434)
-    assert allow.permits("::1", 9000) and allow.permits("0:0::1", 9000) and not allow.permits("::1", 9001)
-    assert allow.permits("::2", 1) and allow.permits("localhost", 5)
+    assert allow.permits("::1", 9000)
+    assert allow.permits("0:0::1", 9000)
+    assert not allow.permits("::1", 9001)
+    assert allow.permits("::2", 1)
+    assert allow.permits("localhost", 5)
     assert AllowList.parse("").entries == ()
 
 
@@ -210,7 +216,8 @@ async def test_a_name_with_any_private_address_is_refused_and_metadata_even_when
         await resolver.resolve("mixed.example", 443)
     with pytest.raises(TargetRefused) as caught:
         await resolver.resolve("meta.lan", 80)
-    assert "metadata" in caught.value.detail and "CANDELA_TARGET_HOSTS" not in str(caught.value)
+    assert "metadata" in caught.value.detail
+    assert "CANDELA_TARGET_HOSTS" not in str(caught.value)
 
 
 async def test_only_mode_refuses_unlisted_public_hosts() -> None:
