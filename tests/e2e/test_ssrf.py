@@ -131,9 +131,7 @@ def test_the_sdks_get_their_own_permission_and_bad_request_errors(
         )
 
     def ask(client: anthropic.Anthropic) -> None:
-        client.messages.create(
-            model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
-        )
+        client.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
 
     with pytest.raises(anthropic.PermissionDeniedError) as denied:
         ask(anthropic_client(f"http://localhost:{ports.envoy_admin}"))
