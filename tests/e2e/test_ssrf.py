@@ -28,7 +28,7 @@ from candela_proxy.targets import AllowList, PolicyResolver, TargetSession
 from candela_runtime.config import load_config
 from candela_stack.stack import Bootstrap, Component, Stack
 from tests.e2e.conftest import wait_for_logged_request
-from tests.e2e.proxy_support import fake_requests, free_port
+from tests.e2e.proxy_support import fake_requests, free_port, services, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -215,6 +215,29 @@ def test_an_allowed_local_provider_works_with_the_sdk_and_is_logged(
             timeout=30,
         )
         assert (refused.status_code, refused.json()["error"]["code"]) == (403, "target_not_allowed"), target
+    assert len(fake_requests(stack, x_test_marker=marker)) == 1
+
+
+def test_only_mode_sends_custom_targets_only_to_the_listed_hosts(
+    stack: Stack, admin: Bootstrap, tmp_path: Path
+) -> None:
+    assert stack.fake_provider_url is not None
+    marker = uuid.uuid4().hex
+    listed = stack.fake_provider_url.removeprefix("http://")
+    with services() as started:
+        proxy, url = start_proxy(stack, tmp_path, CANDELA_TARGET_HOSTS=listed, CANDELA_TARGET_HOSTS_ONLY="true")
+        started.append(proxy)
+
+        def call(target: str) -> httpx.Response:
+            headers = _headers(admin, marker, **{"Candela-Target-Url": target})
+            return httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30)
+
+        assert call(stack.fake_provider_url).status_code == 200
+        # A public host is refused before it is even looked up (this machine has no route out anyway).
+        refused = call("https://api.groq.com/openai")
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "target_not_allowed")
+        assert "only to the hosts" in refused.json()["error"]["message"]
+        assert call(f"http://127.0.0.1:{stack.ports.clickhouse_http}").status_code == 403
     assert len(fake_requests(stack, x_test_marker=marker)) == 1
 
 
