@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anthropic
 import httpx
@@ -48,11 +49,13 @@ def _headers(admin: Bootstrap, marker: str, **extra: str) -> dict[str, str]:
 
 
 def _targets(stack: Stack) -> list[str]:
-    """Every port the stack binds (or may: every writer slot, SeaweedFS's +10000 gRPC ports), by each
-    loopback spelling, with and without a query; plus the metadata service and IPv6 forms of loopback."""
-    ports = stack.ports.all_bound()
+    """Every port the stack binds (or may: every writer slot, SeaweedFS's +10000 gRPC ports) and its Postgres,
+    by each loopback spelling, with and without a query; plus the metadata service and IPv6 forms of loopback."""
     named = stack.ports.named()
     assert {"clickhouse_http", "seaweed_filer", "envoy_admin", "fake_provider", "redis", "kafka"} <= set(named)
+    postgres = urlsplit(stack.postgres_dsn)
+    assert postgres.hostname in {"127.0.0.1", "localhost"}
+    ports = sorted({*stack.ports.all_bound(), postgres.port or 5432})
     assert set(named.values()) <= set(ports)
     targets = [
         f"http://{host}:{port}{suffix}" for host in LOOPBACK_SPELLINGS for port in ports for suffix in QUERY_SUFFIXES
