@@ -270,7 +270,7 @@ async def target_session(resolver: PolicyResolver) -> AsyncIterator[TargetSessio
         await session.close()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "[::1]", "localhost", "127.1", "2130706433"])
 async def test_a_local_target_is_refused_before_any_connection(host: str) -> None:
     async with local_server() as server, target_session(PolicyResolver(AllowList.parse(""))) as session:
         url = f"http://{host}:{server.port}"

@@ -329,9 +329,13 @@ class TargetSession:
     async def request(self, method: str, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
         """Sends one request to a target (checked again where it connects); raises TargetRefused."""
         parsed = URL(url)
+        host, port = parsed.raw_host or "", parsed.port or 0
         address = _ip_literal(parsed)
         if address is not None:
-            self.resolver.check_literal(address, parsed.raw_host or "", parsed.port or 0)
+            self.resolver.check_literal(address, host, port)
+        elif _looks_numeric(host):
+            # aiohttp would take it for an address and skip the resolver; parse_target_url refuses these first.
+            raise TargetRefused(host, "it is not a canonical IP address")
         try:
             return await self._session.request(method, parsed, allow_redirects=False, **kwargs)
         except aiohttp.ClientConnectorError as err:
