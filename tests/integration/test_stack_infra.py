@@ -72,14 +72,29 @@ def test_postgres_migrations_are_applied_once(stack: Stack) -> None:
 
 
 def test_clickhouse_answers_and_is_migrated(stack: Stack) -> None:
-    client = Client(host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database)
+    client = Client(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
     try:
         assert client.execute("SELECT 1") == [(1,)]
         applied = [row[0] for row in client.execute("SELECT name FROM schema_migrations ORDER BY name")]
     finally:
         client.disconnect()
     assert applied == [migration.name for migration in migrations.load(migrations.CLICKHOUSE)]
-    assert migrations.apply_clickhouse(stack.clickhouse_host, stack.clickhouse_port, stack.clickhouse_database) == []
+    assert (
+        migrations.apply_clickhouse(
+            stack.clickhouse_host,
+            stack.clickhouse_port,
+            stack.clickhouse_database,
+            user=stack.clickhouse_user,
+            password=stack.clickhouse_password,
+        )
+        == []
+    )
     status, body = direct_get(f"{stack.clickhouse_http_url}/ping")
     assert (status, body) == (200, b"Ok.\n")
 

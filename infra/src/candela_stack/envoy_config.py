@@ -203,14 +203,35 @@ def build_config(
         "@type": _TYPE_URL + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
-        # Envoy is the edge: it sets X-Forwarded-For from the peer and trusts no incoming value.
+        # Envoy is the edge: it takes the client's address from the peer and trusts no incoming x-envoy-*
+        # header (it strips a client's own). It adds nothing about its hop that would reach the provider:
+        # no X-Forwarded-For entry, no generated X-Request-ID (a client's own passes through unchanged), and
+        # the headers it sets anyway are removed on the way upstream (see GATEWAY_HEADERS_REMOVED).
         "use_remote_address": True,
+        "skip_xff_append": True,
+        "generate_request_id": False,
+        "preserve_external_request_id": True,
+        # Without a request id to sample from, tracing samples each request itself (see add_tracing).
+        "request_id_extension": {
+            "typed_config": {
+                "@type": _TYPE_URL + "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+                "pack_trace_reason": False,
+                "use_request_id_for_trace_sampling": False,
+            }
+        },
         # Responses carry the upstream's own `server` header rather than "envoy".
         "server_header_transformation": "PASS_THROUGH",
         "common_http_protocol_options": {"idle_timeout": "3600s"},
         "route_config": {
             "name": "gateway",
-            "virtual_hosts": [{"name": "candela", "domains": ["*"], "routes": routes}],
+            "virtual_hosts": [
+                {
+                    "name": "candela",
+                    "domains": ["*"],
+                    "routes": routes,
+                    "request_headers_to_remove": list(GATEWAY_HEADERS_REMOVED),
+                }
+            ],
         },
         "http_filters": [
             {
@@ -559,12 +580,16 @@ def _anthropic_error(error_type: str) -> dict[str, Any]:
     return {"json_format": {"type": "error", "error": {"type": error_type, "message": "%LOCAL_REPLY_BODY%"}}}
 
 
+GATEWAY_HEADERS_REMOVED = ("x-envoy-external-address", "x-forwarded-proto", "x-envoy-expected-rq-timeout-ms")
+"""Headers Envoy sets on every request about its own hop, removed before the request leaves for a service
+(the provider would otherwise receive them through the proxy)."""
+
 ACCESS_LOG_FIELDS = {
     "time": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
-    # The path without its query string (a query could carry a credential); the one the client sent,
-    # not the transcoder's gRPC rewrite.
-    "path": "%PATH(WQ:ORIG_OR_PATH)%",
+    # The path without its query string (`NQ`: a query can carry a credential, e.g. Gemini's `?key=`); the
+    # one the client sent, not the transcoder's gRPC rewrite.
+    "path": "%PATH(NQ:ORIG_OR_PATH)%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "grpc_status": "%GRPC_STATUS%",
