@@ -230,7 +230,7 @@ class StackConfig:
         port_base = dev_port_base()
         config = cls(
             port_base=port_base,
-            data_dir=Path(environ.get("CANDELA_STACK_DIR") or DEV_DATA_DIR).resolve(),
+            data_dir=Path(environ.get("CANDELA_STACK_DIR") or dev_data_dir(port_base)).resolve(),
             kafka_engine=_engine(environ.get("CANDELA_KAFKA_ENGINE", "s3")),
             database=environ.get("CANDELA_POSTGRES_DATABASE") or dev_database(port_base),
             postgres_admin_dsn=environ.get(postgres.ADMIN_DSN_ENV, postgres.DEFAULT_ADMIN_DSN),
@@ -264,6 +264,12 @@ class StackConfig:
             seaweed_stop_grace=1.0,
         )
         return replace(config, **overrides)
+
+
+def dev_data_dir(port_base: int) -> Path:
+    """The dev stack's data dir: DEV_DATA_DIR on the default port base, `.candela-<base>` beside it on another
+    (two stacks sharing one data dir would share a pids file, and each start stops the other's processes)."""
+    return DEV_DATA_DIR if port_base == DEV_PORT_BASE else DEV_DATA_DIR.with_name(f"{DEV_DATA_DIR.name}-{port_base}")
 
 
 def dev_database(port_base: int) -> str:
@@ -792,7 +798,12 @@ class Stack:
 
     def bound_ports(self) -> dict[str, int]:
         """Every port this stack's processes listen on, by name (only the components it runs)."""
-        return self._wanted_ports()
+        metrics = {
+            f"{component.value}_metrics": port
+            for component, port in self.metrics_ports().items()
+            if component in self.components and component is not Component.WRITER  # listed per writer
+        }
+        return self._wanted_ports() | metrics
 
     def _wanted_ports(self) -> dict[str, int]:
         p = self.ports
