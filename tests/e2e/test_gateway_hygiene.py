@@ -115,18 +115,19 @@ def test_the_provider_gets_what_the_client_sent_and_nothing_of_the_gateway(stack
     assert arrived == [], f"the provider received the gateway's {arrived}"
     assert not [name for name in headers if name.startswith(("candela-", "helicone-"))]
 
-    # A request id the client sends itself is the client's: it passes through unchanged.
+    # OpenAI's client-side request id is the client's own, and reaches the provider unchanged.
     marker = uuid.uuid4().hex
     own_id = f"client-{marker}"
     response = httpx.post(
         f"{stack.gateway_url}/v1/chat/completions",
         json=_chat(marker),
-        headers=_headers(admin, **{"x-test-marker": marker, "X-Request-ID": own_id}),
+        headers=_headers(admin, **{"x-test-marker": marker, "X-Client-Request-Id": own_id}),
         timeout=30,
     )
     assert response.status_code == 200, response.text
     (received,) = fake_requests(stack, x_test_marker=marker)
-    assert received["headers"]["x-request-id"] == own_id
+    assert received["headers"]["x-client-request-id"] == own_id
+    assert "x-request-id" not in received["headers"]
 
 
 def _text(path: Path) -> str:

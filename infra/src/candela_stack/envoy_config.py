@@ -204,21 +204,12 @@ def build_config(
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
         # Envoy is the edge: it takes the client's address from the peer and trusts no incoming x-envoy-*
-        # header (it strips a client's own). It adds nothing about its hop that would reach the provider:
-        # no X-Forwarded-For entry, no generated X-Request-ID (a client's own passes through unchanged), and
-        # the headers it sets anyway are removed on the way upstream (see GATEWAY_HEADERS_REMOVED).
+        # header (it strips a client's own). What it adds about its own hop must not reach a provider: it
+        # appends no X-Forwarded-For entry, removes what it sets anyway on the way upstream (see
+        # GATEWAY_HEADERS_REMOVED), and the proxy drops the rest (its X-Request-ID, which the access log
+        # and trace sampling use, so Envoy keeps generating it).
         "use_remote_address": True,
         "skip_xff_append": True,
-        "generate_request_id": False,
-        "preserve_external_request_id": True,
-        # Without a request id to sample from, tracing samples each request itself (see add_tracing).
-        "request_id_extension": {
-            "typed_config": {
-                "@type": _TYPE_URL + "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
-                "pack_trace_reason": False,
-                "use_request_id_for_trace_sampling": False,
-            }
-        },
         # Responses carry the upstream's own `server` header rather than "envoy".
         "server_header_transformation": "PASS_THROUGH",
         "common_http_protocol_options": {"idle_timeout": "3600s"},

@@ -117,8 +117,11 @@ class Exchange:
 
 # What a gateway in front of the proxy (Envoy, a load balancer) adds about its own hop: the provider needs
 # none of it, and it would tell the provider about Candela's network (addresses, Envoy's request ids).
+# X-Request-ID goes too: Envoy sets one on every request (a client's own cannot be told from it), and
+# providers do not read it (OpenAI's client-side id is X-Client-Request-Id, which passes through).
 _GATEWAY_HEADERS = frozenset(
     {
+        "x-request-id",
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
