@@ -96,6 +96,7 @@ def test_url_secrets_reach_no_log_record_or_topic(
         text = _text(log_file)
         leaked = [name for name, secret in secrets.items() if secret in text]
         assert not leaked, f"{log_file.name} holds the URL's {leaked}"
+        assert stack.clickhouse_password not in text, f"{log_file.name} holds the ClickHouse password"
 
 
 def test_the_provider_gets_what_the_client_sent_and_nothing_of_the_gateway(stack: Stack, admin: Bootstrap) -> None:
