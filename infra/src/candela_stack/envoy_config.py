@@ -296,6 +296,10 @@ def build_config(
     return bootstrap
 
 
+TRACED_URL = "%REQ(:SCHEME)%://%REQ(:AUTHORITY)%%PATH(NQ:ORIG_OR_PATH)%"
+"""The `http.url` of Envoy's span: as the client addressed it, without the query string."""
+
+
 def add_tracing(bootstrap: dict[str, Any], otlp_port: int, *, flush_interval_ms: int = 1000) -> None:
     """Traces every request through each HTTP connection manager, exporting to a collector on `otlp_port`.
 
@@ -313,6 +317,9 @@ def add_tracing(bootstrap: dict[str, Any], otlp_port: int, *, flush_interval_ms:
                 "service_name": "candela-gateway",
             },
         },
+        # Envoy's own `http.url` tag is the whole URL, query string included (a `?key=` would be exported);
+        # this tag of the same name, set after it, replaces it with the URL without its query.
+        "custom_tags": [{"tag": "http.url", "value": TRACED_URL}],
     }
     for listener in bootstrap["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
