@@ -13,10 +13,13 @@ One listener (HTTP/1.1 and h2c) in front of the whole mesh:
   proxy over HTTP/1.1 with no route timeout and a long idle timeout; responses stream, never buffered.
 - Every upstream is health checked (grpc.health.v1, the proxy's /healthz) and circuit broken; request
   bodies above each service's own limit get a 413; Envoy's own replies are JSON in the SDK's error
-  shape; the access log is JSON lines without any credential-carrying header.
+  shape; the access log is JSON lines without any credential-carrying header or query string.
 - Given an OTLP collector port, Envoy traces every request with its OpenTelemetry tracer (OTLP/gRPC to
   that collector): its span continues the client's `traceparent` (if any) and its own context is what
-  the upstream (e.g. the proxy) receives, so the gateway hop is part of the request's one trace.
+  the upstream (e.g. the proxy) receives, so the gateway hop is part of the request's one trace. Its
+  `http.url` leaves out the query string.
+- Envoy's own hop does not reach a provider: no X-Forwarded-For entry is appended, and the headers it sets
+  on every request are removed before the upstream (GATEWAY_HEADERS_REMOVED; the proxy drops the rest).
 """
 
 from __future__ import annotations
