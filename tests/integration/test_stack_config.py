@@ -196,3 +196,22 @@ def test_the_banner_with_the_fake_provider_lists_its_port_and_a_runnable_snippet
     snippet = _python_snippet(text)
     compile(snippet, "<banner>", "exec")
     assert 'api_key="sk-local-fake"' in snippet
+
+
+def test_the_clickhouse_password_is_random_per_stack_and_reaches_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = Stack(StackConfig.for_tests(tmp_path / "a")), Stack(StackConfig.for_tests(tmp_path / "b"))
+    assert first.clickhouse_password != second.clickhouse_password
+    assert len(first.clickhouse_password) >= 24
+    for component in (Component.WRITER, Component.QUERY):
+        env = first.service_env(component)
+        assert (env["CANDELA_CLICKHOUSE_USER"], env["CANDELA_CLICKHOUSE_PASSWORD"]) == (
+            first.clickhouse_user,
+            first.clickhouse_password,
+        )
+    assert "CANDELA_CLICKHOUSE_PASSWORD" not in first.service_env(Component.PROXY), "only ClickHouse's clients"
+
+    monkeypatch.setenv("CANDELA_STACK_DIR", str(tmp_path / "dev"))
+    monkeypatch.setenv("CANDELA_CLICKHOUSE_PASSWORD", "chosen-password")
+    assert Stack(StackConfig.dev()).clickhouse_password == "chosen-password"
