@@ -216,7 +216,13 @@ async def throughput(stack: Stack, logs: int, batch: int, concurrency: int, bodi
     # Serialized beforehand: the load generator shares the 2 cores, and protobuf serialization of 2 MiB calls
     # cost it ~4 us per log (what the benchmark measures is Candela's cost, not the client's).
     requests = [_batch(organization_id, batch, bodies)[0].SerializeToString() for _ in range(logs // batch)]
-    client = Client(host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database)
+    client = Client(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
     await _settle()
     cpu_before = _cpu_seconds(stack)
     busy_before = _machine_busy_seconds()
@@ -263,7 +269,13 @@ async def freshness(stack: Stack, rate: int, seconds: float, bodies: Bodies) -> 
     organization_id = await _organization(stack)
     metadata = service_metadata(stack.service_token)
     per_batch = max(rate // 10, 1)
-    client = Client(host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database)
+    client = Client(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
     sent: list[tuple[float, int]] = []
     delays: list[float] = []
     # Built beforehand, so the sender keeps its pace; calls overlap (the rate does not wait on acks).

@@ -341,7 +341,14 @@ async def measure(
     """Each query ``rounds`` times (``runs`` calls each): the median and the best round's p50, and the
     median round's p99, through gRPC; the store alone; the store with no duplicate handling at all
     (neither FINAL nor proofs: what the duplicate handling costs). Returns the report's table lines."""
-    reader = ClickHouseReader(stack.clickhouse_host, stack.clickhouse_port, stack.clickhouse_database, 2)
+    reader = ClickHouseReader(
+        stack.clickhouse_host,
+        stack.clickhouse_port,
+        stack.clickhouse_database,
+        2,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
     session_rows = await reader.fetch(
         "SELECT session_id FROM request_sessions WHERE organization_id = toUUID(%(org)s)"
         " GROUP BY session_id ORDER BY cityHash64(session_id) LIMIT 500",
@@ -529,6 +536,8 @@ def main() -> None:
                 host=stack.clickhouse_host,
                 port=stack.clickhouse_port,
                 database=stack.clickhouse_database,
+                user=stack.clickhouse_user,
+                password=stack.clickhouse_password,
                 send_receive_timeout=600,
             )
             print(f"generating {args.rows:,} rows into ClickHouse {client.execute('SELECT version()')[0][0]} ...")

@@ -600,6 +600,7 @@ def test_keys_never_reach_logs_kafka_or_clickhouse(stack: Stack, tenants: Tenant
     rows = httpx.get(
         stack.clickhouse_http_url,
         params={"query": f"SELECT * FROM {stack.clickhouse_database}.requests FORMAT TabSeparated"},
+        auth=(stack.clickhouse_user, stack.clickhouse_password),
         timeout=30,
     )
     assert rows.status_code == 200, rows.text

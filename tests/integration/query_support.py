@@ -103,8 +103,16 @@ def insert_rows(client: Client, rows: list[Row]) -> None:
 class DriverRunner:
     """The service's own reader (clickhouse-driver) on a single connection, for tests."""
 
-    def __init__(self, host: str, port: int, database: str) -> None:
-        self.client = Client(host=host, port=port, database=database, connect_timeout=5, send_receive_timeout=60)
+    def __init__(self, host: str, port: int, database: str, *, user: str = "default", password: str = "") -> None:
+        self.client = Client(
+            host=host,
+            port=port,
+            database=database,
+            user=user,
+            password=password,
+            connect_timeout=5,
+            send_receive_timeout=60,
+        )
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Runs ``sql`` off the event loop."""

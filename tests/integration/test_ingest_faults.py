@@ -123,7 +123,13 @@ class Sender:
 
 def _clickhouse_counts(stack: Stack, organization_id: str) -> tuple[int, int, int]:
     """(rows seen with FINAL, distinct request ids, rows with FINAL that are duplicates)."""
-    client = Client(host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database)
+    client = Client(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
     try:
         rows = client.execute(
             "SELECT count(), uniqExact(request_id) FROM requests FINAL WHERE organization_id = %(o)s",

@@ -273,8 +273,8 @@ async def test_retention_deletes_old_rows_and_frees_room_under_the_limit(
         host=stack.clickhouse_host,
         port=stack.clickhouse_port,
         database=stack.clickhouse_database,
-        user="default",
-        password="",
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
     )
     try:
         expired = await RetentionSweeper(pool, rows).sweep(datetime.now(UTC))

@@ -42,8 +42,8 @@ def _sink(stack: Stack, table: str = "requests") -> ClickHouseRowSink:
         host=stack.clickhouse_host,
         port=stack.clickhouse_port,
         database=stack.clickhouse_database,
-        user="default",
-        password="",
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
         table=table,
     )
 
@@ -57,7 +57,12 @@ async def sink(clickhouse: Stack) -> AsyncIterator[ClickHouseRowSink]:
 
 def _query(stack: Stack, sql: str, params: dict[str, Any] | None = None, **settings: Any) -> list[tuple[Any, ...]]:
     client = Client(
-        host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database, settings=settings
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+        settings=settings,
     )
     try:
         rows: list[tuple[Any, ...]] = client.execute(sql, params)

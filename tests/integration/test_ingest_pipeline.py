@@ -121,6 +121,8 @@ def _writer_config(stack: Stack, topics: Topics, **overrides: Any) -> WriterConf
         "clickhouse_host": stack.clickhouse_host,
         "clickhouse_port": stack.clickhouse_port,
         "clickhouse_database": stack.clickhouse_database,
+        "clickhouse_user": stack.clickhouse_user,
+        "clickhouse_password": stack.clickhouse_password,
         "batch_max_wait_ms": 100,
         "retry_initial_backoff_s": 0.05,
         "retry_max_backoff_s": 0.5,
@@ -246,7 +248,13 @@ async def _eventually(check: Callable[[], Awaitable[T]], done: Callable[[T], boo
 
 
 def _clickhouse(stack: Stack) -> Client:
-    return Client(host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database)
+    return Client(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
 
 
 async def _query_clickhouse(stack: Stack, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

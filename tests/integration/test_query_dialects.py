@@ -51,7 +51,13 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def driver(clickhouse: Stack, rows: list[Row]) -> Iterator[DriverRunner]:
-    runner = DriverRunner(clickhouse.clickhouse_host, clickhouse.clickhouse_port, clickhouse.clickhouse_database)
+    runner = DriverRunner(
+        clickhouse.clickhouse_host,
+        clickhouse.clickhouse_port,
+        clickhouse.clickhouse_database,
+        user=clickhouse.clickhouse_user,
+        password=clickhouse.clickhouse_password,
+    )
     insert_rows(runner.client, rows)
     yield runner
     runner.close()

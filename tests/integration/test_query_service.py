@@ -74,8 +74,21 @@ async def service(
     other = await create_organization(auth_stub, "Other Co")
     key = (await create_key(auth_stub, org, auth_pb.API_KEY_SCOPE_READ)).secret
     other_key = (await create_key(auth_stub, other, auth_pb.API_KEY_SCOPE_READ)).secret
-    reader = ClickHouseReader(clickhouse.clickhouse_host, clickhouse.clickhouse_port, clickhouse.clickhouse_database, 2)
-    loader = DriverRunner(clickhouse.clickhouse_host, clickhouse.clickhouse_port, clickhouse.clickhouse_database)
+    reader = ClickHouseReader(
+        clickhouse.clickhouse_host,
+        clickhouse.clickhouse_port,
+        clickhouse.clickhouse_database,
+        2,
+        user=clickhouse.clickhouse_user,
+        password=clickhouse.clickhouse_password,
+    )
+    loader = DriverRunner(
+        clickhouse.clickhouse_host,
+        clickhouse.clickhouse_port,
+        clickhouse.clickhouse_database,
+        user=clickhouse.clickhouse_user,
+        password=clickhouse.clickhouse_password,
+    )
     insert_rows(loader.client, make_rows([org], 400, seed=3))
     loader.close()
     config = QueryConfig(
@@ -248,7 +261,13 @@ async def test_a_request_comes_back_with_its_exact_bodies_compressed_or_not(
     corrupt.request_body.MergeFrom(messages[0].request_body)
     corrupt.request_body.frame_offset += 1
     messages.append(corrupt)
-    loader = DriverRunner(clickhouse.clickhouse_host, clickhouse.clickhouse_port, clickhouse.clickhouse_database)
+    loader = DriverRunner(
+        clickhouse.clickhouse_host,
+        clickhouse.clickhouse_port,
+        clickhouse.clickhouse_database,
+        user=clickhouse.clickhouse_user,
+        password=clickhouse.clickhouse_password,
+    )
     insert_rows(loader.client, [clickhouse_row(message, version=1) for message in messages])
     loader.close()
 
@@ -342,7 +361,14 @@ async def test_usage_against_limits_from_postgres(service: Fixture, postgres_dsn
 async def test_a_clickhouse_failure_is_internal_without_its_text(
     clickhouse: Stack, auth_server: AuthServer, service: Fixture
 ) -> None:
-    broken = ClickHouseReader(clickhouse.clickhouse_host, clickhouse.clickhouse_port, "no_such_database", 1)
+    broken = ClickHouseReader(
+        clickhouse.clickhouse_host,
+        clickhouse.clickhouse_port,
+        "no_such_database",
+        1,
+        user=clickhouse.clickhouse_user,
+        password=clickhouse.clickhouse_password,
+    )
     config = QueryConfig(
         service_token=SERVICE_TOKEN,
         auth_addr=auth_server.address,

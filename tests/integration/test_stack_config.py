@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
+from candela_stack.__main__ import banner
 from candela_stack.stack import (
+    DEV_DATA_DIR,
     EVERYTHING,
     INFRA,
     SERVICE_MODULES,
+    Bootstrap,
     Component,
     Stack,
     StackConfig,
@@ -114,9 +118,10 @@ def test_the_dev_stack_reads_its_environment(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("CANDELA_KAFKA_PARTITIONS", "8")
     monkeypatch.setenv("CANDELA_SERVICE_TOKEN", "fixed-token")
     monkeypatch.delenv("CANDELA_KAFKA_ENGINE", raising=False)
+    monkeypatch.delenv("CANDELA_POSTGRES_DATABASE", raising=False)
     config = StackConfig.dev()
     assert (config.port_base, config.data_dir, config.kafka_partitions) == (9100, tmp_path.resolve(), 8)
-    assert (config.kafka_engine, config.database, config.drop_database_on_stop) == ("s3", "candela", False)
+    assert (config.kafka_engine, config.database, config.drop_database_on_stop) == ("s3", "candela_9100", False)
     stack = Stack(config)
     assert stack.service_token == "fixed-token"
     assert stack.gateway_url == "http://127.0.0.1:9100"
@@ -124,3 +129,89 @@ def test_the_dev_stack_reads_its_environment(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("CANDELA_STACK_PORT_BASE", "seven")
     with pytest.raises(ValueError, match="CANDELA_STACK_PORT_BASE"):
         StackConfig.dev()
+
+
+def test_a_second_dev_stack_needs_only_another_port_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another CANDELA_STACK_PORT_BASE gives a stack its own Postgres database and data dir, not the first's."""
+    for name in ("CANDELA_STACK_PORT_BASE", "CANDELA_STACK_DIR", "CANDELA_POSTGRES_DATABASE"):
+        monkeypatch.delenv(name, raising=False)
+    first = StackConfig.dev()
+    assert (first.port_base, first.database, first.data_dir) == (7700, "candela", DEV_DATA_DIR.resolve())
+
+    monkeypatch.setenv("CANDELA_STACK_PORT_BASE", "9100")
+    second = StackConfig.dev()
+    assert second.database == "candela_9100"
+    assert second.data_dir == DEV_DATA_DIR.resolve().with_name(".candela-9100")
+    first_stack, second_stack = Stack(first), Stack(second)
+    assert first_stack.postgres_dsn != second_stack.postgres_dsn
+    assert first_stack.service_env(Component.AUTH)["CANDELA_POSTGRES_DSN"].endswith("/candela")
+    assert second_stack.service_env(Component.AUTH)["CANDELA_POSTGRES_DSN"].endswith("/candela_9100")
+
+    monkeypatch.setenv("CANDELA_POSTGRES_DATABASE", "chosen")
+    assert StackConfig.dev().database == "chosen", "an explicit database still wins"
+
+
+def _python_snippet(text: str) -> str:
+    """The banner's OpenAI Python example, dedented."""
+    lines = text.splitlines()
+    start = lines.index("  Or with the OpenAI Python SDK:") + 1
+    end = lines.index("", start)
+    return "\n".join(line.removeprefix("    ") for line in lines[start:end])
+
+
+BOOTSTRAP = Bootstrap(organization_id="org", api_key_id="key-id", api_key="cdl-key", reused=False)
+
+
+def test_the_banner_with_real_upstreams_names_no_fake_provider_and_reads_the_key_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CANDELA_OPENAI_BASE_URL", "https://api.openai.com/v1")
+    monkeypatch.setenv("CANDELA_ANTHROPIC_BASE_URL", "https://api.anthropic.com")
+    stack = Stack(StackConfig.for_tests(tmp_path))
+    text = banner(stack, BOOTSTRAP)
+    assert "fake_provider" not in text
+    assert str(stack.ports.fake_provider) not in text
+    assert f"gateway {stack.ports.gateway}" in text, "the ports the stack does use are listed"
+    snippet = _python_snippet(text)
+    assert '"$OPENAI_API_KEY"' not in snippet, "a shell variable inside a Python string is sent as is"
+    call = next(
+        node
+        for node in ast.walk(ast.parse(snippet))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "OpenAI"
+    )
+    api_key = next(keyword.value for keyword in call.keywords if keyword.arg == "api_key")
+    assert ast.unparse(api_key) == "os.environ['OPENAI_API_KEY']"
+    assert "import os" in snippet
+    assert '-H "Authorization: Bearer $OPENAI_API_KEY"' in text, "the shell example expands it"
+
+
+def test_the_banner_with_the_fake_provider_lists_its_port_and_a_runnable_snippet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CANDELA_OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("CANDELA_ANTHROPIC_BASE_URL", raising=False)
+    stack = Stack(StackConfig.for_tests(tmp_path))
+    text = banner(stack, BOOTSTRAP)
+    assert f"fake_provider {stack.ports.fake_provider}" in text
+    snippet = _python_snippet(text)
+    compile(snippet, "<banner>", "exec")
+    assert 'api_key="sk-local-fake"' in snippet
+
+
+def test_the_clickhouse_password_is_random_per_stack_and_reaches_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = Stack(StackConfig.for_tests(tmp_path / "a")), Stack(StackConfig.for_tests(tmp_path / "b"))
+    assert first.clickhouse_password != second.clickhouse_password
+    assert len(first.clickhouse_password) >= 24
+    for component in (Component.WRITER, Component.QUERY):
+        env = first.service_env(component)
+        assert (env["CANDELA_CLICKHOUSE_USER"], env["CANDELA_CLICKHOUSE_PASSWORD"]) == (
+            first.clickhouse_user,
+            first.clickhouse_password,
+        )
+    assert "CANDELA_CLICKHOUSE_PASSWORD" not in first.service_env(Component.PROXY), "only ClickHouse's clients"
+
+    monkeypatch.setenv("CANDELA_STACK_DIR", str(tmp_path / "dev"))
+    monkeypatch.setenv("CANDELA_CLICKHOUSE_PASSWORD", "chosen-password")
+    assert Stack(StackConfig.dev()).clickhouse_password == "chosen-password"

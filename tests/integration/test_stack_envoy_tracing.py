@@ -120,7 +120,7 @@ async def upstream_headers(gateway_ports: StackPorts) -> AsyncIterator[list[dict
 
     async def record(request: web.Request) -> web.Response:
         if request.path != "/healthz":
-            seen.append({name.lower(): value for name, value in request.headers.items()})
+            seen.append({":path": request.path_qs, **{name.lower(): value for name, value in request.headers.items()}})
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -163,3 +163,34 @@ async def test_envoy_continues_the_client_trace_and_exports_its_span(
     assert (envoy_span.trace_id, envoy_span.parent_span_id) == (CLIENT_TRACE_ID, CLIENT_SPAN_ID)
     assert envoy_span.kind == SpanKind.SPAN_KIND_SERVER
     assert "sk-provider-secret" not in repr(envoy_span.attributes), "Envoy does not record the Authorization header"
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("traced_envoy")
+async def test_envoy_keeps_url_secrets_out_of_its_span_and_its_own_hop_out_of_the_upstream_request(
+    gateway_ports: StackPorts, receiver: SpanReceiver, upstream_headers: list[dict[str, str]]
+) -> None:
+    secret = "AIza-never-in-a-span"
+    traceparent = f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{gateway_ports.gateway}/v1/chat/completions?key={secret}&alt=sse",
+            json={"model": "gpt-4o-mini"},
+            headers={"traceparent": traceparent, "x-client-custom": "kept"},
+        ) as response,
+    ):
+        assert response.status == 200
+
+    [headers] = upstream_headers
+    assert headers[":path"] == f"/v1/chat/completions?key={secret}&alt=sse", "the query still reaches the upstream"
+    assert headers["x-client-custom"] == "kept"
+    added = [name for name in (*envoy_config.GATEWAY_HEADERS_REMOVED, "x-forwarded-for") if name in headers]
+    assert added == [], f"Envoy sent its own {added} upstream"
+
+    spans = receiver.wait_for(
+        "Envoy span", lambda spans: any(span.service == "candela-gateway" for span in spans), timeout_s=15
+    )
+    [envoy_span] = [span for span in spans if span.service == "candela-gateway"]
+    assert secret not in repr((envoy_span.name, envoy_span.attributes, envoy_span.events))
+    assert envoy_span.attributes["http.url"] == f"http://127.0.0.1:{gateway_ports.gateway}/v1/chat/completions"

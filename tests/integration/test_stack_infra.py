@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 import socket
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from clickhouse_driver import Client
+from clickhouse_driver.errors import ServerException as ServerError
 
 from candela_stack import migrations, seaweed
 from candela_stack.ports import port_is_free
@@ -39,11 +44,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.stop()
 
 
-def direct_get(url: str) -> tuple[int, bytes]:
-    """GET without any proxy from the environment; HTTP errors are returned, not raised."""
+def direct_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    """GET without any proxy from the environment (with HTTP basic `auth`); HTTP errors are returned, not raised."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     try:
-        with opener.open(url, timeout=5) as response:
+        with opener.open(request, timeout=5) as response:
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as error:
         return int(error.code), bytes(error.read())
@@ -72,14 +80,29 @@ def test_postgres_migrations_are_applied_once(stack: Stack) -> None:
 
 
 def test_clickhouse_answers_and_is_migrated(stack: Stack) -> None:
-    client = Client(host=stack.clickhouse_host, port=stack.clickhouse_port, database=stack.clickhouse_database)
+    client = Client(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
     try:
         assert client.execute("SELECT 1") == [(1,)]
         applied = [row[0] for row in client.execute("SELECT name FROM schema_migrations ORDER BY name")]
     finally:
         client.disconnect()
     assert applied == [migration.name for migration in migrations.load(migrations.CLICKHOUSE)]
-    assert migrations.apply_clickhouse(stack.clickhouse_host, stack.clickhouse_port, stack.clickhouse_database) == []
+    assert (
+        migrations.apply_clickhouse(
+            stack.clickhouse_host,
+            stack.clickhouse_port,
+            stack.clickhouse_database,
+            user=stack.clickhouse_user,
+            password=stack.clickhouse_password,
+        )
+        == []
+    )
     status, body = direct_get(f"{stack.clickhouse_http_url}/ping")
     assert (status, body) == (200, b"Ok.\n")
 
@@ -145,6 +168,74 @@ def test_s3_rejects_a_wrong_secret(stack: Stack) -> None:
     s3 = s3_client(stack, "not-the-secret")
     with pytest.raises(ClientError):
         s3.list_objects_v2(Bucket=stack.s3_bucket)
+
+
+def test_clickhouse_refuses_a_client_without_the_password(stack: Stack) -> None:
+    """Being on the machine (or reaching a port through a confused proxy) is not enough to read the logs."""
+    for password in ("", "not-the-password"):
+        client = Client(host=stack.clickhouse_host, port=stack.clickhouse_port, password=password, connect_timeout=5)
+        try:
+            with pytest.raises(ServerError, match=r"(?i)password"):
+                client.execute("SELECT 1")
+        finally:
+            client.disconnect()
+    query = urllib.parse.urlencode({"query": f"SELECT count() FROM {stack.clickhouse_database}.requests"})
+    status, body = direct_get(f"{stack.clickhouse_http_url}/?{query}")
+    assert status == 401, (status, body)
+    assert b"Password required" in body
+    status, _ = direct_get(f"{stack.clickhouse_http_url}/?{query}", auth=(stack.clickhouse_user, "not-the-password"))
+    assert status == 401
+    status, body = direct_get(
+        f"{stack.clickhouse_http_url}/?{query}", auth=(stack.clickhouse_user, stack.clickhouse_password)
+    )
+    assert (status, body) == (200, b"0\n"), "the stack's own password is accepted"
+    config = (stack.data_dir / "clickhouse" / "config.xml").read_text()
+    assert stack.clickhouse_password not in config, "the server config holds only the password's hash"
+    for log_file in stack.log_dir.rglob("*"):
+        if log_file.is_file():
+            assert stack.clickhouse_password not in log_file.read_text(errors="replace"), log_file.name
+
+
+def test_the_s3_filer_and_volume_server_refuse_unauthenticated_reads(stack: Stack) -> None:
+    """Only the S3 gateway (which checks S3 credentials) may list or read the stored bodies."""
+    s3 = s3_client(stack, stack.s3_secret_key)
+    s3.put_object(Bucket=stack.s3_bucket, Key="bodies/org-a/packed", Body=b"another organization's prompt")
+    filer = f"http://{stack.clickhouse_host}:{stack.ports.seaweed_filer}"
+    for path in (f"/buckets/{stack.s3_bucket}/", f"/buckets/{stack.s3_bucket}/bodies/org-a/", "/"):
+        status, body = direct_get(f"{filer}{path}")
+        assert status == 401, (path, status, body[:200])
+        assert b"org-a" not in body
+    status, body = direct_get(f"{filer}/buckets/{stack.s3_bucket}/bodies/org-a/packed")
+    assert status == 401
+    assert b"prompt" not in body
+    volume = f"http://{stack.clickhouse_host}:{stack.ports.seaweed_volume}"
+    assert direct_get(f"{volume}/ui/index.html")[0] == 401
+    assert s3.get_object(Bucket=stack.s3_bucket, Key="bodies/org-a/packed")["Body"].read() == (
+        b"another organization's prompt"
+    ), "the S3 gateway itself still reads and writes"
+
+
+def test_s3_keeps_taking_writes_beyond_the_old_eight_volume_slots(tmp_path: Path) -> None:
+    """`make run` ran out of writable volumes (8 slots; each bucket grows 7 at a time) and every PUT then
+    failed. With slots sized by disk space, 12 buckets of 1 MiB volumes, filled past their size, still take
+    every write."""
+    config = StackConfig.for_tests(tmp_path, components=frozenset({Component.S3}), seaweed_volume_size_limit_mb=1)
+    with Stack(config) as stack:
+        s3 = s3_client(stack, stack.s3_secret_key)
+        body = secrets.token_bytes(700 * 1024)
+        began = time.monotonic()
+        for bucket_index in range(12):
+            bucket = f"volumes-{bucket_index}"
+            s3.create_bucket(Bucket=bucket)
+            for object_index in range(3):
+                s3.put_object(Bucket=bucket, Key=f"object-{object_index}", Body=body)
+        took = time.monotonic() - began
+        assert s3.get_object(Bucket="volumes-11", Key="object-2")["Body"].read() == body
+        status, topology = direct_get(f"http://{stack.clickhouse_host}:{stack.ports.seaweed_master}/dir/status")
+        assert status == 200
+        volumes = json.loads(topology)["Topology"]["Max"]
+    assert volumes > 8, f"only {volumes} volume slots"
+    assert took < 60, f"36 writes took {took:.1f} s"
 
 
 def test_redis_answers_ping(stack: Stack) -> None:

@@ -19,7 +19,14 @@ import openai
 import pytest
 from aiohttp import web
 
-from candela_stack.fake_provider import Scenario, count_message_tokens, create_app, default_reply, generate
+from candela_stack.fake_provider import (
+    Scenario,
+    count_message_tokens,
+    create_app,
+    default_reply,
+    generate,
+    redacted_credential,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -638,11 +645,12 @@ async def test_requests_are_recorded_and_clearable(
         ("POST", "/v1/messages"),
     ]
     chat, message = requests
-    assert chat["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    # The key is recorded as a fingerprint only: which key arrived shows, the key itself never does.
+    assert chat["headers"]["authorization"] == redacted_credential(f"Bearer {OPENAI_KEY}")
     assert chat["json"]["stream_options"] == {"include_usage": True}
     assert json.loads(base64.b64decode(chat["body_base64"])) == chat["json"]
     # anthropic 2.x sends the API key as a bearer token (1.x used x-api-key).
-    assert message["headers"]["authorization"] == f"Bearer {ANTHROPIC_KEY}"
+    assert message["headers"]["authorization"] == redacted_credential(f"Bearer {ANTHROPIC_KEY}")
     assert message["headers"]["anthropic-version"]
     assert message["headers"]["x-fake-status"] == "500"
     assert message["json"]["max_tokens"] == 16
@@ -650,6 +658,30 @@ async def test_requests_are_recorded_and_clearable(
     async with http.delete(f"{base_url}/_fake/requests") as response:
         assert response.status == 204
     assert await recorded(http, base_url) == []
+
+
+async def test_the_request_log_serves_no_credential(http: aiohttp.ClientSession, base_url: str) -> None:
+    """Whoever reads /_fake/requests (another caller, a request smuggled through a gateway) learns no key."""
+    credentials = {
+        "Authorization": "Bearer sk-caller-secret-1",
+        "x-api-key": "sk-ant-caller-secret-2",
+        "x-goog-api-key": "AIza-caller-secret-3",
+        "api-key": "azure-caller-secret-4",
+        "Candela-Auth": "Bearer cdl-caller-secret-5",
+    }
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
+    url = f"{base_url}/v1/chat/completions?key=query-secret-6&api-version=2024-10-21"
+    async with http.post(url, json=body, headers={**credentials, "x-test-marker": "kept"}) as response:
+        assert response.status == 200
+    async with http.get(f"{base_url}/_fake/requests") as response:
+        served = await response.text()
+    for secret in [*(value.split()[-1] for value in credentials.values()), "query-secret-6"]:
+        assert secret not in served, f"the request log serves {secret}"
+    (request,) = await recorded(http, base_url)
+    assert request["headers"]["authorization"] == redacted_credential("Bearer sk-caller-secret-1")
+    assert request["headers"]["x-api-key"] == redacted_credential("sk-ant-caller-secret-2")
+    assert request["headers"]["x-test-marker"] == "kept", "headers that are not credentials are kept as sent"
+    assert request["query"] == "key=REDACTED&api-version=2024-10-21"
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])

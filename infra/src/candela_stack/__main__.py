@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from candela_stack import migrations, postgres
+from candela_stack import clickhouse, migrations, postgres
 from candela_stack.ports import StackPorts
 from candela_stack.processes import StartupError, clean_leftovers
-from candela_stack.stack import INFRA, Bootstrap, Component, Stack, StackConfig
+from candela_stack.stack import INFRA, Bootstrap, Component, Stack, StackConfig, saved_clickhouse_password
 
 DUPLICATE_SIGNAL_WINDOW = 1.0
 """Seconds after a stop signal during which another one counts as the same (uv run re-sends it)."""
@@ -130,7 +130,13 @@ def banner(stack: Stack, bootstrap: Bootstrap | None) -> str:
             lines.append(f"              Anthropic: {stack.anthropic_base_url or 'the proxy default (the real API)'}")
     if bootstrap is not None:
         key = bootstrap.api_key
+        # With a real upstream the key is the user's own: the shell reads it from the environment, and so
+        # does the Python snippet (a "$OPENAI_API_KEY" inside a Python string would be sent as is).
         provider_key = "sk-local-fake" if stack.uses_fake_provider else "$OPENAI_API_KEY"
+        python_key = '"sk-local-fake"' if stack.uses_fake_provider else 'os.environ["OPENAI_API_KEY"]'
+        python_imports = ["    from openai import OpenAI"]
+        if not stack.uses_fake_provider:
+            python_imports.insert(0, "    import os")
         lines += [
             "",
             "  Try it with curl:",
@@ -140,8 +146,8 @@ def banner(stack: Stack, bootstrap: Bootstrap | None) -> str:
             """      -d '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}'""",
             "",
             "  Or with the OpenAI Python SDK:",
-            "    from openai import OpenAI",
-            f'    client = OpenAI(base_url="{stack.gateway_url}/v1", api_key="{provider_key}",',
+            *python_imports,
+            f'    client = OpenAI(base_url="{stack.gateway_url}/v1", api_key={python_key},',
             f'                    default_headers={{"Candela-Auth": "Bearer {key}"}})',
             '    reply = client.chat.completions.create(model="gpt-4o-mini",',
             '                                           messages=[{"role": "user", "content": "Say hello"}])',
@@ -153,14 +159,15 @@ def banner(stack: Stack, bootstrap: Bootstrap | None) -> str:
             """      -d '{"limit": 10}'""",
         ]
     lines += ["", "  Start-up    " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stack.timings.items())]
-    lines += ["  Ports       " + _ports_line(stack.ports)]
+    lines += ["  Ports       " + _ports_line(stack.bound_ports())]
     lines += [f"  Logs        {stack.log_dir}/<name>.log   (data in {stack.data_dir})", ""]
     lines += ["Press Ctrl-C to stop everything.", "=" * 100]
     return "\n".join(lines)
 
 
-def _ports_line(ports: StackPorts) -> str:
-    return ", ".join(f"{name} {port}" for name, port in ports.named().items())
+def _ports_line(ports: dict[str, int]) -> str:
+    """The ports the stack's processes listen on, lowest first (none of a component it does not run)."""
+    return ", ".join(f"{name} {port}" for name, port in sorted(ports.items(), key=lambda item: item[1]))
 
 
 def migrate() -> int:
@@ -177,7 +184,12 @@ def migrate() -> int:
     host = os.environ.get("CANDELA_CLICKHOUSE_HOST", "127.0.0.1")
     port = int(os.environ.get("CANDELA_CLICKHOUSE_PORT", str(ports.clickhouse_tcp)))
     database = os.environ.get("CANDELA_CLICKHOUSE_DATABASE", config.clickhouse_database)
-    applied = migrations.apply_clickhouse(host, port, database)
+    password = os.environ.get("CANDELA_CLICKHOUSE_PASSWORD") or saved_clickhouse_password(config.data_dir)
+    if password is None:
+        say(f"ClickHouse: no CANDELA_CLICKHOUSE_PASSWORD and none saved in {config.data_dir} (start the stack first)")
+        return 1
+    user = os.environ.get("CANDELA_CLICKHOUSE_USER", clickhouse.USER)
+    applied = migrations.apply_clickhouse(host, port, database, user=user, password=password)
     say(f"ClickHouse {host}:{port}/{database}: applied {len(applied)} migration(s) {applied}")
     return 0
 

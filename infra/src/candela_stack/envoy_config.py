@@ -13,10 +13,13 @@ One listener (HTTP/1.1 and h2c) in front of the whole mesh:
   proxy over HTTP/1.1 with no route timeout and a long idle timeout; responses stream, never buffered.
 - Every upstream is health checked (grpc.health.v1, the proxy's /healthz) and circuit broken; request
   bodies above each service's own limit get a 413; Envoy's own replies are JSON in the SDK's error
-  shape; the access log is JSON lines without any credential-carrying header.
+  shape; the access log is JSON lines without any credential-carrying header or query string.
 - Given an OTLP collector port, Envoy traces every request with its OpenTelemetry tracer (OTLP/gRPC to
   that collector): its span continues the client's `traceparent` (if any) and its own context is what
-  the upstream (e.g. the proxy) receives, so the gateway hop is part of the request's one trace.
+  the upstream (e.g. the proxy) receives, so the gateway hop is part of the request's one trace. Its
+  `http.url` leaves out the query string.
+- Envoy's own hop does not reach a provider: no X-Forwarded-For entry is appended, and the headers it sets
+  on every request are removed before the upstream (GATEWAY_HEADERS_REMOVED; the proxy drops the rest).
 """
 
 from __future__ import annotations
@@ -203,14 +206,26 @@ def build_config(
         "@type": _TYPE_URL + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
-        # Envoy is the edge: it sets X-Forwarded-For from the peer and trusts no incoming value.
+        # Envoy is the edge: it takes the client's address from the peer and trusts no incoming x-envoy-*
+        # header (it strips a client's own). What it adds about its own hop must not reach a provider: it
+        # appends no X-Forwarded-For entry, removes what it sets anyway on the way upstream (see
+        # GATEWAY_HEADERS_REMOVED), and the proxy drops the rest (its X-Request-ID, which the access log
+        # and trace sampling use, so Envoy keeps generating it).
         "use_remote_address": True,
+        "skip_xff_append": True,
         # Responses carry the upstream's own `server` header rather than "envoy".
         "server_header_transformation": "PASS_THROUGH",
         "common_http_protocol_options": {"idle_timeout": "3600s"},
         "route_config": {
             "name": "gateway",
-            "virtual_hosts": [{"name": "candela", "domains": ["*"], "routes": routes}],
+            "virtual_hosts": [
+                {
+                    "name": "candela",
+                    "domains": ["*"],
+                    "routes": routes,
+                    "request_headers_to_remove": list(GATEWAY_HEADERS_REMOVED),
+                }
+            ],
         },
         "http_filters": [
             {
@@ -284,6 +299,10 @@ def build_config(
     return bootstrap
 
 
+TRACED_URL = "%REQ(:SCHEME)%://%REQ(:AUTHORITY)%%PATH(NQ:ORIG_OR_PATH)%"
+"""The `http.url` of Envoy's span: as the client addressed it, without the query string."""
+
+
 def add_tracing(bootstrap: dict[str, Any], otlp_port: int, *, flush_interval_ms: int = 1000) -> None:
     """Traces every request through each HTTP connection manager, exporting to a collector on `otlp_port`.
 
@@ -301,6 +320,9 @@ def add_tracing(bootstrap: dict[str, Any], otlp_port: int, *, flush_interval_ms:
                 "service_name": "candela-gateway",
             },
         },
+        # Envoy's own `http.url` tag is the whole URL, query string included (a `?key=` would be exported);
+        # this tag of the same name, set after it, replaces it with the URL without its query.
+        "custom_tags": [{"tag": "http.url", "value": TRACED_URL}],
     }
     for listener in bootstrap["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
@@ -559,12 +581,16 @@ def _anthropic_error(error_type: str) -> dict[str, Any]:
     return {"json_format": {"type": "error", "error": {"type": error_type, "message": "%LOCAL_REPLY_BODY%"}}}
 
 
+GATEWAY_HEADERS_REMOVED = ("x-envoy-external-address", "x-forwarded-proto", "x-envoy-expected-rq-timeout-ms")
+"""Headers Envoy sets on every request about its own hop, removed before the request leaves for a service
+(the provider would otherwise receive them through the proxy)."""
+
 ACCESS_LOG_FIELDS = {
     "time": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
-    # The path without its query string (a query could carry a credential); the one the client sent,
-    # not the transcoder's gRPC rewrite.
-    "path": "%PATH(WQ:ORIG_OR_PATH)%",
+    # The path without its query string (`NQ`: a query can carry a credential, e.g. Gemini's `?key=`); the
+    # one the client sent, not the transcoder's gRPC rewrite.
+    "path": "%PATH(NQ:ORIG_OR_PATH)%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "grpc_status": "%GRPC_STATUS%",

@@ -17,6 +17,9 @@ Endpoints (everything under ``/v1`` is "provider" traffic, recorded and subject 
   request received: method, path, query, headers with lower-cased names, body as UTF-8 text and base64,
   parsed JSON or null, received_at); ``DELETE /_fake/requests`` clears it. The list keeps the most
   recent ``max_recorded`` requests (default 10000) so a long demo does not grow without bound.
+  Credentials are never kept, so nobody who can reach this endpoint reads another caller's key: the value
+  of each header in ``CREDENTIAL_HEADERS`` is replaced by ``redacted_credential(value)`` (a short hash,
+  enough for a test to check which key arrived) and secret query parameters (``?key=``) are redacted.
 
 Reply text (deterministic):
 
@@ -115,6 +118,8 @@ from typing import Any, Final, Literal
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from candela_runtime.redaction import redact_query
+
 logger = logging.getLogger(__name__)
 
 REPLY_WORDS: Final = 12
@@ -141,6 +146,27 @@ REPLY_PRIMING_TOKENS: Final = 3
 """Prompt tokens added once per message-based request (the primed assistant turn)."""
 DEFAULT_EMBEDDING_DIMENSIONS: Final = 1536
 LARGE_EMBEDDING_DIMENSIONS: Final = 3072
+CREDENTIAL_HEADERS: Final = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "candela-auth",
+        "helicone-auth",
+        "cookie",
+        "x-amz-security-token",
+    }
+)
+"""Headers whose values are credentials: recorded only as ``redacted_credential(value)``."""
+
+
+def redacted_credential(value: str) -> str:
+    """What the request log keeps of a credential header's value: a fingerprint, never the secret."""
+    return "REDACTED sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
 DEFAULT_MAX_RECORDED: Final = 10_000
 SYSTEM_FINGERPRINT: Final = "fp_c4nd3la0f4k"
 ANTHROPIC_PROVISIONAL_OUTPUT_TOKENS: Final = 1
@@ -303,8 +329,11 @@ class FakeProviderState:
             RecordedRequest(
                 method=request.method,
                 path=request.path,
-                query_string=request.query_string,
-                headers=tuple(request.headers.items()),
+                query_string=redact_query(request.query_string),
+                headers=tuple(
+                    (name, redacted_credential(value) if name.lower() in CREDENTIAL_HEADERS else value)
+                    for name, value in request.headers.items()
+                ),
                 body=body,
                 received_at=time.time(),
             )

@@ -139,20 +139,21 @@ def render_clickhouse(migration: Migration, gates: dict[str, str]) -> list[str]:
     return [statement.strip() for statement in _STATEMENT_END.split(text) if statement.strip()]
 
 
-def apply_clickhouse(host: str, port: int, database: str) -> list[str]:
+def apply_clickhouse(host: str, port: int, database: str, *, user: str = "default", password: str = "") -> list[str]:
     """Creates `database` if needed and applies its pending ClickHouse migrations; returns the names applied.
 
     Blocking (clickhouse-driver): call it from a thread when inside an event loop.
     """
     if not _DATABASE_NAME.match(database):
         raise ValueError(f"invalid ClickHouse database name {database!r}")
-    bootstrap = Client(host=host, port=port, connect_timeout=5, send_receive_timeout=60)
+    credentials = {"user": user, "password": password}
+    bootstrap = Client(host=host, port=port, **credentials, connect_timeout=5, send_receive_timeout=60)
     try:
         server_version = str(bootstrap.execute("SELECT version()")[0][0])
         bootstrap.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     finally:
         bootstrap.disconnect()
-    client = Client(host=host, port=port, database=database, connect_timeout=5, send_receive_timeout=300)
+    client = Client(host=host, port=port, database=database, **credentials, connect_timeout=5, send_receive_timeout=300)
     try:
         return _apply_clickhouse(client, database, server_version)
     finally:

@@ -48,6 +48,7 @@ from candela.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from candela_stack import binaries, clickhouse, envoy_config, kafka, migrations, postgres, seaweed
 from candela_stack.kafka import KafkaEngine
 from candela_stack.ports import (
+    DEV_PORT_BASE,
     LOOPBACK,
     MAX_WRITERS,
     StackPorts,
@@ -78,6 +79,10 @@ SERVICE_TOKEN_METADATA = "candela-service-token"
 DEFAULT_S3_ACCESS_KEY = "candela"
 DEFAULT_S3_SECRET_KEY = "candela-local-secret"
 OWN_POSTGRES_OFFSET = 80
+DEV_DATABASE = "candela"
+"""The dev stack's Postgres database on the default port base (see dev_database)."""
+CLICKHOUSE_PASSWORD_FILE = Path("clickhouse") / "password"
+"""Where (under the data dir) a started stack leaves its ClickHouse password for `make migrate` (mode 0600)."""
 WRITERS_ENV = "CANDELA_STACK_WRITERS"
 DEFAULT_WRITERS = 2
 """Writer processes unless CANDELA_STACK_WRITERS says otherwise (see StackConfig.writers): 2 measured ~10 %
@@ -194,10 +199,15 @@ class StackConfig:
     """S3 access key (SeaweedFS identity, also handed to the services and the broker)."""
     s3_secret_key: str = DEFAULT_S3_SECRET_KEY
     """S3 secret key."""
+    clickhouse_password: str | None = None
+    """Password of the stack's ClickHouse user (CANDELA_CLICKHOUSE_PASSWORD); None makes a random one per
+    stack, like the service token."""
     service_token: str | None = None
     """Shared secret of internal calls; None makes a random one per stack."""
     log_level: str = "INFO"
     """CANDELA_LOG_LEVEL handed to the services."""
+    seaweed_volume_size_limit_mb: int = seaweed.DEFAULT_VOLUME_SIZE_LIMIT_MB
+    """Size at which SeaweedFS stops writing to a volume and starts another (see seaweed.server_argv)."""
     seaweed_stop_grace: float = 5.0
     """Seconds SeaweedFS gets after SIGTERM before SIGKILL (a clean exit takes ~16 s, see README)."""
     ready_timeout: float = 60.0
@@ -217,17 +227,19 @@ class StackConfig:
     def dev(cls, **overrides: Any) -> StackConfig:
         """The `make run` stack, from CANDELA_* variables with local defaults."""
         environ = os.environ
+        port_base = dev_port_base()
         config = cls(
-            port_base=dev_port_base(),
-            data_dir=Path(environ.get("CANDELA_STACK_DIR") or DEV_DATA_DIR).resolve(),
+            port_base=port_base,
+            data_dir=Path(environ.get("CANDELA_STACK_DIR") or dev_data_dir(port_base)).resolve(),
             kafka_engine=_engine(environ.get("CANDELA_KAFKA_ENGINE", "s3")),
-            database=environ.get("CANDELA_POSTGRES_DATABASE", "candela"),
+            database=environ.get("CANDELA_POSTGRES_DATABASE") or dev_database(port_base),
             postgres_admin_dsn=environ.get(postgres.ADMIN_DSN_ENV, postgres.DEFAULT_ADMIN_DSN),
             kafka_partitions=_int_env("CANDELA_KAFKA_PARTITIONS", 4),
             writers=_int_env(WRITERS_ENV, DEFAULT_WRITERS),
             s3_access_key=environ.get("CANDELA_S3_ACCESS_KEY", DEFAULT_S3_ACCESS_KEY),
             s3_secret_key=environ.get("CANDELA_S3_SECRET_KEY", DEFAULT_S3_SECRET_KEY),
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
+            clickhouse_password=environ.get("CANDELA_CLICKHOUSE_PASSWORD") or None,
             log_level=environ.get("CANDELA_LOG_LEVEL", "INFO"),
             seaweed_stop_grace=float(environ.get("CANDELA_SEAWEED_STOP_GRACE", "5")),
             otlp_endpoint=environ.get("CANDELA_OTLP_ENDPOINT") or None,
@@ -252,6 +264,26 @@ class StackConfig:
             seaweed_stop_grace=1.0,
         )
         return replace(config, **overrides)
+
+
+def dev_data_dir(port_base: int) -> Path:
+    """The dev stack's data dir: DEV_DATA_DIR on the default port base, `.candela-<base>` beside it on another
+    (two stacks sharing one data dir would share a pids file, and each start stops the other's processes)."""
+    return DEV_DATA_DIR if port_base == DEV_PORT_BASE else DEV_DATA_DIR.with_name(f"{DEV_DATA_DIR.name}-{port_base}")
+
+
+def dev_database(port_base: int) -> str:
+    """The dev stack's Postgres database: `candela` on the default port base, `candela_<base>` on another, so
+    a second stack beside the first (CANDELA_STACK_PORT_BASE) never shares the first one's database."""
+    return DEV_DATABASE if port_base == DEV_PORT_BASE else f"{DEV_DATABASE}_{port_base}"
+
+
+def saved_clickhouse_password(data_dir: Path) -> str | None:
+    """The ClickHouse password a stack started on `data_dir` left for other tools, if any."""
+    try:
+        return (data_dir / CLICKHOUSE_PASSWORD_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def loopback_port(endpoint: str) -> int:
@@ -286,6 +318,8 @@ class Stack:
             raise ValueError(f"writers must be in [1, {MAX_WRITERS}], got {config.writers}")
         self.components = resolve_components(config.components, config.kafka_engine)
         self.service_token = config.service_token or secrets.token_urlsafe(32)
+        self.clickhouse_password = config.clickhouse_password or secrets.token_urlsafe(24)
+        """The ClickHouse user's password (never logged; kept in the data dir, mode 0600, for `make migrate`)."""
         self.data_dir = config.data_dir
         self.log_dir = config.data_dir / "logs"
         self.timings: dict[str, float] = {}
@@ -387,6 +421,11 @@ class Stack:
     def clickhouse_port(self) -> int:
         """ClickHouse native TCP port."""
         return self.ports.clickhouse_tcp
+
+    @property
+    def clickhouse_user(self) -> str:
+        """The ClickHouse user every client signs in as (its password: clickhouse_password)."""
+        return clickhouse.USER
 
     @property
     def clickhouse_http_url(self) -> str:
@@ -757,6 +796,15 @@ class Stack:
                 f"{self.ports.base}; stop it or set CANDELA_STACK_PORT_BASE to another base."
             )
 
+    def bound_ports(self) -> dict[str, int]:
+        """Every port this stack's processes listen on, by name (only the components it runs)."""
+        metrics = {
+            f"{component.value}_metrics": port
+            for component, port in self.metrics_ports().items()
+            if component in self.components and component is not Component.WRITER  # listed per writer
+        }
+        return self._wanted_ports() | metrics
+
     def _wanted_ports(self) -> dict[str, int]:
         p = self.ports
         by_component: dict[Component, dict[str, int]] = {
@@ -835,8 +883,17 @@ class Stack:
         binary = self._binaries["clickhouse"] or self._clickhouse_binary()
         root = self.data_dir / "clickhouse"
         config_path = clickhouse.write_config(
-            root, root / "data", self.log_dir, self.ports.clickhouse_tcp, self.ports.clickhouse_http
+            root,
+            root / "data",
+            self.log_dir,
+            self.ports.clickhouse_tcp,
+            self.ports.clickhouse_http,
+            password=self.clickhouse_password,
         )
+        password_file = self.data_dir / CLICKHOUSE_PASSWORD_FILE
+        password_file.touch(mode=0o600)
+        password_file.chmod(0o600)
+        password_file.write_text(self.clickhouse_password)
         return self._supervisor.start(
             "clickhouse",
             clickhouse.server_argv(binary, config_path),
@@ -845,12 +902,25 @@ class Stack:
         )
 
     def _migrate_clickhouse(self) -> None:
-        migrations.apply_clickhouse(self.clickhouse_host, self.clickhouse_port, self.clickhouse_database)
+        migrations.apply_clickhouse(
+            self.clickhouse_host,
+            self.clickhouse_port,
+            self.clickhouse_database,
+            user=self.clickhouse_user,
+            password=self.clickhouse_password,
+        )
 
     def _launch_seaweed(self) -> ManagedProcess:
         root = self.data_dir / "seaweedfs"
         identities = seaweed.write_s3_identities(root / "s3.json", self.config.s3_access_key, self.config.s3_secret_key)
-        argv = seaweed.server_argv(binaries.venv_binary("weed"), root / "data", identities, self.ports)
+        seaweed.write_security(root / "security.toml")  # `weed` reads it from its working dir, `root`
+        argv = seaweed.server_argv(
+            binaries.venv_binary("weed"),
+            root / "data",
+            identities,
+            self.ports,
+            volume_size_limit_mb=self.config.seaweed_volume_size_limit_mb,
+        )
         return self._supervisor.start("seaweedfs", argv, cwd=root, stop_grace=self.config.seaweed_stop_grace)
 
     def _await_seaweed(self, process: ManagedProcess) -> None:
@@ -930,6 +1000,8 @@ class Stack:
             "CANDELA_CLICKHOUSE_HOST": self.clickhouse_host,
             "CANDELA_CLICKHOUSE_PORT": str(self.clickhouse_port),
             "CANDELA_CLICKHOUSE_DATABASE": self.clickhouse_database,
+            "CANDELA_CLICKHOUSE_USER": self.clickhouse_user,
+            "CANDELA_CLICKHOUSE_PASSWORD": self.clickhouse_password,
         }
         if component is Component.AUTH:
             return {"CANDELA_GRPC_PORT": str(p.auth_grpc), "CANDELA_POSTGRES_DSN": self.postgres_dsn}

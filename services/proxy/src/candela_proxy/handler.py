@@ -43,6 +43,7 @@ from candela_proxy.shipping import LogShipper
 from candela_proxy.targets import TargetRefused, TargetSession, provider_name
 from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
+from candela_runtime.redaction import redact_url, redact_urls_in
 from candela_runtime.security import KeyAuthenticator
 
 logger = logging.getLogger(__name__)
@@ -115,13 +116,40 @@ class Exchange:
     attempts: list[log_record_pb2.UpstreamAttempt] = field(default_factory=list)
 
 
-def _upstream_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
-    """The client's headers minus hop-by-hop and Candela's own (the provider key passes through)."""
-    return {
-        name: value
-        for name, value in headers.items()
-        if name.lower() not in _HOP_BY_HOP and not name.lower().startswith(("candela-", "helicone-"))
+# What a gateway in front of the proxy (Envoy, a load balancer) adds about its own hop: the provider needs
+# none of it, and it would tell the provider about Candela's network (addresses, Envoy's request ids).
+# X-Request-ID goes too: Envoy sets one on every request (a client's own cannot be told from it), and
+# providers do not read it (OpenAI's client-side id is X-Client-Request-Id, which passes through).
+_GATEWAY_HEADERS = frozenset(
+    {
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-client-cert",
+        "x-real-ip",
+        "forwarded",
+        "via",
     }
+)
+
+
+def _upstream_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The client's headers minus hop-by-hop, Candela's own and a gateway's (the provider key passes through).
+
+    Envoy's `x-envoy-*` headers are dropped whoever set them: Envoy strips a client's own at the edge, so any
+    that arrive are the gateway's.
+    """
+    forwarded: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in _HOP_BY_HOP or lowered in _GATEWAY_HEADERS:
+            continue
+        if lowered.startswith(("candela-", "helicone-", "x-envoy-")):
+            continue
+        forwarded[name] = value
+    return forwarded
 
 
 def _retryable(status: int) -> bool:
@@ -477,14 +505,16 @@ class ProxyHandler:
                 )
                 raise ProxyError(403, str(err), "target_not_allowed") from None
             except (aiohttp.ClientError, TimeoutError) as err:
-                upstream, error = None, f"upstream request failed: {type(err).__name__}: {err}"
+                # aiohttp's messages can quote the URL, query string (`?key=`) and userinfo included.
+                error = redact_urls_in(f"upstream request failed: {type(err).__name__}: {err}")
+                upstream = None
                 exchange.error = error
                 logger.warning("request %s: %s", exchange.request_id, error)
             status = upstream.status if upstream is not None else 0
             metrics.count_attempt(status)
             exchange.attempts.append(
                 log_record_pb2.UpstreamAttempt(
-                    target_url=target,
+                    target_url=redact_url(target),
                     status_code=status,
                     error=error,
                     latency_ms=round((time.perf_counter() - started) * 1000),
@@ -579,7 +609,8 @@ class ProxyHandler:
         finished = time.perf_counter()
         options = exchange.options
         facts = exchange.facts
-        target = exchange.target_url
+        # The record, and the span made from it, never carry a URL's credentials (userinfo, `?key=`).
+        target = redact_url(exchange.target_url)
         provider = provider_name(target) if target else exchange.route.provider.value
         model = exchange.model or facts.response_model
         record = log_record_pb2.LogRecord(
@@ -591,7 +622,7 @@ class ProxyHandler:
             response_model=facts.response_model,
             path=exchange.route.provider_path,
             status_code=exchange.status,
-            error=exchange.error,
+            error=redact_urls_in(exchange.error),
             streamed=exchange.streamed,
             latency_ms=round((finished - exchange.started) * 1000),
             usage=facts.to_proto(),

@@ -42,7 +42,12 @@ class QueryDeps:
 async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
     """Connects to ClickHouse, S3 and auth, checking the stores answer; closes them on exit."""
     clickhouse = ClickHouseReader(
-        config.clickhouse_host, config.clickhouse_port, config.clickhouse_database, config.clickhouse_connections
+        config.clickhouse_host,
+        config.clickhouse_port,
+        config.clickhouse_database,
+        config.clickhouse_connections,
+        user=config.clickhouse_user,
+        password=config.clickhouse_password,
     )
     bodies = BodyReader(
         config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region

@@ -12,11 +12,21 @@ from clickhouse_driver import Client
 class ClickHouseReader:
     """Runs parameterised queries on a pool of native-protocol connections in threads."""
 
-    def __init__(self, host: str, port: int, database: str, connections: int) -> None:
+    def __init__(
+        self, host: str, port: int, database: str, connections: int, *, user: str = "default", password: str = ""
+    ) -> None:
         self._clients: queue.Queue[Client] = queue.Queue()
         for _ in range(connections):
             self._clients.put(
-                Client(host=host, port=port, database=database, connect_timeout=5, send_receive_timeout=30)
+                Client(
+                    host=host,
+                    port=port,
+                    database=database,
+                    user=user,
+                    password=password,
+                    connect_timeout=5,
+                    send_receive_timeout=30,
+                )
             )
 
     def _run(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -16,6 +16,8 @@ class QueryConfig(ServiceConfig):
     clickhouse_port: int = env_field("ClickHouse native TCP port.", 9000)
     clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
     clickhouse_connections: int = env_field("ClickHouse connections (each query holds one).", 4)
+    clickhouse_user: str = env_field("ClickHouse user.", "default")
+    clickhouse_password: str = env_field("ClickHouse password.", "")
     s3_endpoint: str = env_field("S3 endpoint URL holding the request bodies.")
     s3_access_key: str = env_field("S3 access key id.")
     s3_secret_key: str = env_field("S3 secret access key.")
