@@ -98,7 +98,8 @@ class Load:
     def _call(client: openai.OpenAI) -> tuple[str, tuple[int, int]]:
         raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
         completion = raw.parse()
-        assert raw.http_response.status_code == 200 and completion.usage is not None
+        assert raw.http_response.status_code == 200
+        assert completion.usage is not None
         return raw.headers["candela-id"], (completion.usage.prompt_tokens, completion.usage.completion_tokens)
 
     @staticmethod
@@ -109,7 +110,8 @@ class Load:
         usage = None
         for chunk in raw.parse():
             usage = chunk.usage or usage
-        assert raw.http_response.status_code == 200 and usage is not None
+        assert raw.http_response.status_code == 200
+        assert usage is not None
         return raw.headers["candela-id"], (usage.prompt_tokens, usage.completion_tokens)
 
     def count(self) -> int:

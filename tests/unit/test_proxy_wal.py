@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from candela.logs.v1 import log_record_pb2
+from candela_proxy import wal as wal_module
 from candela_proxy.shipping import LogShipper
 from candela_proxy.wal import GroupCommit, WriteAheadLog
 
@@ -71,7 +73,11 @@ async def test_concurrent_records_share_group_commits(tmp_path: Path) -> None:
     assert WriteAheadLog.read(tmp_path / f"{segment:016d}.wal") == [f"record-{i}".encode() for i in range(200)]
     commits.settle(segment, 200)
     commits.close()
-    assert list(tmp_path.iterdir()) == []
+    assert _files(tmp_path) == []
+
+
+def _files(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
 
 
 async def test_a_failing_disk_releases_requests_and_is_reported(tmp_path: Path) -> None:
@@ -88,6 +94,32 @@ async def test_a_failing_disk_releases_requests_and_is_reported(tmp_path: Path) 
     await commits.stop()
     assert handed == [(0, ["kept in memory"])]
     assert "No space left on device" in commits.failure
+
+
+async def test_a_stalled_disk_does_not_hang_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wal_module, "STALL_S", 0.1)
+    wal = WriteAheadLog(tmp_path)
+    disk = threading.Event()
+    original = wal.write
+
+    def stalled(payloads: Any) -> int:
+        disk.wait(10)
+        return original(payloads)
+
+    wal.write = stalled  # type: ignore[method-assign]
+    handed: list[tuple[int, list[str]]] = []
+    commits: GroupCommit[str] = GroupCommit(wal, str.encode, lambda seq, items: handed.append((seq, items)))
+    commits.start()
+    await asyncio.wait_for(asyncio.shield(commits.add("first")), 5)
+    assert "stalled" in commits.failure
+    assert commits.add("while stalled").done(), "new logs bypass the stalled disk"
+    assert handed == [(0, ["first"]), (0, ["while stalled"])]
+    disk.set()
+    await _until(lambda: not commits.failure, "the disk to answer")
+    await asyncio.wait_for(asyncio.shield(commits.add("after")), 5)
+    await commits.stop()
+    commits.close()
+    assert handed[-1][0] != 0, "the disk is used again once it answers"
 
 
 class Ingest(ingest_service_pb2_grpc.IngestServiceServicer):
@@ -178,8 +210,8 @@ async def test_logs_of_a_killed_shipper_are_resent_by_the_next(
         await _until(lambda: _wal_bytes(tmp_path) == 0, "the acknowledged log to leave the WAL")
     finally:
         await successor.stop(5.0)
-    assert list((tmp_path / "wal").iterdir()) == []
-    assert not any((tmp_path / "spool").glob("*.seg"))
+    assert _files(tmp_path / "wal") == []
+    assert not [path for path in _files(tmp_path / "spool") if path.suffix == ".seg"]
 
 
 async def test_a_full_spool_drops_by_default_and_says_so(

@@ -233,7 +233,7 @@ class ProxyHandler:
             raise
         finally:
             # No answer went out whole (an error, a client gone): the log is kept without waiting for it.
-            record = exchange.record or self._finish(exchange)
+            record = exchange.record if exchange.record is not None else self._finish(exchange)
             if span is not None and span.is_recording():
                 _annotate_span(span, record)
 

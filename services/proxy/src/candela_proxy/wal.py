@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 _FRAME = struct.Struct(">II")  # length, CRC-32 of the bytes
 _SUFFIX = ".wal"
+# A group commit slower than this releases its requests (their logs travel in memory only) and, until the
+# disk answers, new logs bypass the write-ahead log: a stalled disk must not hang every answer.
+STALL_S = 2.0
 
 Item = TypeVar("Item")
 
@@ -178,12 +181,18 @@ class GroupCommit(Generic[Item]):
         self._unsettled: dict[int, int] = {}
         self._housekeeping = False
         self._closing = False
+        self._stalled = False
         self._task: asyncio.Task[None] | None = None
         self.failure = ""
         """Why the last group could not be written ("" when it was)."""
 
     def add(self, item: Item) -> asyncio.Future[None]:
         """Queues ``item`` for the next group; the future is done once it is durable (or known not to be)."""
+        if self._stalled:
+            self._durable(0, [item])
+            bypassed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            bypassed.set_result(None)
+            return bypassed
         self._items.append(item)
         if self._group is None:
             self._group = asyncio.get_running_loop().create_future()
@@ -235,8 +244,12 @@ class GroupCommit(Generic[Item]):
         items, group = self._items, self._group
         self._items, self._group = [], None
         started = time.perf_counter()
+        write = asyncio.ensure_future(asyncio.to_thread(self._write, items))
+        if not (await asyncio.wait({write}, timeout=STALL_S))[0]:
+            await self._outlast_stall(write, items, group)
+            return
         try:
-            segment = await asyncio.to_thread(self._write, items)
+            segment = write.result()
         except Exception as err:
             # Not only OSError: whatever stops a group from being written must still release its
             # requests and hand the records on, or those requests would hang.
@@ -256,6 +269,33 @@ class GroupCommit(Generic[Item]):
         if group is not None and not group.done():
             group.set_result(None)
 
+    async def _outlast_stall(
+        self, write: asyncio.Future[int], items: list[Item], group: asyncio.Future[None] | None
+    ) -> None:
+        """Releases a stalled group's requests, lets new logs bypass the WAL, and waits for the disk."""
+        self._stalled = True
+        self.failure = f"fsync stalled for over {STALL_S:g}s"
+        logger.error("write-ahead log %s: logs are kept in memory only until the disk answers", self.failure)
+        metrics.WAL_ERRORS.inc()
+        # What was collected meanwhile goes too: those requests have waited as long.
+        items, self._items = items + self._items, []
+        if self._group is not None and not self._group.done():
+            self._group.set_result(None)
+        self._group = None
+        self._durable(0, items)
+        if group is not None and not group.done():
+            group.set_result(None)
+        try:
+            await write
+        except Exception:
+            logger.exception("write-ahead log write failed after stalling")
+        else:
+            # Its records were written but never counted: they are in memory, and their segment may go.
+            self.failure = ""
+            logger.warning("write-ahead log writes again after a stall")
+        finally:
+            self._stalled = False
+
     def _write(self, items: list[Item]) -> int:
         return self._wal.write([self._serialize(item) for item in items])
 
@@ -267,6 +307,11 @@ class GroupCommit(Generic[Item]):
         truncate = bool(active) and self._unsettled.get(active, 0) == 0 and self._wal.active_bytes > 0
         if not deletable and not truncate:
             return
-        await asyncio.to_thread(self._wal.collect, deletable, truncate)
+        try:
+            await asyncio.to_thread(self._wal.collect, deletable, truncate)
+        except OSError:
+            # Left for the next collection; at worst a later start resends records already acknowledged.
+            logger.exception("write-ahead log: could not delete settled segments")
+            return
         for seq in deletable:
             self._unsettled.pop(seq, None)
