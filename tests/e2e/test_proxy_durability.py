@@ -208,7 +208,8 @@ def test_a_proxy_killed_under_load_loses_no_log_it_answered_for(
         assert counters() == expected
 
 
-def _ingest_down_proxy(stack: Stack, tmp_path: Path, ingest_port: int, **overrides: str) -> tuple[Service, str]:
+def _ingest_down_proxy(stack: Stack, tmp_path: Path, ingest_port: int, refuse: bool) -> tuple[Service, str]:
+    """A proxy whose ingest is not there (yet) and whose spool holds about a dozen logs."""
     return start_proxy(
         stack,
         tmp_path,
@@ -216,7 +217,7 @@ def _ingest_down_proxy(stack: Stack, tmp_path: Path, ingest_port: int, **overrid
         CANDELA_INGEST_TIMEOUT_S="0.5",
         CANDELA_LOG_FLUSH_INTERVAL_S="0.02",
         CANDELA_SPOOL_MAX_BYTES="16000",
-        **overrides,
+        CANDELA_REFUSE_WHEN_LOG_FULL=str(refuse).lower(),
     )
 
 
@@ -228,7 +229,7 @@ def test_a_full_spool_is_reported_and_by_default_requests_go_on(
     stack: Stack, organization: Organization, tmp_path: Path
 ) -> None:
     with services() as started:
-        proxy, url = _ingest_down_proxy(stack, tmp_path, free_port())
+        proxy, url = _ingest_down_proxy(stack, tmp_path, free_port(), refuse=False)
         started.append(proxy)
         headers = {"Candela-Auth": f"Bearer {organization.key}", "Authorization": "Bearer sk-x"}
         body = {"model": "gpt-4o-mini", "messages": MESSAGES}
@@ -256,7 +257,7 @@ def test_a_full_spool_refuses_new_requests_when_asked_and_loses_none_it_answered
 ) -> None:
     ingest_port = free_port()
     with services() as started:
-        proxy, url = _ingest_down_proxy(stack, tmp_path, ingest_port, CANDELA_REFUSE_WHEN_LOG_FULL="true")
+        proxy, url = _ingest_down_proxy(stack, tmp_path, ingest_port, refuse=True)
         started.append(proxy)
         client = openai.OpenAI(
             base_url=f"{url}/v1",
