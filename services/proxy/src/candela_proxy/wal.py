@@ -93,16 +93,6 @@ class WriteAheadLog:
         self._seal()
         self.collect([seq for seq in sorted(self.sealed) if settled(seq)], truncate_active=False)
 
-    def size_bytes(self) -> int:
-        """Bytes on disk in every segment of this process and the leftovers."""
-        total = 0
-        for path in self.directory.glob(f"*{_SUFFIX}"):
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:
-                continue
-        return total
-
     @staticmethod
     def read(segment: Path) -> list[bytes]:
         """The records of a segment, in order, up to the first torn or damaged one (logged)."""
