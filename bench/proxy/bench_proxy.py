@@ -10,7 +10,13 @@ test is pinned to CPU 0 and wrk and nginx to CPU 1, so "one proxy process on the
 measured. Each (target, connections) cell runs ``--runs`` times; the report gives the median and the
 spread (min-max). Added latency is the proxy's percentile minus the direct percentile of the same run.
 
-    uv run python bench/proxy/bench_proxy.py [--runs 3] [--duration 8] [--skip-install]
+The cost of the write-ahead log (every finished log fsync'd, group-committed, before the client sees the
+end of its answer) is measured in the same run: "candela" runs with it (the default), "candela-no-wal"
+is a second proxy with ``CANDELA_WAL=false``, measured right after it in every run, so each run gives
+one on/off pair; the report gives the ratio of each pair and how many fsyncs the WAL did per request.
+``--wal-only`` measures just those two and the direct upstream (a shorter run, still paired).
+
+    uv run python bench/proxy/bench_proxy.py [--runs 3] [--duration 8] [--skip-install] [--wal-only]
 """
 
 from __future__ import annotations
@@ -200,7 +206,13 @@ http {{
 
 
 def start_candela(
-    servers: Servers, stack: Stack, upstream: str, workdir: Path, port: int | None = None
+    servers: Servers,
+    stack: Stack,
+    upstream: str,
+    workdir: Path,
+    port: int | None = None,
+    name: str = "candela",
+    **overrides: str,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """One Candela proxy on CPU 0, on `port` (a free one when None), logging to the stack's ingest."""
     port = port or free_port()
@@ -210,11 +222,12 @@ def start_candela(
         "CANDELA_OPENAI_BASE_URL": f"{upstream}/v1",
         # The streaming runs name nginx with Candela-Target-Url: a local target the operator allows.
         "CANDELA_TARGET_HOSTS": upstream.removeprefix("http://"),
-        "CANDELA_SPOOL_DIR": str(workdir / "spool"),
+        "CANDELA_SPOOL_DIR": str(workdir / f"spool-{name}"),
         "CANDELA_LOG_LEVEL": "WARNING",
+        **overrides,
     }
     process = servers.start(
-        ["taskset", "-c", PROXY_CPU, sys.executable, "-m", "candela_proxy"], workdir / "candela-proxy.log", env
+        ["taskset", "-c", PROXY_CPU, sys.executable, "-m", "candela_proxy"], workdir / f"{name}-proxy.log", env
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/healthz", process=process)
@@ -412,7 +425,7 @@ def _summary(values: list[float]) -> str:
 
 
 @contextlib.contextmanager
-def environment(workdir: Path, with_litellm: bool) -> Iterator[list[Target]]:
+def environment(workdir: Path, with_litellm: bool, wal_only: bool = False) -> Iterator[list[Target]]:
     servers = Servers()
     stack_dir = workdir / "stack"
     stack = Stack(
@@ -441,6 +454,23 @@ def environment(workdir: Path, with_litellm: bool) -> Iterator[list[Target]]:
                 candela.pid,
             ),
         ]
+        no_wal_url, no_wal = start_candela(
+            servers, stack, upstream, workdir, name="candela-no-wal", CANDELA_WAL="false"
+        )
+        targets.append(
+            Target(
+                "candela-no-wal",
+                no_wal_url,
+                candela_headers,
+                f"{no_wal_url}/v1/chat/completions",
+                {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
+                {**REQUEST, "stream": True},
+                no_wal.pid,
+            )
+        )
+        if wal_only:
+            yield targets
+            return
         bare_url, bare = start_bare(servers, upstream, workdir)
         targets.append(
             Target(
@@ -479,12 +509,15 @@ def main() -> None:
     parser.add_argument("--ttft-samples", type=int, default=200)
     parser.add_argument("--skip-install", action="store_true")
     parser.add_argument("--no-litellm", action="store_true", help="Candela and direct only (quick)")
+    parser.add_argument(
+        "--wal-only", action="store_true", help="direct and Candela with and without its write-ahead log (quick)"
+    )
     args = parser.parse_args()
-    install(args.skip_install)
+    install(args.skip_install, litellm=not (args.no_litellm or args.wal_only))
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="candela-bench-") as tmp,
-        environment(Path(tmp), not args.no_litellm) as targets,
+        environment(Path(tmp), not (args.no_litellm or args.wal_only), args.wal_only) as targets,
     ):
         workdir = Path(tmp)
         for target in targets:  # warm-up: connection pools, caches, LiteLLM's lazy imports
@@ -503,10 +536,26 @@ def main() -> None:
                     )
         ttft = {target.name: asyncio.run(_ttft(target, args.ttft_samples)) for target in targets}
         rss = {target.name: peak_rss_mb(target.pid) for target in targets}
-    report = render(cells, ttft, rss, args)
+        wal_target = next(target for target in targets if target.name == "candela")
+        fsyncs = wal_fsyncs_per_request(httpx.get(f"{wal_target.url}/metrics", timeout=10).text)
+    report = render(cells, ttft, rss, args, fsyncs)
     print(report)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     (RESULTS / f"proxy-{stamp}.md").write_text(report)
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples (every label set)."""
+    return sum(
+        float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))
+    )
+
+
+def wal_fsyncs_per_request(metrics_text: str) -> float | None:
+    """Write-ahead log group commits (one fsync each) per request answered, from a proxy's /metrics."""
+    requests = _metric(metrics_text, "candela_proxy_requests_total")
+    commits = _metric(metrics_text, "candela_proxy_wal_commit_seconds_count")
+    return commits / requests if requests else None
 
 
 def render(
@@ -514,6 +563,7 @@ def render(
     ttft: dict[str, list[float]],
     rss: dict[str, float | None],
     args: argparse.Namespace,
+    fsyncs_per_request: float | None = None,
 ) -> str:
     names = list(dict.fromkeys(name for name, _ in cells))
     lines = [
@@ -550,6 +600,12 @@ def render(
             f"| {name} | {statistics.median(samples):.3f} | {p99:.3f} |"
             f" {statistics.median(samples) - direct_ttft:.3f} | {f'{memory:.0f}' if memory else '-'} |"
         )
+    for connections in (1, 64):
+        pairs = zip(cells[("candela", connections)], cells[("candela-no-wal", connections)], strict=True)
+        ratios = [with_wal.requests_per_s / without.requests_per_s for with_wal, without in pairs]
+        lines.append(f"\nWAL on / off req/s at {connections} connection(s), paired by run: {_summary(ratios)}x")
+    if fsyncs_per_request is not None:
+        lines.append(f"\nWAL fsyncs per request (whole run, all cells): {fsyncs_per_request:.3f}")
     if "litellm" in names:
         for connections in (1, 64):
             ratios = [

@@ -83,6 +83,9 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
         spool_dir=config.spool_dir,
         spool_max_bytes=config.spool_max_bytes,
         send_timeout_s=config.ingest_timeout_s,
+        wal_dir=config.wal_path,
+        wal_commit_interval_s=config.wal_commit_interval_s,
+        hold_when_spool_full=config.refuse_when_log_full,
     )
     redis = RedisStore(config.redis_url, timeout_s=config.redis_timeout_s)
     shipper.start()
@@ -139,9 +142,12 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
     async def healthz(_: web.Request) -> web.Response:
         if not ready.is_set():
             return web.json_response({"status": "NOT_SERVING"}, status=503)
-        return web.json_response(
-            {"status": "SERVING", "pending_logs": deps.shipper.pending, "spool_bytes": deps.shipper.spool_bytes}
-        )
+        state = {"pending_logs": deps.shipper.pending, "spool_bytes": deps.shipper.spool_bytes}
+        if reason := deps.shipper.at_risk:
+            # Unhealthy (503), so an orchestrator or Envoy sends traffic to a proxy that can keep its logs
+            # (with a single proxy, Envoy's panic threshold still routes to it).
+            return web.json_response({"status": "LOGS_AT_RISK", "reason": reason, **state}, status=503)
+        return web.json_response({"status": "SERVING", **state})
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(

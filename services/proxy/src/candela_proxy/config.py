@@ -52,6 +52,25 @@ class ProxyConfig:
     ingest_timeout_s: float = env_field(
         "Seconds ingest gets to acknowledge a batch before the batch goes to the spool instead.", 5.0
     )
+    wal: bool = env_field(
+        "Write each finished log to a local write-ahead log (group-committed fsync) before the client sees the"
+        " end of its answer, so a killed proxy loses no log it answered for. Off: a SIGKILL loses the logs"
+        " still in memory.",
+        True,
+    )
+    wal_dir: str = env_field("Directory of the write-ahead log; empty: 'wal' inside the spool directory.", "")
+    wal_commit_interval_s: float = env_field(
+        "Least seconds between two write-ahead log fsyncs (every log written meanwhile shares the next one);"
+        " 0: the next starts as soon as the last ended.",
+        0.0,
+    )
+    refuse_when_log_full: bool = env_field(
+        "Answer new requests 503 (in the provider's error shape) while a log could not be kept (the spool is"
+        " full with ingest away, or the write-ahead log fails), holding the logs already answered for until"
+        " there is room. Off: requests go on and logs that do not fit are dropped (counted, and /healthz"
+        " reports it).",
+        False,
+    )
     redis_url: str = env_field("Redis URL for the cache and rate limits.", "redis://127.0.0.1:6379/0")
     redis_timeout_s: float = env_field("Seconds a Redis call may take before the cache is skipped.", 0.25)
     log_level: str = env_field("Logging level (DEBUG, INFO, WARNING, ERROR).", "INFO")
@@ -61,3 +80,10 @@ class ProxyConfig:
     def target_allow_list(self) -> AllowList:
         """``target_hosts`` and ``target_hosts_only`` parsed; raises ValueError on a malformed entry."""
         return AllowList.parse(self.target_hosts, only=self.target_hosts_only)
+
+    @functools.cached_property
+    def wal_path(self) -> Path | None:
+        """Where the write-ahead log lives; None when it is off."""
+        if not self.wal:
+            return None
+        return Path(self.wal_dir) if self.wal_dir else self.spool_dir / "wal"

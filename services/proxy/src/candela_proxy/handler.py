@@ -1,11 +1,14 @@
 """The proxy's request path: authenticate, limit, look in the cache, forward (with retries and
 fallbacks), stream back untouched, and hand the log off.
 
-Nothing on this path waits for logging: the finished record is queued (see :mod:`candela_proxy.shipping`);
-storing an answer in the cache and counting a cents rate limit happen in owned background tasks after
-the answer is sent. Errors Candela itself raises are JSON in the provider's own error shape so the SDK
-raises its usual exception; the provider's own errors pass through unchanged (and are logged like any
-answer).
+Nothing on this path waits for ingest: the finished record is handed to :mod:`candela_proxy.shipping`.
+It waits only for the record to be durable in the proxy's write-ahead log (one group-committed fsync),
+and does so before the client can see the end of its answer: a client that got a whole answer and its
+``Candela-Id`` will find the log, even if the proxy is killed right after. Storing an answer in the cache
+and counting a cents rate limit happen in owned background tasks after the answer is sent.
+
+Errors Candela itself raises are JSON in the provider's own error shape so the SDK raises its usual
+exception; the provider's own errors pass through unchanged (and are logged like any answer).
 
 Custom targets (``Candela-Target-Url`` and each ``Candela-Fallbacks`` ``target-url``) are base URLs to
 which the provider path (``/v1/chat/completions``, ...) is appended, as Helicone's gateway does: e.g.
@@ -114,6 +117,10 @@ class Exchange:
     response_content_type: str = ""
     facts: ResponseFacts = field(default_factory=ResponseFacts)
     attempts: list[log_record_pb2.UpstreamAttempt] = field(default_factory=list)
+    record: log_record_pb2.LogRecord | None = None
+    """The log record, once built (see ProxyHandler._finish)."""
+    durable: asyncio.Future[None] | None = None
+    """Done once the record is in the write-ahead log; None when there is nothing to wait for."""
 
 
 # What a gateway in front of the proxy (Envoy, a load balancer) adds about its own hop: the provider needs
@@ -222,6 +229,18 @@ class ProxyHandler:
 
     async def _admit_and_serve(self, request: web.Request, route: Route, span: trace.Span | None) -> web.StreamResponse:
         """Admits, serves and logs one request; ``span`` (when tracing) is the LLM span to annotate."""
+        if self._config.refuse_when_log_full and (reason := self._shipper.at_risk):
+            err = ProxyError(
+                503,
+                f"Candela cannot keep this request's log right now ({reason}); retry shortly",
+                "candela_log_unavailable",
+                {"Retry-After": "1"},
+            )
+            metrics.count_request(route.provider.value, route.provider_path, err.status)
+            if span is not None:
+                span.set_attribute("http.response.status_code", err.status)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, err.code))
+            return _error_response(route.provider, err, None)
         try:
             exchange = await self._admit(request, route)
         except ProxyError as err:
@@ -236,14 +255,27 @@ class ProxyHandler:
         if span is not None and exchange.model:
             span.update_name(f"{_operation(route.provider_path)} {exchange.model}")
         try:
-            return await self._serve(request, exchange)
+            response = await self._serve(request, exchange)
+            # aiohttp writes a non-streamed answer after this returns, so its log is durable first; a
+            # stream's last write waits for it in _relay_stream / _replay_cached.
+            await self._log_durably(exchange)
+            return response
         except asyncio.CancelledError:
             exchange.error = exchange.error or "client disconnected"
             raise
         finally:
-            record = self._finish(exchange)
+            # No answer went out whole (an error, a client gone): the log is kept without waiting for it.
+            record = exchange.record if exchange.record is not None else self._finish(exchange)
             if span is not None and span.is_recording():
                 _annotate_span(span, record)
+
+    async def _log_durably(self, exchange: Exchange) -> None:
+        """Builds and hands over the log record (once), then waits until it is durable."""
+        if exchange.record is None:
+            self._finish(exchange)
+        if exchange.durable is not None:
+            # Shielded: the future is shared by a whole group commit, and this request may be cancelled.
+            await asyncio.shield(exchange.durable)
 
     async def _admit(self, request: web.Request, route: Route) -> Exchange:
         """Checks the Candela key, the headers and the body before anything goes upstream."""
@@ -420,8 +452,9 @@ class ProxyHandler:
         await response.prepare(request)
         exchange.first_byte = time.perf_counter()
         await response.write(answer.body)
-        await response.write_eof()
         exchange.complete = True
+        await self._log_durably(exchange)
+        await response.write_eof()
         return response
 
     def _plan(self, exchange: Exchange) -> list[tuple[str, dict[str, str], bytes | None]]:
@@ -592,8 +625,12 @@ class ProxyHandler:
             if hidden is not None and (tail := hidden.finish()):
                 exchange.response_chunks.append(tail)
                 await response.write(tail)
-            await response.write_eof()
+            exchange.facts = stream.finish()
             exchange.complete = True
+            # The end of the stream reaches the client only once its log is durable. Should the client
+            # leave during write_eof, it already had every byte of the answer: the log says complete.
+            await self._log_durably(exchange)
+            await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             exchange.error = "client disconnected mid-stream"
             logger.info("request %s: %s", exchange.request_id, exchange.error)
@@ -601,11 +638,13 @@ class ProxyHandler:
             exchange.error = f"upstream failed mid-stream: {type(err).__name__}: {err}"
             logger.warning("request %s: %s", exchange.request_id, exchange.error)
         finally:
-            exchange.facts = stream.finish()
+            if exchange.record is None:
+                exchange.facts = stream.finish()
         return response
 
     def _finish(self, exchange: Exchange) -> log_record_pb2.LogRecord:
-        """Builds the log record and queues it; schedules the cache write and the cents count."""
+        """Builds the log record and hands it over (``exchange.durable`` says when it is on disk); schedules
+        the cache write and the cents count."""
         finished = time.perf_counter()
         options = exchange.options
         facts = exchange.facts
@@ -657,7 +696,8 @@ class ProxyHandler:
             if cost is not None:
                 record.cost_usd = format(cost, "f")
         response_body = b"".join(exchange.response_chunks)
-        self._shipper.submit(
+        exchange.record = record
+        exchange.durable = self._shipper.submit(
             ingest_service_pb2.IngestRecord(
                 record=record,
                 request_body=b"" if options.omit_request else exchange.request_body,

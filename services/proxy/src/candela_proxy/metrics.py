@@ -41,6 +41,19 @@ LOGS_DROPPED = Counter("candela_proxy_logs_dropped", "Logs lost because a hard b
 LOGS_REJECTED = Counter("candela_proxy_logs_rejected", "Logs ingest refused as invalid.")
 SPOOL_BYTES = Gauge("candela_proxy_spool_bytes", "Bytes in the on-disk log spool.")
 SPOOL_SEGMENTS = Gauge("candela_proxy_spool_segments", "Segment files in the on-disk log spool.")
+LOGS_AT_RISK = Gauge(
+    "candela_proxy_logs_at_risk",
+    "1 while a new log could not be kept (the spool is full or the write-ahead log fails), else 0.",
+)
+WAL_COMMITS = Histogram(
+    "candela_proxy_wal_commit_seconds",
+    "Write-ahead log group commits (write + fsync), by duration.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1),
+)
+WAL_ERRORS = Counter("candela_proxy_wal_errors", "Write-ahead log group commits that failed (logs kept in memory).")
+LOGS_RECOVERED = Counter(
+    "candela_proxy_logs_recovered", "Logs found in the write-ahead log at start (a killed process) and resent."
+)
 
 
 def endpoint_label(path: str) -> str:

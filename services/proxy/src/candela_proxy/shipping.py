@@ -9,6 +9,17 @@ first, with capped backoff, and deletes each segment once ingest has acknowledge
 replays what a previous process left. Records ingest rejects as invalid are dropped singly (logged).
 Nothing is dropped silently: a full queue or a full spool is counted, logged and exported as metrics.
 
+Durability: with a write-ahead log (:mod:`candela_proxy.wal`), :meth:`LogShipper.submit` first appends the
+record there (group commit) and returns a future the request path awaits before the client sees the end
+of its answer; the record enters the queue once it is on disk, and its WAL segment is deleted once every
+record in it is settled (acknowledged, spooled or dropped by a counted bound). A proxy killed with SIGKILL
+loses nothing a client was answered for: on start, what the WAL still holds goes to the spool and is
+resent (ingest and the writers are idempotent by request id).
+
+A full spool drops the batch that did not fit (counted), or, with ``hold_when_spool_full``, keeps it in
+memory (and in the WAL) until the spool has room or ingest takes it; either way :attr:`LogShipper.at_risk`
+says so until the spool frees space, for the health check and for refusing new requests.
+
 Tracing: each record carries its request's W3C context (``IngestRecord.trace_context``, kept through the
 spool since the spool stores the records as they are). Sending a batch is one span whose parent is the
 first traced record's request and which links to the other requests (the OpenTelemetry messaging
@@ -33,6 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from candela.ingest.v1 import ingest_service_pb2
 from candela_proxy import metrics
 from candela_proxy.spool import Spool
+from candela_proxy.wal import GroupCommit, WriteAheadLog
 from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 
@@ -50,6 +62,8 @@ _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
 _W3C = TraceContextTextMapPropagator()
 # A batch span links to at most this many requests besides its parent (span links are kept in memory).
 MAX_LINKS = 128
+# A queued log and the write-ahead log segment that holds it (0: none).
+_Queued = tuple[ingest_service_pb2.IngestRecord, int]
 
 
 def batch_trace(batch: list[ingest_service_pb2.IngestRecord]) -> tuple[Context, list[trace.Link]] | None:
@@ -94,39 +108,78 @@ class LogShipper:
         spool_dir: Path,
         spool_max_bytes: int = 1024 * 1024 * 1024,
         send_timeout_s: float = 5.0,
+        wal_dir: Path | None = None,
+        wal_commit_interval_s: float = 0.0,
+        hold_when_spool_full: bool = False,
     ) -> None:
         self._stub = stub
         self._metadata = service_metadata(service_token)
-        self._queue: asyncio.Queue[ingest_service_pb2.IngestRecord] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
         self._send_timeout_s = send_timeout_s
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._spooled = asyncio.Event()
+        self._spool_full = False
+        self._hold_when_spool_full = hold_when_spool_full
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.sent = 0
         self.dropped = 0
         self.rejected = 0
+        self._commits: GroupCommit[ingest_service_pb2.IngestRecord] | None = None
+        if wal_dir is not None:
+            wal = WriteAheadLog(wal_dir)
+            self._recover(wal)
+            self._commits = GroupCommit(
+                wal, ingest_service_pb2.IngestRecord.SerializeToString, self._committed, wal_commit_interval_s
+            )
         if not self._spool.is_empty():
             logger.info("log spool holds %d bytes from before; replaying", self._spool.size_bytes)
             self._spooled.set()
         self._export_spool_gauges()
 
-    def submit(self, record: ingest_service_pb2.IngestRecord) -> None:
-        """Queues a finished log; never blocks. A full queue drops the record, loudly."""
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            metrics.LOGS_DROPPED.labels("queue_full").inc()
-            logger.error(
-                "log queue full (%d records): dropped log %s (%d dropped so far)",
-                self._queue.maxsize,
-                record.record.request_id,
-                self.dropped,
-            )
+    def submit(self, record: ingest_service_pb2.IngestRecord) -> asyncio.Future[None] | None:
+        """Hands over a finished log; never blocks. A full queue drops the record, loudly.
+
+        With the write-ahead log on, returns a future done once the record is on disk (shared by a whole
+        group: await it through ``asyncio.shield``); None when there is nothing to wait for.
+        """
+        if self._commits is None:
+            self._enqueue(0, [record])
+            return None
+        return self._commits.add(record)
+
+    def _enqueue(self, segment: int, records: list[ingest_service_pb2.IngestRecord]) -> None:
+        """Queues records (held in WAL ``segment``, 0 for none) for the sender."""
+        for record in records:
+            try:
+                self._queue.put_nowait((record, segment))
+            except asyncio.QueueFull:
+                self.dropped += 1
+                metrics.LOGS_DROPPED.labels("queue_full").inc()
+                logger.error(
+                    "log queue full (%d records): dropped log %s (%d dropped so far)",
+                    self._queue.maxsize,
+                    record.record.request_id,
+                    self.dropped,
+                )
+                self._settle([(record, segment)])
+
+    def _committed(self, segment: int, records: list[ingest_service_pb2.IngestRecord]) -> None:
+        """A write-ahead log group is on disk (``segment``), or failed to be (0): queue its records."""
+        self._enqueue(segment, records)
+        self._export_risk()
+
+    @property
+    def at_risk(self) -> str:
+        """Why a new log could not be kept right now; "" when it could."""
+        if self._spool_full:
+            return f"log spool full ({self._spool.size_bytes} of {self._spool.max_bytes} bytes) while ingest is away"
+        if self._commits is not None and self._commits.failure:
+            return f"write-ahead log failing ({self._commits.failure})"
+        return ""
 
     @property
     def pending(self) -> int:
@@ -139,14 +192,21 @@ class LogShipper:
         return self._spool.size_bytes
 
     def start(self) -> None:
-        """Starts the sender and the spool replayer."""
+        """Starts the sender, the spool replayer and the write-ahead log's committer."""
         self._tasks = [
             asyncio.create_task(self._run(), name="log-shipper"),
             asyncio.create_task(self._replay(), name="log-spool-replay"),
         ]
+        if self._commits is not None:
+            self._commits.start()
 
     async def stop(self, timeout_s: float) -> None:
-        """Sends (or spools) what is queued within ``timeout_s``, then stops both tasks."""
+        """Sends (or spools) what is queued within ``timeout_s``, then stops both tasks.
+
+        What is still unsettled then stays in the write-ahead log, for the next start to resend.
+        """
+        if self._commits is not None:
+            await self._commits.stop()  # the last group enters the queue before the sender may finish
         self._closing = True
         if not self._tasks:
             return
@@ -158,6 +218,8 @@ class LogShipper:
         replayer.cancel()
         await asyncio.gather(sender, replayer, return_exceptions=True)
         self._spool.close()
+        if self._commits is not None:
+            await asyncio.to_thread(self._commits.close)
         if self._queue.qsize():
             logger.error("stopping with %d logs neither sent nor spooled", self._queue.qsize())
         if not self._spool.is_empty():
@@ -167,33 +229,62 @@ class LogShipper:
 
     async def _run(self) -> None:
         while not (self._closing and self._queue.empty()):
-            batch = await self._next_batch()
+            queued = await self._next_batch()
             metrics.LOG_QUEUE_DEPTH.set(self._queue.qsize())
-            if not batch:
+            if not queued:
                 continue
+            batch = [record for record, _ in queued]
+            # Once sent, spooled or dropped (counted), the write-ahead log no longer needs them; a stop
+            # past its grace cancels this task before that, and they stay there for the next start.
             if self._spool.is_empty():
                 try:
                     await self._send(batch)
+                    self._settle(queued)
                     continue
                 except IngestAway as err:
                     logger.warning("ingest away (%s): spooling %d logs to disk", err, len(batch))
             await self._to_spool(batch)
+            self._settle(queued)
+
+    def _settle(self, queued: list[_Queued]) -> None:
+        if self._commits is None:
+            return
+        for _, segment in queued:
+            self._commits.settle(segment)
 
     async def _to_spool(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
+        """Appends a batch to the spool; when it is full, drops the batch (counted) or, holding, waits for room."""
         payload = ingest_service_pb2.IngestRequest(records=batch).SerializeToString()
-        written = await asyncio.to_thread(self._spool.append, payload)
-        if written:
-            metrics.LOGS_SPOOLED.inc(len(batch))
-            self._spooled.set()
-        else:
-            self.dropped += len(batch)
-            metrics.LOGS_DROPPED.labels("spool_full").inc(len(batch))
-            logger.error(
-                "log spool full (%d bytes): dropped %d logs (%d dropped so far)",
-                self._spool.max_bytes,
-                len(batch),
-                self.dropped,
-            )
+        backoff = 0.05
+        while not await asyncio.to_thread(self._spool.append, payload):
+            self._spool_full = True
+            self._export_risk()
+            if not self._hold_when_spool_full:
+                self.dropped += len(batch)
+                metrics.LOGS_DROPPED.labels("spool_full").inc(len(batch))
+                logger.error(
+                    "log spool full (%d bytes): dropped %d logs (%d dropped so far)",
+                    self._spool.max_bytes,
+                    len(batch),
+                    self.dropped,
+                )
+                self._export_spool_gauges()
+                return
+            # Held (new requests are refused meanwhile): the spool frees room as it replays, or, once it is
+            # empty, ingest may take the batch directly (a batch larger than the whole spool, say).
+            if self._spool.is_empty():
+                try:
+                    await self._send(batch)
+                    self._spool_full = False
+                    self._export_risk()
+                    return
+                except IngestAway:
+                    pass
+            logger.warning("log spool full: holding %d logs until it has room; next try in %.2fs", len(batch), backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        metrics.LOGS_SPOOLED.inc(len(batch))
+        self._spooled.set()
         self._export_spool_gauges()
 
     async def _replay(self) -> None:
@@ -219,17 +310,19 @@ class LogShipper:
                 backoff = 0.05
                 index += 1
             await asyncio.to_thread(self._spool.delete, segment)
+            self._spool_full = False
             self._export_spool_gauges()
+            self._export_risk()
             if self._spool.is_empty():
                 logger.info("log spool replayed; sending to ingest directly again")
 
-    async def _next_batch(self) -> list[ingest_service_pb2.IngestRecord]:
+    async def _next_batch(self) -> list[_Queued]:
         """Up to ``batch_size`` records (or about ``max_batch_bytes``), waiting at most ``flush_interval_s``.
 
         Waits once for the first record, then drains what has queued every few milliseconds: one timer
         per batch, not one per record (this task shares the event loop with the request path).
         """
-        batch: list[ingest_service_pb2.IngestRecord] = []
+        batch: list[_Queued] = []
         if self._queue.empty():
             if self._closing:
                 return batch
@@ -237,13 +330,13 @@ class LogShipper:
                 batch.append(await asyncio.wait_for(self._queue.get(), self._flush_interval_s))
             except TimeoutError:
                 return batch
-        batch_bytes = batch[0].ByteSize() if batch else 0
+        batch_bytes = batch[0][0].ByteSize() if batch else 0
         deadline = time.monotonic() + self._flush_interval_s
         while True:
             while not self._queue.empty() and len(batch) < self._batch_size and batch_bytes < self._max_batch_bytes:
-                record = self._queue.get_nowait()
-                batch.append(record)
-                batch_bytes += record.ByteSize()
+                queued = self._queue.get_nowait()
+                batch.append(queued)
+                batch_bytes += queued[0].ByteSize()
             if len(batch) >= self._batch_size or batch_bytes >= self._max_batch_bytes or self._closing:
                 return batch
             remaining = deadline - time.monotonic()
@@ -285,6 +378,42 @@ class LogShipper:
             self.sent += len(batch)
             metrics.LOGS_SENT.inc(len(batch))
             return
+
+    def _recover(self, wal: WriteAheadLog) -> None:
+        """Moves what a killed predecessor left in the write-ahead log to the spool, which resends it.
+
+        Blocking, at start-up (before the proxy serves). A segment the spool cannot take whole stays in the
+        write-ahead log for a later start; resending the part that did fit is harmless.
+        """
+        for segment in list(wal.leftovers):
+            records = [ingest_service_pb2.IngestRecord.FromString(payload) for payload in wal.read(segment)]
+            chunk: list[ingest_service_pb2.IngestRecord] = []
+            chunk_bytes = 0
+            kept = True
+            for index, record in enumerate(records):
+                chunk.append(record)
+                chunk_bytes += record.ByteSize()
+                last = index == len(records) - 1
+                if last or len(chunk) >= self._batch_size or chunk_bytes >= self._max_batch_bytes:
+                    if not self._spool.append(ingest_service_pb2.IngestRequest(records=chunk).SerializeToString()):
+                        kept = False
+                        break
+                    chunk, chunk_bytes = [], 0
+            if not kept:
+                self._spool_full = True
+                logger.error(
+                    "log spool full: %d logs of write-ahead log segment %s stay there for a later start",
+                    len(records),
+                    segment,
+                )
+                continue
+            wal.discard(segment)
+            metrics.LOGS_RECOVERED.inc(len(records))
+            if records:
+                logger.warning("write-ahead log held %d logs of a stopped process; resending them", len(records))
+
+    def _export_risk(self) -> None:
+        metrics.LOGS_AT_RISK.set(1 if self.at_risk else 0)
 
     def _export_spool_gauges(self) -> None:
         metrics.SPOOL_BYTES.set(self._spool.size_bytes)
