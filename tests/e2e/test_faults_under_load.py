@@ -30,6 +30,7 @@ from candela.query.v1 import query_service_pb2 as query_pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_runtime.security import service_metadata
 from candela_stack.stack import Component, Stack, StackConfig
+from tests.e2e.proxy_support import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +54,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
             "CANDELA_BATCH_MAX_WAIT_MS": "100",
             "CANDELA_INGEST_TIMEOUT_S": "2",
+            # A spool of a few dozen logs, and the operator's choice to refuse rather than drop: the
+            # spool-filling drill must end in 503s, never in an answered request whose log is lost.
+            "CANDELA_SPOOL_MAX_BYTES": "64000",
+            "CANDELA_REFUSE_WHEN_LOG_FULL": "true",
         },
     )
     with Stack(config) as running:
@@ -187,7 +192,8 @@ async def _assert_nothing_lost(stack: Stack, load: Load) -> None:
             logged = await asyncio.to_thread(_logged_ids, stack, load.tenant)
             counters, totals = await asyncio.to_thread(_usage, stack, load.tenant)
         except grpc.RpcError as error:  # the store that was down may still be coming back
-            assert time.monotonic() < deadline, f"the query API kept failing: {error}"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the query API kept failing: {error.code()}") from error
             await asyncio.sleep(0.5)
             continue
         missing = acknowledged - set(logged)
@@ -242,3 +248,26 @@ async def test_proxy_sigkilled(stack: Stack) -> None:
 async def test_broker_restarted(stack: Stack) -> None:
     assert stack.config.kafka_engine == "s3", "a restart keeps what the broker acknowledged only on a durable engine"
     await _drill(stack, "broker-restart", _restart(stack, Component.KAFKA, kill=True))
+
+
+async def test_spool_filled(stack: Stack) -> None:
+    """Ingest away long enough for the proxy's spool to fill: healthz says so, new requests get 503s, and
+    every request answered before, during and after is logged once ingest is back."""
+    seen: list[str] = []
+
+    def health() -> str:
+        status = str(httpx.get(f"{stack.proxy_url}/healthz", timeout=5).json()["status"])
+        seen.append(status)
+        return status
+
+    def fault() -> None:
+        stack.stop_component(Component.INGEST)
+        try:
+            wait_until(lambda: health() == "LOGS_AT_RISK", timeout_s=60, what="the spool to fill")
+        finally:
+            stack.start_component(Component.INGEST)
+        wait_until(lambda: health() == "SERVING", timeout_s=60, what="the spool to drain")
+
+    load = await _drill(stack, "spool-full", fault)
+    assert "LOGS_AT_RISK" in seen
+    assert load.failures > 0, "requests whose log could not be kept were refused"

@@ -202,7 +202,7 @@ async def test_logs_of_a_killed_shipper_are_resent_by_the_next(
     try:
         await _until(lambda: len(servicer.received) == 25, "the resent logs")
         assert servicer.received == [f"r{index}" for index in range(25)]
-        assert _wal_bytes(tmp_path) == 0, "the leftovers went to the spool"
+        assert _wal_bytes(tmp_path) == 0, "the resent leftovers left the WAL"
         durable = successor.submit(_record("after"))
         assert durable is not None
         await asyncio.shield(durable)
@@ -212,6 +212,26 @@ async def test_logs_of_a_killed_shipper_are_resent_by_the_next(
         await successor.stop(5.0)
     assert _files(tmp_path / "wal") == []
     assert not [path for path in _files(tmp_path / "spool") if path.suffix == ".seg"]
+
+
+async def test_leftovers_larger_than_the_spool_are_resent_and_the_successor_is_healthy(
+    ingest: tuple[Ingest, grpc.aio.Channel], tmp_path: Path
+) -> None:
+    servicer, channel = ingest
+    wal = WriteAheadLog(tmp_path / "wal")
+    wal.write([_record(f"r{index}", b"x" * 500).SerializeToString() for index in range(60)])
+    wal.close(settled=lambda _: False)  # the process died with all 60 unsent: 30 KB, the spool takes 2 KB
+    successor = _shipper(channel, tmp_path, spool_max_bytes=2000, hold_when_spool_full=True)
+    assert successor.at_risk == "", "a leftover is no reason to refuse requests"
+    successor.start()
+    try:
+        await _until(lambda: len(servicer.received) == 60, "every leftover log")
+        await _until(lambda: _wal_bytes(tmp_path) == 0, "the resent segment to leave the WAL")
+        assert successor.at_risk == ""
+    finally:
+        await successor.stop(5.0)
+    assert sorted(servicer.received, key=lambda rid: int(rid[1:])) == [f"r{index}" for index in range(60)]
+    assert _files(tmp_path / "wal") == []
 
 
 async def test_a_full_spool_drops_by_default_and_says_so(

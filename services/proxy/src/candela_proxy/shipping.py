@@ -13,8 +13,8 @@ Durability: with a write-ahead log (:mod:`candela_proxy.wal`), :meth:`LogShipper
 record there (group commit) and returns a future the request path awaits before the client sees the end
 of its answer; the record enters the queue once it is on disk, and its WAL segment is deleted once every
 record in it is settled (acknowledged, spooled or dropped by a counted bound). A proxy killed with SIGKILL
-loses nothing a client was answered for: on start, what the WAL still holds goes to the spool and is
-resent (ingest and the writers are idempotent by request id).
+loses nothing a client was answered for: on start, what the WAL still holds is queued and sent again
+(ingest and the writers are idempotent by organization and request id).
 
 A full spool drops the batch that did not fit (counted), or, with ``hold_when_spool_full``, keeps it in
 memory (and in the WAL) until the spool has room or ingest takes it; either way :attr:`LogShipper.at_risk`
@@ -129,9 +129,10 @@ class LogShipper:
         self.dropped = 0
         self.rejected = 0
         self._commits: GroupCommit[ingest_service_pb2.IngestRecord] | None = None
+        self._wal: WriteAheadLog | None = None
+        self._recovery: asyncio.Task[None] | None = None
         if wal_dir is not None:
-            wal = WriteAheadLog(wal_dir)
-            self._recover(wal)
+            wal = self._wal = WriteAheadLog(wal_dir)
             self._commits = GroupCommit(
                 wal, ingest_service_pb2.IngestRecord.SerializeToString, self._committed, wal_commit_interval_s
             )
@@ -199,12 +200,17 @@ class LogShipper:
         ]
         if self._commits is not None:
             self._commits.start()
+        if self._wal is not None and self._wal.leftovers:
+            self._recovery = asyncio.create_task(self._resend_leftovers(), name="log-wal-recovery")
 
     async def stop(self, timeout_s: float) -> None:
         """Sends (or spools) what is queued within ``timeout_s``, then stops both tasks.
 
         What is still unsettled then stays in the write-ahead log, for the next start to resend.
         """
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         if self._commits is not None:
             await self._commits.stop()  # the last group enters the queue before the sender may finish
         self._closing = True
@@ -379,38 +385,25 @@ class LogShipper:
             metrics.LOGS_SENT.inc(len(batch))
             return
 
-    def _recover(self, wal: WriteAheadLog) -> None:
-        """Moves what a killed predecessor left in the write-ahead log to the spool, which resends it.
+    async def _resend_leftovers(self) -> None:
+        """Sends what a killed predecessor left in the write-ahead log, like any new log.
 
-        Blocking, at start-up (before the proxy serves). A segment the spool cannot take whole stays in the
-        write-ahead log for a later start; resending the part that did fit is harmless.
+        Each leftover segment is adopted (it stays on disk until every record in it is acknowledged,
+        spooled or dropped by a counted bound) and its records join the queue, waiting for room rather
+        than dropping: a leftover larger than the whole spool still reaches ingest. A resend of a record
+        ingest took just before the kill is harmless (idempotent by organization and request id).
         """
-        for segment in list(wal.leftovers):
-            records = [ingest_service_pb2.IngestRecord.FromString(payload) for payload in wal.read(segment)]
-            chunk: list[ingest_service_pb2.IngestRecord] = []
-            chunk_bytes = 0
-            kept = True
-            for index, record in enumerate(records):
-                chunk.append(record)
-                chunk_bytes += record.ByteSize()
-                last = index == len(records) - 1
-                if last or len(chunk) >= self._batch_size or chunk_bytes >= self._max_batch_bytes:
-                    if not self._spool.append(ingest_service_pb2.IngestRequest(records=chunk).SerializeToString()):
-                        kept = False
-                        break
-                    chunk, chunk_bytes = [], 0
-            if not kept:
-                self._spool_full = True
-                logger.error(
-                    "log spool full: %d logs of write-ahead log segment %s stay there for a later start",
-                    len(records),
-                    segment,
-                )
-                continue
-            wal.discard(segment)
-            metrics.LOGS_RECOVERED.inc(len(records))
-            if records:
-                logger.warning("write-ahead log held %d logs of a stopped process; resending them", len(records))
+        assert self._wal is not None
+        assert self._commits is not None
+        for segment in list(self._wal.leftovers):
+            payloads = await asyncio.to_thread(WriteAheadLog.read, segment)
+            seq = self._wal.adopt(segment)
+            self._commits.adopt(seq, len(payloads))
+            if payloads:
+                logger.warning("write-ahead log held %d logs of a stopped process; resending them", len(payloads))
+            metrics.LOGS_RECOVERED.inc(len(payloads))
+            for payload in payloads:
+                await self._queue.put((ingest_service_pb2.IngestRecord.FromString(payload), seq))
 
     def _export_risk(self) -> None:
         metrics.LOGS_AT_RISK.set(1 if self.at_risk else 0)

@@ -6,9 +6,9 @@ a request waits about one fsync. Each record is framed as (length, CRC-32, bytes
 leaves a torn or garbled tail, which the reader detects and skips (logged).
 
 A segment file is deleted once every record in it is *settled*: acknowledged by ingest, written to the
-(equally durable) spool, or dropped by a counted bound. A proxy that starts finds the segments a killed
-predecessor left and hands their records to the spool, which resends them; ingest and the writers are
-idempotent by request id, so a record acknowledged just before the kill and resent is stored once.
+(equally durable) spool, or dropped by a counted bound. A proxy that starts adopts the segments a killed
+predecessor left and sends their records like new ones; ingest and the writers are idempotent by
+organization and request id, so a record acknowledged just before the kill and resent is stored once.
 
 :class:`WriteAheadLog` does the file work and blocks (called from a worker thread, one call at a time);
 :class:`GroupCommit` is the asyncio side: it collects records, runs one write+fsync per group in a
@@ -115,10 +115,12 @@ class WriteAheadLog:
             )
         return records
 
-    def discard(self, segment: Path) -> None:
-        """Deletes a leftover segment once its records are safe elsewhere (the spool)."""
-        segment.unlink(missing_ok=True)
+    def adopt(self, segment: Path) -> int:
+        """Takes a leftover segment in as one of this process's sealed ones; returns its number."""
         self.leftovers.remove(segment)
+        seq = int(segment.stem)
+        self.sealed.add(seq)
+        return seq
 
     def _open_next(self) -> None:
         self._seal()
@@ -196,6 +198,13 @@ class GroupCommit(Generic[Item]):
         left = self._unsettled[segment] - count
         self._unsettled[segment] = left
         if left == 0:
+            self._housekeeping = True
+            self._wake.set()
+
+    def adopt(self, segment: int, count: int) -> None:
+        """Tracks a segment a previous process left, holding ``count`` records to settle."""
+        self._unsettled[segment] = count
+        if count == 0:
             self._housekeeping = True
             self._wake.set()
 
