@@ -41,6 +41,7 @@ from candela_auth import keys
 from candela_auth.store import ApiKeyRow, AuthStore, OrganizationRow
 from candela_runtime.errors import NotFound, PermissionDenied, Unauthenticated, Violations
 from candela_runtime.security import bearer_key, has_service_credential, require_service_credential
+from candela_runtime.timestamps import checked_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ def _check_name(violations: Violations, field: str, name: str) -> None:
         violations.add(field, "is required")
     elif len(name) > MAX_NAME_LENGTH:
         violations.add(field, f"must be at most {MAX_NAME_LENGTH} characters")
+    elif "\x00" in name:
+        # Postgres text cannot hold NUL; refused here rather than failing in the store.
+        violations.add(field, "must not contain NUL (U+0000) characters")
 
 
 def _is_usable(key: ApiKeyRow, now: datetime) -> bool:
@@ -147,8 +151,8 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 violations.add(f"scopes[{index}]", f"unknown scope {scope}")
         expires_at = None
         if request.HasField("expire_time"):
-            expires_at = request.expire_time.ToDatetime(tzinfo=UTC)
-            if expires_at <= datetime.now(UTC):
+            expires_at = checked_datetime(violations, "expire_time", request.expire_time)
+            if expires_at is not None and expires_at <= datetime.now(UTC):
                 violations.add("expire_time", "must be in the future")
         violations.raise_if_any()
         assert organization_id is not None
