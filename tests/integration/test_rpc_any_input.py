@@ -166,7 +166,16 @@ async def mesh(
         "field": [*FIELDS, *SORT_COLUMNS],
         "operator": sorted({operator for operators in OPERATORS.values() for operator in operators}),
         "property_key": ["feature", "env", "name"],
-        "seconds": [BASE_SECONDS, BASE_SECONDS + 86_400, BASE_SECONDS + 10 * 86_400],
+        # Times of the logged requests, and the ends of what ClickHouse, Postgres and a Timestamp hold.
+        "seconds": [
+            BASE_SECONDS,
+            BASE_SECONDS + 86_400,
+            BASE_SECONDS + 10 * 86_400,
+            0,
+            2**32 - 1,
+            -62_135_596_800,
+            253_402_300_799,
+        ],
         "nanos": [0, 999_999_999],
         "version": [1, 2],
         "base_version": [1, 2],

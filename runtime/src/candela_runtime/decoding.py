@@ -51,7 +51,7 @@ def tolerant_deserializer(
 
 def undecodable(message_type: Descriptor | None, data: bytes) -> InvalidArgument:
     """The INVALID_ARGUMENT for ``data`` that does not parse as ``message_type``, naming the bad field."""
-    name = message_type.full_name if message_type is not None else "the method's request message"
+    name = message_type.name if message_type is not None else "the method's request message"
     violation = explain(message_type, data) if message_type is not None else None
     if violation is None:
         violation = FieldViolation("", _CORRUPT)

@@ -9,7 +9,7 @@ it accepts and a value outside it is INVALID_ARGUMENT saying that range, never a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
@@ -37,7 +37,8 @@ PROTOBUF_RANGE = TimeRange(-62_135_596_800, 253_402_300_799, "what a protobuf Ti
 
 
 def _rfc3339(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: strftime writes year 1 as "1".
+    return (datetime(1970, 1, 1) + timedelta(seconds=seconds)).isoformat() + "Z"
 
 
 def checked_micros(

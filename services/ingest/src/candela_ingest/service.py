@@ -132,11 +132,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 metrics.BATCHES_READ.labels("c").inc()
                 return parts
             metrics.BATCHES_READ.labels("runtime").inc()
+            data = request
             try:
-                request = pb.IngestRequest.FromString(request)
+                request = pb.IngestRequest.FromString(data)
             except DecodeError as err:
                 metrics.RECORDS_REFUSED.labels("invalid").inc()  # records it held: not known
-                raise undecodable(pb.IngestRequest.DESCRIPTOR, request) from err
+                raise undecodable(pb.IngestRequest.DESCRIPTOR, data) from err
         try:
             validate_ingest_request(request, self._limits, now)
         except InvalidArgument:

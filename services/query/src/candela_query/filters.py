@@ -215,11 +215,16 @@ class FilterCompiler:
             self.violations.add(f"{path}.status_code", "must be a positive HTTP status")
         elif request_filter.status_code:
             parts.append(f"status_code = {self.params.bind(request_filter.status_code)}")
-        for name, comparison in (("created_after", ">="), ("created_before", "<")):
-            if request_filter.HasField(name):
-                micros = checked_micros(self.violations, f"{path}.{name}", getattr(request_filter, name), STORED_TIMES)
-                if micros is not None:
-                    parts.append(time_bound(comparison, micros, self.params))
+        if request_filter.HasField("created_after"):
+            after = checked_micros(self.violations, f"{path}.created_after", request_filter.created_after, STORED_TIMES)
+            if after is not None:
+                parts.append(time_bound(">=", after, self.params))
+        if request_filter.HasField("created_before"):
+            before = checked_micros(
+                self.violations, f"{path}.created_before", request_filter.created_before, STORED_TIMES
+            )
+            if before is not None:
+                parts.append(time_bound("<", before, self.params))
         return parts
 
     def condition(self, condition: pb.FilterCondition, path: str) -> str:
