@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import base64
 import importlib
+import json
 import pkgutil
+import re
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.api import annotations_pb2, http_pb2
-from google.protobuf import message_factory
+from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
@@ -375,3 +378,116 @@ def request_bytes(descriptor: Descriptor, vocabulary: Vocabulary) -> st.SearchSt
         not_utf8(descriptor),
         deeply_nested(descriptor),
     )
+
+
+@dataclass(frozen=True)
+class RestCall:
+    """One HTTP request to a REST route: its path and query string already percent-encoded."""
+
+    path: str
+    query: str
+    body: bytes | None
+
+
+def _percent_encoded(data: bytes) -> str:
+    return "".join(f"%{byte:02X}" for byte in data)
+
+
+def _url_text(known: Sequence[str] = ()) -> st.SearchStrategy[str]:
+    """A path segment or query value: text percent-encoded as UTF-8, or bytes that are not UTF-8."""
+    # Cut to what fits in a URL: a longer one is refused before it is sent (the gateway answers 414 anyway).
+    return st.one_of(
+        text_of(known).map(lambda value: urllib.parse.quote(value[:2000], safe="")),
+        st.binary(min_size=1, max_size=6).map(_percent_encoded),
+        st.sampled_from(("%FF%FE", "%00", "%C3", "%ED%A0%80", "%2F", "..", "%25", "a%2Fb")),
+    )
+
+
+def text_of(known: Sequence[str]) -> st.SearchStrategy[str]:
+    """A known value or hostile text."""
+    return st.one_of(st.sampled_from(known), hostile_text(known)) if known else hostile_text()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | hostile_text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(hostile_text(), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _json_bytes(message: Message) -> bytes:
+    """The proto3 JSON of ``message``; ``{}`` for values JSON cannot carry (a Timestamp out of range)."""
+    try:
+        return json_format.MessageToJson(message).encode()
+    except (json_format.Error, ValueError):
+        return b"{}"
+
+
+def _nested_json(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
+    """A recursive field nested 1-300 levels in JSON (``{"filter": {"all": [{"all": [...]}]}}``)."""
+    cycles = list(_cycles(descriptor))
+    if not cycles:
+        return st.nothing()
+
+    def nest(cycle: tuple[list[FieldDescriptor], list[FieldDescriptor]], times: int) -> bytes:
+        value: Any = {}
+        for field in reversed(cycle[0] + cycle[1] * times):
+            value = {field.json_name: [value] if field.is_repeated else value}
+        return json.dumps(value).encode()
+
+    return st.builds(nest, st.sampled_from(cycles), st.integers(1, 300))
+
+
+def _bodies(descriptor: Descriptor, vocabulary: Vocabulary) -> st.SearchStrategy[bytes]:
+    names = [field.json_name for field in descriptor.fields] + [field.name for field in descriptor.fields]
+    loose = st.dictionaries(st.sampled_from(names), _JSON, max_size=4).map(lambda value: json.dumps(value).encode())
+    strings = [field.json_name for field in descriptor.fields if field.type == FieldDescriptor.TYPE_STRING]
+    not_utf8_json = st.nothing()
+    if strings:
+        not_utf8_json = st.builds(
+            lambda name, raw: b'{"' + name.encode() + b'": "' + raw + b'"}',
+            st.sampled_from(strings),
+            st.binary(min_size=1, max_size=6),
+        )
+    return st.one_of(
+        perturbed(descriptor, vocabulary).map(_json_bytes),
+        perturbed(descriptor, vocabulary).map(_json_bytes),
+        messages(descriptor, vocabulary).map(_json_bytes),
+        loose,
+        not_utf8_json,
+        _nested_json(descriptor),
+        st.binary(max_size=64),
+        st.sampled_from((b"", b"[" * 100_000, b'{"a": ' * 50_000, b"null", b"[]", b'"x"', b"{}")),
+    )
+
+
+def rest_calls(route: RestRoute, vocabulary: Vocabulary) -> st.SearchStrategy[RestCall]:
+    """Any request to ``route``: arbitrary path parameters (bytes that are not UTF-8 included), query
+    parameters for its message's scalar fields, and a JSON body (or bytes that are not JSON) when it has one."""
+    request_type = route.method.input_type
+    segments = {
+        name: _url_text(_known(request_type.fields_by_name[name], vocabulary))
+        if name in request_type.fields_by_name
+        else _url_text()
+        for name in route.path_fields
+    }
+    scalars = [
+        field
+        for field in request_type.fields
+        if field.type != FieldDescriptor.TYPE_MESSAGE and field.name not in route.path_fields
+    ]
+    parameters: st.SearchStrategy[list[tuple[str, str]]] = st.just([])
+    if scalars:
+        parameter = st.tuples(
+            st.sampled_from([name for field in scalars for name in (field.name, field.json_name)]),
+            st.one_of(_url_text(), st.integers(-(2**64), 2**64).map(str)),
+        )
+        parameters = st.lists(parameter, max_size=3)
+    body = _bodies(request_type, vocabulary) if route.body else st.none()
+
+    def build(values: dict[str, str], parameters: list[tuple[str, str]], content: bytes | None) -> RestCall:
+        path = re.sub(r"\{([a-z_][a-z0-9_.]*)(?:=[^}]*)?\}", lambda match: values[match.group(1)], route.template)
+        query = "&".join(f"{name}={value}" for name, value in parameters)
+        return RestCall(path, query, content)
+
+    return st.builds(build, st.fixed_dictionaries(segments), parameters, body)
