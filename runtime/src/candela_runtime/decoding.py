@@ -11,7 +11,7 @@ as ``GET /v1/request/%ff%fe`` reaches the service as a string field holding byte
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
@@ -20,7 +20,7 @@ from candela_runtime.errors import FieldViolation, InvalidArgument
 
 MAX_DEPTH = 100
 """How deep messages may nest: the limit of the protobuf runtime (upb) that parses every request."""
-MAX_FIELDS_EXPLAINED = 10_000
+MAX_FIELDS_EXPLAINED = 5_000
 """Fields walked to explain a failure; past that the answer is generic, so explaining a 4 MiB request of
 tiny fields blocks the event loop for ~15 ms at most."""
 
@@ -60,107 +60,104 @@ def undecodable(message_type: Descriptor | None, data: bytes) -> InvalidArgument
     return InvalidArgument(f"the request is not a valid {name}: {where}{violation.description}", [violation])
 
 
-class _Problem(Exception):
-    """Found: the walk stops at the first problem."""
-
-    def __init__(self, violation: FieldViolation | None) -> None:
-        super().__init__()
-        self.violation = violation
-
-
 def explain(message_type: Descriptor, data: bytes) -> FieldViolation | None:
     """Why ``data`` does not parse as ``message_type``: the first bad field, or None when none is found.
 
-    The field is a path such as ``filter.conditions[0].value``; a message nested too deeply is named by
-    the request's top-level field that holds it, since the full path would be a hundred levels long.
+    The bytes are read as upb reads them (unknown fields and mismatched wire types are skipped, groups
+    count towards the depth). The field is a path such as ``filter.conditions[0].value``; a message nested
+    too deeply is named by the request's top-level field that holds it, since the full path would be a
+    hundred levels long.
     """
-    walker = _Walker(data)
-    try:
-        walker.message(message_type, 0, len(data), "", 0)
-    except _Problem as problem:
-        return problem.violation
+    frames = [_Frame(message_type, len(data), "", 0)]
+    position = fields_seen = 0
+    while frames:
+        frame = frames[-1]
+        if position >= frame.end:
+            if frame.is_group:
+                return FieldViolation(frame.path, _CORRUPT)  # a group without its END_GROUP
+            frames.pop()
+            continue
+        fields_seen += 1
+        if fields_seen > MAX_FIELDS_EXPLAINED:
+            return None
+        tag, position = _varint(data, position, frame.end)
+        if tag is None or not 0 < tag >> 3 <= _MAX_FIELD_NUMBER:
+            return FieldViolation(frame.path, _CORRUPT)
+        field, path = frame.lookup(tag >> 3)
+        wire_type = tag & 7
+        if wire_type == _VARINT:
+            value, position = _varint(data, position, frame.end)
+            if value is None:
+                return FieldViolation(path, _CORRUPT)
+        elif wire_type in (_FIXED64, _FIXED32):
+            position += 8 if wire_type == _FIXED64 else 4
+            if position > frame.end:
+                return FieldViolation(path, _CORRUPT)
+        elif wire_type == _LENGTH_DELIMITED:
+            length, position = _varint(data, position, frame.end)
+            if length is None or position + length > frame.end:
+                return FieldViolation(path, _CORRUPT)
+            if field is not None and field.type == FieldDescriptor.TYPE_MESSAGE:
+                if frame.depth >= MAX_DEPTH:
+                    return _too_deep(path)
+                frames.append(_Frame(field.message_type, position + length, path, frame.depth + 1))
+                continue  # the sub-message is read next; it ends where its length says
+            if field is not None and field.type == FieldDescriptor.TYPE_STRING and not _is_utf8(data, position, length):
+                return FieldViolation(path, "is not valid UTF-8 (a string field holds UTF-8 text)")
+            position += length
+        elif wire_type == _START_GROUP:
+            if frame.depth >= MAX_DEPTH:
+                return _too_deep(path)
+            frames.append(_Frame(None, frame.end, path, frame.depth + 1, is_group=True))
+        elif wire_type == _END_GROUP and frame.is_group:
+            frames.pop()
+        else:
+            return FieldViolation(path, _CORRUPT)
     return None
 
 
-class _Walker:
-    """Reads the wire format as upb does (unknown fields and mismatched wire types are skipped)."""
+@dataclass
+class _Frame:
+    """A message (or an unknown group) being read: where it ends, its path and depth, fields seen."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.fields_seen = 0
+    message_type: Descriptor | None
+    end: int
+    path: str
+    depth: int
+    is_group: bool = False
+    seen: dict[int, int] = field(default_factory=dict)
 
-    def varint(self, position: int, end: int, path: str) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            if position >= end or shift >= 70:
-                raise _Problem(FieldViolation(path, _CORRUPT))
-            byte = self.data[position]
-            position += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value, position
+    def lookup(self, number: int) -> tuple[FieldDescriptor | None, str]:
+        """The field ``number`` of this message (None when unknown) and its path, indexed when repeated."""
+        found = self.message_type.fields_by_number.get(number) if self.message_type is not None else None
+        index = self.seen.get(number, 0)
+        self.seen[number] = index + 1
+        if found is None:
+            return None, self.path
+        path = f"{self.path}.{found.name}" if self.path else found.name
+        return found, f"{path}[{index}]" if found.is_repeated else path
 
-    def message(self, message_type: Descriptor | None, position: int, end: int, path: str, depth: int) -> int:
-        """Walks one message (or group, when ``message_type`` is None and it ends at an END_GROUP tag)."""
-        seen: dict[int, int] = {}
-        while position < end:
-            self.fields_seen += 1
-            if self.fields_seen > MAX_FIELDS_EXPLAINED:
-                raise _Problem(None)
-            tag, position = self.varint(position, end, path)
-            number, wire_type = tag >> 3, tag & 7
-            if not 0 < number <= _MAX_FIELD_NUMBER:
-                raise _Problem(FieldViolation(path, _CORRUPT))
-            field = message_type.fields_by_number.get(number) if message_type is not None else None
-            index = seen.get(number, 0)
-            seen[number] = index + 1
-            field_path = path
-            if field is not None:
-                field_path = f"{path}.{field.name}" if path else field.name
-                if field.is_repeated:
-                    field_path = f"{field_path}[{index}]"
-            if wire_type == _VARINT:
-                _, position = self.varint(position, end, field_path)
-            elif wire_type in (_FIXED64, _FIXED32):
-                position += 8 if wire_type == _FIXED64 else 4
-                if position > end:
-                    raise _Problem(FieldViolation(field_path, _CORRUPT))
-            elif wire_type == _LENGTH_DELIMITED:
-                length, position = self.varint(position, end, field_path)
-                if position + length > end:
-                    raise _Problem(FieldViolation(field_path, _CORRUPT))
-                self.value(field, position, position + length, field_path, depth)
-                position += length
-            elif wire_type == _START_GROUP:
-                position = self.group(position, end, field_path, depth)
-            elif wire_type == _END_GROUP and message_type is None:
-                return position
-            else:
-                raise _Problem(FieldViolation(field_path, _CORRUPT))
-        if message_type is None:
-            raise _Problem(FieldViolation(path, _CORRUPT))  # a group without its END_GROUP
-        return position
 
-    def group(self, position: int, end: int, path: str, depth: int) -> int:
-        self.check_depth(path, depth + 1)
-        return self.message(None, position, end, path, depth + 1)
+def _varint(data: bytes, position: int, end: int) -> tuple[int | None, int]:
+    """The varint at ``position`` and the position after it; None when it runs past ``end`` or 10 bytes."""
+    value = shift = 0
+    while position < end and shift < 70:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, position
+    return None, position
 
-    def value(self, field: FieldDescriptor | None, start: int, end: int, path: str, depth: int) -> None:
-        """Checks a length-delimited value of a known field (strings, messages); skips the rest."""
-        if field is None:
-            return
-        if field.type == FieldDescriptor.TYPE_STRING:
-            try:
-                self.data[start:end].decode("utf-8")
-            except UnicodeDecodeError:
-                raise _Problem(FieldViolation(path, "is not valid UTF-8 (a string field holds UTF-8 text)")) from None
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            self.check_depth(path, depth + 1)
-            self.message(field.message_type, start, end, path, depth + 1)
 
-    @staticmethod
-    def check_depth(path: str, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            top = path.split(".", 1)[0]
-            raise _Problem(FieldViolation(top, f"nests messages more than {MAX_DEPTH} levels deep (protobuf's limit)"))
+def _is_utf8(data: bytes, start: int, length: int) -> bool:
+    try:
+        data[start : start + length].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _too_deep(path: str) -> FieldViolation:
+    return FieldViolation(path.split(".", 1)[0], f"nests messages more than {MAX_DEPTH} levels deep (protobuf's limit)")
