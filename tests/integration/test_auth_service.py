@@ -405,3 +405,50 @@ async def test_key_authenticator_sees_a_revocation_within_its_ttl(
         assert time.monotonic() - revoked_at <= ttl_s + 0.5, "revocation not seen within the cache TTL"
         await asyncio.sleep(0.05)
     assert time.monotonic() - revoked_at <= ttl_s + 0.5
+
+
+async def test_expire_times_outside_the_timestamp_range_name_the_range(
+    auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
+) -> None:
+    organization_id = await create_organization(auth_stub)
+
+    def request(expire_time: timestamp_pb2.Timestamp) -> pb.CreateApiKeyRequest:
+        return pb.CreateApiKeyRequest(
+            organization_id=organization_id, name="k", scopes=[pb.API_KEY_SCOPE_READ], expire_time=expire_time
+        )
+
+    # Once INTERNAL: protobuf's conversion raised before any check.
+    too_late = await _violations_of(
+        auth_stub.CreateApiKey(request(timestamp_pb2.Timestamp(seconds=2**62)), metadata=INTERNAL)
+    )
+    assert "between 0001-01-01T00:00:00Z and 9999-12-31T23:59:58Z" in too_late["expire_time"]
+    bad_nanos = timestamp_pb2.Timestamp(seconds=int(time.time()) + 60, nanos=-1)
+    assert await _violations_of(auth_stub.CreateApiKey(request(bad_nanos), metadata=INTERNAL)) == {
+        "expire_time.nanos": "must be 0 to 999999999, got -1"
+    }
+    # The last instant accepted is a valid expiry, stored and read back as it was.
+    last = timestamp_pb2.Timestamp(seconds=253_402_300_798, nanos=999_999_999)
+    created = await auth_stub.CreateApiKey(request(last), metadata=INTERNAL)
+    assert created.api_key.expire_time == timestamp_pb2.Timestamp(seconds=253_402_300_798, nanos=999_999_000)
+    answer = await auth_stub.Authenticate(pb.AuthenticateRequest(api_key=created.secret), metadata=INTERNAL)
+    assert (answer.api_key_id, answer.expire_time) == (created.api_key.id, created.api_key.expire_time)
+
+
+async def test_a_nul_in_a_name_is_invalid_argument_naming_the_field(
+    auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
+) -> None:
+    """Postgres text cannot hold U+0000: once INTERNAL, now refused before the store."""
+    nul = "must not contain NUL (U+0000) characters"
+    created = auth_stub.CreateOrganization(pb.CreateOrganizationRequest(name="Ac\x00me"), metadata=INTERNAL)
+    assert await _violations_of(created) == {"name": nul}
+    organization_id = await create_organization(auth_stub)
+    renamed = auth_stub.UpdateOrganization(
+        pb.UpdateOrganizationRequest(organization_id=organization_id, organization=pb.Organization(name="x\x00")),
+        metadata=INTERNAL,
+    )
+    assert await _violations_of(renamed) == {"organization.name": nul}
+    key = auth_stub.CreateApiKey(
+        pb.CreateApiKeyRequest(organization_id=organization_id, name="\x00", scopes=[pb.API_KEY_SCOPE_READ]),
+        metadata=INTERNAL,
+    )
+    assert await _violations_of(key) == {"name": nul}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -419,3 +420,76 @@ async def test_a_revoked_key_is_refused_within_the_cache_ttl(
             await asyncio.sleep(0.05)
     assert refused == grpc.StatusCode.UNAUTHENTICATED
     assert time.monotonic() - revoked_at <= KEY_CACHE_TTL_S + 0.5
+
+
+def _token(position: str) -> str:
+    return base64.urlsafe_b64encode(position.encode()).decode()
+
+
+async def test_page_tokens_that_decode_to_unusable_positions_are_invalid_argument(
+    prompts_stub: prompts_service_pb2_grpc.PromptsServiceAsyncStub,
+    auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
+) -> None:
+    """A token is caller input: once its position reached Postgres as is (a NUL, a version no integer
+    column holds, a non-ASCII digit) and failed there with INTERNAL."""
+    key = await _writer_key(auth_stub)
+    await prompts_stub.CreatePrompt(pb.CreatePromptRequest(prompt_id="paged", template="t"), metadata=bearer(key))
+    not_ours = "is not a token this method returned"
+    for position in ("p:a\x00b", "p:has space", "v:1"):
+        listed = prompts_stub.ListPrompts(pb.ListPromptsRequest(page_token=_token(position)), metadata=bearer(key))
+        assert await _violations_of(listed) == {"page_token": not_ours}, position
+    for position in ("v:99999999999999999999", "v:2147483648", "v:²", "v:0", "v:-1", "p:paged"):
+        versions = prompts_stub.ListPromptVersions(
+            pb.ListPromptVersionsRequest(prompt_id="paged", page_token=_token(position)), metadata=bearer(key)
+        )
+        assert await _violations_of(versions) == {"page_token": not_ours}, position
+    # The largest version a token can name still pages (there is nothing below it but version 1).
+    last = await prompts_stub.ListPromptVersions(
+        pb.ListPromptVersionsRequest(prompt_id="paged", page_token=_token("v:2147483647")), metadata=bearer(key)
+    )
+    assert [v.version for v in last.versions] == [1]
+
+
+async def test_templates_postgres_cannot_hold_or_json_cannot_parse_are_invalid_argument(
+    prompts_stub: prompts_service_pb2_grpc.PromptsServiceAsyncStub,
+    auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
+) -> None:
+    key = await _writer_key(auth_stub)
+    cases = [
+        ("Hello\x00{{name}}", pb.TEMPLATE_FORMAT_TEXT, "must not contain NUL (U+0000) characters"),
+        ("[" * 100_000, pb.TEMPLATE_FORMAT_CHAT, "nested 2 levels deep ([ then {)"),
+        ('[{"role": "user", "content": ' + "[" * 100_000 + "}]", pb.TEMPLATE_FORMAT_CHAT, "nested 2 levels deep"),
+    ]
+    for template, template_format, problem in cases:
+        found = await _violations_of(
+            prompts_stub.CreatePrompt(
+                pb.CreatePromptRequest(prompt_id="odd", template=template, format=template_format),
+                metadata=bearer(key),
+            )
+        )
+        assert list(found) == ["template"], template[:40]
+        assert problem in found["template"], found
+    # JSON's own escape for U+0000 is text Postgres holds, and renders to the character.
+    escaped = await prompts_stub.CreatePrompt(
+        pb.CreatePromptRequest(
+            prompt_id="odd", template='[{"role": "user", "content": "a\\u0000b"}]', format=pb.TEMPLATE_FORMAT_CHAT
+        ),
+        metadata=bearer(key),
+    )
+    assert escaped.prompt.version == 1
+    rendered = await prompts_stub.RenderPrompt(pb.RenderPromptRequest(prompt_id="odd"), metadata=bearer(key))
+    assert [m.content for m in rendered.messages] == ["a\x00b"]
+
+
+async def test_ids_with_a_trailing_newline_are_refused(
+    prompts_stub: prompts_service_pb2_grpc.PromptsServiceAsyncStub,
+    auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
+) -> None:
+    """``$`` matches before a final newline: the id patterns must match the whole text."""
+    key = await _writer_key(auth_stub)
+    found = await _violations_of(
+        prompts_stub.CreatePrompt(
+            pb.CreatePromptRequest(prompt_id="nl\n", template="t", environment="prod\n"), metadata=bearer(key)
+        )
+    )
+    assert set(found) == {"prompt_id", "environment"}

@@ -17,7 +17,7 @@ from decimal import Decimal
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.auth.v1 import auth_service_pb2_grpc
@@ -32,7 +32,7 @@ from candela_query.bodies import MAX_GAP_BYTES, BodyReader
 from candela_query.clickhouse import ClickHouseReader
 from candela_query.config import QueryConfig
 from candela_query.usage import UsageReader
-from candela_runtime.errors import bad_request_violations, rpc_error_status
+from candela_runtime.errors import FieldViolation, bad_request_violations, rpc_error_status
 from candela_runtime.security import KeyAuthenticator
 from candela_stack import seaweed
 from candela_stack.stack import Component, Stack, StackConfig
@@ -56,8 +56,15 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 class Fixture:
     """A running query service and two organizations' read keys."""
 
-    def __init__(self, stub: query_service_pb2_grpc.QueryServiceAsyncStub, key: str, other_key: str, org: str) -> None:
-        self.stub = stub
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        key: str,
+        other_key: str,
+        org: str,
+    ) -> None:
+        self.channel = channel
+        self.stub: query_service_pb2_grpc.QueryServiceAsyncStub = query_service_pb2_grpc.QueryServiceStub(channel)
         self.key = key
         self.other_key = other_key
         self.organization_id = org
@@ -114,7 +121,7 @@ async def service(
         server = await create_server(config, deps)
         await server.set_serving()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield Fixture(query_service_pb2_grpc.QueryServiceStub(channel), key, other_key, org)
+            yield Fixture(channel, key, other_key, org)
         await server.stop(1)
     await usage.close()
     reader.close()
@@ -398,3 +405,99 @@ async def test_a_clickhouse_failure_is_internal_without_its_text(
     assert "no_such_database" not in details
     assert "DB::Exception" not in details
     assert "Code:" not in details
+
+
+async def _described_violations(call: object) -> dict[str, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    status = rpc_error_status(caught.value)
+    assert status is not None
+    return {violation.field: violation.description for violation in bad_request_violations(status)}
+
+
+STORED_RANGE = "between 1970-01-01T00:00:00Z and 2106-02-07T06:28:15Z (what ClickHouse's DateTime holds)"
+
+
+async def test_times_outside_what_clickhouse_holds_are_invalid_argument_naming_the_range(service: Fixture) -> None:
+    """Once INTERNAL (protobuf's conversion raised, or ClickHouse refused the bound)."""
+    day = 1_767_225_600
+    huge, far, before_epoch = (
+        timestamp_pb2.Timestamp(seconds=2**62),
+        timestamp_pb2.Timestamp(seconds=253_402_300_799),  # 9999-12-31T23:59:59Z
+        timestamp_pb2.Timestamp(seconds=-1),
+    )
+    negative_nanos = timestamp_pb2.Timestamp(seconds=day, nanos=-5)
+    ok = timestamp_pb2.Timestamp(seconds=day)
+    key = bearer(service.key)
+
+    requests = service.stub.QueryRequests(
+        pb.QueryRequestsRequest(filter=pb.RequestFilter(created_after=huge, created_before=negative_nanos)),
+        metadata=key,
+    )
+    assert await _described_violations(requests) == {
+        "filter.created_after": f"must be {STORED_RANGE}, got {2**62} seconds since the epoch",
+        "filter.created_before.nanos": "must be 0 to 999999999, got -5",
+    }
+    nested = pb.RequestFilter(all=[pb.RequestFilter(created_before=far)])
+    requests = service.stub.QueryRequests(pb.QueryRequestsRequest(filter=nested), metadata=key)
+    assert list(await _described_violations(requests)) == ["filter.all[0].created_before"]
+
+    aggregate = service.stub.AggregateRequests(pb.AggregateRequestsRequest(start=ok, end=far), metadata=key)
+    assert await _described_violations(aggregate) == {
+        "end": f"must be {STORED_RANGE}, got 253402300799 seconds since the epoch"
+    }
+    aggregate = service.stub.AggregateRequests(pb.AggregateRequestsRequest(start=negative_nanos, end=ok), metadata=key)
+    assert list(await _described_violations(aggregate)) == ["start.nanos"]
+    sessions = service.stub.QuerySessions(pb.QuerySessionsRequest(start=before_epoch, end=huge), metadata=key)
+    assert list(await _described_violations(sessions)) == ["start", "end"]
+    users = service.stub.QueryUserMetrics(pb.QueryUserMetricsRequest(end=far), metadata=key)
+    assert list(await _described_violations(users)) == ["end"]
+    # The ends of the range themselves are accepted.
+    first, last = timestamp_pb2.Timestamp(seconds=0), timestamp_pb2.Timestamp(seconds=2**32 - 1)
+    found = await service.stub.QueryRequests(
+        pb.QueryRequestsRequest(filter=pb.RequestFilter(created_after=first, created_before=last), limit=1),
+        metadata=key,
+    )
+    assert len(found.requests) == 1
+
+
+def _nested_filter_request(levels: int) -> bytes:
+    """A QueryRequestsRequest whose filter nests ``levels`` sub-filters in ``all`` (field 9), as bytes:
+    the protobuf runtime refuses to build one this deep."""
+    inner = b""
+    for _ in range(levels):
+        inner = b"\x4a" + _varint(len(inner)) + inner
+    return b"\x0a" + _varint(len(inner)) + inner
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+async def test_filters_nested_past_any_limit_are_invalid_argument_naming_it(service: Fixture) -> None:
+    """Past protobuf's 100 levels the request does not even parse: once UNKNOWN, now INVALID_ARGUMENT."""
+    call = service.channel.unary_unary(
+        "/candela.query.v1.QueryService/QueryRequests", request_serializer=bytes, response_deserializer=bytes
+    )
+    for levels in (101, 5000):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(_nested_filter_request(levels), metadata=bearer(service.key), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_error_status(caught.value)
+        assert status is not None
+        assert bad_request_violations(status) == [
+            FieldViolation("filter", "nests messages more than 100 levels deep (protobuf's limit)")
+        ]
+    # Below protobuf's limit, the query's own (much lower) limit answers.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(_nested_filter_request(99), metadata=bearer(service.key), timeout=10)
+    status = rpc_error_status(caught.value)
+    assert status is not None
+    [violation] = bad_request_violations(status)
+    assert violation.description == "filters may nest at most 8 levels"

@@ -7,11 +7,16 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from candela.auth.v1 import auth_service_pb2 as pb
 from candela.auth.v1 import auth_service_pb2_grpc
+from candela.query.v1 import query_service_pb2 as query_pb
+from candela_runtime.decoding import MAX_DEPTH, explain, undecodable
 from candela_runtime.errors import FieldViolation, InvalidArgument, NotFound, bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server
 
@@ -155,3 +160,83 @@ async def _answer_or_unavailable(health: health_pb2_grpc.HealthStub) -> int | st
     except grpc.aio.AioRpcError as err:
         return "unavailable" if err.code() == grpc.StatusCode.UNAVAILABLE else err.code().name
     return int(response.status)
+
+
+async def _raw_violations(channel: grpc.aio.Channel, method: str, payload: bytes) -> list[FieldViolation]:
+    call = channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=bytes, response_deserializer=bytes)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(payload, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    status = rpc_error_status(caught.value)
+    assert status is not None
+    assert f"the request is not a valid {method}Request" in status.message
+    return bad_request_violations(status)
+
+
+async def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_field(channel: grpc.aio.Channel) -> None:
+    """grpcio answers UNKNOWN when a request does not parse; it is the caller's mistake."""
+    corrupt = FieldViolation("", "truncated or corrupt bytes (not a valid protobuf encoding)")
+    assert await _raw_violations(channel, "CreateOrganization", b"\x00") == [corrupt]
+    # name (field 1) says 5 bytes follow, 2 do.
+    assert await _raw_violations(channel, "CreateOrganization", b"\x0a\x05ab") == [
+        FieldViolation("name", "truncated or corrupt bytes (not a valid protobuf encoding)")
+    ]
+    assert await _raw_violations(channel, "CreateOrganization", b"\x0a\x02\xff\xfe") == [
+        FieldViolation("name", "is not valid UTF-8 (a string field holds UTF-8 text)")
+    ]
+    # UpdateOrganizationRequest.organization (2) .name (2): the path names the nested field.
+    assert await _raw_violations(channel, "UpdateOrganization", b"\x12\x03\x12\x01\xc3") == [
+        FieldViolation("organization.name", "is not valid UTF-8 (a string field holds UTF-8 text)")
+    ]
+    # The servicer was never called with something it cannot read: the next call is served as usual.
+    assert (await _create(channel, "fine")).organization.name == "fine"
+
+
+def _nest(levels: int) -> bytes:
+    """A QueryRequestsRequest with ``levels`` filters nested in ``filter.all``, as bytes."""
+    inner = b""
+    for _ in range(levels):
+        inner = b"\x4a" + _varint(len(inner)) + inner
+    return b"\x0a" + _varint(len(inner)) + inner
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _parses(message_type: type[Message], data: bytes) -> bool:
+    try:
+        message_type.FromString(data)
+    except DecodeError:
+        return False
+    return True
+
+
+def test_the_explanation_agrees_with_the_protobuf_runtime_on_nesting() -> None:
+    request = query_pb.QueryRequestsRequest
+    assert _parses(request, _nest(99))
+    assert explain(request.DESCRIPTOR, _nest(99)) is None
+    assert not _parses(request, _nest(100))
+    assert explain(request.DESCRIPTOR, _nest(100)) == FieldViolation(
+        "filter", f"nests messages more than {MAX_DEPTH} levels deep (protobuf's limit)"
+    )
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.binary(max_size=200), st.integers(0, 199), st.binary(max_size=3))
+def test_the_explanation_never_faults_a_request_that_parses(garbage: bytes, cut: int, junk: bytes) -> None:
+    """Whatever the bytes, explaining never raises; bytes protobuf parses are never blamed."""
+    valid = query_pb.QueryRequestsRequest(
+        filter=query_pb.RequestFilter(model="gpt", all=[query_pb.RequestFilter(user_id="é")]), limit=3
+    ).SerializeToString()
+    for data in (garbage, valid[:cut] + junk + valid[cut:], valid + garbage):
+        violation = explain(query_pb.QueryRequestsRequest.DESCRIPTOR, data)
+        if _parses(query_pb.QueryRequestsRequest, data):
+            assert violation is None, (data, violation)
+        else:
+            assert undecodable(query_pb.QueryRequestsRequest.DESCRIPTOR, data).violations

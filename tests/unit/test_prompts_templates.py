@@ -63,3 +63,13 @@ def test_chat_diff_is_per_field() -> None:
     assert '-    "content": "a"' in lines
     assert '+    "content": "b"' in lines
     assert '     "role": "user",' in lines  # unchanged context
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["[" * 100_000, "[" * 100_000 + "]" * 100_000, '[{"role": "user", "content": ' + '{"a": ' * 100_000 + "}]"],
+)
+def test_chat_templates_nested_too_deeply_are_refused_with_the_limit(template: str) -> None:
+    """json recurses per bracket: once a RecursionError (INTERNAL), now a TemplateError naming the limit."""
+    with pytest.raises(templates.TemplateError, match=r"nested 2 levels deep \(\[ then \{\)"):
+        templates.parse_template(template, pb.TEMPLATE_FORMAT_CHAT)

@@ -7,12 +7,15 @@ checks), server reflection, OpenTelemetry tracing and the error mapping of :mod:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
@@ -20,6 +23,7 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
+from candela_runtime.decoding import UndecodableRequest, tolerant_deserializer
 from candela_runtime.errors import CandelaError
 from candela_runtime.metrics import MetricsInterceptor
 
@@ -28,8 +32,25 @@ logger = logging.getLogger(__name__)
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+@functools.lru_cache(maxsize=1024)
+def _request_type(method: str) -> Descriptor | None:
+    """The request message of ``/package.Service/Method``, from the default descriptor pool."""
+    service_name, _, method_name = method.lstrip("/").partition("/")
+    try:
+        found: Descriptor = (
+            descriptor_pool.Default().FindServiceByName(service_name).FindMethodByName(method_name).input_type
+        )
+    except (KeyError, AttributeError):
+        return None
+    return found
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Turns :class:`CandelaError` into its status with details; anything else into a logged INTERNAL."""
+    """Turns :class:`CandelaError` into its status with details; anything else into a logged INTERNAL.
+
+    Request bytes that do not parse are the caller's mistake too: INVALID_ARGUMENT naming the field (see
+    :mod:`candela_runtime.decoding`), before the servicer runs.
+    """
 
     async def intercept_service(
         self,
@@ -41,9 +62,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
             return handler
         inner = handler.unary_unary
         method = handler_call_details.method
+        deserializer = handler.request_deserializer
+        if deserializer is not None:
+            deserializer = tolerant_deserializer(deserializer, _request_type(method))
 
         async def guarded(request: Any, context: Any) -> Any:
             try:
+                if isinstance(request, UndecodableRequest):
+                    raise request.error
                 return await inner(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -57,7 +83,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 

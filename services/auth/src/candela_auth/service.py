@@ -41,6 +41,7 @@ from candela_auth import keys
 from candela_auth.store import ApiKeyRow, AuthStore, OrganizationRow
 from candela_runtime.errors import NotFound, PermissionDenied, Unauthenticated, Violations
 from candela_runtime.security import bearer_key, has_service_credential, require_service_credential
+from candela_runtime.timestamps import PROTOBUF_RANGE, TimeRange, checked_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ MAX_NAME_LENGTH = 200
 MAX_RETENTION_DAYS = 36_500
 _VALID_SCOPES = {pb.API_KEY_SCOPE_PROXY, pb.API_KEY_SCOPE_READ, pb.API_KEY_SCOPE_WRITE, pb.API_KEY_SCOPE_ADMIN}
 _UPDATABLE_FIELDS = ("name", "max_stored_logs", "retention_days")
+# What a Timestamp holds, less its last second: asyncpg writes 9999-12-31T23:59:59.999999Z (Python's
+# datetime.max) as Postgres 'infinity' and reads it back as a naive datetime.max.
+EXPIRY_RANGE = TimeRange(PROTOBUF_RANGE.earliest_s, PROTOBUF_RANGE.latest_s - 1, "what Postgres and a Timestamp hold")
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -75,6 +79,9 @@ def _check_name(violations: Violations, field: str, name: str) -> None:
         violations.add(field, "is required")
     elif len(name) > MAX_NAME_LENGTH:
         violations.add(field, f"must be at most {MAX_NAME_LENGTH} characters")
+    elif "\x00" in name:
+        # Postgres text cannot hold NUL; refused here rather than failing in the store.
+        violations.add(field, "must not contain NUL (U+0000) characters")
 
 
 def _is_usable(key: ApiKeyRow, now: datetime) -> bool:
@@ -147,8 +154,8 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 violations.add(f"scopes[{index}]", f"unknown scope {scope}")
         expires_at = None
         if request.HasField("expire_time"):
-            expires_at = request.expire_time.ToDatetime(tzinfo=UTC)
-            if expires_at <= datetime.now(UTC):
+            expires_at = checked_datetime(violations, "expire_time", request.expire_time, EXPIRY_RANGE)
+            if expires_at is not None and expires_at <= datetime.now(UTC):
                 violations.add("expire_time", "must be in the future")
         violations.raise_if_any()
         assert organization_id is not None

@@ -26,6 +26,7 @@ from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.packing import BatchParts, PackedObject, batch_parts, pack_parts, wire_batch_parts
 from candela_ingest.propagation import inject_headers, record_headers
 from candela_ingest.validation import BatchLimits, validate_ingest_request, validate_update_logs_request
+from candela_runtime.decoding import undecodable
 from candela_runtime.errors import InvalidArgument, Unavailable, Violations
 from candela_runtime.security import require_service_credential
 
@@ -131,11 +132,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 metrics.BATCHES_READ.labels("c").inc()
                 return parts
             metrics.BATCHES_READ.labels("runtime").inc()
+            data = request
             try:
-                request = pb.IngestRequest.FromString(request)
+                request = pb.IngestRequest.FromString(data)
             except DecodeError as err:
                 metrics.RECORDS_REFUSED.labels("invalid").inc()  # records it held: not known
-                raise InvalidArgument(f"the request is not a valid IngestRequest: {err}") from err
+                raise undecodable(pb.IngestRequest.DESCRIPTOR, data) from err
         try:
             validate_ingest_request(request, self._limits, now)
         except InvalidArgument:

@@ -14,6 +14,7 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 import grpc
@@ -27,8 +28,8 @@ from candela_prompts.store import PromptStore, PromptSummaryRow, VersionRow
 from candela_runtime.errors import NotFound, PermissionDenied, Violations
 from candela_runtime.security import Caller, KeyAuthenticator, has_service_credential
 
-PROMPT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ENVIRONMENT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+PROMPT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ENVIRONMENT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_TEMPLATE_BYTES = 256 * 1024
 MAX_INPUT_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
@@ -60,6 +61,9 @@ class PromptsServicer(prompts_service_pb2_grpc.PromptsServiceServicer):
             violations.add("template", "is required")
         elif len(request.template.encode()) > MAX_TEMPLATE_BYTES:
             violations.add("template", f"must be at most {MAX_TEMPLATE_BYTES} bytes")
+        elif "\x00" in request.template:
+            # Postgres text cannot hold NUL (a CHAT template can still say "\u0000" in its JSON).
+            violations.add("template", "must not contain NUL (U+0000) characters")
         elif template_format in (pb.TEMPLATE_FORMAT_TEXT, pb.TEMPLATE_FORMAT_CHAT):
             try:
                 parsed = templates.parse_template(request.template, template_format)
@@ -90,7 +94,7 @@ class PromptsServicer(prompts_service_pb2_grpc.PromptsServiceServicer):
         caller = await self._caller(context, auth_pb.API_KEY_SCOPE_READ)
         violations = Violations()
         page_size = _page_size(violations, request.page_size)
-        after = _decode_token(violations, request.page_token, "p")
+        after = _decode_token(violations, request.page_token, "p", _is_prompt_id)
         violations.raise_if_any()
         rows = await self._store.list_prompts(uuid.UUID(caller.organization_id), after, page_size + 1)
         more = len(rows) > page_size
@@ -107,13 +111,8 @@ class PromptsServicer(prompts_service_pb2_grpc.PromptsServiceServicer):
         violations = Violations()
         _check_prompt_id(violations, request.prompt_id)
         page_size = _page_size(violations, request.page_size)
-        below: int | None = None
-        if request.page_token:
-            token = _decode_token(violations, request.page_token, "v")
-            if token.isdigit():
-                below = int(token)
-            elif token:
-                violations.add("page_token", "is not a token this method returned")
+        token = _decode_token(violations, request.page_token, "v", _is_version)
+        below = int(token) if token else None
         violations.raise_if_any()
         rows = await self._store.list_versions(
             uuid.UUID(caller.organization_id), request.prompt_id, below, page_size + 1
@@ -216,15 +215,24 @@ class PromptsServicer(prompts_service_pb2_grpc.PromptsServiceServicer):
         return row
 
 
+def _is_prompt_id(value: str) -> bool:
+    return PROMPT_ID_PATTERN.fullmatch(value) is not None
+
+
+def _is_version(value: str) -> bool:
+    """A version number: 1 to 2**31 - 1 (the column is a Postgres integer), in ASCII digits."""
+    return value.isascii() and value.isdigit() and len(value) <= 10 and 0 < int(value) < 2**31
+
+
 def _check_prompt_id(violations: Violations, prompt_id: str) -> None:
     if not prompt_id:
         violations.add("prompt_id", "is required")
-    elif not PROMPT_ID_PATTERN.match(prompt_id):
+    elif not _is_prompt_id(prompt_id):
         violations.add("prompt_id", "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
 
 def _check_environment(violations: Violations, environment: str) -> None:
-    if not ENVIRONMENT_PATTERN.match(environment):
+    if not ENVIRONMENT_PATTERN.fullmatch(environment):
         violations.add(
             "environment", "must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
         )
@@ -260,8 +268,9 @@ def _encode_token(kind: str, value: str) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
 
 
-def _decode_token(violations: Violations, token: str, kind: str) -> str:
-    """The position a page token encodes ('' for the first page)."""
+def _decode_token(violations: Violations, token: str, kind: str, valid: Callable[[str], bool]) -> str:
+    """The position a page token encodes ('' for the first page). A token is caller input and its value
+    goes to Postgres, so it must also be ``valid``."""
     if not token:
         return ""
     try:
@@ -269,7 +278,7 @@ def _decode_token(violations: Violations, token: str, kind: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         decoded = ""
     found_kind, _, value = decoded.partition(":")
-    if found_kind != kind or not value:
+    if found_kind != kind or not valid(value):
         violations.add("page_token", "is not a token this method returned")
         return ""
     return value

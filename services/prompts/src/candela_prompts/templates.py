@@ -26,6 +26,8 @@ from candela.prompts.v1 import prompts_service_pb2 as pb
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 MAX_ROLE_LENGTH = 64
+CHAT_NESTING = 2
+"""How deep a CHAT template's JSON nests: a list of message objects."""
 
 
 class TemplateError(ValueError):
@@ -166,6 +168,12 @@ def _parse_chat(template: str) -> tuple[ParsedMessage, ...]:
         document = json.loads(template)
     except ValueError as err:
         raise TemplateError(f"a CHAT template must be a JSON list of messages: {err}") from None
+    except RecursionError:
+        # json recurses once per bracket; a list of messages needs two levels, so refuse the rest plainly.
+        raise TemplateError(
+            f"a CHAT template must be a JSON list of messages, nested {CHAT_NESTING} levels deep ([ then {{),"
+            " but this one nests its brackets too deeply to parse"
+        ) from None
     if not isinstance(document, list) or not document:
         raise TemplateError('a CHAT template must be a non-empty JSON list of {"role", "content"} messages')
     messages: list[ParsedMessage] = []

@@ -22,10 +22,13 @@ from google.protobuf import struct_pb2
 
 from candela.query.v1 import query_service_pb2 as pb
 from candela_runtime.errors import Violations
+from candela_runtime.timestamps import TimeRange, checked_micros
 
 MAX_FILTER_DEPTH = 8
 MAX_FILTER_CONDITIONS = 100
 MAX_TEXT_VALUE = 1024
+STORED_TIMES = TimeRange(0, 2**32 - 1, "what ClickHouse's DateTime holds")
+"""The times a request's Timestamp fields may name: 1970-01-01T00:00:00Z to 2106-02-07T06:28:15Z."""
 
 
 class Kind(enum.Enum):
@@ -213,9 +216,15 @@ class FilterCompiler:
         elif request_filter.status_code:
             parts.append(f"status_code = {self.params.bind(request_filter.status_code)}")
         if request_filter.HasField("created_after"):
-            parts.append(time_bound(">=", request_filter.created_after.ToMicroseconds(), self.params))
+            after = checked_micros(self.violations, f"{path}.created_after", request_filter.created_after, STORED_TIMES)
+            if after is not None:
+                parts.append(time_bound(">=", after, self.params))
         if request_filter.HasField("created_before"):
-            parts.append(time_bound("<", request_filter.created_before.ToMicroseconds(), self.params))
+            before = checked_micros(
+                self.violations, f"{path}.created_before", request_filter.created_before, STORED_TIMES
+            )
+            if before is not None:
+                parts.append(time_bound("<", before, self.params))
         return parts
 
     def condition(self, condition: pb.FilterCondition, path: str) -> str:

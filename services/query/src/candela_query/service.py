@@ -22,11 +22,12 @@ from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_query.bodies import BodyReader
 from candela_query.cursor import CursorCodec, CursorError, Position
-from candela_query.filters import FilterCompiler, Params, time_bound
+from candela_query.filters import STORED_TIMES, FilterCompiler, Params, time_bound
 from candela_query.store import SORT_COLUMNS, Metrics, MetricsRow, RequestStore, StoredRequest, decimal_text, timestamp
 from candela_query.usage import UsageReader
 from candela_runtime.errors import NotFound, Unavailable, Violations
 from candela_runtime.security import KeyAuthenticator
+from candela_runtime.timestamps import checked_micros
 
 DEFAULT_PAGE_SIZE = 100
 MAX_GROUPS = 10_000
@@ -171,8 +172,8 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
                 violations.add("start", "is required")
             if not has_end:
                 violations.add("end", "is required")
-        start = request.start.ToMicroseconds() if has_start else None
-        end = request.end.ToMicroseconds() if has_end else None
+        start = checked_micros(violations, "start", request.start, STORED_TIMES) if has_start else None
+        end = checked_micros(violations, "end", request.end, STORED_TIMES) if has_end else None
         if start is not None and end is not None:
             if end <= start:
                 violations.add("end", "must be after start")
