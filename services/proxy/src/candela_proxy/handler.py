@@ -696,12 +696,24 @@ def _retry_after_s(upstream: aiohttp.ClientResponse, retry: RetryPolicy) -> floa
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, however it arrives (Content-Length or chunked, in parts, slowly), up to
+    ``limit`` bytes; a larger one is a 413, refused at once when its Content-Length says so.
+
+    ``readany`` hands over what the connection has delivered so far, so the body is read until its end:
+    one read would return only the first parts of a body larger than a socket buffer, or of one sent in
+    pieces.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise ProxyError(413, f"the request body is larger than the {limit}-byte limit", "request_too_large")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise ProxyError(413, f"the request body is larger than the {limit}-byte limit", "request_too_large")
-    return body
+    parts: list[bytes] = []
+    size = 0
+    while part := await request.content.readany():
+        size += len(part)
+        if size > limit:
+            raise ProxyError(413, f"the request body is larger than the {limit}-byte limit", "request_too_large")
+        parts.append(part)
+    # join() returns a lone part itself, uncopied: the common small body costs nothing more.
+    return b"".join(parts)
 
 
 def _error_response(provider: Provider, err: ProxyError, request_id: str | None) -> web.Response:
