@@ -185,3 +185,102 @@ def test_slow_and_chunked_senders_are_answered_and_logged_whole(
         assert json.loads(answer)["choices"][0]["message"]["content"].startswith(f"Echo: {marker}")
         logged = _logged_request_body(large_query_stub, admin, request_id)
         assert logged.request_body.encode() == body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Candela-User-Id: caf\xe9",
+        b"Candela-Property-Team: \xff\xfe",
+        b"Candela-Property-Caf\xe9: x",
+        b"Candela-Session-Name: r\xe9sum\xe9",
+        b"Helicone-Prompt-Id: p\xe9",
+    ],
+)
+def test_a_logged_header_that_is_not_utf8_is_a_400_before_the_provider_is_called(
+    stack: Stack, admin: Bootstrap, header: bytes, stream: bool
+) -> None:
+    for url in (stack.gateway_url, stack.proxy_url):
+        marker = f"latin1-{uuid.uuid4().hex}"
+        body = json.dumps(
+            {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        head = _head("/v1/chat/completions", _headers(admin, marker), f"Content-Length: {len(body)}")
+        head = head[:-2] + header + b"\r\n\r\n"
+        status, answer = _raw_exchange(int(url.rsplit(":", 1)[1]), head, [body], 0)
+        assert status == 400, answer[:500]
+        if not header.partition(b":")[0].isascii():
+            # A header name that is not an HTTP token is refused by the HTTP parser itself (Envoy's in the
+            # SDK's shape, aiohttp's as plain text), before any handler runs.
+            if url == stack.gateway_url:
+                assert json.loads(answer)["error"]["code"] == "http1.codec_error"
+        else:
+            error = json.loads(answer)["error"]
+            assert error["code"] == "invalid_candela_header"
+            assert "not valid UTF-8" in error["message"]
+        assert fake_requests(stack, x_test_marker=marker) == [], "the provider was called"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Candela-Retry-Num", "²"),
+        ("Candela-Cache-Bucket-Max-Size", "³"),
+        ("Candela-Prompt-Version", "²"),
+        ("Candela-RateLimit-Policy", "²;w=60"),
+    ],
+)
+def test_numbers_in_unicode_digits_are_a_400(stack: Stack, admin: Bootstrap, name: str, value: str) -> None:
+    marker = f"digits-{uuid.uuid4().hex}"
+    headers: dict[str, str | bytes] = {
+        **_headers(admin, marker),
+        "Candela-Retry-Enabled": "true",
+        "Candela-Cache-Enabled": "true",
+        name: value.encode(),
+    }
+    answer = httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers=headers,
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_candela_header"
+    assert name.lower() in answer.json()["error"]["message"].lower()
+    assert fake_requests(stack, x_test_marker=marker) == []
+
+
+def test_a_fallback_header_with_a_line_break_is_a_400(stack: Stack, admin: Bootstrap) -> None:
+    marker = f"crlf-{uuid.uuid4().hex}"
+    assert stack.fake_provider_url is not None
+    fallbacks = [{"target-url": stack.fake_provider_url, "headers": {"X-Extra": "a\r\nX-Injected: yes"}}]
+    answer = httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={**_headers(admin, marker), "Candela-Fallbacks": json.dumps(fallbacks)},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert "control character" in answer.json()["error"]["message"]
+    assert fake_requests(stack, x_test_marker=marker) == []
+
+
+def test_prompt_inputs_above_the_logged_bound_are_a_400_before_the_provider_is_called(
+    stack: Stack, admin: Bootstrap
+) -> None:
+    marker = f"inputs-{uuid.uuid4().hex}"
+    document = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "prompt_id": "any-prompt",
+        "inputs": {"document": "é" * (MAX_PROMPT_INPUTS_BYTES // 2)},
+    }
+    answer = httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions", json=document, headers=_headers(admin, marker), timeout=30
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_prompt_request"
+    assert f"more than the limit of {MAX_PROMPT_INPUTS_BYTES}" in error["message"]
+    assert fake_requests(stack, x_test_marker=marker) == []
