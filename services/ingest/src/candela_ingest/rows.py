@@ -86,6 +86,8 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "request_body_frame_length",
     "response_body_frame_offset",
     "response_body_frame_length",
+    # Added by migration 0007.
+    "usage_clamped",
     "version",
 )
 NO_FIRST_TOKEN = -1
@@ -272,6 +274,7 @@ def checked_request_columns(
         input_values,
         *_transposed(_BODY_FRAME, request_bodies),
         *_transposed(_BODY_FRAME, response_bodies),
+        [int(record.usage_clamped) for record in records],
         [version] * len(messages),
     ]
     costs: dict[_CostField, list[str]] = {"cost_usd": cost_texts, "cost_saved_usd": saved_texts}

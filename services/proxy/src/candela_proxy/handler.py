@@ -574,6 +574,7 @@ class ProxyHandler:
             streamed=exchange.streamed,
             latency_ms=round((finished - exchange.started) * 1000),
             usage=facts.to_proto(),
+            usage_clamped=facts.clamped,
             user_id=options.user_id,
             session_id=options.session_id,
             session_path=options.session_path,
