@@ -112,9 +112,7 @@ def test_the_openai_sdk_sends_large_bodies_through_the_gateway(
         )
     )
     content = marker + "y" * size
-    raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": content}]
-    )
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": content}])
     completion = raw.parse()
     assert completion.choices[0].message.content is not None
     assert completion.choices[0].message.content.startswith(f"Echo: {marker}")
@@ -179,7 +177,10 @@ def test_slow_and_chunked_senders_are_answered_and_logged_whole(
         headers = {**_headers(admin, marker), "Candela-Request-Id": request_id}
         port = int(url.rsplit(":", 1)[1])
         status, answer = _raw_exchange(
-            port, _head("/v1/chat/completions", headers, declared), parts if framing == "content-length" else _chunked(parts), 0.3
+            port,
+            _head("/v1/chat/completions", headers, declared),
+            parts if framing == "content-length" else _chunked(parts),
+            0.3,
         )
         assert status == 200, answer[:500]
         assert json.loads(answer)["choices"][0]["message"]["content"].startswith(f"Echo: {marker}")
@@ -203,9 +204,7 @@ def test_a_logged_header_that_is_not_utf8_is_a_400_before_the_provider_is_called
 ) -> None:
     for url in (stack.gateway_url, stack.proxy_url):
         marker = f"latin1-{uuid.uuid4().hex}"
-        body = json.dumps(
-            {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
-        ).encode()
+        body = json.dumps({"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).encode()
         head = _head("/v1/chat/completions", _headers(admin, marker), f"Content-Length: {len(body)}")
         head = head[:-2] + header + b"\r\n\r\n"
         status, answer = _raw_exchange(int(url.rsplit(":", 1)[1]), head, [body], 0)

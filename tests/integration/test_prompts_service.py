@@ -428,7 +428,9 @@ async def test_inputs_above_the_bound_every_log_keeps_are_refused(
 ) -> None:
     """The bound is the proxy's and ingest's (MAX_PROMPT_INPUTS_BYTES), in UTF-8 bytes, not characters."""
     key = await _writer_key(auth_stub)
-    await prompts_stub.CreatePrompt(pb.CreatePromptRequest(prompt_id="doc", template="Sum up: {{d}}"), metadata=bearer(key))
+    await prompts_stub.CreatePrompt(
+        pb.CreatePromptRequest(prompt_id="doc", template="Sum up: {{d}}"), metadata=bearer(key)
+    )
     fits = "é" * ((MAX_PROMPT_INPUTS_BYTES - 1) // 2)
     rendered = await prompts_stub.RenderPrompt(
         pb.RenderPromptRequest(prompt_id="doc", inputs={"d": fits}), metadata=bearer(key)

@@ -160,7 +160,9 @@ def test_a_record_field_the_decoder_does_not_know_is_left_to_the_runtime() -> No
     known = log_record_pb2.LogMessage(record=log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), model="m"))
     newer = log_record_pb2.LogMessage()
     newer.record.ParseFromString(known.record.SerializeToString() + varint(40 << 3) + varint(1))
-    clamped = log_record_pb2.LogMessage(record=log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), usage_clamped=True))
+    clamped = log_record_pb2.LogMessage(
+        record=log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), usage_clamped=True)
+    )
     columns, _, fallback = wire_request_columns([m.SerializeToString() for m in (known, newer, clamped)], 7)
     assert fallback == [1]
     usage_clamped = REQUEST_COLUMNS.index("usage_clamped")

@@ -63,7 +63,7 @@ def test_bearer_secret(value: str | None, expected: str | None) -> None:
         ("Candela-Retry-Num", "²"),
         ("Candela-Retry-Num", "٣"),
         ("Candela-Retry-Min-Timeout", "1²"),
-        ("Candela-Retry-Factor", "١.5"),
+        ("Candela-Retry-Factor", "\u0661.5"),  # ARABIC-INDIC DIGIT ONE
         ("Candela-Retry-Factor", "nan"),
         ("Candela-Retry-Factor", "1_5"),
         ("Candela-Cache-Bucket-Max-Size", "³"),
@@ -100,10 +100,13 @@ def test_ascii_numbers_still_parse() -> None:
             }
         )
     )
-    assert parsed.retry is not None and (parsed.retry.num, parsed.retry.factor) == (2, 1.5)
+    assert parsed.retry is not None
+    assert (parsed.retry.num, parsed.retry.factor) == (2, 1.5)
     assert parsed.prompt_version == "7"
-    assert parsed.rate_limit is not None and (parsed.rate_limit.quota, parsed.rate_limit.window_s) == (10, 60)
-    assert parsed.cache is not None and parsed.cache.max_age_s == 60
+    assert parsed.rate_limit is not None
+    assert (parsed.rate_limit.quota, parsed.rate_limit.window_s) == (10, 60)
+    assert parsed.cache is not None
+    assert parsed.cache.max_age_s == 60
 
 
 @pytest.mark.parametrize(
