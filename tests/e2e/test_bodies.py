@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -232,12 +233,9 @@ def test_a_logged_header_that_is_not_utf8_is_a_400_before_the_provider_is_called
 )
 def test_numbers_in_unicode_digits_are_a_400(stack: Stack, admin: Bootstrap, name: str, value: str) -> None:
     marker = f"digits-{uuid.uuid4().hex}"
-    headers: dict[str, str | bytes] = {
-        **_headers(admin, marker),
-        "Candela-Retry-Enabled": "true",
-        "Candela-Cache-Enabled": "true",
-        name: value.encode(),
-    }
+    # As bytes: the value goes out UTF-8 encoded, as a client that takes any text would send it.
+    text = {**_headers(admin, marker), "Candela-Retry-Enabled": "true", "Candela-Cache-Enabled": "true", name: value}
+    headers = {key.encode(): item.encode() for key, item in text.items()}
     answer = httpx.post(
         f"{stack.gateway_url}/v1/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
@@ -283,3 +281,51 @@ def test_prompt_inputs_above_the_logged_bound_are_a_400_before_the_provider_is_c
     assert error["code"] == "invalid_prompt_request"
     assert f"more than the limit of {MAX_PROMPT_INPUTS_BYTES}" in error["message"]
     assert fake_requests(stack, x_test_marker=marker) == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("prompt_tokens", [5e9, -7, 2**63])
+def test_out_of_range_usage_is_logged_zeroed_flagged_and_unpriced(
+    stack: Stack,
+    admin: Bootstrap,
+    query_stub: query_service_pb2_grpc.QueryServiceStub,
+    closing: contextlib.ExitStack,
+    prompt_tokens: float,
+    stream: bool,
+) -> None:
+    client = closing.enter_context(
+        openai.OpenAI(
+            base_url=f"{stack.gateway_url}/v1",
+            api_key="sk-provider",
+            default_headers={
+                "Candela-Auth": f"Bearer {admin.api_key}",
+                "x-fake-usage": json.dumps({"prompt_tokens": prompt_tokens}),
+            },
+            max_retries=0,
+        )
+    )
+    messages: list[Any] = [{"role": "user", "content": "Say hello"}]
+    if stream:
+        with client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}
+        ) as response:
+            chunks = list(response.parse())
+            request_id = response.headers["Candela-Id"]
+        assert chunks[-1].usage is not None
+    else:
+        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages)
+        assert raw.parse().choices[0].message.content
+        request_id = raw.headers["Candela-Id"]
+    logged = wait_for_logged_request(query_stub, admin.api_key, request_id).request
+    assert logged.status_code == 200
+    assert logged.usage_clamped
+    assert (logged.usage.prompt_tokens, logged.usage.completion_tokens) == (0, 12)
+    assert not logged.HasField("cost_usd"), "a clamped usage is not what was billed: the log stays unpriced"
+    # The flag reaches REST callers too.
+    found = httpx.get(
+        f"{stack.gateway_url}/v1/request/{request_id}",
+        headers={"Authorization": f"Bearer {admin.api_key}"},
+        timeout=30,
+    )
+    assert found.status_code == 200, found.text
+    assert found.json()["request"]["usageClamped"] is True
