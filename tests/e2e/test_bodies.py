@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
-from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES
 from candela_stack.stack import Bootstrap, Stack
 from tests.e2e.conftest import wait_for_logged_request
 from tests.e2e.proxy_support import fake_requests
@@ -329,3 +329,26 @@ def test_out_of_range_usage_is_logged_zeroed_flagged_and_unpriced(
     )
     assert found.status_code == 200, found.text
     assert found.json()["request"]["usageClamped"] is True
+
+
+def test_bodies_above_what_one_log_holds_are_left_out_with_a_marker_and_the_log_kept(
+    stack: Stack, admin: Bootstrap, large_query_stub: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    """A 30 MB request answered with ~40 MB: together above a stored log's 64 MiB, so the larger body (the
+    answer) is left out, marked as such, and the log is kept with the request body whole."""
+    marker = f"over-{uuid.uuid4().hex}"
+    document = {"model": "text-embedding-3-small", "input": "w " * (15 * MB), "dimensions": 1_800_000}
+    body = json.dumps(document).encode()
+    answer = httpx.post(
+        f"{stack.gateway_url}/v1/embeddings", content=body, headers=_headers(admin, marker), timeout=300
+    )
+    assert answer.status_code == 200
+    assert len(answer.content) + len(body) > MAX_RECORD_BYTES
+    assert len(answer.json()["data"][0]["embedding"]) == 1_800_000  # the client got the whole answer
+    logged = _logged_request_body(large_query_stub, admin, answer.headers["Candela-Id"])
+    record = logged.request
+    assert (record.response_body_omitted, record.response_body_over_limit) == (True, True)
+    assert (record.request_body_omitted, record.request_body_over_limit) == (False, False)
+    assert logged.response_body == ""
+    assert logged.request_body.encode() == body
+    assert record.usage.prompt_tokens == 15 * MB

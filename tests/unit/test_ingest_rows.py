@@ -32,7 +32,7 @@ MIGRATION = MIGRATIONS / "0001_requests.sql"
 ADDED_COLUMNS = (
     MIGRATIONS / "0004_request_routing_and_prompt_inputs.sql",
     MIGRATIONS / "0006_request_body_frames.sql",
-    MIGRATIONS / "0007_request_usage_clamped.sql",
+    MIGRATIONS / "0007_request_kept_with_changes.sql",
 )
 
 
@@ -111,6 +111,7 @@ def test_full_row_mapping() -> None:
         ],
         prompt_inputs={"topic": "tides", "city": "Brest"},
         usage_clamped=True,
+        response_body_over_limit=True,
     )
     message = log_record_pb2.LogMessage(
         record=record,
@@ -180,6 +181,8 @@ def test_full_row_mapping() -> None:
         "prompt_input_keys": ["city", "topic"],
         "prompt_input_values": ["Brest", "tides"],
         "usage_clamped": 1,
+        "request_body_over_limit": 0,
+        "response_body_over_limit": 1,
     }
 
 

@@ -40,7 +40,15 @@ def log_messages(draw: st.DrawFn) -> log_record_pb2.LogMessage:
         record.created_at.nanos = draw(st.one_of(st.integers(0, 999_999_999), INT32))
     record.status_code = draw(st.one_of(st.sampled_from([0, 200, 429]), INT32))
     record.latency_ms = draw(INT64)
-    for name in ("streamed", "cache_hit", "request_body_omitted", "response_body_omitted", "usage_clamped"):
+    for name in (
+        "streamed",
+        "cache_hit",
+        "request_body_omitted",
+        "response_body_omitted",
+        "usage_clamped",
+        "request_body_over_limit",
+        "response_body_over_limit",
+    ):
         setattr(record, name, draw(st.booleans()))
     if draw(st.booleans()):
         record.time_to_first_token_ms = draw(st.one_of(st.just(0), INT64))

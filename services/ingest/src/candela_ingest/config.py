@@ -53,6 +53,10 @@ class IngestConfig(ServiceConfig, KafkaSettings):
             raise ConfigError(
                 f"CANDELA_MAX_METADATA_BYTES must be above {MAX_PROMPT_INPUTS_BYTES}, the prompt inputs a log may hold"
             )
+        # The proxy leaves bodies out of a log (marking it) only above MAX_RECORD_BYTES: below it, it counts on
+        # ingest to take the log whole.
+        if self.max_record_bytes < MAX_RECORD_BYTES:
+            raise ConfigError(f"CANDELA_MAX_RECORD_BYTES must be at least {MAX_RECORD_BYTES}, what the proxy sends")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,7 @@ from candela_proxy.ratelimit import RateLimitDecision, RateLimiter, SegmentMissi
 from candela_proxy.shipping import LogShipper
 from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
+from candela_runtime.limits import MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 from candela_runtime.security import KeyAuthenticator
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ _HOP_BY_HOP = frozenset(
 )
 # aiohttp decompresses upstream bodies, so the encoding header no longer describes what we send.
 _NOT_RETURNED = _HOP_BY_HOP | {"content-encoding"}
+# The bodies one log may carry: ingest's limit on a whole log, less its largest metadata and the fields' keys
+# and lengths.
+_LOG_BODY_BUDGET = MAX_RECORD_BYTES - MAX_RECORD_METADATA_BYTES - 64
 # OpenAI endpoints whose streams can carry a usage chunk on request (stream_options.include_usage).
 _STREAM_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -606,11 +610,16 @@ class ProxyHandler:
             if cost is not None:
                 record.cost_usd = format(cost, "f")
         response_body = b"".join(exchange.response_chunks)
+        stored_request, stored_response = _within_log_limit(
+            record,
+            b"" if options.omit_request else exchange.request_body,
+            b"" if options.omit_response else response_body,
+        )
         self._shipper.submit(
             ingest_service_pb2.IngestRecord(
                 record=record,
-                request_body=b"" if options.omit_request else exchange.request_body,
-                response_body=b"" if options.omit_response else response_body,
+                request_body=stored_request,
+                response_body=stored_response,
                 # None (not {}) when not tracing: an empty map costs ~1 us a request to build.
                 trace_context=_request_trace_context() if self._tracing else None,
             )
@@ -715,6 +724,31 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         parts.append(part)
     # join() returns a lone part itself, uncopied: the common small body costs nothing more.
     return b"".join(parts)
+
+
+def _within_log_limit(
+    record: log_record_pb2.LogRecord, request_body: bytes, response_body: bytes
+) -> tuple[bytes, bytes]:
+    """The bodies to log with ``record``: both, unless together they exceed what one stored log holds.
+
+    Ingest refuses a whole log above MAX_RECORD_BYTES, so rather than lose it, the larger body is left out
+    (and then the other, if it alone is still too large), each marked on the record as omitted and over the
+    limit: the log is kept with its metadata, and says why a body is missing.
+    """
+    if len(request_body) + len(response_body) <= _LOG_BODY_BUDGET:
+        return request_body, response_body
+    for _ in range(2):
+        if len(response_body) >= len(request_body):
+            record.response_body_omitted = record.response_body_over_limit = True
+            logger.warning("request %s: response body of %d bytes not logged", record.request_id, len(response_body))
+            response_body = b""
+        else:
+            record.request_body_omitted = record.request_body_over_limit = True
+            logger.warning("request %s: request body of %d bytes not logged", record.request_id, len(request_body))
+            request_body = b""
+        if len(request_body) + len(response_body) <= _LOG_BODY_BUDGET:
+            break
+    return request_body, response_body
 
 
 def _error_response(provider: Provider, err: ProxyError, request_id: str | None) -> web.Response:
