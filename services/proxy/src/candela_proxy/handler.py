@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -701,6 +702,8 @@ def _retry_after_s(upstream: aiohttp.ClientResponse, retry: RetryPolicy) -> floa
     try:
         seconds = float(value)
     except ValueError:
+        return 0.0
+    if math.isnan(seconds):  # "nan" parses, and asyncio.sleep(nan) never returns
         return 0.0
     return min(max(seconds, 0.0), retry.max_timeout_ms / 1000)
 
