@@ -367,3 +367,44 @@ def test_a_declared_length_above_the_limit_is_refused_before_any_body_is_sent(st
         if shape == "openai":
             assert (error["type"], error["code"]) == ("invalid_request_error", "request_payload_too_large")
         assert "byte limit" in error["message"]
+
+
+def test_headers_or_a_model_name_that_would_make_the_log_too_large_are_a_400(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    """Straight to the proxy (Envoy caps request headers at 60 KiB): 64 properties of ~7 KB each would make a
+    log's metadata larger than ingest keeps (256 KiB), so the request is refused before the provider is
+    called rather than answered and its log refused."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    marker = f"props-{uuid.uuid4().hex}"
+    properties = {f"Candela-Property-P{index}-{'n' * 4000}": "€" * 1000 for index in range(64)}
+    text = {**_headers(admin, marker), **properties}
+    refused = httpx.post(
+        f"{stack.proxy_url}/v1/chat/completions",
+        json=chat,
+        headers={key.encode(): value.encode() for key, value in text.items()},
+        timeout=30,
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_candela_header"
+    long_model = httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions",
+        json={**chat, "model": "m" * 300_000},
+        headers=_headers(admin, marker),
+        timeout=30,
+    )
+    assert long_model.status_code == 400, long_model.text
+    assert long_model.json()["error"]["code"] == "invalid_model"
+    assert fake_requests(stack, x_test_marker=marker) == []
+    # Within the bound, every property is logged.
+    fitting = dict(list(properties.items())[:6])
+    text = {**_headers(admin, marker), **fitting}
+    answered = httpx.post(
+        f"{stack.proxy_url}/v1/chat/completions",
+        json=chat,
+        headers={key.encode(): value.encode() for key, value in text.items()},
+        timeout=30,
+    )
+    assert answered.status_code == 200, answered.text
+    logged = wait_for_logged_request(query_stub, admin.api_key, answered.headers["Candela-Id"]).request
+    assert dict(logged.properties) == {name.split("-", 2)[2].lower(): value for name, value in fitting.items()}

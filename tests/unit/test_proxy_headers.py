@@ -6,6 +6,7 @@ import pytest
 from multidict import CIMultiDict
 
 from candela_proxy.headers import HeaderError, bearer_secret, parse_candela_headers
+from candela_runtime.limits import MAX_CANDELA_HEADER_BYTES
 
 pytestmark = pytest.mark.unit
 
@@ -158,3 +159,12 @@ def test_utf8_header_values_are_kept() -> None:
     )
     assert parsed.user_id == "café"
     assert parsed.properties == {"ville": "Zürich"}
+
+
+def test_candela_headers_larger_together_than_a_log_keeps_are_refused() -> None:
+    """Each property fits, but together they would make the log's metadata too large for ingest."""
+    properties = {f"Candela-Property-P{index}-{'n' * 900}": "€" * 1000 for index in range(30)}
+    with pytest.raises(HeaderError, match=f"more than {MAX_CANDELA_HEADER_BYTES} bytes together"):
+        parse_candela_headers(CIMultiDict(properties))
+    fitting = dict(list(properties.items())[:15])
+    assert len(parse_candela_headers(CIMultiDict(fitting)).properties) == 15

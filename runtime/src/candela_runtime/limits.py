@@ -21,6 +21,15 @@ MAX_PROMPT_INPUTS_BYTES = 64 * 1024
 logged in the record's metadata; this leaves three quarters of MAX_RECORD_METADATA_BYTES to the rest of it
 (properties, ids, attempts)."""
 
+MAX_CANDELA_HEADER_BYTES = 64 * 1024
+"""Most UTF-8 bytes of a request's Candela-* (and Helicone-*) headers, names and values together; most of
+what they say (properties, user, session, prompt, targets) is logged in the metadata. With the prompt
+inputs and a bounded model name, a log's metadata stays well within MAX_RECORD_METADATA_BYTES. (Envoy's
+own limit on request headers, 60 KiB, is below it: this bounds requests sent to the proxy directly.)"""
+
+MAX_MODEL_NAME_LENGTH = 1024
+"""Longest ``model`` a request body may name (characters); it is logged in the metadata."""
+
 MAX_TOKEN_COUNT = 2**32 - 1
 """Largest token count a log stores (the UInt32 columns of ClickHouse); a provider's larger or negative
 count is out of range."""

@@ -43,7 +43,7 @@ from candela_proxy.ratelimit import RateLimitDecision, RateLimiter, SegmentMissi
 from candela_proxy.shipping import LogShipper
 from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
-from candela_runtime.limits import MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
+from candela_runtime.limits import MAX_MODEL_NAME_LENGTH, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 from candela_runtime.security import KeyAuthenticator
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,11 @@ class ProxyHandler:
                 exchange.document = document
                 model = document.get("model")
                 exchange.model = model if isinstance(model, str) else ""
+                if len(exchange.model) > MAX_MODEL_NAME_LENGTH:
+                    # Logged with the request: a longer one could make its log too large to keep.
+                    raise ProxyError(
+                        400, f"the model name is longer than {MAX_MODEL_NAME_LENGTH} characters", "invalid_model"
+                    )
                 exchange.streamed = document.get("stream") is True
                 self._inject_stream_usage(exchange, document)
         elif options.fallbacks and any(fallback.body_overrides for fallback in options.fallbacks):

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, prompt_inputs_bytes
+from candela_runtime.limits import MAX_CANDELA_HEADER_BYTES, MAX_PROMPT_INPUTS_BYTES, prompt_inputs_bytes
 
 _PREFIXES = ("candela-", "helicone-")
 _PROPERTY = "property-"
@@ -307,12 +307,19 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
     """Reads every ``Candela-*`` / ``Helicone-*`` header; raises :class:`HeaderError` on bad input."""
     parsed = CandelaHeaders()
     tuning: dict[str, tuple[str, str]] = {}
+    candela_bytes = 0
     for raw_name, value in headers.items():
-        if not (raw_name.isascii() and value.isascii()):
+        ascii_only = raw_name.isascii() and value.isascii()
+        if not ascii_only:
             _require_utf8(raw_name, value)
         name = raw_name.lower()
         if not name.startswith(_PREFIXES):
             continue
+        candela_bytes += len(raw_name) + len(value) if ascii_only else len(raw_name.encode()) + len(value.encode())
+        if candela_bytes > MAX_CANDELA_HEADER_BYTES:
+            raise HeaderError(
+                f"the Candela-* headers take more than {MAX_CANDELA_HEADER_BYTES} bytes together (names and values)"
+            )
         option = name.split("-", 1)[1]
         limit = _LONG_VALUES.get(option, MAX_VALUE_LENGTH)
         if len(value) > limit:
