@@ -19,6 +19,7 @@ from candela.prompts.v1 import prompts_service_pb2_grpc
 from candela_prompts.app import build_deps, create_server
 from candela_prompts.config import PromptsConfig
 from candela_runtime.errors import bad_request_violations, rpc_error_status
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES
 from candela_runtime.security import service_metadata
 from tests.conftest import SERVICE_TOKEN
 from tests.integration.conftest import AuthServer, bearer, create_key, create_organization
@@ -493,3 +494,25 @@ async def test_ids_with_a_trailing_newline_are_refused(
         )
     )
     assert set(found) == {"prompt_id", "environment"}
+
+
+async def test_inputs_above_the_bound_every_log_keeps_are_refused(
+    prompts_stub: prompts_service_pb2_grpc.PromptsServiceAsyncStub,
+    auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
+) -> None:
+    """The bound is the proxy's and ingest's (MAX_PROMPT_INPUTS_BYTES), in UTF-8 bytes, not characters."""
+    key = await _writer_key(auth_stub)
+    await prompts_stub.CreatePrompt(
+        pb.CreatePromptRequest(prompt_id="doc", template="Sum up: {{d}}"), metadata=bearer(key)
+    )
+    fits = "é" * ((MAX_PROMPT_INPUTS_BYTES - 1) // 2)
+    rendered = await prompts_stub.RenderPrompt(
+        pb.RenderPromptRequest(prompt_id="doc", inputs={"d": fits}), metadata=bearer(key)
+    )
+    assert rendered.text == f"Sum up: {fits}"
+    # Fewer characters than the bound, but more bytes.
+    too_big = "é" * (MAX_PROMPT_INPUTS_BYTES // 2)
+    problems = await _violations_of(
+        prompts_stub.RenderPrompt(pb.RenderPromptRequest(prompt_id="doc", inputs={"d": too_big}), metadata=bearer(key))
+    )
+    assert problems == {"inputs": f"must total at most {MAX_PROMPT_INPUTS_BYTES} bytes (names and values, UTF-8)"}

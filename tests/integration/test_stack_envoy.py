@@ -448,17 +448,91 @@ async def test_gateway_retries_idempotent_rpcs_only(gateway_ports: StackPorts, f
     }
 
 
+async def _answer_to_headers_alone(port: int, head: bytes) -> tuple[bytes, float]:
+    """What the gateway answers to request headers sent without any of the body they announce, and how fast."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    try:
+        writer.write(head)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        elapsed = time.monotonic() - started
+        head_rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head_rest.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = await asyncio.wait_for(reader.readexactly(length), timeout=10)
+        return status_line + head_rest + body, elapsed
+    finally:
+        writer.close()
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("upstreams", "envoy_process")
+async def test_a_declared_content_length_above_the_limit_is_refused_before_any_body(
+    gateway_ports: StackPorts,
+) -> None:
+    envoy_limit = SMALL_LIMITS.proxy + envoy_config.BODY_LIMIT_HEADROOM
+    for path, declared in (("/v1/chat/completions", 10**12), ("/anthropic/v1/messages", envoy_limit + 1)):
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n"
+        ).encode()
+        answer, elapsed = await _answer_to_headers_alone(gateway_ports.gateway, head)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        # At once, not after a timeout waiting for a body that never comes.
+        assert elapsed < 2.0, f"the 413 took {elapsed:.1f} s"
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        message = f"the request body is larger than the {envoy_limit}-byte limit"
+        if path.startswith("/anthropic"):
+            assert body == {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+        else:
+            assert body["error"] == {
+                "message": message,
+                "type": "invalid_request_error",
+                "code": "request_payload_too_large",
+            }
+    # A declared length at the limit is not refused by the route: the proxy gets it once it has arrived.
+    at_limit = b'{"pad": "' + b"x" * (envoy_limit - 12) + b'"}'
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{gateway_ports.gateway}/v1/chat/completions", data=at_limit) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["x-proxy-path"] == "/v1/chat/completions"
+
+
 @pytest.mark.integration
 @pytest.mark.usefixtures("upstreams", "envoy_process")
 async def test_gateway_refuses_oversized_bodies_and_unknown_services_clearly(gateway_ports: StackPorts) -> None:
     gateway = f"http://127.0.0.1:{gateway_ports.gateway}"
-    too_big = b'{"pad": "' + b"x" * (SMALL_LIMITS.proxy + envoy_config.BODY_LIMIT_HEADROOM) + b'"}'
+    envoy_limit = SMALL_LIMITS.proxy + envoy_config.BODY_LIMIT_HEADROOM
+    too_big = b'{"pad": "' + b"x" * envoy_limit + b'"}'
     async with aiohttp.ClientSession() as session:
         async with session.post(
             f"{gateway}/v1/chat/completions", data=too_big, headers={"content-type": "application/json"}
         ) as response:
             assert response.status == 413
             assert response.content_type == "application/json"
+            assert await response.json() == {
+                "error": {
+                    "message": f"the request body is larger than the {envoy_limit}-byte limit",
+                    "type": "invalid_request_error",
+                    "code": "request_payload_too_large",
+                }
+            }
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for start in range(0, len(too_big), 16 * 1024):
+                yield too_big[start : start + 16 * 1024]
+
+        # Sent chunked (no Content-Length), the body is refused once it outgrows the buffer, in the same shape.
+        async with session.post(
+            f"{gateway}/v1/chat/completions", data=chunked(), headers={"content-type": "application/json"}
+        ) as response:
+            assert response.status == 413
             assert await response.json() == {
                 "error": {
                     "message": "Payload Too Large",

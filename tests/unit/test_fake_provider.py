@@ -723,3 +723,29 @@ async def test_command_line_refuses_non_loopback_host() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 2
     assert b"loopback" in stderr
+
+
+async def test_usage_header_plays_a_provider_reporting_any_counts(http: aiohttp.ClientSession, base_url: str) -> None:
+    override = {"prompt_tokens": 2**63, "completion_tokens": -7, "total_tokens": 5e9}
+    headers = {"authorization": f"Bearer {OPENAI_KEY}", "x-fake-usage": json.dumps(override)}
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
+    async with http.post(f"{base_url}/v1/chat/completions", json=chat, headers=headers) as response:
+        usage = (await response.json())["usage"]
+    assert {key: usage[key] for key in override} == override
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0  # the rest is as usual
+    stream = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    async with http.post(f"{base_url}/v1/chat/completions", json=stream, headers=headers) as response:
+        events = [json.loads(line[6:]) for line in (await response.text()).splitlines() if line.startswith("data: {")]
+    assert {key: events[-1]["usage"][key] for key in override} == override
+    anthropic_headers = {
+        "x-api-key": ANTHROPIC_KEY,
+        "anthropic-version": "2023-06-01",
+        "x-fake-usage": '{"input_tokens": -7}',
+    }
+    message = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": PROMPT}]}
+    async with http.post(f"{base_url}/v1/messages", json=message, headers=anthropic_headers) as response:
+        assert (await response.json())["usage"]["input_tokens"] == -7
+    async with http.post(
+        f"{base_url}/v1/chat/completions", json=chat, headers={**headers, "x-fake-usage": "[1]"}
+    ) as response:
+        assert response.status == 400

@@ -15,6 +15,7 @@ from candela_ingest.config import DEFAULT_DLQ_TOPIC, DEFAULT_TOPIC, IngestConfig
 from candela_ingest.writer.app import StorageWriter, run_writer
 from candela_runtime.config import ConfigError, load_config
 from candela_runtime.grpc_server import GrpcServer
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 
 pytestmark = pytest.mark.unit
 
@@ -108,3 +109,20 @@ async def test_a_writer_whose_stores_are_down_is_not_serving_and_stops_cleanly(c
     stop.set()
     stats = await asyncio.wait_for(task, 5)
     assert stats.batches == 0
+
+
+def test_ingest_refuses_limits_below_what_the_proxy_sends() -> None:
+    """The proxy admits prompt inputs and keeps bodies up to the shared bounds: ingest may not refuse less."""
+    environ = {
+        "CANDELA_SERVICE_TOKEN": "t",
+        "CANDELA_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+        "CANDELA_S3_ENDPOINT": "http://127.0.0.1:8333",
+        "CANDELA_S3_ACCESS_KEY": "a",
+        "CANDELA_S3_SECRET_KEY": "s",
+    }
+    config = load_config(IngestConfig, environ)
+    assert (config.max_record_bytes, config.max_metadata_bytes) == (MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES)
+    with pytest.raises(ConfigError, match="CANDELA_MAX_METADATA_BYTES"):
+        load_config(IngestConfig, {**environ, "CANDELA_MAX_METADATA_BYTES": str(MAX_PROMPT_INPUTS_BYTES)})
+    with pytest.raises(ConfigError, match="CANDELA_MAX_RECORD_BYTES"):
+        load_config(IngestConfig, {**environ, "CANDELA_MAX_RECORD_BYTES": str(MAX_RECORD_BYTES - 1)})

@@ -32,6 +32,7 @@ MIGRATION = MIGRATIONS / "0001_requests.sql"
 ADDED_COLUMNS = (
     MIGRATIONS / "0004_request_routing_and_prompt_inputs.sql",
     MIGRATIONS / "0006_request_body_frames.sql",
+    MIGRATIONS / "0007_request_kept_with_changes.sql",
 )
 
 
@@ -109,6 +110,8 @@ def test_full_row_mapping() -> None:
             log_record_pb2.UpstreamAttempt(target_url="https://fallback.example/v1", status_code=200, latency_ms=9),
         ],
         prompt_inputs={"topic": "tides", "city": "Brest"},
+        usage_clamped=True,
+        response_body_over_limit=True,
     )
     message = log_record_pb2.LogMessage(
         record=record,
@@ -177,6 +180,9 @@ def test_full_row_mapping() -> None:
         "attempt_latencies_ms": [3, 9],
         "prompt_input_keys": ["city", "topic"],
         "prompt_input_values": ["Brest", "tides"],
+        "usage_clamped": 1,
+        "request_body_over_limit": 0,
+        "response_body_over_limit": 1,
     }
 
 

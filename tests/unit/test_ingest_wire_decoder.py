@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import checked_request_columns, wire_request_columns
+from candela_ingest.rows import REQUEST_COLUMNS, checked_request_columns, wire_request_columns
+from candela_ingest.varint import varint
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, decode, decode_batch
 
 pytestmark = pytest.mark.unit
@@ -39,7 +40,15 @@ def log_messages(draw: st.DrawFn) -> log_record_pb2.LogMessage:
         record.created_at.nanos = draw(st.one_of(st.integers(0, 999_999_999), INT32))
     record.status_code = draw(st.one_of(st.sampled_from([0, 200, 429]), INT32))
     record.latency_ms = draw(INT64)
-    for name in ("streamed", "cache_hit", "request_body_omitted", "response_body_omitted"):
+    for name in (
+        "streamed",
+        "cache_hit",
+        "request_body_omitted",
+        "response_body_omitted",
+        "usage_clamped",
+        "request_body_over_limit",
+        "response_body_over_limit",
+    ):
         setattr(record, name, draw(st.booleans()))
     if draw(st.booleans()):
         record.time_to_first_token_ms = draw(st.one_of(st.just(0), INT64))
@@ -152,3 +161,17 @@ def test_a_string_that_is_not_utf8_is_left_to_the_runtime_even_when_a_later_one_
     with pytest.raises(DecodeError):
         log_record_pb2.LogMessage.FromString(value)
     assert wire_request_columns([value], 0)[2] == [0]
+
+
+def test_a_record_field_the_decoder_does_not_know_is_left_to_the_runtime() -> None:
+    """A newer LogRecord (a field number past the last known) is read by the reference path, not skipped."""
+    known = log_record_pb2.LogMessage(record=log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), model="m"))
+    newer = log_record_pb2.LogMessage()
+    newer.record.ParseFromString(known.record.SerializeToString() + varint(40 << 3) + varint(1))
+    clamped = log_record_pb2.LogMessage(
+        record=log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), usage_clamped=True)
+    )
+    columns, _, fallback = wire_request_columns([m.SerializeToString() for m in (known, newer, clamped)], 7)
+    assert fallback == [1]
+    usage_clamped = REQUEST_COLUMNS.index("usage_clamped")
+    assert columns[usage_clamped] == [0, 1]

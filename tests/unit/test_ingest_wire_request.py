@@ -17,6 +17,7 @@ from candela_ingest.packing import BatchParts, batch_parts, wire_batch_parts
 from candela_ingest.validation import BatchLimits, validate_ingest_request
 from candela_ingest.varint import varint
 from candela_runtime.errors import InvalidArgument
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 from tests.unit.test_ingest_wire_decoder import mutated
 
 pytestmark = pytest.mark.unit
@@ -260,3 +261,23 @@ def test_a_damaged_batch_is_read_as_the_runtime_reads_it_or_left_to_it(data: st.
     expected = _exact(damaged)
     assert expected is not None, "the C reader passed bytes the runtime cannot parse or the checks refuse"
     _assert_same(parts, expected)
+
+
+def test_prompt_inputs_above_the_shared_bound_are_refused_by_the_exact_checks_not_passed_in_c() -> None:
+    """Ingest keeps the bound the proxy and the prompts service keep, whatever its metadata limit allows."""
+    limits = BatchLimits(
+        max_batch_records=20,
+        max_record_bytes=MAX_RECORD_BYTES,
+        max_metadata_bytes=MAX_RECORD_METADATA_BYTES,
+        max_clock_skew=timedelta(minutes=5),
+    )
+    at_bound, over_bound = _valid_item(1), _valid_item(2)
+    at_bound.record.prompt_inputs["document"] = "é" * ((MAX_PROMPT_INPUTS_BYTES - len("document")) // 2)
+    over_bound.record.prompt_inputs["document"] = "x" * (MAX_PROMPT_INPUTS_BYTES - len("document") + 1)
+    validate_ingest_request(pb.IngestRequest(records=[at_bound]), limits, NOW)
+    data = pb.IngestRequest(records=[at_bound, over_bound]).SerializeToString()
+    assert wire_batch_parts(data, limits, LATEST) is None
+    with pytest.raises(InvalidArgument) as refused:
+        validate_ingest_request(pb.IngestRequest.FromString(data), limits, NOW)
+    assert [violation.field for violation in refused.value.violations] == ["records[1].record.prompt_inputs"]
+    assert str(MAX_PROMPT_INPUTS_BYTES) in refused.value.violations[0].description

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
+import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from candela_proxy.handler import _UsageChunkFilter
+from candela_proxy.handler import _retry_after_s, _UsageChunkFilter
 from candela_proxy.headers import (
     DEFAULT_FALLBACK_CODES,
     CachePolicy,
@@ -160,3 +164,11 @@ def test_usage_chunk_filter_hides_only_the_usage_chunk_however_the_bytes_are_spl
     hidden = _UsageChunkFilter()
     seen = hidden.feed(stream[:split_at]) + hidden.feed(stream[split_at:]) + hidden.finish()
     assert seen == DELTA + DONE
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("nan", 0.0), ("-3", 0.0), ("inf", 10.0), ("2.5", 2.5), ("x", 0.0)])
+def test_a_providers_retry_after_is_a_bounded_wait(value: str, seconds: float) -> None:
+    """A provider's Retry-After is waited out up to the retry policy's longest wait; "nan" is no wait at all
+    (asyncio.sleep(nan) would never return, hanging the request)."""
+    upstream = cast(aiohttp.ClientResponse, SimpleNamespace(headers={"Retry-After": value}))
+    assert _retry_after_s(upstream, RetryPolicy(max_timeout_ms=10_000)) == seconds

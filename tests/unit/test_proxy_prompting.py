@@ -20,6 +20,7 @@ from candela_proxy.prompting import (
     prompt_request,
 )
 from candela_proxy.providers import Route, resolve_route
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES
 
 pytestmark = pytest.mark.unit
 
@@ -146,6 +147,13 @@ def test_headers_and_body_combine_but_must_agree() -> None:
         ({}, {"prompt_id": "p", "inputs": "city=Brest"}, "'inputs' must be a JSON object"),
         ({}, {"prompt_id": "p", "inputs": {"n": 1}}, "the value of 'n' must be a string"),
         ({"Candela-Prompt-Inputs": '{"a": "1"}'}, {"prompt_id": "p", "inputs": {"a": "2"}}, "inputs differ"),
+        ({}, {"prompt_id": "p", "prompt_version": "²"}, "'prompt_version' must be an integer"),
+        ({}, {"prompt_id": "p", "prompt_version": "9" * 5000}, "'prompt_version' must be an integer"),
+        (
+            {},
+            {"prompt_id": "p", "inputs": {"d": "é" * (MAX_PROMPT_INPUTS_BYTES // 2)}},
+            f"more than the limit of {MAX_PROMPT_INPUTS_BYTES}",
+        ),
     ],
 )
 def test_bad_prompt_requests_are_400_naming_the_problem(

@@ -166,3 +166,53 @@ def test_cost_is_exact_and_unknown_models_are_unpriced() -> None:
     assert cost_usd("openai", "gpt-4o-mini", facts) == Decimal("0.0004425")
     assert cost_usd("openai", "no-such-model-anywhere", facts) is None
     assert cost_usd("openai", "gpt-4o-mini", ResponseFacts()) is None
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 5e9, "completion_tokens": 3},
+        {"prompt_tokens": 5_000_000_000, "completion_tokens": 3},
+        {"prompt_tokens": -7, "completion_tokens": 3},
+        {"prompt_tokens": 2**63, "completion_tokens": 3},
+        {"prompt_tokens": 12.5, "completion_tokens": 3},
+        {"prompt_tokens": "12", "completion_tokens": 3},
+        {"prompt_tokens": 12, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": -1}},
+    ],
+)
+def test_out_of_range_counts_are_zeroed_flagged_and_unpriced(usage: dict[str, object]) -> None:
+    body = {"model": "gpt-4o-mini", "choices": [], "usage": usage}
+    facts = facts_from_json(Provider.OPENAI, json.dumps(body).encode())
+    assert facts.clamped
+    proto = facts.to_proto()  # no ValueError: every count fits the int64 field and the UInt32 column
+    assert 0 <= proto.prompt_tokens <= 2**32 - 1
+    assert proto.completion_tokens == 3
+    assert proto.total_tokens == proto.prompt_tokens + proto.completion_tokens
+    assert cost_usd("openai", "gpt-4o-mini", facts) is None
+
+
+def test_counts_whose_total_is_out_of_range_are_all_zeroed() -> None:
+    body = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 3_000_000_000, "completion_tokens": 3_000_000_000}}
+    facts = facts_from_json(Provider.OPENAI, json.dumps(body).encode())
+    assert facts.clamped
+    assert facts.to_proto() == facts.to_proto().__class__()
+
+
+def test_anthropic_stream_counts_out_of_range_are_flagged() -> None:
+    stream = StreamFacts(Provider.ANTHROPIC)
+    stream.feed(
+        _sse(
+            {"type": "message_start", "message": {"model": "claude-haiku-4-5", "usage": {"input_tokens": -7}}},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2**63}},
+        )
+    )
+    facts = stream.finish()
+    assert facts.clamped
+    assert (facts.to_proto().prompt_tokens, facts.to_proto().completion_tokens) == (0, 0)
+
+
+def test_in_range_counts_are_not_flagged() -> None:
+    body = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 2**32 - 4, "completion_tokens": 3.0}}
+    facts = facts_from_json(Provider.OPENAI, json.dumps(body).encode())
+    assert not facts.clamped
+    assert (facts.prompt_tokens, facts.completion_tokens) == (2**32 - 4, 3)

@@ -480,6 +480,7 @@ def _routes(idempotent: list[tuple[str, str]], limits: BodyLimits) -> list[dict[
             "direct_response": {"status": 404, "body": {"inline_string": "no such route on the Candela gateway"}},
         }
     )
+    routes.append(declared_too_large_route(limits.proxy + BODY_LIMIT_HEADROOM))
     routes.append(
         {
             # LLM calls: no route timeout (a long stream is never cut), only an idle timeout between bytes;
@@ -491,6 +492,31 @@ def _routes(idempotent: list[tuple[str, str]], limits: BodyLimits) -> list[dict[
         }
     )
     return routes
+
+
+def declared_too_large_route(max_request_bytes: int) -> dict[str, Any]:
+    """A 413 at once for a request whose Content-Length is above ``max_request_bytes``.
+
+    The buffer filter alone would wait for the whole declared body before refusing it (a client that
+    declares 10 GB and sends slowly, or nothing, would hang until a timeout); a route matched on the header
+    answers as soon as the headers arrive. The buffer filter is off on this route so that the router
+    (where a direct response is sent) sees the headers at once. The body is Envoy's local reply, shaped
+    per SDK by :func:`_local_reply_config`. A chunked body has no Content-Length and stays the buffer
+    filter's to refuse once it grows past the limit.
+    """
+    return {
+        "name": "proxy-body-declared-too-large",
+        "match": {
+            "prefix": "/",
+            # range_match's end is exclusive; a Content-Length too large for an int64 is refused by the codec.
+            "headers": [{"name": "content-length", "range_match": {"start": max_request_bytes + 1, "end": 2**63 - 1}}],
+        },
+        "direct_response": {
+            "status": 413,
+            "body": {"inline_string": f"the request body is larger than the {max_request_bytes}-byte limit"},
+        },
+        "typed_per_filter_config": {_BUFFER_FILTER: {"@type": _BUFFER_PER_ROUTE_TYPE, "disabled": True}},
+    }
 
 
 def _grpc_route(
@@ -560,6 +586,7 @@ def _local_reply_config() -> dict[str, Any]:
             "comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "candela.local_reply.server"}}
         }
     }
+    too_large = {"default_value": 413, "runtime_key": "candela.local_reply.too_large"}
     mappers = [
         {"filter": grpc, "body_format_override": {"text_format": "%LOCAL_REPLY_BODY%"}},
         {
@@ -567,13 +594,26 @@ def _local_reply_config() -> dict[str, Any]:
             "body_format_override": _anthropic_error("api_error"),
         },
         {"filter": anthropic, "body_format_override": _anthropic_error("invalid_request_error")},
+        {
+            # An LLM call's 413 says the same, whether the declared-too-large route or the buffer filter
+            # refused it (a REST call's, from the transcoder, keeps its own code).
+            "filter": {
+                "and_filter": {
+                    "filters": [
+                        {"status_code_filter": {"comparison": {"op": "EQ", "value": too_large}}},
+                        {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": False}}},
+                    ]
+                }
+            },
+            "body_format_override": _openai_error("invalid_request_error", code="request_payload_too_large"),
+        },
         {"filter": server_fault, "body_format_override": _openai_error("server_error")},
     ]
     return {"mappers": mappers, "body_format": _openai_error("invalid_request_error")}
 
 
-def _openai_error(error_type: str) -> dict[str, Any]:
-    message = {"message": "%LOCAL_REPLY_BODY%", "type": error_type, "code": "%RESPONSE_CODE_DETAILS%"}
+def _openai_error(error_type: str, code: str = "%RESPONSE_CODE_DETAILS%") -> dict[str, Any]:
+    message = {"message": "%LOCAL_REPLY_BODY%", "type": error_type, "code": code}
     return {"json_format": {"error": message}}
 
 

@@ -60,6 +60,9 @@ and the ``text`` of content parts/blocks; images, tool calls and other parts cou
   ``cache_write_tokens`` to the prompt/input token details only when N > 0.
 - Anthropic counts cache reads and writes outside ``input_tokens``, as the real API does:
   ``input_tokens = max(0, prompt_tokens - cached - cache_write)``.
+- ``x-fake-usage: {"prompt_tokens": 5000000000, ...}`` (a JSON object) replaces or adds those keys of the
+  top-level ``usage`` object of every answer (and of each stream's usage events) verbatim, whatever their
+  values: a provider reporting counts out of any sane range (negative, 2**63, 5e9) can be played.
 - ``x-fake-reasoning-tokens: N`` reports N reasoning tokens, counted inside the completion/output tokens:
   OpenAI ``completion_tokens_details.reasoning_tokens``, Responses ``output_tokens_details.reasoning_tokens``,
   Anthropic ``usage.output_tokens_details.thinking_tokens`` (only present when N > 0). The limit that
@@ -176,6 +179,7 @@ HEADER_DELAY_MS: Final = "x-fake-delay-ms"
 HEADER_CACHED_TOKENS: Final = "x-fake-cached-tokens"
 HEADER_CACHE_WRITE_TOKENS: Final = "x-fake-cache-write-tokens"
 HEADER_REASONING_TOKENS: Final = "x-fake-reasoning-tokens"
+HEADER_USAGE: Final = "x-fake-usage"
 HEADER_STATUS: Final = "x-fake-status"
 HEADER_FAIL_TIMES: Final = "x-fake-fail-times"
 HEADER_KEY: Final = "x-fake-key"
@@ -262,6 +266,8 @@ class Scenario:
     reasoning_tokens: int
     delay_s: float
     """Pause before each streamed content delta."""
+    usage_overrides: JSONObject = field(default_factory=dict)
+    """Keys that replace those of every ``usage`` object sent (``x-fake-usage``)."""
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], *, default_delay_ms: float) -> Scenario:
@@ -273,6 +279,7 @@ class Scenario:
             cache_write_tokens=_header_int(headers, HEADER_CACHE_WRITE_TOKENS, 0),
             reasoning_tokens=_header_int(headers, HEADER_REASONING_TOKENS, 0),
             delay_s=delay_ms / 1000.0,
+            usage_overrides=_header_object(headers, HEADER_USAGE),
         )
 
     async def pace(self, deltas: int = 1) -> None:
@@ -383,6 +390,8 @@ class TokenUsage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    overrides: JSONObject = field(default_factory=dict)
+    """Keys that replace those of each rendered usage object (``x-fake-usage``)."""
 
     @property
     def completion_tokens(self) -> int:
@@ -399,39 +408,45 @@ class TokenUsage:
         prompt_details: JSONObject = {"cached_tokens": self.cached_tokens, "audio_tokens": 0}
         if self.cache_write_tokens:
             prompt_details["cache_write_tokens"] = self.cache_write_tokens
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "prompt_tokens_details": prompt_details,
-            "completion_tokens_details": {
-                "reasoning_tokens": self.reasoning_tokens,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        }
+        return self._overridden(
+            {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens,
+                "prompt_tokens_details": prompt_details,
+                "completion_tokens_details": {
+                    "reasoning_tokens": self.reasoning_tokens,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            }
+        )
 
     def openai_legacy(self) -> JSONObject:
         """The text_completion ``usage`` object (no details)."""
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
+        return self._overridden(
+            {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens,
+            }
+        )
 
     def openai_responses(self) -> JSONObject:
         """The Responses API ``usage`` object."""
         input_details: JSONObject = {"cached_tokens": self.cached_tokens}
         if self.cache_write_tokens:
             input_details["cache_write_tokens"] = self.cache_write_tokens
-        return {
-            "input_tokens": self.prompt_tokens,
-            "input_tokens_details": input_details,
-            "output_tokens": self.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "total_tokens": self.total_tokens,
-        }
+        return self._overridden(
+            {
+                "input_tokens": self.prompt_tokens,
+                "input_tokens_details": input_details,
+                "output_tokens": self.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+                "total_tokens": self.total_tokens,
+            }
+        )
 
     @property
     def anthropic_input_tokens(self) -> int:
@@ -450,7 +465,7 @@ class TokenUsage:
         }
         if self.reasoning_tokens and output_tokens is None:
             usage["output_tokens_details"] = {"thinking_tokens": self.reasoning_tokens}
-        return usage
+        return self._overridden(usage)
 
     def anthropic_delta(self) -> JSONObject:
         """The cumulative ``usage`` of Anthropic's message_delta event."""
@@ -462,7 +477,10 @@ class TokenUsage:
         }
         if self.reasoning_tokens:
             usage["output_tokens_details"] = {"thinking_tokens": self.reasoning_tokens}
-        return usage
+        return self._overridden(usage)
+
+    def _overridden(self, usage: JSONObject) -> JSONObject:
+        return {**usage, **self.overrides} if self.overrides else usage
 
 
 # --- text and token helpers -------------------------------------------------------------------------
@@ -562,6 +580,19 @@ def _header_int(headers: Mapping[str, str], name: str, default: int) -> int:
         raise FakeRequestError(f"Header {name} must be a non-negative integer, got {raw!r}.") from None
     if value < 0:
         raise FakeRequestError(f"Header {name} must be a non-negative integer, got {raw!r}.")
+    return value
+
+
+def _header_object(headers: Mapping[str, str], name: str) -> JSONObject:
+    raw = headers.get(name)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise FakeRequestError(f"Header {name} must be a JSON object, got {raw!r}.")
     return value
 
 
@@ -773,6 +804,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         cached_tokens=scenario.cached_tokens,
         cache_write_tokens=scenario.cache_write_tokens,
         reasoning_tokens=scenario.reasoning_tokens,
+        overrides=scenario.usage_overrides,
     )
     completion_id = random_id("chatcmpl-", 29)
     created = int(time.time())
@@ -862,7 +894,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompt_text = " ".join(part for part in parts if isinstance(part, str))
     generation = generate(prompt_text, scenario, _optional_int(body, "max_tokens"))
     usage = TokenUsage(
-        prompt_tokens=sum(_part_tokens(part) for part in parts), visible_completion_tokens=generation.visible_tokens
+        prompt_tokens=sum(_part_tokens(part) for part in parts),
+        visible_completion_tokens=generation.visible_tokens,
+        overrides=scenario.usage_overrides,
     )
     completion_id = random_id("cmpl-", 29)
     created = int(time.time())
@@ -987,6 +1021,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         cached_tokens=scenario.cached_tokens,
         cache_write_tokens=scenario.cache_write_tokens,
         reasoning_tokens=scenario.reasoning_tokens,
+        overrides=scenario.usage_overrides,
     )
     response_id = random_id("resp_", 50, string.hexdigits[:16])
     message_id = random_id("msg_", 50, string.hexdigits[:16])
@@ -1127,6 +1162,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         cached_tokens=scenario.cached_tokens,
         cache_write_tokens=scenario.cache_write_tokens,
         reasoning_tokens=scenario.reasoning_tokens,
+        overrides=scenario.usage_overrides,
     )
     message_id = random_id("msg_01", 22)
     stop_reason = "max_tokens" if generation.truncated else "end_turn"

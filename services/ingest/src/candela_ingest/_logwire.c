@@ -53,6 +53,7 @@ enum {
     K_TARGET_URL,
     K_ATTEMPT_TARGET_URLS, K_ATTEMPT_STATUS_CODES, K_ATTEMPT_ERRORS, K_ATTEMPT_LATENCIES_MS,
     K_PROMPT_INPUT_KEYS, K_PROMPT_INPUT_VALUES,
+    K_USAGE_CLAMPED, K_REQUEST_BODY_OVER_LIMIT, K_RESPONSE_BODY_OVER_LIMIT,
     K_COUNT
 };
 
@@ -74,6 +75,7 @@ static const char *const COLUMN_NAMES[K_COUNT] = {
     "target_url",
     "attempt_target_urls", "attempt_status_codes", "attempt_errors", "attempt_latencies_ms",
     "prompt_input_keys", "prompt_input_values",
+    "usage_clamped", "request_body_over_limit", "response_body_over_limit",
 };
 
 typedef struct {
@@ -337,7 +339,7 @@ static Outcome parse_body(const uint8_t *p, const uint8_t *end, Row *row, int fi
 
 /* LogRecord's string fields and where they go, as column + 1 (0: not a string field). */
 #define TO(column) ((column) + 1)
-static const int RECORD_STRINGS[31] = {
+static const int RECORD_STRINGS[34] = {
     [1] = TO(K_REQUEST_ID), [2] = TO(K_ORGANIZATION_ID), [3] = TO(K_API_KEY_ID), [5] = TO(K_PROVIDER),
     [6] = TO(K_MODEL), [7] = TO(K_RESPONSE_MODEL), [8] = TO(K_PATH), [10] = TO(K_ERROR), [15] = TO(K_COST_USD),
     [16] = TO(K_USER_ID), [17] = TO(K_SESSION_ID), [18] = TO(K_SESSION_PATH), [19] = TO(K_SESSION_NAME),
@@ -345,9 +347,10 @@ static const int RECORD_STRINGS[31] = {
     [28] = TO(K_COST_SAVED_USD),
 };
 /* LogRecord's integer and bool fields, likewise (bools are read as 0/1 at output). */
-static const int RECORD_NUMBERS[31] = {
+static const int RECORD_NUMBERS[34] = {
     [9] = TO(K_STATUS_CODE), [11] = TO(K_STREAMED), [12] = TO(K_LATENCY_MS), [13] = TO(K_TIME_TO_FIRST_TOKEN_MS),
     [23] = TO(K_CACHE_HIT), [24] = TO(K_REQUEST_BODY_OMITTED), [25] = TO(K_RESPONSE_BODY_OMITTED),
+    [31] = TO(K_USAGE_CLAMPED), [32] = TO(K_REQUEST_BODY_OVER_LIMIT), [33] = TO(K_RESPONSE_BODY_OVER_LIMIT),
 };
 
 static Outcome parse_record(const uint8_t *p, const uint8_t *end, Row *row) {
@@ -355,12 +358,12 @@ static Outcome parse_record(const uint8_t *p, const uint8_t *end, Row *row) {
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
         uint32_t number = field.number;
-        if (number <= 30 && RECORD_STRINGS[number]) {
+        if (number <= 33 && RECORD_STRINGS[number]) {
             EXPECT_TEXT();
             row->text[RECORD_STRINGS[number] - 1] = slice_of(&field);
             if (number == 15) row->has_cost = 1;
             if (number == 28) row->has_cost_saved = 1;
-        } else if (number <= 30 && RECORD_NUMBERS[number]) {
+        } else if (number <= 33 && RECORD_NUMBERS[number]) {
             EXPECT(WIRE_VARINT);
             int column = RECORD_NUMBERS[number] - 1;
             row->number[column] = number == 9 ? (int64_t)(int32_t)field.varint : (int64_t)field.varint;
@@ -374,6 +377,8 @@ static Outcome parse_record(const uint8_t *p, const uint8_t *end, Row *row) {
                               : number == 29 ? parse_attempt(start, stop, &row->attempts)
                                              : parse_pair(start, stop, &row->prompt_inputs);
             if (outcome != OK) return outcome;
+        } else {
+            return FALLBACK; /* a field this decoder does not know (a newer LogRecord): the runtime's to read */
         }
     }
     return OK;
@@ -496,7 +501,8 @@ static int is_list_column(int column) {
 
 static int is_flag_column(int column) {
     return column == K_STREAMED || column == K_CACHE_HIT || column == K_REQUEST_BODY_OMITTED ||
-           column == K_RESPONSE_BODY_OMITTED;
+           column == K_RESPONSE_BODY_OMITTED || column == K_USAGE_CLAMPED || column == K_REQUEST_BODY_OVER_LIMIT ||
+           column == K_RESPONSE_BODY_OVER_LIMIT;
 }
 
 /* Python's floor division, for a (possibly negative) number of nanoseconds. */

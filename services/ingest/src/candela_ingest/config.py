@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from candela_runtime.config import ConfigError, ServiceConfig, env_field
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 
 DEFAULT_TOPIC = "candela.logs.v1"
 DEFAULT_DLQ_TOPIC = "candela.logs.dlq.v1"
@@ -32,10 +33,10 @@ class IngestConfig(ServiceConfig, KafkaSettings):
     s3_max_concurrency: int = env_field("Concurrent S3 PUTs (worker threads and HTTP connections).", 16)
     max_batch_records: int = env_field("Most records one Ingest call may carry.", 1000)
     max_call_bytes: int = env_field("Most bytes one Ingest call may carry (gRPC message size).", 128 * 1024 * 1024)
-    max_record_bytes: int = env_field("Most bytes one record may take, metadata and both bodies.", 64 * 1024 * 1024)
+    max_record_bytes: int = env_field("Most bytes one record may take, metadata and both bodies.", MAX_RECORD_BYTES)
     max_metadata_bytes: int = env_field(
         "Most bytes of one record's metadata (it travels through Kafka, whose messages are capped at 1 MiB).",
-        256 * 1024,
+        MAX_RECORD_METADATA_BYTES,
     )
     max_clock_skew_s: float = env_field("How far in the future a record's created_at may lie.", 86_400.0)
     store_timeout_s: float = env_field("Seconds the S3 upload plus Kafka acknowledgement of a batch may take.", 20.0)
@@ -44,6 +45,18 @@ class IngestConfig(ServiceConfig, KafkaSettings):
         "Empty: no check.",
         "",
     )
+
+    def __post_init__(self) -> None:
+        # The proxy admits prompt inputs up to MAX_PROMPT_INPUTS_BYTES and logs them in the metadata: a
+        # smaller metadata limit would refuse logs of requests the proxy already answered.
+        if self.max_metadata_bytes <= MAX_PROMPT_INPUTS_BYTES:
+            raise ConfigError(
+                f"CANDELA_MAX_METADATA_BYTES must be above {MAX_PROMPT_INPUTS_BYTES}, the prompt inputs a log may hold"
+            )
+        # The proxy leaves bodies out of a log (marking it) only above MAX_RECORD_BYTES: below it, it counts on
+        # ingest to take the log whole.
+        if self.max_record_bytes < MAX_RECORD_BYTES:
+            raise ConfigError(f"CANDELA_MAX_RECORD_BYTES must be at least {MAX_RECORD_BYTES}, what the proxy sends")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,7 @@ from candela.logs.v1 import log_record_pb2
 from candela_ingest import _logwire
 from candela_ingest.validation import EARLIEST_SECONDS, BatchLimits
 from candela_ingest.varint import varint
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES
 
 BODIES_PREFIX = "bodies"
 OBJECT_CONTENT_TYPE = "application/zstd"
@@ -237,7 +238,8 @@ def wire_batch_parts(data: bytes, limits: BatchLimits, latest_created_at: dateti
         data,
         limits.max_batch_records,
         limits.max_record_bytes,
-        limits.max_metadata_bytes,
+        # A record whose metadata could hold prompt inputs above their bound takes the exact checks.
+        min(limits.max_metadata_bytes, MAX_PROMPT_INPUTS_BYTES),
         EARLIEST_SECONDS,
         int(latest_created_at.timestamp()),
     )

@@ -86,6 +86,10 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "request_body_frame_length",
     "response_body_frame_offset",
     "response_body_frame_length",
+    # Added by migration 0007.
+    "usage_clamped",
+    "request_body_over_limit",
+    "response_body_over_limit",
     "version",
 )
 NO_FIRST_TOKEN = -1
@@ -192,6 +196,7 @@ _USAGE = attrgetter(*_USAGE_NAMES)
 _SESSION = attrgetter("user_id", "session_id", "session_path", "session_name")
 _PROMPT = attrgetter("prompt_id", "prompt_version")
 _FLAGS = attrgetter("streamed", "cache_hit", "request_body_omitted", "response_body_omitted")
+_NOTED = attrgetter("usage_clamped", "request_body_over_limit", "response_body_over_limit")
 _BODY = attrgetter("object_key", "offset", "length")
 _BODY_FRAME = attrgetter("frame_offset", "frame_length")
 _ZERO = Decimal(0)
@@ -272,6 +277,7 @@ def checked_request_columns(
         input_values,
         *_transposed(_BODY_FRAME, request_bodies),
         *_transposed(_BODY_FRAME, response_bodies),
+        *(list(map(int, flags)) for flags in zip(*map(_NOTED, records), strict=True)),
         [version] * len(messages),
     ]
     costs: dict[_CostField, list[str]] = {"cost_usd": cost_texts, "cost_saved_usd": saved_texts}

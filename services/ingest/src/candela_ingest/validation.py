@@ -24,6 +24,7 @@ from typing import Literal
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
 from candela_runtime.errors import Violations
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_TOKEN_COUNT, prompt_inputs_bytes
 
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
@@ -164,9 +165,9 @@ def check_log_record(
     if record.HasField("usage"):
         tokens = _TOKEN_COUNTS(record.usage)
         # One pass in C for the common all-valid case; the slow loop only names the bad fields.
-        if min(tokens) < 0 or max(tokens) > UINT32_MAX:
+        if min(tokens) < 0 or max(tokens) > MAX_TOKEN_COUNT:
             for field, value in zip(_USAGE_FIELDS, tokens, strict=True):
-                _check_range(violations, path, field, value, 0, UINT32_MAX)
+                _check_range(violations, path, field, value, 0, MAX_TOKEN_COUNT)
     for name in _COST_FIELDS:
         if not record.HasField(name):
             continue
@@ -204,6 +205,14 @@ def validate_ingest_request(request: ingest_service_pb2.IngestRequest, limits: B
                 f"{path}.record", f"is {metadata_size} bytes, more than the limit of {limits.max_metadata_bytes}"
             )
         check_log_record(violations, f"{path}.record", item.record, latest_created_at=latest_created_at)
+        # Checked here, not in check_log_record: the writers keep what ingest accepted before this bound.
+        inputs_size = prompt_inputs_bytes(item.record.prompt_inputs)
+        if inputs_size > MAX_PROMPT_INPUTS_BYTES:
+            violations.add(
+                f"{path}.record.prompt_inputs",
+                f"total {inputs_size} bytes, more than the limit of {MAX_PROMPT_INPUTS_BYTES} the proxy and prompts"
+                " service keep",
+            )
         if item.record.request_body_omitted and item.request_body:
             violations.add(f"{path}.request_body", "must be empty when record.request_body_omitted is set")
         if item.record.response_body_omitted and item.response_body:
@@ -222,7 +231,8 @@ RECORD_BOUNDS: tuple[tuple[str, int, int], ...] = (
     ("status_code", 0, MAX_STATUS_CODE),
     ("latency_ms", 0, UINT32_MAX),
     ("time_to_first_token_ms", 0, INT32_MAX),
-    *((name, 0, UINT32_MAX) for name in _TOKEN_FIELDS),
+    # The proxy zeroes (and flags) a provider's count beyond this bound, so its logs always pass.
+    *((name, 0, MAX_TOKEN_COUNT) for name in _TOKEN_FIELDS),
 )
 """The bounds :func:`check_log_record` puts on a record's numbers (unset ones read 0, which is within)."""
 
@@ -254,7 +264,9 @@ def _all_records_pass(
     """
     records = [item.record for item in items]
     metadata = max(map(_BYTE_SIZE, records))
-    if metadata > limits.max_metadata_bytes:
+    # Metadata no larger than the prompt-inputs bound surely holds inputs within it; a larger one is checked
+    # record by record (rare: the proxy's logs are a few KiB).
+    if metadata > min(limits.max_metadata_bytes, MAX_PROMPT_INPUTS_BYTES):
         return False
     # A record's size is at most its largest parts' sum plus their three keys and lengths (11 bytes each):
     # cheaper than sizing every record whole, and any doubt falls back to doing just that.

@@ -26,12 +26,12 @@ from candela.prompts.v1 import prompts_service_pb2_grpc
 from candela_prompts import templates
 from candela_prompts.store import PromptStore, PromptSummaryRow, VersionRow
 from candela_runtime.errors import NotFound, PermissionDenied, Violations
+from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, prompt_inputs_bytes
 from candela_runtime.security import Caller, KeyAuthenticator, has_service_credential
 
 PROMPT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ENVIRONMENT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_TEMPLATE_BYTES = 256 * 1024
-MAX_INPUT_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _RENDER_SCOPES = frozenset({auth_pb.API_KEY_SCOPE_READ, auth_pb.API_KEY_SCOPE_PROXY, auth_pb.API_KEY_SCOPE_ADMIN})
@@ -180,8 +180,9 @@ class PromptsServicer(prompts_service_pb2_grpc.PromptsServiceServicer):
             organization_id = caller.organization_id
         _check_prompt_id(violations, request.prompt_id)
         _check_selector(violations, request.version, request.environment)
-        if sum(len(name) + len(value) for name, value in request.inputs.items()) > MAX_INPUT_BYTES:
-            violations.add("inputs", f"must total at most {MAX_INPUT_BYTES} bytes")
+        # The rendered inputs are logged with the request: the bound is the one ingest and the proxy keep.
+        if prompt_inputs_bytes(request.inputs) > MAX_PROMPT_INPUTS_BYTES:
+            violations.add("inputs", f"must total at most {MAX_PROMPT_INPUTS_BYTES} bytes (names and values, UTF-8)")
         violations.raise_if_any()
         row = await self._version(organization_id, request.prompt_id, request.version, request.environment)
         parsed = templates.parse_template(row.template, _format(row.format))

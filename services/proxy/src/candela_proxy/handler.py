@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from candela_proxy.shipping import LogShipper
 from candela_proxy.targets import TargetRefused, TargetSession, provider_name
 from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
+from candela_runtime.limits import MAX_MODEL_NAME_LENGTH, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 from candela_runtime.redaction import redact_url, redact_urls_in
 from candela_runtime.security import KeyAuthenticator
 
@@ -71,6 +73,9 @@ _HOP_BY_HOP = frozenset(
 )
 # aiohttp decompresses upstream bodies, so the encoding header no longer describes what we send.
 _NOT_RETURNED = _HOP_BY_HOP | {"content-encoding"}
+# The bodies one log may carry: ingest's limit on a whole log, less its largest metadata and the fields' keys
+# and lengths.
+_LOG_BODY_BUDGET = MAX_RECORD_BYTES - MAX_RECORD_METADATA_BYTES - 64
 # OpenAI endpoints whose streams can carry a usage chunk on request (stream_options.include_usage).
 _STREAM_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -332,6 +337,11 @@ class ProxyHandler:
                 exchange.document = document
                 model = document.get("model")
                 exchange.model = model if isinstance(model, str) else ""
+                if len(exchange.model) > MAX_MODEL_NAME_LENGTH:
+                    # Logged with the request: a longer one could make its log too large to keep.
+                    raise ProxyError(
+                        400, f"the model name is longer than {MAX_MODEL_NAME_LENGTH} characters", "invalid_model"
+                    )
                 exchange.streamed = document.get("stream") is True
                 self._inject_stream_usage(exchange, document)
         elif options.fallbacks and any(fallback.body_overrides for fallback in options.fallbacks):
@@ -665,6 +675,7 @@ class ProxyHandler:
             streamed=exchange.streamed,
             latency_ms=round((finished - exchange.started) * 1000),
             usage=facts.to_proto(),
+            usage_clamped=facts.clamped,
             user_id=options.user_id,
             session_id=options.session_id,
             session_path=options.session_path,
@@ -696,12 +707,17 @@ class ProxyHandler:
             if cost is not None:
                 record.cost_usd = format(cost, "f")
         response_body = b"".join(exchange.response_chunks)
+        stored_request, stored_response = _within_log_limit(
+            record,
+            b"" if options.omit_request else exchange.request_body,
+            b"" if options.omit_response else response_body,
+        )
         exchange.record = record
         exchange.durable = self._shipper.submit(
             ingest_service_pb2.IngestRecord(
                 record=record,
-                request_body=b"" if options.omit_request else exchange.request_body,
-                response_body=b"" if options.omit_response else response_body,
+                request_body=stored_request,
+                response_body=stored_response,
                 # None (not {}) when not tracing: an empty map costs ~1 us a request to build.
                 trace_context=_request_trace_context() if self._tracing else None,
             )
@@ -784,16 +800,55 @@ def _retry_after_s(upstream: aiohttp.ClientResponse, retry: RetryPolicy) -> floa
         seconds = float(value)
     except ValueError:
         return 0.0
+    if math.isnan(seconds):  # "nan" parses, and asyncio.sleep(nan) never returns
+        return 0.0
     return min(max(seconds, 0.0), retry.max_timeout_ms / 1000)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, however it arrives (Content-Length or chunked, in parts, slowly), up to
+    ``limit`` bytes; a larger one is a 413, refused at once when its Content-Length says so.
+
+    ``readany`` hands over what the connection has delivered so far, so the body is read until its end:
+    one read would return only the first parts of a body larger than a socket buffer, or of one sent in
+    pieces.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise ProxyError(413, f"the request body is larger than the {limit}-byte limit", "request_too_large")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise ProxyError(413, f"the request body is larger than the {limit}-byte limit", "request_too_large")
-    return body
+    parts: list[bytes] = []
+    size = 0
+    while part := await request.content.readany():
+        size += len(part)
+        if size > limit:
+            raise ProxyError(413, f"the request body is larger than the {limit}-byte limit", "request_too_large")
+        parts.append(part)
+    # join() returns a lone part itself, uncopied: the common small body costs nothing more.
+    return b"".join(parts)
+
+
+def _within_log_limit(
+    record: log_record_pb2.LogRecord, request_body: bytes, response_body: bytes
+) -> tuple[bytes, bytes]:
+    """The bodies to log with ``record``: both, unless together they exceed what one stored log holds.
+
+    Ingest refuses a whole log above MAX_RECORD_BYTES, so rather than lose it, the larger body is left out
+    (and then the other, if it alone is still too large), each marked on the record as omitted and over the
+    limit: the log is kept with its metadata, and says why a body is missing.
+    """
+    if len(request_body) + len(response_body) <= _LOG_BODY_BUDGET:
+        return request_body, response_body
+    for _ in range(2):
+        if len(response_body) >= len(request_body):
+            record.response_body_omitted = record.response_body_over_limit = True
+            logger.warning("request %s: response body of %d bytes not logged", record.request_id, len(response_body))
+            response_body = b""
+        else:
+            record.request_body_omitted = record.request_body_over_limit = True
+            logger.warning("request %s: request body of %d bytes not logged", record.request_id, len(request_body))
+            request_body = b""
+        if len(request_body) + len(response_body) <= _LOG_BODY_BUDGET:
+            break
+    return request_body, response_body
 
 
 def _error_response(provider: Provider, err: ProxyError, request_id: str | None) -> web.Response:

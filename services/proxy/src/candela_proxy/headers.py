@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from candela_proxy.targets import TargetUrlError, parse_target_url
+from candela_runtime.limits import MAX_CANDELA_HEADER_BYTES, MAX_PROMPT_INPUTS_BYTES, prompt_inputs_bytes
 
 _PREFIXES = ("candela-", "helicone-")
 _PROPERTY = "property-"
@@ -27,7 +28,14 @@ MAX_PROMPT_INPUTS_LENGTH = MAX_FALLBACKS_LENGTH
 MAX_PROMPT_VERSION = 2**31 - 1
 _LONG_VALUES = {"fallbacks": MAX_FALLBACKS_LENGTH, "prompt-inputs": MAX_PROMPT_INPUTS_LENGTH}
 MAX_RETRIES = 10
-_MAX_AGE = re.compile(r"(?:^|[,\s])max-age=(\d+)")
+# ASCII digits only: str.isdigit() and \d also accept "²" or "٣", which int() then refuses or reads as a number.
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age=([0-9]+)")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_DECIMAL = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
+# An HTTP header name (RFC 9110 token); a fallback's header values may not hold control characters (CR, LF
+# would split the header upstream).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Statuses that make the next fallback run when an entry names none (rate limits and server errors).
 DEFAULT_FALLBACK_CODES = frozenset({429, *range(500, 600)})
 
@@ -124,11 +132,16 @@ def _flag(raw_name: str, value: str) -> bool:
     raise HeaderError(f"header {raw_name} must be true or false, got {value!r}")
 
 
+def ascii_int(text: str) -> int | None:
+    """``text`` as a number when it is ASCII digits alone (no sign, no spaces inside), else None."""
+    return int(text) if _DIGITS.fullmatch(text) else None
+
+
 def _positive_int(raw_name: str, value: str, upper: int) -> int:
-    text = value.strip()
-    if not text.isdigit() or not 0 < int(text) <= upper:
+    number = ascii_int(value.strip())
+    if number is None or not 0 < number <= upper:
         raise HeaderError(f"header {raw_name} must be an integer from 1 to {upper}, got {value!r}")
-    return int(text)
+    return number
 
 
 def _http_url(raw_name: str, value: str) -> str:
@@ -144,9 +157,10 @@ def parse_rate_limit_policy(raw_name: str, value: str) -> RateLimitPolicy:
     usage = (
         f"header {raw_name} must look like '<quota>;w=<seconds>[;u=request|cents][;s=user|<property>]', got {value!r}"
     )
-    if not parts[0].isdigit() or int(parts[0]) <= 0:
+    quota = ascii_int(parts[0])
+    if quota is None or quota <= 0:
         raise HeaderError(f"{usage}: the quota must be a positive integer")
-    quota, window, unit, segment = int(parts[0]), 0, "request", ""
+    window, unit, segment = 0, "request", ""
     seen: set[str] = set()
     for part in parts[1:]:
         key, sep, item = part.partition("=")
@@ -156,9 +170,10 @@ def parse_rate_limit_policy(raw_name: str, value: str) -> RateLimitPolicy:
             raise HeaderError(f"{usage}: unexpected part {part!r}")
         seen.add(key)
         if key == "w":
-            if not item.isdigit() or not 1 <= int(item) <= 31_536_000:
+            seconds = ascii_int(item)
+            if seconds is None or not 1 <= seconds <= 31_536_000:
                 raise HeaderError(f"{usage}: the window must be 1 to 31536000 seconds")
-            window = int(item)
+            window = seconds
         elif key == "u":
             if item.lower() not in {"request", "cents"}:
                 raise HeaderError(f"{usage}: the unit must be 'request' or 'cents'")
@@ -219,6 +234,13 @@ def parse_fallbacks(raw_name: str, value: str) -> tuple[Fallback, ...]:
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise HeaderError(f"header {where}: 'headers' must map names to strings")
+        for header_name, header_value in headers.items():
+            if not _TOKEN.fullmatch(header_name):
+                raise HeaderError(f"header {where}: {header_name!r} is not a valid HTTP header name")
+            if _CONTROL.search(header_value):
+                raise HeaderError(
+                    f"header {where}: the value of {header_name!r} holds a control character (CR, LF, NUL, ...)"
+                )
         overrides = entry.get("bodyKeyOverride", {})
         if not isinstance(overrides, dict):
             raise HeaderError(f"header {where}: 'bodyKeyOverride' must be an object")
@@ -243,23 +265,61 @@ def parse_prompt_inputs(raw_name: str, value: str) -> dict[str, str]:
 
 
 def prompt_inputs_object(where: str, document: Any) -> dict[str, str]:
-    """Checks that ``document`` (from a header or the body) maps variable names to strings."""
+    """Checks that ``document`` (from a header or the body) maps variable names to strings, within the
+    size every log of them must keep (:data:`~candela_runtime.limits.MAX_PROMPT_INPUTS_BYTES`)."""
     if not isinstance(document, dict):
         raise HeaderError(f"{where} must be a JSON object of variable name -> string value")
     for name, item in document.items():
         if not isinstance(item, str):
             raise HeaderError(f"{where}: the value of {name!r} must be a string, got {type(item).__name__}")
+    size = prompt_inputs_bytes(document)
+    if size > MAX_PROMPT_INPUTS_BYTES:
+        raise HeaderError(
+            f"{where} total {size} bytes (names and values, UTF-8), more than the limit of {MAX_PROMPT_INPUTS_BYTES}"
+        )
     return document
+
+
+def _require_utf8(raw_name: str, value: str) -> None:
+    """Refuses a header whose name or value is not UTF-8.
+
+    The HTTP server decodes header bytes as UTF-8 with ``surrogateescape``, so a byte that is not UTF-8
+    (``caf\\xe9`` in Latin-1) arrives as a lone surrogate. Such text can be neither logged (protobuf strings
+    are UTF-8) nor sent on, so the request is refused here, before anything goes upstream.
+    """
+    if not _utf8(raw_name):
+        shown = raw_name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise HeaderError(f"the header name {shown!r} is not valid UTF-8")
+    if not _utf8(value):
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise HeaderError(f"header {raw_name} is not valid UTF-8, got {shown!r}")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
     """Reads every ``Candela-*`` / ``Helicone-*`` header; raises :class:`HeaderError` on bad input."""
     parsed = CandelaHeaders()
     tuning: dict[str, tuple[str, str]] = {}
+    candela_bytes = 0
     for raw_name, value in headers.items():
+        ascii_only = raw_name.isascii() and value.isascii()
+        if not ascii_only:
+            _require_utf8(raw_name, value)
         name = raw_name.lower()
         if not name.startswith(_PREFIXES):
             continue
+        candela_bytes += len(raw_name) + len(value) if ascii_only else len(raw_name.encode()) + len(value.encode())
+        if candela_bytes > MAX_CANDELA_HEADER_BYTES:
+            raise HeaderError(
+                f"the Candela-* headers take more than {MAX_CANDELA_HEADER_BYTES} bytes together (names and values)"
+            )
         option = name.split("-", 1)[1]
         limit = _LONG_VALUES.get(option, MAX_VALUE_LENGTH)
         if len(value) > limit:
@@ -341,7 +401,7 @@ def _apply_tuning(parsed: CandelaHeaders, tuning: dict[str, tuple[str, str]], he
             match = _MAX_AGE.search(cache_control.lower())
             if match is None:
                 raise HeaderError(f"header Cache-Control must carry max-age=<seconds>, got {cache_control!r}")
-            max_age = int(match.group(1))
+            max_age = ascii_int(match.group(1)) or 0
             if not 0 < max_age <= 365 * 24 * 3600:
                 raise HeaderError("header Cache-Control max-age must be 1 to 31536000 seconds")
         bucket = 1
@@ -355,10 +415,8 @@ def _apply_tuning(parsed: CandelaHeaders, tuning: dict[str, tuple[str, str]], he
         factor = defaults.factor
         if "retry-factor" in tuning:
             raw_name, value = tuning["retry-factor"]
-            try:
-                factor = float(value)
-            except ValueError:
-                factor = -1.0
+            # A plain decimal: float() would also take "nan", "1_0" or non-ASCII digits.
+            factor = float(value.strip()) if _DECIMAL.fullmatch(value.strip()) else -1.0
             if not 1.0 <= factor <= 10.0:
                 raise HeaderError(f"header {raw_name} must be a number from 1 to 10, got {value!r}")
         minimum = (

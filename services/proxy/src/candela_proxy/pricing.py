@@ -31,11 +31,12 @@ def _known(provider: str | None, model: str, api_url: str | None) -> bool:
 
 
 def cost_usd(provider: str, model: str, facts: ResponseFacts, api_url: str = "") -> Decimal | None:
-    """The cost in US dollars, or None when the model has no known price (never a silent 0).
+    """The cost in US dollars, or None when the model has no known price (never a silent 0) or the usage
+    was out of range (a clamped usage is not what was billed: such a log stays unpriced).
 
     ``api_url`` is the custom target's base URL, if the call went to one; ``provider`` is then ignored.
     """
-    if not model or not facts.has_usage:
+    if not model or not facts.has_usage or facts.clamped:
         return None
     return _cost(
         None if api_url else provider,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from candela.prompts.v1 import prompts_service_pb2 as prompts_pb
-from candela_proxy.headers import MAX_PROMPT_VERSION, CandelaHeaders, HeaderError, prompt_inputs_object
+from candela_proxy.headers import MAX_PROMPT_VERSION, CandelaHeaders, HeaderError, ascii_int, prompt_inputs_object
 from candela_proxy.providers import Provider, Route
 from candela_runtime.security import service_metadata
 
@@ -146,8 +146,8 @@ def _body_version(document: dict[str, Any]) -> str:
     value = document.get("prompt_version")
     if value is None:
         return ""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str):
+        value = ascii_int(value.strip())
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_PROMPT_VERSION:
         raise _invalid(f"the body key 'prompt_version' must be an integer from 1 to {MAX_PROMPT_VERSION}")
     return str(value)

@@ -4,6 +4,10 @@ Non-streamed answers carry a ``usage`` object; streams carry it in a final chunk
 completions with ``stream_options.include_usage``), in ``response.completed`` (OpenAI Responses), or split
 over ``message_start`` and ``message_delta`` (Anthropic). Anthropic's ``input_tokens`` exclude cache reads
 and writes; Candela's ``prompt_tokens`` always include them, so totals compare across providers.
+
+A count no log can store (negative, above :data:`~candela_runtime.limits.MAX_TOKEN_COUNT`, fractional, not
+a number) reads as 0 and marks the usage clamped, as does a total above the bound: the log is kept, with
+zeroed counts, the flag ``usage_clamped`` and no cost, rather than refused by ingest or failing the request.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import orjson
 
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.providers import Provider
+from candela_runtime.limits import MAX_TOKEN_COUNT
 
 
 @dataclass
@@ -32,6 +37,8 @@ class ResponseFacts:
     has_usage: bool = False
     response_model: str = ""
     finish_reason: str = ""
+    # A reported count was out of range and read as 0 (see the module's docstring).
+    usage_clamped: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for storing with a cached answer."""
@@ -43,8 +50,15 @@ class ResponseFacts:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
+    @property
+    def clamped(self) -> bool:
+        """Whether the usage as logged is not what the provider reported (a count was out of range)."""
+        return self.usage_clamped or self.prompt_tokens + self.completion_tokens > MAX_TOKEN_COUNT
+
     def to_proto(self) -> log_record_pb2.TokenUsage:
-        """The TokenUsage message."""
+        """The TokenUsage message; all zeros when the total is out of range (each count alone is within)."""
+        if self.prompt_tokens + self.completion_tokens > MAX_TOKEN_COUNT:
+            return log_record_pb2.TokenUsage()
         return log_record_pb2.TokenUsage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
@@ -57,8 +71,17 @@ class ResponseFacts:
         )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _count(facts: ResponseFacts, value: Any) -> int:
+    """A reported token count; 0 when there is none (absent or null), and 0 with the usage marked clamped
+    when it is no count a log can store."""
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 12.0: JSON does not tell integers from floats
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
+    facts.usage_clamped = True
+    return 0
 
 
 def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
@@ -69,32 +92,33 @@ def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
 def _apply_openai_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
     facts.has_usage = True
     if "input_tokens" in usage:  # the Responses API's naming
-        facts.prompt_tokens = _int(usage.get("input_tokens"))
-        facts.completion_tokens = _int(usage.get("output_tokens"))
-        facts.cache_read_tokens = _int(_details(usage, "input_tokens_details").get("cached_tokens"))
-        facts.reasoning_tokens = _int(_details(usage, "output_tokens_details").get("reasoning_tokens"))
+        facts.prompt_tokens = _count(facts, usage.get("input_tokens"))
+        facts.completion_tokens = _count(facts, usage.get("output_tokens"))
+        facts.cache_read_tokens = _count(facts, _details(usage, "input_tokens_details").get("cached_tokens"))
+        facts.reasoning_tokens = _count(facts, _details(usage, "output_tokens_details").get("reasoning_tokens"))
         return
     prompt_details = _details(usage, "prompt_tokens_details")
     completion_details = _details(usage, "completion_tokens_details")
-    facts.prompt_tokens = _int(usage.get("prompt_tokens"))
-    facts.completion_tokens = _int(usage.get("completion_tokens"))
-    facts.cache_read_tokens = _int(prompt_details.get("cached_tokens"))
-    facts.audio_prompt_tokens = _int(prompt_details.get("audio_tokens"))
-    facts.reasoning_tokens = _int(completion_details.get("reasoning_tokens"))
-    facts.audio_completion_tokens = _int(completion_details.get("audio_tokens"))
+    facts.prompt_tokens = _count(facts, usage.get("prompt_tokens"))
+    facts.completion_tokens = _count(facts, usage.get("completion_tokens"))
+    facts.cache_read_tokens = _count(facts, prompt_details.get("cached_tokens"))
+    facts.audio_prompt_tokens = _count(facts, prompt_details.get("audio_tokens"))
+    facts.reasoning_tokens = _count(facts, completion_details.get("reasoning_tokens"))
+    facts.audio_completion_tokens = _count(facts, completion_details.get("audio_tokens"))
 
 
 def _apply_anthropic_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
     """Anthropic reports usage in parts; a later event's fields replace an earlier one's."""
     facts.has_usage = True
     if "cache_read_input_tokens" in usage and usage["cache_read_input_tokens"] is not None:
-        facts.cache_read_tokens = _int(usage["cache_read_input_tokens"])
+        facts.cache_read_tokens = _count(facts, usage["cache_read_input_tokens"])
     if "cache_creation_input_tokens" in usage and usage["cache_creation_input_tokens"] is not None:
-        facts.cache_write_tokens = _int(usage["cache_creation_input_tokens"])
+        facts.cache_write_tokens = _count(facts, usage["cache_creation_input_tokens"])
     if usage.get("input_tokens") is not None:
-        facts.prompt_tokens = _int(usage["input_tokens"]) + facts.cache_read_tokens + facts.cache_write_tokens
+        input_tokens = _count(facts, usage["input_tokens"])
+        facts.prompt_tokens = input_tokens + facts.cache_read_tokens + facts.cache_write_tokens
     if usage.get("output_tokens") is not None:
-        facts.completion_tokens = _int(usage["output_tokens"])
+        facts.completion_tokens = _count(facts, usage["output_tokens"])
 
 
 def _first_choice_finish(document: dict[str, Any]) -> str:

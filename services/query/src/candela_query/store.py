@@ -90,6 +90,10 @@ _COLUMNS = (
     "request_body_frame_length",
     "response_body_frame_offset",
     "response_body_frame_length",
+    # Added by migration 0007.
+    "usage_clamped",
+    "request_body_over_limit",
+    "response_body_over_limit",
 )
 
 # Aggregates of a set of rows, in the order Metrics.from_row reads them. quantilesExact picks the
@@ -393,6 +397,9 @@ def _to_stored(row: tuple[Any, ...]) -> StoredRequest:
         target_url=values["target_url"],
         attempts=_attempts(values),
         prompt_inputs=dict(zip(values["prompt_input_keys"], values["prompt_input_values"], strict=True)),
+        usage_clamped=bool(values["usage_clamped"]),
+        request_body_over_limit=bool(values["request_body_over_limit"]),
+        response_body_over_limit=bool(values["response_body_over_limit"]),
     )
     if values["cost_saved_known"]:
         record.cost_saved_usd = decimal_text(Decimal(values["toString(cost_saved_usd)"]))
