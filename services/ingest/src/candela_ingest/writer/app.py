@@ -29,6 +29,7 @@ from opentelemetry import trace
 from candela_ingest.config import WriterConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
 from candela_ingest.propagation import batch_context
+from candela_ingest.stalls import StallWatch, StoreStalled
 from candela_ingest.writer import metrics
 from candela_ingest.writer.batch import BatchAborted, BatchWriter, ConsumedMessage, RetryPolicy
 from candela_ingest.writer.bodies import S3BodyDeleter
@@ -83,6 +84,8 @@ class WriterDeps:
     parking: PostgresParking
     bodies: S3BodyDeleter | None
     """Deletes expired bodies (retention); None when the writer has no S3 settings."""
+    stalls: StallWatch
+    """Which stores ran past a deadline (Kafka commits and dead letters, S3 retention): drives health."""
 
 
 @asynccontextmanager
@@ -104,6 +107,7 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
         for _ in range(config.consumers + 1)
     )
     producer = Producer(config, client_id="candela-writer-dlq")
+    stalls = StallWatch()
     bodies = (
         S3BodyDeleter(
             endpoint=config.s3_endpoint,
@@ -111,6 +115,10 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             secret_key=config.s3_secret_key,
             bucket=config.s3_bucket,
             region=config.s3_region,
+            connect_timeout_s=config.s3_connect_timeout_s,
+            read_timeout_s=config.s3_read_timeout_s,
+            max_attempts=config.s3_max_attempts,
+            stalls=stalls,
         )
         if config.s3_endpoint
         else None
@@ -121,9 +129,10 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             rows=rows,
             ledger=PostgresUsageLedger(pool),
             dead_letter_producer=producer,
-            dead_letters=KafkaDeadLetterSink(producer, config.kafka_dlq_topic),
+            dead_letters=KafkaDeadLetterSink(producer, config.kafka_dlq_topic, stalls),
             parking=PostgresParking(pool),
             bodies=bodies,
+            stalls=stalls,
         )
     finally:
         if bodies is not None:
@@ -135,18 +144,24 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
 
 
 class WriterHealth:
-    """SERVING while the writer is in its consumer group and its stores answer."""
+    """SERVING while the writer is in its consumer group, its stores answer and none is stalled."""
 
     def __init__(self, server: GrpcServer | None) -> None:
         self._server = server
         self._published: bool | None = None
         self.joined = False
         self.stores_ok = False
+        self.stalled = False
 
     @property
     def serving(self) -> bool:
         """Whether the writer is ready."""
-        return self.joined and self.stores_ok
+        return self.joined and self.stores_ok and not self.stalled
+
+    async def set_stalled(self, stalled: bool) -> None:
+        """Records whether a store call ran past its deadline (the watch logs which and why)."""
+        self.stalled = stalled
+        await self._publish()
 
     async def set_joined(self, joined: bool) -> None:
         """Records group membership."""
@@ -244,6 +259,7 @@ class StorageWriter:
         )
         self._lanes = lanes
         self._retention = RetentionSweeper(deps.pool, deps.rows[-1], deps.bodies)
+        deps.stalls.set_on_change(health.set_stalled)
         self.stats = WriterStats()
 
     def _batch_writer(
@@ -403,8 +419,10 @@ class StorageWriter:
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: Sequence[ConsumedMessage]) -> None:
         try:
-            await consumer.commit(commit_offsets(batch))
-        except (CommitFailedError, IllegalStateError, KafkaError) as err:
+            await self._deps.stalls.call(
+                "kafka", "commit", self._config.kafka_commit_timeout_s, consumer.commit(commit_offsets(batch))
+            )
+        except (CommitFailedError, IllegalStateError, KafkaError, StoreStalled) as err:
             # The group moved on (or Kafka hiccuped): the new owner rewrites the batch, idempotently.
             metrics.COMMITS_FAILED.labels(batch[0].topic).inc()
             self.stats.commits_failed += 1
