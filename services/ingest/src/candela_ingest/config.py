@@ -36,10 +36,33 @@ class S3Deadlines:
         "Seconds between checks of a stalled store (health reports SERVING again once it answers).", 1.0
     )
 
+    def check_deadlines(self) -> None:
+        """Fails fast on a deadline that would disable itself (0 or negative: every call stalled, or none)."""
+        deadlines = {
+            name: getattr(self, name)
+            for name in (
+                "s3_connect_timeout_s",
+                "s3_read_timeout_s",
+                "store_probe_interval_s",
+                "kafka_delivery_timeout_s",
+                "store_timeout_s",
+                "kafka_commit_timeout_s",
+            )
+            if hasattr(self, name)
+        }
+        bad = [f"CANDELA_{name.upper()}" for name, value in deadlines.items() if not value > 0]
+        if self.s3_max_attempts < 1:
+            bad.append("CANDELA_S3_MAX_ATTEMPTS")
+        if bad:
+            raise ConfigError(f"{', '.join(bad)} must be positive")
+
 
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     """Settings of the IngestService process (``python -m candela_ingest``)."""
+
+    def __post_init__(self) -> None:
+        self.check_deadlines()
 
     s3_endpoint: str = env_field("S3 endpoint URL holding request and response bodies.")
     s3_access_key: str = env_field("S3 access key id.")
@@ -126,6 +149,7 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     )
 
     def __post_init__(self) -> None:
+        self.check_deadlines()
         if self.consumers < 1:
             raise ConfigError("CANDELA_CONSUMERS must be at least 1")
         if self.dlq_max_retries < 1:
