@@ -135,9 +135,10 @@ def report_stalls_in_health(server: GrpcServer, deps: IngestDeps) -> None:
     deps.stalls.set_on_change(publish)
 
 
-def store_probes(config: IngestConfig, deps: IngestDeps) -> dict[str, Callable[[], Awaitable[None]]]:
-    """The check that tells a stalled store answers again, per store."""
-    return {"s3": deps.bodies.check, "kafka": lambda: deps.producer.check_topic(config.kafka_topic)}
+def store_probes(deps: IngestDeps) -> dict[str, Callable[[], Awaitable[None]]]:
+    """The check that tells a stalled store answers again, per store: a real write to S3, a real round trip
+    to Kafka (a broker that answers but still cannot write shows up again at the next batch's deadline)."""
+    return {"s3": deps.bodies.probe_write, "kafka": deps.producer.probe}
 
 
 async def main() -> None:
@@ -159,7 +160,7 @@ async def main() -> None:
                 probes = asyncio.create_task(
                     probe_until_stopped(
                         deps.stalls,
-                        store_probes(config, deps),
+                        store_probes(deps),
                         config.store_probe_interval_s,
                         timeout_s=config.store_timeout_s,
                     ),

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+PROBE_KEY = "_candela/probe"
+"""Where the write probe of a stalled S3 server goes (overwritten each time; retention never looks there)."""
+
 
 class S3Stalled(Unavailable):
     """S3 ran past botocore's connect or read deadline on every attempt: the server is stalled."""
@@ -92,6 +95,11 @@ class S3BodyStore:
             Body=packed.data,
             ContentType=OBJECT_CONTENT_TYPE,
         )
+
+    async def probe_write(self) -> None:
+        """Raises UNAVAILABLE unless S3 stores a small object now (``_candela/probe``, outside ``bodies/``): a
+        stalled server may still answer reads, e.g. when it has no writable volume left."""
+        await self._call("PUT probe", self._client.put_object, Bucket=self._bucket, Key=PROBE_KEY, Body=b"probe")
 
     async def check(self) -> None:
         """Raises UNAVAILABLE unless the bucket is reachable with our credentials (readiness)."""

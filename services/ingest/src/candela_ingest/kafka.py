@@ -214,6 +214,14 @@ class Producer:
         if not partitions:
             raise KafkaUnavailable(f"topic {topic} has no partitions")
 
+    async def probe(self) -> None:
+        """Raises :class:`KafkaUnavailable` unless a broker answers a metadata request now (a round trip, not
+        the client's cached metadata): tells a stalled broker that answers again."""
+        try:
+            await self._require().client.fetch_all_metadata()
+        except KafkaError as err:
+            raise KafkaUnavailable(f"no broker answered a metadata request: {err!r}") from err
+
     async def send_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Produces ``messages`` and returns once Kafka acknowledged every one; else raises KafkaUnavailable.
 

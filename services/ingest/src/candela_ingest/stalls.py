@@ -16,6 +16,10 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from candela_ingest.kafka import KafkaUnavailable
+from candela_ingest.writer.errors import StoreUnavailable
+from candela_runtime.errors import Unavailable
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -32,6 +36,9 @@ STORE_TIMEOUTS = Counter(
 )
 
 STORES = ("s3", "kafka")
+
+PROBE_FAILURES = (Unavailable, KafkaUnavailable, StoreUnavailable, TimeoutError, OSError)
+"""How the probes of a store say it still does not answer (their own errors, a deadline, a socket error)."""
 
 
 class StoreStalled(Exception):
@@ -106,7 +113,7 @@ class StallWatch:
             try:
                 async with asyncio.timeout(timeout_s):
                     await check()
-            except Exception as err:  # noqa: BLE001 - any failure of a probe means "still stalled"
+            except PROBE_FAILURES as err:
                 logger.debug("store %s is still stalled: %r", store, err)
             else:
                 await self.answered(store)

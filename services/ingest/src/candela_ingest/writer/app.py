@@ -283,6 +283,21 @@ class StorageWriter:
                 group.create_task(self._run_lane(lane, stop), name=f"writer-{lane.name}")
             if self._config.retention_interval_s > 0:
                 group.create_task(self._sweep_periodically(stop), name="writer-retention")
+            group.create_task(self._probe_stalled_stores(stop), name="writer-store-probes")
+
+    async def _probe_stalled_stores(self, stop: asyncio.Event) -> None:
+        """Checks the stalled stores every ``store_probe_interval_s`` until ``stop``, so health recovers
+        while no batch comes (a commit or dead letter that succeeds clears its store too)."""
+        checks: dict[str, Callable[[], Awaitable[None]]] = {"kafka": self._deps.dead_letter_producer.probe}
+        if self._deps.bodies is not None:
+            checks["s3"] = self._deps.bodies.check
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), self._config.store_probe_interval_s)
+            except TimeoutError:
+                await self._deps.stalls.probe(checks, self._config.kafka_commit_timeout_s)
+            else:
+                return
 
     async def _run_lane(self, lane: _Lane, stop: asyncio.Event) -> None:
         consumers: list[AIOKafkaConsumer] = []

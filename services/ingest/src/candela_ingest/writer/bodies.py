@@ -60,6 +60,13 @@ class S3BodyDeleter:
         await self._stalls.answered("s3")
         return deleted
 
+    async def check(self) -> None:
+        """Raises StoreUnavailable unless the bucket answers now (the probe of a stalled S3 server)."""
+        try:
+            await asyncio.to_thread(self._client.head_bucket, Bucket=self._bucket)
+        except (BotoCoreError, ClientError) as err:
+            raise StoreUnavailable(f"S3 bucket {self._bucket} does not answer: {err}") from err
+
     def _children(self, prefix: str) -> list[str]:
         found: list[str] = []
         for page in self._client.get_paginator("list_objects_v2").paginate(
