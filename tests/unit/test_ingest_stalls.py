@@ -68,3 +68,22 @@ async def test_health_turns_back_only_when_every_stalled_store_answers() -> None
     assert await watch.call("kafka", "commit", 1.0, asyncio.sleep(0, result="done")) == "done"
     assert changes == [True, False]
     assert _stalled("kafka") == 0
+
+
+async def test_a_probe_past_its_deadline_shows_a_stall_without_traffic() -> None:
+    changes: list[bool] = []
+
+    async def record(stalled: bool) -> None:
+        changes.append(stalled)
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    async def refused() -> None:
+        raise ConnectionRefusedError("nothing listens")
+
+    watch = StallWatch(record)
+    await watch.probe({"s3": refused}, timeout_s=0.1)
+    assert changes == [], "a store that refuses is down, not stalled: calls say so"
+    await watch.probe({"s3": hangs}, timeout_s=0.1)
+    assert (changes, _stalled("s3")) == ([True], 1)

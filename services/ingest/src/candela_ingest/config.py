@@ -33,7 +33,9 @@ class S3Deadlines:
     s3_read_timeout_s: float = env_field("Seconds S3 may stay silent during one request before it is retried.", 10.0)
     s3_max_attempts: int = env_field("Attempts at one S3 request (the first included) before it fails.", 2)
     store_probe_interval_s: float = env_field(
-        "Seconds between checks of a stalled store (health reports SERVING again once it answers).", 1.0
+        "Seconds between probes of each store (an S3 write of a few bytes, a Kafka metadata round trip): one "
+        "past its deadline reports the store stalled while no traffic comes; one that succeeds clears it.",
+        5.0,
     )
 
     def check_deadlines(self) -> None:

@@ -4,7 +4,7 @@ A store that stops answering (SeaweedFS out of writable volumes, a broker waitin
 call: the call hangs. Every S3 and Kafka call of ingest and the writers therefore has a deadline, and a call
 that runs past it marks its store *stalled*: ``candela_store_stalled{store}`` goes to 1, the reason is
 logged once, and the owner's ``on_change`` callback turns the process's gRPC health to NOT_SERVING. The
-store is clear again as soon as one call to it (or a probe, see :meth:`StallWatch.probe`) succeeds.
+store is clear again as soon as one call to it or one probe (:meth:`StallWatch.probe`) succeeds.
 """
 
 from __future__ import annotations
@@ -102,19 +102,17 @@ class StallWatch:
             await self._on_change(False)
 
     async def probe(self, checks: dict[str, Callable[[], Awaitable[None]]], timeout_s: float) -> None:
-        """Runs the check of each stalled store within ``timeout_s``; one that succeeds clears its store.
-
-        A failing check is expected while the store is stalled: it is logged at debug level only.
-        """
-        for store in list(self._stalled):
-            check = checks.get(store)
-            if check is None:
-                continue
+        """Runs each store's check within ``timeout_s``: one that succeeds clears its store, one that runs past
+        the deadline marks it stalled, so a stall shows even while no traffic comes. A check that fails
+        otherwise (refused: the store is down, not stalled) changes nothing; calls report that case."""
+        for store, check in checks.items():
             try:
                 async with asyncio.timeout(timeout_s):
                     await check()
+            except TimeoutError:
+                await self.timed_out(store, "probe", f"a probe took over {timeout_s:.1f}s")
             except PROBE_FAILURES as err:
-                logger.debug("store %s is still stalled: %r", store, err)
+                logger.debug("the probe of store %s failed: %r", store, err)
             else:
                 await self.answered(store)
 
@@ -131,7 +129,7 @@ class StallWatch:
 async def probe_until_stopped(
     watch: StallWatch, checks: dict[str, Callable[[], Awaitable[None]]], interval_s: float, timeout_s: float
 ) -> None:
-    """Probes the stalled stores every ``interval_s`` until cancelled, so health recovers without traffic."""
+    """Probes every store each ``interval_s`` until cancelled, so a stall shows, and ends, without traffic."""
     while True:
         await asyncio.sleep(interval_s)
         await watch.probe(checks, timeout_s)

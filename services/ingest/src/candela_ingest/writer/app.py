@@ -58,6 +58,12 @@ _PARTITION = operator.attrgetter("topic", "partition")
 _OFFSET = operator.attrgetter("offset")
 
 
+def _settled(task: asyncio.Future[None]) -> None:
+    """Marks a late commit's outcome as seen: it no longer matters (its batch counted as uncommitted)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.info("a late offset commit ended: %r", task.exception())
+
+
 def commit_offsets(batch: Sequence[ConsumedMessage]) -> dict[TopicPartition, int]:
     """The offsets that commit ``batch``: per partition, one past its highest offset in the batch.
 
@@ -261,6 +267,8 @@ class StorageWriter:
         self._retention = RetentionSweeper(deps.pool, deps.rows[-1], deps.bodies)
         deps.stalls.set_on_change(health.set_stalled)
         self.stats = WriterStats()
+        self._late_commits: set[asyncio.Task[None]] = set()
+        """Commits that ran past their deadline and are left to finish (see ``_commit``)."""
 
     def _batch_writer(
         self, rows: ClickHouseRowSink, dead_letters: KafkaDeadLetterSink | RetryingDeadLetterSink
@@ -286,8 +294,8 @@ class StorageWriter:
             group.create_task(self._probe_stalled_stores(stop), name="writer-store-probes")
 
     async def _probe_stalled_stores(self, stop: asyncio.Event) -> None:
-        """Checks the stalled stores every ``store_probe_interval_s`` until ``stop``, so health recovers
-        while no batch comes (a commit or dead letter that succeeds clears its store too)."""
+        """Probes the stores every ``store_probe_interval_s`` until ``stop``, so a stall shows, and ends, while
+        no batch comes (a commit or dead letter that succeeds clears its store too)."""
         checks: dict[str, Callable[[], Awaitable[None]]] = {"kafka": self._deps.dead_letter_producer.probe}
         if self._deps.bodies is not None:
             checks["s3"] = self._deps.bodies.check
@@ -314,6 +322,7 @@ class StorageWriter:
             # Leaves the group at once, so the partitions move to another writer without a session timeout.
             await shutdown_step(f"kafka consumer {lane.name}", consumer.stop, _STEP_TIMEOUT_S)
             await self._health.set_joined(False)
+            await self._settle_late_commits()
 
     async def _sweep_periodically(self, stop: asyncio.Event) -> None:
         """Runs the retention sweep every ``retention_interval_s`` (first one after one interval)."""
@@ -433,17 +442,33 @@ class StorageWriter:
         return batch
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: Sequence[ConsumedMessage]) -> None:
+        # A commit past its deadline is left to finish rather than cancelled: aiokafka runs the request
+        # shielded anyway (and would then log its outcome as never retrieved), and its commit lock keeps
+        # it ahead of later commits, so offsets never move backwards. The batch counts as uncommitted.
+        commit = asyncio.ensure_future(consumer.commit(commit_offsets(batch)))
         try:
-            await self._deps.stalls.call(
-                "kafka", "commit", self._config.kafka_commit_timeout_s, consumer.commit(commit_offsets(batch))
-            )
-        except (CommitFailedError, IllegalStateError, KafkaError, StoreStalled) as err:
+            await self._deps.stalls.call("kafka", "commit", self._config.kafka_commit_timeout_s, asyncio.shield(commit))
+        except StoreStalled as err:
+            self._late_commits.add(commit)
+            commit.add_done_callback(_settled)
+            commit.add_done_callback(self._late_commits.discard)
+            metrics.COMMITS_FAILED.labels(batch[0].topic).inc()
+            self.stats.commits_failed += 1
+            logger.warning("offsets of a stored batch were not committed (%s); it will be redelivered", err)
+        except (CommitFailedError, IllegalStateError, KafkaError) as err:
             # The group moved on (or Kafka hiccuped): the new owner rewrites the batch, idempotently.
             metrics.COMMITS_FAILED.labels(batch[0].topic).inc()
             self.stats.commits_failed += 1
             logger.warning("offsets of a stored batch were not committed (%r); it will be redelivered", err)
         else:
             metrics.observe_commit(batch)
+
+    async def _settle_late_commits(self) -> None:
+        """Waits (bounded) for the commits left to finish; their consumer is stopped, so they end soon."""
+        if self._late_commits:
+            await asyncio.wait(set(self._late_commits), timeout=_STEP_TIMEOUT_S)
+        for commit in list(self._late_commits):
+            commit.cancel()
 
     async def _start_consumer(self, lane: _Lane, started: list[AIOKafkaConsumer]) -> None:
         """Connects a new consumer (a failed one cannot be restarted) and appends it to ``started``."""
