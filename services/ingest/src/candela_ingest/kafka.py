@@ -197,10 +197,14 @@ class Producer:
             return
         producer = AIOKafkaProducer(**self._options)
         try:
-            await producer.start()
-        except KafkaError as err:
+            async with asyncio.timeout(self._delivery_timeout_s):
+                await producer.start()
+        except (KafkaError, TimeoutError) as err:
             await producer.stop()
-            raise KafkaUnavailable(f"cannot connect to Kafka at {self._options['bootstrap_servers']}: {err}") from err
+            raise KafkaUnavailable(
+                f"cannot connect to Kafka at {self._options['bootstrap_servers']}: {err!r}",
+                timed_out=isinstance(err, TimeoutError),
+            ) from err
         self._producer = producer
 
     async def check_topic(self, topic: str) -> None:

@@ -474,10 +474,14 @@ class StorageWriter:
         """Connects a new consumer (a failed one cannot be restarted) and appends it to ``started``."""
         consumer = self._consumer(lane)
         try:
-            await consumer.start()
+            async with asyncio.timeout(self._config.kafka_delivery_timeout_s):
+                await consumer.start()
         except KafkaError:
             await consumer.stop()
             raise
+        except TimeoutError as err:
+            await consumer.stop()
+            raise KafkaUnavailable(f"Kafka did not answer the consumer {lane.name} in time", timed_out=True) from err
         started.append(consumer)
 
     def _consumer(self, lane: _Lane) -> AIOKafkaConsumer:
