@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +21,8 @@ import grpc
 import httpx
 import pytest
 from clickhouse_driver import Client
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
@@ -31,6 +35,7 @@ from candela_stack.stack import Component, Stack, StackConfig
 pytestmark = pytest.mark.integration
 
 BATCH = 200
+STORE_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +52,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "CANDELA_KAFKA_SESSION_TIMEOUT_MS": "3000",
             "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
             "CANDELA_BATCH_MAX_WAIT_MS": "100",
+            # Short store deadlines, so a stalled store is refused and reported within seconds.
+            "CANDELA_STORE_TIMEOUT_S": str(STORE_TIMEOUT_S),
+            "CANDELA_S3_CONNECT_TIMEOUT_S": "1",
+            "CANDELA_S3_READ_TIMEOUT_S": "2",
+            "CANDELA_KAFKA_DELIVERY_TIMEOUT_S": str(STORE_TIMEOUT_S),
+            "CANDELA_KAFKA_COMMIT_TIMEOUT_S": str(STORE_TIMEOUT_S),
+            "CANDELA_STORE_PROBE_INTERVAL_S": "0.5",
         },
     )
     with Stack(config) as running:
@@ -119,6 +131,15 @@ class Sender:
                     self.acknowledged.update(r.request_id for r in records)
                     self._progress.notify_all()
                 await asyncio.sleep(pause_s)
+
+    async def resend(self, request: pb.IngestRequest) -> None:
+        """Sends a batch that was refused until ingest acknowledges it, as the proxy does (part of it may have
+        reached Kafka before the refusal: the writers make the copy invisible)."""
+        metadata = service_metadata(self._stack.service_token)
+        async with grpc.aio.insecure_channel(self._stack.ingest_addr) as channel:
+            stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+            await stub.Ingest(request, metadata=metadata, timeout=60, wait_for_ready=True)
+        self.acknowledged.update(item.record.request_id for item in request.records)
 
 
 def _clickhouse_counts(stack: Stack, organization_id: str) -> tuple[int, int, int]:
@@ -278,3 +299,145 @@ async def test_bad_input_is_refused_whole_and_writes_nothing(stack: Stack) -> No
     finally:
         s3.close()
     assert listing.get("KeyCount") == 1, "only the sentinel batch's object; nothing of the refused batch"
+
+
+def _batch(organization_id: str) -> pb.IngestRequest:
+    return pb.IngestRequest(
+        records=[pb.IngestRecord(record=_record(organization_id), response_body=b"answer " * 50) for _ in range(20)]
+    )
+
+
+async def _health(address: str, service: str = "") -> str:
+    """The grpc.health.v1 status of ``service`` at ``address``, by name."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+async def _wait_health(address: str, wanted: str, timeout_s: float = 60.0, service: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    status = ""
+    while time.monotonic() < deadline:
+        status = await _health(address, service)
+        if status == wanted:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"health of {address} stayed {status}, not {wanted}")
+
+
+async def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample a process exports: (name, sorted labels) -> value."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def _timeouts(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], store: str) -> float:
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "candela_store_timeouts_total" and ("store", store) in labels
+    )
+
+
+async def _writer_timeouts(stack: Stack) -> float:
+    """Kafka calls of every writer that ran past their deadline (commits, dead letters, probes)."""
+    return sum([_timeouts(await _samples(port), "kafka") for port in stack.writer_metrics_ports()])
+
+
+@contextlib.contextmanager
+def _stopped(stack: Stack, component: Component) -> Iterator[None]:
+    """The component's processes SIGSTOPped (a stalled store: connections open, nothing answers), then
+    SIGCONTinued whatever happens."""
+    groups = [process.pid for process in stack.processes_of(component)]
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for group in groups:
+            os.killpg(group, signal.SIGCONT)
+
+
+async def test_stalled_s3_is_refused_in_time_reported_and_recovers(stack: Stack) -> None:
+    """SeaweedFS stops answering (as when it ran out of writable volumes): Ingest answers UNAVAILABLE within
+    its deadline rather than hanging, health and metrics say S3 is stalled, and after it answers again
+    every acknowledged log is stored exactly once."""
+    sender = Sender(stack, await _organization(stack))
+    await sender.send(2)
+    ingest_metrics = stack.metrics_ports()[Component.INGEST]
+    assert (await _samples(ingest_metrics))[("candela_store_stalled", (("store", "s3"),))] == 0
+    timeouts_before = _timeouts(await _samples(ingest_metrics), "s3")
+    metadata = service_metadata(stack.service_token)
+    background: asyncio.Task[None] | None = None
+    try:
+        with _stopped(stack, Component.S3):
+            async with grpc.aio.insecure_channel(stack.ingest_addr) as channel:
+                stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+                started = time.monotonic()
+                refused = _batch(sender.organization_id)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Ingest(refused, metadata=metadata, timeout=60)
+                elapsed = time.monotonic() - started
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+            assert "s3" in (caught.value.details() or "").lower()
+            assert elapsed < STORE_TIMEOUT_S + 5, f"answered after {elapsed:.1f}s"
+            assert await _health(stack.ingest_addr) == "NOT_SERVING"
+            assert await _health(stack.ingest_addr, "candela.ingest.v1.IngestService") == "NOT_SERVING"
+            samples = await _samples(ingest_metrics)
+            assert samples[("candela_store_stalled", (("store", "s3"),))] == 1
+            assert _timeouts(samples, "s3") > timeouts_before
+            # Logs keep coming while S3 is stalled: none is acknowledged, none is lost.
+            background = asyncio.create_task(sender.send(4, pause_s=0.1))
+            await asyncio.sleep(2 * STORE_TIMEOUT_S)
+            acknowledged_while_stalled = len(sender.acknowledged)
+    finally:
+        if background is not None:
+            await asyncio.wait_for(background, 180)
+    await _wait_health(stack.ingest_addr, "SERVING")
+    assert (await _samples(ingest_metrics))[("candela_store_stalled", (("store", "s3"),))] == 0
+    assert acknowledged_while_stalled == 2 * BATCH
+    assert sender.refusals > 0
+    await sender.resend(refused)
+    await _assert_exact(stack, sender.organization_id, len(sender.acknowledged))
+
+
+async def test_stalled_broker_is_refused_in_time_reported_and_recovers(stack: Stack) -> None:
+    """The broker stops answering while logs flow: ingest answers UNAVAILABLE within its deadline and reports
+    Kafka stalled, so does the writer (in health and metrics); afterwards every acknowledged log is stored
+    exactly once."""
+    sender = Sender(stack, await _organization(stack))
+    ingest_metrics = stack.metrics_ports()[Component.INGEST]
+    writer_timeouts_before = await _writer_timeouts(stack)
+    metadata = service_metadata(stack.service_token)
+    async with _background(sender, batches=15, pause_s=0.05):
+        await sender.wait_acknowledged(3 * BATCH)
+        with _stopped(stack, Component.KAFKA):
+            async with grpc.aio.insecure_channel(stack.ingest_addr) as channel:
+                stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+                started = time.monotonic()
+                refused = _batch(sender.organization_id)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Ingest(refused, metadata=metadata, timeout=60)
+                elapsed = time.monotonic() - started
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+            assert elapsed < STORE_TIMEOUT_S + 5, f"answered after {elapsed:.1f}s"
+            assert await _health(stack.ingest_addr) == "NOT_SERVING"
+            assert (await _samples(ingest_metrics))[("candela_store_stalled", (("store", "kafka"),))] == 1
+            # A writer probes the broker even between batches; a batch in flight cannot commit (its commit times
+            # out, the batch stays uncommitted and is stored again, idempotently, after the stall).
+            await _wait_health(stack.writer_addr, "NOT_SERVING", timeout_s=30)
+            writer_samples = await _samples(stack.writer_metrics_ports()[0])
+            assert writer_samples[("candela_store_stalled", (("store", "kafka"),))] == 1
+            assert await _writer_timeouts(stack) > writer_timeouts_before
+        await _wait_health(stack.ingest_addr, "SERVING")
+        await _wait_health(stack.writer_addr, "SERVING")
+    assert (await _samples(ingest_metrics))[("candela_store_stalled", (("store", "kafka"),))] == 0
+    await sender.resend(refused)
+    await _assert_exact(stack, sender.organization_id, len(sender.acknowledged))

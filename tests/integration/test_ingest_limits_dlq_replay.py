@@ -7,6 +7,7 @@ machine's server), ClickHouse 18.16, SeaweedFS and Tansu. Each test has its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import operator
 import re
@@ -26,7 +27,11 @@ from candela_ingest.config import WriterConfig
 from candela_ingest.replay import ReplayOptions, replay
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.retention import RetentionSweeper
+from candela_query.store import RequestStore
+from candela_stack import migrations
+from candela_stack.postgres import create_database, drop_database, with_database
 from candela_stack.stack import Component, Stack, StackConfig
+from tests.integration.query_support import DriverRunner
 from tests.integration.test_ingest_pipeline import (
     InProcessWriter,
     _clickhouse,
@@ -358,3 +363,155 @@ async def test_scores_arriving_after_the_log_land_on_one_row_and_count_nothing(
     await writer.finish()
     assert scores == [("accuracy", 0.8)], "one row per score; the newest update wins whatever the arrival order"
     assert (await _usage(stack, organization_id))[0] == 1, "updates are not requests"
+
+
+@contextlib.contextmanager
+def _request_store(stack: Stack) -> Iterator[RequestStore]:
+    """The query service's store of requests (what the query API reads), on the stack's ClickHouse."""
+    runner = DriverRunner(stack.clickhouse_host, stack.clickhouse_port, stack.clickhouse_database)
+    try:
+        yield RequestStore(runner)
+    finally:
+        runner.close()
+
+
+async def test_two_organizations_with_one_request_id_are_each_counted_stored_and_see_only_their_own(
+    stack: Stack, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    """Clients choose request ids (Candela-Request-Id): another organization's use of an id must not make a log
+    count as a redelivery (usage undercounted) nor inherit that log's storage decision (dropped over a limit)."""
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=2)
+    full = await _organization(stack, max_stored_logs=0)  # its log is counted, not stored
+    later, first_in_batch, second_in_batch = [await _organization(stack) for _ in range(3)]
+    across = _record(full, cost="0.000100")
+    await _produce(stack.kafka_bootstrap, topics.logs, _messages([across]))
+    writer = start_writer(_writer_config(stack, topics))
+    await _eventually(lambda: _usage(stack, full), lambda found: found[0] >= 1)
+    # The same id again, from another organization, in a later batch; and a pair in one batch.
+    reused = _record(later, cost="0.000200")
+    reused.request_id = across.request_id
+    pair = [_record(first_in_batch, cost="0.000300"), _record(second_in_batch, cost="0.000400")]
+    pair[1].request_id = pair[0].request_id
+    await _produce(stack.kafka_bootstrap, topics.logs, _messages([reused, *pair]), partition=0)
+    await _eventually(lambda: _usage(stack, second_in_batch), lambda found: found[0] >= 1)
+    await _eventually(lambda: _usage(stack, first_in_batch), lambda found: found[0] >= 1)
+    await _eventually(lambda: _usage(stack, later), lambda found: found[0] >= 1)
+    await writer.finish()
+
+    for organization_id, cost in ((full, "0.0001"), (later, "0.0002"), (first_in_batch, "0.0003")):
+        usage = await _usage(stack, organization_id)
+        assert (usage[0], usage[2]) == (1, Decimal(cost)), f"{organization_id} counted once, with its own cost"
+    assert (await _usage(stack, second_in_batch))[:3:2] == (1, Decimal("0.0004"))
+    assert await _counters(stack, full) == (0, 1, 0)
+    assert await _counters(stack, later) == (1, 0, 0), "stored: the other organization's drop is not inherited"
+    assert await _stored_requests(stack, [full]) == 0
+    assert await _stored_requests(stack, [later, first_in_batch, second_in_batch]) == 3
+
+    with _request_store(stack) as store:
+        assert await store.get(full, uuid.UUID(across.request_id)) is None
+        for record in (reused, *pair):
+            seen = await store.get(record.organization_id, uuid.UUID(record.request_id))
+            assert seen is not None
+            assert (seen.record.organization_id, Decimal(seen.record.cost_usd)) == (
+                record.organization_id,
+                Decimal(record.cost_usd),
+            )
+
+
+async def test_a_request_id_reused_within_an_organization_keeps_its_first_log_everywhere(
+    stack: Stack, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    """The README's rule: the first log of a request id wins. A later log of the organization with that id
+    (another creation time) is neither counted nor stored, whether it comes in a later batch or the same one;
+    copies of the first log (redeliveries, same creation time) change nothing."""
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=2)
+    organization_id = await _organization(stack)
+    base = datetime.now(UTC) - timedelta(minutes=5)
+
+    def log(request_id: str, seconds: int, cost: str) -> log_record_pb2.LogRecord:
+        record = _record(organization_id, cost=cost)
+        record.request_id = request_id
+        record.created_at.FromDatetime(base + timedelta(seconds=seconds))
+        return record
+
+    across, within = str(uuid.uuid4()), str(uuid.uuid4())
+    await _produce(stack.kafka_bootstrap, topics.logs, _messages([log(across, 0, "0.000001")]), partition=0)
+    reused_before = REGISTRY.get_sample_value("candela_writer_request_ids_reused_total") or 0.0
+    writer = start_writer(_writer_config(stack, topics))
+    await _eventually(lambda: _usage(stack, organization_id), lambda found: found[0] >= 1)
+    later = [
+        log(across, 60, "0.000002"),  # reuse, in a later batch
+        log(across, 0, "0.000001"),  # a copy of the first log
+        log(within, 10, "0.000010"),
+        log(within, 70, "0.000020"),  # reuse, in the same batch
+    ]
+    await _produce(stack.kafka_bootstrap, topics.logs, _messages(later), partition=0)
+    offsets = await _eventually(
+        lambda: _committed(stack.kafka_bootstrap, topics.group, topics.logs, 2), lambda found: sum(found.values()) >= 5
+    )
+    await writer.finish()
+    assert sum(offsets.values()) == 5
+
+    usage = await _usage(stack, organization_id)
+    assert (usage[0], usage[2]) == (2, Decimal("0.000011")), "each id counted once, with its first log's cost"
+    assert await _counters(stack, organization_id) == (2, 0, 0)
+    rows = await _query_clickhouse(
+        stack,
+        "SELECT toString(request_id), created_at_us, toString(cost_usd) FROM requests FINAL"
+        " WHERE organization_id = %(o)s ORDER BY created_at_us",
+        {"o": uuid.UUID(organization_id)},
+    )
+    first_us = int(base.timestamp()) * 1_000_000 + base.microsecond
+    assert [(row[0], int(row[1]) - first_us) for row in rows] == [(across, 0), (within, 10_000_000)]
+    with _request_store(stack) as store:
+        for request_id, cost in ((across, "0.000001"), (within, "0.00001")):
+            seen = await store.get(organization_id, uuid.UUID(request_id))
+            assert seen is not None
+            assert Decimal(seen.record.cost_usd) == Decimal(cost)
+    reused_after = REGISTRY.get_sample_value("candela_writer_request_ids_reused_total") or 0.0
+    assert reused_after - reused_before >= 2
+
+
+async def test_the_ledger_migration_keeps_counted_requests_and_keys_them_per_organization(
+    postgres_admin_dsn: str,
+) -> None:
+    """Migration 0005 on a database holding ledger rows: every row kept (with its stored flag), and another
+    organization may then count the same request id."""
+    name = f"candela_test_{secrets.token_hex(6)}"
+    create_database(postgres_admin_dsn, name)
+    dsn = with_database(postgres_admin_dsn, name)
+    try:
+        shipped = migrations.load(migrations.POSTGRES)
+        before = [migration for migration in shipped if migration.name < "0005"]
+        assert len(before) < len(shipped)
+        await migrations._apply_postgres(dsn, before)
+        first, second, request_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(
+                "INSERT INTO counted_requests (request_id, organization_id, created_at, stored)"
+                " VALUES ($1, $2, now(), false), ($3, $2, now(), true)",
+                request_id,
+                first,
+                uuid.uuid4(),
+            )
+            await asyncio.to_thread(migrations.apply_postgres, dsn)
+            await connection.execute(
+                "INSERT INTO counted_requests (request_id, organization_id, created_at) VALUES ($1, $2, now())",
+                request_id,
+                second,
+            )
+            rows = await connection.fetch(
+                "SELECT organization_id, stored FROM counted_requests WHERE request_id = $1 ORDER BY stored", request_id
+            )
+            total = await connection.fetchval("SELECT count(*) FROM counted_requests")
+            key = await connection.fetchval(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'counted_requests_pkey'"
+            )
+        finally:
+            await connection.close()
+        assert [(row["organization_id"], row["stored"]) for row in rows] == [(first, False), (second, True)]
+        assert total == 3
+        assert key == "PRIMARY KEY (organization_id, request_id)"
+    finally:
+        drop_database(postgres_admin_dsn, name)

@@ -67,6 +67,27 @@ def test_writer_config_defaults_and_heartbeat_bound() -> None:
         load_config(WriterConfig, {**environ, "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS": "3000"})
 
 
+def test_store_deadlines_have_finite_defaults_and_must_be_positive() -> None:
+    """Every S3 and Kafka call has a deadline by default; one set to 0 (no deadline, or always stalled) is refused."""
+    environ = {"CANDELA_SERVICE_TOKEN": "t", "CANDELA_KAFKA_BOOTSTRAP": "k:9092", "CANDELA_POSTGRES_DSN": "pg"}
+    writer = load_config(WriterConfig, environ)
+    assert 0 < writer.kafka_commit_timeout_s < 60
+    assert 0 < writer.kafka_delivery_timeout_s < 60
+    assert writer.s3_max_attempts * (writer.s3_connect_timeout_s + writer.s3_read_timeout_s) < 60
+    with pytest.raises(ConfigError, match="CANDELA_KAFKA_COMMIT_TIMEOUT_S, CANDELA_S3_MAX_ATTEMPTS"):
+        load_config(WriterConfig, {**environ, "CANDELA_KAFKA_COMMIT_TIMEOUT_S": "0", "CANDELA_S3_MAX_ATTEMPTS": "0"})
+    ingest = {
+        "CANDELA_SERVICE_TOKEN": "t",
+        "CANDELA_KAFKA_BOOTSTRAP": "k:9092",
+        "CANDELA_S3_ENDPOINT": "http://127.0.0.1:8333",
+        "CANDELA_S3_ACCESS_KEY": "ak",
+        "CANDELA_S3_SECRET_KEY": "sk",
+    }
+    assert 0 < load_config(IngestConfig, ingest).store_timeout_s < 60
+    with pytest.raises(ConfigError, match="CANDELA_STORE_TIMEOUT_S"):
+        load_config(IngestConfig, {**ingest, "CANDELA_STORE_TIMEOUT_S": "-1"})
+
+
 async def test_ingest_is_not_ready_while_kafka_and_s3_are_unreachable(closed_port: int) -> None:
     config = IngestConfig(
         service_token="t",

@@ -264,9 +264,43 @@ def test_duplicates_collapse_to_the_last_record() -> None:
     shouted.cost_usd = "3"
     batch = _batch([first, _record(), again, shouted])
     assert len(batch.positions) == 2
-    assert batch.positions[first.request_id] == 3
+    assert batch.positions[ORG, first.request_id] == 3
     (usage,) = aggregate_usage(batch, batch.positions)
     assert (usage.request_count, usage.cost_usd) == (2, Decimal(3))
+    assert batch.reused == ()
+
+
+def test_two_organizations_with_one_request_id_are_two_requests() -> None:
+    """A request id is chosen by the client: another organization's use of it is another request."""
+    first = _record(cost_usd="1")
+    other = log_record_pb2.LogRecord()
+    other.CopyFrom(first)
+    other.organization_id = str(uuid.uuid4())
+    other.cost_usd = "2"
+    batch = _batch([first, other])
+    assert batch.positions == {(ORG, first.request_id): 0, (other.organization_id, first.request_id): 1}
+    usage = aggregate_usage(batch, batch.positions)
+    assert sorted((day.request_count, day.cost_usd) for day in usage) == [(1, Decimal(1)), (1, Decimal(2))]
+    assert batch.without(frozenset()) is batch.columns
+
+
+def test_a_reused_request_id_keeps_the_first_log_of_the_batch() -> None:
+    """Within one organization the first log of a request id wins: a later one with another creation time is
+    neither counted nor stored; copies of the first (same creation time) still collapse into it."""
+    first = _record(cost_usd="1")
+    reuse = log_record_pb2.LogRecord()
+    reuse.CopyFrom(first)
+    reuse.created_at.FromDatetime(CREATED.replace(second=0))
+    reuse.cost_usd = "5"
+    copy = log_record_pb2.LogRecord()
+    copy.CopyFrom(first)
+    batch = _batch([first, reuse, _record(), copy])
+    assert batch.positions[ORG, first.request_id] == 3
+    assert batch.reused == (1,)
+    (usage,) = aggregate_usage(batch, batch.positions)
+    assert (usage.request_count, usage.cost_usd) == (2, Decimal(1))
+    kept = dict(zip(REQUEST_COLUMNS, batch.without(frozenset()), strict=True))
+    assert kept["cost_usd"] == [Decimal(1), Decimal(0), Decimal(1)]
 
 
 def test_ledger_rows_are_sorted_like_uuids_and_keep_microseconds() -> None:
@@ -309,17 +343,26 @@ def test_counted_requests_of_limited_organizations_come_oldest_first() -> None:
     records[4].organization_id = other
     records[5].organization_id = ORG.upper()
     batch = _batch(records)
-    counted = [record.request_id for record in records[:5]]  # records[5] was counted by an earlier batch
+    # records[5] was counted by an earlier batch
+    counted = [(record.organization_id.lower(), record.request_id) for record in records[:5]]
     ordered = counted_oldest_first(batch, counted, frozenset({uuid.UUID(ORG)}))
     same_second = sorted((records[1].request_id, records[3].request_id))
-    assert ordered == {uuid.UUID(ORG): [*same_second, records[2].request_id, records[0].request_id]}
+    assert ordered == {
+        uuid.UUID(ORG): [
+            (ORG, request_id) for request_id in (*same_second, records[2].request_id, records[0].request_id)
+        ]
+    }
 
 
 def test_a_batch_without_some_requests_keeps_the_others_aligned() -> None:
     records = [_record(cost_usd=str(index)) for index in range(5)]
     batch = _batch(records)
     kept = dict(
-        zip(REQUEST_COLUMNS, batch.without(frozenset({records[1].request_id, records[3].request_id})), strict=True)
+        zip(
+            REQUEST_COLUMNS,
+            batch.without(frozenset({(ORG, records[1].request_id), (ORG, records[3].request_id)})),
+            strict=True,
+        )
     )
     assert kept["request_id"] == [records[index].request_id for index in (0, 2, 4)]
     assert kept["cost_usd"] == [Decimal(0), Decimal(2), Decimal(4)]

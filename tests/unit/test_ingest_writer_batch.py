@@ -15,7 +15,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.propagation import extract_context, inject_headers, links_from
 from candela_ingest.rows import REQUEST_COLUMNS, RequestColumns, Row
-from candela_ingest.usage import BatchRequests
+from candela_ingest.usage import BatchRequests, RequestKey
 from candela_ingest.writer.batch import (
     BatchAborted,
     BatchWriter,
@@ -70,7 +70,7 @@ class FakeLedger:
     """The counted-requests ledger and a request counter."""
 
     def __init__(self) -> None:
-        self.counted: set[str] = set()
+        self.counted: set[RequestKey] = set()
         self.cost = Decimal(0)
 
     async def count(self, batch: BatchRequests, insert_rows: InsertRows) -> LedgerOutcome:

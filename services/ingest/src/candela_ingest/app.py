@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
+from grpc_health.v1 import health_pb2
 
 from candela_ingest.bodies import S3BodyStore
 from candela_ingest.config import IngestConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
 from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.service import SERVICE_NAME, IngestServicer, add_to_server
+from candela_ingest.stalls import StallWatch, probe_until_stopped
 from candela_ingest.validation import BatchLimits
 from candela_runtime.config import load_config
 from candela_runtime.errors import Unavailable
@@ -38,6 +40,8 @@ class IngestDeps:
     producer: Producer
     organizations: OrganizationDirectory | None
     """Refuses unknown organizations; None when no Postgres DSN is configured."""
+    stalls: StallWatch
+    """Which of S3 and Kafka are stalled (their calls run past their deadlines): drives health."""
 
 
 @asynccontextmanager
@@ -50,6 +54,9 @@ async def build_deps(config: IngestConfig) -> AsyncIterator[IngestDeps]:
         bucket=config.s3_bucket,
         region=config.s3_region,
         max_concurrency=config.s3_max_concurrency,
+        connect_timeout_s=config.s3_connect_timeout_s,
+        read_timeout_s=config.s3_read_timeout_s,
+        max_attempts=config.s3_max_attempts,
     )
     producer = Producer(config, client_id="candela-ingest")
     # min_size=0: nothing connects here, so ingest starts (and serves) while Postgres is down.
@@ -59,6 +66,7 @@ async def build_deps(config: IngestConfig) -> AsyncIterator[IngestDeps]:
             bodies=bodies,
             producer=producer,
             organizations=OrganizationDirectory(pool) if pool is not None else None,
+            stalls=StallWatch(),
         )
     finally:
         if pool is not None:
@@ -82,6 +90,7 @@ async def create_server(config: IngestConfig, deps: IngestDeps) -> GrpcServer:
         ),
         store_timeout_s=config.store_timeout_s,
         organizations=deps.organizations,
+        stalls=deps.stalls,
     )
     return await create_grpc_server(
         host=config.grpc_host,
@@ -109,6 +118,29 @@ async def wait_until_ready(config: IngestConfig, deps: IngestDeps) -> None:
             return
 
 
+def report_stalls_in_health(server: GrpcServer, deps: IngestDeps) -> None:
+    """From now on, a stalled store turns the server NOT_SERVING (why is logged by the watch), and SERVING
+    again once every store answers."""
+
+    async def publish(stalled: bool) -> None:
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if stalled else health_pb2.HealthCheckResponse.SERVING
+        for name in ("", *server.service_names):
+            await server.health.set(name, status)
+        logger.warning(
+            "ingest health: %s (stalled: %s)",
+            health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+            ", ".join(f"{store}: {why}" for store, why in deps.stalls.stalled.items()) or "none",
+        )
+
+    deps.stalls.set_on_change(publish)
+
+
+def store_probes(deps: IngestDeps) -> dict[str, Callable[[], Awaitable[None]]]:
+    """The check that tells a stalled store answers again, per store: a real write to S3, a real round trip
+    to Kafka (a broker that answers but still cannot write shows up again at the next batch's deadline)."""
+    return {"s3": deps.bodies.probe_write, "kafka": deps.producer.probe}
+
+
 async def main() -> None:
     """Runs the ingest service until SIGTERM/SIGINT: SERVING only once Kafka and S3 answer."""
     config = load_config(IngestConfig)
@@ -118,16 +150,28 @@ async def main() -> None:
         server = await create_server(config, deps)
         shutdown = asyncio.create_task(wait_for_shutdown_signal(), name="shutdown-signal")
         ready = asyncio.create_task(wait_until_ready(config, deps), name="readiness")
+        probes: asyncio.Task[None] | None = None
         try:
             await asyncio.wait({shutdown, ready}, return_when=asyncio.FIRST_COMPLETED)
             if not shutdown.done():
                 await ready
                 await server.set_serving()
+                report_stalls_in_health(server, deps)
+                probes = asyncio.create_task(
+                    probe_until_stopped(
+                        deps.stalls,
+                        store_probes(deps),
+                        config.store_probe_interval_s,
+                        timeout_s=config.store_timeout_s,
+                    ),
+                    name="store-probes",
+                )
                 await shutdown
         finally:
-            for task in (ready, shutdown):
+            tasks = [task for task in (ready, shutdown, probes) if task is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(ready, shutdown, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await shutdown_step(
                 "grpc server", lambda: server.stop(config.shutdown_grace_s), config.shutdown_grace_s + 2
             )

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
 from candela_ingest.packing import OBJECT_CONTENT_TYPE, PackedObject
 from candela_runtime.errors import Unavailable
@@ -19,6 +19,13 @@ from candela_runtime.errors import Unavailable
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PROBE_KEY = "_candela/probe"
+"""Where the write probe of a stalled S3 server goes (overwritten each time; retention never looks there)."""
+
+
+class S3Stalled(Unavailable):
+    """S3 ran past botocore's connect or read deadline on every attempt: the server is stalled."""
 
 
 class S3BodyStore:
@@ -33,6 +40,9 @@ class S3BodyStore:
         bucket: str,
         region: str,
         max_concurrency: int,
+        connect_timeout_s: float = 3.0,
+        read_timeout_s: float = 10.0,
+        max_attempts: int = 2,
     ) -> None:
         self._bucket = bucket
         # Every PUT is checked end to end by the server, with one hash of the 2 MiB body, not two: over plain
@@ -48,9 +58,11 @@ class S3BodyStore:
             region_name=region,
             config=Config(
                 s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=30,
+                # Bounded, so a stalled server frees the worker thread within about
+                # max_attempts x (connect + read timeout) rather than holding it (and the pool) for minutes.
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                connect_timeout=connect_timeout_s,
+                read_timeout=read_timeout_s,
                 max_pool_connections=max_concurrency,
                 request_checksum_calculation=checksums,
             ),
@@ -65,6 +77,8 @@ class S3BodyStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(function, **kwargs))
+        except (ConnectTimeoutError, ReadTimeoutError) as err:
+            raise S3Stalled(f"S3 {what} timed out: {err}") from err
         except (BotoCoreError, ClientError) as err:
             raise Unavailable(f"S3 {what} failed: {err}") from err
 
@@ -81,6 +95,11 @@ class S3BodyStore:
             Body=packed.data,
             ContentType=OBJECT_CONTENT_TYPE,
         )
+
+    async def probe_write(self) -> None:
+        """Raises UNAVAILABLE unless S3 stores a small object now (``_candela/probe``, outside ``bodies/``): a
+        stalled server may still answer reads, e.g. when it has no writable volume left."""
+        await self._call("PUT probe", self._client.put_object, Bucket=self._bucket, Key=PROBE_KEY, Body=b"probe")
 
     async def check(self) -> None:
         """Raises UNAVAILABLE unless the bucket is reachable with our credentials (readiness)."""

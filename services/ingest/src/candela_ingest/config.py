@@ -19,11 +19,53 @@ class KafkaSettings:
     kafka_topic: str = env_field("Topic carrying one LogMessage per logged request.", DEFAULT_TOPIC)
     kafka_compression: str = env_field("Producer compression: zstd, lz4, snappy, gzip or none.", "zstd")
     kafka_request_timeout_ms: int = env_field("Kafka request timeout; also bounds waiting for metadata.", 10_000)
+    kafka_delivery_timeout_s: float = env_field(
+        "Seconds a produced batch may wait for every acknowledgement (retries included) before it fails "
+        "and the broker counts as stalled.",
+        30.0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
-class IngestConfig(ServiceConfig, KafkaSettings):
+class S3Deadlines:
+    """Deadlines of S3 calls (botocore's own), so a stalled S3 server fails a call instead of hanging it."""
+
+    s3_connect_timeout_s: float = env_field("Seconds to open a connection to S3.", 3.0)
+    s3_read_timeout_s: float = env_field("Seconds S3 may stay silent during one request before it is retried.", 10.0)
+    s3_max_attempts: int = env_field("Attempts at one S3 request (the first included) before it fails.", 2)
+    store_probe_interval_s: float = env_field(
+        "Seconds between probes of each store (an S3 write of a few bytes, a Kafka metadata round trip): one "
+        "past its deadline reports the store stalled while no traffic comes; one that succeeds clears it.",
+        5.0,
+    )
+
+    def check_deadlines(self) -> None:
+        """Fails fast on a deadline that would disable itself (0 or negative: every call stalled, or none)."""
+        deadlines = {
+            name: getattr(self, name)
+            for name in (
+                "s3_connect_timeout_s",
+                "s3_read_timeout_s",
+                "store_probe_interval_s",
+                "kafka_delivery_timeout_s",
+                "store_timeout_s",
+                "kafka_commit_timeout_s",
+            )
+            if hasattr(self, name)
+        }
+        bad = [f"CANDELA_{name.upper()}" for name, value in deadlines.items() if not value > 0]
+        if self.s3_max_attempts < 1:
+            bad.append("CANDELA_S3_MAX_ATTEMPTS")
+        if bad:
+            raise ConfigError(f"{', '.join(bad)} must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     """Settings of the IngestService process (``python -m candela_ingest``)."""
+
+    def __post_init__(self) -> None:
+        self.check_deadlines()
 
     s3_endpoint: str = env_field("S3 endpoint URL holding request and response bodies.")
     s3_access_key: str = env_field("S3 access key id.")
@@ -39,7 +81,11 @@ class IngestConfig(ServiceConfig, KafkaSettings):
         MAX_RECORD_METADATA_BYTES,
     )
     max_clock_skew_s: float = env_field("How far in the future a record's created_at may lie.", 86_400.0)
-    store_timeout_s: float = env_field("Seconds the S3 upload plus Kafka acknowledgement of a batch may take.", 20.0)
+    store_timeout_s: float = env_field(
+        "Seconds the S3 upload plus Kafka acknowledgement of a batch may take; past it the call is UNAVAILABLE "
+        "(the proxy keeps the batch and retries) and the store it waited on counts as stalled.",
+        20.0,
+    )
     postgres_dsn: str = env_field(
         "Postgres DSN to refuse logs of unknown organizations (cached; a Postgres outage never blocks logs). "
         "Empty: no check.",
@@ -60,7 +106,7 @@ class IngestConfig(ServiceConfig, KafkaSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class WriterConfig(ServiceConfig, KafkaSettings):
+class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     """Settings of a storage writer process (``python -m candela_ingest.writer``).
 
     The writer serves only the gRPC health service; it extends :class:`ServiceConfig` so that it is
@@ -75,6 +121,9 @@ class WriterConfig(ServiceConfig, KafkaSettings):
         "Consumer group session timeout (a dead writer is evicted after it).", 6000
     )
     kafka_heartbeat_interval_ms: int = env_field("Consumer heartbeat interval (at most a third of the session).", 2000)
+    kafka_commit_timeout_s: float = env_field(
+        "Seconds an offset commit may take; past it the batch stays uncommitted (redelivered, idempotently).", 15.0
+    )
     postgres_dsn: str = env_field("Postgres DSN holding usage counters and the counted-requests ledger.")
     postgres_pool_size: int = env_field("Maximum Postgres connections.", 4)
     clickhouse_host: str = env_field("ClickHouse host (native protocol).", "127.0.0.1")
@@ -115,6 +164,7 @@ class WriterConfig(ServiceConfig, KafkaSettings):
     )
 
     def __post_init__(self) -> None:
+        self.check_deadlines()
         if self.consumers < 1:
             raise ConfigError("CANDELA_CONSUMERS must be at least 1")
         if self.dlq_max_retries < 1:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, RequestTimedOutError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -30,6 +30,11 @@ MAX_BATCH_BYTES = 256 * 1024
 
 class KafkaUnavailable(Exception):
     """Kafka did not acknowledge (or could not be reached); nothing may be assumed delivered."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+        """Whether the broker ran past a deadline (stalled) rather than refusing."""
 
 
 class OutgoingMessage(NamedTuple):
@@ -55,6 +60,11 @@ def producer_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
         "max_batch_size": MAX_BATCH_BYTES,
         "linger_ms": 0,
     }
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """Whether a Kafka error says the broker did not answer in time (stalled) rather than refused."""
+    return isinstance(error, KafkaTimeoutError | RequestTimedOutError | TimeoutError)
 
 
 def _retrieve_exception(future: asyncio.Future[Any]) -> None:
@@ -173,6 +183,7 @@ class Producer:
 
     def __init__(self, settings: KafkaSettings, client_id: str) -> None:
         self._options = producer_options(settings, client_id)
+        self._delivery_timeout_s = settings.kafka_delivery_timeout_s
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -186,10 +197,14 @@ class Producer:
             return
         producer = AIOKafkaProducer(**self._options)
         try:
-            await producer.start()
-        except KafkaError as err:
+            async with asyncio.timeout(self._delivery_timeout_s):
+                await producer.start()
+        except (KafkaError, TimeoutError) as err:
             await producer.stop()
-            raise KafkaUnavailable(f"cannot connect to Kafka at {self._options['bootstrap_servers']}: {err}") from err
+            raise KafkaUnavailable(
+                f"cannot connect to Kafka at {self._options['bootstrap_servers']}: {err!r}",
+                timed_out=isinstance(err, TimeoutError),
+            ) from err
         self._producer = producer
 
     async def check_topic(self, topic: str) -> None:
@@ -203,11 +218,20 @@ class Producer:
         if not partitions:
             raise KafkaUnavailable(f"topic {topic} has no partitions")
 
+    async def probe(self) -> None:
+        """Raises :class:`KafkaUnavailable` unless a broker answers a metadata request now (a round trip, not
+        the client's cached metadata): tells a stalled broker that answers again."""
+        try:
+            await self._require().client.fetch_all_metadata()
+        except KafkaError as err:
+            raise KafkaUnavailable(f"no broker answered a metadata request: {err!r}") from err
+
     async def send_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Produces ``messages`` and returns once Kafka acknowledged every one; else raises KafkaUnavailable.
 
         The messages are appended to record batches per partition (the producer's own key partitioning),
-        so a call costs one future per batch rather than one per message.
+        so a call costs one future per batch rather than one per message. The whole call has a deadline
+        (``kafka_delivery_timeout_s``): a stalled broker fails it with ``timed_out`` set, never hangs it.
         """
         producer = self._require()
         if not messages:
@@ -215,13 +239,19 @@ class Producer:
         futures: list[asyncio.Future[Any]] = []
         acknowledged = False
         try:
-            partitions = sorted(await producer.partitions_for(topic))
-            for partition, group in _by_partition(messages, partitions).items():
-                await _send_batches(producer, topic, partition, group, futures)
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            async with asyncio.timeout(self._delivery_timeout_s):
+                partitions = sorted(await producer.partitions_for(topic))
+                for partition, group in _by_partition(messages, partitions).items():
+                    await _send_batches(producer, topic, partition, group, futures)
+                outcomes = await asyncio.gather(*futures, return_exceptions=True)
             acknowledged = True
+        except TimeoutError as err:
+            raise KafkaUnavailable(
+                f"Kafka did not acknowledge {len(messages)} messages to {topic} within {self._delivery_timeout_s:.1f}s",
+                timed_out=True,
+            ) from err
         except KafkaError as err:
-            raise KafkaUnavailable(f"producing to {topic} failed: {err!r}") from err
+            raise KafkaUnavailable(f"producing to {topic} failed: {err!r}", timed_out=_is_timeout(err)) from err
         finally:
             if not acknowledged:
                 # Failed or cancelled (a deadline) midway: queued sends may still complete, unobserved.
@@ -230,7 +260,8 @@ class Producer:
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
             raise KafkaUnavailable(
-                f"Kafka did not acknowledge {len(failures)} of {len(messages)} messages to {topic}: {failures[0]!r}"
+                f"Kafka did not acknowledge {len(failures)} of {len(messages)} messages to {topic}: {failures[0]!r}",
+                timed_out=any(_is_timeout(failure) for failure in failures),
             ) from failures[0]
 
     async def stop(self) -> None:

@@ -26,11 +26,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from candela_ingest.config import DEFAULT_DLQ_TOPIC, DEFAULT_TOPIC, KafkaSettings
-from candela_ingest.kafka import OutgoingMessage, Producer
+from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage, Producer
 from candela_ingest.writer.dead_letters import HEADER_PREFIX, headers_from_json
 
 _BATCH = 500
 _IDLE_MS = 1500
+_SETUP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,8 @@ async def _read_topic(
     """
     started_ms = int(datetime.now(UTC).timestamp() * 1000)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            await consumer.topics()
-            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        if since is not None:
-            found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
-            for tp, offset in found.items():
-                if offset is not None:
-                    consumer.seek(tp, offset.offset)
+        partitions = await _start_reading(consumer, topic, since)
         done: set[TopicPartition] = set()
         while len(done) < len(partitions):
             fetched = await consumer.getmany(timeout_ms=_IDLE_MS, max_records=_BATCH)
@@ -110,6 +100,30 @@ async def _read_topic(
                 yield batch
     finally:
         await consumer.stop()
+
+
+async def _start_reading(consumer: AIOKafkaConsumer, topic: str, since: datetime | None) -> list[TopicPartition]:
+    """Connects ``consumer`` and positions it on every partition of ``topic``, within a deadline (a stalled
+    broker fails the replay rather than hanging it); returns the partitions."""
+    try:
+        async with asyncio.timeout(_SETUP_TIMEOUT_S):
+            await consumer.start()
+            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not partitions:
+                await consumer.topics()
+                partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            if since is not None:
+                found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
+                for tp, offset in found.items():
+                    if offset is not None:
+                        consumer.seek(tp, offset.offset)
+    except TimeoutError as err:
+        raise KafkaUnavailable(
+            f"Kafka did not let the replay read {topic} within {_SETUP_TIMEOUT_S:.0f}s", timed_out=True
+        ) from err
+    return partitions
 
 
 async def _replay_topic(options: ReplayOptions, producer: Producer, progress: Progress) -> int:

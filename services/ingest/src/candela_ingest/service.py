@@ -21,10 +21,12 @@ from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.logs.v1 import log_record_pb2
 from candela_ingest import metrics
+from candela_ingest.bodies import S3Stalled
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
 from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.packing import BatchParts, PackedObject, batch_parts, pack_parts, wire_batch_parts
 from candela_ingest.propagation import inject_headers, record_headers
+from candela_ingest.stalls import StallWatch
 from candela_ingest.validation import BatchLimits, validate_ingest_request, validate_update_logs_request
 from candela_runtime.decoding import undecodable
 from candela_runtime.errors import InvalidArgument, Unavailable, Violations
@@ -67,6 +69,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         limits: BatchLimits,
         store_timeout_s: float,
         organizations: OrganizationDirectory | None = None,
+        stalls: StallWatch | None = None,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._bodies = bodies
@@ -76,6 +79,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self._limits = limits
         self._store_timeout_s = store_timeout_s
         self._organizations = organizations
+        self._stalls = stalls if stalls is not None else StallWatch()
         self._clock = clock
 
     async def Ingest(self, request: pb.IngestRequest | bytes, context: Context) -> pb.IngestResponse:
@@ -93,6 +97,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             OutgoingMessage(key, value, record_headers(trace_context, call_headers))
             for trace_context, key, value in zip(parts.trace_contexts, packed.keys, packed.values, strict=True)
         ]
+        # The store being waited on when the deadline passes is the stalled one.
+        waiting_on = "s3"
         try:
             async with asyncio.timeout(self._store_timeout_s):
                 with tracer.start_as_current_span("ingest.store_bodies") as span:
@@ -100,21 +106,39 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     span.set_attribute("candela.ingest.body_bytes", sum(len(o.data) for o in packed.objects))
                     with metrics.S3_PUT_SECONDS.time():
                         await self._bodies.put_objects(packed.objects)
+                if packed.objects:
+                    await self._stalls.answered("s3")
+                waiting_on = "kafka"
                 with tracer.start_as_current_span("ingest.produce") as span:
                     span.set_attribute("messaging.destination.name", self._topic)
                     span.set_attribute("messaging.batch.message_count", len(outgoing))
                     with metrics.KAFKA_PRODUCE_SECONDS.labels("logs").time():
                         await self._messages.send_all(self._topic, outgoing)
+                await self._stalls.answered("kafka")
         except TimeoutError as err:
             metrics.STORE_FAILURES.labels("timeout").inc()
-            logger.warning("storing a batch of %d logs took over %.1fs", len(outgoing), self._store_timeout_s)
-            raise Unavailable(f"storing the batch took over {self._store_timeout_s:.1f}s; retry it") from err
+            await self._stalls.timed_out(
+                waiting_on, "ingest", f"a batch waited on it for over {self._store_timeout_s:.1f}s"
+            )
+            logger.warning(
+                "storing a batch of %d logs took over %.1fs (waiting on %s)",
+                len(outgoing),
+                self._store_timeout_s,
+                waiting_on,
+            )
+            raise Unavailable(
+                f"storing the batch took over {self._store_timeout_s:.1f}s ({waiting_on} is stalled); retry it"
+            ) from err
         except KafkaUnavailable as err:
             metrics.STORE_FAILURES.labels("kafka").inc()
+            if err.timed_out:
+                await self._stalls.timed_out("kafka", "produce", str(err))
             logger.warning("Kafka refused a batch of %d logs: %s", len(outgoing), err)
             raise Unavailable(f"the log topic is unavailable; retry the batch ({err})") from err
         except Unavailable as err:
             metrics.STORE_FAILURES.labels("s3").inc()
+            if isinstance(err, S3Stalled):
+                await self._stalls.timed_out("s3", "put", err.message)
             logger.warning("a batch of %d logs was not stored: %s", len(outgoing), err.message)
             raise
         metrics.count_accepted(len(outgoing), packed.objects)
@@ -182,11 +206,17 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             async with asyncio.timeout(self._store_timeout_s):
                 with metrics.KAFKA_PRODUCE_SECONDS.labels("updates").time():
                     await self._messages.send_all(self._topic, outgoing)
+            await self._stalls.answered("kafka")
         except TimeoutError as err:
             metrics.STORE_FAILURES.labels("timeout").inc()
+            await self._stalls.timed_out(
+                "kafka", "updates", f"updates waited on it for over {self._store_timeout_s:.1f}s"
+            )
             raise Unavailable(f"storing the updates took over {self._store_timeout_s:.1f}s; retry them") from err
         except KafkaUnavailable as err:
             metrics.STORE_FAILURES.labels("kafka").inc()
+            if err.timed_out:
+                await self._stalls.timed_out("kafka", "updates", str(err))
             logger.warning("Kafka refused %d log updates: %s", len(outgoing), err)
             raise Unavailable(f"the log topic is unavailable; retry the updates ({err})") from err
         metrics.UPDATES_ACCEPTED.inc(len(outgoing))

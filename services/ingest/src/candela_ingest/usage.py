@@ -1,8 +1,13 @@
 """Per-organization daily usage: what a batch of newly counted requests adds to the counters.
 
-The writers count a request once, ever: its id goes into ``counted_requests`` and only the requests that
-were not there before are aggregated here and added to ``organization_usage_daily``, in the same
-transaction. A day is the UTC date of the request's ``created_at``.
+The writers count a request once, ever: its key, (organization id, request id), goes into
+``counted_requests`` and only the requests that were not there before are aggregated here and added to
+``organization_usage_daily``, in the same transaction. A day is the UTC date of the request's ``created_at``.
+
+Request ids are chosen by clients (``Candela-Request-Id``), so two organizations may use the same one: every
+idempotency key is therefore the pair, never the id alone. Within one organization the first log of an id
+wins: a later log with that id but another creation time is a reuse, neither counted nor stored (copies of
+one log, from redeliveries and retries, share its creation time and stay idempotent).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ _COST = REQUEST_COLUMNS.index("cost_usd")
 _PRICED = REQUEST_COLUMNS.index("priced")
 
 
+RequestKey = tuple[str, str]
+"""(organization id, request id), both canonical (lower-case): what identifies a request everywhere."""
+
+
 @dataclass(frozen=True)
 class BatchRequests:
     """A batch's rows (:func:`~candela_ingest.rows.request_columns`) and where each request's row is.
@@ -51,25 +60,47 @@ class BatchRequests:
     """
 
     columns: RequestColumns
-    positions: dict[str, int]
-    """Request id in canonical (lower-case) form -> the position of its row; the later row of a pair."""
+    positions: dict[RequestKey, int]
+    """Each request's key -> the position of its row: among copies of the first log of the key in the
+    batch (same creation time), the last, as ClickHouse keeps the last of rows with equal versions."""
+    reused: tuple[int, ...] = ()
+    """Positions of rows that reuse a key of an earlier row of the batch with another creation time: never
+    stored nor counted (the first log of a request id wins)."""
 
     @classmethod
     def of(cls, columns: RequestColumns) -> BatchRequests:
-        """The batch of ``columns``, whose request ids are validated UUIDs (any case)."""
-        return cls(columns, {request_id.lower(): index for index, request_id in enumerate(columns[_REQUEST])})
+        """The batch of ``columns``, whose organization and request ids are validated UUIDs (any case)."""
+        keys = list(zip(map(str.lower, columns[_ORGANIZATION]), map(str.lower, columns[_REQUEST]), strict=True))
+        positions = dict(zip(keys, range(len(keys)), strict=True))
+        if len(positions) == len(keys):
+            return cls(columns, positions)  # the common case: no key twice in the batch
+        created = columns[_CREATED_AT_US]
+        first_created: dict[RequestKey, int] = {}
+        reused: list[int] = []
+        for index, key in enumerate(keys):
+            if first_created.setdefault(key, created[index]) == created[index]:
+                positions[key] = index
+            else:
+                reused.append(index)
+        return cls(columns, positions, tuple(reused))
 
-    def without(self, request_ids: frozenset[str]) -> RequestColumns:
-        """The columns without the rows of ``request_ids`` (canonical ids)."""
-        if not request_ids:
+    def without(self, keys: frozenset[RequestKey]) -> RequestColumns:
+        """The columns without the rows of ``keys`` nor the reused rows: the rows to store."""
+        if not keys and not self.reused:
             return self.columns
-        keep = [request_id.lower() not in request_ids for request_id in self.columns[_REQUEST]]
+        organizations, requests = self.columns[_ORGANIZATION], self.columns[_REQUEST]
+        keep = [
+            (organization.lower(), request_id.lower()) not in keys
+            for organization, request_id in zip(organizations, requests, strict=True)
+        ]
+        for index in self.reused:
+            keep[index] = False
         return [list(compress(column, keep)) for column in self.columns]
 
 
 @dataclass(frozen=True)
 class LedgerColumns:
-    """A batch's ledger rows as the parallel arrays the counting statement unnests, sorted by request id."""
+    """A batch's ledger rows as the parallel arrays the counting statement unnests, sorted by key."""
 
     request_ids: list[str]
     organization_ids: list[str]
@@ -78,58 +109,52 @@ class LedgerColumns:
 
 
 def ledger_columns(batch: BatchRequests) -> LedgerColumns:
-    """The ledger rows of ``batch``, one per request, sorted by request id.
+    """The ledger rows of ``batch``, one per request, sorted by (organization id, request id).
 
-    Sorted so that concurrent writers take row locks in one order: canonical UUID strings (fixed-width,
-    lower-case hex) sort exactly as the UUIDs do.
+    Sorted so that concurrent writers take row locks in one order (the ledger's primary key order):
+    canonical UUID strings (fixed-width, lower-case hex) sort exactly as the UUIDs do.
     """
-    request_ids = sorted(batch.positions)
-    positions = [batch.positions[request_id] for request_id in request_ids]
-    organizations = batch.columns[_ORGANIZATION]
+    keys = sorted(batch.positions)
     created = batch.columns[_CREATED_AT_US]
     return LedgerColumns(
-        request_ids=request_ids,
-        organization_ids=[organizations[index].lower() for index in positions],
-        created_at_us=[created[index] for index in positions],
+        request_ids=[request_id for _, request_id in keys],
+        organization_ids=[organization_id for organization_id, _ in keys],
+        created_at_us=[created[batch.positions[key]] for key in keys],
     )
 
 
 def counted_oldest_first(
-    batch: BatchRequests, request_ids: Iterable[str], organizations: frozenset[uuid.UUID]
-) -> dict[uuid.UUID, list[str]]:
-    """The requests ``request_ids`` of ``batch`` that belong to ``organizations``, per organization, oldest
-    first (by creation time, then id): the order in which an organization's room under its log limit is
-    given out."""
-    organization_column, created = batch.columns[_ORGANIZATION], batch.columns[_CREATED_AT_US]
+    batch: BatchRequests, keys: Iterable[RequestKey], organizations: frozenset[uuid.UUID]
+) -> dict[uuid.UUID, list[RequestKey]]:
+    """The requests ``keys`` of ``batch`` that belong to ``organizations``, per organization, oldest first
+    (by creation time, then id): the order in which an organization's room under its log limit is given
+    out."""
+    created = batch.columns[_CREATED_AT_US]
     wanted = {str(organization): organization for organization in organizations}
-    by_organization: dict[uuid.UUID, list[tuple[int, str]]] = {}
-    for request_id in request_ids:
-        index = batch.positions[request_id]
-        organization = wanted.get(organization_column[index].lower())
+    by_organization: dict[uuid.UUID, list[tuple[int, RequestKey]]] = {}
+    for key in keys:
+        organization = wanted.get(key[0])
         if organization is not None:
-            by_organization.setdefault(organization, []).append((created[index], request_id))
-    return {
-        organization: [request_id for _, request_id in sorted(requests)]
-        for organization, requests in by_organization.items()
-    }
+            by_organization.setdefault(organization, []).append((created[batch.positions[key]], key))
+    return {organization: [key for _, key in sorted(requests)] for organization, requests in by_organization.items()}
 
 
-def aggregate_usage(batch: BatchRequests, request_ids: Iterable[str]) -> list[DailyUsage]:
-    """Sums the requests ``request_ids`` of ``batch`` (each counted once, by the caller) per organization
-    and UTC day.
+def aggregate_usage(batch: BatchRequests, keys: Iterable[RequestKey]) -> list[DailyUsage]:
+    """Sums the requests ``keys`` of ``batch`` (each counted once, by the caller) per organization and UTC
+    day.
 
     The result is sorted by (organization, day), so concurrent writers lock counter rows in one order
     and cannot deadlock each other.
     """
     columns = batch.columns
-    organizations, created = columns[_ORGANIZATION], columns[_CREATED_AT_US]
+    created = columns[_CREATED_AT_US]
     prompt, completion = columns[_PROMPT_TOKENS], columns[_COMPLETION_TOKENS]
     costs, priced = columns[_COST], columns[_PRICED]
     totals: dict[tuple[str, int], list[int]] = {}
     cost_totals: dict[tuple[str, int], Decimal] = {}
-    for request_id in request_ids:
-        index = batch.positions[request_id]
-        key = (organizations[index].lower(), created[index] // _DAY_US)
+    for request in keys:
+        index = batch.positions[request]
+        key = (request[0], created[index] // _DAY_US)
         counters = totals.get(key)
         if counters is None:
             counters = totals[key] = [0, 0, 0, 0]

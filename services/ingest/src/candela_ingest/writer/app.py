@@ -29,6 +29,7 @@ from opentelemetry import trace
 from candela_ingest.config import WriterConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
 from candela_ingest.propagation import batch_context
+from candela_ingest.stalls import StallWatch, StoreStalled
 from candela_ingest.writer import metrics
 from candela_ingest.writer.batch import BatchAborted, BatchWriter, ConsumedMessage, RetryPolicy
 from candela_ingest.writer.bodies import S3BodyDeleter
@@ -57,6 +58,12 @@ _PARTITION = operator.attrgetter("topic", "partition")
 _OFFSET = operator.attrgetter("offset")
 
 
+def _settled(task: asyncio.Future[None]) -> None:
+    """Marks a late commit's outcome as seen: it no longer matters (its batch counted as uncommitted)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.info("a late offset commit ended: %r", task.exception())
+
+
 def commit_offsets(batch: Sequence[ConsumedMessage]) -> dict[TopicPartition, int]:
     """The offsets that commit ``batch``: per partition, one past its highest offset in the batch.
 
@@ -83,6 +90,8 @@ class WriterDeps:
     parking: PostgresParking
     bodies: S3BodyDeleter | None
     """Deletes expired bodies (retention); None when the writer has no S3 settings."""
+    stalls: StallWatch
+    """Which stores ran past a deadline (Kafka commits and dead letters, S3 retention): drives health."""
 
 
 @asynccontextmanager
@@ -104,6 +113,7 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
         for _ in range(config.consumers + 1)
     )
     producer = Producer(config, client_id="candela-writer-dlq")
+    stalls = StallWatch()
     bodies = (
         S3BodyDeleter(
             endpoint=config.s3_endpoint,
@@ -111,6 +121,10 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             secret_key=config.s3_secret_key,
             bucket=config.s3_bucket,
             region=config.s3_region,
+            connect_timeout_s=config.s3_connect_timeout_s,
+            read_timeout_s=config.s3_read_timeout_s,
+            max_attempts=config.s3_max_attempts,
+            stalls=stalls,
         )
         if config.s3_endpoint
         else None
@@ -121,9 +135,10 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             rows=rows,
             ledger=PostgresUsageLedger(pool),
             dead_letter_producer=producer,
-            dead_letters=KafkaDeadLetterSink(producer, config.kafka_dlq_topic),
+            dead_letters=KafkaDeadLetterSink(producer, config.kafka_dlq_topic, stalls),
             parking=PostgresParking(pool),
             bodies=bodies,
+            stalls=stalls,
         )
     finally:
         if bodies is not None:
@@ -135,18 +150,24 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
 
 
 class WriterHealth:
-    """SERVING while the writer is in its consumer group and its stores answer."""
+    """SERVING while the writer is in its consumer group, its stores answer and none is stalled."""
 
     def __init__(self, server: GrpcServer | None) -> None:
         self._server = server
         self._published: bool | None = None
         self.joined = False
         self.stores_ok = False
+        self.stalled = False
 
     @property
     def serving(self) -> bool:
         """Whether the writer is ready."""
-        return self.joined and self.stores_ok
+        return self.joined and self.stores_ok and not self.stalled
+
+    async def set_stalled(self, stalled: bool) -> None:
+        """Records whether a store call ran past its deadline (the watch logs which and why)."""
+        self.stalled = stalled
+        await self._publish()
 
     async def set_joined(self, joined: bool) -> None:
         """Records group membership."""
@@ -244,7 +265,10 @@ class StorageWriter:
         )
         self._lanes = lanes
         self._retention = RetentionSweeper(deps.pool, deps.rows[-1], deps.bodies)
+        deps.stalls.set_on_change(health.set_stalled)
         self.stats = WriterStats()
+        self._late_commits: set[asyncio.Task[None]] = set()
+        """Commits that ran past their deadline and are left to finish (see ``_commit``)."""
 
     def _batch_writer(
         self, rows: ClickHouseRowSink, dead_letters: KafkaDeadLetterSink | RetryingDeadLetterSink
@@ -267,6 +291,21 @@ class StorageWriter:
                 group.create_task(self._run_lane(lane, stop), name=f"writer-{lane.name}")
             if self._config.retention_interval_s > 0:
                 group.create_task(self._sweep_periodically(stop), name="writer-retention")
+            group.create_task(self._probe_stalled_stores(stop), name="writer-store-probes")
+
+    async def _probe_stalled_stores(self, stop: asyncio.Event) -> None:
+        """Probes the stores every ``store_probe_interval_s`` until ``stop``, so a stall shows, and ends, while
+        no batch comes (a commit or dead letter that succeeds clears its store too)."""
+        checks: dict[str, Callable[[], Awaitable[None]]] = {"kafka": self._deps.dead_letter_producer.probe}
+        if self._deps.bodies is not None:
+            checks["s3"] = self._deps.bodies.check
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), self._config.store_probe_interval_s)
+            except TimeoutError:
+                await self._deps.stalls.probe(checks, self._config.kafka_commit_timeout_s)
+            else:
+                return
 
     async def _run_lane(self, lane: _Lane, stop: asyncio.Event) -> None:
         consumers: list[AIOKafkaConsumer] = []
@@ -283,6 +322,7 @@ class StorageWriter:
             # Leaves the group at once, so the partitions move to another writer without a session timeout.
             await shutdown_step(f"kafka consumer {lane.name}", consumer.stop, _STEP_TIMEOUT_S)
             await self._health.set_joined(False)
+            await self._settle_late_commits()
 
     async def _sweep_periodically(self, stop: asyncio.Event) -> None:
         """Runs the retention sweep every ``retention_interval_s`` (first one after one interval)."""
@@ -402,8 +442,19 @@ class StorageWriter:
         return batch
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: Sequence[ConsumedMessage]) -> None:
+        # A commit past its deadline is left to finish rather than cancelled: aiokafka runs the request
+        # shielded anyway (and would then log its outcome as never retrieved), and its commit lock keeps
+        # it ahead of later commits, so offsets never move backwards. The batch counts as uncommitted.
+        commit = asyncio.ensure_future(consumer.commit(commit_offsets(batch)))
         try:
-            await consumer.commit(commit_offsets(batch))
+            await self._deps.stalls.call("kafka", "commit", self._config.kafka_commit_timeout_s, asyncio.shield(commit))
+        except StoreStalled as err:
+            self._late_commits.add(commit)
+            commit.add_done_callback(_settled)
+            commit.add_done_callback(self._late_commits.discard)
+            metrics.COMMITS_FAILED.labels(batch[0].topic).inc()
+            self.stats.commits_failed += 1
+            logger.warning("offsets of a stored batch were not committed (%s); it will be redelivered", err)
         except (CommitFailedError, IllegalStateError, KafkaError) as err:
             # The group moved on (or Kafka hiccuped): the new owner rewrites the batch, idempotently.
             metrics.COMMITS_FAILED.labels(batch[0].topic).inc()
@@ -412,14 +463,25 @@ class StorageWriter:
         else:
             metrics.observe_commit(batch)
 
+    async def _settle_late_commits(self) -> None:
+        """Waits (bounded) for the commits left to finish; their consumer is stopped, so they end soon."""
+        if self._late_commits:
+            await asyncio.wait(set(self._late_commits), timeout=_STEP_TIMEOUT_S)
+        for commit in list(self._late_commits):
+            commit.cancel()
+
     async def _start_consumer(self, lane: _Lane, started: list[AIOKafkaConsumer]) -> None:
         """Connects a new consumer (a failed one cannot be restarted) and appends it to ``started``."""
         consumer = self._consumer(lane)
         try:
-            await consumer.start()
+            async with asyncio.timeout(self._config.kafka_delivery_timeout_s):
+                await consumer.start()
         except KafkaError:
             await consumer.stop()
             raise
+        except TimeoutError as err:
+            await consumer.stop()
+            raise KafkaUnavailable(f"Kafka did not answer the consumer {lane.name} in time", timed_out=True) from err
         started.append(consumer)
 
     def _consumer(self, lane: _Lane) -> AIOKafkaConsumer:

@@ -32,7 +32,7 @@ from opentelemetry import trace
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.rows import RequestColumns, Row, checked_request_columns, score_rows, wire_request_columns
-from candela_ingest.usage import BatchRequests
+from candela_ingest.usage import BatchRequests, RequestKey
 from candela_ingest.validation import check_log_message
 from candela_ingest.writer import metrics
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
@@ -417,7 +417,7 @@ class BatchWriter:
         # The version is the time of this write (a retry or a redelivery writes a newer one), as the last column.
         batch = BatchRequests.of([*columns[:-1], [self._clock_us()] * len(columns[-1])])
 
-        async def insert_rows(not_stored: frozenset[str]) -> None:
+        async def insert_rows(not_stored: frozenset[RequestKey]) -> None:
             columns = batch.without(not_stored)
             rows = len(columns[0])
             with tracer.start_as_current_span("clickhouse.insert") as span:
@@ -432,6 +432,13 @@ class BatchWriter:
             with metrics.store_call("postgres"):
                 outcome = await self._ledger.count(batch, insert_rows)
             metrics.USAGE_COUNTED.inc(outcome.newly_counted)
+            if outcome.reused:
+                metrics.REQUEST_IDS_REUSED.inc(outcome.reused)
+                logger.warning(
+                    "%d logs reuse a request id their organization logged before: not stored nor counted "
+                    "(the first log of a request id wins)",
+                    outcome.reused,
+                )
             span.set_attribute("candela.writer.not_stored", len(outcome.not_stored))
             return outcome.newly_counted
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage, Producer
+from candela_ingest.stalls import StallWatch
 from candela_ingest.writer import metrics
 from candela_ingest.writer.batch import DeadLetter
 from candela_ingest.writer.errors import StoreUnavailable
@@ -100,9 +101,10 @@ def dead_letter_headers(letter: DeadLetter, failed_at: datetime, retries: int = 
 class KafkaDeadLetterSink:
     """Produces dead letters to the DLQ topic, acks=all."""
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str, stalls: StallWatch | None = None) -> None:
         self._producer = producer
         self._topic = topic
+        self._stalls = stalls if stalls is not None else StallWatch()
 
     async def publish(self, letters: Sequence[DeadLetter], retries: int = 0) -> None:
         """Returns once Kafka acknowledged every letter; StoreUnavailable otherwise (retry, do not commit)."""
@@ -117,9 +119,13 @@ class KafkaDeadLetterSink:
         ]
         with metrics.store_call("dead_letter_topic"):
             try:
+                # send_all has a deadline (kafka_delivery_timeout_s): a stalled broker fails it, never hangs it.
                 await self._producer.send_all(self._topic, messages)
             except KafkaUnavailable as err:
+                if err.timed_out:
+                    await self._stalls.timed_out("kafka", "dead_letters", str(err))
                 raise StoreUnavailable(str(err)) from err
+        await self._stalls.answered("kafka")
         metrics.DEAD_LETTERS.labels("dlq_retry" if retries else "log_topic").inc(len(messages))
 
 

@@ -63,6 +63,11 @@ ROWS_INSERTED = Counter(
 USAGE_COUNTED = Counter(
     "candela_writer_usage_counted", "Requests counted in the Postgres usage totals for the first time."
 )
+REQUEST_IDS_REUSED = Counter(
+    "candela_writer_request_ids_reused",
+    "Logs neither stored nor counted because their organization logged their request id before, with another "
+    "creation time (Candela-Request-Id reused: the first log of an id wins). Redeliveries count again.",
+)
 STORE_ERRORS = Counter(
     "candela_writer_store_errors",
     "Failed store calls, by store and kind (unavailable: retried until it answers; rejected: bounded retries).",

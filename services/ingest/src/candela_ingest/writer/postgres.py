@@ -1,9 +1,12 @@
 """Exactly-once usage counters and log limits in Postgres, in one transaction around the ClickHouse insert.
 
-The transaction inserts every request id of the batch into ``counted_requests`` (ON CONFLICT DO NOTHING
-RETURNING), then adds only the ids that came back, the ones never counted before, to
-``organization_usage_daily``. A redelivered or replayed message therefore never counts twice, and a
-failed transaction leaves nothing behind to count twice on retry.
+The transaction inserts the key of every request of the batch, (organization id, request id), into
+``counted_requests`` (ON CONFLICT DO NOTHING RETURNING), then adds only the keys that came back, the ones
+never counted before, to ``organization_usage_daily``. A redelivered or replayed message therefore never
+counts twice, and a failed transaction leaves nothing behind to count twice on retry. Keys are pairs
+because clients choose request ids: another organization's use of an id changes nothing here. A key counted
+before with another creation time is a reuse of the id within the organization: the first log wins, the
+reuse is neither counted nor stored (see :mod:`candela_ingest.usage`).
 
 Limits (``organizations.max_stored_logs``): for each organization with a limit, its
 ``organization_log_counters`` row is locked and the newly counted requests are stored only while
@@ -25,14 +28,22 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from candela_ingest.usage import BatchRequests, DailyUsage, aggregate_usage, counted_oldest_first, ledger_columns
+from candela_ingest.usage import (
+    BatchRequests,
+    DailyUsage,
+    LedgerColumns,
+    RequestKey,
+    aggregate_usage,
+    counted_oldest_first,
+    ledger_columns,
+)
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 
-# The batch goes in as three comma-joined texts and the newly counted ids come back as one: per batch of
+# The batch goes in as three comma-joined texts and the newly counted keys come back as one: per batch of
 # 20,000 logs, asyncpg's per-element array encoding and one returned row per request (uuid, uuid and
 # timestamptz decoded into Python objects) cost the writer 11.7 us of CPU per log; this costs 1.1, and
-# Postgres's own CPU is the same (canonical UUIDs and integers hold no comma). unnest keeps the ids'
-# sorted order, so concurrent writers lock ledger rows in one order.
+# Postgres's own CPU is the same (canonical UUIDs and integers hold no comma nor space). unnest keeps the
+# keys' sorted order, so concurrent writers lock ledger rows in one order.
 _COUNT_REQUESTS = """
 WITH counted AS (
     INSERT INTO counted_requests (request_id, organization_id, created_at)
@@ -40,10 +51,10 @@ WITH counted AS (
     FROM unnest(
         string_to_array($1, ',')::uuid[], string_to_array($2, ',')::uuid[], string_to_array($3, ',')::bigint[]
     ) AS t (request_id, organization_id, created_at_us)
-    ON CONFLICT (request_id) DO NOTHING
-    RETURNING request_id
+    ON CONFLICT (organization_id, request_id) DO NOTHING
+    RETURNING organization_id, request_id
 )
-SELECT coalesce(string_agg(request_id::text, ','), '') FROM counted
+SELECT coalesce(string_agg(organization_id::text || ' ' || request_id::text, ','), '') FROM counted
 """
 
 _LIMITS = "SELECT id, max_stored_logs FROM organizations WHERE id = ANY($1::uuid[]) AND max_stored_logs IS NOT NULL"
@@ -59,7 +70,11 @@ SELECT organization_id, stored_logs FROM organization_log_counters
 WHERE organization_id = ANY($1::uuid[]) ORDER BY organization_id FOR UPDATE
 """
 
-_MARK_DROPPED = "UPDATE counted_requests SET stored = false WHERE request_id = ANY(string_to_array($1, ',')::uuid[])"
+_MARK_DROPPED = """
+UPDATE counted_requests AS c SET stored = false
+FROM unnest(string_to_array($1, ',')::uuid[], string_to_array($2, ',')::uuid[]) AS t (organization_id, request_id)
+WHERE c.organization_id = t.organization_id AND c.request_id = t.request_id
+"""
 
 _ADD_COUNTERS = """
 INSERT INTO organization_log_counters AS counters (organization_id, stored_logs, dropped_over_limit, last_dropped_at)
@@ -73,9 +88,18 @@ ON CONFLICT (organization_id) DO UPDATE SET
     updated_at = now()
 """
 
-_NOT_STORED = """
-SELECT coalesce(string_agg(request_id::text, ','), '') FROM counted_requests
-WHERE request_id = ANY(string_to_array($1, ',')::uuid[]) AND NOT stored
+# Of the keys counted before: those not stored (over the limit back then, or expired since), and those whose
+# ledger entry has another creation time (this log reuses the id: the first log of it was counted).
+_COUNTED_BEFORE = """
+SELECT
+    coalesce(string_agg(c.organization_id::text || ' ' || c.request_id::text, ',') FILTER (WHERE NOT c.stored), ''),
+    coalesce(string_agg(c.organization_id::text || ' ' || c.request_id::text, ',') FILTER (
+        WHERE c.created_at <> timestamptz 'epoch' + t.created_at_us * interval '1 microsecond'
+    ), '')
+FROM unnest(
+    string_to_array($1, ',')::uuid[], string_to_array($2, ',')::uuid[], string_to_array($3, ',')::bigint[]
+) AS t (organization_id, request_id, created_at_us)
+JOIN counted_requests AS c ON c.organization_id = t.organization_id AND c.request_id = t.request_id
 """
 
 _ADD_USAGE = """
@@ -103,13 +127,19 @@ def classify_postgres_error(error: BaseException) -> StoreRejected | StoreUnavai
     return StoreUnavailable(f"Postgres failed: {error!r}")
 
 
-def _ids(joined: str) -> list[str]:
-    """The canonical request ids in a comma-joined text (Postgres's uuid::text is the canonical form)."""
-    return joined.split(",") if joined else []
+def _keys(joined: str) -> list[RequestKey]:
+    """The request keys in a comma-joined text of "<organization id> <request id>" (Postgres's uuid::text is
+    the canonical form)."""
+    return [(key[:36], key[37:]) for key in joined.split(",")] if joined else []
 
 
-InsertRows = Callable[[frozenset[str]], Awaitable[None]]
-"""Inserts the batch's rows except those of the given request ids (not stored); raises a store error."""
+def _joined(keys: Sequence[RequestKey]) -> tuple[str, str]:
+    """The organization ids and the request ids of ``keys``, each comma-joined (the statements' unnest)."""
+    return ",".join(key[0] for key in keys), ",".join(key[1] for key in keys)
+
+
+InsertRows = Callable[[frozenset[RequestKey]], Awaitable[None]]
+"""Inserts the batch's rows except those of the given keys (not stored); raises a store error."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +148,11 @@ class LedgerOutcome:
 
     newly_counted: int
     """Requests counted in usage for the first time."""
-    not_stored: frozenset[str]
-    """Request ids of the batch whose rows are not stored (over the limit, now or when first counted)."""
+    not_stored: frozenset[RequestKey]
+    """Keys of the batch whose rows are not stored (over the limit, now or when first counted, or reused)."""
+    reused: int = 0
+    """Logs neither counted nor stored because their organization logged their request id before, with
+    another creation time (the first log wins)."""
 
 
 class PostgresUsageLedger:
@@ -135,14 +168,12 @@ class PostgresUsageLedger:
             await insert_rows(frozenset())
             return LedgerOutcome(0, frozenset())
         ledger = ledger_columns(batch)
+        created_at_us = ",".join(map(str, ledger.created_at_us))
         try:
             async with self._pool.acquire() as connection, connection.transaction():
-                newly = _ids(
+                newly = _keys(
                     await connection.fetchval(
-                        _COUNT_REQUESTS,
-                        ",".join(ledger.request_ids),
-                        ",".join(ledger.organization_ids),
-                        ",".join(map(str, ledger.created_at_us)),
+                        _COUNT_REQUESTS, ",".join(ledger.request_ids), ",".join(ledger.organization_ids), created_at_us
                     )
                 )
                 usage = aggregate_usage(batch, newly)
@@ -158,21 +189,46 @@ class PostgresUsageLedger:
                         [day.cost_usd for day in usage],
                         [day.unpriced_count for day in usage],
                     )
-                # Requests counted before (a redelivery or replay) keep the storage decision made back then.
-                newly_set = set(newly)
-                earlier = [request_id for request_id in ledger.request_ids if request_id not in newly_set]
+                # Requests counted before (a redelivery or replay) keep the storage decision made back then;
+                # a reuse of a counted request id is not stored (the first log wins).
                 not_stored = set(dropped)
-                if earlier:
-                    not_stored.update(_ids(await connection.fetchval(_NOT_STORED, ",".join(earlier))))
+                reused: list[RequestKey] = []
+                if len(newly) < len(ledger.request_ids):
+                    earlier, reused = await self._counted_before(connection, ledger, frozenset(newly))
+                    not_stored.update(earlier, reused)
                 # A store error raised here rolls the whole transaction back.
                 await insert_rows(frozenset(not_stored))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
             raise classify_postgres_error(err) from err
-        return LedgerOutcome(len(newly), frozenset(not_stored))
+        return LedgerOutcome(len(newly), frozenset(not_stored), len(reused) + len(batch.reused))
+
+    async def _counted_before(
+        self, connection: asyncpg.Connection, ledger: LedgerColumns, newly: frozenset[RequestKey]
+    ) -> tuple[list[RequestKey], list[RequestKey]]:
+        """Of the batch's keys counted before (not in ``newly``): (those not stored, those counted with
+        another creation time)."""
+        earlier = [
+            (organization_id, request_id, created_at_us)
+            for organization_id, request_id, created_at_us in zip(
+                ledger.organization_ids, ledger.request_ids, ledger.created_at_us, strict=True
+            )
+            if (organization_id, request_id) not in newly
+        ]
+        not_stored, reused = await connection.fetchrow(
+            _COUNTED_BEFORE,
+            ",".join(key[0] for key in earlier),
+            ",".join(key[1] for key in earlier),
+            ",".join(str(key[2]) for key in earlier),
+        )
+        return _keys(not_stored), _keys(reused)
 
     async def _apply_limits(
-        self, connection: asyncpg.Connection, batch: BatchRequests, counted: Sequence[str], usage: Sequence[DailyUsage]
-    ) -> list[str]:
+        self,
+        connection: asyncpg.Connection,
+        batch: BatchRequests,
+        counted: Sequence[RequestKey],
+        usage: Sequence[DailyUsage],
+    ) -> list[RequestKey]:
         """Marks the newly ``counted`` requests beyond their organization's limit as not stored (returned);
         updates the counters. ``usage`` is what ``counted`` adds per organization and day."""
         if not counted:
@@ -182,7 +238,7 @@ class PostgresUsageLedger:
             counted_by_organization[day.organization_id] += day.request_count
         organizations = sorted(counted_by_organization)
         limits = {row["id"]: int(row["max_stored_logs"]) for row in await connection.fetch(_LIMITS, organizations)}
-        dropped_ids: list[str] = []
+        dropped_ids: list[RequestKey] = []
         dropped_by_organization: dict[uuid.UUID, int] = {}
         if limits:
             limited = sorted(limits)
@@ -197,7 +253,7 @@ class PostgresUsageLedger:
                 dropped_ids.extend(over)
                 dropped_by_organization[organization_id] = len(over)
         if dropped_ids:
-            await connection.execute(_MARK_DROPPED, ",".join(dropped_ids))
+            await connection.execute(_MARK_DROPPED, *_joined(dropped_ids))
         dropped = [dropped_by_organization.get(o, 0) for o in organizations]
         stored = [counted_by_organization[o] - d for o, d in zip(organizations, dropped, strict=True)]
         await connection.execute(_ADD_COUNTERS, organizations, stored, dropped)
