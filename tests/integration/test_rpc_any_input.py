@@ -116,7 +116,13 @@ def _logged_requests(stores: Stack, organization_id: str) -> list[log_record_pb2
     messages = [make_record(rng, organization_id, index) for index in range(40)]
     for message in messages:
         message.ClearField("response_body")
-    loader = DriverRunner(stores.clickhouse_host, stores.clickhouse_port, stores.clickhouse_database)
+    loader = DriverRunner(
+        stores.clickhouse_host,
+        stores.clickhouse_port,
+        stores.clickhouse_database,
+        user=stores.clickhouse_user,
+        password=stores.clickhouse_password,
+    )
     try:
         insert_rows(loader.client, [clickhouse_row(message, version=2) for message in messages])
     finally:
@@ -195,6 +201,8 @@ async def mesh(
         clickhouse_host=stores.clickhouse_host,
         clickhouse_port=stores.clickhouse_port,
         clickhouse_database=stores.clickhouse_database,
+        clickhouse_user=stores.clickhouse_user,
+        clickhouse_password=stores.clickhouse_password,
         s3_endpoint=stores.s3_endpoint,
         s3_access_key=stores.s3_access_key,
         s3_secret_key=stores.s3_secret_key,

@@ -64,9 +64,6 @@ class S3Deadlines:
 class IngestConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     """Settings of the IngestService process (``python -m candela_ingest``)."""
 
-    def __post_init__(self) -> None:
-        self.check_deadlines()
-
     s3_endpoint: str = env_field("S3 endpoint URL holding request and response bodies.")
     s3_access_key: str = env_field("S3 access key id.")
     s3_secret_key: str = env_field("S3 secret access key.")
@@ -93,6 +90,7 @@ class IngestConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     )
 
     def __post_init__(self) -> None:
+        self.check_deadlines()
         # The proxy admits prompt inputs up to MAX_PROMPT_INPUTS_BYTES and logs them in the metadata: a
         # smaller metadata limit would refuse logs of requests the proxy already answered.
         if self.max_metadata_bytes <= MAX_PROMPT_INPUTS_BYTES:
