@@ -654,6 +654,13 @@ async def test_requests_are_recorded_and_clearable(
     assert message["headers"]["anthropic-version"]
     assert message["headers"]["x-fake-status"] == "500"
     assert message["json"]["max_tokens"] == 16
+    # Filtered by the fake: only the requests that carry every header value asked for.
+    async with http.get(f"{base_url}/_fake/requests", params={"header": "X-Fake-Status:500"}) as response:
+        assert [item["path"] for item in await response.json()] == ["/v1/messages"]
+    async with http.get(
+        f"{base_url}/_fake/requests", params=[("header", "x-fake-status:500"), ("header", "x-fake-status:404")]
+    ) as response:
+        assert await response.json() == []
 
     async with http.delete(f"{base_url}/_fake/requests") as response:
         assert response.status == 204

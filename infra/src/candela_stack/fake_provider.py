@@ -15,7 +15,8 @@ Endpoints (everything under ``/v1`` is "provider" traffic, recorded and subject 
 - Any other path: 404 in the provider's error shape.
 - Control plane (not recorded): ``GET /healthz``; ``GET /_fake/requests`` (JSON list of every provider
   request received: method, path, query, headers with lower-cased names, body as UTF-8 text and base64,
-  parsed JSON or null, received_at); ``DELETE /_fake/requests`` clears it. The list keeps the most
+  parsed JSON or null, received_at; ``?header=name:value``, repeatable, keeps only matching requests);
+  ``DELETE /_fake/requests`` clears it. The list keeps the most
   recent ``max_recorded`` requests (default 10000) so a long demo does not grow without bound.
   Credentials are never kept, so nobody who can reach this endpoint reads another caller's key: the value
   of each header in ``CREDENTIAL_HEADERS`` is replaced by ``redacted_credential(value)`` (a short hash,
@@ -298,6 +299,11 @@ class RecordedRequest:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     received_at: float
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (any case; repeats joined by ", "), or None when absent."""
+        values = [value for key, value in self.headers if key.lower() == name.lower()]
+        return ", ".join(values) if values else None
 
     def to_json(self) -> JSONObject:
         """The JSON form: header names lower-cased (repeats joined by ", "), body as text and base64."""
@@ -1256,9 +1262,17 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def get_recorded_requests(request: web.Request) -> web.StreamResponse:
-    """``GET /_fake/requests``: every recorded provider request, oldest first."""
+    """``GET /_fake/requests``: every recorded provider request, oldest first.
+
+    ``?header=name:value`` (repeatable) keeps only requests carrying those header values, so a test that
+    looks for its own requests is not handed every large body other tests sent.
+    """
     state = request.app[STATE_KEY]
-    return web.json_response([recorded.to_json() for recorded in state.requests])
+    wanted = [item.partition(":") for item in request.query.getall("header", [])]
+    matching = [
+        recorded for recorded in state.requests if all(recorded.header(name) == value for name, _, value in wanted)
+    ]
+    return web.json_response([recorded.to_json() for recorded in matching])
 
 
 async def clear_recorded_requests(request: web.Request) -> web.StreamResponse:
