@@ -112,9 +112,10 @@ def fake_requests(stack: Stack, **header_filter: str) -> list[dict[str, Any]]:
     """What the fake provider received, optionally only requests carrying the given header values."""
     assert stack.fake_provider_url is not None
     # Filtered by the fake itself: the unfiltered list holds every large body the other tests sent.
-    query = [("header", f"{name.replace('_', '-')}:{value}") for name, value in header_filter.items()]
     received: list[dict[str, Any]] = httpx.get(
-        f"{stack.fake_provider_url}/_fake/requests", params=query, timeout=10
+        f"{stack.fake_provider_url}/_fake/requests",
+        params=[("header", f"{name.replace('_', '-')}:{value}") for name, value in header_filter.items()],
+        timeout=10,
     ).json()
     return received
 
