@@ -234,18 +234,6 @@ class ProxyHandler:
 
     async def _admit_and_serve(self, request: web.Request, route: Route, span: trace.Span | None) -> web.StreamResponse:
         """Admits, serves and logs one request; ``span`` (when tracing) is the LLM span to annotate."""
-        if self._config.refuse_when_log_full and (reason := self._shipper.at_risk):
-            err = ProxyError(
-                503,
-                f"Candela cannot keep this request's log right now ({reason}); retry shortly",
-                "candela_log_unavailable",
-                {"Retry-After": "1"},
-            )
-            metrics.count_request(route.provider.value, route.provider_path, err.status)
-            if span is not None:
-                span.set_attribute("http.response.status_code", err.status)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, err.code))
-            return _error_response(route.provider, err, None)
         try:
             exchange = await self._admit(request, route)
         except ProxyError as err:
@@ -284,6 +272,13 @@ class ProxyHandler:
 
     async def _admit(self, request: web.Request, route: Route) -> Exchange:
         """Checks the Candela key, the headers and the body before anything goes upstream."""
+        if self._config.refuse_when_log_full and (reason := self._shipper.at_risk):
+            raise ProxyError(
+                503,
+                f"Candela cannot keep this request's log right now ({reason}); retry shortly",
+                "candela_log_unavailable",
+                {"Retry-After": "1"},
+            )
         started = time.perf_counter()
         started_at_us = time.time_ns() // 1000
         try:
