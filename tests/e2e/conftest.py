@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 
 import grpc
 import pytest
+from aiokafka import AIOKafkaConsumer
 from genai_prices import Usage, calc_price
 
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
@@ -90,3 +92,32 @@ def expected_cost(model: str, provider: str, input_tokens: int, output_tokens: i
     """The price genai-prices gives, computed independently of the proxy."""
     usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
     return calc_price(usage, model_ref=model, provider_id=provider).total_price
+
+
+async def topic_payloads(stack: Stack, must_see: set[str], timeout_s: float = 20.0) -> list[bytes]:
+    """Every message (key, value and headers) on the logs topic, read until ``must_see`` request ids showed."""
+    consumer = AIOKafkaConsumer(
+        stack.kafka_topic,
+        bootstrap_servers=stack.kafka_bootstrap,
+        group_id=f"payloads-{uuid.uuid4()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    payloads: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        unseen = {request_id.encode() for request_id in must_see}
+        while unseen and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    payload = b"".join(
+                        [record.key or b"", record.value or b"", *(value for _, value in record.headers)]
+                    )
+                    payloads.append(payload)
+                    unseen = {request_id for request_id in unseen if request_id not in payload}
+        assert not unseen, "the test's requests never showed on Kafka: checked nothing"
+    finally:
+        await consumer.stop()
+    return payloads

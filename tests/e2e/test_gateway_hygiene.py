@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from candela.query.v1 import query_service_pb2_grpc
 from candela_stack.stack import Bootstrap, Stack
-from tests.e2e.conftest import wait_for_logged_request
+from tests.e2e.conftest import topic_payloads, wait_for_logged_request
 from tests.e2e.proxy_support import fake_requests, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +83,7 @@ def test_url_secrets_reach_no_log_record_or_topic(
     assert request_ids[0] in rows.text, "ClickHouse holds none of the test's requests: checked nothing"
     assert not [name for name, secret in secrets.items() if secret in rows.text]
 
-    payloads = asyncio.run(_kafka_payloads(stack, set(request_ids)))
+    payloads = asyncio.run(topic_payloads(stack, set(request_ids)))
     assert not [name for name, secret in secrets.items() for payload in payloads if secret.encode() in payload]
 
     access_log = stack.log_dir / "envoy-access.log"
@@ -136,32 +134,3 @@ def _text(path: Path) -> str:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
-
-
-async def _kafka_payloads(stack: Stack, must_see: set[str], timeout_s: float = 20.0) -> list[bytes]:
-    """Every message (key, value and headers) on the logs topic, read until `must_see` request ids showed."""
-    consumer = AIOKafkaConsumer(
-        stack.kafka_topic,
-        bootstrap_servers=stack.kafka_bootstrap,
-        group_id=f"hygiene-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    payloads: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        unseen = {request_id.encode() for request_id in must_see}
-        while unseen and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    payload = b"".join(
-                        [record.key or b"", record.value or b"", *(value for _, value in record.headers)]
-                    )
-                    payloads.append(payload)
-                    unseen = {request_id for request_id in unseen if request_id not in payload}
-        assert not unseen, "the test's requests never showed on Kafka: checked nothing"
-    finally:
-        await consumer.stop()
-    return payloads

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from google.protobuf import descriptor, json_format, message_factory, timestamp_pb2
 from google.protobuf.message import Message
 
@@ -35,7 +33,7 @@ from candela.prompts.v1 import prompts_service_pb2_grpc
 from candela.query.v1 import query_service_pb2 as query_pb
 from candela_runtime.security import service_metadata
 from candela_stack.stack import Bootstrap, Stack
-from tests.e2e.conftest import bearer
+from tests.e2e.conftest import bearer, topic_payloads
 from tests.e2e.tenancy_support import Tenant, http_rule, make_tenant, rest_call
 
 pytestmark = pytest.mark.e2e
@@ -607,35 +605,6 @@ def test_keys_never_reach_logs_kafka_or_clickhouse(stack: Stack, tenants: Tenant
     assert tenants.a.request_id in rows.text, "ClickHouse holds none of the test's requests: checked nothing"
     assert not [secret[:6] for secret in secrets_made if secret in rows.text]
 
-    messages = asyncio.run(_kafka_payloads(stack, {tenants.a.request_id, tenants.b.request_id}))
+    messages = asyncio.run(topic_payloads(stack, {tenants.a.request_id, tenants.b.request_id}))
     for payload in messages:
         assert not [secret[:6] for secret in secrets_made if secret.encode() in payload]
-
-
-async def _kafka_payloads(stack: Stack, must_see: set[str], timeout_s: float = 20.0) -> list[bytes]:
-    """Every message (key, value and headers) on the logs topic, read until ``must_see`` request ids showed."""
-    consumer = AIOKafkaConsumer(
-        stack.kafka_topic,
-        bootstrap_servers=stack.kafka_bootstrap,
-        group_id=f"isolation-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    payloads: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        unseen = {request_id.encode() for request_id in must_see}
-        while unseen and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    payload = b"".join(
-                        [record.key or b"", record.value or b"", *(value for _, value in record.headers)]
-                    )
-                    payloads.append(payload)
-                    unseen = {request_id for request_id in unseen if request_id not in payload}
-        assert not unseen, "the test's requests never showed on Kafka: checked nothing"
-    finally:
-        await consumer.stop()
-    return payloads
