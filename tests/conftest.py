@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from candela_stack.migrations import apply_postgres
+from candela_schema.migrator import apply_postgres
 from candela_stack.postgres import create_database, drop_database, ensure_server, with_database
 
 SERVICE_TOKEN = "test-service-token-" + secrets.token_hex(8)

@@ -32,8 +32,8 @@ from bench.ingest.bench_ingest import Bodies, _batch
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import BatchParts, batch_parts, wire_batch_parts
-from candela_ingest.rows import checked_request_columns, wire_request_columns
-from candela_ingest.validation import BatchLimits, validate_ingest_request
+from candela_ingest.wire.validation import BatchLimits, validate_ingest_request
+from candela_ingest.writer.rows import checked_request_columns, wire_request_columns
 
 
 def _messages(logs: int) -> list[bytes]:

@@ -40,12 +40,12 @@ from google.protobuf import struct_pb2
 from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
-from candela_ingest.rows import clickhouse_row, insert_statement
+from candela_ingest.writer.rows import clickhouse_row, insert_statement
 from candela_query.clickhouse import ClickHouseReader
 from candela_query.filters import FilterCompiler, Params, time_bound
 from candela_query.store import RequestStore
 from candela_runtime.errors import Violations
-from candela_stack import migrations
+from candela_schema import migrator
 from candela_stack.stack import BODIES_BUCKET, Component, Stack, StackConfig
 
 DAY = 86_400
@@ -455,8 +455,8 @@ class ChdbStore:
         version = self._rows("SELECT version()")[0][0]
         self._session.query("CREATE DATABASE IF NOT EXISTS candela")
         self._session.query("USE candela")
-        for migration in migrations.load(migrations.CLICKHOUSE):
-            for statement in migrations.render_clickhouse(migration, migrations.clickhouse_gates(version, "candela")):
+        for migration in migrator.load(migrator.CLICKHOUSE):
+            for statement in migrator.render_clickhouse(migration, migrator.clickhouse_gates(version, "candela")):
                 self._session.query(statement)
         self.version = str(version)
 

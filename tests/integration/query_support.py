@@ -1,6 +1,6 @@
 """Helpers for the query tests: realistic request rows, and the same SQL run on ClickHouse 18.16 and chDB.
 
-Rows are made the way the writers make them (a LogMessage through candela_ingest.rows.clickhouse_row),
+Rows are made the way the writers make them (a LogMessage through candela_ingest.writer.rows.clickhouse_row),
 so the query service is tested against exactly what ingest stores.
 """
 
@@ -20,8 +20,8 @@ from clickhouse_driver import Client
 from clickhouse_driver.util.escape import escape_param
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import REQUEST_COLUMNS, Row, clickhouse_row, insert_statement
-from candela_stack.migrations import clickhouse_gates, load, render_clickhouse
+from candela_ingest.writer.rows import REQUEST_COLUMNS, Row, clickhouse_row, insert_statement
+from candela_schema.migrator import clickhouse_gates, load, render_clickhouse
 
 MODELS = (("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku"), ("openai", "o3-mini"))
 FEATURES = ("onboarding", "search", "chat", "Summary_50%")

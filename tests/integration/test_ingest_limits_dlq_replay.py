@@ -24,11 +24,11 @@ from prometheus_client import REGISTRY
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.config import WriterConfig
-from candela_ingest.replay import ReplayOptions, replay
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
+from candela_ingest.writer.replay import ReplayOptions, replay
 from candela_ingest.writer.retention import RetentionSweeper
 from candela_query.store import RequestStore
-from candela_stack import migrations
+from candela_schema import migrator
 from candela_stack.postgres import create_database, drop_database, with_database
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.integration.query_support import DriverRunner
@@ -487,10 +487,10 @@ async def test_the_ledger_migration_keeps_counted_requests_and_keys_them_per_org
     create_database(postgres_admin_dsn, name)
     dsn = with_database(postgres_admin_dsn, name)
     try:
-        shipped = migrations.load(migrations.POSTGRES)
+        shipped = migrator.load(migrator.POSTGRES)
         before = [migration for migration in shipped if migration.name < "0005"]
         assert len(before) < len(shipped)
-        await migrations._apply_postgres(dsn, before)
+        await migrator._apply_postgres(dsn, before)
         first, second, request_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
         connection = await asyncpg.connect(dsn)
         try:
@@ -501,7 +501,7 @@ async def test_the_ledger_migration_keeps_counted_requests_and_keys_them_per_org
                 first,
                 uuid.uuid4(),
             )
-            await asyncio.to_thread(migrations.apply_postgres, dsn)
+            await asyncio.to_thread(migrator.apply_postgres, dsn)
             await connection.execute(
                 "INSERT INTO counted_requests (request_id, organization_id, created_at) VALUES ($1, $2, now())",
                 request_id,

@@ -20,9 +20,9 @@ import pytest
 from clickhouse_driver import Client
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import REQUEST_COLUMNS, SCORE_COLUMNS, RequestColumns, request_columns, score_rows
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
+from candela_ingest.writer.rows import REQUEST_COLUMNS, SCORE_COLUMNS, RequestColumns, request_columns, score_rows
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.unit.test_ingest_native_encoding import comparable, varied_messages
 

@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from candela.query.v1 import query_service_pb2 as pb
-from candela_ingest.rows import REQUEST_COLUMNS, Row
+from candela_ingest.writer.rows import REQUEST_COLUMNS, Row
 from candela_query.cursor import Position
 from candela_query.filters import FilterCompiler, Params
 from candela_query.service import session_tree

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import Row, clickhouse_row
+from candela_ingest.writer.rows import Row, clickhouse_row
 from candela_query.store import BodyLocation, RequestStore, SqlRunner
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.integration.query_support import ChdbRunner, DriverRunner, insert_rows, make_record

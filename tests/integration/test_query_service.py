@@ -26,12 +26,12 @@ from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_ingest.packing import pack_batch
-from candela_ingest.rows import clickhouse_row
+from candela_ingest.writer.rows import clickhouse_row
 from candela_query.app import QueryDeps, create_server
-from candela_query.bodies import MAX_GAP_BYTES, BodyReader
+from candela_query.body_reader import MAX_GAP_BYTES, BodyReader
 from candela_query.clickhouse import ClickHouseReader
 from candela_query.config import QueryConfig
-from candela_query.usage import UsageReader
+from candela_query.usage_reader import UsageReader
 from candela_runtime.errors import FieldViolation, bad_request_violations, rpc_error_status
 from candela_runtime.security import KeyAuthenticator
 from candela_stack import seaweed

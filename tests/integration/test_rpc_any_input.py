@@ -37,7 +37,7 @@ from candela_ingest.app import build_deps as build_ingest_deps
 from candela_ingest.app import create_server as create_ingest_server
 from candela_ingest.app import wait_until_ready
 from candela_ingest.config import IngestConfig
-from candela_ingest.rows import clickhouse_row
+from candela_ingest.writer.rows import clickhouse_row
 from candela_prompts.app import build_deps as build_prompts_deps
 from candela_prompts.app import create_server as create_prompts_server
 from candela_prompts.config import PromptsConfig

@@ -24,7 +24,8 @@ from botocore.exceptions import ClientError
 from clickhouse_driver import Client
 from clickhouse_driver.errors import ServerException as ServerError
 
-from candela_stack import migrations, seaweed
+from candela_schema import migrator
+from candela_stack import seaweed
 from candela_stack.ports import port_is_free
 from candela_stack.stack import INFRA, Component, Stack, StackConfig
 
@@ -72,11 +73,11 @@ async def test_postgres_database_exists_and_is_migrated(stack: Stack) -> None:
         applied = [row["name"] for row in await connection.fetch("SELECT name FROM schema_migrations ORDER BY name")]
     finally:
         await connection.close()
-    assert applied == [migration.name for migration in migrations.load(migrations.POSTGRES)]
+    assert applied == [migration.name for migration in migrator.load(migrator.POSTGRES)]
 
 
 def test_postgres_migrations_are_applied_once(stack: Stack) -> None:
-    assert migrations.apply_postgres(stack.postgres_dsn) == []
+    assert migrator.apply_postgres(stack.postgres_dsn) == []
 
 
 def test_clickhouse_answers_and_is_migrated(stack: Stack) -> None:
@@ -92,9 +93,9 @@ def test_clickhouse_answers_and_is_migrated(stack: Stack) -> None:
         applied = [row[0] for row in client.execute("SELECT name FROM schema_migrations ORDER BY name")]
     finally:
         client.disconnect()
-    assert applied == [migration.name for migration in migrations.load(migrations.CLICKHOUSE)]
+    assert applied == [migration.name for migration in migrator.load(migrator.CLICKHOUSE)]
     assert (
-        migrations.apply_clickhouse(
+        migrator.apply_clickhouse(
             stack.clickhouse_host,
             stack.clickhouse_port,
             stack.clickhouse_database,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from candela_stack import migrations
-from candela_stack.migrations import Migration, MigrationError, clickhouse_gates, render_clickhouse
+from candela_schema import migrator
+from candela_schema.migrator import Migration, MigrationError, clickhouse_gates, render_clickhouse
 
 pytestmark = pytest.mark.unit
 
@@ -42,9 +42,9 @@ def test_an_unknown_placeholder_names_the_known_gates() -> None:
         render_clickhouse(migration, clickhouse_gates("18.16.1", "candela"))
 
 
-@pytest.mark.parametrize("store", [migrations.POSTGRES, migrations.CLICKHOUSE])
+@pytest.mark.parametrize("store", [migrator.POSTGRES, migrator.CLICKHOUSE])
 def test_shipped_migrations_load_in_name_order(store: str) -> None:
-    loaded = migrations.load(store)
+    loaded = migrator.load(store)
     assert loaded, f"no {store} migrations ship with candela_stack"
     names = [migration.name for migration in loaded]
     assert names == sorted(names)
@@ -54,5 +54,5 @@ def test_shipped_migrations_load_in_name_order(store: str) -> None:
 def test_every_shipped_clickhouse_migration_renders_for_old_and_new_servers() -> None:
     for version in ("18.16.1", "24.3.1"):
         gates = clickhouse_gates(version, "candela")
-        for migration in migrations.load(migrations.CLICKHOUSE):
+        for migration in migrator.load(migrator.CLICKHOUSE):
             assert render_clickhouse(migration, gates)

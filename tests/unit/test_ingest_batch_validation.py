@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import REQUEST_COLUMNS, checked_request_columns, request_columns
-from candela_ingest.validation import UINT32_MAX, check_log_message
+from candela_ingest.wire.validation import UINT32_MAX, check_log_message
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, DecodedBatch, decode, decode_batch
+from candela_ingest.writer.rows import REQUEST_COLUMNS, checked_request_columns, request_columns
 from candela_runtime.errors import Violations
 
 pytestmark = pytest.mark.unit

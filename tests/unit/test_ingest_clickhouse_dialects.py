@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import (
+from candela_ingest.writer.rows import (
     REQUEST_COLUMNS,
     REQUESTS_TABLE,
     SCORE_COLUMNS,
@@ -24,7 +24,7 @@ from candela_ingest.rows import (
     clickhouse_row,
     score_rows,
 )
-from candela_stack.migrations import CLICKHOUSE, clickhouse_gates, load, render_clickhouse
+from candela_schema.migrator import CLICKHOUSE, clickhouse_gates, load, render_clickhouse
 
 chdb_session = pytest.importorskip("chdb.session")
 pytestmark = pytest.mark.unit

@@ -30,9 +30,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import REQUEST_COLUMNS, request_columns
 from candela_ingest.writer.native import ColumnValueError, column_encoder, driver_encoding, encode_block
-from candela_stack.migrations import CLICKHOUSE, clickhouse_gates, load, render_clickhouse
+from candela_ingest.writer.rows import REQUEST_COLUMNS, request_columns
+from candela_schema.migrator import CLICKHOUSE, clickhouse_gates, load, render_clickhouse
 
 pytestmark = pytest.mark.unit
 

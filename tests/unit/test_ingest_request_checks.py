@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
-from candela_ingest.validation import UINT32_MAX, BatchLimits, _all_records_pass, validate_ingest_request
+from candela_ingest.wire.validation import UINT32_MAX, BatchLimits, _all_records_pass, validate_ingest_request
 from candela_runtime.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit
@@ -92,7 +92,7 @@ def _set(item: pb.IngestRecord, change: str) -> None:
 def _slow_path_finds_problems(items: list[pb.IngestRecord]) -> bool:
     """The record-by-record verdict (the batch check bypassed)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("candela_ingest.validation._all_records_pass", lambda *_: False)
+        patch.setattr("candela_ingest.wire.validation._all_records_pass", lambda *_: False)
         try:
             validate_ingest_request(pb.IngestRequest(records=items), LIMITS, NOW)
         except InvalidArgument:

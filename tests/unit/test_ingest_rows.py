@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import (
+from candela_ingest.wire.validation import check_log_message
+from candela_ingest.writer.daily_usage import BatchRequests, aggregate_usage, counted_oldest_first, ledger_columns
+from candela_ingest.writer.rows import (
     NO_FIRST_TOKEN,
     REQUEST_COLUMNS,
     clickhouse_row,
@@ -19,15 +21,13 @@ from candela_ingest.rows import (
     insert_statement,
     request_columns,
 )
-from candela_ingest.usage import BatchRequests, aggregate_usage, counted_oldest_first, ledger_columns
-from candela_ingest.validation import check_log_message
 from candela_runtime.errors import Violations
 
 pytestmark = pytest.mark.unit
 
 ORG = str(uuid.uuid4())
 CREATED = datetime(2026, 3, 7, 23, 59, 59, 654321, tzinfo=UTC)
-MIGRATIONS = Path(__file__).parents[2] / "infra/src/candela_stack/migrations/clickhouse"
+MIGRATIONS = Path(__file__).parents[2] / "schema/src/candela_schema/migrations/clickhouse"
 MIGRATION = MIGRATIONS / "0001_requests.sql"
 ADDED_COLUMNS = (
     MIGRATIONS / "0004_request_routing_and_prompt_inputs.sql",

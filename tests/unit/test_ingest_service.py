@@ -18,7 +18,7 @@ from candela.logs.v1 import log_record_pb2
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
 from candela_ingest.packing import PackedObject, read_body
 from candela_ingest.service import SERVICE_NAME, IngestServicer, add_to_server
-from candela_ingest.validation import BatchLimits
+from candela_ingest.wire.validation import BatchLimits
 from candela_runtime.errors import Unavailable, bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server
 from candela_runtime.security import service_metadata

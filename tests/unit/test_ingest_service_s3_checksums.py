@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from candela_ingest.bodies import S3BodyStore
+from candela_ingest.body_store import S3BodyStore
 from candela_ingest.packing import PackedObject
 
 pytestmark = pytest.mark.unit

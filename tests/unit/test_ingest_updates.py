@@ -9,7 +9,7 @@ import pytest
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import score_rows
+from candela_ingest.writer.rows import score_rows
 from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 from tests.unit.test_ingest_service import TOKEN, Running, ingest

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.validation import (
+from candela_ingest.wire.validation import (
     BatchLimits,
     check_log_message,
     is_canonical_uuid,

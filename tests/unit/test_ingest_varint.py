@@ -7,7 +7,7 @@ from google.protobuf import wrappers_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from candela_ingest.varint import varint
+from candela_ingest.wire.varint import varint
 
 pytestmark = pytest.mark.unit
 

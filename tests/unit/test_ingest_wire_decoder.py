@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import REQUEST_COLUMNS, checked_request_columns, wire_request_columns
-from candela_ingest.varint import varint
+from candela_ingest.wire.varint import varint
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, decode, decode_batch
+from candela_ingest.writer.rows import REQUEST_COLUMNS, checked_request_columns, wire_request_columns
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import BatchParts, batch_parts, wire_batch_parts
-from candela_ingest.validation import BatchLimits, validate_ingest_request
-from candela_ingest.varint import varint
+from candela_ingest.wire.validation import BatchLimits, validate_ingest_request
+from candela_ingest.wire.varint import varint
 from candela_runtime.errors import InvalidArgument
 from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 from tests.unit.test_ingest_wire_decoder import mutated

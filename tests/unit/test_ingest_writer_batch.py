@@ -14,8 +14,6 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.propagation import extract_context, inject_headers, links_from
-from candela_ingest.rows import REQUEST_COLUMNS, RequestColumns, Row
-from candela_ingest.usage import BatchRequests, RequestKey
 from candela_ingest.writer.batch import (
     BatchAborted,
     BatchWriter,
@@ -25,9 +23,11 @@ from candela_ingest.writer.batch import (
     RetryPolicy,
     decode,
 )
+from candela_ingest.writer.daily_usage import BatchRequests, RequestKey
 from candela_ingest.writer.dead_letters import ATTEMPTS_HEADER, ERROR_HEADER, dead_letter_headers
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
+from candela_ingest.writer.rows import REQUEST_COLUMNS, RequestColumns, Row
 
 pytestmark = pytest.mark.unit
 

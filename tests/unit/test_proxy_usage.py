@@ -9,7 +9,7 @@ import pytest
 
 from candela_proxy.pricing import cost_usd
 from candela_proxy.providers import Provider
-from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
+from candela_proxy.response_usage import ResponseFacts, StreamFacts, facts_from_json
 
 pytestmark = pytest.mark.unit
 

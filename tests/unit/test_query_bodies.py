@@ -13,7 +13,7 @@ import zstandard
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import pack_batch
-from candela_query.bodies import (
+from candela_query.body_reader import (
     MAX_GAP_BYTES,
     MAX_SHARED_FRAME_BYTES,
     CorruptBodyObject,

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from candela_stack import clickhouse, migrations, postgres
+from candela_schema import migrator
+from candela_stack import clickhouse, postgres
 from candela_stack.ports import StackPorts
 from candela_stack.processes import StartupError, clean_leftovers
 from candela_stack.stack import INFRA, Bootstrap, Component, Stack, StackConfig, saved_clickhouse_password
@@ -179,7 +180,7 @@ def migrate() -> int:
         postgres.ensure_server(config.postgres_admin_dsn, say)
         postgres.create_database(config.postgres_admin_dsn, config.database)
         dsn = postgres.with_database(config.postgres_admin_dsn, config.database)
-    applied = migrations.apply_postgres(dsn)
+    applied = migrator.apply_postgres(dsn)
     say(f"Postgres: applied {len(applied)} migration(s) {applied}")
     host = os.environ.get("CANDELA_CLICKHOUSE_HOST", "127.0.0.1")
     port = int(os.environ.get("CANDELA_CLICKHOUSE_PORT", str(ports.clickhouse_tcp)))
@@ -189,7 +190,7 @@ def migrate() -> int:
         say(f"ClickHouse: no CANDELA_CLICKHOUSE_PASSWORD and none saved in {config.data_dir} (start the stack first)")
         return 1
     user = os.environ.get("CANDELA_CLICKHOUSE_USER", clickhouse.USER)
-    applied = migrations.apply_clickhouse(host, port, database, user=user, password=password)
+    applied = migrator.apply_clickhouse(host, port, database, user=user, password=password)
     say(f"ClickHouse {host}:{port}/{database}: applied {len(applied)} migration(s) {applied}")
     return 0
 

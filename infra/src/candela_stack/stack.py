@@ -45,7 +45,8 @@ from urllib.parse import urlsplit
 import grpc
 
 from candela.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from candela_stack import binaries, clickhouse, envoy_config, kafka, migrations, postgres, seaweed
+from candela_schema import migrator
+from candela_stack import binaries, clickhouse, envoy_config, kafka, postgres, seaweed
 from candela_stack.kafka import KafkaEngine
 from candela_stack.ports import (
     DEV_PORT_BASE,
@@ -853,7 +854,7 @@ class Stack:
             postgres.ensure_server(self.config.postgres_admin_dsn, self._report)
         created = postgres.create_database(self.postgres_admin_dsn, self.config.database)
         self._database_created = self._database_created or created
-        migrations.apply_postgres(self.postgres_dsn)
+        migrator.apply_postgres(self.postgres_dsn)
 
     def _redis_binary(self) -> Path:
         return binaries.ensure_apt_binary(
@@ -902,7 +903,7 @@ class Stack:
         )
 
     def _migrate_clickhouse(self) -> None:
-        migrations.apply_clickhouse(
+        migrator.apply_clickhouse(
             self.clickhouse_host,
             self.clickhouse_port,
             self.clickhouse_database,

@@ -12,13 +12,13 @@ from datetime import timedelta
 import asyncpg
 from grpc_health.v1 import health_pb2
 
-from candela_ingest.bodies import S3BodyStore
+from candela_ingest.body_store import S3BodyStore
 from candela_ingest.config import IngestConfig
 from candela_ingest.kafka import KafkaUnavailable, Producer
 from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.service import SERVICE_NAME, IngestServicer, add_to_server
 from candela_ingest.stalls import StallWatch, probe_until_stopped
-from candela_ingest.validation import BatchLimits
+from candela_ingest.wire.validation import BatchLimits
 from candela_runtime.config import load_config
 from candela_runtime.errors import Unavailable
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server

@@ -14,7 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela_ingest.packing import PackedObject
-from candela_ingest.validation import BatchLimits
+from candela_ingest.wire.validation import BatchLimits
 
 _STORE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -31,9 +31,9 @@ from google.protobuf import timestamp_pb2
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
-from candela_ingest import _logwire
-from candela_ingest.validation import EARLIEST_SECONDS, BatchLimits
-from candela_ingest.varint import varint
+from candela_ingest.wire import _logwire
+from candela_ingest.wire.validation import EARLIEST_SECONDS, BatchLimits
+from candela_ingest.wire.varint import varint
 from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES
 
 BODIES_PREFIX = "bodies"
@@ -227,7 +227,7 @@ def batch_parts(records: Sequence[ingest_service_pb2.IngestRecord]) -> BatchPart
 
 def wire_batch_parts(data: bytes, limits: BatchLimits, latest_created_at: datetime) -> BatchParts | None:
     """The parts of a serialized IngestRequest, read in C, when every record surely passes
-    :func:`~candela_ingest.validation.validate_ingest_request` (with ``latest_created_at`` its ``now`` plus
+    :func:`~candela_ingest.wire.validation.validate_ingest_request` (with ``latest_created_at`` its ``now`` plus
     the allowed clock skew) with its identifiers already canonical; None otherwise, which means "parse and
     check it exactly", not "invalid".
 

@@ -21,13 +21,13 @@ from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.logs.v1 import log_record_pb2
 from candela_ingest import metrics
-from candela_ingest.bodies import S3Stalled
+from candela_ingest.body_store import S3Stalled
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage
 from candela_ingest.organizations import OrganizationDirectory
 from candela_ingest.packing import BatchParts, PackedObject, batch_parts, pack_parts, wire_batch_parts
 from candela_ingest.propagation import inject_headers, record_headers
 from candela_ingest.stalls import StallWatch
-from candela_ingest.validation import BatchLimits, validate_ingest_request, validate_update_logs_request
+from candela_ingest.wire.validation import BatchLimits, validate_ingest_request, validate_update_logs_request
 from candela_runtime.decoding import undecodable
 from candela_runtime.errors import InvalidArgument, Unavailable, Violations
 from candela_runtime.security import require_service_credential

@@ -43,9 +43,9 @@ from candela_proxy.config import ProxyConfig
 from candela_proxy.headers import CandelaHeaders, HeaderError, RetryPolicy, bearer_secret, parse_candela_headers
 from candela_proxy.providers import Provider, Route, error_body, resolve_route
 from candela_proxy.ratelimit import RateLimitDecision, RateLimiter, SegmentMissing, subject
+from candela_proxy.response_usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_proxy.shipping import LogShipper
 from candela_proxy.targets import TargetRefused, TargetSession, provider_name
-from candela_proxy.usage import ResponseFacts, StreamFacts, facts_from_json
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
 from candela_runtime.limits import MAX_MODEL_NAME_LENGTH, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 from candela_runtime.redaction import redact_url, redact_urls_in

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from genai_prices import Usage, calc_price
 
-from candela_proxy.usage import ResponseFacts
+from candela_proxy.response_usage import ResponseFacts
 
 
 def _price(usage: Usage, model: str, provider: str | None, api_url: str | None) -> Decimal:

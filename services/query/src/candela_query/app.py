@@ -10,12 +10,12 @@ import grpc
 
 from candela.auth.v1 import auth_service_pb2_grpc
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
-from candela_query.bodies import BodyReader
+from candela_query.body_reader import BodyReader
 from candela_query.clickhouse import ClickHouseReader
 from candela_query.config import QueryConfig
 from candela_query.service import QueryServicer
 from candela_query.store import RequestStore
-from candela_query.usage import UsageReader
+from candela_query.usage_reader import UsageReader
 from candela_runtime.channels import internal_channel
 from candela_runtime.config import load_config
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server

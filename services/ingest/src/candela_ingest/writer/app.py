@@ -32,7 +32,7 @@ from candela_ingest.propagation import batch_context
 from candela_ingest.stalls import StallWatch, StoreStalled
 from candela_ingest.writer import metrics
 from candela_ingest.writer.batch import BatchAborted, BatchWriter, ConsumedMessage, RetryPolicy
-from candela_ingest.writer.bodies import S3BodyDeleter
+from candela_ingest.writer.body_deletion import S3BodyDeleter
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.dead_letters import (
     KafkaDeadLetterSink,

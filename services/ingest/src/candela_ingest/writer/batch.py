@@ -31,12 +31,12 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.rows import RequestColumns, Row, checked_request_columns, score_rows, wire_request_columns
-from candela_ingest.usage import BatchRequests, RequestKey
-from candela_ingest.validation import check_log_message
+from candela_ingest.wire.validation import check_log_message
 from candela_ingest.writer import metrics
+from candela_ingest.writer.daily_usage import BatchRequests, RequestKey
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
+from candela_ingest.writer.rows import RequestColumns, Row, checked_request_columns, score_rows, wire_request_columns
 from candela_runtime.errors import Violations
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class DecodedBatch:
     logs: list[ConsumedMessage]
     """The messages holding a valid log, in batch order."""
     columns: RequestColumns
-    """The rows of ``logs``, one list per column (:func:`~candela_ingest.rows.request_columns`)."""
+    """The rows of ``logs``, one list per column (:func:`~candela_ingest.writer.rows.request_columns`)."""
     updates: list[Decoded]
 
     def __len__(self) -> int:
@@ -228,7 +228,7 @@ def _read_by_runtime(batch: Sequence[ConsumedMessage], positions: list[int]) -> 
 
 
 def _read_by_wire(batch: Sequence[ConsumedMessage], positions: list[int]) -> tuple[_Sorted, list[int]]:
-    """The messages at ``positions`` read by the C wire decoder (:func:`~candela_ingest.rows.wire_request_columns`),
+    """The messages at ``positions`` read by the C wire decoder (`rows.wire_request_columns`),
     and the positions of those it left to the protobuf runtime. A suspect is parsed and checked exactly."""
     columns, suspects, fallback = wire_request_columns([batch[position].value or b"" for position in positions], 0)
     left = [positions[index] for index in fallback]

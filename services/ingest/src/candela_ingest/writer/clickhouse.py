@@ -25,15 +25,15 @@ from clickhouse_driver.protocol import ClientPacketTypes
 from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str
 
-from candela_ingest.rows import (
+from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
+from candela_ingest.writer.native import driver_encoding, encode_block
+from candela_ingest.writer.rows import (
     REQUESTS_TABLE,
     RequestColumns,
     Row,
     insert_statement,
     scores_insert_statement,
 )
-from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
-from candela_ingest.writer.native import driver_encoding, encode_block
 
 T = TypeVar("T")
 
@@ -136,7 +136,7 @@ class ClickHouseRowSink:
             raise classify_clickhouse_error(err) from err
 
     async def insert(self, columns: RequestColumns) -> None:
-        """One columnar insert of a batch's rows (:func:`~candela_ingest.rows.request_columns`)."""
+        """One columnar insert of a batch's rows (:func:`~candela_ingest.writer.rows.request_columns`)."""
         if columns and columns[0]:
             await self._run(self._insert_columns, self._insert, columns)
 

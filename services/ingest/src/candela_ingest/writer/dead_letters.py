@@ -8,7 +8,7 @@ message came from, and how many times it was already retried from the DLQ.
 Dead letters are retried: a writer's DLQ consumer (its own group) reads each letter once its retry delay
 has passed and stores it like any log. A letter that fails again goes back to the DLQ with
 ``candela-dlq-retries`` + 1, until ``dlq_max_retries``; then it is parked in Postgres
-(``parked_dead_letters``) for an operator, who replays it with ``python -m candela_ingest.replay parked``.
+(``parked_dead_letters``) for an operator, who replays it with ``python -m candela_ingest.writer.replay parked``.
 So no letter loops forever, and none is lost.
 """
 

@@ -32,8 +32,8 @@ from clickhouse_driver.bufferedwriter import CompressedBufferedWriter
 from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.defines import BUFFER_SIZE
 
-from candela_ingest.validation import is_canonical_uuid, uuid_bytes
-from candela_ingest.varint import varint
+from candela_ingest.wire.validation import is_canonical_uuid, uuid_bytes
+from candela_ingest.wire.varint import varint
 
 Encoder = Callable[[Sequence[Any]], bytes]
 """A column's values -> their Native-format bytes."""
@@ -204,7 +204,7 @@ _HALVES = next(code for code in "BHILQ" if array(code).itemsize == 8)
 def _encode_uuids(values: Sequence[Any]) -> bytes:
     """Canonical UUID strings (any case) as ClickHouse stores a UUID: two little-endian UInt64 halves.
 
-    The whole column is parsed at once (:func:`~candela_ingest.validation.uuid_bytes`); reversing each
+    The whole column is parsed at once (:func:`~candela_ingest.wire.validation.uuid_bytes`); reversing each
     8-byte half of the big-endian UUID bytes gives the two little-endian UInt64s.
     """
     count = len(values)

@@ -6,7 +6,7 @@ never counted before, to ``organization_usage_daily``. A redelivered or replayed
 counts twice, and a failed transaction leaves nothing behind to count twice on retry. Keys are pairs
 because clients choose request ids: another organization's use of an id changes nothing here. A key counted
 before with another creation time is a reuse of the id within the organization: the first log wins, the
-reuse is neither counted nor stored (see :mod:`candela_ingest.usage`).
+reuse is neither counted nor stored (see :mod:`candela_ingest.writer.daily_usage`).
 
 Limits (``organizations.max_stored_logs``): for each organization with a limit, its
 ``organization_log_counters`` row is locked and the newly counted requests are stored only while
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from candela_ingest.usage import (
+from candela_ingest.writer.daily_usage import (
     BatchRequests,
     DailyUsage,
     LedgerColumns,

@@ -14,8 +14,8 @@ from operator import attrgetter, methodcaller
 from typing import Any, Literal
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest import _logwire
-from candela_ingest.validation import (
+from candela_ingest.wire import _logwire
+from candela_ingest.wire.validation import (
     CANONICAL_UUID,
     COST_DECIMAL_PLACES,
     FEEDBACK_SCORE,
@@ -314,10 +314,10 @@ def _suspects(
     cost_texts: dict[_CostField, list[str]],
     set_but_empty: Iterable[int],
 ) -> list[int]:
-    """The positions of the messages that may fail :func:`~candela_ingest.validation.check_log_message`.
+    """The positions of the messages that may fail :func:`~candela_ingest.wire.validation.check_log_message`.
 
     A superset, so the exact, per-message check runs only for these. Each check runs over a whole column
-    in C (``min``/``max``, one :func:`~candela_ingest.validation.uuid_bytes` per id column); a column out
+    in C (``min``/``max``, one :func:`~candela_ingest.wire.validation.uuid_bytes` per id column); a column out
     of bounds makes every message a suspect, and the exact check then names the bad ones. Unset fields
     read as their defaults, which either pass the exact check too (zeros) or fail here (an empty id,
     created_at at the epoch). What the columns cannot tell (an update; a cost or body key set to "", which
@@ -381,7 +381,7 @@ _WIRE_COLUMNS = tuple(_WIRE_INDEX.get(name) for name in REQUEST_COLUMNS)
 
 def wire_request_columns(values: list[bytes], version: int) -> tuple[RequestColumns, list[int], list[int]]:
     """:func:`checked_request_columns` of serialized LogMessages, read by the C wire decoder
-    (``candela_ingest._logwire``) with no protobuf message made.
+    (``candela_ingest.wire._logwire``) with no protobuf message made.
 
     Returns the columns of the messages it decoded (in the order of ``values``), the suspects among
     them, and the positions in ``values`` of the messages it left to the protobuf runtime (updates,

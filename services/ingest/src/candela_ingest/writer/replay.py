@@ -1,4 +1,4 @@
-"""``python -m candela_ingest.replay dlq|parked|window``: re-ingest logs into the log topic, with a progress bar.
+"""``python -m candela_ingest.writer.replay dlq|parked|window``: re-ingest logs into the log topic, with a progress bar.
 
 - ``dlq``: every dead letter in the dead-letter topic (optionally only those produced within --from/--to).
 - ``parked``: the dead letters parked in Postgres that were not replayed yet; each is marked replayed once
@@ -210,7 +210,7 @@ def _timestamp(value: str) -> datetime:
 
 def parse_args(argv: Sequence[str]) -> ReplayOptions:
     """The command line (defaults from the writers' CANDELA_* variables)."""
-    parser = argparse.ArgumentParser(prog="python -m candela_ingest.replay", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m candela_ingest.writer.replay", description=__doc__.split("\n")[0])
     parser.add_argument("source", choices=["dlq", "parked", "window"])
     parser.add_argument("--from", dest="since", type=_timestamp, help="ISO 8601 start (inclusive; UTC if naive)")
     parser.add_argument("--to", dest="until", type=_timestamp, help="ISO 8601 end (exclusive; UTC if naive)")

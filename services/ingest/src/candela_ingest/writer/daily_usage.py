@@ -19,7 +19,7 @@ from datetime import date
 from decimal import Decimal
 from itertools import compress
 
-from candela_ingest.rows import REQUEST_COLUMNS, RequestColumns
+from candela_ingest.writer.rows import REQUEST_COLUMNS, RequestColumns
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ RequestKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class BatchRequests:
-    """A batch's rows (:func:`~candela_ingest.rows.request_columns`) and where each request's row is.
+    """A batch's rows (:func:`~candela_ingest.writer.rows.request_columns`) and where each request's row is.
 
     The ledger reads the same columns the ClickHouse insert sends, so each field of a log is read from
     its message once per batch, not once per store.

@@ -1,9 +1,9 @@
-/* candela_ingest._logwire: the log wire format read in C, into the writers' columns and out of ingest's requests.
+/* candela_ingest.wire._logwire: the log wire format read in C, into the writers' columns and out of ingest's requests.
 
 The writers store every log as a row of the ClickHouse `requests` table. Parsing each message with the
 protobuf runtime and reading its fields back one by one makes a Python object per field read (about
 0.13 us each, some 15 us per log in all); this reads the wire format once, in C, and makes only the
-objects the columns hold. It is an accelerator, not a second definition: candela_ingest.rows builds the
+objects the columns hold. It is an accelerator, not a second definition: candela_ingest.writer.rows builds the
 same columns from parsed messages (the reference), and the tests compare the two on arbitrary messages.
 
 A message this decoder does not take on (a later update, a string that is not UTF-8, a malformed or
@@ -25,7 +25,7 @@ ingest_request(data, max_records, max_record_bytes, max_metadata_bytes, earliest
     data: a serialized IngestRequest.
     The parts of each record, in order: its LogMessage record field (tag, length, the LogRecord as
     received), its request id as bytes, its organization id, its two bodies, its trace context (a dict, or
-    None when empty); None unless every record surely passes candela_ingest.validation's checks with its
+    None when empty); None unless every record surely passes candela_ingest.wire.validation's checks with its
     identifiers in canonical (lower-case) form. None is "not sure", never "invalid": the caller then parses
     the request and checks it exactly.
 */
@@ -703,7 +703,7 @@ static int within(int64_t value, int64_t low, int64_t high) { return value >= lo
    sent without its key and value grows from 2 bytes to 6): they are applied here with a 4x margin. */
 static int over_limit(Py_ssize_t size, int64_t limit) { return (int64_t)size * 4 > limit; }
 
-/* Whether a parsed record passes every check of candela_ingest.validation, with its identifiers already
+/* Whether a parsed record passes every check of candela_ingest.wire.validation, with its identifiers already
    canonical. 0 means "not sure", never "invalid": the caller then runs the exact checks. */
 static int record_passes(const Row *row, int64_t earliest, int64_t latest, Py_ssize_t request_body,
                          Py_ssize_t response_body) {
@@ -842,7 +842,7 @@ static PyMethodDef METHODS[] = {
 };
 
 static struct PyModuleDef MODULE = {
-    PyModuleDef_HEAD_INIT, "candela_ingest._logwire",
+    PyModuleDef_HEAD_INIT, "candela_ingest.wire._logwire",
     "The log wire format read in C: LogMessages into the writers' columns, IngestRequests into ingest's parts.",
     -1, METHODS,
     NULL, NULL, NULL, NULL,

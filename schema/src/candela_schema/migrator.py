@@ -1,6 +1,6 @@
 """Schema migrations for Postgres and ClickHouse: each `*.sql` file applied once, in name order.
 
-Files live in `candela_stack/migrations/postgres/` and `candela_stack/migrations/clickhouse/` (package
+Files live in `candela_schema/migrations/postgres/` and `candela_schema/migrations/clickhouse/` (package
 data, found with importlib.resources). Each store records what it applied, with a checksum, in its own
 `schema_migrations` table; a file changed after it was applied is an error (add a new file instead).
 
@@ -16,6 +16,8 @@ are wholly `--` comments are dropped first, so comments may mention `{placeholde
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import importlib.resources
 import logging
@@ -27,8 +29,6 @@ from typing import Any
 import asyncpg
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
-
-from candela_stack.probes import run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Migration:
 
 def load(store: str) -> list[Migration]:
     """The migrations of `store` (`postgres` or `clickhouse`) in name order; none if the folder is absent."""
-    folder: Traversable = importlib.resources.files("candela_stack") / "migrations" / store
+    folder: Traversable = importlib.resources.files("candela_schema") / "migrations" / store
     if not folder.is_dir():
         return []
     files = sorted((entry for entry in folder.iterdir() if entry.name.endswith(".sql")), key=lambda e: e.name)
@@ -71,7 +71,9 @@ def load(store: str) -> list[Migration]:
 
 def apply_postgres(dsn: str) -> list[str]:
     """Applies the pending Postgres migrations to the database of `dsn`; returns the names applied."""
-    return run_sync(_apply_postgres(dsn, load(POSTGRES)))
+    # In a worker thread, so that callers already inside an event loop (an async fixture) can use it too.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="candela-migrate") as pool:
+        return pool.submit(asyncio.run, _apply_postgres(dsn, load(POSTGRES))).result()
 
 
 async def _apply_postgres(dsn: str, migrations: list[Migration]) -> list[str]:
