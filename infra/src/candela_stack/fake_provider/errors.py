@@ -1,0 +1,108 @@
+"""The providers' error bodies: OpenAI's and Anthropic's, per status, for rejected and simulated failures.
+
+A request gets the shape of the provider it addresses (see ``wire.request_flavor``); a new provider adds
+its table and its body here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from aiohttp import web
+
+from candela_stack.fake_provider.wire import Flavor, JSONObject, anthropic_headers, dumps, openai_headers
+
+# status -> (error.type, error.code, default message), as OpenAI sends them.
+OPENAI_ERRORS: Final[Mapping[int, tuple[str, str | None, str]]] = {
+    400: ("invalid_request_error", None, "Invalid request (simulated by the fake provider)."),
+    401: (
+        "invalid_request_error",
+        "invalid_api_key",
+        "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+    ),
+    403: (
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+        "Country, region, or territory not supported",
+    ),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist or you do not have access to it."),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 1s.",
+    ),
+    500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
+    503: ("server_error", None, "The server is overloaded or not ready yet."),
+}
+
+# status -> (error.type, default message), as Anthropic sends them.
+ANTHROPIC_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
+    400: ("invalid_request_error", "Invalid request (simulated by the fake provider)."),
+    401: ("authentication_error", "invalid x-api-key"),
+    402: ("billing_error", "Your credit balance is too low to access the Anthropic API."),
+    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    404: ("not_found_error", "The requested resource could not be found."),
+    409: ("conflict_error", "Conflict."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of requests has exceeded your per-minute rate limit."),
+    500: ("api_error", "Internal server error"),
+    504: ("timeout_error", "Request timed out."),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+def openai_error_body(message: str, error_type: str, param: str | None, code: str | None) -> JSONObject:
+    """OpenAI's error body."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def anthropic_error_body(error_type: str, message: str, request_id: str) -> JSONObject:
+    """Anthropic's error body."""
+    return {"type": "error", "error": {"type": error_type, "message": message}, "request_id": request_id}
+
+
+def error_response(
+    flavor: Flavor,
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An error with this message in the provider's shape; the error type follows from the status."""
+    if flavor == "anthropic":
+        response_headers = anthropic_headers()
+        error_type = ANTHROPIC_ERRORS.get(status, (_anthropic_fallback_type(status), ""))[0]
+        payload = anthropic_error_body(error_type, message, response_headers["request-id"])
+    else:
+        response_headers = openai_headers()
+        error_type = OPENAI_ERRORS.get(status, (_openai_fallback_type(status), None, ""))[0]
+        payload = openai_error_body(message, error_type, param, code)
+    response_headers.update(headers or {})
+    return web.Response(
+        status=status,
+        text=dumps(payload, pretty=flavor == "openai"),
+        content_type="application/json",
+        headers=response_headers,
+    )
+
+
+def simulated_error_response(flavor: Flavor, status: int, message: str | None, retry_after: str | None) -> web.Response:
+    """The error the provider usually sends for ``status`` (message overridable), for x-fake-status."""
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    fallback_message = f"Simulated HTTP {status} error."
+    if flavor == "anthropic":
+        default_message = ANTHROPIC_ERRORS.get(status, ("", fallback_message))[1]
+        return error_response(flavor, status, message or default_message, headers=headers)
+    _, code, default_message = OPENAI_ERRORS.get(status, ("", None, fallback_message))
+    return error_response(flavor, status, message or default_message, code=code, headers=headers)
+
+
+def _openai_fallback_type(status: int) -> str:
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def _anthropic_fallback_type(status: int) -> str:
+    return "invalid_request_error" if status < 500 else "api_error"

@@ -1,0 +1,159 @@
+"""OpenAI Chat Completions: ``POST /v1/chat/completions``, a chat.completion or a chunk stream."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from candela_stack.fake_provider.generation import (
+    Generation,
+    TokenUsage,
+    content_text,
+    count_message_tokens,
+    generate,
+    last_user_text,
+)
+from candela_stack.fake_provider.openai_common import (
+    SYSTEM_FINGERPRINT,
+    obfuscation_padding,
+    optional_int,
+    require_openai_field,
+    require_openai_model,
+    stream_options,
+)
+from candela_stack.fake_provider.scenario import scenario_of
+from candela_stack.fake_provider.wire import (
+    FakeRequestError,
+    JSONObject,
+    open_stream,
+    openai_headers,
+    openai_json,
+    random_id,
+    read_body,
+    sse_event,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """Serve this API on ``router``."""
+    router.add_post("/v1/chat/completions", chat_completions)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``: a chat.completion object or a chat.completion.chunk stream."""
+    started = time.monotonic()
+    body = await read_body(request, "openai")
+    model = require_openai_model(body)
+    messages = require_openai_field(body, "messages")
+    if not isinstance(messages, list):
+        raise FakeRequestError("'messages' must be an array.", param="messages")
+    scenario = scenario_of(request)
+    generation = generate(last_user_text(messages), scenario, optional_int(body, "max_completion_tokens", "max_tokens"))
+    usage = TokenUsage(
+        prompt_tokens=count_message_tokens(
+            content_text(message.get("content")) for message in messages if isinstance(message, dict)
+        ),
+        visible_completion_tokens=generation.visible_tokens,
+        cached_tokens=scenario.cached_tokens,
+        cache_write_tokens=scenario.cache_write_tokens,
+        reasoning_tokens=scenario.reasoning_tokens,
+        overrides=scenario.usage_overrides,
+    )
+    completion_id = random_id("chatcmpl-", 29)
+    created = int(time.time())
+    finish_reason = "length" if generation.truncated else "stop"
+    if body.get("stream") is True:
+        return await _stream_chat(request, body, model, completion_id, created, generation, usage, finish_reason)
+    await scenario.pace(len(generation.deltas))
+    payload = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": chat_usage(usage),
+        "service_tier": "default",
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    return openai_json(payload, started)
+
+
+async def _stream_chat(
+    request: web.Request,
+    body: JSONObject,
+    model: str,
+    completion_id: str,
+    created: int,
+    generation: Generation,
+    usage: TokenUsage,
+    finish_reason: str,
+) -> web.StreamResponse:
+    include_usage, include_obfuscation = stream_options(body)
+    scenario = scenario_of(request)
+
+    def chunk(choices: list[JSONObject], chunk_usage: JSONObject | None, padding_seed: str) -> bytes:
+        payload: JSONObject = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+        }
+        if include_usage:
+            payload["usage"] = chunk_usage
+        if include_obfuscation:
+            payload["obfuscation"] = obfuscation_padding(padding_seed)
+        return sse_event(payload)
+
+    def choice(delta: JSONObject, finish: str | None) -> list[JSONObject]:
+        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+    response = await open_stream(request, openai_headers())
+    try:
+        await response.write(chunk(choice({"role": "assistant", "content": "", "refusal": None}, None), None, ""))
+        for delta in generation.deltas:
+            await scenario.pace()
+            await response.write(chunk(choice({"content": delta}, None), None, delta))
+        await response.write(chunk(choice({}, finish_reason), None, finish_reason))
+        if include_usage:
+            await response.write(chunk([], chat_usage(usage), "usage"))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        # The client went away mid-stream (a cancelled request): nothing left to send it.
+        logger.debug("client disconnected during %s", request.path)
+    return response
+
+
+def chat_usage(tokens: TokenUsage) -> JSONObject:
+    """The chat.completion ``usage`` object."""
+    prompt_details: JSONObject = {"cached_tokens": tokens.cached_tokens, "audio_tokens": 0}
+    if tokens.cache_write_tokens:
+        prompt_details["cache_write_tokens"] = tokens.cache_write_tokens
+    return tokens.overridden(
+        {
+            "prompt_tokens": tokens.prompt_tokens,
+            "completion_tokens": tokens.completion_tokens,
+            "total_tokens": tokens.total_tokens,
+            "prompt_tokens_details": prompt_details,
+            "completion_tokens_details": {
+                "reasoning_tokens": tokens.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+    )

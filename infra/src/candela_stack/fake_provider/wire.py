@@ -1,0 +1,106 @@
+"""What every provider API of the fake shares on the wire: JSON bodies, server-sent events, response
+headers and ids, the request body, and the request error each handler raises."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+import time
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from aiohttp import web
+
+Flavor = Literal["openai", "anthropic"]
+"""Whose shape a reply takes (its error body above all); a new provider adds its name here."""
+JSONObject = dict[str, Any]
+
+OPENAI_PARSE_ERROR: Final = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+    "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. "
+    "If you have trouble figuring out how to fix this, please contact us through our help center at "
+    "help.openai.com.)"
+)
+
+
+class FakeRequestError(Exception):
+    """A request the real provider would reject; mapped to its error shape at the HTTP boundary."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+
+
+def dumps(payload: Any, *, pretty: bool = False) -> str:
+    """JSON as the providers send it: compact, or OpenAI's indented bodies with ``pretty``."""
+    if pretty:
+        return json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def openai_headers() -> dict[str, str]:
+    """The headers OpenAI sends with every answer (a fresh request id)."""
+    return {"x-request-id": random_id("req_", 32, string.hexdigits[:16]), "openai-version": "2020-10-01"}
+
+
+def anthropic_headers() -> dict[str, str]:
+    """The headers Anthropic sends with every answer (a fresh request id)."""
+    return {"request-id": random_id("req_011", 21)}
+
+
+def openai_json(payload: JSONObject, started: float) -> web.Response:
+    """An OpenAI JSON answer, with the processing time since ``started`` (``time.monotonic()``)."""
+    headers = openai_headers()
+    headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
+    return web.Response(text=dumps(payload, pretty=True), content_type="application/json", headers=headers)
+
+
+def anthropic_json(payload: JSONObject) -> web.Response:
+    """An Anthropic JSON answer."""
+    return web.Response(text=dumps(payload), content_type="application/json", headers=anthropic_headers())
+
+
+def request_flavor(request: web.Request) -> Flavor:
+    """Whose error shape a request gets: Anthropic for /v1/messages* or an anthropic-version header."""
+    if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
+        return "anthropic"
+    return "openai"
+
+
+def sse_event(payload: Any, event: str | None = None) -> bytes:
+    """One server-sent event (``event:`` line only when given)."""
+    prefix = f"event: {event}\n" if event is not None else ""
+    return f"{prefix}data: {dumps(payload)}\n\n".encode()
+
+
+async def open_stream(request: web.Request, headers: Mapping[str, str]) -> web.StreamResponse:
+    """Start a server-sent event stream with these response headers."""
+    response = web.StreamResponse(
+        status=200,
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", **headers},
+    )
+    await response.prepare(request)
+    return response
+
+
+async def read_body(request: web.Request, flavor: Flavor) -> JSONObject:
+    """The request's JSON object body; anything else is the provider's 400."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        if flavor == "anthropic":
+            raise FakeRequestError("There was an issue with your request body: the body must be a JSON object.")
+        raise FakeRequestError(OPENAI_PARSE_ERROR)
+    return body
+
+
+def random_id(prefix: str, length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    """An id like the providers' (``chatcmpl-...``, ``msg_01...``, ``resp_...``)."""
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(length))
