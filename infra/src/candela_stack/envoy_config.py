@@ -35,6 +35,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 from google.rpc import error_details_pb2
 
+from candela_stack.console_routes import GRPC_WEB_FILTER, console_routes
 from candela_stack.ports import LOOPBACK, StackPorts
 
 TRANSCODED_SERVICES = (
@@ -193,15 +194,19 @@ def build_config(
     otlp_port: int | None = None,
     otlp_flush_interval_ms: int = 1000,
     body_limits: BodyLimits | None = None,
+    console_dist: Path | None = None,
 ) -> dict[str, Any]:
     """The full Envoy bootstrap for a stack laid out on `ports`.
+
+    `console_dist` (the built web console) is served at `/`: see :mod:`candela_stack.console_routes`.
 
     `otlp_port` (a collector on loopback) turns tracing on: see :func:`add_tracing`. `body_limits` are
     the services' own request size limits, which Envoy enforces too (see :class:`BodyLimits`).
     """
     grpc_clusters = {cluster: port for cluster, port in _grpc_cluster_ports(ports).items()}
     limits = body_limits or BodyLimits()
-    routes = _routes(idempotent_methods(descriptor_set), limits)
+    console, largest_file = console_routes(console_dist, descriptor_set.parent) if console_dist else ([], 0)
+    routes = console + _routes(idempotent_methods(descriptor_set), limits)
     connection_manager: dict[str, Any] = {
         "@type": _TYPE_URL + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
@@ -218,6 +223,7 @@ def build_config(
         "common_http_protocol_options": {"idle_timeout": "3600s"},
         "route_config": {
             "name": "gateway",
+            "max_direct_response_body_size_bytes": max(largest_file, 4096),
             "virtual_hosts": [
                 {
                     "name": "candela",
@@ -228,6 +234,7 @@ def build_config(
             ],
         },
         "http_filters": [
+            GRPC_WEB_FILTER,
             {
                 "name": "envoy.filters.http.grpc_json_transcoder",
                 "typed_config": {
@@ -586,6 +593,11 @@ def _local_reply_config() -> dict[str, Any]:
             "comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "candela.local_reply.server"}}
         }
     }
+    refused = {
+        "status_code_filter": {
+            "comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "candela.local_reply.refused"}}
+        }
+    }
     too_large = {"default_value": 413, "runtime_key": "candela.local_reply.too_large"}
     mappers = [
         {"filter": grpc, "body_format_override": {"text_format": "%LOCAL_REPLY_BODY%"}},
@@ -608,8 +620,10 @@ def _local_reply_config() -> dict[str, Any]:
             "body_format_override": _openai_error("invalid_request_error", code="request_payload_too_large"),
         },
         {"filter": server_fault, "body_format_override": _openai_error("server_error")},
+        # Every other refusal. A 200 direct response (a console file) matches no mapper and keeps its body.
+        {"filter": refused, "body_format_override": _openai_error("invalid_request_error")},
     ]
-    return {"mappers": mappers, "body_format": _openai_error("invalid_request_error")}
+    return {"mappers": mappers}
 
 
 def _openai_error(error_type: str, code: str = "%RESPONSE_CODE_DETAILS%") -> dict[str, Any]:

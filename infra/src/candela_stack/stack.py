@@ -70,6 +70,8 @@ def _dev_data_dir() -> Path:
 
 
 DEV_DATA_DIR = _dev_data_dir()
+CONSOLE_DIST = Path(__file__).resolve().parents[3] / "console" / "dist"
+"""The built web console the gateway serves at `/` when it exists (`make run` builds it)."""
 """The dev stack's data dir unless CANDELA_STACK_DIR says otherwise."""
 
 LOGS_TOPIC = "candela.logs.v1"
@@ -1074,6 +1076,7 @@ class Stack:
             otlp_port=loopback_port(self.config.otlp_endpoint) if self.config.otlp_endpoint else None,
             otlp_flush_interval_ms=self.config.otlp_flush_interval_ms,
             body_limits=self._gateway_body_limits(),
+            console_dist=CONSOLE_DIST if CONSOLE_DIST.is_dir() else None,
         )
         config_path = envoy_config.write(config, envoy_dir / "envoy.yaml")
         envoy_config.validate(envoy, config_path)
