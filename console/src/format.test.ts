@@ -7,14 +7,15 @@ describe("formatCost", () => {
     expect(formatCost("")).toBe("unpriced");
     expect(formatCost("0")).toBe("$0.00");
   });
-  it("keeps the exact decimal digits up to six places", () => {
+  it("keeps the exact decimal digits up to ten places", () => {
     expect(formatCost("0.000150000000")).toBe("$0.00015");
+    expect(formatCost("0.000007500000")).toBe("$0.0000075");
     expect(formatCost("12.5")).toBe("$12.50");
     expect(formatCost("1234567.123456")).toBe("$1234567.123456");
   });
   it("marks a cost whose digits were cut as approximate", () => {
-    expect(formatCost("0.000000123000")).toBe("~$0.00");
-    expect(formatCost("0.1234567")).toBe("~$0.123456");
+    expect(formatCost("0.000000000012")).toBe("~$0.00");
+    expect(formatCost("0.123456789012")).toBe("~$0.123456789");
   });
 });
 

@@ -6,10 +6,11 @@ export function formatCost(costUsd: string | undefined): string {
   if (costUsd === undefined || costUsd === "") return "unpriced";
   const negative = costUsd.startsWith("-");
   const [whole, fraction = ""] = (negative ? costUsd.slice(1) : costUsd).split(".");
-  // Up to 6 decimals, trailing zeros dropped, but never fewer than 2: $0.0042, $1.50, $12.00.
-  let shown = fraction.slice(0, 6).replace(/0+$/, "");
+  // Up to 10 decimals (a small call costs millionths of a dollar), trailing zeros dropped, never fewer
+  // than 2: $0.0000075, $1.50, $12.00. A cost with more digits is marked as rounded down.
+  let shown = fraction.slice(0, 10).replace(/0+$/, "");
   if (shown.length < 2) shown = shown.padEnd(2, "0");
-  const cut = fraction.slice(6).replace(/0+$/, "") !== "";
+  const cut = fraction.slice(10).replace(/0+$/, "") !== "";
   return `${negative ? "-" : ""}${cut ? "~" : ""}$${whole || "0"}.${shown}`;
 }
 
