@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 
 
-.PHONY: install run test lint typecheck protos check-protos test-unit test-integration test-e2e format \
+.PHONY: install run test lint typecheck protos check-protos test-unit test-integration test-e2e test-console format \
 	bench bench-proxy bench-ingest bench-query bench-auth bench-gateway
 
 install:
@@ -12,7 +12,7 @@ install:
 run: install
 	uv run python -m candela_stack run
 
-test: install lint typecheck check-protos
+test: install lint typecheck check-protos test-console
 	uv run pytest tests -q
 
 test-unit: install
@@ -23,6 +23,9 @@ test-integration: install
 
 test-e2e: install
 	uv run pytest tests -q -m e2e
+
+test-console: install  ## the console's type check and component tests (its browser tests are in tests/e2e)
+	cd console && npx tsc --noEmit && npx vitest run --silent
 
 lint:
 	uv run ruff check .

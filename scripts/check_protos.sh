@@ -11,9 +11,9 @@ if git rev-parse -q --verify HEAD~1 >/dev/null; then
 fi
 
 ./scripts/gen_protos.sh >/dev/null 2>&1
-if [ -n "$(git status --porcelain -- api/src/candela)" ]; then
+if [ -n "$(git status --porcelain -- api/src/candela console/src/gen)" ]; then
   echo "generated code is out of date with protos/: run 'make protos' and commit the result" >&2
-  git status --short -- api/src/candela >&2
+  git status --short -- api/src/candela console/src/gen >&2
   exit 1
 fi
 echo "protos: lint, breaking and drift checks passed"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs whatever this machine lacks to build, run and test Candela: uv and the Python workspace,
-# buf (from npm), and the Debian packages of the local stack (ClickHouse server, Redis). Idempotent and
-# quiet when everything is already there.
+# buf (from npm), the web console's packages and build, and the Debian packages of the local stack
+# (ClickHouse server, Redis) and of the browser tests (Chromium). Idempotent and quiet when everything
+# is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,18 @@ if [ ! -x node_modules/.bin/buf ]; then
   npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 
+# The web console: its packages from the committed lock, and a build whenever a source is newer than it.
+if [ ! -x console/node_modules/.bin/vite ] || [ console/package-lock.json -nt console/node_modules/.package-lock.json ]; then
+  echo "installing the console's packages"
+  (cd console && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ ! -f console/dist/index.html ] || [ -n "$(find console/src console/index.html console/package-lock.json console/vite.config.ts -newer console/dist/index.html -print -quit)" ]; then
+  echo "building the console"
+  (cd console && npm run --silent build >/dev/null)
+fi
+
 missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server clickhouse-client)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql)

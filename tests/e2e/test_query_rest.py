@@ -92,6 +92,18 @@ def test_request_query_with_a_filter_tree_sort_and_cursor(
     assert detail.json()["request"]["sessionPath"] == "/plan"
 
 
+@pytest.mark.parametrize("name", ["feature", "Feature", "FEATURE"])
+def test_a_property_is_found_by_its_name_in_any_case(
+    stack: Stack, admin: Bootstrap, session_logs: dict[str, Any], name: str
+) -> None:
+    """Sent as `Candela-Property-Feature` (header names are case-insensitive), found as Feature or feature."""
+    condition = {"field": "property", "propertyKey": name, "operator": "equals", "value": "search"}
+    body = {"filter": {"userId": session_logs["user_id"], "conditions": [condition]}}
+    found = _post(stack, admin, "/v1/request/query", body)
+    assert found.status_code == 200, found.text
+    assert sorted(r["requestId"] for r in found.json()["requests"]) == sorted(session_logs["request_ids"][1:])
+
+
 def test_session_routes_give_the_list_and_the_tree(
     stack: Stack, admin: Bootstrap, session_logs: dict[str, Any]
 ) -> None:
@@ -129,7 +141,7 @@ def test_user_and_request_metrics_routes(stack: Stack, admin: Bootstrap, session
             "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3600)),
             "filter": {"userId": session_logs["user_id"]},
             "groupBy": ["GROUP_BY_PROPERTY"],
-            "propertyKey": "feature",
+            "propertyKey": "Feature",
         },
     )
     assert metrics.status_code == 200, metrics.text

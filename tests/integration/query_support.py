@@ -67,7 +67,8 @@ def make_record(rng: random.Random, organization_id: str, index: int) -> log_rec
         record.session_id = f"session-{session}"
         record.session_name = f"Agent run {session}"
         record.session_path = rng.choice(("/", "/plan", "/plan/search", "/plan/search/fetch", "/answer", ""))
-    for key in ("feature", "env", "tenant"):
+    # "Tenant" as a log sent straight to Ingest may spell it: names match in any case.
+    for key in ("feature", "env", "Tenant"):
         if rng.random() < 0.6:
             record.properties[key] = {"feature": rng.choice(FEATURES), "env": rng.choice(("prod", "dev"))}.get(
                 key, f"t-{rng.randint(1, 5)}"

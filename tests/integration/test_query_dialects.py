@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela_ingest.writer.rows import REQUEST_COLUMNS, Row
 from candela_query.cursor import Position
-from candela_query.filters import FilterCompiler, Params
+from candela_query.filters import PROPERTY_VALUE, FilterCompiler, Params
 from candela_query.service import session_tree
 from candela_query.store import SORT_COLUMNS, Metrics, RequestStore, exact_quantiles
 from candela_runtime.errors import Violations
@@ -104,8 +104,9 @@ def cond(field: str, operator: str, value: Any, key: str = "") -> pb.FilterCondi
 
 
 def prop(ref: Ref, key: str) -> str:
-    keys: list[str] = ref["property_keys"]
-    return str(ref["property_values"][keys.index(key)]) if key in keys else ""
+    """The value of property `key`, named in any case (as the query API matches names)."""
+    keys: list[str] = [name.lower() for name in ref["property_keys"]]
+    return str(ref["property_values"][keys.index(key.lower())]) if key.lower() in keys else ""
 
 
 def ttft(ref: Ref) -> int:
@@ -156,6 +157,8 @@ CASES: list[tuple[pb.FilterCondition, Callable[[Ref], bool]]] = [
     (cond("streamed", "not_equals", True), lambda r: r["streamed"] == 0),
     (cond("priced", "equals", False), lambda r: r["priced"] == 0),
     (cond("property", "equals", "search", "feature"), lambda r: prop(r, "feature") == "search"),
+    (cond("property", "equals", "search", "FEATURE"), lambda r: prop(r, "feature") == "search"),
+    (cond("property", "equals", "t-2", "tenant"), lambda r: prop(r, "tenant") == "t-2"),
     (cond("property", "not_equals", "prod", "env"), lambda r: prop(r, "env") != "prod"),
     (cond("property", "contains", "%", "feature"), lambda r: "%" in prop(r, "feature")),
     (cond("property", "like", "Summary\\_50\\%", "feature"), lambda r: prop(r, "feature") == "Summary_50%"),
@@ -309,7 +312,7 @@ GROUPINGS: dict[str, tuple[list[str], Callable[[Ref], tuple[Any, ...]]]] = {
     "model": (["model"], lambda r: (r["model"],)),
     "provider": (["provider"], lambda r: (r["provider"],)),
     "user": (["user_id"], lambda r: (r["user_id"],)),
-    "property": (["property_values[indexOf(property_keys, %(group_key)s)]"], lambda r: (prop(r, "feature"),)),
+    "property": ([PROPERTY_VALUE.format(key="%(group_key)s")], lambda r: (prop(r, "feature"),)),
     "day": (["intDiv(toUInt32(created_at), 86400) * 86400"], lambda r: (r["created_at"] // 86_400 * 86_400,)),
     "model-hour": (
         ["model", "intDiv(toUInt32(created_at), 3600) * 3600"],

@@ -166,8 +166,13 @@ def test_body_limits_sit_just_above_each_services_own(tmp_path: Path) -> None:
 def test_envoys_own_replies_are_json_in_the_sdks_error_shape(tmp_path: Path) -> None:
     manager = build(tmp_path)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     local_reply = manager["local_reply_config"]
-    assert local_reply["body_format"]["json_format"]["error"]["message"] == "%LOCAL_REPLY_BODY%"
-    assert local_reply["body_format"]["json_format"]["error"]["type"] == "invalid_request_error"
+    # Every refusal no earlier mapper shaped is OpenAI's error; a 200 (a console file) keeps its own body.
+    catch_all = local_reply["mappers"][-1]
+    comparison = catch_all["filter"]["status_code_filter"]["comparison"]
+    assert (comparison["op"], comparison["value"]["default_value"]) == ("GE", 400)
+    assert catch_all["body_format_override"]["json_format"]["error"]["message"] == "%LOCAL_REPLY_BODY%"
+    assert catch_all["body_format_override"]["json_format"]["error"]["type"] == "invalid_request_error"
+    assert "body_format" not in local_reply
 
 
 @pytest.mark.unit
@@ -203,13 +208,15 @@ def test_transcoder_serves_the_rest_mappings_before_the_router(tmp_path: Path) -
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert manager["codec_type"] == "AUTO"
     filters = manager["http_filters"]
-    # The body limit comes after the transcoder, so a REST call is measured as the gRPC call it became.
+    # gRPC-Web (the console) becomes gRPC first. The body limit comes after the transcoder, so a REST call
+    # is measured as the gRPC call it became.
     assert [f["name"] for f in filters] == [
+        "envoy.filters.http.grpc_web",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.buffer",
         "envoy.filters.http.router",
     ]
-    transcoder = filters[0]["typed_config"]
+    transcoder = filters[1]["typed_config"]
     assert Path(transcoder["proto_descriptor"]).is_file()
     assert transcoder["services"] == [
         "candela.auth.v1.AuthService",

@@ -33,6 +33,9 @@ def _dev_data_dir() -> Path:
 DEV_DATA_DIR = _dev_data_dir()
 """The dev stack's data dir unless CANDELA_STACK_DIR says otherwise."""
 
+CONSOLE_DIST = Path(__file__).resolve().parents[3] / "console" / "dist"
+"""The built web console, which the gateway serves at `/` when it exists (`make run` builds it)."""
+
 LOGS_TOPIC = "candela.logs.v1"
 DLQ_TOPIC = "candela.logs.dlq.v1"
 WRITER_GROUP = "candela-writers"

@@ -51,6 +51,7 @@ from candela_stack import binaries, clickhouse, envoy_config, kafka, postgres, s
 from candela_stack.addresses import (
     BODIES_BUCKET,
     CLICKHOUSE_PASSWORD_FILE,
+    CONSOLE_DIST,
     DEV_DATA_DIR,
     DLQ_TOPIC,
     EVERYTHING,
@@ -564,6 +565,7 @@ class Stack(StackAddresses):
             otlp_port=loopback_port(self.config.otlp_endpoint) if self.config.otlp_endpoint else None,
             otlp_flush_interval_ms=self.config.otlp_flush_interval_ms,
             body_limits=self._gateway_body_limits(),
+            console_dist=CONSOLE_DIST if CONSOLE_DIST.is_dir() else None,
         )
         config_path = envoy_config.write(config, envoy_dir / "envoy.yaml")
         envoy_config.validate(envoy, config_path)

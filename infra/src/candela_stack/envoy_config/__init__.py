@@ -9,6 +9,8 @@ One listener (HTTP/1.1 and h2c) in front of the whole mesh:
   into gRPC by the `grpc_json_transcoder` filter. Routes are matched on the transcoded gRPC path: the
   transcoder rewrites `:path` to `/<package>.<Service>/<Method>` and clears the route cache (the
   default, `match_incoming_request_route: false`), so the router picks the gRPC route above.
+- `GET /` and `/assets/*` are the web console's files, served by Envoy itself; its gRPC-Web calls become
+  gRPC (the `grpc_web` filter) and take the gRPC routes.
 - Everything else (`/v1/chat/completions`, `/v1/messages`, `/openai/...`, `/anthropic/...`) goes to the
   proxy over HTTP/1.1 with no route timeout and a long idle timeout; responses stream, never buffered.
 - Every upstream is health checked (grpc.health.v1, the proxy's /healthz) and circuit broken; request
@@ -23,9 +25,10 @@ One listener (HTTP/1.1 and h2c) in front of the whole mesh:
 
 Layout: `bootstrap` (build_config: the listener and its filters), `routes` (which request goes where,
 retries, body limits), `clusters` (the upstreams, their health checks and circuit breakers), `services`
-(the services behind the gateway, from the protos' descriptor set), `replies` (Envoy's own error
-bodies), `telemetry` (tracing and the access log), `command` (the YAML file, `envoy --mode validate`
-and the server's command line), `extensions` (the Envoy extension names and type URLs).
+(the services behind the gateway, from the protos' descriptor set), `console` (the web console's files
+and gRPC-Web), `replies` (Envoy's own error bodies), `telemetry` (tracing and the access log), `command`
+(the YAML file, `envoy --mode validate` and the server's command line), `extensions` (the Envoy extension
+names and type URLs).
 """
 
 from candela_stack.envoy_config.bootstrap import GATEWAY_HEADERS_REMOVED, build_config

@@ -12,6 +12,7 @@ from candela_stack.envoy_config.clusters import (
     socket_address,
     upstream_cluster,
 )
+from candela_stack.envoy_config.console import GRPC_WEB_FILTER, console_routes
 from candela_stack.envoy_config.extensions import TYPE_URL
 from candela_stack.envoy_config.replies import local_reply_config
 from candela_stack.envoy_config.routes import BODY_LIMIT_HEADROOM, BodyLimits, buffer_filter, gateway_routes
@@ -33,15 +34,19 @@ def build_config(
     otlp_port: int | None = None,
     otlp_flush_interval_ms: int = 1000,
     body_limits: BodyLimits | None = None,
+    console_dist: Path | None = None,
 ) -> dict[str, Any]:
     """The full Envoy bootstrap for a stack laid out on `ports`.
+
+    `console_dist` (the built web console) is served at `/`: see :mod:`candela_stack.envoy_config.console`.
 
     `otlp_port` (a collector on loopback) turns tracing on: see :func:`add_tracing`. `body_limits` are
     the services' own request size limits, which Envoy enforces too (see :class:`BodyLimits`).
     """
     grpc_clusters = {cluster: port for cluster, port in grpc_cluster_ports(ports).items()}
     limits = body_limits or BodyLimits()
-    routes = gateway_routes(idempotent_methods(descriptor_set), limits)
+    console, largest_file = console_routes(console_dist, descriptor_set.parent) if console_dist else ([], 0)
+    routes = console + gateway_routes(idempotent_methods(descriptor_set), limits)
     connection_manager: dict[str, Any] = {
         "@type": TYPE_URL + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
@@ -58,6 +63,7 @@ def build_config(
         "common_http_protocol_options": {"idle_timeout": "3600s"},
         "route_config": {
             "name": "gateway",
+            "max_direct_response_body_size_bytes": max(largest_file, 4096),
             "virtual_hosts": [
                 {
                     "name": "candela",
@@ -68,6 +74,7 @@ def build_config(
             ],
         },
         "http_filters": [
+            GRPC_WEB_FILTER,
             {
                 "name": "envoy.filters.http.grpc_json_transcoder",
                 "typed_config": {

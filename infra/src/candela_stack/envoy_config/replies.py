@@ -35,6 +35,11 @@ def local_reply_config() -> dict[str, Any]:
             "comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "candela.local_reply.server"}}
         }
     }
+    refused = {
+        "status_code_filter": {
+            "comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "candela.local_reply.refused"}}
+        }
+    }
     too_large = {"default_value": 413, "runtime_key": "candela.local_reply.too_large"}
     mappers = [
         {"filter": grpc, "body_format_override": {"text_format": "%LOCAL_REPLY_BODY%"}},
@@ -57,8 +62,10 @@ def local_reply_config() -> dict[str, Any]:
             "body_format_override": _openai_error("invalid_request_error", code="request_payload_too_large"),
         },
         {"filter": server_fault, "body_format_override": _openai_error("server_error")},
+        # Every other refusal. A 200 direct response (a console file) matches no mapper and keeps its body.
+        {"filter": refused, "body_format_override": _openai_error("invalid_request_error")},
     ]
-    return {"mappers": mappers, "body_format": _openai_error("invalid_request_error")}
+    return {"mappers": mappers}
 
 
 def _openai_error(error_type: str, code: str = "%RESPONSE_CODE_DETAILS%") -> dict[str, Any]:

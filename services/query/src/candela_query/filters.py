@@ -65,6 +65,9 @@ OPERATORS: dict[Kind, frozenset[str]] = {
 _COMPARISONS = {"equals": "=", "not_equals": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 PROPERTY = "property"
+# A property's value by name, the name matched without regard to case: header names are case-insensitive
+# (the proxy stores them lower-cased), and a log sent straight to Ingest may spell a name in any case.
+PROPERTY_VALUE = "property_values[indexOf(arrayMap(name -> lowerUTF8(name), property_keys), lowerUTF8({key}))]"
 # One input of the rendered prompt; its variable name travels in `property_key` too, so no new proto
 # field is needed: the key names a property or a prompt input, whichever the field says.
 PROMPT_INPUT = "prompt_input"
@@ -99,8 +102,8 @@ FIELDS: dict[str, Field] = {
     "streamed": Field("streamed", Kind.BOOL),
     "priced": Field("priced", Kind.BOOL),
     "request_id": Field("request_id", Kind.UUID),
-    # The value of one property (''. when the request lacks it); the key is bound too.
-    PROPERTY: Field("property_values[indexOf(property_keys, {key})]", Kind.TEXT),
+    # The value of one property ('' when the request lacks it); the key is bound too.
+    PROPERTY: Field(PROPERTY_VALUE, Kind.TEXT),
     # The value of one prompt input ('' when the request has none of that name).
     PROMPT_INPUT: Field("prompt_input_values[indexOf(prompt_input_keys, {key})]", Kind.TEXT),
 }

@@ -22,7 +22,7 @@ from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_query.body_reader import BodyReader
 from candela_query.cursor import CursorCodec, CursorError, Position
-from candela_query.filters import STORED_TIMES, FilterCompiler, Params, time_bound
+from candela_query.filters import PROPERTY_VALUE, STORED_TIMES, FilterCompiler, Params, time_bound
 from candela_query.store import SORT_COLUMNS, Metrics, MetricsRow, RequestStore, StoredRequest, decimal_text, timestamp
 from candela_query.usage_reader import UsageReader
 from candela_runtime.errors import NotFound, Unavailable, Violations
@@ -208,7 +208,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             elif dimension == pb.GROUP_BY_PROPERTY:
                 if not request.property_key:
                     violations.add("property_key", "is required with GROUP_BY_PROPERTY")
-                group_sql.append(f"property_values[indexOf(property_keys, {params.bind(request.property_key)})]")
+                group_sql.append(PROPERTY_VALUE.format(key=params.bind(request.property_key)))
             elif dimension == pb.GROUP_BY_TIME:
                 width = _BUCKET_SECONDS.get(request.time_bucket)
                 if width is None:

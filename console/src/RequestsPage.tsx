@@ -1,0 +1,230 @@
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { explain, type Api } from "./api";
+import { FilterBar } from "./FilterBar";
+import { FilterError, filterFromParams, sortFromParams, withParam } from "./filters";
+import { formatCost, formatCount, formatMs, formatProperties, formatTime } from "./format";
+import type { LogRecord } from "./gen/candela/logs/v1/log_record_pb";
+import { RequestDetail } from "./RequestDetail";
+import { navigate } from "./route";
+
+const PAGE_SIZE = 50;
+const LIVE_INTERVAL_MS = 1000;
+
+interface Column {
+  id: string;
+  title: string;
+  sort?: string;
+  numeric?: boolean;
+  cell: (row: LogRecord) => string;
+}
+
+export const COLUMNS: Column[] = [
+  { id: "time", title: "Time", sort: "created_at", cell: (row) => formatTime(row.createdAt) },
+  { id: "provider", title: "Provider", cell: (row) => row.provider },
+  { id: "model", title: "Model", cell: (row) => row.model },
+  { id: "status", title: "Status", cell: (row) => String(row.statusCode) },
+  { id: "latency", title: "Latency", sort: "latency_ms", numeric: true, cell: (row) => formatMs(row.latencyMs) },
+  { id: "ttft", title: "TTFT", sort: "time_to_first_token_ms", numeric: true, cell: (row) => formatMs(row.timeToFirstTokenMs) },
+  { id: "tokens", title: "Tokens", sort: "total_tokens", numeric: true, cell: (row) => formatCount(row.usage?.totalTokens ?? 0n) },
+  { id: "cost", title: "Cost", sort: "cost_usd", numeric: true, cell: (row) => formatCost(row.costUsd) },
+  { id: "user", title: "User", cell: (row) => row.userId },
+  { id: "session", title: "Session", cell: (row) => row.sessionName || row.sessionId },
+  { id: "prompt", title: "Prompt", cell: (row) => (row.promptId ? `${row.promptId}@${row.promptVersion}` : "") },
+  { id: "properties", title: "Properties", cell: (row) => formatProperties(row.properties) },
+  { id: "cache", title: "Cache", cell: (row) => (row.cacheHit ? "hit" : "") },
+];
+
+/** The organization's requests: filtered and sorted by the URL, a page at a time, live on demand. */
+export function RequestsPage({ api, params }: { api: Api; params: URLSearchParams }) {
+  const [rows, setRows] = useState<LogRecord[]>([]);
+  const [cursor, setCursor] = useState<string | undefined>(undefined);
+  const [error, setError] = useState("");
+  const [loading, setLoading] = useState(true);
+  const [hidden, setHidden] = useState<Set<string>>(new Set());
+  const selected = params.get("request");
+  const live = params.get("live") === "1";
+  // The request detail and the live switch do not change which rows are listed.
+  const listed = withParam(withParam(params, "request", ""), "live", "").toString();
+  const query = useMemo(() => {
+    const rowParams = new URLSearchParams(listed);
+    try {
+      return { filter: filterFromParams(rowParams), sort: sortFromParams(rowParams), problem: "" };
+    } catch (failure) {
+      if (failure instanceof FilterError) return { filter: {}, sort: {}, problem: failure.message };
+      throw failure;
+    }
+  }, [listed]);
+
+  const load = useCallback(
+    async (after?: string) => {
+      if (query.problem) {
+        setError(query.problem);
+        setLoading(false);
+        return;
+      }
+      setLoading(true);
+      setError("");
+      try {
+        const page = await api.query.queryRequests({ ...query, limit: PAGE_SIZE, cursor: after ?? "" });
+        setRows((previous) => (after ? [...previous, ...page.requests] : page.requests));
+        setCursor(page.nextCursor);
+      } catch (failure) {
+        setError(explain(failure));
+      } finally {
+        setLoading(false);
+      }
+    },
+    [api, query],
+  );
+
+  useEffect(() => {
+    void load();
+  }, [load]);
+
+  // Live mode: newest first, the rows created after the newest one shown are fetched every second.
+  const newest = useRef<LogRecord | undefined>(undefined);
+  newest.current = rows[0];
+  const sortedByTime = query.sort.field === "created_at" && !query.sort.ascending;
+  useEffect(() => {
+    if (!live || !sortedByTime || query.problem) return;
+    const timer = window.setInterval(async () => {
+      const since = newest.current?.createdAt;
+      const conditions = [...(query.filter.conditions ?? [])];
+      if (since) {
+        // From the newest row's millisecond on (the rows of that millisecond already shown are skipped).
+        const from = new Date(timestampMs(since)).toISOString();
+        conditions.push({ field: "created_at", operator: "gte", value: { kind: { case: "stringValue", value: from } } });
+      }
+      try {
+        const page = await api.query.queryRequests({ filter: { conditions }, sort: query.sort, limit: PAGE_SIZE });
+        setRows((previous) => {
+          const known = new Set(previous.map((row) => row.requestId));
+          const fresh = page.requests.filter((row) => !known.has(row.requestId));
+          return fresh.length ? [...fresh, ...previous] : previous;
+        });
+      } catch (failure) {
+        setError(explain(failure));
+      }
+    }, LIVE_INTERVAL_MS);
+    return () => window.clearInterval(timer);
+  }, [api, live, sortedByTime, query]);
+
+  const shown = COLUMNS.filter((column) => !hidden.has(column.id));
+  const go = (next: URLSearchParams) => navigate("requests", next);
+  const sortBy = (field: string) => {
+    const current = sortFromParams(params);
+    const value = current.field === field && !current.ascending ? `+${field}` : `-${field}`;
+    go(withParam(params, "sort", value === "-created_at" ? "" : value));
+  };
+
+  return (
+    <section className="requests">
+      <div className="toolbar">
+        <h2>Requests</h2>
+        <button type="button" className="quiet" onClick={() => void load()} disabled={loading}>
+          Refresh
+        </button>
+        <label className="switch" title={sortedByTime ? "" : "Live mode needs the newest-first order"}>
+          <input
+            type="checkbox"
+            checked={live}
+            disabled={!sortedByTime}
+            onChange={(event) => go(withParam(params, "live", event.target.checked ? "1" : ""))}
+          />
+          Live
+        </label>
+        <details className="chooser">
+          <summary>Columns</summary>
+          {COLUMNS.map((column) => (
+            <label key={column.id}>
+              <input
+                type="checkbox"
+                checked={!hidden.has(column.id)}
+                onChange={() =>
+                  setHidden((previous) => {
+                    const next = new Set(previous);
+                    if (next.has(column.id)) next.delete(column.id);
+                    else next.add(column.id);
+                    return next;
+                  })
+                }
+              />
+              {column.title}
+            </label>
+          ))}
+        </details>
+      </div>
+      <FilterBar params={params} onApply={go} />
+      {error && (
+        <p role="alert" className="error">
+          {error}
+        </p>
+      )}
+      {!error && !loading && rows.length === 0 && (
+        <p className="empty">
+          {params.toString()
+            ? "No request matches these filters. Widen them, or clear them to see every request."
+            : "No requests yet. Point an OpenAI or Anthropic SDK at this gateway with a Candela key, and each call appears here."}
+        </p>
+      )}
+      {rows.length > 0 && (
+        <div className="table-wrap">
+          <table className="grid">
+            <thead>
+              <tr>
+                {shown.map((column) => (
+                  <th key={column.id} className={column.numeric ? "number" : ""}>
+                    {column.sort ? (
+                      <button type="button" className="link" onClick={() => sortBy(column.sort!)}>
+                        {column.title}
+                        {query.sort.field === column.sort ? (query.sort.ascending ? " ▲" : " ▼") : ""}
+                      </button>
+                    ) : (
+                      column.title
+                    )}
+                  </th>
+                ))}
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map((row) => (
+                <tr
+                  key={row.requestId}
+                  data-request-id={row.requestId}
+                  tabIndex={0}
+                  className={row.statusCode >= 400 || row.error ? "failed" : ""}
+                  onClick={() => go(withParam(params, "request", row.requestId))}
+                  onKeyDown={(event) => {
+                    if (event.key === "Enter") go(withParam(params, "request", row.requestId));
+                    const step = event.key === "ArrowDown" || event.key === "j" ? 1 : event.key === "ArrowUp" || event.key === "k" ? -1 : 0;
+                    const sibling = step > 0 ? event.currentTarget.nextElementSibling : step < 0 ? event.currentTarget.previousElementSibling : null;
+                    if (sibling instanceof HTMLElement) {
+                      event.preventDefault();
+                      sibling.focus();
+                    }
+                  }}
+                >
+                  {shown.map((column) => {
+                    const value = column.cell(row);
+                    return (
+                      <td key={column.id} className={column.numeric ? "number" : "clip"} title={value}>
+                        {value}
+                      </td>
+                    );
+                  })}
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      {cursor && (
+        <button type="button" onClick={() => void load(cursor)} disabled={loading}>
+          {loading ? "Loading..." : "Load more"}
+        </button>
+      )}
+      {selected && <RequestDetail api={api} requestId={selected} onClose={() => go(withParam(params, "request", ""))} />}
+    </section>
+  );
+}

@@ -1,0 +1,15 @@
+import react from "@vitejs/plugin-react";
+import { defineConfig } from "vitest/config";
+
+// The console is served by the Envoy gateway at `/` (see infra's Envoy config): one HTML page and hashed
+// assets under /assets/. `vite dev` proxies the API to a running stack's gateway (CANDELA_GATEWAY_URL).
+export default defineConfig({
+  plugins: [react()],
+  build: { outDir: "dist", assetsDir: "assets", sourcemap: false },
+  server: {
+    proxy: {
+      "/candela.": process.env.CANDELA_GATEWAY_URL ?? "http://127.0.0.1:8080",
+    },
+  },
+  test: { environment: "jsdom", include: ["src/**/*.test.{ts,tsx}"] },
+});

@@ -1,0 +1,185 @@
+"""The web console in a real headless Chromium (Debian's, driven by playwright-core) against the real stack.
+
+The browser parts are console/e2e/*.mjs: each signs in, browses as a person would and prints what it saw
+as JSON; these tests make the logs it should see and assert on what it saw. Screenshots are kept under
+each test's temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
+from candela_stack.stack import Bootstrap, Stack
+from tests.e2e.conftest import bearer, wait_for_logged_request
+
+pytestmark = pytest.mark.e2e
+
+CONSOLE = Path(__file__).resolve().parents[2] / "console"
+HOSTILE = "<script>alert('logged')</script><img src=x onerror=alert('img')><a href=\"javascript:alert(3)\">x</a>"
+
+
+def test_sign_in_see_a_logged_call_open_it_and_sign_out(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
+) -> None:
+    user = f"console-user-{uuid.uuid4()}"
+    with openai.OpenAI(
+        base_url=f"{stack.gateway_url}/v1",
+        api_key="sk-local",
+        default_headers={
+            "Candela-Auth": f"Bearer {admin.api_key}",
+            "Candela-User-Id": user,
+            "Candela-Property-Feature": "console",
+        },
+        max_retries=0,
+    ) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": HOSTILE}]
+        )
+    request_id = raw.headers["candela-id"]
+    wait_for_logged_request(query_stub, admin.api_key, request_id)
+
+    seen = _browse("browse.mjs", stack, admin, tmp_path, CANDELA_CONSOLE_REQUEST_ID=request_id)
+    steps = seen["steps"]
+
+    # A wrong key is told apart in words, not a blank page.
+    assert "not accepted" in steps["badKeyMessage"]
+    # The call made above is in the table with what the person needs to recognise it.
+    row = steps["rowText"]
+    for shown in ("openai", "gpt-4o-mini", "200", user, "feature=console"):
+        assert shown in row
+    # The hostile body is shown verbatim as text, and nothing in it ran (_browse: no dialog, no error).
+    assert HOSTILE.replace('"', '\\"') in steps["requestBody"]
+    assert "<script" not in steps["detailHtml"]
+    assert "&lt;script&gt;" in steps["detailHtml"]
+    # The key went in a header only (_browse: in no URL), never in storage or a cookie; sign-out forgets it.
+    assert steps["storage"] == {"local": 0, "session": 0, "cookies": "", "url": f"{stack.gateway_url}/"}
+    assert steps["keyFieldAfterSignOut"] == ""
+    assert sorted(path.name for path in (tmp_path / "screenshots").iterdir()) == [
+        "01-sign-in.png",
+        "02-bad-key.png",
+        "03-requests.png",
+        "04-detail.png",
+        "05-signed-out.png",
+    ]
+
+
+def _browse(script: str, stack: Stack, admin: Bootstrap, tmp_path: Path, **inputs: str) -> dict[str, Any]:
+    """Runs one browser scenario and returns what it saw; a scenario that could not finish fails the test."""
+    browsed = subprocess.run(
+        ["node", str(CONSOLE / "e2e" / script)],
+        env={
+            **os.environ,
+            "CANDELA_CONSOLE_GATEWAY": stack.gateway_url,
+            "CANDELA_CONSOLE_KEY": admin.api_key,
+            "CANDELA_CONSOLE_SCREENSHOTS": str(tmp_path / "screenshots"),
+            **inputs,
+        },
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert browsed.returncode == 0, browsed.stderr
+    seen: dict[str, Any] = json.loads(browsed.stdout)
+    assert "failure" not in seen, seen["failure"]
+    assert seen["dialogs"] == []
+    assert seen["pageErrors"] == []
+    assert seen["cspViolations"] == []
+    assert seen["requestsWithKey"] == []
+    return seen
+
+
+def test_filters_live_mode_dashboard_session_and_users(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
+) -> None:
+    user = f"console-pages-{uuid.uuid4()}"
+    session = f"console-session-{uuid.uuid4()}"
+    request_ids = []
+    for path in ("/plan", "/plan/search", "/answer"):
+        with openai.OpenAI(
+            base_url=f"{stack.gateway_url}/v1",
+            api_key="sk-local",
+            default_headers={
+                "Candela-Auth": f"Bearer {admin.api_key}",
+                "Candela-User-Id": user,
+                "Candela-Session-Id": session,
+                "Candela-Session-Path": path,
+                "Candela-Session-Name": "Console trip",
+                "Candela-Property-Feature": "console",
+            },
+            max_retries=0,
+        ) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"step {path}"}]
+            )
+        request_ids.append(raw.headers["candela-id"])
+    for request_id in request_ids:
+        wait_for_logged_request(query_stub, admin.api_key, request_id)
+
+    seen = _browse("pages.mjs", stack, admin, tmp_path, CANDELA_CONSOLE_USER=user, CANDELA_CONSOLE_SESSION=session)
+    steps = seen["steps"]
+
+    # The shared link's filters (a property named FEATURE, sent as Feature; a cost floor) found the calls.
+    assert steps["filteredRows"] == 3
+    # Live mode showed a call made after the page loaded, without a reload, within 2 s of its answer.
+    assert steps["liveRows"] == 4
+    assert steps["liveMs"] < 2000
+    # The dashboard's totals are the query API's own aggregates over the same range.
+    dashboard = steps["dashboard"]
+    start, end = Timestamp(), Timestamp()
+    start.FromJsonString(dashboard["start"])
+    end.FromJsonString(dashboard["end"])
+    total = (
+        query_stub.AggregateRequests(
+            query_service_pb2.AggregateRequestsRequest(start=start, end=end), metadata=bearer(admin.api_key)
+        )
+        .groups[0]
+        .metrics
+    )
+    assert dashboard["requests"] == f"{total.request_count:,}"
+    assert dashboard["cost"] == f"${total.cost_usd}"
+    assert dashboard["charts"] == 6
+    # The session's waterfall has one bar per call, in path order.
+    bars = steps["sessionBars"]
+    assert [bar.split()[0] for bar in bars] == ["/answer", "/plan", "/plan/search"]
+    # The user's row links to exactly their requests.
+    assert steps["userRow"].split("\t")[:2] == [user, "4"]
+    assert steps["userRequestsUrl"] == f"/requests?user={user}"
+    assert {path.name for path in (tmp_path / "screenshots").iterdir()} == {
+        "10-filtered.png",
+        "11-live.png",
+        "20-dashboard.png",
+        "30-session.png",
+        "40-users.png",
+    }
+
+
+def test_the_console_is_served_with_a_strict_content_security_policy(stack: Stack) -> None:
+    page = httpx.get(f"{stack.gateway_url}/", timeout=10)
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy
+    script = page.text.split('src="', 1)[1].split('"', 1)[0]
+    plain = httpx.get(f"{stack.gateway_url}{script}", headers={"accept-encoding": "identity"}, timeout=10)
+    packed = httpx.get(f"{stack.gateway_url}{script}", headers={"accept-encoding": "gzip"}, timeout=10)
+    assert plain.status_code == packed.status_code == 200
+    assert packed.headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in plain.headers
+    assert packed.content == plain.content  # httpx undid the gzip: the same script either way
+    assert int(packed.headers["content-length"]) < len(plain.content) / 2
+    # The API and the proxy keep their paths: an LLM route without a key is still the proxy's 401.
+    assert httpx.post(f"{stack.gateway_url}/v1/chat/completions", json={}, timeout=10).status_code == 401
