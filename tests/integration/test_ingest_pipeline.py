@@ -37,8 +37,9 @@ from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.app import IngestDeps, build_deps, create_server, wait_until_ready
 from candela_ingest.config import IngestConfig, WriterConfig
-from candela_ingest.writer.app import WriterStats, run_writer
+from candela_ingest.writer.app import run_writer
 from candela_ingest.writer.body_deletion import S3BodyDeleter
+from candela_ingest.writer.consumer import WriterStats
 from candela_ingest.writer.dead_letters import ATTEMPTS_HEADER, ERROR_HEADER, SOURCE_OFFSET_HEADER
 from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer

@@ -18,10 +18,12 @@ from google.protobuf import struct_pb2
 
 from candela.query.v1 import query_service_pb2 as pb
 from candela_ingest.writer.rows import REQUEST_COLUMNS, Row
+from candela_query.aggregates import Metrics, exact_quantiles
 from candela_query.cursor import Position
 from candela_query.filters import PROPERTY_VALUE, FilterCompiler, Params
+from candela_query.row_reads import SORT_COLUMNS
 from candela_query.service import session_tree
-from candela_query.store import SORT_COLUMNS, Metrics, RequestStore, exact_quantiles
+from candela_query.store import RequestStore
 from candela_runtime.errors import Violations
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.integration.query_support import BASE_SECONDS, ChdbRunner, DriverRunner, insert_rows, make_rows

@@ -16,7 +16,9 @@ import pytest
 
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.writer.rows import Row, clickhouse_row
-from candela_query.store import BodyLocation, RequestStore, SqlRunner
+from candela_query.row_reads import BodyLocation
+from candela_query.scope import SqlRunner
+from candela_query.store import RequestStore
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.integration.query_support import ChdbRunner, DriverRunner, insert_rows, make_record
 

@@ -45,7 +45,7 @@ from candela_query.app import build_deps as build_query_deps
 from candela_query.app import create_server as create_query_server
 from candela_query.config import QueryConfig
 from candela_query.filters import FIELDS, OPERATORS
-from candela_query.store import SORT_COLUMNS
+from candela_query.row_reads import SORT_COLUMNS
 from candela_runtime.errors import bad_request_violations
 from candela_runtime.grpc_server import GrpcServer
 from candela_runtime.security import service_metadata

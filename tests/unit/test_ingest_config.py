@@ -12,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from candela_ingest.app import build_deps, wait_until_ready
 from candela_ingest.config import DEFAULT_DLQ_TOPIC, DEFAULT_TOPIC, IngestConfig, WriterConfig
-from candela_ingest.writer.app import StorageWriter, run_writer
+from candela_ingest.writer.app import run_writer
+from candela_ingest.writer.consumer import StorageWriter
 from candela_runtime.config import ConfigError, load_config
 from candela_runtime.grpc_server import GrpcServer
 from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES

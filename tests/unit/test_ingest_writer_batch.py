@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -26,7 +27,7 @@ from candela_ingest.writer.batch import (
 from candela_ingest.writer.daily_usage import BatchRequests, RequestKey
 from candela_ingest.writer.dead_letters import ATTEMPTS_HEADER, ERROR_HEADER, dead_letter_headers
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
-from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
+from candela_ingest.writer.postgres import LedgerOutcome
 from candela_ingest.writer.rows import REQUEST_COLUMNS, RequestColumns, Row
 
 pytestmark = pytest.mark.unit
@@ -73,13 +74,14 @@ class FakeLedger:
         self.counted: set[RequestKey] = set()
         self.cost = Decimal(0)
 
-    async def count(self, batch: BatchRequests, insert_rows: InsertRows) -> LedgerOutcome:
+    @asynccontextmanager
+    async def counting(self, batch: BatchRequests) -> AsyncIterator[LedgerOutcome]:
         new = [(key, index) for key, index in batch.positions.items() if key not in self.counted]
-        await insert_rows(frozenset())  # as in Postgres: a store error here rolls the counting back
+        # As in Postgres: a store error in the caller's block (the insert) rolls the counting back.
+        yield LedgerOutcome(len(new), frozenset())
         for key, index in new:
             self.counted.add(key)
             self.cost += batch.columns[_COST][index]
-        return LedgerOutcome(len(new), frozenset())
 
 
 class FakeDeadLetters:
@@ -179,6 +181,37 @@ async def test_a_store_that_is_down_is_retried_not_dead_lettered() -> None:
     assert dead.letters == []
     assert rows.calls == 6
     assert health == [False] * 5 + [True]
+
+
+async def test_postgres_counts_then_clickhouse_inserts_the_rows_it_keeps_then_postgres_commits() -> None:
+    """The store step in order: the ledger's transaction counts and decides which rows are not stored, the
+    others are inserted while it is open, and it commits only after the insert."""
+    events: list[str] = []
+    logs = [_log() for _ in range(3)]
+    over_limit = (ORG, logs[1].record.request_id)
+
+    class OrderedLedger(FakeLedger):
+        @asynccontextmanager
+        async def counting(self, batch: BatchRequests) -> AsyncIterator[LedgerOutcome]:
+            events.append("count")
+            async with super().counting(batch) as outcome:
+                yield LedgerOutcome(outcome.newly_counted, frozenset({over_limit}))
+            events.append("commit")
+
+    class OrderedRows(FakeRows):
+        async def insert(self, columns: RequestColumns) -> None:
+            events.append("insert")
+            await super().insert(columns)
+
+    rows, ledger = OrderedRows(), OrderedLedger()
+    outcome = await _writer(rows, ledger, FakeDeadLetters()).write(
+        _messages(*(log.SerializeToString() for log in logs)), asyncio.Event()
+    )
+
+    assert events == ["count", "insert", "commit"]
+    assert (outcome.stored, outcome.newly_counted) == (3, 3)
+    assert set(rows.rows) == {logs[0].record.request_id, logs[2].record.request_id}, "the ledger kept one out"
+    assert len(ledger.counted) == 3
 
 
 async def test_stop_while_a_store_is_down_aborts_without_dead_letters() -> None:

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from candela_ingest.writer import metrics
-from candela_ingest.writer.app import commit_offsets
 from candela_ingest.writer.batch import ConsumedMessage
+from candela_ingest.writer.consumer import commit_offsets
 
 pytestmark = pytest.mark.unit
 

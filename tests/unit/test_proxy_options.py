@@ -9,7 +9,6 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from candela_proxy.handler import _retry_after_s, _UsageChunkFilter
 from candela_proxy.headers import (
     DEFAULT_FALLBACK_CODES,
     CachePolicy,
@@ -18,6 +17,7 @@ from candela_proxy.headers import (
     RetryPolicy,
     parse_candela_headers,
 )
+from candela_proxy.upstream import _retry_after_s, _UsageChunkFilter
 
 pytestmark = pytest.mark.unit
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.propagation import batch_context, inject_headers, record_headers
-from candela_proxy import handler, shipping
+from candela_proxy import record, shipping
 from candela_proxy.shipping import MAX_LINKS, LogShipper, batch_trace
 
 pytestmark = pytest.mark.unit
@@ -59,11 +59,11 @@ def test_the_proxy_captures_the_llm_span_context_and_never_baggage() -> None:
     token = otel_context.attach(context)
     try:
         assert propagate_all() != {"traceparent": _traceparent(7, 9)}, "the context does carry baggage"
-        captured = handler._request_trace_context()
+        captured = record._request_trace_context()
     finally:
         otel_context.detach(token)
     assert captured == {"traceparent": _traceparent(7, 9)}
-    assert handler._request_trace_context() == {}, "outside a span there is nothing to carry"
+    assert record._request_trace_context() == {}, "outside a span there is nothing to carry"
 
 
 def test_a_batch_ships_under_its_first_traced_request_and_links_the_others() -> None:

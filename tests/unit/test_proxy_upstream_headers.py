@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from candela_proxy.handler import _upstream_headers
+from candela_proxy.upstream import _upstream_headers
 
 pytestmark = pytest.mark.unit
 

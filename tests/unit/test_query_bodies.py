@@ -22,7 +22,7 @@ from candela_query.body_reader import (
     frame_content,
     pair_from,
 )
-from candela_query.store import BodyLocation
+from candela_query.row_reads import BodyLocation
 
 pytestmark = pytest.mark.unit
 

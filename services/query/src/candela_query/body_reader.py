@@ -15,7 +15,7 @@ import boto3
 import zstandard
 from botocore.config import Config
 
-from candela_query.store import BodyLocation
+from candela_query.row_reads import BodyLocation
 
 # Bytes between two bodies' stored ranges that one GET may read and throw away rather than making a second GET.
 MAX_GAP_BYTES = 64 * 1024

@@ -20,10 +20,12 @@ from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
+from candela_query.aggregates import Metrics, MetricsRow
 from candela_query.body_reader import BodyReader
 from candela_query.cursor import CursorCodec, CursorError, Position
 from candela_query.filters import PROPERTY_VALUE, STORED_TIMES, FilterCompiler, Params, time_bound
-from candela_query.store import SORT_COLUMNS, Metrics, MetricsRow, RequestStore, StoredRequest, decimal_text, timestamp
+from candela_query.row_reads import SORT_COLUMNS, StoredRequest, decimal_text, timestamp
+from candela_query.store import RequestStore
 from candela_query.usage_reader import UsageReader
 from candela_runtime.errors import NotFound, Unavailable, Violations
 from candela_runtime.security import KeyAuthenticator

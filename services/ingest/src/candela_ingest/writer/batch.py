@@ -1,10 +1,12 @@
-"""Storing one batch of consumed messages: decode, write ClickHouse then Postgres, retry, isolate poison.
+"""Storing one batch of consumed messages: decode, count in Postgres and insert into ClickHouse, retry,
+isolate poison.
 
 The flow of a batch:
 
 1. Each message is decoded and validated; one that is not a valid LogMessage is a dead letter at once.
-2. The valid ones are written: one ClickHouse insert of all rows, then one Postgres transaction that
-   counts the requests not counted before. Both are idempotent by request id, so writing a batch again
+2. The valid ones are written (``BatchWriter._store_logs``): one Postgres transaction counts the
+   requests not counted before, the rows it lets through go to ClickHouse in one insert while it is
+   open, and it commits after the insert. Both are idempotent by request id, so writing a batch again
    (after a failure, a redelivery or a replay) changes nothing that was already written.
 3. A store that is unavailable is retried with capped exponential backoff for as long as it takes: an
    outage must not turn every message into a dead letter. A store that rejects the data is retried up to
@@ -23,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from itertools import compress
 from typing import NamedTuple, Protocol
@@ -33,9 +36,9 @@ from opentelemetry import trace
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.wire.validation import check_log_message
 from candela_ingest.writer import metrics
-from candela_ingest.writer.daily_usage import BatchRequests, RequestKey
+from candela_ingest.writer.daily_usage import BatchRequests
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
-from candela_ingest.writer.postgres import InsertRows, LedgerOutcome
+from candela_ingest.writer.postgres import LedgerOutcome
 from candela_ingest.writer.rows import RequestColumns, Row, checked_request_columns, score_rows, wire_request_columns
 from candela_runtime.errors import Violations
 
@@ -123,10 +126,10 @@ class RowSink(Protocol):
 class UsageLedger(Protocol):
     """The Postgres idempotency ledger, usage counters and log limits."""
 
-    async def count(self, batch: BatchRequests, insert_rows: InsertRows) -> LedgerOutcome:
-        """Counts the batch's requests not counted before, in one transaction that calls ``insert_rows``
-        (with the ids whose rows must not be stored) before it commits; raises StoreUnavailable or
-        StoreRejected."""
+    def counting(self, batch: BatchRequests) -> AbstractAsyncContextManager[LedgerOutcome]:
+        """Counts the batch's requests not counted before, in one transaction that stays open for the body
+        of the ``async with`` and commits when it ends without an error (an error rolls it back); yields
+        the outcome, with the keys whose rows must not be stored. Raises StoreUnavailable or StoreRejected."""
 
 
 class DeadLetterSink(Protocol):
@@ -414,23 +417,28 @@ class BatchWriter:
         return newly_counted
 
     async def _store_logs(self, columns: RequestColumns) -> int:
+        """Postgres then ClickHouse, exactly once: the usage ledger counts the batch in a transaction, the
+        rows it lets through are inserted into ClickHouse while that transaction is open, and it commits
+        only after the insert. A failed insert rolls the counting back, so a request is counted exactly
+        when its row is stored (or dropped over its limit); a commit lost after the insert makes the retry
+        insert the same rows again, which ReplacingMergeTree collapses. Returns the newly counted requests."""
         # The version is the time of this write (a retry or a redelivery writes a newer one), as the last column.
         batch = BatchRequests.of([*columns[:-1], [self._clock_us()] * len(columns[-1])])
-
-        async def insert_rows(not_stored: frozenset[RequestKey]) -> None:
-            columns = batch.without(not_stored)
-            rows = len(columns[0])
-            with tracer.start_as_current_span("clickhouse.insert") as span:
-                span.set_attribute("db.system", "clickhouse")
-                span.set_attribute("candela.writer.rows", rows)
-                with metrics.store_call("clickhouse"):
-                    await self._rows.insert(columns)
-                metrics.ROWS_INSERTED.labels("requests").inc(rows)
-
         with tracer.start_as_current_span("postgres.count_usage") as span:
             span.set_attribute("db.system", "postgresql")
             with metrics.store_call("postgres"):
-                outcome = await self._ledger.count(batch, insert_rows)
+                # 1. Postgres: count the requests not counted before, and decide which rows are not stored.
+                async with self._ledger.counting(batch) as outcome:
+                    # 2. ClickHouse: insert the rows to store, inside the open transaction.
+                    stored_columns = batch.without(outcome.not_stored)
+                    rows = len(stored_columns[0])
+                    with tracer.start_as_current_span("clickhouse.insert") as insert_span:
+                        insert_span.set_attribute("db.system", "clickhouse")
+                        insert_span.set_attribute("candela.writer.rows", rows)
+                        with metrics.store_call("clickhouse"):
+                            await self._rows.insert(stored_columns)
+                        metrics.ROWS_INSERTED.labels("requests").inc(rows)
+                # 3. Postgres committed when the block ended: the counting is durable with the rows.
             metrics.USAGE_COUNTED.inc(outcome.newly_counted)
             if outcome.reused:
                 metrics.REQUEST_IDS_REUSED.inc(outcome.reused)

@@ -1,4 +1,4 @@
-"""Exactly-once usage counters and log limits in Postgres, in one transaction around the ClickHouse insert.
+"""Exactly-once usage counters and log limits in Postgres, in one transaction held open for the ClickHouse insert.
 
 The transaction inserts the key of every request of the batch, (organization id, request id), into
 ``counted_requests`` (ON CONFLICT DO NOTHING RETURNING), then adds only the keys that came back, the ones
@@ -13,8 +13,9 @@ Limits (``organizations.max_stored_logs``): for each organization with a limit, 
 ``stored_logs`` stays within the limit (first counted, first stored; oldest first within a batch); the
 others stay counted in usage but are marked
 ``stored = false`` and added to ``dropped_over_limit``. The ClickHouse insert of the batch's stored rows
-runs inside the transaction, before it commits: a row ClickHouse rejects or cannot take rolls the
-counting back, so Postgres counts a request exactly when its row (or its over-limit drop) is durable.
+runs inside the transaction, before it commits (the body of :meth:`PostgresUsageLedger.counting`): a row
+ClickHouse rejects or cannot take rolls the counting back, so Postgres counts a request exactly when its
+row (or its over-limit drop) is durable.
 If the commit itself is lost after the insert, the retry inserts the same rows again (ReplacingMergeTree
 collapses them) and counts them then.
 """
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -138,10 +140,6 @@ def _joined(keys: Sequence[RequestKey]) -> tuple[str, str]:
     return ",".join(key[0] for key in keys), ",".join(key[1] for key in keys)
 
 
-InsertRows = Callable[[frozenset[RequestKey]], Awaitable[None]]
-"""Inserts the batch's rows except those of the given keys (not stored); raises a store error."""
-
-
 @dataclass(frozen=True)
 class LedgerOutcome:
     """What one counting transaction did."""
@@ -161,12 +159,15 @@ class PostgresUsageLedger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def count(self, batch: BatchRequests, insert_rows: InsertRows) -> LedgerOutcome:
-        """Counts the requests of ``batch`` not counted before and, in the same transaction (before it
-        commits), calls ``insert_rows`` with the ids whose rows must not be stored."""
+    @asynccontextmanager
+    async def counting(self, batch: BatchRequests) -> AsyncIterator[LedgerOutcome]:
+        """Counts the requests of ``batch`` not counted before, in a transaction that stays open for the
+        body of the ``async with`` (the ClickHouse insert of the rows to store) and commits when it ends
+        without an error; an error in it rolls the counting back. Yields the outcome (``not_stored``: the
+        keys whose rows must not be stored)."""
         if not batch.positions:
-            await insert_rows(frozenset())
-            return LedgerOutcome(0, frozenset())
+            yield LedgerOutcome(0, frozenset())
+            return
         ledger = ledger_columns(batch)
         created_at_us = ",".join(map(str, ledger.created_at_us))
         try:
@@ -196,11 +197,10 @@ class PostgresUsageLedger:
                 if len(newly) < len(ledger.request_ids):
                     earlier, reused = await self._counted_before(connection, ledger, frozenset(newly))
                     not_stored.update(earlier, reused)
-                # A store error raised here rolls the whole transaction back.
-                await insert_rows(frozenset(not_stored))
+                # The caller's insert runs here: a store error raised in it rolls the whole transaction back.
+                yield LedgerOutcome(len(newly), frozenset(not_stored), len(reused) + len(batch.reused))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
             raise classify_postgres_error(err) from err
-        return LedgerOutcome(len(newly), frozenset(not_stored), len(reused) + len(batch.reused))
 
     async def _counted_before(
         self, connection: asyncpg.Connection, ledger: LedgerColumns, newly: frozenset[RequestKey]
