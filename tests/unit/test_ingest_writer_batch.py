@@ -35,7 +35,6 @@ ORG = str(uuid.uuid4())
 FAST_RETRY = RetryPolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.004)
 _MODEL = REQUEST_COLUMNS.index("model")
 _REQUEST_ID = REQUEST_COLUMNS.index("request_id")
-_COST = REQUEST_COLUMNS.index("cost_usd")
 
 
 class FakeRows:
@@ -48,7 +47,7 @@ class FakeRows:
         self.unavailable_calls = unavailable_calls
 
     async def insert(self, columns: RequestColumns) -> None:
-        rows = list(zip(*columns, strict=True))
+        rows = columns.rows()
         self.calls += 1
         if self.unavailable_calls:
             self.unavailable_calls -= 1
@@ -78,7 +77,7 @@ class FakeLedger:
         await insert_rows(frozenset())  # as in Postgres: a store error here rolls the counting back
         for key, index in new:
             self.counted.add(key)
-            self.cost += batch.columns[_COST][index]
+            self.cost += batch.columns["cost_usd"][index]
         return LedgerOutcome(len(new), frozenset())
 
 

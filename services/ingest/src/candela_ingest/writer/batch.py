@@ -169,7 +169,7 @@ class DecodedBatch:
     logs: list[ConsumedMessage]
     """The messages holding a valid log, in batch order."""
     columns: RequestColumns
-    """The rows of ``logs``, one list per column (:func:`~candela_ingest.writer.rows.request_columns`)."""
+    """The rows of ``logs``, one list per column by name (:func:`~candela_ingest.writer.rows.request_columns`)."""
     updates: list[Decoded]
 
     def __len__(self) -> int:
@@ -186,8 +186,8 @@ class DecodedBatch:
         logs = min(middle, len(self.logs))
         updates = middle - logs
         return (
-            DecodedBatch(self.logs[:logs], [column[:logs] for column in self.columns], self.updates[:updates]),
-            DecodedBatch(self.logs[logs:], [column[logs:] for column in self.columns], self.updates[updates:]),
+            DecodedBatch(self.logs[:logs], self.columns.sliced(0, logs), self.updates[:updates]),
+            DecodedBatch(self.logs[logs:], self.columns.sliced(logs), self.updates[updates:]),
         )
 
 
@@ -221,7 +221,7 @@ def _read_by_runtime(batch: Sequence[ConsumedMessage], positions: list[int]) -> 
                 updates.append((position, checked))
     return _Sorted(
         list(compress([position for position, _ in logs], keep)),
-        [list(compress(column, keep)) for column in columns] if suspects else columns,
+        columns.where(keep) if suspects else columns,
         updates,
         dead,
     )
@@ -245,7 +245,7 @@ def _read_by_wire(batch: Sequence[ConsumedMessage], positions: list[int]) -> tup
             dead.append((logs_at[suspect], checked))
     if dead:
         logs_at = list(compress(logs_at, keep))
-        columns = [list(compress(column, keep)) for column in columns]
+        columns = columns.where(keep)
     return _Sorted(logs_at, columns, [], dead), left
 
 
@@ -257,8 +257,7 @@ def _merged(first: _Sorted, second: _Sorted) -> _Sorted:
         both = first.logs_at + second.logs_at
         order = sorted(range(len(both)), key=both.__getitem__)
         logs_at = [both[index] for index in order]
-        columns = [[*a, *b] for a, b in zip(first.columns, second.columns, strict=True)]
-        columns = [[column[index] for index in order] for column in columns]
+        columns = first.columns.followed_by(second.columns).taken(order)
     return _Sorted(logs_at, columns, sorted(first.updates + second.updates), sorted(first.dead + second.dead))
 
 
@@ -414,12 +413,12 @@ class BatchWriter:
         return newly_counted
 
     async def _store_logs(self, columns: RequestColumns) -> int:
-        # The version is the time of this write (a retry or a redelivery writes a newer one), as the last column.
-        batch = BatchRequests.of([*columns[:-1], [self._clock_us()] * len(columns[-1])])
+        # The version is the time of this write (a retry or a redelivery writes a newer one).
+        batch = BatchRequests.of(columns.replaced("version", [self._clock_us()] * columns.count))
 
         async def insert_rows(not_stored: frozenset[RequestKey]) -> None:
             columns = batch.without(not_stored)
-            rows = len(columns[0])
+            rows = columns.count
             with tracer.start_as_current_span("clickhouse.insert") as span:
                 span.set_attribute("db.system", "clickhouse")
                 span.set_attribute("candela.writer.rows", rows)
