@@ -140,4 +140,7 @@ def test_the_migrations_make_the_declared_table_on_modern_clickhouse(tmp_path: P
     version, described = _chdb_columns(tmp_path)
     assert int(version.split(".")[0]) >= 19, "chDB is a modern ClickHouse"
     declared = [(column.name, column.type_on(version)) for column in table_order()]
-    assert described == declared
+    assert described == declared, (
+        f"declared, not made by the migrations: {sorted(set(declared) - set(described))}; "
+        f"made, not declared: {sorted(set(described) - set(declared))} (or the order differs)"
+    )
