@@ -141,7 +141,6 @@ REQUESTS_COLUMNS: tuple[Column, ...] = (
 """The columns of ``requests``, in the writer's insert order."""
 
 REQUESTS_COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in REQUESTS_COLUMNS)
-REQUESTS_COLUMNS_BY_NAME: dict[str, Column] = {column.name: column for column in REQUESTS_COLUMNS}
 
 
 def table_order() -> list[Column]:

@@ -1,8 +1,10 @@
 """The mapping of a LogMessage to a row of the ClickHouse ``requests`` table.
 
-Rows are plain tuples in :data:`REQUEST_COLUMNS` order, ready for a parameterised clickhouse-driver
-insert. ``created_at`` is given as integer epoch seconds (no time-zone conversion can creep in), and the
-cost is quantised to the column's 12 decimal places, exactly as the usage counters in Postgres round it.
+The columns are those :mod:`candela_schema.requests_table` declares. A batch's rows are built as named
+columns (:class:`RequestColumns`, one list per column), which the ledger reads and the insert sends; a single
+row is a plain tuple in :data:`REQUEST_COLUMNS` order (:func:`clickhouse_row`). ``created_at`` is given as
+integer epoch seconds (no time-zone conversion can creep in), and the cost is quantised to the column's 12
+decimal places, exactly as the usage counters in Postgres round it.
 """
 
 from __future__ import annotations
