@@ -23,6 +23,7 @@ from candela.logs.v1 import log_record_pb2
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 from candela_ingest.writer.rows import REQUEST_COLUMNS, SCORE_COLUMNS, RequestColumns, request_columns, score_rows
+from candela_schema.requests_table import table_order
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.unit.test_ingest_native_encoding import comparable, varied_messages
 
@@ -94,7 +95,7 @@ def _read_back(stack: Stack, table: str, organizations: Sequence[str]) -> dict[s
 def _written(stack: Stack, table: str, columns: RequestColumns) -> dict[str, dict[str, Any]]:
     """``columns`` as rows by (lower-case) request id, each value in the form it reads back."""
     types = _types(stack, table)
-    rows = zip(*columns, strict=True)
+    rows = columns.rows()
     return {
         row[REQUEST_COLUMNS.index("request_id")].lower(): {
             name: comparable(types[name], value) for name, value in zip(REQUEST_COLUMNS, row, strict=True)
@@ -103,8 +104,13 @@ def _written(stack: Stack, table: str, columns: RequestColumns) -> dict[str, dic
     }
 
 
-def _set(columns: RequestColumns, name: str, values: list[Any]) -> None:
-    columns[REQUEST_COLUMNS.index(name)] = values
+def test_the_migrations_make_the_declared_table_on_clickhouse_18(clickhouse: Stack) -> None:
+    """The shipped migrations on the stack's 18.16 server make the table candela_schema.requests_table declares
+    (for modern ClickHouse: tests/unit/test_schema_requests_table.py, on chDB)."""
+    version = str(_query(clickhouse, "SELECT version()")[0][0])
+    assert version.startswith("18.16."), version
+    described = [(str(row[0]), str(row[1])) for row in _query(clickhouse, "DESCRIBE TABLE requests")]
+    assert described == [(column.name, column.type_on(version)) for column in table_order()]
 
 
 def _organizations() -> list[str]:
@@ -114,7 +120,7 @@ def _organizations() -> list[str]:
 async def test_every_column_reads_back_as_written(clickhouse: Stack, sink: ClickHouseRowSink) -> None:
     organizations = _organizations()
     columns = request_columns(varied_messages(400, organizations), version=2**64 - 1)
-    count = len(columns[0])
+    count = columns.count
     # The columns' limits, where the messages do not reach them.
     edges: dict[str, list[Any]] = {
         "cost_usd": [Decimal("999999.999999999999"), Decimal("-999999.999999999999"), Decimal("1E-12"), Decimal(0)],
@@ -124,7 +130,7 @@ async def test_every_column_reads_back_as_written(clickhouse: Stack, sink: Click
         "created_at": [0, 2**32 - 1, 1_764_720_000, 1],
     }
     for name, values in edges.items():
-        _set(columns, name, (values * count)[:count])
+        columns = columns.replaced(name, (values * count)[:count])
     await sink.insert(columns)
     assert _read_back(clickhouse, "requests", organizations) == _written(clickhouse, "requests", columns)
 
@@ -178,7 +184,7 @@ async def test_types_left_to_the_driver_still_insert(clickhouse: Stack) -> None:
     )
     organizations = _organizations()
     columns = request_columns(varied_messages(50, organizations), version=1)
-    _set(columns, "error", [None if index % 2 else "failed" for index in range(50)])
+    columns = columns.replaced("error", [None if index % 2 else "failed" for index in range(50)])
     rows = _sink(clickhouse, table)
     try:
         await rows.insert(columns)
@@ -192,7 +198,7 @@ async def test_rows_that_do_not_fit_are_rejected_and_the_next_insert_works(click
     table = await asyncio.to_thread(_copy_of_requests, clickhouse, {"model": "FixedString(11)"})
     organizations = _organizations()
     good = request_columns(varied_messages(20, organizations), version=1)
-    _set(good, "model", ["gpt-4o-mini", "", "é"] * 6 + ["x", "y"])
+    good = good.replaced("model", ["gpt-4o-mini", "", "é"] * 6 + ["x", "y"])
     bad_rows: list[tuple[str, list[Any]]] = [
         ("model", ["not-in-the-enum"] * 20),
         ("status_code", [2**31] * 20),
@@ -203,8 +209,7 @@ async def test_rows_that_do_not_fit_are_rejected_and_the_next_insert_works(click
     rows = _sink(clickhouse, table)
     try:
         for name, values in bad_rows:
-            bad = [list(column) for column in good]
-            _set(bad, name, values)
+            bad = good.replaced(name, values)
             with pytest.raises(StoreRejected, match=name):
                 await rows.insert(bad)
         # A server error is still the server's: an unknown table is unavailable, not rejected data.

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.wire.validation import UINT32_MAX, check_log_message
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, DecodedBatch, decode, decode_batch
-from candela_ingest.writer.rows import REQUEST_COLUMNS, checked_request_columns, request_columns
+from candela_ingest.writer.rows import checked_request_columns, request_columns
 from candela_runtime.errors import Violations
 
 pytestmark = pytest.mark.unit
@@ -182,13 +182,12 @@ def test_decode_batch_keeps_updates_apart_and_halves_keep_rows_with_their_logs()
     assert [message.offset for message in decoded.logs] == [0, 1, 3, 4, 5]
     first, second = decoded.halves()
     assert (len(first), len(second)) == (3, 3)
-    request_ids = REQUEST_COLUMNS.index("request_id")
     for half in (first, second):
-        assert half.columns[request_ids] == [
+        assert half.columns["request_id"] == [
             log_record_pb2.LogMessage.FromString(message.value or b"").record.request_id for message in half.logs
         ]
     assert [entry.message.offset for entry in second.updates] == [2]
-    single, rest = DecodedBatch(decoded.logs[:1], [c[:1] for c in decoded.columns], decoded.updates).halves()
+    single, rest = DecodedBatch(decoded.logs[:1], decoded.columns.sliced(0, 1), decoded.updates).halves()
     assert (len(single.logs), len(single.updates), len(rest.logs), len(rest.updates)) == (1, 0, 0, 1)
 
 

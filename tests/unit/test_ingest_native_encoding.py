@@ -435,7 +435,8 @@ def test_modern_clickhouse_reads_the_block_back_from_a_native_file(tmp_path: Pat
         assert ("provider", "LowCardinality(String)") in columns_with_types, "a type left to the driver is in"
 
         organizations = [str(uuid.uuid4()) for _ in range(3)]
-        columns = request_columns(varied_messages(300, organizations), version=2**64 - 1)
+        batch = request_columns(varied_messages(300, organizations), version=2**64 - 1)
+        columns = [batch[name] for name, _ in columns_with_types]
         context = _context(_REVISION_MODERN)
 
         def fallback(name: str, column_type: str, values: Sequence[Any]) -> bytes:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.wire.varint import varint
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, decode, decode_batch
-from candela_ingest.writer.rows import REQUEST_COLUMNS, checked_request_columns, wire_request_columns
+from candela_ingest.writer.rows import RequestColumns, checked_request_columns, wire_request_columns
 
 pytestmark = pytest.mark.unit
 
@@ -71,8 +71,8 @@ def log_messages(draw: st.DrawFn) -> log_record_pb2.LogMessage:
     return message
 
 
-def _rows(columns: list[list[Any]]) -> list[tuple[Any, ...]]:
-    return list(zip(*columns, strict=True))
+def _rows(columns: RequestColumns) -> list[tuple[Any, ...]]:
+    return columns.rows()
 
 
 @settings(max_examples=300, deadline=None)
@@ -173,5 +173,4 @@ def test_a_record_field_the_decoder_does_not_know_is_left_to_the_runtime() -> No
     )
     columns, _, fallback = wire_request_columns([m.SerializeToString() for m in (known, newer, clamped)], 7)
     assert fallback == [1]
-    usage_clamped = REQUEST_COLUMNS.index("usage_clamped")
-    assert columns[usage_clamped] == [0, 1]
+    assert columns["usage_clamped"] == [0, 1]

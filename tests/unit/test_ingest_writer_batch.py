@@ -36,7 +36,6 @@ ORG = str(uuid.uuid4())
 FAST_RETRY = RetryPolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.004)
 _MODEL = REQUEST_COLUMNS.index("model")
 _REQUEST_ID = REQUEST_COLUMNS.index("request_id")
-_COST = REQUEST_COLUMNS.index("cost_usd")
 
 
 class FakeRows:
@@ -49,7 +48,7 @@ class FakeRows:
         self.unavailable_calls = unavailable_calls
 
     async def insert(self, columns: RequestColumns) -> None:
-        rows = list(zip(*columns, strict=True))
+        rows = columns.rows()
         self.calls += 1
         if self.unavailable_calls:
             self.unavailable_calls -= 1
@@ -81,7 +80,7 @@ class FakeLedger:
         yield LedgerOutcome(len(new), frozenset())
         for key, index in new:
             self.counted.add(key)
-            self.cost += batch.columns[_COST][index]
+            self.cost += batch.columns["cost_usd"][index]
 
 
 class FakeDeadLetters:

@@ -38,7 +38,8 @@ CLICKHOUSE = "clickhouse"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises concurrent Postgres migrators.
 _POSTGRES_LOCK_KEY = 0x43414E44454C41  # "CANDELA"
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
-_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CLICKHOUSE_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+"""What a ClickHouse database name may be (it is written into statements, so no quoting is needed)."""
 
 
 class MigrationError(RuntimeError):
@@ -146,7 +147,7 @@ def apply_clickhouse(host: str, port: int, database: str, *, user: str = "defaul
 
     Blocking (clickhouse-driver): call it from a thread when inside an event loop.
     """
-    if not _DATABASE_NAME.match(database):
+    if not CLICKHOUSE_DATABASE_NAME.match(database):
         raise ValueError(f"invalid ClickHouse database name {database!r}")
     credentials = {"user": user, "password": password}
     bootstrap = Client(host=host, port=port, **credentials, connect_timeout=5, send_receive_timeout=60)

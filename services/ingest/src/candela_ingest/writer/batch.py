@@ -172,7 +172,7 @@ class DecodedBatch:
     logs: list[ConsumedMessage]
     """The messages holding a valid log, in batch order."""
     columns: RequestColumns
-    """The rows of ``logs``, one list per column (:func:`~candela_ingest.writer.rows.request_columns`)."""
+    """The rows of ``logs``, one list per column by name (:func:`~candela_ingest.writer.rows.request_columns`)."""
     updates: list[Decoded]
 
     def __len__(self) -> int:
@@ -189,8 +189,8 @@ class DecodedBatch:
         logs = min(middle, len(self.logs))
         updates = middle - logs
         return (
-            DecodedBatch(self.logs[:logs], [column[:logs] for column in self.columns], self.updates[:updates]),
-            DecodedBatch(self.logs[logs:], [column[logs:] for column in self.columns], self.updates[updates:]),
+            DecodedBatch(self.logs[:logs], self.columns.sliced(0, logs), self.updates[:updates]),
+            DecodedBatch(self.logs[logs:], self.columns.sliced(logs), self.updates[updates:]),
         )
 
 
@@ -224,7 +224,7 @@ def _read_by_runtime(batch: Sequence[ConsumedMessage], positions: list[int]) -> 
                 updates.append((position, checked))
     return _Sorted(
         list(compress([position for position, _ in logs], keep)),
-        [list(compress(column, keep)) for column in columns] if suspects else columns,
+        columns.where(keep) if suspects else columns,
         updates,
         dead,
     )
@@ -248,7 +248,7 @@ def _read_by_wire(batch: Sequence[ConsumedMessage], positions: list[int]) -> tup
             dead.append((logs_at[suspect], checked))
     if dead:
         logs_at = list(compress(logs_at, keep))
-        columns = [list(compress(column, keep)) for column in columns]
+        columns = columns.where(keep)
     return _Sorted(logs_at, columns, [], dead), left
 
 
@@ -260,8 +260,7 @@ def _merged(first: _Sorted, second: _Sorted) -> _Sorted:
         both = first.logs_at + second.logs_at
         order = sorted(range(len(both)), key=both.__getitem__)
         logs_at = [both[index] for index in order]
-        columns = [[*a, *b] for a, b in zip(first.columns, second.columns, strict=True)]
-        columns = [[column[index] for index in order] for column in columns]
+        columns = first.columns.followed_by(second.columns).taken(order)
     return _Sorted(logs_at, columns, sorted(first.updates + second.updates), sorted(first.dead + second.dead))
 
 
@@ -422,8 +421,8 @@ class BatchWriter:
         only after the insert. A failed insert rolls the counting back, so a request is counted exactly
         when its row is stored (or dropped over its limit); a commit lost after the insert makes the retry
         insert the same rows again, which ReplacingMergeTree collapses. Returns the newly counted requests."""
-        # The version is the time of this write (a retry or a redelivery writes a newer one), as the last column.
-        batch = BatchRequests.of([*columns[:-1], [self._clock_us()] * len(columns[-1])])
+        # The version is the time of this write (a retry or a redelivery writes a newer one).
+        batch = BatchRequests.of(columns.replaced("version", [self._clock_us()] * columns.count))
         with tracer.start_as_current_span("postgres.count_usage") as span:
             span.set_attribute("db.system", "postgresql")
             with metrics.store_call("postgres"):
@@ -431,7 +430,7 @@ class BatchWriter:
                 async with self._ledger.counting(batch) as outcome:
                     # 2. ClickHouse: insert the rows to store, inside the open transaction.
                     stored_columns = batch.without(outcome.not_stored)
-                    rows = len(stored_columns[0])
+                    rows = stored_columns.count
                     with tracer.start_as_current_span("clickhouse.insert") as insert_span:
                         insert_span.set_attribute("db.system", "clickhouse")
                         insert_span.set_attribute("candela.writer.rows", rows)

@@ -17,9 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from itertools import compress
 
-from candela_ingest.writer.rows import REQUEST_COLUMNS, RequestColumns
+from candela_ingest.writer.rows import RequestColumns
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,6 @@ class DailyUsage:
 _ZERO = Decimal(0)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DAY_US = 86_400 * 1_000_000
-_ORGANIZATION = REQUEST_COLUMNS.index("organization_id")
-_REQUEST = REQUEST_COLUMNS.index("request_id")
-_CREATED_AT_US = REQUEST_COLUMNS.index("created_at_us")
-_PROMPT_TOKENS = REQUEST_COLUMNS.index("prompt_tokens")
-_COMPLETION_TOKENS = REQUEST_COLUMNS.index("completion_tokens")
-_COST = REQUEST_COLUMNS.index("cost_usd")
-_PRICED = REQUEST_COLUMNS.index("priced")
 
 
 RequestKey = tuple[str, str]
@@ -70,11 +62,11 @@ class BatchRequests:
     @classmethod
     def of(cls, columns: RequestColumns) -> BatchRequests:
         """The batch of ``columns``, whose organization and request ids are validated UUIDs (any case)."""
-        keys = list(zip(map(str.lower, columns[_ORGANIZATION]), map(str.lower, columns[_REQUEST]), strict=True))
+        keys = list(zip(map(str.lower, columns["organization_id"]), map(str.lower, columns["request_id"]), strict=True))
         positions = dict(zip(keys, range(len(keys)), strict=True))
         if len(positions) == len(keys):
             return cls(columns, positions)  # the common case: no key twice in the batch
-        created = columns[_CREATED_AT_US]
+        created = columns["created_at_us"]
         first_created: dict[RequestKey, int] = {}
         reused: list[int] = []
         for index, key in enumerate(keys):
@@ -88,14 +80,14 @@ class BatchRequests:
         """The columns without the rows of ``keys`` nor the reused rows: the rows to store."""
         if not keys and not self.reused:
             return self.columns
-        organizations, requests = self.columns[_ORGANIZATION], self.columns[_REQUEST]
+        organizations, requests = self.columns["organization_id"], self.columns["request_id"]
         keep = [
             (organization.lower(), request_id.lower()) not in keys
             for organization, request_id in zip(organizations, requests, strict=True)
         ]
         for index in self.reused:
             keep[index] = False
-        return [list(compress(column, keep)) for column in self.columns]
+        return self.columns.where(keep)
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ def ledger_columns(batch: BatchRequests) -> LedgerColumns:
     canonical UUID strings (fixed-width, lower-case hex) sort exactly as the UUIDs do.
     """
     keys = sorted(batch.positions)
-    created = batch.columns[_CREATED_AT_US]
+    created = batch.columns["created_at_us"]
     return LedgerColumns(
         request_ids=[request_id for _, request_id in keys],
         organization_ids=[organization_id for organization_id, _ in keys],
@@ -129,7 +121,7 @@ def counted_oldest_first(
     """The requests ``keys`` of ``batch`` that belong to ``organizations``, per organization, oldest first
     (by creation time, then id): the order in which an organization's room under its log limit is given
     out."""
-    created = batch.columns[_CREATED_AT_US]
+    created = batch.columns["created_at_us"]
     wanted = {str(organization): organization for organization in organizations}
     by_organization: dict[uuid.UUID, list[tuple[int, RequestKey]]] = {}
     for key in keys:
@@ -147,9 +139,9 @@ def aggregate_usage(batch: BatchRequests, keys: Iterable[RequestKey]) -> list[Da
     and cannot deadlock each other.
     """
     columns = batch.columns
-    created = columns[_CREATED_AT_US]
-    prompt, completion = columns[_PROMPT_TOKENS], columns[_COMPLETION_TOKENS]
-    costs, priced = columns[_COST], columns[_PRICED]
+    created = columns["created_at_us"]
+    prompt, completion = columns["prompt_tokens"], columns["completion_tokens"]
+    costs, priced = columns["cost_usd"], columns["priced"]
     totals: dict[tuple[str, int], list[int]] = {}
     cost_totals: dict[tuple[str, int], Decimal] = {}
     for request in keys:

@@ -1,15 +1,18 @@
 """The mapping of a LogMessage to a row of the ClickHouse ``requests`` table.
 
-Rows are plain tuples in :data:`REQUEST_COLUMNS` order, ready for a parameterised clickhouse-driver
-insert. ``created_at`` is given as integer epoch seconds (no time-zone conversion can creep in), and the
-cost is quantised to the column's 12 decimal places, exactly as the usage counters in Postgres round it.
+The columns are those :mod:`candela_schema.requests_table` declares. A batch's rows are built as named
+columns (:class:`RequestColumns`, one list per column), which the ledger reads and the insert sends; a single
+row is a plain tuple in :data:`REQUEST_COLUMNS` order (:func:`clickhouse_row`). ``created_at`` is given as
+integer epoch seconds (no time-zone conversion can creep in), and the cost is quantised to the column's 12
+decimal places, exactly as the usage counters in Postgres round it.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
+from itertools import compress
 from operator import attrgetter, methodcaller
 from typing import Any, Literal
 
@@ -25,73 +28,12 @@ from candela_ingest.wire.validation import (
     parse_cost,
     uuid_bytes,
 )
+from candela_schema import requests_table
 
-REQUESTS_TABLE = "requests"
-REQUEST_COLUMNS: tuple[str, ...] = (
-    "organization_id",
-    "request_id",
-    "created_at",
-    "created_at_us",
-    "api_key_id",
-    "provider",
-    "model",
-    "response_model",
-    "path",
-    "status_code",
-    "error",
-    "streamed",
-    "latency_ms",
-    "time_to_first_token_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "audio_prompt_tokens",
-    "audio_completion_tokens",
-    "cost_usd",
-    "priced",
-    "user_id",
-    "session_id",
-    "session_path",
-    "session_name",
-    "property_keys",
-    "property_values",
-    "prompt_id",
-    "prompt_version",
-    "cache_hit",
-    "finish_reason",
-    "request_body_omitted",
-    "response_body_omitted",
-    "request_body_key",
-    "request_body_offset",
-    "request_body_length",
-    "response_body_key",
-    "response_body_offset",
-    "response_body_length",
-    # Added by migration 0004 (after `version` in the table, as every later column is; `version` stays last
-    # here, where readers of a row expect it).
-    "target_url",
-    "cost_saved_usd",
-    "cost_saved_known",
-    "attempt_target_urls",
-    "attempt_status_codes",
-    "attempt_errors",
-    "attempt_latencies_ms",
-    "prompt_input_keys",
-    "prompt_input_values",
-    # Added by migration 0006: the zstd frame holding the body (0, 0 for a body stored uncompressed).
-    "request_body_frame_offset",
-    "request_body_frame_length",
-    "response_body_frame_offset",
-    "response_body_frame_length",
-    # Added by migration 0007.
-    "usage_clamped",
-    "request_body_over_limit",
-    "response_body_over_limit",
-    "version",
-)
+REQUESTS_TABLE = requests_table.TABLE
+REQUEST_COLUMNS: tuple[str, ...] = requests_table.REQUESTS_COLUMN_NAMES
+"""The ``requests`` columns in the writer's insert order (:mod:`candela_schema.requests_table`: the table's
+order, with ``version`` last, where readers of a row expect it)."""
 NO_FIRST_TOKEN = -1
 _COST_QUANTUM = Decimal(1).scaleb(-COST_DECIMAL_PLACES)
 
@@ -179,26 +121,41 @@ def _costs(texts: Sequence[str]) -> tuple[list[Decimal], list[int]]:
 # Fields copied as they are from the record, each run read by one C-level attrgetter per log and
 # transposed by zip: per-value Python work is what a batch of thousands of logs pays for.
 # (A dotted path would fetch the sub-message again for every field: each fetch makes a new wrapper.)
-_IDS = attrgetter("organization_id", "request_id")
-_TIME = attrgetter("seconds", "nanos")
-_ROUTE = attrgetter("api_key_id", "provider", "model", "response_model", "path", "status_code", "error")
-_USAGE_NAMES = (
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "audio_prompt_tokens",
-    "audio_completion_tokens",
+# Each run is named by the columns it fills, which are named as the fields are (but the body references').
+_COPIED: tuple[tuple[tuple[str, ...], str | None], ...] = (
+    (("organization_id", "request_id"), None),
+    (("api_key_id", "provider", "model", "response_model", "path", "status_code", "error", "latency_ms"), None),
+    (
+        (
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "audio_prompt_tokens",
+            "audio_completion_tokens",
+        ),
+        "usage",
+    ),
+    (("user_id", "session_id", "session_path", "session_name"), None),
+    (("prompt_id", "prompt_version", "finish_reason", "target_url"), None),
 )
-_USAGE = attrgetter(*_USAGE_NAMES)
-_SESSION = attrgetter("user_id", "session_id", "session_path", "session_name")
-_PROMPT = attrgetter("prompt_id", "prompt_version")
-_FLAGS = attrgetter("streamed", "cache_hit", "request_body_omitted", "response_body_omitted")
-_NOTED = attrgetter("usage_clamped", "request_body_over_limit", "response_body_over_limit")
-_BODY = attrgetter("object_key", "offset", "length")
-_BODY_FRAME = attrgetter("frame_offset", "frame_length")
+"""(fields, the record's sub-message holding them or None): runs of columns copied as they are."""
+_COPIED_GETTERS = tuple((names, attrgetter(*names), sub_message) for names, sub_message in _COPIED)
+_TIME = attrgetter("seconds", "nanos")
+_FLAG_NAMES = (
+    "streamed",
+    "cache_hit",
+    "request_body_omitted",
+    "response_body_omitted",
+    "usage_clamped",
+    "request_body_over_limit",
+    "response_body_over_limit",
+)
+_FLAGS = attrgetter(*_FLAG_NAMES)
+_BODY_PARTS = ("key", "offset", "length", "frame_offset", "frame_length")
+_BODY = attrgetter("object_key", "offset", "length", "frame_offset", "frame_length")
 _ZERO = Decimal(0)
 
 
@@ -208,8 +165,75 @@ def _transposed(getter: attrgetter[Any], items: Sequence[Any]) -> list[list[Any]
 
 
 _CostField = Literal["cost_usd", "cost_saved_usd"]
-RequestColumns = list[list[Any]]
-"""The ``requests`` rows of a batch as one list per column, in :data:`REQUEST_COLUMNS` order."""
+_COLUMN_COUNT = len(REQUEST_COLUMNS)
+
+
+class RequestColumns(Mapping[str, list[Any]]):
+    """The ``requests`` rows of a batch as one list per column, by column name (in :data:`REQUEST_COLUMNS`
+    order): what the writers build once per batch, count in Postgres and insert into ClickHouse.
+
+    A mapping of every column name to its values; :attr:`count` is the number of rows. The lists are the
+    batch's own (the driver may convert values in place): derive a new batch rather than editing one.
+    """
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, by_name: Mapping[str, list[Any]]) -> None:
+        """From each column's values, by name: every name of :data:`REQUEST_COLUMNS` and no other."""
+        if len(by_name) != _COLUMN_COUNT:
+            unknown = sorted(set(by_name) - set(REQUEST_COLUMNS))
+            raise ValueError(
+                f"not the requests columns: missing {sorted(set(REQUEST_COLUMNS) - set(by_name))}, unknown {unknown}"
+            )
+        self._by_name = {name: by_name[name] for name in REQUEST_COLUMNS}
+
+    @classmethod
+    def empty(cls) -> RequestColumns:
+        """No rows."""
+        return cls({name: [] for name in REQUEST_COLUMNS})
+
+    def __getitem__(self, name: str) -> list[Any]:
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return _COLUMN_COUNT
+
+    def __repr__(self) -> str:
+        return f"RequestColumns({self._by_name!r})"
+
+    @property
+    def count(self) -> int:
+        """The number of rows."""
+        return len(self._by_name["request_id"])
+
+    def rows(self) -> list[Row]:
+        """The rows, each a tuple in :data:`REQUEST_COLUMNS` order."""
+        return list(zip(*self._by_name.values(), strict=True))
+
+    def where(self, keep: Sequence[bool]) -> RequestColumns:
+        """The rows whose ``keep`` is true."""
+        return RequestColumns({name: list(compress(values, keep)) for name, values in self._by_name.items()})
+
+    def sliced(self, start: int, stop: int | None = None) -> RequestColumns:
+        """The rows from ``start`` to ``stop``."""
+        return RequestColumns({name: values[start:stop] for name, values in self._by_name.items()})
+
+    def taken(self, order: Sequence[int]) -> RequestColumns:
+        """The rows at the positions of ``order``, in that order."""
+        return RequestColumns({name: [values[index] for index in order] for name, values in self._by_name.items()})
+
+    def followed_by(self, other: RequestColumns) -> RequestColumns:
+        """These rows, then ``other``'s."""
+        return RequestColumns({name: [*values, *other[name]] for name, values in self._by_name.items()})
+
+    def replaced(self, name: str, values: list[Any]) -> RequestColumns:
+        """The same rows with column ``name`` holding ``values`` instead."""
+        if name not in self._by_name:
+            raise KeyError(name)
+        return RequestColumns({**self._by_name, name: values})
 
 
 def request_columns(messages: Sequence[log_record_pb2.LogMessage], version: int) -> RequestColumns:
@@ -230,59 +254,47 @@ def checked_request_columns(
     never stored.
     """
     if not messages:
-        return [[] for _ in REQUEST_COLUMNS], []
+        return RequestColumns.empty(), []
     records = [message.record for message in messages]
+    columns: dict[str, list[Any]] = {}
+    for names, getter, sub_message in _COPIED_GETTERS:
+        sources = records if sub_message is None else list(map(attrgetter(sub_message), records))
+        columns.update(zip(names, _transposed(getter, sources), strict=True))
     seconds, nanos = _transposed(_TIME, list(map(attrgetter("created_at"), records)))
-    streamed, cache_hit, request_omitted, response_omitted = (
-        list(map(int, flags)) for flags in zip(*map(_FLAGS, records), strict=True)
+    columns["created_at"] = seconds
+    columns["created_at_us"] = [  # created_at_us()
+        second * 1_000_000 + nano // 1000 for second, nano in zip(seconds, nanos, strict=True)
+    ]
+    columns.update(
+        zip(_FLAG_NAMES, (list(map(int, flags)) for flags in zip(*map(_FLAGS, records), strict=True)), strict=True)
     )
     cost_texts = list(map(attrgetter("cost_usd"), records))
     saved_texts = list(map(attrgetter("cost_saved_usd"), records))
-    cost, priced = _costs(cost_texts)
-    cost_saved, cost_saved_known = _costs(saved_texts)
-    property_keys, property_values = _map_columns([record.properties for record in records])
-    input_keys, input_values = _map_columns([record.prompt_inputs for record in records])
+    columns["cost_usd"], columns["priced"] = _costs(cost_texts)
+    columns["cost_saved_usd"], columns["cost_saved_known"] = _costs(saved_texts)
+    columns["property_keys"], columns["property_values"] = _map_columns([record.properties for record in records])
+    columns["prompt_input_keys"], columns["prompt_input_values"] = _map_columns(
+        [record.prompt_inputs for record in records]
+    )
     first_token = list(map(attrgetter("time_to_first_token_ms"), records))
-    request_bodies = [message.request_body for message in messages]
-    response_bodies = [message.response_body for message in messages]
-    columns = [
-        *_transposed(_IDS, records),
-        seconds,
-        [second * 1_000_000 + nano // 1000 for second, nano in zip(seconds, nanos, strict=True)],  # created_at_us()
-        *_transposed(_ROUTE, records),
-        streamed,
-        [record.latency_ms for record in records],
-        [  # 0 is a time when set: only HasField tells it from unset
-            value or (0 if record.HasField("time_to_first_token_ms") else NO_FIRST_TOKEN)
-            for value, record in zip(first_token, records, strict=True)
-        ],
-        *_transposed(_USAGE, [record.usage for record in records]),
-        cost,
-        priced,
-        *_transposed(_SESSION, records),
-        property_keys,
-        property_values,
-        *_transposed(_PROMPT, records),
-        cache_hit,
-        [record.finish_reason for record in records],
-        request_omitted,
-        response_omitted,
-        *_transposed(_BODY, request_bodies),
-        *_transposed(_BODY, response_bodies),
-        [record.target_url for record in records],
-        cost_saved,
-        cost_saved_known,
-        *_attempts_of(records),
-        input_keys,
-        input_values,
-        *_transposed(_BODY_FRAME, request_bodies),
-        *_transposed(_BODY_FRAME, response_bodies),
-        *(list(map(int, flags)) for flags in zip(*map(_NOTED, records), strict=True)),
-        [version] * len(messages),
+    columns["time_to_first_token_ms"] = [  # 0 is a time when set: only HasField tells it from unset
+        value or (0 if record.HasField("time_to_first_token_ms") else NO_FIRST_TOKEN)
+        for value, record in zip(first_token, records, strict=True)
     ]
+    (
+        columns["attempt_target_urls"],
+        columns["attempt_status_codes"],
+        columns["attempt_errors"],
+        columns["attempt_latencies_ms"],
+    ) = _attempts_of(records)
+    for body in ("request_body", "response_body"):
+        parts = _transposed(_BODY, [getattr(message, body) for message in messages])
+        columns.update(zip([f"{body}_{part}" for part in _BODY_PARTS], parts, strict=True))
+    columns["version"] = [version] * len(messages)
+    batch = RequestColumns(columns)
     costs: dict[_CostField, list[str]] = {"cost_usd": cost_texts, "cost_saved_usd": saved_texts}
-    suspects = _suspects(columns, nanos, first_token, costs, _set_but_empty(messages, records, columns, costs))
-    return columns, suspects
+    suspects = _suspects(batch, nanos, first_token, costs, _set_but_empty(messages, records, batch, costs))
+    return batch, suspects
 
 
 _HAS_UPDATE = methodcaller("HasField", "update")
@@ -290,20 +302,15 @@ _HAS_FIELD = {
     name: methodcaller("HasField", name) for name in ("cost_usd", "cost_saved_usd", "request_body", "response_body")
 }
 _IS_UUID = CANONICAL_UUID.fullmatch
-_REQUIRED_UUID_COLUMNS = tuple(REQUEST_COLUMNS.index(name) for name in ("request_id", "organization_id"))
-_API_KEY_COLUMN = REQUEST_COLUMNS.index("api_key_id")
-_SECONDS_COLUMN = REQUEST_COLUMNS.index("created_at")
-_NUMBER_COLUMNS = tuple(
-    (name, REQUEST_COLUMNS.index(name)) for name, _, _ in RECORD_BOUNDS if name != "time_to_first_token_ms"
-)
+_NUMBER_COLUMNS = tuple(name for name, _, _ in RECORD_BOUNDS if name != "time_to_first_token_ms")
 _BODY_POSITION_COLUMNS = tuple(
-    REQUEST_COLUMNS.index(f"{body}_{part}")
+    f"{body}_{part}"
     for body in ("request_body", "response_body")
     for part in ("offset", "length", "frame_offset", "frame_length")
 )
-_BODY_KEY_COLUMNS: tuple[tuple[Literal["request_body", "response_body"], int], ...] = (
-    ("request_body", REQUEST_COLUMNS.index("request_body_key")),
-    ("response_body", REQUEST_COLUMNS.index("response_body_key")),
+_BODY_KEY_COLUMNS: tuple[tuple[Literal["request_body", "response_body"], str], ...] = (
+    ("request_body", "request_body_key"),
+    ("response_body", "response_body_key"),
 )
 
 
@@ -323,19 +330,19 @@ def _suspects(
     created_at at the epoch). What the columns cannot tell (an update; a cost or body key set to "", which
     reads as unset) comes from ``set_but_empty``.
     """
-    count = len(columns[0])
+    count = columns.count
     suspects: set[int] = set()
-    for column in _REQUIRED_UUID_COLUMNS:
-        values = columns[column]
+    for name in ("request_id", "organization_id"):
+        values = columns[name]
         if uuid_bytes(values) is None:
             suspects.update(index for index, value in enumerate(values) if not _IS_UUID(value))
-    api_keys = columns[_API_KEY_COLUMN]
+    api_keys = columns["api_key_id"]
     if uuid_bytes(list(filter(None, api_keys))) is None:
         suspects.update(index for index, value in enumerate(api_keys) if value and not _IS_UUID(value))
-    numbers = {name: columns[index] for name, index in _NUMBER_COLUMNS}
+    numbers = {name: columns[name] for name in _NUMBER_COLUMNS}
     numbers["time_to_first_token_ms"] = first_token  # as set: the column holds -1 when unset
-    if not batch_within_bounds(numbers, columns[_SECONDS_COLUMN], nanos, LATEST_SECONDS) or not all(
-        min(columns[index]) >= 0 for index in _BODY_POSITION_COLUMNS
+    if not batch_within_bounds(numbers, columns["created_at"], nanos, LATEST_SECONDS) or not all(
+        min(columns[name]) >= 0 for name in _BODY_POSITION_COLUMNS
     ):
         return list(range(count))
     for texts in cost_texts.values():
@@ -371,12 +378,15 @@ def _set_but_empty(
     return found
 
 
+WIRE_ONLY_COLUMNS = ("created_at_nanos", "time_to_first_token_ms_as_set", "cost_usd_text", "cost_saved_usd_text")
+"""The wire decoder's columns that are no ``requests`` column: what the columns are checked and made from."""
+MADE_FROM_WIRE_COLUMNS = ("cost_usd", "priced", "cost_saved_usd", "cost_saved_known", "version")
+"""The ``requests`` columns made here rather than read by the wire decoder; it reads every other one."""
 _WIRE_INDEX = {name: index for index, name in enumerate(_logwire.COLUMNS)}
-_WIRE_NANOS = _WIRE_INDEX["created_at_nanos"]
-_WIRE_FIRST_TOKEN = _WIRE_INDEX["time_to_first_token_ms_as_set"]
-_WIRE_COSTS = _WIRE_INDEX["cost_usd_text"], _WIRE_INDEX["cost_saved_usd_text"]
-_WIRE_COLUMNS = tuple(_WIRE_INDEX.get(name) for name in REQUEST_COLUMNS)
-"""Where each ``requests`` column is among the wire decoder's (None: made here, from them)."""
+_WIRE_COLUMNS = tuple(
+    (name, _WIRE_INDEX[name]) for name in REQUEST_COLUMNS if name not in MADE_FROM_WIRE_COLUMNS and name in _WIRE_INDEX
+)
+"""Each ``requests`` column the wire decoder reads, and where it is among the decoder's columns."""
 
 
 def wire_request_columns(values: list[bytes], version: int) -> tuple[RequestColumns, list[int], list[int]]:
@@ -390,29 +400,23 @@ def wire_request_columns(values: list[bytes], version: int) -> tuple[RequestColu
     """
     wire, set_but_empty, fallback = _logwire.columns(values)
     count = len(wire[0])
-    cost_texts, saved_texts = (wire[index] for index in _WIRE_COSTS)
-    cost, priced = _costs(cost_texts)
-    cost_saved, cost_saved_known = _costs(saved_texts)
-    made: dict[str, list[Any]] = {
-        "cost_usd": cost,
-        "priced": priced,
-        "cost_saved_usd": cost_saved,
-        "cost_saved_known": cost_saved_known,
-        "version": [version] * count,
-    }
-    columns: RequestColumns = [
-        made[name] if index is None else wire[index] for name, index in zip(REQUEST_COLUMNS, _WIRE_COLUMNS, strict=True)
-    ]
+    cost_texts, saved_texts = wire[_WIRE_INDEX["cost_usd_text"]], wire[_WIRE_INDEX["cost_saved_usd_text"]]
+    columns = {name: wire[index] for name, index in _WIRE_COLUMNS}
+    columns["cost_usd"], columns["priced"] = _costs(cost_texts)
+    columns["cost_saved_usd"], columns["cost_saved_known"] = _costs(saved_texts)
+    columns["version"] = [version] * count
+    batch = RequestColumns(columns)
     if not count:
-        return columns, [], fallback
+        return batch, [], fallback
     costs: dict[_CostField, list[str]] = {"cost_usd": cost_texts, "cost_saved_usd": saved_texts}
-    suspects = _suspects(columns, wire[_WIRE_NANOS], wire[_WIRE_FIRST_TOKEN], costs, set_but_empty)
-    return columns, suspects, fallback
+    nanos, first_token = wire[_WIRE_INDEX["created_at_nanos"]], wire[_WIRE_INDEX["time_to_first_token_ms_as_set"]]
+    suspects = _suspects(batch, nanos, first_token, costs, set_but_empty)
+    return batch, suspects, fallback
 
 
 def clickhouse_row(message: log_record_pb2.LogMessage, version: int) -> Row:
     """The ``requests`` row of one validated message (see :func:`request_columns`)."""
-    return tuple(column[0] for column in request_columns([message], version))
+    return request_columns([message], version).rows()[0]
 
 
 SCORES_TABLE = "request_scores"

@@ -1,0 +1,5 @@
+"""``python -m candela_schema``: the same as ``candela-migrate``."""
+
+from candela_schema.cli import run
+
+run()
