@@ -58,10 +58,21 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
     row = steps["rowText"]
     for shown in ("openai", "gpt-4o-mini", "200", user, "feature=console"):
         assert shown in row
-    # The hostile body is shown verbatim as text, and nothing in it ran (_browse: no dialog, no error).
+    # The hostile body is shown verbatim as text, in the conversation and the raw JSON, and nothing in it
+    # ran (_browse: no dialog, no page error).
+    user_turn, answer_turn = steps["conversation"]
+    assert user_turn == f"USER\n{HOSTILE}"
+    assert answer_turn.startswith(f"ASSISTANT (ANSWER)\nEcho: {HOSTILE}")
     assert HOSTILE.replace('"', '\\"') in steps["requestBody"]
-    assert "<script" not in steps["detailHtml"]
-    assert "&lt;script&gt;" in steps["detailHtml"]
+    for html in (steps["conversationHtml"], steps["detailHtml"]):
+        assert "<script" not in html
+        assert "<img" not in html
+        assert "&lt;script&gt;" in html
+    # The cost is the logged one, exactly.
+    record = query_stub.GetRequest(
+        query_service_pb2.GetRequestRequest(request_id=request_id), metadata=bearer(admin.api_key)
+    ).request
+    assert steps["cost"] == record.cost_usd
     # The key went in a header only (_browse: in no URL), never in storage or a cookie; sign-out forgets it.
     assert steps["storage"] == {"local": 0, "session": 0, "cookies": "", "url": f"{stack.gateway_url}/"}
     assert steps["keyFieldAfterSignOut"] == ""
