@@ -22,10 +22,15 @@ await scenario(async (page, steps, shot) => {
 
   await row.click();
   const detail = page.getByRole("complementary", { name: "Request detail" });
-  await detail.locator("pre.body").first().waitFor();
-  steps.requestBody = await detail.locator("pre.body").first().innerText();
-  steps.detailHtml = await detail.locator("pre.body").first().innerHTML();
+  const conversation = detail.getByRole("list", { name: "Conversation" });
+  await conversation.waitFor();
+  steps.conversation = await conversation.locator("li").allInnerTexts();
+  steps.conversationHtml = await conversation.innerHTML();
+  steps.cost = await detail.locator("[data-cost]").getAttribute("data-cost");
   await shot("04-detail");
+  await detail.getByText("Request body", { exact: true }).click();
+  steps.requestBody = await detail.locator("details.raw pre").first().innerText();
+  steps.detailHtml = await detail.locator("details.raw pre").first().innerHTML();
 
   steps.storage = await page.evaluate(() => ({
     local: Object.keys(window.localStorage).length,

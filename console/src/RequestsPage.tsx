@@ -9,7 +9,7 @@ import { RequestDetail } from "./RequestDetail";
 import { navigate } from "./route";
 
 const PAGE_SIZE = 50;
-const LIVE_INTERVAL_MS = 1000;
+const LIVE_INTERVAL_MS = 500;
 
 interface Column {
   id: string;
@@ -82,7 +82,7 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
     void load();
   }, [load]);
 
-  // Live mode: newest first, the rows created after the newest one shown are fetched every second.
+  // Live mode: newest first, the rows created from the newest one shown on are fetched twice a second.
   const newest = useRef<LogRecord | undefined>(undefined);
   newest.current = rows[0];
   const sortedByTime = query.sort.field === "created_at" && !query.sort.ascending;

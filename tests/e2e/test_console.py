@@ -14,14 +14,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from candela.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from candela.prompts.v1 import prompts_service_pb2, prompts_service_pb2_grpc
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_stack.stack import Bootstrap, Stack
 from tests.e2e.conftest import bearer, wait_for_logged_request
+from tests.e2e.tenancy_support import make_tenant
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +53,7 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
     request_id = raw.headers["candela-id"]
     wait_for_logged_request(query_stub, admin.api_key, request_id)
 
-    seen = _browse("browse.mjs", stack, admin, tmp_path, CANDELA_CONSOLE_REQUEST_ID=request_id)
+    seen = _browse("browse.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_REQUEST_ID=request_id)
     steps = seen["steps"]
 
     # A wrong key is told apart in words, not a blank page.
@@ -58,10 +62,21 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
     row = steps["rowText"]
     for shown in ("openai", "gpt-4o-mini", "200", user, "feature=console"):
         assert shown in row
-    # The hostile body is shown verbatim as text, and nothing in it ran (_browse: no dialog, no error).
+    # The hostile body is shown verbatim as text, in the conversation and the raw JSON, and nothing in it
+    # ran (_browse: no dialog, no page error).
+    user_turn, answer_turn = steps["conversation"]
+    assert user_turn == f"USER\n{HOSTILE}"
+    assert answer_turn.startswith(f"ASSISTANT (ANSWER)\nEcho: {HOSTILE}")
     assert HOSTILE.replace('"', '\\"') in steps["requestBody"]
-    assert "<script" not in steps["detailHtml"]
-    assert "&lt;script&gt;" in steps["detailHtml"]
+    for html in (steps["conversationHtml"], steps["detailHtml"]):
+        assert "<script" not in html
+        assert "<img" not in html
+        assert "&lt;script&gt;" in html
+    # The cost is the logged one, exactly.
+    record = query_stub.GetRequest(
+        query_service_pb2.GetRequestRequest(request_id=request_id), metadata=bearer(admin.api_key)
+    ).request
+    assert steps["cost"] == record.cost_usd
     # The key went in a header only (_browse: in no URL), never in storage or a cookie; sign-out forgets it.
     assert steps["storage"] == {"local": 0, "session": 0, "cookies": "", "url": f"{stack.gateway_url}/"}
     assert steps["keyFieldAfterSignOut"] == ""
@@ -74,14 +89,14 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
     ]
 
 
-def _browse(script: str, stack: Stack, admin: Bootstrap, tmp_path: Path, **inputs: str) -> dict[str, Any]:
+def _browse(script: str, stack: Stack, key: str, tmp_path: Path, **inputs: str) -> dict[str, Any]:
     """Runs one browser scenario and returns what it saw; a scenario that could not finish fails the test."""
     browsed = subprocess.run(
         ["node", str(CONSOLE / "e2e" / script)],
         env={
             **os.environ,
             "CANDELA_CONSOLE_GATEWAY": stack.gateway_url,
-            "CANDELA_CONSOLE_KEY": admin.api_key,
+            "CANDELA_CONSOLE_KEY": key,
             "CANDELA_CONSOLE_SCREENSHOTS": str(tmp_path / "screenshots"),
             **inputs,
         },
@@ -127,7 +142,9 @@ def test_filters_live_mode_dashboard_session_and_users(
     for request_id in request_ids:
         wait_for_logged_request(query_stub, admin.api_key, request_id)
 
-    seen = _browse("pages.mjs", stack, admin, tmp_path, CANDELA_CONSOLE_USER=user, CANDELA_CONSOLE_SESSION=session)
+    seen = _browse(
+        "pages.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_USER=user, CANDELA_CONSOLE_SESSION=session
+    )
     steps = seen["steps"]
 
     # The shared link's filters (a property named FEATURE, sent as Feature; a cost floor) found the calls.
@@ -163,6 +180,45 @@ def test_filters_live_mode_dashboard_session_and_users(
         "30-session.png",
         "40-users.png",
     }
+
+
+def test_prompts_and_settings_change_what_the_api_sees(
+    stack: Stack, gateway_channel: grpc.Channel, tmp_path: Path
+) -> None:
+    tenant = make_tenant(stack, gateway_channel, "Console")
+    seen = _browse("admin.mjs", stack, tenant.keys["admin"], tmp_path, CANDELA_CONSOLE_PROMPT=tenant.prompt_id)
+    steps = seen["steps"]
+
+    # The prompt's two versions, side by side: the first version's line against the second's.
+    assert steps["versions"] == 2
+    [changed] = steps["diff"]
+    assert changed.startswith("Hello {{name}} from ")
+    assert changed.endswith("\tHi {{name}}")
+    # Moving an environment in the page moved it for the API.
+    assert "staging" in steps["version2"]
+    prompts = prompts_service_pb2_grpc.PromptsServiceStub(gateway_channel)
+    got = prompts.GetPrompt(
+        prompts_service_pb2.GetPromptRequest(prompt_id=tenant.prompt_id, environment="staging"),
+        metadata=bearer(tenant.keys["admin"]),
+    )
+    assert got.prompt.version == 2
+    # The render preview shows the input as text, not markup.
+    assert steps["rendered"] == "USER\nHi <b>Ada</b>"
+    assert "<b>" not in steps["renderedHtml"]
+    # Limits saved in the page are the organization's.
+    assert steps["limitsSaved"] == "Saved."
+    auth = auth_service_pb2_grpc.AuthServiceStub(gateway_channel)
+    organization = auth.GetOrganization(
+        auth_service_pb2.GetOrganizationRequest(), metadata=bearer(tenant.keys["admin"])
+    ).organization
+    assert organization.retention_days == 30
+    # A key made in the page is shown once, works, and stops working once revoked there.
+    assert steps["secretShown"]
+    assert steps["statusWithNewKey"] == 200
+    assert steps["secretStillShown"] == 0
+    assert "read" in steps["newKeyRow"]
+    assert steps["statusAfterRevoke"] == 401
+    assert steps["refusedAfterMs"] < 10_000
 
 
 def test_the_console_is_served_with_a_strict_content_security_policy(stack: Stack) -> None:
