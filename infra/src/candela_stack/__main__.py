@@ -14,7 +14,7 @@ from types import FrameType
 
 from candela_schema import migrator
 from candela_stack import clickhouse, postgres
-from candela_stack.addresses import INFRA, Component, StackConfig, saved_clickhouse_password
+from candela_stack.addresses import CONSOLE_DIST, INFRA, Component, StackConfig, saved_clickhouse_password
 from candela_stack.ports import StackPorts
 from candela_stack.processes import StartupError, clean_leftovers
 from candela_stack.stack import Bootstrap, Stack
@@ -123,6 +123,8 @@ def banner(stack: Stack, bootstrap: Bootstrap | None) -> str:
         origin = "reused from" if bootstrap.reused else "saved in"
         lines.append(f"  API key     {bootstrap.api_key}")
         lines.append(f"              organization {bootstrap.organization_id}; {origin} {stack.bootstrap_path}")
+    if CONSOLE_DIST.is_dir():
+        lines.append(f"  Console     {stack.gateway_url}/   (sign in with the API key)")
     if Component.PROXY in stack.components:
         if stack.uses_fake_provider:
             lines.append(f"  Upstream    local fake provider at {stack.fake_provider_url} (deterministic replies)")

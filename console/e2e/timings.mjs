@@ -1,0 +1,48 @@
+// bench/console: how long the console takes to show what a person opens it for, in Debian's Chromium,
+// against a stack holding the query benchmark's data. Prints JSON: milliseconds per view and run.
+// Input: CANDELA_CONSOLE_GATEWAY, CANDELA_CONSOLE_KEY, CANDELA_CONSOLE_SESSIONS (ids, comma-separated),
+// CANDELA_CONSOLE_RUNS.
+import { chromium } from "playwright-core";
+
+const gateway = process.env.CANDELA_CONSOLE_GATEWAY;
+const apiKey = process.env.CANDELA_CONSOLE_KEY;
+const sessions = (process.env.CANDELA_CONSOLE_SESSIONS ?? "").split(",").filter(Boolean);
+const runs = Number(process.env.CANDELA_CONSOLE_RUNS ?? "5");
+
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+const result = { requests: [], dashboard: [], session: [], errors: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.on("pageerror", (error) => result.errors.push(String(error)));
+  await page.goto(`${gateway}/`);
+  await page.getByLabel("API key").fill(apiKey);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("button", { name: "Sign out" }).waitFor();
+  // Each view is opened from another page, in the page (a reload would forget the key, by design), and
+  // timed from the navigation until what it exists to show is drawn.
+  const open = async (hash, ready) => {
+    await page.evaluate(() => (window.location.hash = "#/users?range=1h"));
+    await page.getByRole("heading", { name: "Users" }).waitFor();
+    const began = Date.now();
+    await page.evaluate((target) => (window.location.hash = target), hash);
+    await ready();
+    return Date.now() - began;
+  };
+  for (let run = 0; run < runs; run++) {
+    result.requests.push(
+      await open(`#/requests?run=${run}`, () => page.locator("tbody tr:nth-child(50)").waitFor({ timeout: 30000 })),
+    );
+    result.dashboard.push(
+      await open(`#/dashboard?range=30d&run=${run}`, () => page.locator("figure.chart canvas").nth(5).waitFor({ timeout: 30000 })),
+    );
+    const session = sessions[run % sessions.length];
+    result.session.push(
+      await open(`#/session?id=${encodeURIComponent(session)}&run=${run}`, () => page.locator(".bar-row").first().waitFor({ timeout: 30000 })),
+    );
+  }
+} catch (error) {
+  result.errors.push(String(error?.stack ?? error));
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(result));
