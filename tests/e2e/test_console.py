@@ -30,6 +30,7 @@ from tests.e2e.tenancy_support import make_tenant
 pytestmark = pytest.mark.e2e
 
 CONSOLE = Path(__file__).resolve().parents[2] / "console"
+HUGE_LINE = "a very long line without a break " * 15_000  # ~500 KB
 HOSTILE = "<script>alert('logged')</script><img src=x onerror=alert('img')><a href=\"javascript:alert(3)\">x</a>"
 
 
@@ -48,7 +49,8 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
         max_retries=0,
     ) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": HOSTILE}]
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": HUGE_LINE}, {"role": "user", "content": HOSTILE}],
         )
     request_id = raw.headers["candela-id"]
     wait_for_logged_request(query_stub, admin.api_key, request_id)
@@ -64,7 +66,8 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
         assert shown in row
     # The hostile body is shown verbatim as text, in the conversation and the raw JSON, and nothing in it
     # ran (_browse: no dialog, no page error).
-    user_turn, answer_turn = steps["conversation"]
+    huge_turn, user_turn, answer_turn = steps["conversation"]
+    assert huge_turn == f"USER\n{HUGE_LINE}"
     assert user_turn == f"USER\n{HOSTILE}"
     assert answer_turn.startswith(f"ASSISTANT (ANSWER)\nEcho: {HOSTILE}")
     assert HOSTILE.replace('"', '\\"') in steps["requestBody"]
@@ -72,6 +75,9 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
         assert "<script" not in html
         assert "<img" not in html
         assert "&lt;script&gt;" in html
+    # A ~500 KB line does not stall the page: the detail opens and closes promptly.
+    assert steps["openMs"] < 5000
+    assert steps["closeMs"] < 1000
     # The cost is the logged one, exactly.
     record = query_stub.GetRequest(
         query_service_pb2.GetRequestRequest(request_id=request_id), metadata=bearer(admin.api_key)
