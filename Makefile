@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 
 
-.PHONY: install run test lint typecheck protos check-protos test-unit test-integration test-e2e format \
+.PHONY: install run test test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e format \
 	bench bench-proxy bench-ingest bench-query bench-auth bench-gateway
 
 install:
@@ -14,6 +14,10 @@ run: install
 
 test: install lint typecheck check-protos
 	uv run pytest tests -q
+	$(MAKE) --no-print-directory test-no-extensions
+
+test-no-extensions:  ## the wire and encoding unit tests again on the pure-Python path (~40 s)
+	CANDELA_NO_EXTENSIONS=1 uv run pytest tests/unit -q -m wire
 
 test-unit: install
 	uv run pytest tests -q -m unit

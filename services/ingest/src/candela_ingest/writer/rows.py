@@ -14,7 +14,7 @@ from operator import attrgetter, methodcaller
 from typing import Any, Literal
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.wire import _logwire
+from candela_ingest.wire import logwire
 from candela_ingest.wire.validation import (
     CANONICAL_UUID,
     COST_DECIMAL_PLACES,
@@ -371,7 +371,7 @@ def _set_but_empty(
     return found
 
 
-_WIRE_INDEX = {name: index for index, name in enumerate(_logwire.COLUMNS)}
+_WIRE_INDEX = {name: index for index, name in enumerate(logwire.COLUMNS)}
 _WIRE_NANOS = _WIRE_INDEX["created_at_nanos"]
 _WIRE_FIRST_TOKEN = _WIRE_INDEX["time_to_first_token_ms_as_set"]
 _WIRE_COSTS = _WIRE_INDEX["cost_usd_text"], _WIRE_INDEX["cost_saved_usd_text"]
@@ -381,14 +381,16 @@ _WIRE_COLUMNS = tuple(_WIRE_INDEX.get(name) for name in REQUEST_COLUMNS)
 
 def wire_request_columns(values: list[bytes], version: int) -> tuple[RequestColumns, list[int], list[int]]:
     """:func:`checked_request_columns` of serialized LogMessages, read by the C wire decoder
-    (``candela_ingest.wire._logwire``) with no protobuf message made.
+    (``candela_ingest.wire._logwire``; its pure-Python twin under ``CANDELA_NO_EXTENSIONS=1``, see
+    ``candela_ingest.wire.logwire``) with no protobuf message made.
 
     Returns the columns of the messages it decoded (in the order of ``values``), the suspects among
     them, and the positions in ``values`` of the messages it left to the protobuf runtime (updates,
-    text that is not UTF-8, encodings it does not take on). Every value of a decoded message is what
-    :func:`checked_request_columns` reads from the parsed message; the tests compare the two.
+    text that is not UTF-8, fields it does not know, encodings it does not take on). Every value of a
+    decoded message is what :func:`checked_request_columns` reads from the parsed message; the tests
+    compare the two.
     """
-    wire, set_but_empty, fallback = _logwire.columns(values)
+    wire, set_but_empty, fallback = logwire.columns(values)
     count = len(wire[0])
     cost_texts, saved_texts = (wire[index] for index in _WIRE_COSTS)
     cost, priced = _costs(cost_texts)
