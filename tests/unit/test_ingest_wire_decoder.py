@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candela.logs.v1 import log_record_pb2
+from candela_ingest.wire import tags
 from candela_ingest.wire.varint import varint
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, decode, decode_batch
 from candela_ingest.writer.rows import REQUEST_COLUMNS, checked_request_columns, wire_request_columns
@@ -194,3 +195,20 @@ def test_a_log_with_an_unknown_field_is_stored_as_the_runtime_reads_it() -> None
     decoded, dead = decode_batch(batch)
     assert dead == []
     assert _rows(decoded.columns) == _rows(checked_request_columns([message], 0)[0])
+
+
+@pytest.mark.parametrize("field", list(tags.LogRecord), ids=lambda field: field.name.lower())
+def test_a_known_field_sent_with_another_wire_type_is_left_to_the_runtime(field: tags.LogRecord) -> None:
+    """No LogRecord field is a fixed32: the runtime keeps such an occurrence as an unknown field."""
+    record = _full_log().record.SerializeToString() + varint(field << 3 | 5) + bytes(4)
+    value = b"\x0a" + varint(len(record)) + record
+    log_record_pb2.LogMessage.FromString(value)  # the runtime reads it
+    assert wire_request_columns([value], 0)[2] == [0]
+
+
+def test_a_group_is_left_to_the_runtime() -> None:
+    group = varint(99 << 3 | 3) + varint(1 << 3 | 0) + varint(7) + varint(99 << 3 | 4)
+    record = _full_log().record.SerializeToString() + group
+    value = b"\x0a" + varint(len(record)) + record
+    log_record_pb2.LogMessage.FromString(value)  # the runtime reads it
+    assert wire_request_columns([value], 0)[2] == [0]
