@@ -4,7 +4,8 @@ The writers store every log as a row of the ClickHouse `requests` table. Parsing
 protobuf runtime and reading its fields back one by one makes a Python object per field read (about
 0.13 us each, some 15 us per log in all); this reads the wire format once, in C, and makes only the
 objects the columns hold. It is an accelerator, not a second definition: candela_ingest.writer.rows builds the
-same columns from parsed messages (the reference), and the tests compare the two on arbitrary messages.
+same columns from parsed messages, candela_ingest.wire._logwire_py is this module's pure-Python twin (the
+reference, selected by CANDELA_NO_EXTENSIONS=1), and the tests and a fuzzer (tests/fuzz) compare them.
 
 A message this decoder does not take on (a later update, a string that is not UTF-8, a field it does not
 know in any of its messages, a malformed or unusual encoding) is returned as "fallback": the caller parses it with the protobuf runtime, which decides
