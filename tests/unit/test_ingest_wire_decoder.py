@@ -212,3 +212,24 @@ def test_a_group_is_left_to_the_runtime() -> None:
     value = b"\x0a" + varint(len(record)) + record
     log_record_pb2.LogMessage.FromString(value)  # the runtime reads it
     assert wire_request_columns([value], 0)[2] == [0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x1a\x80\x80\x80\x80\x80\x80\x80\x00\x12\x00",  # response_body's length 0 in 8 bytes (found by the fuzzer)
+        b"\x1a\x80\x80\x80\x80\x80\x00",  # in 6 bytes
+        b"\x9a\x80\x80\x80\x80\x00\x00",  # response_body's tag in 6 bytes
+    ],
+)
+def test_a_tag_or_length_longer_than_five_bytes_is_left_to_the_runtime_which_refuses_it(value: bytes) -> None:
+    with pytest.raises(DecodeError):
+        log_record_pb2.LogMessage.FromString(value)
+    assert wire_request_columns([value], 0)[2] == [0]
+
+
+def test_a_tag_or_length_of_five_bytes_is_read() -> None:
+    value = b"\x9a\x80\x80\x80\x00" + b"\x80\x80\x80\x80\x00" + _full_log().SerializeToString()
+    columns, _, fallback = wire_request_columns([value], 0)
+    assert fallback == []
+    assert _rows(columns) == _rows(checked_request_columns([log_record_pb2.LogMessage.FromString(value)], 0)[0])

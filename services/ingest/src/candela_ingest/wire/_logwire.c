@@ -142,6 +142,18 @@ static int read_varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
     return -1; /* more than 10 bytes */
 }
 
+/* A tag or a length: a varint of at most 5 bytes, as the protobuf runtime reads them (it refuses a longer
+   encoding, even of a small number, as corrupt); -1 otherwise. */
+static int read_short_varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
+    const uint8_t *start = *at;
+    if (read_varint(at, end, out) < 0) return -1;
+    if (*at - start > 5) {
+        *at = start;
+        return -1;
+    }
+    return 0;
+}
+
 /* Reads a tag and, for a length-delimited field, its bounds; -1 when malformed. */
 typedef struct {
     uint32_t number;
@@ -153,7 +165,7 @@ typedef struct {
 
 static int read_field(const uint8_t **at, const uint8_t *end, Field *field) {
     uint64_t tag;
-    if (read_varint(at, end, &tag) < 0 || tag >> 3 == 0 || tag >> 3 > 0x1FFFFFFF) return -1;
+    if (read_short_varint(at, end, &tag) < 0 || tag >> 3 == 0 || tag >> 3 > 0x1FFFFFFF) return -1;
     field->number = (uint32_t)(tag >> 3);
     field->wire = (int)(tag & 7);
     switch (field->wire) {
@@ -169,7 +181,7 @@ static int read_field(const uint8_t **at, const uint8_t *end, Field *field) {
         return 0;
     case WIRE_LEN: {
         uint64_t size;
-        if (read_varint(at, end, &size) < 0 || size > (uint64_t)(end - *at)) return -1;
+        if (read_short_varint(at, end, &size) < 0 || size > (uint64_t)(end - *at)) return -1;
         field->start = *at;
         field->size = (Py_ssize_t)size;
         *at += size;
