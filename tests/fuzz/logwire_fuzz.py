@@ -28,7 +28,8 @@ from candela_ingest.wire import _logwire_py
 from candela_ingest.wire.validation import EARLIEST_SECONDS
 
 CORPUS = Path(__file__).with_name("corpus")
-"""The seed corpus: a few valid LogMessages and IngestRequests (``seeds.py`` writes them)."""
+"""The seed corpus: a few valid LogMessages and IngestRequests (``seeds.py`` writes them), and as
+``regression-*`` the inputs campaigns found that C and the reference read differently (kept small)."""
 
 LIMITS = (20, 64 * 1024, 8 * 1024, EARLIEST_SECONDS, int(datetime(2026, 12, 3, 12, 5, tzinfo=UTC).timestamp()))
 """``ingest_request``'s limits: records, record bytes, metadata bytes, earliest and latest seconds."""
