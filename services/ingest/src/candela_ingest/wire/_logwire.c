@@ -8,8 +8,9 @@ same columns from parsed messages, candela_ingest.wire._logwire_py is this modul
 reference, selected by CANDELA_NO_EXTENSIONS=1), and the tests and a fuzzer (tests/fuzz) compare them.
 
 A message this decoder does not take on (a later update, a string that is not UTF-8, a field it does not
-know in any of its messages, a malformed or unusual encoding) is returned as "fallback": the caller parses it with the protobuf runtime, which decides
-whether it is a log, an update or a dead letter, exactly as for any other message.
+know in any of its messages, a malformed or unusual encoding) is returned as "fallback": the caller parses
+it with the protobuf runtime, which decides whether it is a log, an update or a dead letter, exactly as for
+any other message. Nothing is skipped: every field of every message read is either taken or a fallback.
 
 columns(values) -> (columns, set_but_empty, fallback)
     values: a list of bytes, each a serialized LogMessage.
@@ -196,7 +197,6 @@ static Slice slice_of(const Field *field) {
     Slice slice = {(const char *)field->start, field->size};
     return slice;
 }
-
 
 /* Whether a string field's bytes are UTF-8, as the protobuf runtime requires of every occurrence of a
    string field (a later occurrence replacing an invalid one does not make the message valid): no overlong
