@@ -147,6 +147,11 @@ static int read_varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
    encoding, even of a small number, as corrupt); -1 otherwise. */
 static int read_short_varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
     const uint8_t *start = *at;
+    if (start < end && *start < 0x80) { /* most tags and lengths: one byte */
+        *out = *start;
+        *at = start + 1;
+        return 0;
+    }
     if (read_varint(at, end, out) < 0) return -1;
     if (*at - start > 5) {
         *at = start;
