@@ -3,8 +3,8 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 
 
-.PHONY: install run test lint typecheck protos check-protos test-unit test-integration test-e2e test-console format \
-	bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console
+.PHONY: install run test test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
+	test-console format bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console
 
 install:
 	@./scripts/install.sh
@@ -14,6 +14,18 @@ run: install
 
 test: install lint typecheck check-protos test-console
 	uv run pytest tests -q
+	$(MAKE) --no-print-directory test-no-extensions
+
+# A bounded campaign (FUZZ_SECONDS=, default 300 s): atheris compares the C wire decoder with its pure-Python
+# twin from the seed corpus (new inputs go to a temporary directory, not the repo), then the decoder built with
+# AddressSanitizer and UBSan takes random and mutated inputs (ASAN_SECONDS=, default 120 s). About 7 minutes.
+fuzz: install
+	corpus=$$(mktemp -d) && uv run python -m tests.fuzz.logwire_fuzz -max_total_time=$${FUZZ_SECONDS:-300} \
+		"$$corpus" tests/fuzz/corpus; status=$$?; rm -rf "$$corpus"; exit $$status
+	uv run python -m tests.fuzz.asan --seconds $${ASAN_SECONDS:-120}
+
+test-no-extensions:  ## the wire and encoding unit tests again on the pure-Python path (~40 s)
+	CANDELA_NO_EXTENSIONS=1 uv run pytest tests/unit -q -m wire
 
 test-unit: install
 	uv run pytest tests -q -m unit

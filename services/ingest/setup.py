@@ -8,6 +8,7 @@ setup(
         Extension(
             "candela_ingest.wire._logwire",
             ["src/candela_ingest/wire/_logwire.c"],
+            depends=["src/candela_ingest/wire/_tags.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
         )
     ]

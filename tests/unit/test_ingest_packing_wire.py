@@ -16,7 +16,7 @@ from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import MAX_FRAME_BYTES, pack_batch, read_body
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.wire]
 
 INGESTED_AT = datetime(2026, 3, 7, 23, 59, 58, 123456, tzinfo=UTC)
 ORGANIZATIONS = [str(uuid.uuid4()) for _ in range(3)]

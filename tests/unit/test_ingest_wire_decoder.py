@@ -11,64 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candela.logs.v1 import log_record_pb2
+from candela_ingest.wire import tags
 from candela_ingest.wire.varint import varint
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, decode, decode_batch
 from candela_ingest.writer.rows import RequestColumns, checked_request_columns, wire_request_columns
+from tests import wire_strategies
 
-pytestmark = pytest.mark.unit
-
-INT64 = st.integers(-(2**63), 2**63 - 1)
-INT32 = st.integers(-(2**31), 2**31 - 1)
-TEXT = st.one_of(st.sampled_from(["", "openai", "gpt-4o-mini", str(uuid.uuid4())]), st.text(max_size=12))
-_STRINGS = (
-    "request_id", "organization_id", "api_key_id", "provider", "model", "response_model", "path", "error",
-    "user_id", "session_id", "session_path", "session_name", "prompt_id", "prompt_version", "finish_reason",
-    "target_url",
-)  # fmt: skip
-_TOKENS = [field.name for field in log_record_pb2.TokenUsage.DESCRIPTOR.fields]
+pytestmark = [pytest.mark.unit, pytest.mark.wire]
 
 
-@st.composite
-def log_messages(draw: st.DrawFn) -> log_record_pb2.LogMessage:
-    """Any LogMessage holding a log: every field set or not, to any value its type holds."""
-    message = log_record_pb2.LogMessage()
-    record = message.record
-    for name in draw(st.lists(st.sampled_from(_STRINGS), unique=True)):
-        setattr(record, name, draw(TEXT))
-    if draw(st.booleans()):
-        record.created_at.seconds = draw(st.one_of(st.integers(946_684_800, 4_102_444_800), INT64))
-        record.created_at.nanos = draw(st.one_of(st.integers(0, 999_999_999), INT32))
-    record.status_code = draw(st.one_of(st.sampled_from([0, 200, 429]), INT32))
-    record.latency_ms = draw(INT64)
-    for name in (
-        "streamed",
-        "cache_hit",
-        "request_body_omitted",
-        "response_body_omitted",
-        "usage_clamped",
-        "request_body_over_limit",
-        "response_body_over_limit",
-    ):
-        setattr(record, name, draw(st.booleans()))
-    if draw(st.booleans()):
-        record.time_to_first_token_ms = draw(st.one_of(st.just(0), INT64))
-    for name in draw(st.lists(st.sampled_from(_TOKENS), unique=True)):
-        setattr(record.usage, name, draw(st.one_of(st.integers(0, 2**32), INT64)))
-    for name in ("cost_usd", "cost_saved_usd"):
-        if draw(st.booleans()):
-            setattr(record, name, draw(st.sampled_from(["", "0", "0.0001605", "1e3", "NaN", "-1", "abc"])))
-    record.properties.update(draw(st.dictionaries(TEXT, TEXT, max_size=3)))
-    record.prompt_inputs.update(draw(st.dictionaries(TEXT, TEXT, max_size=3)))
-    for _ in range(draw(st.integers(0, 3))):
-        record.attempts.add(target_url=draw(TEXT), status_code=draw(INT32), error=draw(TEXT), latency_ms=draw(INT64))
-    for body in (message.request_body, message.response_body):
-        if draw(st.booleans()):
-            body.SetInParent()
-            body.object_key = draw(st.sampled_from(["", "bodies/o/1.zst"]))
-            body.offset, body.length, body.frame_offset, body.frame_length = (draw(INT64) for _ in range(4))
-    if draw(st.booleans()):
-        message.ingested_at.seconds = draw(INT64)
-    return message
+def log_messages() -> st.SearchStrategy[log_record_pb2.LogMessage]:
+    """Any LogMessage holding a log: every field of it and of its sub-messages (found in the descriptors)
+    set or not, to any value its type holds or one the decoder treats specially."""
+    return wire_strategies.messages(log_record_pb2.LogMessage.DESCRIPTOR, exclude={"update"})  # type: ignore[return-value]
 
 
 def _rows(columns: RequestColumns) -> list[tuple[Any, ...]]:
@@ -174,3 +129,106 @@ def test_a_record_field_the_decoder_does_not_know_is_left_to_the_runtime() -> No
     columns, _, fallback = wire_request_columns([m.SerializeToString() for m in (known, newer, clamped)], 7)
     assert fallback == [1]
     assert columns["usage_clamped"] == [0, 1]
+
+
+_UNKNOWN_FIELDS = {
+    "varint": varint(99 << 3 | 0) + varint(1),
+    "fixed64": varint(99 << 3 | 1) + bytes(8),
+    "length-delimited": varint(99 << 3 | 2) + varint(2) + b"hi",
+    "fixed32": varint(1000 << 3 | 5) + bytes(4),
+}
+_MESSAGES_WITH_UNKNOWN = (
+    "", "record", "record.created_at", "record.usage", "record.attempts", "request_body", "response_body",
+    "ingested_at",
+)  # fmt: skip
+
+
+def _full_log() -> log_record_pb2.LogMessage:
+    message = log_record_pb2.LogMessage(
+        record=log_record_pb2.LogRecord(
+            request_id=str(uuid.uuid4()), organization_id=str(uuid.uuid4()), model="m",
+            usage=log_record_pb2.TokenUsage(prompt_tokens=3), properties={"k": "v"}, prompt_inputs={"n": "x"},
+            attempts=[log_record_pb2.UpstreamAttempt(target_url="https://u", status_code=200)],
+        ),
+        request_body=log_record_pb2.BodyRef(object_key="bodies/o/1.zst", length=3),
+        response_body=log_record_pb2.BodyRef(object_key="bodies/o/1.zst", offset=3, length=4),
+    )  # fmt: skip
+    message.record.created_at.seconds = 1_800_000_000
+    message.ingested_at.seconds = 1_800_000_001
+    return message
+
+
+@pytest.mark.parametrize("encoding", list(_UNKNOWN_FIELDS))
+@pytest.mark.parametrize("path", _MESSAGES_WITH_UNKNOWN)
+def test_a_field_the_decoder_does_not_know_in_any_message_is_left_to_the_runtime(path: str, encoding: str) -> None:
+    """Every message the decoder reads field by field: an unknown field there is the runtime's, never skipped."""
+    message = _full_log()
+    target: Any = message
+    for name in filter(None, path.split(".")):
+        target = getattr(target, name)
+    if path == "record.attempts":
+        target = target[0]
+    target.MergeFromString(_UNKNOWN_FIELDS[encoding])
+    value = message.SerializeToString()
+    assert log_record_pb2.LogMessage.FromString(value) == message, "the runtime reads it"
+    plain = _full_log().SerializeToString()
+    columns, _, fallback = wire_request_columns([plain, value, plain], 0)
+    assert fallback == [1]
+    assert columns.count == 2
+
+
+@pytest.mark.parametrize("map_field", [20, 30])  # LogRecord.properties, LogRecord.prompt_inputs
+def test_a_map_entry_with_a_field_the_decoder_does_not_know_is_left_to_the_runtime(map_field: int) -> None:
+    entry = b"\x0a\x01k\x12\x01v" + _UNKNOWN_FIELDS["varint"]
+    record = _full_log().record.SerializeToString() + varint(map_field << 3 | 2) + varint(len(entry)) + entry
+    value = b"\x0a" + varint(len(record)) + record
+    log_record_pb2.LogMessage.FromString(value)  # the runtime reads it
+    assert wire_request_columns([value], 0)[2] == [0]
+
+
+def test_a_log_with_an_unknown_field_is_stored_as_the_runtime_reads_it() -> None:
+    """Left to the runtime, such a log still becomes its row: the fallback path loses nothing."""
+    message = _full_log()
+    message.record.usage.MergeFromString(_UNKNOWN_FIELDS["varint"])
+    batch = [ConsumedMessage("logs", 0, 0, None, message.SerializeToString())]
+    decoded, dead = decode_batch(batch)
+    assert dead == []
+    assert _rows(decoded.columns) == _rows(checked_request_columns([message], 0)[0])
+
+
+@pytest.mark.parametrize("field", list(tags.LogRecord), ids=lambda field: field.name.lower())
+def test_a_known_field_sent_with_another_wire_type_is_left_to_the_runtime(field: tags.LogRecord) -> None:
+    """No LogRecord field is a fixed32: the runtime keeps such an occurrence as an unknown field."""
+    record = _full_log().record.SerializeToString() + varint(field << 3 | 5) + bytes(4)
+    value = b"\x0a" + varint(len(record)) + record
+    log_record_pb2.LogMessage.FromString(value)  # the runtime reads it
+    assert wire_request_columns([value], 0)[2] == [0]
+
+
+def test_a_group_is_left_to_the_runtime() -> None:
+    group = varint(99 << 3 | 3) + varint(1 << 3 | 0) + varint(7) + varint(99 << 3 | 4)
+    record = _full_log().record.SerializeToString() + group
+    value = b"\x0a" + varint(len(record)) + record
+    log_record_pb2.LogMessage.FromString(value)  # the runtime reads it
+    assert wire_request_columns([value], 0)[2] == [0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x1a\x80\x80\x80\x80\x80\x80\x80\x00\x12\x00",  # response_body's length 0 in 8 bytes (found by the fuzzer)
+        b"\x1a\x80\x80\x80\x80\x80\x00",  # in 6 bytes
+        b"\x9a\x80\x80\x80\x80\x00\x00",  # response_body's tag in 6 bytes
+    ],
+)
+def test_a_tag_or_length_longer_than_five_bytes_is_left_to_the_runtime_which_refuses_it(value: bytes) -> None:
+    with pytest.raises(DecodeError):
+        log_record_pb2.LogMessage.FromString(value)
+    assert wire_request_columns([value], 0)[2] == [0]
+
+
+def test_a_tag_or_length_of_five_bytes_is_read() -> None:
+    value = b"\x9a\x80\x80\x80\x00" + b"\x80\x80\x80\x80\x00" + _full_log().SerializeToString()
+    columns, _, fallback = wire_request_columns([value], 0)
+    assert fallback == []
+    assert _rows(columns) == _rows(checked_request_columns([log_record_pb2.LogMessage.FromString(value)], 0)[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -14,13 +15,15 @@ from hypothesis import strategies as st
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import BatchParts, batch_parts, wire_batch_parts
+from candela_ingest.wire import logwire
 from candela_ingest.wire.validation import BatchLimits, validate_ingest_request
 from candela_ingest.wire.varint import varint
 from candela_runtime.errors import InvalidArgument
 from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
+from tests import wire_strategies
 from tests.unit.test_ingest_wire_decoder import mutated
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.wire]
 
 NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 LIMITS = BatchLimits(
@@ -80,38 +83,36 @@ def _break(record: log_record_pb2.LogRecord, item: pb.IngestRecord, data: st.Dat
         item.request_body = data.draw(st.binary(max_size=8))
 
 
+_IDS = [str(uuid.UUID(int=index * 7919 + 10**20)) for index in range(20)]
+_VALID: wire_strategies.Vocabulary = {
+    "request_id": _IDS,
+    "organization_id": [str(uuid.UUID(int=1)), str(uuid.UUID(int=2))],
+    "api_key_id": ["", _IDS[0]],
+    "seconds": [int((NOW - timedelta(seconds=ago)).timestamp()) for ago in (-300, 0, 1, 3600, 86_400)],
+    "nanos": [0, 1, 999_999_999],
+    "status_code": [200, 429],
+    "latency_ms": [0, 850, 2**32 - 1],
+    "time_to_first_token_ms": [0, 900, 2**31 - 1],
+    **{name: [0, 1, 5000, 2**32 - 1] for name in _TOKENS},
+    "cost_usd": ["0.0001605", "0", "12"],
+    "cost_saved_usd": ["0.0001605", "0", "12"],
+    "request_body_omitted": [False],
+    "response_body_omitted": [False],
+}
+"""Valid values of the fields ingest checks; every other field (found in the descriptors) takes any value."""
+
+
 @st.composite
 def records(draw: st.DrawFn) -> pb.IngestRecord:
-    """A valid IngestRecord much like the proxy's."""
-    record = log_record_pb2.LogRecord(
-        request_id=draw(_UUID),
-        organization_id=draw(st.sampled_from([str(uuid.UUID(int=1)), str(uuid.UUID(int=2))])),
-        api_key_id=draw(st.one_of(st.just(""), _UUID)),
-        provider=draw(_TEXT),
-        model=draw(_TEXT),
-        status_code=draw(st.sampled_from([200, 429])),
-        latency_ms=draw(st.integers(0, 5000)),
-    )
-    record.created_at.FromDatetime(NOW - timedelta(seconds=draw(st.integers(-300, 86_400))))
-    if draw(st.booleans()):
-        record.time_to_first_token_ms = draw(st.integers(0, 900))
-    for name in draw(st.lists(st.sampled_from(_TOKENS), unique=True)):
-        setattr(record.usage, name, draw(st.integers(0, 5000)))
-    for name in ("cost_usd", "cost_saved_usd"):
-        if draw(st.booleans()):
-            setattr(record, name, draw(st.sampled_from(["0.0001605", "0", "12"])))
-    record.properties.update(draw(st.dictionaries(_TEXT, _TEXT, max_size=2)))
-    for _ in range(draw(st.integers(0, 2))):
-        record.attempts.add(target_url=draw(_TEXT), status_code=draw(st.integers(0, 599)))
-    item = pb.IngestRecord(record=record, request_body=draw(st.binary(max_size=64)))
-    if draw(st.booleans()):
-        record.response_body_omitted = True
-    else:
-        item.response_body = draw(st.binary(max_size=64))
-    if draw(st.booleans()):
-        item.trace_context["traceparent"] = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    """A valid IngestRecord: every field of it and of its LogRecord set or not, those ingest checks to
+    valid values, the others to any value (so a new field is sent too)."""
+    record: Any = draw(wire_strategies.messages(log_record_pb2.LogRecord.DESCRIPTOR, _VALID, strict=True))
+    record.request_id = draw(st.sampled_from(_IDS))
+    record.organization_id = draw(st.sampled_from(_VALID["organization_id"]))
+    record.created_at.seconds = draw(st.sampled_from(_VALID["seconds"]))  # required: set, whatever was drawn
+    item: Any = draw(wire_strategies.messages(pb.IngestRecord.DESCRIPTOR, _VALID, exclude={"record"}, strict=True))
     item.record.CopyFrom(record)
-    return item
+    return item  # type: ignore[no-any-return]
 
 
 def _exact(data: bytes) -> BatchParts | None:
@@ -150,11 +151,24 @@ def test_a_batch_read_in_c_is_one_the_exact_checks_pass_and_read_alike(
     serialized = pb.IngestRequest(records=items).SerializeToString()
     parts = wire_batch_parts(serialized, LIMITS, LATEST)
     expected = _exact(serialized)
-    if clean and 1 <= len(items) <= LIMITS.max_batch_records:
+    small = all(item.record.ByteSize() * 4 <= LIMITS.max_metadata_bytes for item in items)  # see over_limit()
+    if clean and small and 1 <= len(items) <= LIMITS.max_batch_records:
         assert parts is not None, "a batch of valid, canonical records is read in C"
     if parts is None:
         return
     assert expected is not None, "the C reader passed a batch the exact checks refuse"
+    _assert_same(parts, expected)
+
+
+def _assert_left_to_the_exact_checks(data: bytes) -> None:
+    """The C reader leaves a batch in doubt to the exact checks. Its pure-Python twin (CANDELA_NO_EXTENSIONS=1)
+    reads with those checks, so it either leaves the batch too or reads it as they do."""
+    parts = wire_batch_parts(data, LIMITS, LATEST)
+    if not logwire.NO_EXTENSIONS or parts is None:
+        assert parts is None
+        return
+    expected = _exact(data)
+    assert expected is not None, "the pure-Python reader passed a batch the exact checks refuse"
     _assert_same(parts, expected)
 
 
@@ -202,7 +216,7 @@ def test_what_the_proxy_sends_is_read_in_c() -> None:
 def test_a_record_in_doubt_sends_the_batch_to_the_exact_checks(change: object) -> None:
     items = [_valid_item(index) for index in range(3)]
     change(items[1])  # type: ignore[operator]
-    assert wire_batch_parts(pb.IngestRequest(records=items).SerializeToString(), LIMITS, LATEST) is None
+    _assert_left_to_the_exact_checks(pb.IngestRequest(records=items).SerializeToString())
 
 
 _EARLIEST = _EDGES[1]
@@ -247,7 +261,7 @@ def test_a_record_sent_twice_in_one_item_is_left_to_the_runtime_which_merges_it(
     item = _valid_item(1)
     duplicated = item.SerializeToString() + pb.IngestRecord(record=item.record).SerializeToString()
     data = b"\x0a" + varint(len(duplicated)) + duplicated
-    assert wire_batch_parts(data, LIMITS, LATEST) is None
+    _assert_left_to_the_exact_checks(data)
     assert _exact(data) is not None
 
 
@@ -281,3 +295,30 @@ def test_prompt_inputs_above_the_shared_bound_are_refused_by_the_exact_checks_no
         validate_ingest_request(pb.IngestRequest.FromString(data), limits, NOW)
     assert [violation.field for violation in refused.value.violations] == ["records[1].record.prompt_inputs"]
     assert str(MAX_PROMPT_INPUTS_BYTES) in refused.value.violations[0].description
+
+
+def _with_unknown_field(where: str) -> bytes:
+    """A valid batch of three with a field no reader knows (number 99) in one of its messages."""
+    items = [_valid_item(index) for index in range(3)]
+    unknown = varint(99 << 3 | 0) + varint(1)
+    if where == "record":
+        items[1].record.MergeFromString(unknown)
+    elif where == "record.usage":
+        items[1].record.usage.MergeFromString(unknown)
+    elif where == "item":
+        items[1].MergeFromString(unknown)
+    data = pb.IngestRequest(records=items).SerializeToString()
+    if where == "request":
+        data += unknown
+    elif where == "trace_context":
+        entry = b"\x0a\x01k\x12\x01v" + unknown
+        item = items[1].SerializeToString() + b"\x22" + varint(len(entry)) + entry
+        data = pb.IngestRequest(records=[items[0]]).SerializeToString() + b"\x0a" + varint(len(item)) + item
+    return data
+
+
+@pytest.mark.parametrize("where", ["request", "item", "trace_context", "record", "record.usage"])
+def test_a_field_the_reader_does_not_know_sends_the_batch_to_the_exact_checks(where: str) -> None:
+    data = _with_unknown_field(where)
+    assert _exact(data) is not None, "the exact path reads it"
+    assert wire_batch_parts(data, LIMITS, LATEST) is None

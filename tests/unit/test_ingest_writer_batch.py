@@ -30,7 +30,7 @@ from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 from candela_ingest.writer.postgres import LedgerOutcome
 from candela_ingest.writer.rows import REQUEST_COLUMNS, RequestColumns, Row
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.wire]
 
 ORG = str(uuid.uuid4())
 FAST_RETRY = RetryPolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.004)

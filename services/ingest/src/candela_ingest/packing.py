@@ -31,7 +31,7 @@ from google.protobuf import timestamp_pb2
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.wire import _logwire
+from candela_ingest.wire import logwire, tags
 from candela_ingest.wire.validation import EARLIEST_SECONDS, BatchLimits
 from candela_ingest.wire.varint import varint
 from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES
@@ -48,17 +48,16 @@ COMPRESSION_LEVEL = 1
 """zstd's level. Measured on ~1 KiB JSON bodies in 64 KiB frames: ~5 us per KiB and 3.3x; the faster
 (negative) levels saved no CPU there and compressed 2.7-2.9x, level 3 cost 20% more for 3.45x."""
 
-# LogMessage's fields (candela/logs/v1/log_record.proto) as wire-format tags: field number << 3 | 2, the
-# length-delimited wire type of a message or string field.
-_RECORD_TAG = b"\x0a"  # LogMessage.record = 1
-_REQUEST_BODY_TAG = b"\x12"  # LogMessage.request_body = 2
-_RESPONSE_BODY_TAG = b"\x1a"  # LogMessage.response_body = 3
-_INGESTED_AT_TAG = b"\x22"  # LogMessage.ingested_at = 4
-_OBJECT_KEY_TAG = b"\x0a"  # BodyRef.object_key = 1
-_OFFSET_TAG = b"\x10"  # BodyRef.offset = 2, a varint
-_LENGTH_TAG = b"\x18"  # BodyRef.length = 3, a varint
-_FRAME_OFFSET_TAG = b"\x20"  # BodyRef.frame_offset = 4, a varint
-_FRAME_LENGTH_TAG = b"\x28"  # BodyRef.frame_length = 5, a varint
+# LogMessage's and BodyRef's fields as wire-format tags (numbers from candela_ingest.wire.tags).
+_RECORD_TAG = tags.tag(tags.LogMessage.RECORD, tags.WIRE_LEN)
+_REQUEST_BODY_TAG = tags.tag(tags.LogMessage.REQUEST_BODY, tags.WIRE_LEN)
+_RESPONSE_BODY_TAG = tags.tag(tags.LogMessage.RESPONSE_BODY, tags.WIRE_LEN)
+_INGESTED_AT_TAG = tags.tag(tags.LogMessage.INGESTED_AT, tags.WIRE_LEN)
+_OBJECT_KEY_TAG = tags.tag(tags.BodyRef.OBJECT_KEY, tags.WIRE_LEN)
+_OFFSET_TAG = tags.tag(tags.BodyRef.OFFSET, tags.WIRE_VARINT)
+_LENGTH_TAG = tags.tag(tags.BodyRef.LENGTH, tags.WIRE_VARINT)
+_FRAME_OFFSET_TAG = tags.tag(tags.BodyRef.FRAME_OFFSET, tags.WIRE_VARINT)
+_FRAME_LENGTH_TAG = tags.tag(tags.BodyRef.FRAME_LENGTH, tags.WIRE_VARINT)
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,7 @@ def wire_batch_parts(data: bytes, limits: BatchLimits, latest_created_at: dateti
     The records are passed on as received: the same LogRecords as :func:`batch_parts` serializes (the
     bytes may differ, e.g. in the order of map entries).
     """
-    parts = _logwire.ingest_request(
+    parts = logwire.ingest_request(
         data,
         limits.max_batch_records,
         limits.max_record_bytes,

@@ -1,2 +1,4 @@
-"""The log wire format: the checks every record passes, protobuf varints and tags, and the C decoder
-(`_logwire`) that reads LogMessage bytes without building protobuf objects."""
+"""The log wire format: the checks every record passes (validation), protobuf varints and field numbers
+(varint, tags), and the decoder that reads LogMessage and IngestRequest bytes without building protobuf
+objects, behind one door (logwire): the C extension (_logwire.c) or, with CANDELA_NO_EXTENSIONS=1, its
+pure-Python twin (_logwire_py.py), the reference it is tested and fuzzed against."""

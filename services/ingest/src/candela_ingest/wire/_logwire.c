@@ -4,11 +4,13 @@ The writers store every log as a row of the ClickHouse `requests` table. Parsing
 protobuf runtime and reading its fields back one by one makes a Python object per field read (about
 0.13 us each, some 15 us per log in all); this reads the wire format once, in C, and makes only the
 objects the columns hold. It is an accelerator, not a second definition: candela_ingest.writer.rows builds the
-same columns from parsed messages (the reference), and the tests compare the two on arbitrary messages.
+same columns from parsed messages, candela_ingest.wire._logwire_py is this module's pure-Python twin (the
+reference, selected by CANDELA_NO_EXTENSIONS=1), and the tests and a fuzzer (tests/fuzz) compare them.
 
-A message this decoder does not take on (a later update, a string that is not UTF-8, a malformed or
-unusual encoding) is returned as "fallback": the caller parses it with the protobuf runtime, which decides
-whether it is a log, an update or a dead letter, exactly as for any other message.
+A message this decoder does not take on (a later update, a string that is not UTF-8, a field it does not
+know in any of its messages, a malformed or unusual encoding) is returned as "fallback": the caller parses
+it with the protobuf runtime, which decides whether it is a log, an update or a dead letter, exactly as for
+any other message. Nothing is skipped: every field of every message read is either taken or a fallback.
 
 columns(values) -> (columns, set_but_empty, fallback)
     values: a list of bytes, each a serialized LogMessage.
@@ -33,6 +35,8 @@ ingest_request(data, max_records, max_record_bytes, max_metadata_bytes, earliest
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_tags.h" /* the field numbers, generated from tags.py */
 
 /* The output columns, in the order of COLUMNS (exported to Python). */
 enum {
@@ -139,6 +143,23 @@ static int read_varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
     return -1; /* more than 10 bytes */
 }
 
+/* A tag or a length: a varint of at most 5 bytes, as the protobuf runtime reads them (it refuses a longer
+   encoding, even of a small number, as corrupt); -1 otherwise. */
+static int read_short_varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
+    const uint8_t *start = *at;
+    if (start < end && *start < 0x80) { /* most tags and lengths: one byte */
+        *out = *start;
+        *at = start + 1;
+        return 0;
+    }
+    if (read_varint(at, end, out) < 0) return -1;
+    if (*at - start > 5) {
+        *at = start;
+        return -1;
+    }
+    return 0;
+}
+
 /* Reads a tag and, for a length-delimited field, its bounds; -1 when malformed. */
 typedef struct {
     uint32_t number;
@@ -150,7 +171,7 @@ typedef struct {
 
 static int read_field(const uint8_t **at, const uint8_t *end, Field *field) {
     uint64_t tag;
-    if (read_varint(at, end, &tag) < 0 || tag >> 3 == 0 || tag >> 3 > 0x1FFFFFFF) return -1;
+    if (read_short_varint(at, end, &tag) < 0 || tag >> 3 == 0 || tag >> 3 > 0x1FFFFFFF) return -1;
     field->number = (uint32_t)(tag >> 3);
     field->wire = (int)(tag & 7);
     switch (field->wire) {
@@ -166,7 +187,7 @@ static int read_field(const uint8_t **at, const uint8_t *end, Field *field) {
         return 0;
     case WIRE_LEN: {
         uint64_t size;
-        if (read_varint(at, end, &size) < 0 || size > (uint64_t)(end - *at)) return -1;
+        if (read_short_varint(at, end, &size) < 0 || size > (uint64_t)(end - *at)) return -1;
         field->start = *at;
         field->size = (Py_ssize_t)size;
         *at += size;
@@ -180,14 +201,6 @@ static int read_field(const uint8_t **at, const uint8_t *end, Field *field) {
 static Slice slice_of(const Field *field) {
     Slice slice = {(const char *)field->start, field->size};
     return slice;
-}
-
-/* A message whose fields this decoder ignores: only its encoding is checked. */
-static Outcome skip_message(const uint8_t *p, const uint8_t *end) {
-    Field field;
-    while (p < end)
-        if (read_field(&p, end, &field) < 0) return FALLBACK;
-    return OK;
 }
 
 /* Whether a string field's bytes are UTF-8, as the protobuf runtime requires of every occurrence of a
@@ -237,16 +250,19 @@ static int is_utf8(const uint8_t *p, Py_ssize_t size) {
 #define EXPECT_TEXT()                                                   \
     if (field.wire != WIRE_LEN || !is_utf8(field.start, field.size)) return FALLBACK
 
+/* A Timestamp into its seconds and nanos (row NULL: read, checked and dropped, as ingested_at is). */
 static Outcome parse_timestamp(const uint8_t *p, const uint8_t *end, Row *row) {
     Field field;
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
-        if (field.number == 1) {
+        if (field.number == TIMESTAMP_SECONDS) {
             EXPECT(WIRE_VARINT);
-            row->number[K_CREATED_AT] = (int64_t)field.varint;
-        } else if (field.number == 2) {
+            if (row != NULL) row->number[K_CREATED_AT] = (int64_t)field.varint;
+        } else if (field.number == TIMESTAMP_NANOS) {
             EXPECT(WIRE_VARINT);
-            row->number[K_NANOS] = (int32_t)field.varint;
+            if (row != NULL) row->number[K_NANOS] = (int32_t)field.varint;
+        } else {
+            return FALLBACK; /* a field this decoder does not know: the runtime's to read */
         }
     }
     return OK;
@@ -256,9 +272,11 @@ static Outcome parse_usage(const uint8_t *p, const uint8_t *end, Row *row) {
     Field field;
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
-        if (field.number >= 1 && field.number <= 8) {
+        if (field.number >= TOKEN_USAGE_PROMPT_TOKENS && field.number <= TOKEN_USAGE_AUDIO_COMPLETION_TOKENS) {
             EXPECT(WIRE_VARINT);
-            row->number[K_PROMPT_TOKENS + field.number - 1] = (int64_t)field.varint;
+            row->number[K_PROMPT_TOKENS + field.number - TOKEN_USAGE_PROMPT_TOKENS] = (int64_t)field.varint;
+        } else {
+            return FALLBACK;
         }
     }
     return OK;
@@ -287,10 +305,10 @@ static Outcome parse_pair(const uint8_t *p, const uint8_t *end, Pairs *pairs) {
     Field field;
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
-        if (field.number == 1) {
+        if (field.number == MAP_ENTRY_KEY) {
             EXPECT_TEXT();
             pair->key = slice_of(&field);
-        } else if (field.number == 2) {
+        } else if (field.number == MAP_ENTRY_VALUE) {
             EXPECT_TEXT();
             pair->value = slice_of(&field);
         } else {
@@ -310,11 +328,11 @@ static Outcome parse_attempt(const uint8_t *p, const uint8_t *end, Attempts *att
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
         switch (field.number) {
-        case 1: EXPECT_TEXT(); attempt->target_url = slice_of(&field); break;
-        case 2: EXPECT(WIRE_VARINT); attempt->status_code = (int32_t)field.varint; break;
-        case 3: EXPECT_TEXT(); attempt->error = slice_of(&field); break;
-        case 4: EXPECT(WIRE_VARINT); attempt->latency_ms = (int64_t)field.varint; break;
-        default: break;
+        case UPSTREAM_ATTEMPT_TARGET_URL: EXPECT_TEXT(); attempt->target_url = slice_of(&field); break;
+        case UPSTREAM_ATTEMPT_STATUS_CODE: EXPECT(WIRE_VARINT); attempt->status_code = (int32_t)field.varint; break;
+        case UPSTREAM_ATTEMPT_ERROR: EXPECT_TEXT(); attempt->error = slice_of(&field); break;
+        case UPSTREAM_ATTEMPT_LATENCY_MS: EXPECT(WIRE_VARINT); attempt->latency_ms = (int64_t)field.varint; break;
+        default: return FALLBACK;
         }
     }
     attempts->count++;
@@ -326,12 +344,14 @@ static Outcome parse_body(const uint8_t *p, const uint8_t *end, Row *row, int fi
     Field field;
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
-        if (field.number == 1) {
+        if (field.number == BODY_REF_OBJECT_KEY) {
             EXPECT_TEXT();
             row->text[first] = slice_of(&field);
-        } else if (field.number >= 2 && field.number <= 5) {
+        } else if (field.number >= BODY_REF_OFFSET && field.number <= BODY_REF_FRAME_LENGTH) {
             EXPECT(WIRE_VARINT);
-            row->number[first + field.number - 1] = (int64_t)field.varint;
+            row->number[first + field.number - BODY_REF_OBJECT_KEY] = (int64_t)field.varint;
+        } else {
+            return FALLBACK;
         }
     }
     return OK;
@@ -339,18 +359,26 @@ static Outcome parse_body(const uint8_t *p, const uint8_t *end, Row *row, int fi
 
 /* LogRecord's string fields and where they go, as column + 1 (0: not a string field). */
 #define TO(column) ((column) + 1)
-static const int RECORD_STRINGS[34] = {
-    [1] = TO(K_REQUEST_ID), [2] = TO(K_ORGANIZATION_ID), [3] = TO(K_API_KEY_ID), [5] = TO(K_PROVIDER),
-    [6] = TO(K_MODEL), [7] = TO(K_RESPONSE_MODEL), [8] = TO(K_PATH), [10] = TO(K_ERROR), [15] = TO(K_COST_USD),
-    [16] = TO(K_USER_ID), [17] = TO(K_SESSION_ID), [18] = TO(K_SESSION_PATH), [19] = TO(K_SESSION_NAME),
-    [21] = TO(K_PROMPT_ID), [22] = TO(K_PROMPT_VERSION), [26] = TO(K_FINISH_REASON), [27] = TO(K_TARGET_URL),
-    [28] = TO(K_COST_SAVED_USD),
+#define RECORD_FIELDS (LOG_RECORD_RESPONSE_BODY_OVER_LIMIT + 1)
+static const int RECORD_STRINGS[RECORD_FIELDS] = {
+    [LOG_RECORD_REQUEST_ID] = TO(K_REQUEST_ID), [LOG_RECORD_ORGANIZATION_ID] = TO(K_ORGANIZATION_ID),
+    [LOG_RECORD_API_KEY_ID] = TO(K_API_KEY_ID), [LOG_RECORD_PROVIDER] = TO(K_PROVIDER),
+    [LOG_RECORD_MODEL] = TO(K_MODEL), [LOG_RECORD_RESPONSE_MODEL] = TO(K_RESPONSE_MODEL),
+    [LOG_RECORD_PATH] = TO(K_PATH), [LOG_RECORD_ERROR] = TO(K_ERROR), [LOG_RECORD_COST_USD] = TO(K_COST_USD),
+    [LOG_RECORD_USER_ID] = TO(K_USER_ID), [LOG_RECORD_SESSION_ID] = TO(K_SESSION_ID),
+    [LOG_RECORD_SESSION_PATH] = TO(K_SESSION_PATH), [LOG_RECORD_SESSION_NAME] = TO(K_SESSION_NAME),
+    [LOG_RECORD_PROMPT_ID] = TO(K_PROMPT_ID), [LOG_RECORD_PROMPT_VERSION] = TO(K_PROMPT_VERSION),
+    [LOG_RECORD_FINISH_REASON] = TO(K_FINISH_REASON), [LOG_RECORD_TARGET_URL] = TO(K_TARGET_URL),
+    [LOG_RECORD_COST_SAVED_USD] = TO(K_COST_SAVED_USD),
 };
 /* LogRecord's integer and bool fields, likewise (bools are read as 0/1 at output). */
-static const int RECORD_NUMBERS[34] = {
-    [9] = TO(K_STATUS_CODE), [11] = TO(K_STREAMED), [12] = TO(K_LATENCY_MS), [13] = TO(K_TIME_TO_FIRST_TOKEN_MS),
-    [23] = TO(K_CACHE_HIT), [24] = TO(K_REQUEST_BODY_OMITTED), [25] = TO(K_RESPONSE_BODY_OMITTED),
-    [31] = TO(K_USAGE_CLAMPED), [32] = TO(K_REQUEST_BODY_OVER_LIMIT), [33] = TO(K_RESPONSE_BODY_OVER_LIMIT),
+static const int RECORD_NUMBERS[RECORD_FIELDS] = {
+    [LOG_RECORD_STATUS_CODE] = TO(K_STATUS_CODE), [LOG_RECORD_STREAMED] = TO(K_STREAMED),
+    [LOG_RECORD_LATENCY_MS] = TO(K_LATENCY_MS), [LOG_RECORD_TIME_TO_FIRST_TOKEN_MS] = TO(K_TIME_TO_FIRST_TOKEN_MS),
+    [LOG_RECORD_CACHE_HIT] = TO(K_CACHE_HIT), [LOG_RECORD_REQUEST_BODY_OMITTED] = TO(K_REQUEST_BODY_OMITTED),
+    [LOG_RECORD_RESPONSE_BODY_OMITTED] = TO(K_RESPONSE_BODY_OMITTED), [LOG_RECORD_USAGE_CLAMPED] = TO(K_USAGE_CLAMPED),
+    [LOG_RECORD_REQUEST_BODY_OVER_LIMIT] = TO(K_REQUEST_BODY_OVER_LIMIT),
+    [LOG_RECORD_RESPONSE_BODY_OVER_LIMIT] = TO(K_RESPONSE_BODY_OVER_LIMIT),
 };
 
 static Outcome parse_record(const uint8_t *p, const uint8_t *end, Row *row) {
@@ -358,24 +386,26 @@ static Outcome parse_record(const uint8_t *p, const uint8_t *end, Row *row) {
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
         uint32_t number = field.number;
-        if (number <= 33 && RECORD_STRINGS[number]) {
+        if (number < RECORD_FIELDS && RECORD_STRINGS[number]) {
             EXPECT_TEXT();
             row->text[RECORD_STRINGS[number] - 1] = slice_of(&field);
-            if (number == 15) row->has_cost = 1;
-            if (number == 28) row->has_cost_saved = 1;
-        } else if (number <= 33 && RECORD_NUMBERS[number]) {
+            if (number == LOG_RECORD_COST_USD) row->has_cost = 1;
+            if (number == LOG_RECORD_COST_SAVED_USD) row->has_cost_saved = 1;
+        } else if (number < RECORD_FIELDS && RECORD_NUMBERS[number]) {
             EXPECT(WIRE_VARINT);
             int column = RECORD_NUMBERS[number] - 1;
-            row->number[column] = number == 9 ? (int64_t)(int32_t)field.varint : (int64_t)field.varint;
-            if (number == 13) row->has_first_token = 1;
-        } else if (number == 4 || number == 14 || number == 20 || number == 29 || number == 30) {
+            row->number[column] =
+                number == LOG_RECORD_STATUS_CODE ? (int64_t)(int32_t)field.varint : (int64_t)field.varint;
+            if (number == LOG_RECORD_TIME_TO_FIRST_TOKEN_MS) row->has_first_token = 1;
+        } else if (number == LOG_RECORD_CREATED_AT || number == LOG_RECORD_USAGE || number == LOG_RECORD_PROPERTIES ||
+                   number == LOG_RECORD_ATTEMPTS || number == LOG_RECORD_PROMPT_INPUTS) {
             EXPECT(WIRE_LEN);
             const uint8_t *start = field.start, *stop = field.start + field.size;
-            Outcome outcome = number == 4    ? parse_timestamp(start, stop, row)
-                              : number == 14 ? parse_usage(start, stop, row)
-                              : number == 20 ? parse_pair(start, stop, &row->properties)
-                              : number == 29 ? parse_attempt(start, stop, &row->attempts)
-                                             : parse_pair(start, stop, &row->prompt_inputs);
+            Outcome outcome = number == LOG_RECORD_CREATED_AT ? parse_timestamp(start, stop, row)
+                              : number == LOG_RECORD_USAGE    ? parse_usage(start, stop, row)
+                              : number == LOG_RECORD_PROPERTIES ? parse_pair(start, stop, &row->properties)
+                              : number == LOG_RECORD_ATTEMPTS   ? parse_attempt(start, stop, &row->attempts)
+                                                                : parse_pair(start, stop, &row->prompt_inputs);
             if (outcome != OK) return outcome;
         } else {
             return FALLBACK; /* a field this decoder does not know (a newer LogRecord): the runtime's to read */
@@ -388,21 +418,21 @@ static Outcome parse_message(const uint8_t *p, const uint8_t *end, Row *row) {
     Field field;
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return FALLBACK;
-        if (field.number == 100) return FALLBACK; /* a later update: the caller's to read */
-        if (field.number < 1 || field.number > 4) continue;
+        /* A later update, or a field this decoder does not know (a newer LogMessage): the caller's to read. */
+        if (field.number < LOG_MESSAGE_RECORD || field.number > LOG_MESSAGE_INGESTED_AT) return FALLBACK;
         EXPECT(WIRE_LEN);
         const uint8_t *start = field.start, *stop = field.start + field.size;
         Outcome outcome;
-        if (field.number == 1) {
+        if (field.number == LOG_MESSAGE_RECORD) {
             outcome = parse_record(start, stop, row);
-        } else if (field.number == 2) {
+        } else if (field.number == LOG_MESSAGE_REQUEST_BODY) {
             row->has_request_body = 1;
             outcome = parse_body(start, stop, row, K_REQUEST_BODY_KEY);
-        } else if (field.number == 3) {
+        } else if (field.number == LOG_MESSAGE_RESPONSE_BODY) {
             row->has_response_body = 1;
             outcome = parse_body(start, stop, row, K_RESPONSE_BODY_KEY);
         } else {
-            outcome = skip_message(start, stop); /* ingested_at: not a column */
+            outcome = parse_timestamp(start, stop, NULL); /* ingested_at: not a column */
         }
         if (outcome != OK) return outcome;
     }
@@ -728,7 +758,7 @@ static int record_passes(const Row *row, int64_t earliest, int64_t latest, Py_ss
 static PyObject *record_field(const Field *record) {
     uint8_t prefix[11];
     Py_ssize_t used = 1;
-    prefix[0] = 0x0A;
+    prefix[0] = LOG_MESSAGE_RECORD << 3 | WIRE_LEN;
     uint64_t size = (uint64_t)record->size;
     do {
         prefix[used++] = (uint8_t)((size & 0x7F) | (size > 0x7F ? 0x80 : 0));
@@ -753,17 +783,18 @@ static int take_record(const uint8_t *p, const uint8_t *end, const int64_t *boun
     context->count = 0;
     while (p < end) {
         if (read_field(&p, end, &field) < 0) return 0;
-        if (field.number < 1 || field.number > 4) continue;
+        /* A field this reader does not know (a newer IngestRecord) takes the exact path, never a skip. */
+        if (field.number < INGEST_RECORD_RECORD || field.number > INGEST_RECORD_TRACE_CONTEXT) return 0;
         if (field.wire != WIRE_LEN) return 0;
-        if (field.number == 4) {
+        if (field.number == INGEST_RECORD_TRACE_CONTEXT) {
             if (parse_pair(field.start, field.start + field.size, context) != OK) return 0;
             continue;
         }
-        if (seen[field.number - 1]++) return 0; /* met twice: the runtime merges or replaces it */
-        if (field.number == 1)
+        if (seen[field.number - INGEST_RECORD_RECORD]++) return 0; /* met twice: the runtime merges or replaces it */
+        if (field.number == INGEST_RECORD_RECORD)
             record = field;
         else
-            bodies[field.number - 2] = slice_of(&field);
+            bodies[field.number - INGEST_RECORD_REQUEST_BODY] = slice_of(&field);
     }
     if (!seen[0] || over_limit(record.size, bounds[1])) return 0;
     reset_row(row);
@@ -809,7 +840,9 @@ static PyObject *ingest_request(PyObject *Py_UNUSED(module), PyObject *args) {
     while (p < end && taken == 1) {
         if (read_field(&p, end, &field) < 0) {
             taken = 0;
-        } else if (field.number == 1) {
+        } else if (field.number != INGEST_REQUEST_RECORDS) {
+            taken = 0; /* a field this reader does not know (a newer IngestRequest): the exact path's */
+        } else {
             taken = field.wire == WIRE_LEN && ++count <= max_records && !over_limit(field.size, bounds[0])
                         ? take_record(field.start, field.start + field.size, bounds, &row, &context,
                                       &organization, lists)

@@ -17,7 +17,7 @@ from operator import attrgetter, methodcaller
 from typing import Any, Literal
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.wire import _logwire
+from candela_ingest.wire import logwire
 from candela_ingest.wire.validation import (
     CANONICAL_UUID,
     COST_DECIMAL_PLACES,
@@ -382,7 +382,7 @@ WIRE_ONLY_COLUMNS = ("created_at_nanos", "time_to_first_token_ms_as_set", "cost_
 """The wire decoder's columns that are no ``requests`` column: what the columns are checked and made from."""
 MADE_FROM_WIRE_COLUMNS = ("cost_usd", "priced", "cost_saved_usd", "cost_saved_known", "version")
 """The ``requests`` columns made here rather than read by the wire decoder; it reads every other one."""
-_WIRE_INDEX = {name: index for index, name in enumerate(_logwire.COLUMNS)}
+_WIRE_INDEX = {name: index for index, name in enumerate(logwire.COLUMNS)}
 _WIRE_COLUMNS = tuple(
     (name, _WIRE_INDEX[name]) for name in REQUEST_COLUMNS if name not in MADE_FROM_WIRE_COLUMNS and name in _WIRE_INDEX
 )
@@ -391,14 +391,16 @@ _WIRE_COLUMNS = tuple(
 
 def wire_request_columns(values: list[bytes], version: int) -> tuple[RequestColumns, list[int], list[int]]:
     """:func:`checked_request_columns` of serialized LogMessages, read by the C wire decoder
-    (``candela_ingest.wire._logwire``) with no protobuf message made.
+    (``candela_ingest.wire._logwire``; its pure-Python twin under ``CANDELA_NO_EXTENSIONS=1``, see
+    ``candela_ingest.wire.logwire``) with no protobuf message made.
 
     Returns the columns of the messages it decoded (in the order of ``values``), the suspects among
     them, and the positions in ``values`` of the messages it left to the protobuf runtime (updates,
-    text that is not UTF-8, encodings it does not take on). Every value of a decoded message is what
-    :func:`checked_request_columns` reads from the parsed message; the tests compare the two.
+    text that is not UTF-8, fields it does not know, encodings it does not take on). Every value of a
+    decoded message is what :func:`checked_request_columns` reads from the parsed message; the tests
+    compare the two.
     """
-    wire, set_but_empty, fallback = _logwire.columns(values)
+    wire, set_but_empty, fallback = logwire.columns(values)
     count = len(wire[0])
     cost_texts, saved_texts = wire[_WIRE_INDEX["cost_usd_text"]], wire[_WIRE_INDEX["cost_saved_usd_text"]]
     columns = {name: wire[index] for name, index in _WIRE_COLUMNS}

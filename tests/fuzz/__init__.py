@@ -1,0 +1,1 @@
+"""Fuzzing the C wire decoder against its pure-Python twin (atheris; AddressSanitizer builds)."""
