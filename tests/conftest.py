@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,32 @@ def postgres_dsn(postgres_admin_dsn: str) -> Iterator[str]:
     apply_postgres(dsn)
     yield dsn
     drop_database(postgres_admin_dsn, name)
+
+
+# --- tiers: a test's folder is its tier ----------------------------------------------------------------
+
+TIERS = ("unit", "integration", "e2e")
+TESTS_DIR = Path(__file__).parent
+STORE_FIXTURES = frozenset({"postgres_admin_dsn", "postgres_dsn", "stack"})
+"""Fixtures that start or reach a real store or the whole mesh: never requested by a unit test."""
+
+
+def tier_mismatch(item: pytest.Item) -> str | None:
+    """Why ``item``'s tier marker does not match its folder (tests/<tier>/...), or None when it does."""
+    folder = item.path.relative_to(TESTS_DIR).parts[0]
+    marked = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+    if folder not in TIERS:
+        return f"sits in tests/{folder}/, which is no tier ({', '.join(TIERS)})"
+    if marked != [folder]:
+        return f"sits in tests/{folder}/ but is marked {', '.join(marked) or 'with no tier'}"
+    stores = STORE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    if folder == "unit" and stores:
+        return f"is a unit test but uses {', '.join(sorted(stores))} (a real store: integration or e2e)"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fails the run when a test's tier marker and folder disagree (``-m unit`` must select tests/unit/)."""
+    mismatches = [f"{item.nodeid} {why}" for item in items if (why := tier_mismatch(item)) is not None]
+    if mismatches:
+        raise pytest.UsageError("tests whose tier does not match their folder:\n  " + "\n  ".join(mismatches))
