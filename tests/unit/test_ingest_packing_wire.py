@@ -15,6 +15,7 @@ import zstandard
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import MAX_FRAME_BYTES, pack_batch, read_body
+from tests.factories import log_record
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +27,7 @@ UNKNOWN_FIELD = b"\xba\x3e\x05hello"
 
 def _item(rng: random.Random, index: int) -> pb.IngestRecord:
     organization_id = rng.choice(ORGANIZATIONS)
-    record = log_record_pb2.LogRecord(
+    record = log_record(
         request_id=str(uuid.UUID(int=rng.getrandbits(128))),
         organization_id=organization_id.upper() if index % 7 == 0 else organization_id,
         api_key_id=rng.choice(["", str(uuid.uuid4()), str(uuid.uuid4()).upper()]),
