@@ -144,7 +144,7 @@ def test_every_body_reads_back_from_its_ref() -> None:
 
 
 def test_an_identifier_without_letters_is_kept_as_it_is() -> None:
-    record = log_record_pb2.LogRecord(
+    record = log_record(
         request_id="12345678-1234-1234-1234-123456789012", organization_id="00000000-0000-0000-0000-000000000001"
     )
     packed = pack_batch([pb.IngestRecord(record=record, request_body=b"x")], INGESTED_AT)
