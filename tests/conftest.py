@@ -63,6 +63,8 @@ STORE_FIXTURES = frozenset({"postgres_admin_dsn", "postgres_dsn", "stack"})
 
 def tier_mismatch(item: pytest.Item) -> str | None:
     """Why ``item``'s tier marker does not match its folder (tests/<tier>/...), or None when it does."""
+    if not item.path.is_relative_to(TESTS_DIR):
+        return None  # not one of this suite's tests (pytest pointed elsewhere)
     folder = item.path.relative_to(TESTS_DIR).parts[0]
     marked = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
     if folder not in TIERS:
@@ -98,7 +100,8 @@ tests themselves, and the stack launcher that starts stores for them (candela_st
 
 class LoopErrors:
     """Every unhandled event-loop exception (a callback that raised, "Task exception was never retrieved",
-    ...) reported since the last look, from any asyncio loop of this process."""
+    ...) reported since the last look, from any asyncio loop of this process (the session's, and those of
+    asyncio.run in a sync test; uvloop's are not asyncio's and are not watched: no test runs one)."""
 
     def __init__(self) -> None:
         self.reported: list[dict[str, Any]] = []
