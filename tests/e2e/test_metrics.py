@@ -22,11 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_runtime.security import service_metadata
 from candela_stack.stack import Bootstrap, Component, Stack
 from tests.e2e.conftest import bearer, wait_for_logged_request
+from tests.factories import ingest_record
 
 pytestmark = pytest.mark.e2e
 
@@ -238,8 +238,7 @@ def test_a_known_amount_of_traffic_moves_every_service_counter_by_that_amount(
 
 
 def _ingest_item(organization_id: str, **properties: str) -> ingest_service_pb2.IngestRecord:
-    record = log_record_pb2.LogRecord(
-        request_id=str(uuid.uuid4()),
+    return ingest_record(
         organization_id=organization_id,
         api_key_id=str(uuid.uuid4()),
         provider="openai",
@@ -247,9 +246,9 @@ def _ingest_item(organization_id: str, **properties: str) -> ingest_service_pb2.
         path="/v1/chat/completions",
         status_code=200,
         properties=properties,
+        created_at=datetime.now(UTC),
+        request_body=b'{"messages": []}',
     )
-    record.created_at.FromDatetime(datetime.now(UTC))
-    return ingest_service_pb2.IngestRecord(record=record, request_body=b'{"messages": []}')
 
 
 def test_ingest_counts_the_records_it_refuses_by_reason(stack: Stack, admin: Bootstrap) -> None:

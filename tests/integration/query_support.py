@@ -22,6 +22,7 @@ from clickhouse_driver.util.escape import escape_param
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.writer.rows import REQUEST_COLUMNS, Row, clickhouse_row, insert_statement
 from candela_schema.migrator import clickhouse_gates, load, render_clickhouse
+from tests.factories import log_message, log_record
 
 MODELS = (("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku"), ("openai", "o3-mini"))
 FEATURES = ("onboarding", "search", "chat", "Summary_50%")
@@ -34,7 +35,7 @@ def make_record(rng: random.Random, organization_id: str, index: int) -> log_rec
     prompt, completion = rng.randint(5, 4000), rng.randint(0, 800)
     status = rng.choice((200,) * 12 + (400, 429, 500))
     streamed = rng.random() < 0.5
-    record = log_record_pb2.LogRecord(
+    record = log_record(
         request_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
         organization_id=organization_id,
         api_key_id=f"key-{rng.randint(1, 3)}",
@@ -73,7 +74,7 @@ def make_record(rng: random.Random, organization_id: str, index: int) -> log_rec
             record.properties[key] = {"feature": rng.choice(FEATURES), "env": rng.choice(("prod", "dev"))}.get(
                 key, f"t-{rng.randint(1, 5)}"
             )
-    message = log_record_pb2.LogMessage(record=record)
+    message = log_message(record=record)
     message.response_body.object_key = f"bodies/{organization_id}/pack-{index // 100}"
     message.response_body.offset = index * 10
     message.response_body.length = 10

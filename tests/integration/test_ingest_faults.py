@@ -31,6 +31,7 @@ from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 from candela_stack import seaweed
 from candela_stack.stack import Component, Stack, StackConfig
+from tests.factories import log_record
 
 pytestmark = pytest.mark.integration
 
@@ -66,17 +67,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _record(organization_id: str) -> log_record_pb2.LogRecord:
-    record = log_record_pb2.LogRecord(
-        request_id=str(uuid.uuid4()),
+    return log_record(
         organization_id=organization_id,
         provider="openai",
         model="gpt-4o-mini",
         status_code=200,
         latency_ms=10,
         cost_usd="0.000001",
+        created_at=datetime.now(UTC),
     )
-    record.created_at.FromDatetime(datetime.now(UTC))
-    return record
 
 
 async def _organization(stack: Stack) -> str:

@@ -46,6 +46,7 @@ from candela_runtime.grpc_server import GrpcServer
 from candela_runtime.security import service_metadata
 from candela_stack import seaweed
 from candela_stack.stack import Component, Stack, StackConfig
+from tests.factories import log_record
 
 pytestmark = pytest.mark.integration
 
@@ -164,8 +165,7 @@ def s3(stack: Stack) -> Any:
 
 
 def _record(organization_id: str, cost: str | None = "0.000150", prompt_tokens: int = 100) -> log_record_pb2.LogRecord:
-    record = log_record_pb2.LogRecord(
-        request_id=str(uuid.uuid4()),
+    record = log_record(
         organization_id=organization_id,
         api_key_id=str(uuid.uuid4()),
         provider="openai",
@@ -175,10 +175,10 @@ def _record(organization_id: str, cost: str | None = "0.000150", prompt_tokens: 
         latency_ms=321,
         usage=log_record_pb2.TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=20, total_tokens=120),
         properties={"env": "test"},
+        created_at=datetime.now(UTC),
     )
     if cost is not None:
         record.cost_usd = cost
-    record.created_at.FromDatetime(datetime.now(UTC))
     return record
 
 

@@ -14,6 +14,7 @@ from candela_ingest.wire.validation import UINT32_MAX, check_log_message
 from candela_ingest.writer.batch import ConsumedMessage, DeadLetter, DecodedBatch, decode, decode_batch
 from candela_ingest.writer.rows import checked_request_columns, request_columns
 from candela_runtime.errors import Violations
+from tests.factories import log_message
 
 pytestmark = pytest.mark.unit
 
@@ -22,16 +23,15 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def _valid(index: int = 0) -> log_record_pb2.LogMessage:
-    message = log_record_pb2.LogMessage()
-    record = message.record
-    record.request_id = str(uuid.uuid4())
-    record.organization_id = ORG
-    record.model = "gpt-4o-mini"
-    record.status_code = 200
-    record.latency_ms = 100 + index
-    record.cost_usd = "0.0001"
-    record.usage.prompt_tokens = 10
-    record.created_at.FromDatetime(NOW)
+    message = log_message(
+        organization_id=ORG,
+        model="gpt-4o-mini",
+        status_code=200,
+        latency_ms=100 + index,
+        cost_usd="0.0001",
+        usage=log_record_pb2.TokenUsage(prompt_tokens=10),
+        created_at=NOW,
+    )
     message.request_body.object_key = f"bodies/{ORG}/object.zst"
     message.request_body.offset = index * 10
     message.request_body.length = 10

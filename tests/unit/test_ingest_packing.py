@@ -15,6 +15,7 @@ import zstandard
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import MAX_FRAME_BYTES, object_key, pack_batch, read_body
+from tests.factories import ingest_record
 
 pytestmark = [pytest.mark.unit, pytest.mark.wire]
 
@@ -25,9 +26,10 @@ KiB = 1024
 
 
 def _item(organization_id: str, request_body: bytes, response_body: bytes) -> pb.IngestRecord:
-    record = log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), organization_id=organization_id)
-    record.created_at.FromDatetime(datetime(2026, 3, 6, tzinfo=UTC))
-    return pb.IngestRecord(record=record, request_body=request_body, response_body=response_body)
+    created_at = datetime(2026, 3, 6, tzinfo=UTC)
+    return ingest_record(
+        organization_id=organization_id, created_at=created_at, request_body=request_body, response_body=response_body
+    )
 
 
 def _ids() -> itertools.count[int]:

@@ -15,6 +15,7 @@ import zstandard
 from candela.ingest.v1 import ingest_service_pb2 as pb
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import MAX_FRAME_BYTES, pack_batch, read_body
+from tests.factories import log_record
 
 pytestmark = [pytest.mark.unit, pytest.mark.wire]
 
@@ -26,7 +27,7 @@ UNKNOWN_FIELD = b"\xba\x3e\x05hello"
 
 def _item(rng: random.Random, index: int) -> pb.IngestRecord:
     organization_id = rng.choice(ORGANIZATIONS)
-    record = log_record_pb2.LogRecord(
+    record = log_record(
         request_id=str(uuid.UUID(int=rng.getrandbits(128))),
         organization_id=organization_id.upper() if index % 7 == 0 else organization_id,
         api_key_id=rng.choice(["", str(uuid.uuid4()), str(uuid.uuid4()).upper()]),
@@ -143,7 +144,7 @@ def test_every_body_reads_back_from_its_ref() -> None:
 
 
 def test_an_identifier_without_letters_is_kept_as_it_is() -> None:
-    record = log_record_pb2.LogRecord(
+    record = log_record(
         request_id="12345678-1234-1234-1234-123456789012", organization_id="00000000-0000-0000-0000-000000000001"
     )
     packed = pack_batch([pb.IngestRecord(record=record, request_body=b"x")], INGESTED_AT)

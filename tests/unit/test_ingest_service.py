@@ -22,6 +22,7 @@ from candela_ingest.wire.validation import BatchLimits
 from candela_runtime.errors import Unavailable, bad_request_violations, rpc_error_status
 from candela_runtime.grpc_server import GrpcServer, create_grpc_server
 from candela_runtime.security import service_metadata
+from tests.factories import ingest_record
 
 pytestmark = pytest.mark.unit
 
@@ -91,9 +92,9 @@ async def ingest() -> AsyncIterator[Running]:
 
 
 def _item(organization_id: str, body: bytes = b"request", answer: bytes = b"response") -> pb.IngestRecord:
-    record = log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), organization_id=organization_id)
-    record.created_at.FromDatetime(datetime.now(UTC))
-    return pb.IngestRecord(record=record, request_body=body, response_body=answer)
+    return ingest_record(
+        organization_id=organization_id, created_at=datetime.now(UTC), request_body=body, response_body=answer
+    )
 
 
 def _batches_read(reader: str) -> float:

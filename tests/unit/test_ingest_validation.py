@@ -20,6 +20,7 @@ from candela_ingest.wire.validation import (
     validate_ingest_request,
 )
 from candela_runtime.errors import InvalidArgument, Violations
+from tests.factories import log_record
 
 pytestmark = pytest.mark.unit
 
@@ -30,8 +31,7 @@ LIMITS = BatchLimits(
 
 
 def _record(**fields: Any) -> log_record_pb2.LogRecord:
-    record = log_record_pb2.LogRecord(
-        request_id=str(uuid.uuid4()),
+    record = log_record(
         organization_id=str(uuid.uuid4()),
         api_key_id=str(uuid.uuid4()),
         provider="openai",
@@ -39,8 +39,8 @@ def _record(**fields: Any) -> log_record_pb2.LogRecord:
         status_code=200,
         latency_ms=120,
         cost_usd="0.000125",
+        created_at=NOW - timedelta(seconds=5),
     )
-    record.created_at.FromDatetime(NOW - timedelta(seconds=5))
     for name, value in fields.items():
         setattr(record, name, value)
     return record

@@ -29,6 +29,7 @@ from candela_ingest.writer.dead_letters import ATTEMPTS_HEADER, ERROR_HEADER, de
 from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
 from candela_ingest.writer.postgres import LedgerOutcome
 from candela_ingest.writer.rows import REQUEST_COLUMNS, RequestColumns, Row
+from tests.factories import log_message
 
 pytestmark = [pytest.mark.unit, pytest.mark.wire]
 
@@ -98,11 +99,13 @@ class FakeDeadLetters:
 
 
 def _log(model: str = "gpt-4o", cost: str = "0.5", request_id: str | None = None) -> log_record_pb2.LogMessage:
-    record = log_record_pb2.LogRecord(
-        request_id=request_id or str(uuid.uuid4()), organization_id=ORG, model=model, cost_usd=cost
+    return log_message(
+        request_id=request_id,
+        organization_id=ORG,
+        model=model,
+        cost_usd=cost,
+        created_at=datetime(2026, 3, 7, tzinfo=UTC),
     )
-    record.created_at.FromDatetime(datetime(2026, 3, 7, tzinfo=UTC))
-    return log_record_pb2.LogMessage(record=record)
 
 
 def _messages(*payloads: bytes | None, partition: int = 0) -> list[ConsumedMessage]:

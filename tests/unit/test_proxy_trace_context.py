@@ -19,10 +19,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from candela.logs.v1 import log_record_pb2
 from candela_ingest.propagation import batch_context, inject_headers, record_headers
 from candela_proxy import record, shipping
 from candela_proxy.shipping import MAX_LINKS, LogShipper, batch_trace
+from tests.factories import ingest_record
 
 pytestmark = pytest.mark.unit
 
@@ -36,9 +36,7 @@ def _traceparent(trace_id: int, span_id: int) -> str:
 
 
 def _record(request_id: str, trace_context: dict[str, str] | None = None) -> ingest_service_pb2.IngestRecord:
-    return ingest_service_pb2.IngestRecord(
-        record=log_record_pb2.LogRecord(request_id=request_id), trace_context=trace_context or {}
-    )
+    return ingest_record(request_id=request_id, trace_context=trace_context)
 
 
 def propagate_all() -> dict[str, str]:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import pytest
 import zstandard
 
-from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
 from candela_ingest.packing import pack_batch
 from candela_query.body_reader import (
@@ -23,6 +22,7 @@ from candela_query.body_reader import (
     pair_from,
 )
 from candela_query.row_reads import BodyLocation
+from tests.factories import ingest_record
 
 pytestmark = pytest.mark.unit
 
@@ -38,10 +38,11 @@ def _packed(pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[BodyLoc
     """The object ingest packs for one organization's ``pairs`` of bodies, and each pair's locations."""
     records = []
     for request_body, response_body in pairs:
-        record = log_record_pb2.LogRecord(request_id=str(uuid.uuid4()), organization_id=ORG)
-        record.created_at.FromDatetime(datetime(2026, 3, 6, tzinfo=UTC))
+        created_at = datetime(2026, 3, 6, tzinfo=UTC)
         records.append(
-            ingest_service_pb2.IngestRecord(record=record, request_body=request_body, response_body=response_body)
+            ingest_record(
+                organization_id=ORG, created_at=created_at, request_body=request_body, response_body=response_body
+            )
         )
     packed = pack_batch(records, datetime(2026, 3, 7, tzinfo=UTC))
     [packed_object] = packed.objects

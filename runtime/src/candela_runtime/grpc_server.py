@@ -7,9 +7,11 @@ checks), server reflection, OpenTelemetry tracing and the error mapping of :mod:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +51,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
     """Turns :class:`CandelaError` into its status with details; anything else into a logged INTERNAL.
 
     Request bytes that do not parse are the caller's mistake too: INVALID_ARGUMENT naming the field (see
-    :mod:`candela_runtime.decoding`), before the servicer runs.
+    :mod:`candela_runtime.decoding`), before the servicer runs (for a request stream, when the servicer
+    reaches the bad message). Every kind of RPC is covered: unary, and a stream of requests, of responses
+    or both, whether the servicer yields its responses or writes them to its context.
     """
 
     async def intercept_service(
@@ -58,34 +62,102 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
         method = handler_call_details.method
         deserializer = handler.request_deserializer
         if deserializer is not None:
             deserializer = tolerant_deserializer(deserializer, _request_type(method))
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        async def guarded(request: Any, context: Any) -> Any:
-            try:
-                if isinstance(request, UndecodableRequest):
-                    raise request.error
-                return await inner(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except CandelaError as err:
-                await context.abort_with_status(rpc_status.to_status(err.to_status()))
-            except Exception:
-                # Our own fault: keep the traceback in our logs, give the caller a trace id to quote.
-                logger.exception("unhandled error in %s", method)
-                trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace id {trace_id})")
+            async def guarded(request: Any, context: Any) -> Any:
+                async with _mapped_errors(context, method):
+                    return await inner(_decoded(request), context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                guarded, request_deserializer=deserializer, response_serializer=handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            inner_stream_unary = handler.stream_unary
+
+            async def guarded_stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+                async with _mapped_errors(context, method):
+                    return await inner_stream_unary(_decoded_stream(requests), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                guarded_stream_unary,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _guarded_responses(handler.unary_stream, method, _decoded),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _guarded_responses(handler.stream_stream, method, _decoded_stream),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+@contextlib.asynccontextmanager
+async def _mapped_errors(context: Any, method: str) -> AsyncIterator[None]:
+    """Ends the call with the status of what its body raised (an abort passes through as it is)."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except CandelaError as err:
+        await context.abort_with_status(rpc_status.to_status(err.to_status()))
+    except Exception:
+        # Our own fault: keep the traceback in our logs, give the caller a trace id to quote.
+        logger.exception("unhandled error in %s", method)
+        trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace id {trace_id})")
+
+
+def _decoded(request: Any) -> Any:
+    """The request, or its INVALID_ARGUMENT raised when its bytes did not parse."""
+    if isinstance(request, UndecodableRequest):
+        raise request.error
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The requests of a stream, raising the INVALID_ARGUMENT of the first whose bytes did not parse."""
+    async for request in requests:
+        yield _decoded(request)
+
+
+def _guarded_responses(
+    inner: Callable[[Any, Any], Any], method: str, decode: Callable[[Any], Any]
+) -> Callable[[Any, Any], Any]:
+    """A response-streaming handler of the same kind as ``inner`` (grpc accepts a coroutine that writes to
+    its context, like the health service's Watch, or a generator of responses), its errors mapped."""
+    if inspect.iscoroutinefunction(inner):
+
+        async def writing(request: Any, context: Any) -> None:
+            async with _mapped_errors(context, method):
+                await inner(decode(request), context)
+
+        return writing
+
+    async def yielding(request: Any, context: Any) -> AsyncIterator[Any]:
+        async with _mapped_errors(context, method):
+            responses = inner(decode(request), context)
+            if isinstance(responses, AsyncIterable):
+                async for response in responses:
+                    yield response
+            else:
+                for response in responses:
+                    yield response
+
+    return yielding
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,7 @@ class LogShipper:
                     len(batch),
                     self.dropped,
                 )
-                self._export_spool_gauges()
+                await asyncio.to_thread(self._export_spool_gauges)
                 return
             # Held (new requests are refused meanwhile): the spool frees room as it replays, or, once it is
             # empty, ingest may take the batch directly (a batch larger than the whole spool, say).
@@ -291,7 +291,7 @@ class LogShipper:
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
         metrics.LOGS_SPOOLED.inc(len(batch))
         self._spooled.set()
-        self._export_spool_gauges()
+        await asyncio.to_thread(self._export_spool_gauges)
 
     async def _replay(self) -> None:
         """Sends spooled segments oldest first; deletes each once all of it is acknowledged."""
@@ -317,7 +317,7 @@ class LogShipper:
                 index += 1
             await asyncio.to_thread(self._spool.delete, segment)
             self._spool_full = False
-            self._export_spool_gauges()
+            await asyncio.to_thread(self._export_spool_gauges)
             self._export_risk()
             if self._spool.is_empty():
                 logger.info("log spool replayed; sending to ingest directly again")
@@ -409,6 +409,7 @@ class LogShipper:
         metrics.LOGS_AT_RISK.set(1 if self.at_risk else 0)
 
     def _export_spool_gauges(self) -> None:
+        """Sets the spool's gauges; counting its segments lists a directory, so the loop calls it in a thread."""
         metrics.SPOOL_BYTES.set(self._spool.size_bytes)
         metrics.SPOOL_SEGMENTS.set(self._spool.segment_count())
 
