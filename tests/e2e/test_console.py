@@ -34,6 +34,16 @@ HUGE_LINE = "a very long line without a break " * 15_000  # ~500 KB
 HOSTILE = "<script>alert('logged')</script><img src=x onerror=alert('img')><a href=\"javascript:alert(3)\">x</a>"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _console_built() -> None:
+    """The gateway serves console/dist as it was when the stack started: an old build tests old code."""
+    index = CONSOLE / "dist" / "index.html"
+    sources = [CONSOLE / "index.html", *(CONSOLE / "src").rglob("*")]
+    newest = max(path.stat().st_mtime for path in sources if path.is_file())
+    if not index.is_file() or index.stat().st_mtime < newest:
+        pytest.fail("console/dist is missing or older than console/src: run ./scripts/install.sh (make test does)")
+
+
 def test_sign_in_see_a_logged_call_open_it_and_sign_out(
     stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ rows (after removing the stale copies a redelivery leaves, which FINAL must hide
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -479,7 +480,8 @@ class InsertsDuringReads:
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         if self.copies and "quantilesExact" in sql and "FINAL" not in sql:
-            _insert(self.inner, self.copies)
+            # In a worker thread, as the store's own calls run: the driver's insert blocks.
+            await asyncio.to_thread(_insert, self.inner, self.copies)
             self.copies = []
         return await self.inner.fetch(sql, params)
 
