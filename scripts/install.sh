@@ -28,14 +28,17 @@ if [ ! -x node_modules/.bin/buf ]; then
   npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 
-# The web console: its packages from the committed lock, and a build whenever a source is newer than it.
+# The web console: its packages from the committed lock, and a build whenever its sources differ from the last
+# build's (console/dist/SOURCES holds their digest).
 if [ ! -x console/node_modules/.bin/vite ] || [ console/package-lock.json -nt console/node_modules/.package-lock.json ]; then
   echo "installing the console's packages"
   (cd console && npm ci --no-audit --no-fund --loglevel=error)
 fi
-if [ ! -f console/dist/index.html ] || [ -n "$(find console/src console/index.html console/package-lock.json console/vite.config.ts -newer console/dist/index.html -print -quit)" ]; then
+console_sources=$(./scripts/console_sources.sh)
+if [ ! -f console/dist/index.html ] || [ "$(cat console/dist/SOURCES 2>/dev/null)" != "$console_sources" ]; then
   echo "building the console"
   (cd console && npm run --silent build >/dev/null)
+  echo "$console_sources" >console/dist/SOURCES
 fi
 
 missing=()

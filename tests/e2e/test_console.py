@@ -37,11 +37,12 @@ HOSTILE = "<script>alert('logged')</script><img src=x onerror=alert('img')><a hr
 @pytest.fixture(autouse=True, scope="module")
 def _console_built() -> None:
     """The gateway serves console/dist as it was when the stack started: an old build tests old code."""
-    index = CONSOLE / "dist" / "index.html"
-    sources = [CONSOLE / "index.html", *(CONSOLE / "src").rglob("*")]
-    newest = max(path.stat().st_mtime for path in sources if path.is_file())
-    if not index.is_file() or index.stat().st_mtime < newest:
-        pytest.fail("console/dist is missing or older than console/src: run ./scripts/install.sh (make test does)")
+    digest = subprocess.run(
+        [CONSOLE.parent / "scripts" / "console_sources.sh"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    built = CONSOLE / "dist" / "SOURCES"
+    if not built.is_file() or built.read_text().strip() != digest:
+        pytest.fail("console/dist is missing or was built from other sources: run ./scripts/install.sh (make test does)")
 
 
 def test_sign_in_see_a_logged_call_open_it_and_sign_out(
