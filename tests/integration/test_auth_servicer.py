@@ -1,17 +1,13 @@
-"""The AuthService servicer in-process on port 0, over an in-memory store: for each RPC its answer, bad input
+"""The AuthService servicer, RPC by RPC, in-process on the test Postgres: for each RPC its answer, bad input
 (INVALID_ARGUMENT naming the fields), a missing or wrong credential, a missing thing, and permission.
-
-The store is a stand-in with AuthStore's contract, so these tests are about the servicer (validation,
-authorization, the mapping to protos and statuses); the same RPCs on Postgres are
-tests/integration/test_auth_service.py.
+tests/integration/test_auth_service.py follows the flows across RPCs (a key's life, tenancy).
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import replace
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
@@ -22,116 +18,28 @@ from google.rpc import error_details_pb2
 
 from candela.auth.v1 import auth_service_pb2 as pb
 from candela.auth.v1 import auth_service_pb2_grpc
-from candela_auth.app import SERVICE_NAME
-from candela_auth.service import MAX_NAME_LENGTH, MAX_RETENTION_DAYS, AuthServicer
-from candela_auth.store import UNCHANGED, ApiKeyRow, AuthStore, OrganizationRow
+from candela_auth.service import MAX_NAME_LENGTH, MAX_RETENTION_DAYS
+from candela_auth.store import AuthStore
 from candela_runtime.errors import bad_request_violations, rpc_error_status
-from candela_runtime.grpc_server import GrpcServer, create_grpc_server
 from candela_runtime.security import service_metadata
+from tests.conftest import SERVICE_TOKEN
+from tests.integration.conftest import AuthServer
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
-TOKEN = "unit-service-token"
-INTERNAL = service_metadata(TOKEN)
+INTERNAL = service_metadata(SERVICE_TOKEN)
 Stub: TypeAlias = "auth_service_pb2_grpc.AuthServiceAsyncStub"  # the async stub exists in the type stubs only
 
 
-class MemoryAuthStore(AuthStore):
-    """AuthStore's contract over dicts (see candela_auth.store for the SQL it stands in for)."""
-
-    def __init__(self) -> None:
-        self.organizations: dict[uuid.UUID, OrganizationRow] = {}
-        self.keys: dict[uuid.UUID, ApiKeyRow] = {}
-
-    async def create_organization(self, name: str) -> OrganizationRow:
-        now = datetime.now(UTC)
-        row = OrganizationRow(uuid.uuid4(), name, now, None, None, now)
-        self.organizations[row.id] = row
-        return row
-
-    async def get_organization(self, organization_id: uuid.UUID) -> OrganizationRow | None:
-        return self.organizations.get(organization_id)
-
-    async def organization_exists(self, organization_id: uuid.UUID) -> bool:
-        return organization_id in self.organizations
-
-    async def update_organization(
-        self,
-        organization_id: uuid.UUID,
-        *,
-        name: object = UNCHANGED,
-        max_stored_logs: object = UNCHANGED,
-        retention_days: object = UNCHANGED,
-    ) -> OrganizationRow | None:
-        row = self.organizations.get(organization_id)
-        if row is None:
-            return None
-        changes = {
-            column: value
-            for column, value in (
-                ("name", name),
-                ("max_stored_logs", max_stored_logs),
-                ("retention_days", retention_days),
-            )
-            if value is not UNCHANGED
-        }
-        row = self.organizations[organization_id] = replace(row, **changes, updated_at=datetime.now(UTC))  # type: ignore[arg-type]
-        return row
-
-    async def create_api_key(
-        self,
-        organization_id: uuid.UUID,
-        name: str,
-        prefix: str,
-        key_hash: bytes,
-        scopes: list[int],
-        expires_at: datetime | None = None,
-    ) -> ApiKeyRow:
-        row = ApiKeyRow(
-            uuid.uuid4(), organization_id, name, prefix, key_hash, tuple(scopes), datetime.now(UTC), expires_at, None
-        )
-        self.keys[row.id] = row
-        return row
-
-    async def find_api_key(self, key_hash: bytes) -> ApiKeyRow | None:
-        return next((row for row in self.keys.values() if row.key_hash == key_hash), None)
-
-    async def list_api_keys(self, organization_id: uuid.UUID, include_revoked: bool) -> list[ApiKeyRow]:
-        rows = [
-            row
-            for row in self.keys.values()
-            if row.organization_id == organization_id and (include_revoked or row.revoked_at is None)
-        ]
-        return sorted(rows, key=lambda row: (-row.created_at.timestamp(), row.id))
-
-    async def get_api_key(self, api_key_id: uuid.UUID) -> ApiKeyRow | None:
-        return self.keys.get(api_key_id)
-
-    async def revoke_api_key(self, api_key_id: uuid.UUID, organization_id: uuid.UUID | None) -> ApiKeyRow | None:
-        row = self.keys.get(api_key_id)
-        if row is None or (organization_id is not None and row.organization_id != organization_id):
-            return None
-        row = self.keys[api_key_id] = replace(row, revoked_at=row.revoked_at or datetime.now(UTC))
-        return row
+@pytest.fixture(scope="module")
+def store(auth_server: AuthServer) -> AuthStore:
+    """The service's own store on the test database, to look at what an RPC wrote."""
+    return AuthStore(auth_server.deps.pool)
 
 
 @pytest.fixture(scope="module")
-def store() -> MemoryAuthStore:
-    return MemoryAuthStore()
-
-
-@pytest.fixture(scope="module")
-async def stub(store: MemoryAuthStore) -> AsyncIterator[Stub]:
-    servicer = AuthServicer(store, TOKEN)
-    server: GrpcServer = await create_grpc_server(
-        host="127.0.0.1",
-        port=0,
-        service_names=[SERVICE_NAME],
-        registrars=[lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(servicer, s)],
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield auth_service_pb2_grpc.AuthServiceStub(channel)
-    await server.server.stop(None)
+def stub(auth_stub: Stub) -> Stub:
+    return auth_stub
 
 
 def as_key(secret: str) -> tuple[tuple[str, str], ...]:
@@ -192,12 +100,14 @@ def past(seconds: int = 60) -> timestamp_pb2.Timestamp:
 # --- CreateOrganization ------------------------------------------------------------------------------
 
 
-async def test_create_organization(stub: Stub, store: MemoryAuthStore) -> None:
+async def test_create_organization(stub: Stub, store: AuthStore) -> None:
     created = (
         await stub.CreateOrganization(pb.CreateOrganizationRequest(name="  Acme  "), metadata=INTERNAL)
     ).organization
     assert created.name == "Acme", "the name is stored trimmed"
-    assert store.organizations[uuid.UUID(created.id)].name == "Acme"
+    stored = await store.get_organization(uuid.UUID(created.id))
+    assert stored is not None
+    assert stored.name == "Acme"
     assert not created.HasField("max_stored_logs"), "a new organization is unlimited"
     assert created.create_time.seconds > 0
 
@@ -343,7 +253,7 @@ async def test_update_organization_needs_admin_of_that_organization(stub: Stub) 
 # --- CreateApiKey ------------------------------------------------------------------------------------
 
 
-async def test_create_api_key_returns_the_secret_once_and_stores_its_hash(stub: Stub, store: MemoryAuthStore) -> None:
+async def test_create_api_key_returns_the_secret_once_and_stores_its_hash(stub: Stub, store: AuthStore) -> None:
     organization_id = await organization(stub)
     created = await stub.CreateApiKey(
         pb.CreateApiKeyRequest(
@@ -357,7 +267,8 @@ async def test_create_api_key_returns_the_secret_once_and_stores_its_hash(stub: 
     assert created.secret.startswith(created.api_key.prefix)
     assert created.api_key.name == "ci"
     assert list(created.api_key.scopes) == [pb.API_KEY_SCOPE_PROXY, pb.API_KEY_SCOPE_READ], "sorted, once each"
-    stored = store.keys[uuid.UUID(created.api_key.id)]
+    stored = await store.get_api_key(uuid.UUID(created.api_key.id))
+    assert stored is not None
     assert stored.key_hash == hashlib.sha256(created.secret.encode()).digest()
     assert created.secret not in repr(stored)
     admin = await key(stub, organization_id, pb.API_KEY_SCOPE_ADMIN)
@@ -482,11 +393,12 @@ async def test_authenticate_a_usable_key(stub: Stub) -> None:
     assert not answer.HasField("expire_time")
 
 
-async def test_authenticate_refuses_unknown_and_expired_keys(stub: Stub, store: MemoryAuthStore) -> None:
+async def test_authenticate_refuses_unknown_and_expired_keys(stub: Stub, auth_server: AuthServer) -> None:
     organization_id = await organization(stub)
     created = await key(stub, organization_id, pb.API_KEY_SCOPE_PROXY)
-    stored = store.keys[uuid.UUID(created.api_key.id)]
-    store.keys[stored.id] = replace(stored, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    await auth_server.deps.pool.execute(
+        "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1", uuid.UUID(created.api_key.id)
+    )
     for secret in (created.secret, created.secret + "x", "cdl_" + "x" * 43):
         call = stub.Authenticate(pb.AuthenticateRequest(api_key=secret), metadata=INTERNAL)
         assert await unauthenticated_reason(call) == "INVALID_API_KEY"
