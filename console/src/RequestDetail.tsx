@@ -85,6 +85,15 @@ function Facts({ record }: { record: LogRecord }) {
     ["Prompt inputs", formatProperties(record.promptInputs)],
     ["Upstream", record.targetUrl],
     ["API key", record.apiKeyId],
+    ["Request id", <span className="mono">{record.requestId}</span>],
+    [
+      "Trace",
+      record.traceId && (
+        <a className="mono" href={hrefFor("requests", new URLSearchParams({ trace: record.traceId }))} title="Every request of this trace">
+          {record.traceId}
+        </a>
+      ),
+    ],
   ];
   return (
     <dl className="facts">

@@ -22,6 +22,12 @@ describe("filterFromParams", () => {
     ]);
   });
 
+  it("finds the requests of one trace by its id", () => {
+    expect(filterFromParams(params("trace=4bf92f3577b34da6a3ce929d0e0e4736")).conditions).toEqual([
+      { field: "trace_id", operator: "equals", value: { kind: { case: "stringValue", value: "4bf92f3577b34da6a3ce929d0e0e4736" } } },
+    ]);
+  });
+
   it("keeps cost exact: a decimal string, never a float", () => {
     const [condition] = filterFromParams(params("cost_max=0.000000000001")).conditions ?? [];
     expect(condition.value).toEqual({ kind: { case: "stringValue", value: "0.000000000001" } });

@@ -15,6 +15,7 @@ export const TEXT_FIELDS: Record<string, string> = {
   session: "session_id",
   prompt: "prompt_id",
   version: "prompt_version",
+  trace: "trace_id",
 };
 
 /** Range fields: `<name>_min` / `<name>_max` in the URL, inclusive. Cost is an exact decimal string. */

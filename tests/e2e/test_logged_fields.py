@@ -61,6 +61,7 @@ def test_retried_call_logs_every_attempt(
     assert all(attempt.latency_ms >= 0 for attempt in record.attempts)
     assert record.target_url == ""  # the provider's default base URL answered
     assert not record.HasField("cost_saved_usd")
+    assert record.trace_id == "", "the test stack does not trace, so the log names no trace"
 
 
 def test_fallback_logs_the_target_that_answered(

@@ -137,7 +137,8 @@ def test_one_chat_completion_is_one_trace_from_the_client_to_the_writer(
     completion = raw.parse()
     assert completion.usage is not None
     request_id = raw.headers["candela-id"]
-    wait_for_logged_request(traced_query, traced_admin.api_key, request_id)
+    logged = wait_for_logged_request(traced_query, traced_admin.api_key, request_id).request
+    assert logged.trace_id == trace_id, "the log names the trace it is part of"
     spans = _complete_trace(receiver, trace_id, ("candela-auth", AUTHENTICATE))
 
     # Envoy continues the client's trace; the proxy's LLM span is its child.
@@ -209,7 +210,8 @@ def test_a_streamed_completion_is_one_trace_too(
     usage = chunks[-1].usage
     assert usage is not None
     finish_reason = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
-    wait_for_logged_request(traced_query, traced_admin.api_key, request_id)
+    logged = wait_for_logged_request(traced_query, traced_admin.api_key, request_id).request
+    assert logged.trace_id == trace_id
     spans = _complete_trace(receiver, trace_id)
 
     envoy = next(span for span in spans.spans if span.service == "candela-gateway")

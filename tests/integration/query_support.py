@@ -54,6 +54,7 @@ def make_record(rng: random.Random, organization_id: str, index: int) -> log_rec
         prompt_id=rng.choice(("", "welcome", "summarise")),
         cache_hit=rng.random() < 0.1,
         finish_reason=rng.choice(("stop", "length", "")),
+        trace_id=rng.choice(("", "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c")),
         request_body_omitted=rng.random() < 0.05,
     )
     record.created_at.FromMicroseconds(BASE_SECONDS * 1_000_000 + rng.randint(0, 10 * 86_400 * 1_000_000) + (index % 7))

@@ -133,6 +133,10 @@ CASES: list[tuple[pb.FilterCondition, Callable[[Ref], bool]]] = [
     (cond("path", "contains", "messages"), lambda r: "messages" in r["path"]),
     (cond("error", "ilike", "%context%"), lambda r: "context" in r["error"].lower()),
     (cond("finish_reason", "equals", "length"), lambda r: r["finish_reason"] == "length"),
+    (
+        cond("trace_id", "equals", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        lambda r: r["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736",
+    ),
     (cond("user_id", "ilike", "élodie"), lambda r: r["user_id"] == "Élodie"),
     (cond("user_id", "equals", ""), lambda r: r["user_id"] == ""),
     (cond("api_key_id", "not_equals", "key-1"), lambda r: r["api_key_id"] != "key-1"),

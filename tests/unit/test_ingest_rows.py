@@ -22,6 +22,7 @@ from candela_ingest.writer.rows import (
     request_columns,
 )
 from candela_runtime.errors import Violations
+from candela_schema.requests_table import REQUESTS_COLUMNS
 
 pytestmark = pytest.mark.unit
 
@@ -29,11 +30,8 @@ ORG = str(uuid.uuid4())
 CREATED = datetime(2026, 3, 7, 23, 59, 59, 654321, tzinfo=UTC)
 MIGRATIONS = Path(__file__).parents[2] / "schema/src/candela_schema/migrations/clickhouse"
 MIGRATION = MIGRATIONS / "0001_requests.sql"
-ADDED_COLUMNS = (
-    MIGRATIONS / "0004_request_routing_and_prompt_inputs.sql",
-    MIGRATIONS / "0006_request_body_frames.sql",
-    MIGRATIONS / "0007_request_kept_with_changes.sql",
-)
+ADDED_COLUMNS = sorted({MIGRATIONS / column.added_by for column in REQUESTS_COLUMNS} - {MIGRATION})
+"""The migrations that ALTER columns into ``requests`` after the first."""
 
 
 def _record(**fields: Any) -> log_record_pb2.LogRecord:
@@ -112,6 +110,7 @@ def test_full_row_mapping() -> None:
         prompt_inputs={"topic": "tides", "city": "Brest"},
         usage_clamped=True,
         response_body_over_limit=True,
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
     )
     message = log_record_pb2.LogMessage(
         record=record,
@@ -183,6 +182,7 @@ def test_full_row_mapping() -> None:
         "usage_clamped": 1,
         "request_body_over_limit": 0,
         "response_body_over_limit": 1,
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
     }
 
 

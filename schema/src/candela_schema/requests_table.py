@@ -61,6 +61,7 @@ _INITIAL = "0001_requests.sql"
 _ROUTING = "0004_request_routing_and_prompt_inputs.sql"
 _FRAMES = "0006_request_body_frames.sql"
 _KEPT = "0007_request_kept_with_changes.sql"
+_TRACE = "0008_request_trace_id.sql"
 
 REQUESTS_COLUMNS: tuple[Column, ...] = (
     *_columns(
@@ -133,6 +134,7 @@ REQUESTS_COLUMNS: tuple[Column, ...] = (
         ("request_body_over_limit", "UInt8", "record.request_body_over_limit", "1 or 0"),
         ("response_body_over_limit", "UInt8", "record.response_body_over_limit", "1 or 0"),
     ),
+    *_columns(_TRACE, ("trace_id", "String", "record.trace_id")),
     *_columns(
         _INITIAL,
         ("version", "UInt64", "writer", "microseconds when written: the newest write of a row wins"),

@@ -14,6 +14,7 @@ import logging
 import time
 from decimal import Decimal
 
+from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from candela.ingest.v1 import ingest_service_pb2
@@ -98,6 +99,8 @@ class Recorder:
             target_url=target,
             attempts=exchange.attempts,
         )
+        if self._tracing:
+            record.trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
         # Set directly: Timestamp.FromMicroseconds validates in Python and showed in profiles.
         record.created_at.seconds, micros = divmod(exchange.started_at_us, 1_000_000)
         record.created_at.nanos = micros * 1000

@@ -89,6 +89,7 @@ FIELDS: dict[str, Field] = {
             "session_name",
             "prompt_id",
             "prompt_version",
+            "trace_id",
         )
     },
     **{

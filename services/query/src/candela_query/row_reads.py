@@ -80,6 +80,8 @@ _COLUMNS = (
     "usage_clamped",
     "request_body_over_limit",
     "response_body_over_limit",
+    # Added by migration 0008.
+    "trace_id",
 )
 
 
@@ -215,6 +217,7 @@ def _to_stored(row: tuple[Any, ...]) -> StoredRequest:
         usage_clamped=bool(values["usage_clamped"]),
         request_body_over_limit=bool(values["request_body_over_limit"]),
         response_body_over_limit=bool(values["response_body_over_limit"]),
+        trace_id=values["trace_id"],
     )
     if values["cost_saved_known"]:
         record.cost_saved_usd = decimal_text(Decimal(values["toString(cost_saved_usd)"]))

@@ -149,7 +149,7 @@ class FilterCondition(_message.Message):
     PROPERTY_KEY_FIELD_NUMBER: _builtins.int
     field: _builtins.str
     """model, provider, response_model, path, status_code, error, finish_reason, user_id, api_key_id,
-    session_id, session_path, session_name, prompt_id, prompt_version, request_id, latency_ms,
+    session_id, session_path, session_name, prompt_id, prompt_version, request_id, trace_id, latency_ms,
     time_to_first_token_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, created_at,
     cache_hit, streamed, priced, property (with `property_key`), prompt_input (with `property_key` naming
     the template variable).

@@ -58,6 +58,7 @@ enum {
     K_ATTEMPT_TARGET_URLS, K_ATTEMPT_STATUS_CODES, K_ATTEMPT_ERRORS, K_ATTEMPT_LATENCIES_MS,
     K_PROMPT_INPUT_KEYS, K_PROMPT_INPUT_VALUES,
     K_USAGE_CLAMPED, K_REQUEST_BODY_OVER_LIMIT, K_RESPONSE_BODY_OVER_LIMIT,
+    K_TRACE_ID,
     K_COUNT
 };
 
@@ -80,6 +81,7 @@ static const char *const COLUMN_NAMES[K_COUNT] = {
     "attempt_target_urls", "attempt_status_codes", "attempt_errors", "attempt_latencies_ms",
     "prompt_input_keys", "prompt_input_values",
     "usage_clamped", "request_body_over_limit", "response_body_over_limit",
+    "trace_id",
 };
 
 typedef struct {
@@ -359,7 +361,7 @@ static Outcome parse_body(const uint8_t *p, const uint8_t *end, Row *row, int fi
 
 /* LogRecord's string fields and where they go, as column + 1 (0: not a string field). */
 #define TO(column) ((column) + 1)
-#define RECORD_FIELDS (LOG_RECORD_RESPONSE_BODY_OVER_LIMIT + 1)
+#define RECORD_FIELDS (LOG_RECORD_TRACE_ID + 1)
 static const int RECORD_STRINGS[RECORD_FIELDS] = {
     [LOG_RECORD_REQUEST_ID] = TO(K_REQUEST_ID), [LOG_RECORD_ORGANIZATION_ID] = TO(K_ORGANIZATION_ID),
     [LOG_RECORD_API_KEY_ID] = TO(K_API_KEY_ID), [LOG_RECORD_PROVIDER] = TO(K_PROVIDER),
@@ -369,7 +371,7 @@ static const int RECORD_STRINGS[RECORD_FIELDS] = {
     [LOG_RECORD_SESSION_PATH] = TO(K_SESSION_PATH), [LOG_RECORD_SESSION_NAME] = TO(K_SESSION_NAME),
     [LOG_RECORD_PROMPT_ID] = TO(K_PROMPT_ID), [LOG_RECORD_PROMPT_VERSION] = TO(K_PROMPT_VERSION),
     [LOG_RECORD_FINISH_REASON] = TO(K_FINISH_REASON), [LOG_RECORD_TARGET_URL] = TO(K_TARGET_URL),
-    [LOG_RECORD_COST_SAVED_USD] = TO(K_COST_SAVED_USD),
+    [LOG_RECORD_COST_SAVED_USD] = TO(K_COST_SAVED_USD), [LOG_RECORD_TRACE_ID] = TO(K_TRACE_ID),
 };
 /* LogRecord's integer and bool fields, likewise (bools are read as 0/1 at output). */
 static const int RECORD_NUMBERS[RECORD_FIELDS] = {
@@ -517,7 +519,7 @@ static int is_text_column(int column) {
     case K_RESPONSE_MODEL: case K_PATH: case K_ERROR: case K_COST_USD: case K_COST_SAVED_USD:
     case K_USER_ID: case K_SESSION_ID: case K_SESSION_PATH: case K_SESSION_NAME: case K_PROMPT_ID:
     case K_PROMPT_VERSION: case K_FINISH_REASON: case K_REQUEST_BODY_KEY: case K_RESPONSE_BODY_KEY:
-    case K_TARGET_URL:
+    case K_TARGET_URL: case K_TRACE_ID:
         return 1;
     default:
         return 0;

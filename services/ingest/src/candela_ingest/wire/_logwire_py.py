@@ -41,6 +41,7 @@ COLUMNS: tuple[str, ...] = (
     "attempt_target_urls", "attempt_status_codes", "attempt_errors", "attempt_latencies_ms",
     "prompt_input_keys", "prompt_input_values",
     "usage_clamped", "request_body_over_limit", "response_body_over_limit",
+    "trace_id",
 )  # fmt: skip
 """The names of the columns :func:`columns` returns, in order (the C decoder's ``COLUMNS``; a test checks)."""
 

@@ -77,6 +77,7 @@ class LogRecord(enum.IntEnum):
     USAGE_CLAMPED = 31
     REQUEST_BODY_OVER_LIMIT = 32
     RESPONSE_BODY_OVER_LIMIT = 33
+    TRACE_ID = 34
 
 
 class UpstreamAttempt(enum.IntEnum):

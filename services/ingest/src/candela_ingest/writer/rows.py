@@ -139,7 +139,7 @@ _COPIED: tuple[tuple[tuple[str, ...], str | None], ...] = (
         "usage",
     ),
     (("user_id", "session_id", "session_path", "session_name"), None),
-    (("prompt_id", "prompt_version", "finish_reason", "target_url"), None),
+    (("prompt_id", "prompt_version", "finish_reason", "target_url", "trace_id"), None),
 )
 """(fields, the record's sub-message holding them or None): runs of columns copied as they are."""
 _COPIED_GETTERS = tuple((names, attrgetter(*names), sub_message) for names, sub_message in _COPIED)

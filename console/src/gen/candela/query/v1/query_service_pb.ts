@@ -111,7 +111,7 @@ export const RequestFilterSchema: GenMessage<RequestFilter> = /*@__PURE__*/
 export type FilterCondition = Message<"candela.query.v1.FilterCondition"> & {
   /**
    * model, provider, response_model, path, status_code, error, finish_reason, user_id, api_key_id,
-   * session_id, session_path, session_name, prompt_id, prompt_version, request_id, latency_ms,
+   * session_id, session_path, session_name, prompt_id, prompt_version, request_id, trace_id, latency_ms,
    * time_to_first_token_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, created_at,
    * cache_hit, streamed, priced, property (with `property_key`), prompt_input (with `property_key` naming
    * the template variable).
