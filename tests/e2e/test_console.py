@@ -42,7 +42,9 @@ def _console_built() -> None:
     ).stdout.strip()
     built = CONSOLE / "dist" / "SOURCES"
     if not built.is_file() or built.read_text().strip() != digest:
-        pytest.fail("console/dist is missing or was built from other sources: run ./scripts/install.sh (make test does)")
+        pytest.fail(
+            "console/dist is missing or was built from other sources: run ./scripts/install.sh (make test does)"
+        )
 
 
 def test_sign_in_see_a_logged_call_open_it_and_sign_out(
