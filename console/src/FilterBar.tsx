@@ -92,8 +92,8 @@ export function FilterBar({ params, onApply }: { params: URLSearchParams; onAppl
         Feedback
         <select name="feedback" value={draft.get("feedback") ?? ""} onChange={(event) => set("feedback", event.target.value)}>
           <option value="">any</option>
-          <option value="up">👍 positive</option>
-          <option value="down">👎 negative</option>
+          <option value="up">▲ positive</option>
+          <option value="down">▼ negative</option>
         </select>
       </label>
       <label>

@@ -74,12 +74,12 @@ export function RequestScores({ api, requestId, scores, onScores }: { api: Api; 
     <section className="scores" aria-label="Scores and feedback">
       <h4>Scores and feedback</h4>
       <div className="feedback">
-        <span>{feedback === undefined ? "No feedback yet." : feedback >= 1 ? "Feedback: 👍 positive" : "Feedback: 👎 negative"}</span>
+        <span>{feedback === undefined ? "No feedback yet." : feedback >= 1 ? "Feedback: ▲ positive" : "Feedback: ▼ negative"}</span>
         <button type="button" className="quiet" aria-pressed={feedback === 1} disabled={status.saving} onClick={() => rate(true)} aria-label="Thumbs up">
-          👍
+          ▲ Good
         </button>
         <button type="button" className="quiet" aria-pressed={feedback === 0} disabled={status.saving} onClick={() => rate(false)} aria-label="Thumbs down">
-          👎
+          ▼ Bad
         </button>
       </div>
       {named.length > 0 && (

@@ -39,8 +39,8 @@ describe("score and feedback filters in the URL", () => {
 
 describe("formatScores", () => {
   it("shows the feedback as a thumb, then each score by name", () => {
-    expect(formatScores({ relevance: 0.33333, feedback: 1, accuracy: 2 })).toBe("👍 accuracy=2 relevance=0.333");
-    expect(formatScores({ feedback: 0 })).toBe("👎");
+    expect(formatScores({ relevance: 0.33333, feedback: 1, accuracy: 2 })).toBe("▲ up accuracy=2 relevance=0.333");
+    expect(formatScores({ feedback: 0 })).toBe("▼ down");
     expect(formatScores(undefined)).toBe("");
   });
 });
@@ -103,7 +103,7 @@ describe("RequestScores", () => {
     );
     expect(container.querySelector("img")).toBeNull();
     expect(screen.getByText("<img src=x onerror=alert(1)>")).toBeTruthy();
-    expect(screen.getByText("Feedback: 👎 negative")).toBeTruthy();
+    expect(screen.getByText("Feedback: ▼ negative")).toBeTruthy();
     fireEvent.click(screen.getByRole("button", { name: "Add score" }));
     expect((await screen.findByRole("alert")).textContent).toBe("Name the score, e.g. accuracy.");
     fireEvent.change(screen.getByPlaceholderText("score name"), { target: { value: "accuracy" } });
