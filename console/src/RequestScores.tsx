@@ -93,8 +93,8 @@ export function RequestScores({ api, requestId, scores, onScores }: { api: Api; 
         </dl>
       )}
       <form className="score-form" onSubmit={addScore} aria-label="Add a score">
-        <input name="score-name" placeholder="score name" value={name} maxLength={128} onChange={(event) => setName(event.target.value)} />
-        <input name="score-value" placeholder="0.9 or true" value={value} onChange={(event) => setValue(event.target.value)} />
+        <input name="score-name" aria-label="Score name" placeholder="score name" value={name} maxLength={128} onChange={(event) => setName(event.target.value)} />
+        <input name="score-value" aria-label="Score value" placeholder="0.9 or true" value={value} onChange={(event) => setValue(event.target.value)} />
         <button type="submit" disabled={status.saving}>
           Add score
         </button>

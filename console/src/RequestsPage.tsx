@@ -37,12 +37,12 @@ export const COLUMNS: Column[] = [
   { id: "ttft", title: "TTFT", sort: "time_to_first_token_ms", numeric: true, cell: (row) => formatMs(row.timeToFirstTokenMs) },
   { id: "tokens", title: "Tokens", sort: "total_tokens", numeric: true, cell: (row) => formatCount(row.usage?.totalTokens ?? 0n) },
   { id: "cost", title: "Cost", sort: "cost_usd", numeric: true, cell: (row) => formatCost(row.costUsd) },
+  { id: "scores", title: "Scores", cell: (_row, scores) => formatScores(scores) },
   { id: "user", title: "User", cell: (row) => row.userId },
   { id: "session", title: "Session", cell: (row) => row.sessionName || row.sessionId },
   { id: "prompt", title: "Prompt", cell: (row) => (row.promptId ? `${row.promptId}@${row.promptVersion}` : "") },
   { id: "properties", title: "Properties", cell: (row) => formatProperties(row.properties) },
   { id: "cache", title: "Cache", cell: (row) => (row.cacheHit ? "hit" : "") },
-  { id: "scores", title: "Scores", cell: (_row, scores) => formatScores(scores) },
 ];
 
 /** The organization's requests: filtered and sorted by the URL, a page at a time, live on demand. */

@@ -139,6 +139,8 @@ class QueryServiceServicer:
         """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
         its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
         `POST /v1/request/{id}/feedback {"rating": true}`.
+        Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+        one the person gave in between, and replace it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

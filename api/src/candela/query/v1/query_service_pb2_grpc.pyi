@@ -51,6 +51,8 @@ class QueryServiceStub:
     """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
     its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
     `POST /v1/request/{id}/feedback {"rating": true}`.
+    Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+    one the person gave in between, and replace it.
     """
     SubmitScores: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.SubmitScoresRequest, _query_service_pb2.SubmitScoresResponse]
     """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
@@ -81,6 +83,8 @@ class QueryServiceAsyncStub(QueryServiceStub):
     """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
     its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
     `POST /v1/request/{id}/feedback {"rating": true}`.
+    Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+    one the person gave in between, and replace it.
     """
     SubmitScores: _aio.UnaryUnaryMultiCallable[_query_service_pb2.SubmitScoresRequest, _query_service_pb2.SubmitScoresResponse]  # type: ignore[assignment]
     """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
@@ -156,6 +160,8 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
         its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
         `POST /v1/request/{id}/feedback {"rating": true}`.
+        Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+        one the person gave in between, and replace it.
         """
 
     @_abc_1.abstractmethod
