@@ -4,6 +4,7 @@ QueryRequests, filtered and averaged; with the scope, tenancy and input checks a
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -95,26 +96,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             query = query_service_pb2_grpc.QueryServiceStub(gateway)
             write_key = key(admin.organization_id, auth_pb.API_KEY_SCOPE_READ, auth_pb.API_KEY_SCOPE_WRITE)
             request_ids = [record.record.request_id for record in records]
-            for request_id in request_ids:
-                eventually(
-                    lambda request_id=request_id: (
-                        query.QueryRequests(
-                            pb.QueryRequestsRequest(
-                                filter=pb.RequestFilter(
-                                    conditions=[
-                                        pb.FilterCondition(
-                                            field="request_id",
-                                            operator="equals",
-                                            value=struct_pb2.Value(string_value=request_id),
-                                        )
-                                    ]
-                                )
-                            ),
-                            metadata=bearer(write_key),
-                        ).requests
-                    ),
-                    bool,
+
+            def listed(request_id: str) -> int:
+                """How many rows QueryRequests lists for the id (the log travels ingest -> Kafka -> writer)."""
+                condition = pb.FilterCondition(
+                    field="request_id", operator="equals", value=struct_pb2.Value(string_value=request_id)
                 )
+                request = pb.QueryRequestsRequest(filter=pb.RequestFilter(conditions=[condition]))
+                return len(query.QueryRequests(request, metadata=bearer(write_key)).requests)
+
+            for request_id in request_ids:
+                assert eventually(functools.partial(listed, request_id), bool) == 1
             yield World(
                 stack=stack,
                 query=query,
@@ -231,7 +223,7 @@ def test_another_organizations_request_and_an_unknown_one_are_not_found_alike(wo
                 metadata=bearer(world.other_write_key),
             )
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-        messages.append(missing.value.details().replace(request_id, "<id>"))
+        messages.append(str(missing.value.details()).replace(request_id, "<id>"))
     assert messages[0] == messages[1], "the answer must not reveal that the other organization's id exists"
     answer = rest(world, f"/v1/request/{uuid.uuid4()}/feedback", {"rating": True})
     assert answer.status_code == 404
