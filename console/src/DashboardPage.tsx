@@ -5,6 +5,7 @@ import { Chart, type Series } from "./Chart";
 import { formatCost, formatCount, formatMs } from "./format";
 import { GroupBy, type MetricsGroup, type RequestMetrics, type SessionSummary } from "./gen/candela/query/v1/query_service_pb";
 import { bucketStarts, rangeOf, RANGES } from "./ranges";
+import { scoreTotals } from "./scores";
 import { hrefFor, navigate } from "./route";
 
 const BREAKDOWNS: Record<string, { label: string; groupBy: GroupBy }> = {
@@ -102,6 +103,9 @@ export function DashboardPage({ api, params }: { api: Api; params: URLSearchPara
           <Total name="Error rate" value={`${(total.errorRate * 100).toFixed(1)}%`} />
           <Total name="Latency p50 / p95 / p99" value={`${formatMs(Math.round(total.latencyP50Ms))} / ${formatMs(Math.round(total.latencyP95Ms))} / ${formatMs(Math.round(total.latencyP99Ms))}`} />
           <Total name="TTFT p50 / p95" value={`${formatMs(Math.round(total.ttftP50Ms))} / ${formatMs(Math.round(total.ttftP95Ms))}`} />
+          {scoreTotals(total).map(([name, value, note]) => (
+            <Total key={name} name={name} value={value} note={note} />
+          ))}
         </dl>
       )}
       {charts && (

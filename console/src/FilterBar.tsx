@@ -1,4 +1,5 @@
 import { useEffect, useState, type FormEvent } from "react";
+import { SCORE_PREFIX } from "./filters";
 
 const TEXT = [
   ["model", "Model"],
@@ -19,13 +20,11 @@ export function FilterBar({ params, onApply }: { params: URLSearchParams; onAppl
   const [draft, setDraft] = useState(() => new URLSearchParams(params));
   useEffect(() => setDraft(new URLSearchParams(params)), [params]);
   const [propertyText, setPropertyText] = useState("");
-  useEffect(
-    () =>
-      setPropertyText(
-        [...params].filter(([name]) => name.startsWith("prop.")).map(([name, value]) => `${name.slice(5)}=${value}`).join(", "),
-      ),
-    [params],
-  );
+  const [scoreText, setScoreText] = useState("");
+  useEffect(() => {
+    setPropertyText(pairsText(params, "prop."));
+    setScoreText(pairsText(params, SCORE_PREFIX));
+  }, [params]);
 
   const set = (name: string, value: string) =>
     setDraft((previous) => {
@@ -37,10 +36,17 @@ export function FilterBar({ params, onApply }: { params: URLSearchParams; onAppl
 
   function apply(event: FormEvent) {
     event.preventDefault();
-    const next = new URLSearchParams([...draft].filter(([name]) => !name.startsWith("prop.") && name !== "request"));
-    for (const pair of propertyText.split(",")) {
-      const [key, ...rest] = pair.split("=");
-      if (key.trim() && rest.length) next.append(`prop.${key.trim()}`, rest.join("=").trim());
+    const next = new URLSearchParams(
+      [...draft].filter(([name]) => !name.startsWith("prop.") && !name.startsWith(SCORE_PREFIX) && name !== "request"),
+    );
+    for (const [prefix, text] of [
+      ["prop.", propertyText],
+      [SCORE_PREFIX, scoreText],
+    ]) {
+      for (const pair of text.split(",")) {
+        const [key, ...rest] = pair.split("=");
+        if (key.trim() && rest.length) next.append(`${prefix}${key.trim()}`, rest.join("=").trim());
+      }
     }
     onApply(next);
   }
@@ -82,6 +88,18 @@ export function FilterBar({ params, onApply }: { params: URLSearchParams; onAppl
           <option value="false">miss</option>
         </select>
       </label>
+      <label>
+        Feedback
+        <select name="feedback" value={draft.get("feedback") ?? ""} onChange={(event) => set("feedback", event.target.value)}>
+          <option value="">any</option>
+          <option value="up">▲ positive</option>
+          <option value="down">▼ negative</option>
+        </select>
+      </label>
+      <label>
+        Scores (name=min..max, ...)
+        <input name="scores" placeholder="accuracy=0.5.." value={scoreText} onChange={(event) => setScoreText(event.target.value)} />
+      </label>
       <div className="actions">
         <button type="submit">Apply</button>
         <button type="button" className="quiet" onClick={() => onApply(new URLSearchParams())}>
@@ -90,4 +108,12 @@ export function FilterBar({ params, onApply }: { params: URLSearchParams; onAppl
       </div>
     </form>
   );
+}
+
+/** `name=value, ...` of the URL parameters starting with `prefix`, as the filter bar's text shows them. */
+function pairsText(params: URLSearchParams, prefix: string): string {
+  return [...params]
+    .filter(([name]) => name.startsWith(prefix))
+    .map(([name, value]) => `${name.slice(prefix.length)}=${value}`)
+    .join(", ");
 }

@@ -5,10 +5,21 @@ import { requestTurns, responseTurns, type Part, type Turn } from "./conversatio
 import { formatCount, formatMs, formatProperties, formatTime } from "./format";
 import { LogRecordSchema, type LogRecord } from "./gen/candela/logs/v1/log_record_pb";
 import type { GetRequestResponse } from "./gen/candela/query/v1/query_service_pb";
+import { RequestScores } from "./RequestScores";
 import { hrefFor } from "./route";
 
 /** One request as a person reads it. Logged bodies are untrusted: they only ever become text nodes. */
-export function RequestDetail({ api, requestId, onClose }: { api: Api; requestId: string; onClose: () => void }) {
+export function RequestDetail({
+  api,
+  requestId,
+  onClose,
+  onScores,
+}: {
+  api: Api;
+  requestId: string;
+  onClose: () => void;
+  onScores?: (requestId: string, scores: Record<string, number>) => void;
+}) {
   const [detail, setDetail] = useState<GetRequestResponse | null>(null);
   const [error, setError] = useState("");
 
@@ -44,6 +55,15 @@ export function RequestDetail({ api, requestId, onClose }: { api: Api; requestId
         <>
           <Facts record={record} />
           <Usage record={record} />
+          <RequestScores
+            api={api}
+            requestId={requestId}
+            scores={detail.scores}
+            onScores={(latest) => {
+              setDetail((previous) => (previous ? { ...previous, scores: latest } : previous));
+              onScores?.(requestId, latest);
+            }}
+          />
           {record.attempts.length > 0 && <Attempts record={record} />}
           <h4>Conversation</h4>
           <Conversation

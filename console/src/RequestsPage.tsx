@@ -3,8 +3,9 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { explain, type Api } from "./api";
 import { FilterBar } from "./FilterBar";
 import { FilterError, filterFromParams, sortFromParams, withParam } from "./filters";
-import { formatCost, formatCount, formatMs, formatProperties, formatTime } from "./format";
+import { formatCost, formatCount, formatMs, formatProperties, formatScores, formatTime } from "./format";
 import type { LogRecord } from "./gen/candela/logs/v1/log_record_pb";
+import type { QueryRequestsResponse } from "./gen/candela/query/v1/query_service_pb";
 import { RequestDetail } from "./RequestDetail";
 import { navigate } from "./route";
 
@@ -16,7 +17,15 @@ interface Column {
   title: string;
   sort?: string;
   numeric?: boolean;
-  cell: (row: LogRecord) => string;
+  cell: (row: LogRecord, scores: Scores | undefined) => string;
+}
+
+/** Each listed request's scores by name, by request id (a request without scores has no entry). */
+type Scores = Record<string, number>;
+type ScoresById = Record<string, Scores>;
+
+function scoresOf(page: QueryRequestsResponse): ScoresById {
+  return Object.fromEntries(Object.entries(page.scores ?? {}).map(([requestId, entry]) => [requestId, entry.scores]));
 }
 
 export const COLUMNS: Column[] = [
@@ -28,6 +37,7 @@ export const COLUMNS: Column[] = [
   { id: "ttft", title: "TTFT", sort: "time_to_first_token_ms", numeric: true, cell: (row) => formatMs(row.timeToFirstTokenMs) },
   { id: "tokens", title: "Tokens", sort: "total_tokens", numeric: true, cell: (row) => formatCount(row.usage?.totalTokens ?? 0n) },
   { id: "cost", title: "Cost", sort: "cost_usd", numeric: true, cell: (row) => formatCost(row.costUsd) },
+  { id: "scores", title: "Scores", cell: (_row, scores) => formatScores(scores) },
   { id: "user", title: "User", cell: (row) => row.userId },
   { id: "session", title: "Session", cell: (row) => row.sessionName || row.sessionId },
   { id: "prompt", title: "Prompt", cell: (row) => (row.promptId ? `${row.promptId}@${row.promptVersion}` : "") },
@@ -38,6 +48,7 @@ export const COLUMNS: Column[] = [
 /** The organization's requests: filtered and sorted by the URL, a page at a time, live on demand. */
 export function RequestsPage({ api, params }: { api: Api; params: URLSearchParams }) {
   const [rows, setRows] = useState<LogRecord[]>([]);
+  const [scores, setScores] = useState<ScoresById>({});
   const [cursor, setCursor] = useState<string | undefined>(undefined);
   const [error, setError] = useState("");
   const [loading, setLoading] = useState(true);
@@ -68,6 +79,7 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
       try {
         const page = await api.query.queryRequests({ ...query, limit: PAGE_SIZE, cursor: after ?? "" });
         setRows((previous) => (after ? [...previous, ...page.requests] : page.requests));
+        setScores((previous) => (after ? { ...previous, ...scoresOf(page) } : scoresOf(page)));
         setCursor(page.nextCursor);
       } catch (failure) {
         setError(explain(failure));
@@ -103,6 +115,7 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
           const fresh = page.requests.filter((row) => !known.has(row.requestId));
           return fresh.length ? [...fresh, ...previous] : previous;
         });
+        setScores((previous) => ({ ...previous, ...scoresOf(page) }));
       } catch (failure) {
         setError(explain(failure));
       }
@@ -206,7 +219,7 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
                   }}
                 >
                   {shown.map((column) => {
-                    const value = column.cell(row);
+                    const value = column.cell(row, scores[row.requestId]);
                     return (
                       <td key={column.id} className={column.numeric ? "number" : "clip"} title={value}>
                         {value}
@@ -224,7 +237,14 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
           {loading ? "Loading..." : "Load more"}
         </button>
       )}
-      {selected && <RequestDetail api={api} requestId={selected} onClose={() => go(withParam(params, "request", ""))} />}
+      {selected && (
+        <RequestDetail
+          api={api}
+          requestId={selected}
+          onClose={() => go(withParam(params, "request", ""))}
+          onScores={(requestId, latest) => setScores((previous) => ({ ...previous, [requestId]: latest }))}
+        />
+      )}
     </section>
   );
 }

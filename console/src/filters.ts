@@ -29,6 +29,9 @@ export const RANGE_FIELDS: Record<string, string> = {
 export const SORTABLE = ["created_at", "latency_ms", "time_to_first_token_ms", "total_tokens", "cost_usd"] as const;
 
 const PROPERTY_PREFIX = "prop.";
+/** `score.<name>=<min>..<max>` (either side may be empty) or `score.<name>=<value>`. */
+export const SCORE_PREFIX = "score.";
+const SCORE_RANGE = /^(-?\d+(?:\.\d+)?)?(?:\.\.(-?\d+(?:\.\d+)?)?)?$/;
 
 function text(value: string): Condition["value"] {
   return { kind: { case: "stringValue", value } };
@@ -83,8 +86,31 @@ export function filterFromParams(params: URLSearchParams): MessageInitShape<type
       const key = param.slice(PROPERTY_PREFIX.length).toLowerCase();
       conditions.push({ field: "property", propertyKey: key, operator: "equals", value: text(value) });
     }
+    if (param.startsWith(SCORE_PREFIX) && param.length > SCORE_PREFIX.length) {
+      conditions.push(...scoreConditions(param.slice(SCORE_PREFIX.length), value));
+    }
+  }
+  const feedback = params.get("feedback");
+  if (feedback) {
+    if (feedback !== "up" && feedback !== "down") throw new FilterError(`feedback must be "up" or "down", not ${JSON.stringify(feedback)}`);
+    conditions.push({ field: "feedback", operator: "equals", value: { kind: { case: "boolValue", value: feedback === "up" } } });
   }
   return { conditions };
+}
+
+/** The conditions of `score.<name>=<min>..<max>`: inclusive bounds, or one exact value without `..`. */
+function scoreConditions(name: string, raw: string): Condition[] {
+  const match = SCORE_RANGE.exec(raw.trim());
+  if (!raw.trim() || !match) {
+    throw new FilterError(`score.${name} must be a number or a range such as 0.5..1, not ${JSON.stringify(raw)}`);
+  }
+  const [, low, high] = match;
+  if (!raw.includes("..")) return [{ field: "score", propertyKey: name, operator: "equals", value: number(+raw) }];
+  const bounds: Condition[] = [];
+  if (low !== undefined) bounds.push({ field: "score", propertyKey: name, operator: "gte", value: number(+low) });
+  if (high !== undefined) bounds.push({ field: "score", propertyKey: name, operator: "lte", value: number(+high) });
+  if (!bounds.length) throw new FilterError(`score.${name} needs a bound, e.g. 0.5.. or ..0.2`);
+  return bounds;
 }
 
 export function sortFromParams(params: URLSearchParams): MessageInitShape<typeof RequestSortSchema> {

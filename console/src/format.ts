@@ -40,3 +40,20 @@ export function formatProperties(properties: Record<string, string>): string {
     .map(([key, value]) => `${key}=${value}`)
     .join(" ");
 }
+
+/** A score's value: integers as they are, other numbers with up to 3 decimals (0.25, 0.333, 4). */
+export function formatScore(value: number): string {
+  return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(3)));
+}
+
+/** A request's scores in one line: the feedback first (▲ up / ▼ down: glyphs every font draws, unlike
+ * emoji), then each score by name. */
+export function formatScores(scores: Record<string, number> | undefined): string {
+  if (!scores) return "";
+  const parts: string[] = [];
+  if (scores.feedback !== undefined) parts.push(scores.feedback >= 1 ? "▲ up" : "▼ down");
+  for (const [name, value] of Object.entries(scores).sort(([a], [b]) => a.localeCompare(b))) {
+    if (name !== "feedback") parts.push(`${name}=${formatScore(value)}`);
+  }
+  return parts.join(" ");
+}

@@ -108,6 +108,54 @@ def test_sign_in_see_a_logged_call_open_it_and_sign_out(
     ]
 
 
+def test_thumbs_up_and_a_score_in_the_detail_show_in_the_table_and_filter_it(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
+) -> None:
+    user = f"console-scores-{uuid.uuid4()}"
+    request_ids = []
+    for step in ("first", "second"):
+        with openai.OpenAI(
+            base_url=f"{stack.gateway_url}/v1",
+            api_key="sk-local",
+            default_headers={"Candela-Auth": f"Bearer {admin.api_key}", "Candela-User-Id": user},
+            max_retries=0,
+        ) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": step}]
+            )
+        request_ids.append(raw.headers["candela-id"])
+    for request_id in request_ids:
+        wait_for_logged_request(query_stub, admin.api_key, request_id)
+    scored = request_ids[0]
+
+    seen = _browse(
+        "scores.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_USER=user, CANDELA_CONSOLE_REQUEST_ID=scored
+    )
+    steps = seen["steps"]
+
+    assert steps["scoresColumn"] >= 0
+    assert steps["cellBefore"] == ""
+    assert "No feedback yet." in steps["panelBefore"]
+    assert steps["feedbackShown"] == "Feedback: ▲ positive"
+    assert steps["thumbPressed"] == "true"
+    assert steps["accuracyShown"] == "0.8"
+    # The table shows the detail's feedback and score in the call's row, without a reload.
+    assert steps["cellAfter"] == "▲ up accuracy=0.8"
+    # The filters live in the URL and keep only the scored call of the two.
+    assert "feedback=up" in steps["filteredUrl"]
+    assert steps["filteredIds"] == [scored]
+    # What the browser showed is what the API stored.
+    stored = query_stub.GetRequest(
+        query_service_pb2.GetRequestRequest(request_id=scored), metadata=bearer(admin.api_key)
+    ).scores
+    assert dict(stored) == {"feedback": 1.0, "accuracy": 0.8}
+    assert {path.name for path in (tmp_path / "screenshots").iterdir()} == {
+        "50-scored-detail.png",
+        "51-scored-table.png",
+        "52-filtered-by-score.png",
+    }
+
+
 def _browse(script: str, stack: Stack, key: str, tmp_path: Path, **inputs: str) -> dict[str, Any]:
     """Runs one browser scenario and returns what it saw; a scenario that could not finish fails the test."""
     browsed = subprocess.run(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 import httpx
 import pytest
-from google.protobuf import descriptor, json_format, message_factory, timestamp_pb2
+from google.protobuf import descriptor, json_format, message_factory, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
@@ -256,6 +256,25 @@ MATRIX: dict[str, Entry] = {
         own=lambda a: query_pb.GetRequestRequest(request_id=a.request_id),
         own_check=lambda response, a: _mentions(a.marker)(response, a),
         cross=_one(lambda a, b: query_pb.GetRequestRequest(request_id=b.request_id)),
+    ),
+    # A WRITE key alone may score (it needs no READ); A's key on B's request id is NOT_FOUND.
+    "candela.query.v1.QueryService.SubmitFeedback": Entry(
+        key="write",
+        lacking="read",
+        own=lambda a: query_pb.SubmitFeedbackRequest(request_id=a.request_id, rating=True),
+        cross=_one(lambda a, b: query_pb.SubmitFeedbackRequest(request_id=b.request_id, rating=False)),
+    ),
+    "candela.query.v1.QueryService.SubmitScores": Entry(
+        key="write",
+        lacking="read",
+        own=lambda a: query_pb.SubmitScoresRequest(
+            request_id=a.request_id, scores={"isolation": struct_pb2.Value(number_value=1)}
+        ),
+        cross=_one(
+            lambda a, b: query_pb.SubmitScoresRequest(
+                request_id=b.request_id, scores={"isolation": struct_pb2.Value(number_value=0)}
+            )
+        ),
     ),
     "candela.query.v1.QueryService.AggregateRequests": Entry(
         key="read",

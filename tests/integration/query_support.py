@@ -20,7 +20,14 @@ from clickhouse_driver import Client
 from clickhouse_driver.util.escape import escape_param
 
 from candela.logs.v1 import log_record_pb2
-from candela_ingest.writer.rows import REQUEST_COLUMNS, Row, clickhouse_row, insert_statement
+from candela_ingest.writer.rows import (
+    REQUEST_COLUMNS,
+    SCORE_COLUMNS,
+    SCORES_TABLE,
+    Row,
+    clickhouse_row,
+    insert_statement,
+)
 from candela_schema.migrator import clickhouse_gates, load, render_clickhouse
 from tests.factories import log_message, log_record
 
@@ -168,6 +175,11 @@ class ChdbRunner:
                 "(" + ", ".join(str(_literal(value)) for value in row) + ")" for row in rows[start : start + 2000]
             )
             self._session.query(f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES {values}")
+
+    def insert_scores(self, rows: list[Row]) -> None:
+        """Inserts ``request_scores`` rows (as candela_ingest.writer.rows.score_rows makes them)."""
+        values = ", ".join("(" + ", ".join(str(_literal(value)) for value in row) + ")" for row in rows)
+        self._session.query(f"INSERT INTO {SCORES_TABLE} ({', '.join(SCORE_COLUMNS)}) VALUES {values}")
 
     def close(self) -> None:
         """Ends the session."""

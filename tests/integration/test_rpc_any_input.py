@@ -17,7 +17,7 @@ import asyncio
 import random
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 import pytest
@@ -223,22 +223,24 @@ async def mesh(
     )
     async with (
         build_prompts_deps(prompts_config) as prompts_deps,
-        build_query_deps(query_config) as query_deps,
         build_ingest_deps(ingest_config) as ingest_deps,
     ):
         prompts = await create_prompts_server(prompts_config, prompts_deps)
-        query = await create_query_server(query_config, query_deps)
         ingest = await create_ingest_server(ingest_config, ingest_deps)
         await wait_until_ready(ingest_config, ingest_deps)
-        for server in (prompts, query, ingest):
-            await server.set_serving()
-            for name in server.service_names:
-                mesh.addresses[name] = f"127.0.0.1:{server.port}"
-        mesh.servers = [auth_server.server, prompts, query, ingest]
-        await _create_prompts(mesh.addresses[prompts.service_names[0]], admin.secret)
-        yield mesh
-        for server in (prompts, query, ingest):
-            await server.stop(1)
+        # Scores go through ingest; an id not visible at once is NOT_FOUND at once (no wait for a log).
+        query_config = replace(query_config, ingest_addr=f"127.0.0.1:{ingest.port}", score_wait_s=0.0)
+        async with build_query_deps(query_config) as query_deps:
+            query = await create_query_server(query_config, query_deps)
+            for server in (prompts, query, ingest):
+                await server.set_serving()
+                for name in server.service_names:
+                    mesh.addresses[name] = f"127.0.0.1:{server.port}"
+            mesh.servers = [auth_server.server, prompts, query, ingest]
+            await _create_prompts(mesh.addresses[prompts.service_names[0]], admin.secret)
+            yield mesh
+            for server in (prompts, query, ingest):
+                await server.stop(1)
 
 
 async def _create_prompts(address: str, key: str) -> None:

@@ -7,7 +7,7 @@ from google.protobuf import struct_pb2
 
 from candela.query.v1 import query_service_pb2 as pb
 from candela_query.cursor import CursorCodec, CursorError, Position
-from candela_query.filters import FIELDS, OPERATORS, FilterCompiler, Params
+from candela_query.filters import FIELDS, KEYED_FIELDS, OPERATORS, FilterCompiler, Params
 from candela_runtime.errors import InvalidArgument, Violations
 
 pytestmark = pytest.mark.unit
@@ -50,8 +50,9 @@ def test_every_field_accepts_its_operators_and_rejects_the_others(field: str) ->
         "time": struct_pb2.Value(string_value="2026-01-01T00:00:00Z"),
         "bool": struct_pb2.Value(bool_value=True),
         "uuid": struct_pb2.Value(string_value="6b0f7d5e-8a55-4c1f-9f3e-0d1c2b3a4f5e"),
+        "number": struct_pb2.Value(number_value=0.5),
     }
-    key = "feature" if field in {"property", "prompt_input"} else ""
+    key = "feature" if field in KEYED_FIELDS else ""
     for operator in ("equals", "not_equals", "contains", "like", "ilike", "gt", "gte", "lt", "lte"):
         request_filter = pb.RequestFilter(conditions=[condition(field, operator, samples[kind.value], key)])
         if operator in OPERATORS[kind]:

@@ -549,6 +549,8 @@ class StackAddresses:
                 "CANDELA_GRPC_PORT": str(p.query_grpc),
                 "CANDELA_AUTH_ADDR": self.auth_addr,
                 "CANDELA_POSTGRES_DSN": self.postgres_dsn,
+                # Submitted scores go through ingest; a stack without it answers them UNAVAILABLE.
+                **({"CANDELA_INGEST_ADDR": self.ingest_addr} if Component.INGEST in self.components else {}),
                 **clickhouse_env,
                 **s3,
             }

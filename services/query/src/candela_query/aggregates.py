@@ -16,6 +16,7 @@ from candela.query.v1 import query_service_pb2 as pb
 from candela_query.copy_free_proofs import CopyFreeProofs
 from candela_query.row_reads import decimal_text
 from candela_query.scope import Scope, SqlRunner
+from candela_query.scores import LATEST_SCORES
 
 # Aggregates of a set of rows, in the order Metrics.from_row reads them. quantilesExact picks the
 # element at floor(level * n) of the sorted values: exact and identical on both dialects.
@@ -176,6 +177,28 @@ class Aggregates:
                 )
             )
         return result
+
+    async def score_averages(
+        self, organization_id: str, where: str, params: dict[str, Any], group_by: list[str], limit: int
+    ) -> dict[tuple[Any, ...], dict[str, tuple[float, int]]]:
+        """(mean, count) of each score's newest value over the requests matching ``where`` that have it, by
+        group of ``group_by`` SQL expressions then score name: one query joining the requests (FINAL) to
+        the organization's newest scores. ``where`` and ``group_by`` name only columns of ``requests``."""
+        lookup = dict(params)
+        lookup["score_limit"] = limit
+        keys = [f"{expression} AS k{index}" for index, expression in enumerate(group_by)]
+        names = [f"k{index}" for index in range(len(group_by))]
+        join = f"ALL INNER JOIN ({LATEST_SCORES}) AS latest_scores USING request_id"
+        sql = (
+            f"SELECT {', '.join([*keys, 'score_name', 'avg(score_value)', 'count()'])} "
+            f"{self._scope(organization_id, where, lookup, 'requests', join=join)} "
+            f"GROUP BY {', '.join([*names, 'score_name'])} LIMIT %(score_limit)s"
+        )
+        averages: dict[tuple[Any, ...], dict[str, tuple[float, int]]] = {}
+        width = len(group_by)
+        for row in await self._runner.fetch(sql, lookup):
+            averages.setdefault(tuple(row[:width]), {})[str(row[width])] = (float(row[width + 1]), int(row[width + 2]))
+        return averages
 
     def _metrics_sql(
         self,

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import grpc
 
 from candela.auth.v1 import auth_service_pb2_grpc
+from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_query.body_reader import BodyReader
 from candela_query.clickhouse import ClickHouseReader
 from candela_query.config import QueryConfig
+from candela_query.scores import ScoreWriter
 from candela_query.service import QueryServicer
 from candela_query.store import RequestStore
 from candela_query.usage_reader import UsageReader
@@ -36,6 +38,8 @@ class QueryDeps:
     auth_channel: grpc.aio.Channel
     authenticator: KeyAuthenticator
     usage: UsageReader | None = None
+    ingest: ingest_service_pb2_grpc.IngestServiceAsyncStub | None = None
+    """Where submitted scores go (None: the service was started without an ingest address)."""
 
 
 @asynccontextmanager
@@ -53,6 +57,7 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
         config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region
     )
     channel = internal_channel(config.auth_addr)
+    ingest_channel = internal_channel(config.ingest_addr) if config.ingest_addr else None
     usage: UsageReader | None = None
     try:
         await clickhouse.fetch("SELECT 1", {})
@@ -61,11 +66,18 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
             usage = await UsageReader.connect(config.postgres_dsn)
         authenticator = KeyAuthenticator(auth_service_pb2_grpc.AuthServiceStub(channel), config.service_token)
         yield QueryDeps(
-            clickhouse=clickhouse, bodies=bodies, auth_channel=channel, authenticator=authenticator, usage=usage
+            clickhouse=clickhouse,
+            bodies=bodies,
+            auth_channel=channel,
+            authenticator=authenticator,
+            usage=usage,
+            ingest=ingest_service_pb2_grpc.IngestServiceStub(ingest_channel) if ingest_channel else None,
         )
     finally:
         if usage is not None:
             await usage.close()
+        if ingest_channel is not None:
+            await ingest_channel.close(None)
         await channel.close(None)
         clickhouse.close()
 
@@ -80,6 +92,7 @@ async def create_server(config: QueryConfig, deps: QueryDeps) -> GrpcServer:
         # Cursors are signed with a key derived from the service token, shared by every query replica.
         cursor_secret=config.service_token,
         usage=deps.usage,
+        scores=ScoreWriter(deps.ingest, config.service_token, config.score_wait_s) if deps.ingest else None,
     )
     return await create_grpc_server(
         host=config.grpc_host,

@@ -27,6 +27,16 @@ class QueryConfig(ServiceConfig):
     postgres_dsn: str = env_field(
         "Postgres DSN for the organization's usage and limits; empty disables GetOrganizationUsage.", ""
     )
+    ingest_addr: str = env_field(
+        "host:port of the ingest service, which stores submitted scores and feedback; empty answers "
+        "SubmitFeedback and SubmitScores with UNAVAILABLE.",
+        "",
+    )
+    score_wait_s: float = env_field(
+        "How long a score or feedback waits for its request to become visible (logs arrive asynchronously) "
+        "before the call answers NOT_FOUND.",
+        5.0,
+    )
     clickhouse_final: bool = env_field(
         "Read with FINAL so copies of a redelivered log not yet merged show once (turn off only to measure).", True
     )

@@ -12,6 +12,7 @@ and raises them together as INVALID_ARGUMENT.
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from candela.query.v1 import query_service_pb2 as pb
+from candela_query.scores import FEEDBACK_SCORE, score_condition
 from candela_runtime.errors import Violations
 from candela_runtime.timestamps import TimeRange, checked_micros
 
@@ -40,6 +42,7 @@ class Kind(enum.Enum):
     TIME = "time"
     BOOL = "bool"
     UUID = "uuid"
+    NUMBER = "number"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ OPERATORS: dict[Kind, frozenset[str]] = {
     Kind.TIME: ORDER_OPERATORS,
     Kind.BOOL: frozenset({"equals", "not_equals"}),
     Kind.UUID: frozenset({"equals", "not_equals"}),
+    Kind.NUMBER: ORDER_OPERATORS,
 }
 _COMPARISONS = {"equals": "=", "not_equals": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
@@ -71,7 +75,12 @@ PROPERTY_VALUE = "property_values[indexOf(arrayMap(name -> lowerUTF8(name), prop
 # One input of the rendered prompt; its variable name travels in `property_key` too, so no new proto
 # field is needed: the key names a property or a prompt input, whichever the field says.
 PROMPT_INPUT = "prompt_input"
-KEYED_FIELDS = frozenset({PROPERTY, PROMPT_INPUT})
+# A score's newest value (its name in `property_key`) and the feedback: both read request_scores through a
+# subquery (candela_query.scores.score_condition); a request without the score matches no condition on it.
+SCORE = "score"
+FEEDBACK = "feedback"
+SCORE_FIELDS = frozenset({SCORE, FEEDBACK})
+KEYED_FIELDS = frozenset({PROPERTY, PROMPT_INPUT, SCORE})
 FIELDS: dict[str, Field] = {
     **{
         name: Field(name, Kind.TEXT)
@@ -107,6 +116,9 @@ FIELDS: dict[str, Field] = {
     PROPERTY: Field(PROPERTY_VALUE, Kind.TEXT),
     # The value of one prompt input ('' when the request has none of that name).
     PROMPT_INPUT: Field("prompt_input_values[indexOf(prompt_input_keys, {key})]", Kind.TEXT),
+    # Compiled by FilterCompiler._score, not from an expression on the requests table.
+    SCORE: Field("", Kind.NUMBER),
+    FEEDBACK: Field("", Kind.BOOL),
 }
 
 _INT64_MAX = 2**63 - 1
@@ -253,13 +265,41 @@ class FilterCompiler:
             if not condition.property_key:
                 self.violations.add(f"{path}.property_key", f"is required with field {condition.field!r}")
                 return "1"
-            sql = sql.format(key=self.params.bind(condition.property_key))
+            if condition.field != SCORE:
+                sql = sql.format(key=self.params.bind(condition.property_key))
         elif condition.property_key:
-            self.violations.add(f"{path}.property_key", "applies only to fields 'property' and 'prompt_input'")
+            self.violations.add(
+                f"{path}.property_key", f"applies only to fields {', '.join(repr(f) for f in sorted(KEYED_FIELDS))}"
+            )
+        if condition.field in SCORE_FIELDS:
+            return self._score(condition, path)
         compiled = self._compare(field, sql, condition.operator, condition.value, f"{path}.value")
         if compiled is None:
             return "1"
         return f"{field.present} AND {compiled}" if field.present else compiled
+
+    def _score(self, condition: pb.FilterCondition, path: str) -> str:
+        """A condition on a score's newest value (or the feedback's, 1 or 0): a subquery of request ids."""
+        comparison = _COMPARISONS[condition.operator]
+        value = condition.value
+        if condition.field == FEEDBACK:
+            if value.WhichOneof("kind") != "bool_value":
+                self.violations.add(f"{path}.value", "must be true (thumbs up) or false (thumbs down)")
+                return "1"
+            return score_condition(
+                self.params.bind(FEEDBACK_SCORE), comparison, self.params.bind(1.0 if value.bool_value else 0.0)
+            )
+        if len(condition.property_key) > MAX_TEXT_VALUE:
+            self.violations.add(f"{path}.property_key", f"must be at most {MAX_TEXT_VALUE} characters")
+            return "1"
+        if value.WhichOneof("kind") == "bool_value":
+            number = 1.0 if value.bool_value else 0.0
+        elif value.WhichOneof("kind") == "number_value" and math.isfinite(value.number_value):
+            number = value.number_value
+        else:
+            self.violations.add(f"{path}.value", "must be a finite number (or a bool, as 1 or 0)")
+            return "1"
+        return score_condition(self.params.bind(condition.property_key), comparison, self.params.bind(number))
 
     def _compare(self, field: Field, sql: str, operator: str, value: struct_pb2.Value, path: str) -> str | None:
         kind = field.kind

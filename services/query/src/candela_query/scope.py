@@ -30,10 +30,17 @@ class Scope:
     final: bool = True
 
     def __call__(
-        self, organization_id: str, where: str, params: dict[str, Any], table: str = "requests", prewhere: str = ""
+        self,
+        organization_id: str,
+        where: str,
+        params: dict[str, Any],
+        table: str = "requests",
+        prewhere: str = "",
+        join: str = "",
     ) -> str:
-        """``FROM requests FINAL [PREWHERE <prewhere>] WHERE <organization> AND (<where>)``: the only way
-        queries reach a table. ``prewhere`` narrows the rows before the other columns are read."""
+        """``FROM requests FINAL [<join>] [PREWHERE <prewhere>] WHERE <organization> AND (<where>)``: the only
+        way queries reach a table. ``prewhere`` narrows the rows before the other columns are read; ``join``
+        (e.g. ``ALL INNER JOIN (<subquery>) USING request_id``) may use ``%(organization_id)s`` too."""
         params["organization_id"] = str(uuid.UUID(organization_id))
         source = {
             "requests": "requests FINAL" if self.final else "requests",
@@ -42,6 +49,9 @@ class Scope:
             "request_sessions": "request_sessions",
             "request_times": "request_times",
             "request_dedup_checks": "request_dedup_checks",
+            # Every stored value of each score: callers keep the newest with argMax (candela_query.scores).
+            "request_scores": "request_scores",
         }[table]
         narrowed = f" PREWHERE {prewhere}" if prewhere else ""
-        return f"FROM {source}{narrowed} WHERE organization_id = toUUID(%(organization_id)s) AND ({where})"
+        joined = f" {join}" if join else ""
+        return f"FROM {source}{joined}{narrowed} WHERE organization_id = toUUID(%(organization_id)s) AND ({where})"

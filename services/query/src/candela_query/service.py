@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.logs.v1 import log_record_pb2
@@ -25,6 +27,7 @@ from candela_query.body_reader import BodyReader
 from candela_query.cursor import CursorCodec, CursorError, Position
 from candela_query.filters import PROPERTY_VALUE, STORED_TIMES, FilterCompiler, Params, time_bound
 from candela_query.row_reads import SORT_COLUMNS, StoredRequest, decimal_text, timestamp
+from candela_query.scores import ScoreWriter, check_request_id, submitted_scores
 from candela_query.store import RequestStore
 from candela_query.usage_reader import UsageReader
 from candela_runtime.errors import NotFound, Unavailable, Violations
@@ -95,6 +98,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         max_page_size: int,
         cursor_secret: str,
         usage: UsageReader | None = None,
+        scores: ScoreWriter | None = None,
     ) -> None:
         self._store = store
         self._bodies = bodies
@@ -102,10 +106,11 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         self._max_page_size = max_page_size
         self._cursors = CursorCodec(cursor_secret)
         self._usage = usage
+        self._scores = scores
 
-    async def _organization(self, context: Context) -> str:
+    async def _organization(self, context: Context, scope: int = auth_pb.API_KEY_SCOPE_READ) -> str:
         caller = await self._authenticator.authenticate_call(context)
-        caller.require_scope(auth_pb.API_KEY_SCOPE_READ)
+        caller.require_scope(scope)
         return caller.organization_id
 
     def _limit(self, limit: int, violations: Violations, maximum: int | None = None) -> int:
@@ -137,6 +142,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             organization_id, where, params.values, sort_field, request.sort.ascending, after, limit
         )
         response = pb.QueryRequestsResponse(requests=[row.record for row in page.rows])
+        scores = await self._store.scores(organization_id, [row.record.request_id for row in page.rows])
+        for request_id, named in scores.items():
+            response.scores[request_id].scores.update(named)
         if page.has_more and page.rows:
             last = page.rows[-1]
             response.next_cursor = self._cursors.encode(
@@ -155,7 +163,10 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         stored = await self._store.get(organization_id, request_id)
         if stored is None:
             raise NotFound(f"request {request_id} does not exist")
-        return await self._with_bodies(stored)
+        response = await self._with_bodies(stored)
+        scores = await self._store.scores(organization_id, [stored.record.request_id])
+        response.scores.update(scores.get(stored.record.request_id, {}))
+        return response
 
     async def _with_bodies(self, stored: StoredRequest) -> pb.GetRequestResponse:
         request_body, response_body = await self._bodies.read_pair(stored.request_body, stored.response_body)
@@ -227,6 +238,14 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         rows = await self._store.metrics(
             organization_id, where, params.values, group_sql, MAX_GROUPS, span=_span(request)
         )
+        averages = await self._store.score_averages(organization_id, where, params.values, group_sql, MAX_GROUPS * 64)
+
+        def metrics(row: MetricsRow) -> pb.RequestMetrics:
+            message = row.metrics.to_proto()
+            for name, (mean, count) in averages.get(tuple(row.keys), {}).items():
+                message.score_averages[name] = mean
+                message.score_counts[name] = count
+            return message
 
         def key_text(index: int, value: Any) -> str:
             return _rfc3339(int(value)) if index == time_dimension else str(value)
@@ -235,7 +254,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             groups=[
                 pb.MetricsGroup(
                     keys=[key_text(index, value) for index, value in enumerate(row.keys)],
-                    metrics=row.metrics.to_proto(),
+                    metrics=metrics(row),
                 )
                 for row in rows
             ]
@@ -365,6 +384,36 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             limits=limits,
             counters=usage.counters,
         )
+
+    async def SubmitFeedback(self, request: pb.SubmitFeedbackRequest, context: Context) -> pb.SubmitFeedbackResponse:
+        await self._submit(context, request.request_id, feedback=request.rating)
+        return pb.SubmitFeedbackResponse()
+
+    async def SubmitScores(self, request: pb.SubmitScoresRequest, context: Context) -> pb.SubmitScoresResponse:
+        await self._submit(context, request.request_id, scores=request.scores)
+        return pb.SubmitScoresResponse()
+
+    async def _submit(
+        self,
+        context: Context,
+        request_id_text: str,
+        scores: Mapping[str, struct_pb2.Value] | None = None,
+        feedback: bool | None = None,
+    ) -> None:
+        """Scores or feedback on a request of the caller's organization (WRITE scope), through ingest."""
+        organization_id = await self._organization(context, auth_pb.API_KEY_SCOPE_WRITE)
+        violations = Violations()
+        request_id = check_request_id(violations, request_id_text)
+        values = submitted_scores(violations, scores) if scores is not None else {}
+        violations.raise_if_any("the scores are invalid" if scores is not None else "the feedback is invalid")
+        assert request_id is not None  # a violation was raised otherwise
+        if self._scores is None:
+            raise Unavailable("scores are not available: the query service has no ingest address")
+
+        async def visible() -> bool:
+            return await self._store.get(organization_id, request_id) is not None
+
+        await self._scores.submit(organization_id, request_id, visible, scores=values, feedback=feedback)
 
 
 def _span(request: Any) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ from candela_query.copy_free_proofs import CopyFreeProofs
 from candela_query.cursor import Position
 from candela_query.row_reads import Page, RowReads, StoredRequest
 from candela_query.scope import Scope, SqlRunner
+from candela_query.scores import ScoreReads
 
 
 class RequestStore:
@@ -38,6 +39,7 @@ class RequestStore:
         scope = Scope(final)
         self._reads = RowReads(runner, scope)
         self._aggregates = Aggregates(runner, scope, CopyFreeProofs(runner, scope, clock))
+        self._scores = ScoreReads(runner, scope)
 
     async def page(
         self,
@@ -77,3 +79,13 @@ class RequestStore:
     ) -> list[MetricsRow]:
         """Metrics per group of ``group_by`` SQL expressions (:meth:`Aggregates.metrics`)."""
         return await self._aggregates.metrics(organization_id, where, params, group_by, limit, order, label, span)
+
+    async def scores(self, organization_id: str, request_ids: list[str]) -> dict[str, dict[str, float]]:
+        """The newest scores of ``request_ids`` by request id and name (:meth:`ScoreReads.of_requests`)."""
+        return await self._scores.of_requests(organization_id, request_ids)
+
+    async def score_averages(
+        self, organization_id: str, where: str, params: dict[str, Any], group_by: list[str], limit: int
+    ) -> dict[tuple[Any, ...], dict[str, tuple[float, int]]]:
+        """Mean and count of each score per group (:meth:`Aggregates.score_averages`)."""
+        return await self._aggregates.score_averages(organization_id, where, params, group_by, limit)

@@ -70,6 +70,16 @@ class QueryServiceStub:
                 request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageRequest.SerializeToString,
                 response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageResponse.FromString,
                 _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/candela.query.v1.QueryService/SubmitFeedback',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitFeedbackResponse.FromString,
+                _registered_method=True)
+        self.SubmitScores = channel.unary_unary(
+                '/candela.query.v1.QueryService/SubmitScores',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresRequest.SerializeToString,
+                response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -125,6 +135,26 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitFeedback(self, request, context):
+        """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
+        its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
+        `POST /v1/request/{id}/feedback {"rating": true}`.
+        Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+        one the person gave in between, and replace it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitScores(self, request, context):
+        """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
+        replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
+        "helpful": true}}`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +192,16 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetOrganizationUsage,
                     request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageRequest.FromString,
                     response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitFeedbackResponse.SerializeToString,
+            ),
+            'SubmitScores': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitScores,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresRequest.FromString,
+                    response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +394,60 @@ class QueryService:
             '/candela.query.v1.QueryService/GetOrganizationUsage',
             candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageRequest.SerializeToString,
             candela_dot_query_dot_v1_dot_query__service__pb2.GetOrganizationUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.query.v1.QueryService/SubmitFeedback',
+            candela_dot_query_dot_v1_dot_query__service__pb2.SubmitFeedbackRequest.SerializeToString,
+            candela_dot_query_dot_v1_dot_query__service__pb2.SubmitFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.query.v1.QueryService/SubmitScores',
+            candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresRequest.SerializeToString,
+            candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresResponse.FromString,
             options,
             channel_credentials,
             insecure,

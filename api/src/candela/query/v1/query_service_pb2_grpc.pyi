@@ -47,6 +47,18 @@ class QueryServiceStub:
     """Per-user totals."""
     GetOrganizationUsage: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetOrganizationUsageRequest, _query_service_pb2.GetOrganizationUsageResponse]
     """The organization's usage against its limits."""
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.SubmitFeedbackRequest, _query_service_pb2.SubmitFeedbackResponse]
+    """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
+    its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
+    `POST /v1/request/{id}/feedback {"rating": true}`.
+    Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+    one the person gave in between, and replace it.
+    """
+    SubmitScores: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.SubmitScoresRequest, _query_service_pb2.SubmitScoresResponse]
+    """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
+    replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
+    "helpful": true}}`.
+    """
 
 @_typing.type_check_only
 class QueryServiceAsyncStub(QueryServiceStub):
@@ -67,6 +79,18 @@ class QueryServiceAsyncStub(QueryServiceStub):
     """Per-user totals."""
     GetOrganizationUsage: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetOrganizationUsageRequest, _query_service_pb2.GetOrganizationUsageResponse]  # type: ignore[assignment]
     """The organization's usage against its limits."""
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_query_service_pb2.SubmitFeedbackRequest, _query_service_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
+    """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
+    its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
+    `POST /v1/request/{id}/feedback {"rating": true}`.
+    Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+    one the person gave in between, and replace it.
+    """
+    SubmitScores: _aio.UnaryUnaryMultiCallable[_query_service_pb2.SubmitScoresRequest, _query_service_pb2.SubmitScoresResponse]  # type: ignore[assignment]
+    """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
+    replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
+    "helpful": true}}`.
+    """
 
 class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads the organization's logged requests. The organization comes from the caller's key."""
@@ -126,5 +150,29 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetOrganizationUsageResponse, _abc.Awaitable[_query_service_pb2.GetOrganizationUsageResponse]]:
         """The organization's usage against its limits."""
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _query_service_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.SubmitFeedbackResponse, _abc.Awaitable[_query_service_pb2.SubmitFeedbackResponse]]:
+        """Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
+        its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
+        `POST /v1/request/{id}/feedback {"rating": true}`.
+        Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+        one the person gave in between, and replace it.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitScores(
+        self,
+        request: _query_service_pb2.SubmitScoresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.SubmitScoresResponse, _abc.Awaitable[_query_service_pb2.SubmitScoresResponse]]:
+        """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
+        replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
+        "helpful": true}}`.
+        """
 
 def add_QueryServiceServicer_to_server(servicer: QueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file candela/query/v1/query_service.proto.
  */
 export const file_candela_query_v1_query_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRjYW5kZWxhL3F1ZXJ5L3YxL3F1ZXJ5X3NlcnZpY2UucHJvdG8SEGNhbmRlbGEucXVlcnkudjEi5AIKDVJlcXVlc3RGaWx0ZXISDQoFbW9kZWwYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRITCgtzdGF0dXNfY29kZRgEIAEoBRISCgpzZXNzaW9uX2lkGAUgASgJEjEKDWNyZWF0ZWRfYWZ0ZXIYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1Cgpjb25kaXRpb25zGAggAygLMiEuY2FuZGVsYS5xdWVyeS52MS5GaWx0ZXJDb25kaXRpb24SLAoDYWxsGAkgAygLMh8uY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0RmlsdGVyEiwKA2FueRgKIAMoCzIfLmNhbmRlbGEucXVlcnkudjEuUmVxdWVzdEZpbHRlciJvCg9GaWx0ZXJDb25kaXRpb24SDQoFZmllbGQYASABKAkSEAoIb3BlcmF0b3IYAiABKAkSJQoFdmFsdWUYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFAoMcHJvcGVydHlfa2V5GAQgASgJIi8KC1JlcXVlc3RTb3J0Eg0KBWZpZWxkGAEgASgJEhEKCWFzY2VuZGluZxgCIAEoCCKTAQoUUXVlcnlSZXF1ZXN0c1JlcXVlc3QSLwoGZmlsdGVyGAEgASgLMh8uY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0RmlsdGVyEg0KBWxpbWl0GAIgASgFEisKBHNvcnQYAyABKAsyHS5jYW5kZWxhLnF1ZXJ5LnYxLlJlcXVlc3RTb3J0Eg4KBmN1cnNvchgEIAEoCSJvChVRdWVyeVJlcXVlc3RzUmVzcG9uc2USLAoIcmVxdWVzdHMYASADKAsyGi5jYW5kZWxhLmxvZ3MudjEuTG9nUmVjb3JkEhgKC25leHRfY3Vyc29yGAIgASgJSACIAQFCDgoMX25leHRfY3Vyc29yIicKEUdldFJlcXVlc3RSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkibgoSR2V0UmVxdWVzdFJlc3BvbnNlEisKB3JlcXVlc3QYASABKAsyGi5jYW5kZWxhLmxvZ3MudjEuTG9nUmVjb3JkEhQKDHJlcXVlc3RfYm9keRgCIAEoCRIVCg1yZXNwb25zZV9ib2R5GAMgASgJIpUCChhBZ2dyZWdhdGVSZXF1ZXN0c1JlcXVlc3QSKQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoGZmlsdGVyGAMgASgLMh8uY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0RmlsdGVyEisKCGdyb3VwX2J5GAQgAygOMhkuY2FuZGVsYS5xdWVyeS52MS5Hcm91cEJ5EhQKDHByb3BlcnR5X2tleRgFIAEoCRIxCgt0aW1lX2J1Y2tldBgGIAEoDjIcLmNhbmRlbGEucXVlcnkudjEuVGltZUJ1Y2tldCLJAgoOUmVxdWVzdE1ldHJpY3MSFQoNcmVxdWVzdF9jb3VudBgBIAEoAxIQCghjb3N0X3VzZBgCIAEoCRIWCg51bnByaWNlZF9jb3VudBgDIAEoAxIVCg1wcm9tcHRfdG9rZW5zGAQgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAUgASgDEhQKDHRvdGFsX3Rva2VucxgGIAEoAxIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARITCgt0dGZ0X3A1MF9tcxgKIAEoARITCgt0dGZ0X3A5NV9tcxgLIAEoARITCgt0dGZ0X3A5OV9tcxgMIAEoARITCgtlcnJvcl9jb3VudBgNIAEoAxISCgplcnJvcl9yYXRlGA4gASgBIk8KDE1ldHJpY3NHcm91cBIMCgRrZXlzGAEgAygJEjEKB21ldHJpY3MYAiABKAsyIC5jYW5kZWxhLnF1ZXJ5LnYxLlJlcXVlc3RNZXRyaWNzIksKGUFnZ3JlZ2F0ZVJlcXVlc3RzUmVzcG9uc2USLgoGZ3JvdXBzGAEgAygLMh4uY2FuZGVsYS5xdWVyeS52MS5NZXRyaWNzR3JvdXAiqgEKFFF1ZXJ5U2Vzc2lvbnNSZXF1ZXN0Ei8KBmZpbHRlchgBIAEoCzIfLmNhbmRlbGEucXVlcnkudjEuUmVxdWVzdEZpbHRlchIpCgVzdGFydBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDZW5kGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVsaW1pdBgEIAEoBSLYAQoOU2Vzc2lvblN1bW1hcnkSEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxzZXNzaW9uX25hbWUYAiABKAkSNAoQZmlyc3RfcmVxdWVzdF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbGFzdF9yZXF1ZXN0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCgdtZXRyaWNzGAUgASgLMiAuY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0TWV0cmljcyJLChVRdWVyeVNlc3Npb25zUmVzcG9uc2USMgoIc2Vzc2lvbnMYASADKAsyIC5jYW5kZWxhLnF1ZXJ5LnYxLlNlc3Npb25TdW1tYXJ5IicKEUdldFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiuwEKC1Nlc3Npb25Ob2RlEgwKBHBhdGgYASABKAkSDAoEbmFtZRgCIAEoCRIsCghyZXF1ZXN0cxgDIAMoCzIaLmNhbmRlbGEubG9ncy52MS5Mb2dSZWNvcmQSLwoIY2hpbGRyZW4YBCADKAsyHS5jYW5kZWxhLnF1ZXJ5LnYxLlNlc3Npb25Ob2RlEjEKB21ldHJpY3MYBSABKAsyIC5jYW5kZWxhLnF1ZXJ5LnYxLlJlcXVlc3RNZXRyaWNzInQKEkdldFNlc3Npb25SZXNwb25zZRIxCgdzZXNzaW9uGAEgASgLMiAuY2FuZGVsYS5xdWVyeS52MS5TZXNzaW9uU3VtbWFyeRIrCgRyb290GAIgASgLMh0uY2FuZGVsYS5xdWVyeS52MS5TZXNzaW9uTm9kZSKtAQoXUXVlcnlVc2VyTWV0cmljc1JlcXVlc3QSLwoGZmlsdGVyGAEgASgLMh8uY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0RmlsdGVyEikKBXN0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNlbmQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWxpbWl0GAQgASgFIrwBCgtVc2VyTWV0cmljcxIPCgd1c2VyX2lkGAEgASgJEjQKEGZpcnN0X3JlcXVlc3RfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3RfcmVxdWVzdF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoHbWV0cmljcxgEIAEoCzIgLmNhbmRlbGEucXVlcnkudjEuUmVxdWVzdE1ldHJpY3MiSAoYUXVlcnlVc2VyTWV0cmljc1Jlc3BvbnNlEiwKBXVzZXJzGAEgAygLMh0uY2FuZGVsYS5xdWVyeS52MS5Vc2VyTWV0cmljcyIrChtHZXRPcmdhbml6YXRpb25Vc2FnZVJlcXVlc3QSDAoEZGF5cxgBIAEoBSKMAQoKRGFpbHlVc2FnZRILCgNkYXkYASABKAkSFQoNcmVxdWVzdF9jb3VudBgCIAEoAxIVCg1wcm9tcHRfdG9rZW5zGAMgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAQgASgDEhAKCGNvc3RfdXNkGAUgASgJEhYKDnVucHJpY2VkX2NvdW50GAYgASgDIkgKClVzYWdlTGltaXQSDAoEbmFtZRgBIAEoCRIPCgdsaW1pdGVkGAIgASgIEg0KBWxpbWl0GAMgASgDEgwKBHVzZWQYBCABKAMi+QEKHEdldE9yZ2FuaXphdGlvblVzYWdlUmVzcG9uc2USKgoEZGF5cxgBIAMoCzIcLmNhbmRlbGEucXVlcnkudjEuRGFpbHlVc2FnZRIsCgZsaW1pdHMYAiADKAsyHC5jYW5kZWxhLnF1ZXJ5LnYxLlVzYWdlTGltaXQSTgoIY291bnRlcnMYAyADKAsyPC5jYW5kZWxhLnF1ZXJ5LnYxLkdldE9yZ2FuaXphdGlvblVzYWdlUmVzcG9uc2UuQ291bnRlcnNFbnRyeRovCg1Db3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEqiwEKB0dyb3VwQnkSGAoUR1JPVVBfQllfVU5TUEVDSUZJRUQQABISCg5HUk9VUF9CWV9NT0RFTBABEhUKEUdST1VQX0JZX1BST1ZJREVSEAISEQoNR1JPVVBfQllfVVNFUhADEhUKEUdST1VQX0JZX1BST1BFUlRZEAQSEQoNR1JPVVBfQllfVElNRRAFKmwKClRpbWVCdWNrZXQSGwoXVElNRV9CVUNLRVRfVU5TUEVDSUZJRUQQABIWChJUSU1FX0JVQ0tFVF9NSU5VVEUQARIUChBUSU1FX0JVQ0tFVF9IT1VSEAISEwoPVElNRV9CVUNLRVRfREFZEAMy1wcKDFF1ZXJ5U2VydmljZRKBAQoNUXVlcnlSZXF1ZXN0cxImLmNhbmRlbGEucXVlcnkudjEuUXVlcnlSZXF1ZXN0c1JlcXVlc3QaJy5jYW5kZWxhLnF1ZXJ5LnYxLlF1ZXJ5UmVxdWVzdHNSZXNwb25zZSIfkAIBgtPkkwIWIhEvdjEvcmVxdWVzdC9xdWVyeToBKhJ8CgpHZXRSZXF1ZXN0EiMuY2FuZGVsYS5xdWVyeS52MS5HZXRSZXF1ZXN0UmVxdWVzdBokLmNhbmRlbGEucXVlcnkudjEuR2V0UmVxdWVzdFJlc3BvbnNlIiOQAgGC0+STAhoSGC92MS9yZXF1ZXN0L3tyZXF1ZXN0X2lkfRKVAQoRQWdncmVnYXRlUmVxdWVzdHMSKi5jYW5kZWxhLnF1ZXJ5LnYxLkFnZ3JlZ2F0ZVJlcXVlc3RzUmVxdWVzdBorLmNhbmRlbGEucXVlcnkudjEuQWdncmVnYXRlUmVxdWVzdHNSZXNwb25zZSInkAIBgtPkkwIeIhkvdjEvcmVxdWVzdC9tZXRyaWNzL3F1ZXJ5OgEqEoEBCg1RdWVyeVNlc3Npb25zEiYuY2FuZGVsYS5xdWVyeS52MS5RdWVyeVNlc3Npb25zUmVxdWVzdBonLmNhbmRlbGEucXVlcnkudjEuUXVlcnlTZXNzaW9uc1Jlc3BvbnNlIh+QAgGC0+STAhYiES92MS9zZXNzaW9uL3F1ZXJ5OgEqEnwKCkdldFNlc3Npb24SIy5jYW5kZWxhLnF1ZXJ5LnYxLkdldFNlc3Npb25SZXF1ZXN0GiQuY2FuZGVsYS5xdWVyeS52MS5HZXRTZXNzaW9uUmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3Nlc3Npb24ve3Nlc3Npb25faWR9Eo8BChBRdWVyeVVzZXJNZXRyaWNzEikuY2FuZGVsYS5xdWVyeS52MS5RdWVyeVVzZXJNZXRyaWNzUmVxdWVzdBoqLmNhbmRlbGEucXVlcnkudjEuUXVlcnlVc2VyTWV0cmljc1Jlc3BvbnNlIiSQAgGC0+STAhsiFi92MS91c2VyL21ldHJpY3MvcXVlcnk6ASoSmAEKFEdldE9yZ2FuaXphdGlvblVzYWdlEi0uY2FuZGVsYS5xdWVyeS52MS5HZXRPcmdhbml6YXRpb25Vc2FnZVJlcXVlc3QaLi5jYW5kZWxhLnF1ZXJ5LnYxLkdldE9yZ2FuaXphdGlvblVzYWdlUmVzcG9uc2UiIZACAYLT5JMCGBIWL3YxL29yZ2FuaXphdGlvbi91c2FnZWIGcHJvdG8z", [file_candela_logs_v1_log_record, file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiRjYW5kZWxhL3F1ZXJ5L3YxL3F1ZXJ5X3NlcnZpY2UucHJvdG8SEGNhbmRlbGEucXVlcnkudjEi5AIKDVJlcXVlc3RGaWx0ZXISDQoFbW9kZWwYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRITCgtzdGF0dXNfY29kZRgEIAEoBRISCgpzZXNzaW9uX2lkGAUgASgJEjEKDWNyZWF0ZWRfYWZ0ZXIYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1Cgpjb25kaXRpb25zGAggAygLMiEuY2FuZGVsYS5xdWVyeS52MS5GaWx0ZXJDb25kaXRpb24SLAoDYWxsGAkgAygLMh8uY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0RmlsdGVyEiwKA2FueRgKIAMoCzIfLmNhbmRlbGEucXVlcnkudjEuUmVxdWVzdEZpbHRlciJvCg9GaWx0ZXJDb25kaXRpb24SDQoFZmllbGQYASABKAkSEAoIb3BlcmF0b3IYAiABKAkSJQoFdmFsdWUYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFAoMcHJvcGVydHlfa2V5GAQgASgJIi8KC1JlcXVlc3RTb3J0Eg0KBWZpZWxkGAEgASgJEhEKCWFzY2VuZGluZxgCIAEoCCKTAQoUUXVlcnlSZXF1ZXN0c1JlcXVlc3QSLwoGZmlsdGVyGAEgASgLMh8uY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0RmlsdGVyEg0KBWxpbWl0GAIgASgFEisKBHNvcnQYAyABKAsyHS5jYW5kZWxhLnF1ZXJ5LnYxLlJlcXVlc3RTb3J0Eg4KBmN1cnNvchgEIAEoCSKEAgoVUXVlcnlSZXF1ZXN0c1Jlc3BvbnNlEiwKCHJlcXVlc3RzGAEgAygLMhouY2FuZGVsYS5sb2dzLnYxLkxvZ1JlY29yZBIYCgtuZXh0X2N1cnNvchgCIAEoCUgAiAEBEkMKBnNjb3JlcxgDIAMoCzIzLmNhbmRlbGEucXVlcnkudjEuUXVlcnlSZXF1ZXN0c1Jlc3BvbnNlLlNjb3Jlc0VudHJ5Gk4KC1Njb3Jlc0VudHJ5EgsKA2tleRgBIAEoCRIuCgV2YWx1ZRgCIAEoCzIfLmNhbmRlbGEucXVlcnkudjEuUmVxdWVzdFNjb3JlczoCOAFCDgoMX25leHRfY3Vyc29yIicKEUdldFJlcXVlc3RSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAki3wEKEkdldFJlcXVlc3RSZXNwb25zZRIrCgdyZXF1ZXN0GAEgASgLMhouY2FuZGVsYS5sb2dzLnYxLkxvZ1JlY29yZBIUCgxyZXF1ZXN0X2JvZHkYAiABKAkSFQoNcmVzcG9uc2VfYm9keRgDIAEoCRJACgZzY29yZXMYBCADKAsyMC5jYW5kZWxhLnF1ZXJ5LnYxLkdldFJlcXVlc3RSZXNwb25zZS5TY29yZXNFbnRyeRotCgtTY29yZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBIpUCChhBZ2dyZWdhdGVSZXF1ZXN0c1JlcXVlc3QSKQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoGZmlsdGVyGAMgASgLMh8uY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0RmlsdGVyEisKCGdyb3VwX2J5GAQgAygOMhkuY2FuZGVsYS5xdWVyeS52MS5Hcm91cEJ5EhQKDHByb3BlcnR5X2tleRgFIAEoCRIxCgt0aW1lX2J1Y2tldBgGIAEoDjIcLmNhbmRlbGEucXVlcnkudjEuVGltZUJ1Y2tldCLJBAoOUmVxdWVzdE1ldHJpY3MSFQoNcmVxdWVzdF9jb3VudBgBIAEoAxIQCghjb3N0X3VzZBgCIAEoCRIWCg51bnByaWNlZF9jb3VudBgDIAEoAxIVCg1wcm9tcHRfdG9rZW5zGAQgASgDEhkKEWNvbXBsZXRpb25fdG9rZW5zGAUgASgDEhQKDHRvdGFsX3Rva2VucxgGIAEoAxIWCg5sYXRlbmN5X3A1MF9tcxgHIAEoARIWCg5sYXRlbmN5X3A5NV9tcxgIIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgJIAEoARITCgt0dGZ0X3A1MF9tcxgKIAEoARITCgt0dGZ0X3A5NV9tcxgLIAEoARITCgt0dGZ0X3A5OV9tcxgMIAEoARITCgtlcnJvcl9jb3VudBgNIAEoAxISCgplcnJvcl9yYXRlGA4gASgBEksKDnNjb3JlX2F2ZXJhZ2VzGA8gAygLMjMuY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0TWV0cmljcy5TY29yZUF2ZXJhZ2VzRW50cnkSRwoMc2NvcmVfY291bnRzGBAgAygLMjEuY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0TWV0cmljcy5TY29yZUNvdW50c0VudHJ5GjQKElNjb3JlQXZlcmFnZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBGjIKEFNjb3JlQ291bnRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJPCgxNZXRyaWNzR3JvdXASDAoEa2V5cxgBIAMoCRIxCgdtZXRyaWNzGAIgASgLMiAuY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0TWV0cmljcyJLChlBZ2dyZWdhdGVSZXF1ZXN0c1Jlc3BvbnNlEi4KBmdyb3VwcxgBIAMoCzIeLmNhbmRlbGEucXVlcnkudjEuTWV0cmljc0dyb3VwIqoBChRRdWVyeVNlc3Npb25zUmVxdWVzdBIvCgZmaWx0ZXIYASABKAsyHy5jYW5kZWxhLnF1ZXJ5LnYxLlJlcXVlc3RGaWx0ZXISKQoFc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKA2VuZBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBCABKAUi2AEKDlNlc3Npb25TdW1tYXJ5EhIKCnNlc3Npb25faWQYASABKAkSFAoMc2Vzc2lvbl9uYW1lGAIgASgJEjQKEGZpcnN0X3JlcXVlc3RfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3RfcmVxdWVzdF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoHbWV0cmljcxgFIAEoCzIgLmNhbmRlbGEucXVlcnkudjEuUmVxdWVzdE1ldHJpY3MiSwoVUXVlcnlTZXNzaW9uc1Jlc3BvbnNlEjIKCHNlc3Npb25zGAEgAygLMiAuY2FuZGVsYS5xdWVyeS52MS5TZXNzaW9uU3VtbWFyeSInChFHZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIrsBCgtTZXNzaW9uTm9kZRIMCgRwYXRoGAEgASgJEgwKBG5hbWUYAiABKAkSLAoIcmVxdWVzdHMYAyADKAsyGi5jYW5kZWxhLmxvZ3MudjEuTG9nUmVjb3JkEi8KCGNoaWxkcmVuGAQgAygLMh0uY2FuZGVsYS5xdWVyeS52MS5TZXNzaW9uTm9kZRIxCgdtZXRyaWNzGAUgASgLMiAuY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0TWV0cmljcyJ0ChJHZXRTZXNzaW9uUmVzcG9uc2USMQoHc2Vzc2lvbhgBIAEoCzIgLmNhbmRlbGEucXVlcnkudjEuU2Vzc2lvblN1bW1hcnkSKwoEcm9vdBgCIAEoCzIdLmNhbmRlbGEucXVlcnkudjEuU2Vzc2lvbk5vZGUirQEKF1F1ZXJ5VXNlck1ldHJpY3NSZXF1ZXN0Ei8KBmZpbHRlchgBIAEoCzIfLmNhbmRlbGEucXVlcnkudjEuUmVxdWVzdEZpbHRlchIpCgVzdGFydBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoDZW5kGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVsaW1pdBgEIAEoBSK8AQoLVXNlck1ldHJpY3MSDwoHdXNlcl9pZBgBIAEoCRI0ChBmaXJzdF9yZXF1ZXN0X2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3JlcXVlc3RfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKB21ldHJpY3MYBCABKAsyIC5jYW5kZWxhLnF1ZXJ5LnYxLlJlcXVlc3RNZXRyaWNzIkgKGFF1ZXJ5VXNlck1ldHJpY3NSZXNwb25zZRIsCgV1c2VycxgBIAMoCzIdLmNhbmRlbGEucXVlcnkudjEuVXNlck1ldHJpY3MiKwobR2V0T3JnYW5pemF0aW9uVXNhZ2VSZXF1ZXN0EgwKBGRheXMYASABKAUijAEKCkRhaWx5VXNhZ2USCwoDZGF5GAEgASgJEhUKDXJlcXVlc3RfY291bnQYAiABKAMSFQoNcHJvbXB0X3Rva2VucxgDIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgEIAEoAxIQCghjb3N0X3VzZBgFIAEoCRIWCg51bnByaWNlZF9jb3VudBgGIAEoAyJICgpVc2FnZUxpbWl0EgwKBG5hbWUYASABKAkSDwoHbGltaXRlZBgCIAEoCBINCgVsaW1pdBgDIAEoAxIMCgR1c2VkGAQgASgDIvkBChxHZXRPcmdhbml6YXRpb25Vc2FnZVJlc3BvbnNlEioKBGRheXMYASADKAsyHC5jYW5kZWxhLnF1ZXJ5LnYxLkRhaWx5VXNhZ2USLAoGbGltaXRzGAIgAygLMhwuY2FuZGVsYS5xdWVyeS52MS5Vc2FnZUxpbWl0Ek4KCGNvdW50ZXJzGAMgAygLMjwuY2FuZGVsYS5xdWVyeS52MS5HZXRPcmdhbml6YXRpb25Vc2FnZVJlc3BvbnNlLkNvdW50ZXJzRW50cnkaLwoNQ291bnRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBInsKDVJlcXVlc3RTY29yZXMSOwoGc2NvcmVzGAEgAygLMisuY2FuZGVsYS5xdWVyeS52MS5SZXF1ZXN0U2NvcmVzLlNjb3Jlc0VudHJ5Gi0KC1Njb3Jlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEiOwoVU3VibWl0RmVlZGJhY2tSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGcmF0aW5nGAIgASgIIhgKFlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2UiswEKE1N1Ym1pdFNjb3Jlc1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRJBCgZzY29yZXMYAiADKAsyMS5jYW5kZWxhLnF1ZXJ5LnYxLlN1Ym1pdFNjb3Jlc1JlcXVlc3QuU2NvcmVzRW50cnkaRQoLU2NvcmVzRW50cnkSCwoDa2V5GAEgASgJEiUKBXZhbHVlGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlOgI4ASIWChRTdWJtaXRTY29yZXNSZXNwb25zZSqLAQoHR3JvdXBCeRIYChRHUk9VUF9CWV9VTlNQRUNJRklFRBAAEhIKDkdST1VQX0JZX01PREVMEAESFQoRR1JPVVBfQllfUFJPVklERVIQAhIRCg1HUk9VUF9CWV9VU0VSEAMSFQoRR1JPVVBfQllfUFJPUEVSVFkQBBIRCg1HUk9VUF9CWV9USU1FEAUqbAoKVGltZUJ1Y2tldBIbChdUSU1FX0JVQ0tFVF9VTlNQRUNJRklFRBAAEhYKElRJTUVfQlVDS0VUX01JTlVURRABEhQKEFRJTUVfQlVDS0VUX0hPVVIQAhITCg9USU1FX0JVQ0tFVF9EQVkQAzL2CQoMUXVlcnlTZXJ2aWNlEoEBCg1RdWVyeVJlcXVlc3RzEiYuY2FuZGVsYS5xdWVyeS52MS5RdWVyeVJlcXVlc3RzUmVxdWVzdBonLmNhbmRlbGEucXVlcnkudjEuUXVlcnlSZXF1ZXN0c1Jlc3BvbnNlIh+QAgGC0+STAhYiES92MS9yZXF1ZXN0L3F1ZXJ5OgEqEnwKCkdldFJlcXVlc3QSIy5jYW5kZWxhLnF1ZXJ5LnYxLkdldFJlcXVlc3RSZXF1ZXN0GiQuY2FuZGVsYS5xdWVyeS52MS5HZXRSZXF1ZXN0UmVzcG9uc2UiI5ACAYLT5JMCGhIYL3YxL3JlcXVlc3Qve3JlcXVlc3RfaWR9EpUBChFBZ2dyZWdhdGVSZXF1ZXN0cxIqLmNhbmRlbGEucXVlcnkudjEuQWdncmVnYXRlUmVxdWVzdHNSZXF1ZXN0GisuY2FuZGVsYS5xdWVyeS52MS5BZ2dyZWdhdGVSZXF1ZXN0c1Jlc3BvbnNlIieQAgGC0+STAh4iGS92MS9yZXF1ZXN0L21ldHJpY3MvcXVlcnk6ASoSgQEKDVF1ZXJ5U2Vzc2lvbnMSJi5jYW5kZWxhLnF1ZXJ5LnYxLlF1ZXJ5U2Vzc2lvbnNSZXF1ZXN0GicuY2FuZGVsYS5xdWVyeS52MS5RdWVyeVNlc3Npb25zUmVzcG9uc2UiH5ACAYLT5JMCFiIRL3YxL3Nlc3Npb24vcXVlcnk6ASoSfAoKR2V0U2Vzc2lvbhIjLmNhbmRlbGEucXVlcnkudjEuR2V0U2Vzc2lvblJlcXVlc3QaJC5jYW5kZWxhLnF1ZXJ5LnYxLkdldFNlc3Npb25SZXNwb25zZSIjkAIBgtPkkwIaEhgvdjEvc2Vzc2lvbi97c2Vzc2lvbl9pZH0SjwEKEFF1ZXJ5VXNlck1ldHJpY3MSKS5jYW5kZWxhLnF1ZXJ5LnYxLlF1ZXJ5VXNlck1ldHJpY3NSZXF1ZXN0GiouY2FuZGVsYS5xdWVyeS52MS5RdWVyeVVzZXJNZXRyaWNzUmVzcG9uc2UiJJACAYLT5JMCGyIWL3YxL3VzZXIvbWV0cmljcy9xdWVyeToBKhKYAQoUR2V0T3JnYW5pemF0aW9uVXNhZ2USLS5jYW5kZWxhLnF1ZXJ5LnYxLkdldE9yZ2FuaXphdGlvblVzYWdlUmVxdWVzdBouLmNhbmRlbGEucXVlcnkudjEuR2V0T3JnYW5pemF0aW9uVXNhZ2VSZXNwb25zZSIhkAIBgtPkkwIYEhYvdjEvb3JnYW5pemF0aW9uL3VzYWdlEpEBCg5TdWJtaXRGZWVkYmFjaxInLmNhbmRlbGEucXVlcnkudjEuU3VibWl0RmVlZGJhY2tSZXF1ZXN0GiguY2FuZGVsYS5xdWVyeS52MS5TdWJtaXRGZWVkYmFja1Jlc3BvbnNlIiyC0+STAiYiIS92MS9yZXF1ZXN0L3tyZXF1ZXN0X2lkfS9mZWVkYmFjazoBKhKIAQoMU3VibWl0U2NvcmVzEiUuY2FuZGVsYS5xdWVyeS52MS5TdWJtaXRTY29yZXNSZXF1ZXN0GiYuY2FuZGVsYS5xdWVyeS52MS5TdWJtaXRTY29yZXNSZXNwb25zZSIpgtPkkwIjIh4vdjEvcmVxdWVzdC97cmVxdWVzdF9pZH0vc2NvcmU6ASpiBnByb3RvMw", [file_candela_logs_v1_log_record, file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A node of a filter tree. The legacy fields 1-7 (deprecated: use `conditions`) and every other set
@@ -114,7 +114,8 @@ export type FilterCondition = Message<"candela.query.v1.FilterCondition"> & {
    * session_id, session_path, session_name, prompt_id, prompt_version, request_id, trace_id, latency_ms,
    * time_to_first_token_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, created_at,
    * cache_hit, streamed, priced, property (with `property_key`), prompt_input (with `property_key` naming
-   * the template variable).
+   * the template variable), score (a number, with `property_key` naming the score), feedback (a bool).
+   * A request without that score or feedback matches no condition on it.
    *
    * @generated from field: string field = 1;
    */
@@ -229,6 +230,13 @@ export type QueryRequestsResponse = Message<"candela.query.v1.QueryRequestsRespo
    * @generated from field: optional string next_cursor = 2;
    */
   nextCursor?: string | undefined;
+
+  /**
+   * Scores of the page's requests, by request id; a request without scores has no entry.
+   *
+   * @generated from field: map<string, candela.query.v1.RequestScores> scores = 3;
+   */
+  scores: { [key: string]: RequestScores };
 };
 
 /**
@@ -275,6 +283,13 @@ export type GetRequestResponse = Message<"candela.query.v1.GetRequestResponse"> 
    * @generated from field: string response_body = 3;
    */
   responseBody: string;
+
+  /**
+   * The request's scores by name, the newest value of each ("feedback": 1 thumbs up, 0 thumbs down).
+   *
+   * @generated from field: map<string, double> scores = 4;
+   */
+  scores: { [key: string]: number };
 };
 
 /**
@@ -417,6 +432,21 @@ export type RequestMetrics = Message<"candela.query.v1.RequestMetrics"> & {
    * @generated from field: double error_rate = 14;
    */
   errorRate: number;
+
+  /**
+   * Mean of each score over the requests that have it, by score name. "feedback" is the share of
+   * positive ratings among the rated requests. Filled by AggregateRequests only.
+   *
+   * @generated from field: map<string, double> score_averages = 15;
+   */
+  scoreAverages: { [key: string]: number };
+
+  /**
+   * How many requests have each score, by score name (the denominators of score_averages).
+   *
+   * @generated from field: map<string, int64> score_counts = 16;
+   */
+  scoreCounts: { [key: string]: bigint };
 };
 
 /**
@@ -856,6 +886,104 @@ export const GetOrganizationUsageResponseSchema: GenMessage<GetOrganizationUsage
   messageDesc(file_candela_query_v1_query_service, 23);
 
 /**
+ * The scores of one request by name, the newest value of each ("feedback": 1 thumbs up, 0 thumbs down).
+ *
+ * @generated from message candela.query.v1.RequestScores
+ */
+export type RequestScores = Message<"candela.query.v1.RequestScores"> & {
+  /**
+   * @generated from field: map<string, double> scores = 1;
+   */
+  scores: { [key: string]: number };
+};
+
+/**
+ * Describes the message candela.query.v1.RequestScores.
+ * Use `create(RequestScoresSchema)` to create a new message.
+ */
+export const RequestScoresSchema: GenMessage<RequestScores> = /*@__PURE__*/
+  messageDesc(file_candela_query_v1_query_service, 24);
+
+/**
+ * @generated from message candela.query.v1.SubmitFeedbackRequest
+ */
+export type SubmitFeedbackRequest = Message<"candela.query.v1.SubmitFeedbackRequest"> & {
+  /**
+   * The request's id (its Candela-Id).
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * true: thumbs up; false: thumbs down.
+   *
+   * @generated from field: bool rating = 2;
+   */
+  rating: boolean;
+};
+
+/**
+ * Describes the message candela.query.v1.SubmitFeedbackRequest.
+ * Use `create(SubmitFeedbackRequestSchema)` to create a new message.
+ */
+export const SubmitFeedbackRequestSchema: GenMessage<SubmitFeedbackRequest> = /*@__PURE__*/
+  messageDesc(file_candela_query_v1_query_service, 25);
+
+/**
+ * @generated from message candela.query.v1.SubmitFeedbackResponse
+ */
+export type SubmitFeedbackResponse = Message<"candela.query.v1.SubmitFeedbackResponse"> & {
+};
+
+/**
+ * Describes the message candela.query.v1.SubmitFeedbackResponse.
+ * Use `create(SubmitFeedbackResponseSchema)` to create a new message.
+ */
+export const SubmitFeedbackResponseSchema: GenMessage<SubmitFeedbackResponse> = /*@__PURE__*/
+  messageDesc(file_candela_query_v1_query_service, 26);
+
+/**
+ * @generated from message candela.query.v1.SubmitScoresRequest
+ */
+export type SubmitScoresRequest = Message<"candela.query.v1.SubmitScoresRequest"> & {
+  /**
+   * The request's id (its Candela-Id).
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * Score name -> a finite number, or a bool (stored as 1 or 0). Names: 1 to 128 characters of letters,
+   * digits, space, '_', '-', '.', ':' or '/'; "feedback" is set with SubmitFeedback.
+   *
+   * @generated from field: map<string, google.protobuf.Value> scores = 2;
+   */
+  scores: { [key: string]: Value };
+};
+
+/**
+ * Describes the message candela.query.v1.SubmitScoresRequest.
+ * Use `create(SubmitScoresRequestSchema)` to create a new message.
+ */
+export const SubmitScoresRequestSchema: GenMessage<SubmitScoresRequest> = /*@__PURE__*/
+  messageDesc(file_candela_query_v1_query_service, 27);
+
+/**
+ * @generated from message candela.query.v1.SubmitScoresResponse
+ */
+export type SubmitScoresResponse = Message<"candela.query.v1.SubmitScoresResponse"> & {
+};
+
+/**
+ * Describes the message candela.query.v1.SubmitScoresResponse.
+ * Use `create(SubmitScoresResponseSchema)` to create a new message.
+ */
+export const SubmitScoresResponseSchema: GenMessage<SubmitScoresResponse> = /*@__PURE__*/
+  messageDesc(file_candela_query_v1_query_service, 28);
+
+/**
  * What aggregates are grouped by.
  *
  * @generated from enum candela.query.v1.GroupBy
@@ -1006,6 +1134,32 @@ export const QueryService: GenService<{
     methodKind: "unary";
     input: typeof GetOrganizationUsageRequestSchema;
     output: typeof GetOrganizationUsageResponseSchema;
+  },
+  /**
+   * Thumbs up (true) or down (false) on a request of the caller's organization (WRITE scope), stored as
+   * its score "feedback" (1 or 0); a later rating replaces an earlier one. Helicone's shape:
+   * `POST /v1/request/{id}/feedback {"rating": true}`.
+   * Not marked IDEMPOTENT, so the gateway never retries it: a retried rating would be stamped later than
+   * one the person gave in between, and replace it.
+   *
+   * @generated from rpc candela.query.v1.QueryService.SubmitFeedback
+   */
+  submitFeedback: {
+    methodKind: "unary";
+    input: typeof SubmitFeedbackRequestSchema;
+    output: typeof SubmitFeedbackResponseSchema;
+  },
+  /**
+   * Named scores on a request of the caller's organization (WRITE scope); a later value of a name
+   * replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
+   * "helpful": true}}`.
+   *
+   * @generated from rpc candela.query.v1.QueryService.SubmitScores
+   */
+  submitScores: {
+    methodKind: "unary";
+    input: typeof SubmitScoresRequestSchema;
+    output: typeof SubmitScoresResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_candela_query_v1_query_service, 0);
