@@ -5,6 +5,7 @@ isort:skip_file
 
 from candela.query.v1 import query_service_pb2 as _query_service_pb2
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -47,6 +48,12 @@ class QueryServiceStub:
     """Per-user totals."""
     GetOrganizationUsage: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetOrganizationUsageRequest, _query_service_pb2.GetOrganizationUsageResponse]
     """The organization's usage against its limits."""
+    ExportRequests: _grpc.UnaryStreamMultiCallable[_query_service_pb2.ExportRequestsRequest, _httpbody_pb2.HttpBody]
+    """Every request matching a filter, sorted, as one CSV or JSON Lines file sent in chunks as it is read
+    (never built in memory). The first chunk carries the content type; REST clients get the file itself.
+    HttpBody, not an ExportRequestsResponse: the gateway's transcoder streams only HttpBody as raw bytes.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class QueryServiceAsyncStub(QueryServiceStub):
@@ -67,6 +74,12 @@ class QueryServiceAsyncStub(QueryServiceStub):
     """Per-user totals."""
     GetOrganizationUsage: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetOrganizationUsageRequest, _query_service_pb2.GetOrganizationUsageResponse]  # type: ignore[assignment]
     """The organization's usage against its limits."""
+    ExportRequests: _aio.UnaryStreamMultiCallable[_query_service_pb2.ExportRequestsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Every request matching a filter, sorted, as one CSV or JSON Lines file sent in chunks as it is read
+    (never built in memory). The first chunk carries the content type; REST clients get the file itself.
+    HttpBody, not an ExportRequestsResponse: the gateway's transcoder streams only HttpBody as raw bytes.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads the organization's logged requests. The organization comes from the caller's key."""
@@ -126,5 +139,17 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetOrganizationUsageResponse, _abc.Awaitable[_query_service_pb2.GetOrganizationUsageResponse]]:
         """The organization's usage against its limits."""
+
+    @_abc_1.abstractmethod
+    def ExportRequests(
+        self,
+        request: _query_service_pb2.ExportRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """Every request matching a filter, sorted, as one CSV or JSON Lines file sent in chunks as it is read
+        (never built in memory). The first chunk carries the content type; REST clients get the file itself.
+        HttpBody, not an ExportRequestsResponse: the gateway's transcoder streams only HttpBody as raw bytes.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
 def add_QueryServiceServicer_to_server(servicer: QueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
