@@ -80,6 +80,7 @@ async def create_server(config: QueryConfig, deps: QueryDeps) -> GrpcServer:
         # Cursors are signed with a key derived from the service token, shared by every query replica.
         cursor_secret=config.service_token,
         usage=deps.usage,
+        export_page_size=config.export_page_size,
     )
     return await create_grpc_server(
         host=config.grpc_host,

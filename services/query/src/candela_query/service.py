@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.logs.v1 import log_record_pb2
@@ -23,6 +25,7 @@ from candela.query.v1 import query_service_pb2_grpc
 from candela_query.aggregates import Metrics, MetricsRow
 from candela_query.body_reader import BodyReader
 from candela_query.cursor import CursorCodec, CursorError, Position
+from candela_query.export import ENCODERS, matching_pages
 from candela_query.filters import PROPERTY_VALUE, STORED_TIMES, FilterCompiler, Params, time_bound
 from candela_query.row_reads import SORT_COLUMNS, StoredRequest, decimal_text, timestamp
 from candela_query.store import RequestStore
@@ -95,6 +98,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         max_page_size: int,
         cursor_secret: str,
         usage: UsageReader | None = None,
+        export_page_size: int = 1000,
     ) -> None:
         self._store = store
         self._bodies = bodies
@@ -102,6 +106,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         self._max_page_size = max_page_size
         self._cursors = CursorCodec(cursor_secret)
         self._usage = usage
+        self._export_page_size = export_page_size
 
     async def _organization(self, context: Context) -> str:
         caller = await self._authenticator.authenticate_call(context)
@@ -365,6 +370,40 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             limits=limits,
             counters=usage.counters,
         )
+
+    async def ExportRequests(
+        self, request: pb.ExportRequestsRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        organization_id = await self._organization(context)
+        violations = Violations()
+        params = Params()
+        where = FilterCompiler(params, violations).compile(request.filter)
+        sort_field = request.sort.field or "created_at"
+        if sort_field not in SORT_COLUMNS:
+            violations.add("sort.field", f"cannot sort by {sort_field!r}; use one of {', '.join(SORT_COLUMNS)}")
+        if request.format not in ENCODERS:
+            violations.add("format", "must be EXPORT_FORMAT_CSV or EXPORT_FORMAT_JSONL")
+        if request.max_rows < 0:
+            violations.add("max_rows", "must be 0 (every row) or a positive number of rows")
+        violations.raise_if_any()
+        encoder = ENCODERS[request.format]()
+        # The gateway's transcoder passes response metadata on as headers: a REST client saves a file.
+        filename = f"candela-requests.{encoder.extension}"
+        await context.send_initial_metadata((("content-disposition", f'attachment; filename="{filename}"'),))
+        # The first chunk names the content type (the transcoder takes it from the first message only).
+        yield httpbody_pb2.HttpBody(content_type=encoder.content_type, data=encoder.header())
+        pages = matching_pages(
+            self._store,
+            organization_id,
+            where,
+            params.values,
+            sort_field,
+            request.sort.ascending,
+            self._export_page_size,
+            request.max_rows,
+        )
+        async for records in pages:
+            yield httpbody_pb2.HttpBody(content_type=encoder.content_type, data=encoder.rows(records))
 
 
 def _span(request: Any) -> tuple[int, int] | None:
