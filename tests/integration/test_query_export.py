@@ -39,6 +39,9 @@ pytestmark = pytest.mark.integration
 
 PAGE_SIZE = 7
 ROWS = 150
+BIG_ROWS = 5
+BIG_ERROR_BYTES = 1_500_000
+"""Five rows of 1.5 MB make one 7.5 MB page: more than a gRPC message may hold by default (4 MiB)."""
 HEADER = [
     "request_id",
     "created_at",
@@ -121,10 +124,11 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 class Fixture:
     """A running query service reading 7 rows a page, two organizations' read keys and the hostile row."""
 
-    def __init__(self, channel: grpc.aio.Channel, key: str, other_key: str, hostile_id: str) -> None:
+    def __init__(self, channel: grpc.aio.Channel, key: str, other_key: str, big_key: str, hostile_id: str) -> None:
         self.stub: query_service_pb2_grpc.QueryServiceAsyncStub = query_service_pb2_grpc.QueryServiceStub(channel)
         self.key = key
         self.other_key = other_key
+        self.big_key = big_key
         self.hostile_id = hostile_id
 
 
@@ -136,6 +140,13 @@ async def service(
     other = await create_organization(auth_stub, "Export Other Co")
     key = (await create_key(auth_stub, org, auth_pb.API_KEY_SCOPE_READ)).secret
     other_key = (await create_key(auth_stub, other, auth_pb.API_KEY_SCOPE_READ)).secret
+    big = await create_organization(auth_stub, "Export Long Rows Co")
+    big_key = (await create_key(auth_stub, big, auth_pb.API_KEY_SCOPE_READ)).secret
+    long_rows = []
+    for index in range(BIG_ROWS):
+        message = make_record(random.Random(index), big, index)
+        message.record.error = f"{index}:" + "x" * BIG_ERROR_BYTES
+        long_rows.append(clickhouse_row(message, version=2))
     hostile = make_record(random.Random(99), org, 10_000)
     for name, value in HOSTILE.items():
         setattr(hostile.record, name, value)
@@ -151,6 +162,7 @@ async def service(
     )
     # Both organizations' rows, each with stale older copies of some (as a redelivery leaves them).
     insert_rows(loader.client, [*make_rows([org, other], ROWS, seed=11), clickhouse_row(hostile, version=2)])
+    insert_rows(loader.client, long_rows)
     loader.close()
     reader = ClickHouseReader(
         clickhouse.clickhouse_host,
@@ -182,7 +194,7 @@ async def service(
         server = await create_server(config, deps)
         await server.set_serving()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield Fixture(channel, key, other_key, hostile.record.request_id)
+            yield Fixture(channel, key, other_key, big_key, hostile.record.request_id)
         await server.stop(1)
     reader.close()
 
@@ -197,6 +209,8 @@ class Export:
 
     def csv_rows(self) -> list[dict[str, str]]:
         """The CSV file's rows, read by Python's csv module (after checking the header and line ends)."""
+        # Python's reader refuses cells over 128 KiB unless told otherwise; the long rows' are 1.5 MB.
+        csv.field_size_limit(max(csv.field_size_limit(), 2 * BIG_ERROR_BYTES))
         reader = csv.reader(io.StringIO(self.data.decode("utf-8"), newline=""))
         header = next(reader)
         assert header == HEADER
@@ -383,3 +397,10 @@ async def test_bad_input_is_invalid_argument_naming_each_field(service: Fixture)
     ]
     unknown_format = pb.ExportRequestsRequest(format=7)  # type: ignore[arg-type]
     assert await violations_of(service.stub.ExportRequests(unknown_format, metadata=bearer(service.key))) == ["format"]
+
+
+async def test_a_page_of_long_rows_is_split_into_messages_a_client_accepts(service: Fixture) -> None:
+    exported = await export(service, pb.ExportRequestsRequest(format=pb.EXPORT_FORMAT_CSV), key=service.big_key)
+    assert max(len(chunk.data) for chunk in exported.chunks) <= 1024 * 1024
+    rows = exported.csv_rows()
+    assert sorted(row["error"] for row in rows) == [f"{index}:" + "x" * BIG_ERROR_BYTES for index in range(BIG_ROWS)]

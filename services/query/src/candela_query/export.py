@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import operator
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -52,11 +53,11 @@ class ExportColumn:
 
 
 def _field(name: str) -> Callable[[Record], Any]:
-    return lambda record: getattr(record, name)
+    return operator.attrgetter(name)
 
 
 def _usage(name: str) -> Callable[[Record], Any]:
-    return lambda record: getattr(record.usage, name)
+    return operator.attrgetter(f"usage.{name}")
 
 
 def _first_token(record: Record) -> int | None:
@@ -100,6 +101,9 @@ EXPORT_COLUMNS: tuple[ExportColumn, ...] = (
 )
 """Every column an export has, in order: the CSV header and the keys of each JSON line."""
 
+MAX_EXPORT_CHUNK_BYTES = 1024 * 1024
+"""The largest message of an export stream (a page holding longer rows is split)."""
+
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 """First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection)."""
 
@@ -109,17 +113,21 @@ def guarded(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
 
 
-def _csv_cell(column: ExportColumn, value: Any) -> str:
-    if value is None:
-        return ""
+def _csv_cell(column: ExportColumn) -> Callable[[Record], str]:
+    """How a column's CSV cell is made from a record: chosen once per column, not per cell (an export
+    writes millions of cells)."""
+    value = column.value
     if column.kind is Kind.TEXT:
-        return guarded(value)
+        return lambda record: guarded(value(record))
     if column.kind is Kind.FLAG:
-        return "true" if value else "false"
+        return lambda record: "true" if value(record) else "false"
     if column.kind is Kind.OBJECT:
         # A JSON object starts with "{": never a formula.
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
+        return lambda record: json.dumps(value(record), ensure_ascii=False, separators=(",", ":"))
+    return lambda record: "" if (cell := value(record)) is None else str(cell)
+
+
+_CSV_CELLS = tuple(_csv_cell(column) for column in EXPORT_COLUMNS)
 
 
 class CsvEncoder:
@@ -134,9 +142,7 @@ class CsvEncoder:
 
     def rows(self, records: list[Record]) -> bytes:
         """One line per record (a quoted cell may hold line breaks)."""
-        return self._lines(
-            [[_csv_cell(column, column.value(record)) for column in EXPORT_COLUMNS] for record in records]
-        )
+        return self._lines([[cell(record) for cell in _CSV_CELLS] for record in records])
 
     @staticmethod
     def _lines(cells: list[list[str]]) -> bytes:

@@ -25,7 +25,7 @@ from candela.query.v1 import query_service_pb2_grpc
 from candela_query.aggregates import Metrics, MetricsRow
 from candela_query.body_reader import BodyReader
 from candela_query.cursor import CursorCodec, CursorError, Position
-from candela_query.export import ENCODERS, matching_pages
+from candela_query.export import ENCODERS, MAX_EXPORT_CHUNK_BYTES, matching_pages
 from candela_query.filters import PROPERTY_VALUE, STORED_TIMES, FilterCompiler, Params, time_bound
 from candela_query.row_reads import SORT_COLUMNS, StoredRequest, decimal_text, timestamp
 from candela_query.store import RequestStore
@@ -403,7 +403,11 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             request.max_rows,
         )
         async for records in pages:
-            yield httpbody_pb2.HttpBody(content_type=encoder.content_type, data=encoder.rows(records))
+            data = encoder.rows(records)
+            # A page of long rows is sent as several messages, each well under gRPC's 4 MiB default limit.
+            for start in range(0, len(data), MAX_EXPORT_CHUNK_BYTES):
+                chunk = data[start : start + MAX_EXPORT_CHUNK_BYTES]
+                yield httpbody_pb2.HttpBody(content_type=encoder.content_type, data=chunk)
 
 
 def _span(request: Any) -> tuple[int, int] | None:
