@@ -4,7 +4,8 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 
 
 .PHONY: install run test test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
-	test-console format bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console
+	test-console format bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console \
+	bench-export
 
 install:
 	@./scripts/install.sh
@@ -57,7 +58,7 @@ format:
 	uv run ruff check --fix .
 
 # Benchmarks: each runs its baseline side by side and writes a report to bench/results/.
-bench: bench-proxy bench-gateway bench-ingest bench-query bench-auth bench-console
+bench: bench-proxy bench-gateway bench-ingest bench-query bench-export bench-auth bench-console
 
 bench-proxy: install  ## direct vs Candela vs LiteLLM against a static nginx upstream
 	uv run python bench/proxy/bench_proxy.py
@@ -70,6 +71,9 @@ bench-ingest: install  ## ingest RPC -> rows visible in ClickHouse (BENCH_ARGS= 
 
 bench-query: install  ## 10M requests in ClickHouse 18.16, p50/p99 of the query API (ROWS=, RUNS= to change)
 	uv run python bench/query/run.py --rows $${ROWS:-10000000} --runs $${RUNS:-100}
+
+bench-export: install  ## ExportRequests of 200k rows vs a 20k baseline: rows/s and the query process's peak RSS
+	uv run python bench/query/bench_export.py
 
 bench-console: install  ## the console in Chromium on the query benchmark's 10M requests (ROWS= to change)
 	uv run python bench/console/bench_console.py --rows $${ROWS:-10000000}

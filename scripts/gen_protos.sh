@@ -37,4 +37,4 @@ uv run python -m grpc_tools.protoc \
   -I protos -I third_party/protos \
   --plugin=protoc-gen-es=console/node_modules/.bin/protoc-gen-es \
   --es_out="$console_out" --es_opt=target=ts,import_extension=none \
-  "${protos[@]}" google/api/annotations.proto google/api/http.proto
+  "${protos[@]}" google/api/annotations.proto google/api/http.proto google/api/httpbody.proto

@@ -1,6 +1,7 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { explain, type Api } from "./api";
+import { ExportControl } from "./ExportControl";
 import { FilterBar } from "./FilterBar";
 import { FilterError, filterFromParams, sortFromParams, withParam } from "./filters";
 import { formatCost, formatCount, formatMs, formatProperties, formatScores, formatTime } from "./format";
@@ -147,6 +148,7 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
           />
           Live
         </label>
+        <ExportControl api={api} filter={query.filter} sort={query.sort} disabled={Boolean(query.problem)} />
         <details className="chooser">
           <summary>Columns</summary>
           {COLUMNS.map((column) => (

@@ -4,6 +4,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { cleanup, fireEvent, render, screen } from "@testing-library/react";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Api } from "./api";
+import { ExportControl } from "./ExportControl";
 import { RequestDetail } from "./RequestDetail";
 import { RequestsPage } from "./RequestsPage";
 import { SignIn } from "./SignIn";
@@ -51,5 +52,31 @@ describe("SignIn", () => {
     fireEvent.click(screen.getByRole("button", { name: "Sign in" }));
     expect((await screen.findByRole("alert", {}, { timeout: 5000 })).textContent).toMatch(/not answering/);
     expect(screen.getByLabelText("API key")).toBeTruthy();
+  });
+});
+
+describe("ExportControl", () => {
+  it("shows rows and bytes as chunks arrive, and Cancel stops the call", async () => {
+    let signal: AbortSignal | undefined;
+    const api = {
+      query: {
+        exportRequests: (_request: unknown, options: { signal: AbortSignal }) => {
+          signal = options.signal;
+          return (async function* () {
+            yield { data: new TextEncoder().encode("request_id\r\n1\r\n2\r\n") };
+            // The next page never comes until the call is cancelled.
+            await new Promise((_, reject) => options.signal.addEventListener("abort", () => reject(new Error("aborted"))));
+          })();
+        },
+      },
+    } as unknown as Api;
+    render(<ExportControl api={api} filter={{}} sort={{}} />);
+    fireEvent.click(screen.getByRole("button", { name: "Export CSV" }));
+    // Progress starts at 0 rows and moves when the chunk has been counted.
+    expect(await screen.findByText("Exporting CSV: 2 rows, 18 B", undefined, { timeout: 5000 })).toBeTruthy();
+    fireEvent.click(screen.getByRole("button", { name: "Cancel" }));
+    expect(await screen.findByText("Export cancelled.", undefined, { timeout: 5000 })).toBeTruthy();
+    expect(signal?.aborted).toBe(true);
+    expect(screen.getByRole("button", { name: "Export JSONL" })).toBeTruthy();
   });
 });

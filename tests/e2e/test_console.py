@@ -7,6 +7,8 @@ each test's temp dir.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -306,3 +308,58 @@ def test_the_console_is_served_with_a_strict_content_security_policy(stack: Stac
     assert int(packed.headers["content-length"]) < len(plain.content) / 2
     # The API and the proxy keep their paths: an LLM route without a key is still the proxy's 401.
     assert httpx.post(f"{stack.gateway_url}/v1/chat/completions", json={}, timeout=10).status_code == 401
+
+
+def test_export_downloads_the_listed_requests_as_csv_and_jsonl(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
+) -> None:
+    # A user id a spreadsheet would run as a formula: the CSV must guard it, the JSON Lines keep it as sent.
+    user = f"=export-{uuid.uuid4()}"
+    request_ids = []
+    for index in range(3):
+        with openai.OpenAI(
+            base_url=f"{stack.gateway_url}/v1",
+            api_key="sk-local",
+            default_headers={
+                "Candela-Auth": f"Bearer {admin.api_key}",
+                "Candela-User-Id": user,
+                "Candela-Property-Note": f'+{index}, said "hi"',
+            },
+            max_retries=0,
+        ) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"export {index}"}]
+            )
+        request_ids.append(raw.headers["candela-id"])
+    for request_id in request_ids:
+        wait_for_logged_request(query_stub, admin.api_key, request_id)
+
+    steps = _browse("export.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_USER=user)["steps"]
+
+    listed = query_stub.QueryRequests(
+        query_service_pb2.QueryRequestsRequest(filter=query_service_pb2.RequestFilter(user_id=user)),
+        metadata=bearer(admin.api_key),
+    ).requests
+    newest_first = [record.request_id for record in listed]
+    assert sorted(newest_first) == sorted(request_ids)
+    assert steps["listedIds"] == newest_first
+    downloads = steps["downloads"]
+    assert downloads["CSV"]["name"].startswith("candela-requests-")
+    assert downloads["CSV"]["name"].endswith(".csv")
+    assert downloads["CSV"]["result"].startswith("Exported 3 rows (")
+    rows = list(csv.DictReader(io.StringIO(downloads["CSV"]["text"], newline="")))
+    assert [row["request_id"] for row in rows] == newest_first
+    assert {row["user_id"] for row in rows} == {"'" + user}
+    assert {row["model"] for row in rows} == {"gpt-4o-mini"}
+    by_id = {record.request_id: record for record in listed}
+    for row in rows:
+        record = by_id[row["request_id"]]
+        assert row["cost_usd"] == record.cost_usd
+        assert row["total_tokens"] == str(record.usage.total_tokens)
+        assert json.loads(row["properties"]) == dict(record.properties)
+    assert downloads["JSONL"]["name"].endswith(".jsonl")
+    lines = [json.loads(line) for line in downloads["JSONL"]["text"].splitlines()]
+    assert [line["request_id"] for line in lines] == newest_first
+    assert {line["user_id"] for line in lines} == {user}
+    assert [line["properties"]["note"] for line in reversed(lines)] == [f'+{index}, said "hi"' for index in range(3)]
+    assert {path.name for path in (tmp_path / "screenshots").iterdir()} == {"50-export.png"}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 import httpx
 import pytest
+from google.api.httpbody_pb2 import HttpBody
 from google.protobuf import descriptor, json_format, message_factory, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
@@ -328,6 +329,21 @@ MATRIX: dict[str, Entry] = {
         cross=_one(lambda a, b: query_pb.GetOrganizationUsageRequest(days=365)),
         cross_may_succeed=True,
     ),
+    "candela.query.v1.QueryService.ExportRequests": Entry(
+        key="read",
+        lacking="proxy",
+        own=lambda a: query_pb.ExportRequestsRequest(
+            format=query_pb.EXPORT_FORMAT_CSV, filter=query_pb.RequestFilter(user_id=a.user_id)
+        ),
+        own_check=_own_query_check,
+        cross=lambda a, b: [
+            query_pb.ExportRequestsRequest(
+                format=query_pb.EXPORT_FORMAT_JSONL, filter=query_pb.RequestFilter(user_id=b.user_id)
+            ),
+            query_pb.ExportRequestsRequest(format=query_pb.EXPORT_FORMAT_CSV),
+        ],
+        cross_may_succeed=True,
+    ),
 }
 
 
@@ -378,8 +394,19 @@ def _output_class(method: descriptor.MethodDescriptor) -> type[Message]:
 def _grpc_call(
     channel: grpc.Channel, method: descriptor.MethodDescriptor, request: Message, metadata: tuple[tuple[str, str], ...]
 ) -> Message:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    if method.server_streaming:
+        # A streamed file (ExportRequests): its chunks joined, as the client saves them.
+        stream = channel.unary_stream(
+            path,
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=HttpBody.FromString,
+        )
+        chunks: list[HttpBody] = list(stream(request, metadata=metadata, timeout=10))
+        joined: Message = HttpBody(content_type=chunks[0].content_type, data=b"".join(chunk.data for chunk in chunks))
+        return joined
     call = channel.unary_unary(
-        f"/{method.containing_service.full_name}/{method.name}",
+        path,
         request_serializer=lambda message: message.SerializeToString(),
         response_deserializer=_output_class(method).FromString,
     )
@@ -431,6 +458,8 @@ def _invoke(
     answer = rest_call(rest, method, request, _headers(stack, tenant, key))
     if answer.status_code != 200:
         return None, answer.status_code, answer.text
+    if method.output_type.full_name == HttpBody.DESCRIPTOR.full_name:
+        return HttpBody(content_type=answer.headers["content-type"], data=answer.content), 200, answer.text
     parsed = json_format.Parse(answer.text, _output_class(method)(), ignore_unknown_fields=False)
     return parsed, 200, answer.text
 

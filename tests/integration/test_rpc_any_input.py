@@ -269,7 +269,15 @@ def _describe(payload: bytes) -> str:
 def _check_rpc(mesh: Mesh, method: MethodDescriptor) -> None:
     """The property, for one RPC (run in a thread: the servers answer on the test's event loop)."""
     with grpc.insecure_channel(mesh.addresses[method.containing_service.full_name]) as channel:
-        call = channel.unary_unary(method_path(method), request_serializer=bytes, response_deserializer=bytes)
+        unary = channel.unary_unary(method_path(method), request_serializer=bytes, response_deserializer=bytes)
+        stream = channel.unary_stream(method_path(method), request_serializer=bytes, response_deserializer=bytes)
+
+        def call(payload: bytes, metadata: tuple[tuple[str, str], ...], timeout: float) -> None:
+            """One call, its whole answer read (every message of a server stream, e.g. an export)."""
+            if method.server_streaming:
+                list(stream(payload, metadata=metadata, timeout=timeout))
+            else:
+                unary(payload, metadata=metadata, timeout=timeout)
 
         @settings(
             max_examples=EXAMPLES_PER_RPC,

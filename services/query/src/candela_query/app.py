@@ -93,6 +93,7 @@ async def create_server(config: QueryConfig, deps: QueryDeps) -> GrpcServer:
         cursor_secret=config.service_token,
         usage=deps.usage,
         scores=ScoreWriter(deps.ingest, config.service_token, config.score_wait_s) if deps.ingest else None,
+        export_page_size=config.export_page_size,
     )
     return await create_grpc_server(
         host=config.grpc_host,

@@ -24,6 +24,7 @@ class QueryConfig(ServiceConfig):
     s3_bucket: str = env_field("S3 bucket holding the request bodies.", "candela")
     s3_region: str = env_field("S3 region.", "us-east-1")
     max_page_size: int = env_field("Largest page QueryRequests returns.", 1000)
+    export_page_size: int = env_field("Rows an export reads (and sends as one chunk) at a time.", 1000)
     postgres_dsn: str = env_field(
         "Postgres DSN for the organization's usage and limits; empty disables GetOrganizationUsage.", ""
     )

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
@@ -25,6 +26,7 @@ from candela.query.v1 import query_service_pb2_grpc
 from candela_query.aggregates import Metrics, MetricsRow
 from candela_query.body_reader import BodyReader
 from candela_query.cursor import CursorCodec, CursorError, Position
+from candela_query.export import ENCODERS, MAX_EXPORT_CHUNK_BYTES, matching_pages
 from candela_query.filters import PROPERTY_VALUE, STORED_TIMES, FilterCompiler, Params, time_bound
 from candela_query.row_reads import SORT_COLUMNS, StoredRequest, decimal_text, timestamp
 from candela_query.scores import ScoreWriter, check_request_id, submitted_scores
@@ -99,6 +101,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         cursor_secret: str,
         usage: UsageReader | None = None,
         scores: ScoreWriter | None = None,
+        export_page_size: int = 1000,
     ) -> None:
         self._store = store
         self._bodies = bodies
@@ -107,6 +110,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         self._cursors = CursorCodec(cursor_secret)
         self._usage = usage
         self._scores = scores
+        self._export_page_size = export_page_size
 
     async def _organization(self, context: Context, scope: int = auth_pb.API_KEY_SCOPE_READ) -> str:
         caller = await self._authenticator.authenticate_call(context)
@@ -414,6 +418,44 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             return await self._store.get(organization_id, request_id) is not None
 
         await self._scores.submit(organization_id, request_id, visible, scores=values, feedback=feedback)
+
+    async def ExportRequests(
+        self, request: pb.ExportRequestsRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        organization_id = await self._organization(context)
+        violations = Violations()
+        params = Params()
+        where = FilterCompiler(params, violations).compile(request.filter)
+        sort_field = request.sort.field or "created_at"
+        if sort_field not in SORT_COLUMNS:
+            violations.add("sort.field", f"cannot sort by {sort_field!r}; use one of {', '.join(SORT_COLUMNS)}")
+        if request.format not in ENCODERS:
+            violations.add("format", "must be EXPORT_FORMAT_CSV or EXPORT_FORMAT_JSONL")
+        if request.max_rows < 0:
+            violations.add("max_rows", "must be 0 (every row) or a positive number of rows")
+        violations.raise_if_any()
+        encoder = ENCODERS[request.format]()
+        # The gateway's transcoder passes response metadata on as headers: a REST client saves a file.
+        filename = f"candela-requests.{encoder.extension}"
+        await context.send_initial_metadata((("content-disposition", f'attachment; filename="{filename}"'),))
+        # The first chunk names the content type (the transcoder takes it from the first message only).
+        yield httpbody_pb2.HttpBody(content_type=encoder.content_type, data=encoder.header())
+        pages = matching_pages(
+            self._store,
+            organization_id,
+            where,
+            params.values,
+            sort_field,
+            request.sort.ascending,
+            self._export_page_size,
+            request.max_rows,
+        )
+        async for records in pages:
+            data = encoder.rows(records)
+            # A page of long rows is sent as several messages, each well under gRPC's 4 MiB default limit.
+            for start in range(0, len(data), MAX_EXPORT_CHUNK_BYTES):
+                chunk = data[start : start + MAX_EXPORT_CHUNK_BYTES]
+                yield httpbody_pb2.HttpBody(content_type=encoder.content_type, data=chunk)
 
 
 def _span(request: Any) -> tuple[int, int] | None:

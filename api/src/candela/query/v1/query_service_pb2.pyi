@@ -66,6 +66,32 @@ TIME_BUCKET_HOUR: TimeBucket.ValueType  # 2
 TIME_BUCKET_DAY: TimeBucket.ValueType  # 3
 Global___TimeBucket: _TypeAlias = TimeBucket  # noqa: Y015
 
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 1
+    """RFC 4180 (CRLF line ends, a header row); text cells starting with = + - @ tab or CR are prefixed
+    with a single quote so spreadsheets never run them as formulas. Properties are one JSON text cell.
+    """
+    EXPORT_FORMAT_JSONL: _ExportFormat.ValueType  # 2
+    """One JSON object per line (UTF-8, "\\n" line ends); properties as a JSON object."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """The file format of an export."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 1
+"""RFC 4180 (CRLF line ends, a header row); text cells starting with = + - @ tab or CR are prefixed
+with a single quote so spreadsheets never run them as formulas. Properties are one JSON text cell.
+"""
+EXPORT_FORMAT_JSONL: ExportFormat.ValueType  # 2
+"""One JSON object per line (UTF-8, "\\n" line ends); properties as a JSON object."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
 @_typing.final
 class RequestFilter(_message.Message):
     """A node of a filter tree. The legacy fields 1-7 (deprecated: use `conditions`) and every other set
@@ -1110,3 +1136,37 @@ class SubmitScoresResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitScoresResponse: _TypeAlias = SubmitScoresResponse  # noqa: Y015
+
+@_typing.final
+class ExportRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    SORT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    MAX_ROWS_FIELD_NUMBER: _builtins.int
+    format: Global___ExportFormat.ValueType
+    """CSV or JSONL (required)."""
+    max_rows: _builtins.int
+    """At most this many rows; 0 exports every matching row."""
+    @_builtins.property
+    def filter(self) -> Global___RequestFilter:
+        """As in QueryRequests."""
+
+    @_builtins.property
+    def sort(self) -> Global___RequestSort: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___RequestFilter | None = ...,
+        sort: Global___RequestSort | None = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        max_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "sort", b"sort"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "format", b"format", "max_rows", b"max_rows", "sort", b"sort"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportRequestsRequest: _TypeAlias = ExportRequestsRequest  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from candela.query.v1 import query_service_pb2 as candela_dot_query_dot_v1_dot_query__service__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -80,6 +81,11 @@ class QueryServiceStub:
                 request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresRequest.SerializeToString,
                 response_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresResponse.FromString,
                 _registered_method=True)
+        self.ExportRequests = channel.unary_stream(
+                '/candela.query.v1.QueryService/ExportRequests',
+                request_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.ExportRequestsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -155,6 +161,16 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportRequests(self, request, context):
+        """Every request matching a filter, sorted, as one CSV or JSON Lines file sent in chunks as it is read
+        (never built in memory). The first chunk carries the content type; REST clients get the file itself.
+        HttpBody, not an ExportRequestsResponse: the gateway's transcoder streams only HttpBody as raw bytes.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +218,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.SubmitScores,
                     request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresRequest.FromString,
                     response_serializer=candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresResponse.SerializeToString,
+            ),
+            'ExportRequests': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportRequests,
+                    request_deserializer=candela_dot_query_dot_v1_dot_query__service__pb2.ExportRequestsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +469,33 @@ class QueryService:
             '/candela.query.v1.QueryService/SubmitScores',
             candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresRequest.SerializeToString,
             candela_dot_query_dot_v1_dot_query__service__pb2.SubmitScoresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/candela.query.v1.QueryService/ExportRequests',
+            candela_dot_query_dot_v1_dot_query__service__pb2.ExportRequestsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from candela.query.v1 import query_service_pb2 as _query_service_pb2
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -59,6 +60,12 @@ class QueryServiceStub:
     replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
     "helpful": true}}`.
     """
+    ExportRequests: _grpc.UnaryStreamMultiCallable[_query_service_pb2.ExportRequestsRequest, _httpbody_pb2.HttpBody]
+    """Every request matching a filter, sorted, as one CSV or JSON Lines file sent in chunks as it is read
+    (never built in memory). The first chunk carries the content type; REST clients get the file itself.
+    HttpBody, not an ExportRequestsResponse: the gateway's transcoder streams only HttpBody as raw bytes.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class QueryServiceAsyncStub(QueryServiceStub):
@@ -90,6 +97,12 @@ class QueryServiceAsyncStub(QueryServiceStub):
     """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
     replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
     "helpful": true}}`.
+    """
+    ExportRequests: _aio.UnaryStreamMultiCallable[_query_service_pb2.ExportRequestsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Every request matching a filter, sorted, as one CSV or JSON Lines file sent in chunks as it is read
+    (never built in memory). The first chunk carries the content type; REST clients get the file itself.
+    HttpBody, not an ExportRequestsResponse: the gateway's transcoder streams only HttpBody as raw bytes.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +186,18 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Named scores on a request of the caller's organization (WRITE scope); a later value of a name
         replaces the earlier one. Helicone's shape: `POST /v1/request/{id}/score {"scores": {"accuracy": 0.9,
         "helpful": true}}`.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportRequests(
+        self,
+        request: _query_service_pb2.ExportRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """Every request matching a filter, sorted, as one CSV or JSON Lines file sent in chunks as it is read
+        (never built in memory). The first chunk carries the content type; REST clients get the file itself.
+        HttpBody, not an ExportRequestsResponse: the gateway's transcoder streams only HttpBody as raw bytes.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
 def add_QueryServiceServicer_to_server(servicer: QueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
