@@ -69,6 +69,7 @@ HEADER = [
     "prompt_version",
     "api_key_id",
     "finish_reason",
+    "trace_id",
     "properties",
     "error",
 ]
@@ -86,6 +87,7 @@ TEXT_COLUMNS = {
     "prompt_version": "prompt_version",
     "api_key_id": "api_key_id",
     "finish_reason": "finish_reason",
+    "trace_id": "trace_id",
     "error": "error",
 }
 """Export column -> LogRecord field, for the text columns."""

@@ -96,6 +96,7 @@ EXPORT_COLUMNS: tuple[ExportColumn, ...] = (
     ExportColumn("prompt_version", Kind.TEXT, _field("prompt_version")),
     ExportColumn("api_key_id", Kind.TEXT, _field("api_key_id")),
     ExportColumn("finish_reason", Kind.TEXT, _field("finish_reason")),
+    ExportColumn("trace_id", Kind.TEXT, _field("trace_id")),
     ExportColumn("properties", Kind.OBJECT, lambda record: dict(sorted(record.properties.items()))),
     ExportColumn("error", Kind.TEXT, _field("error")),
 )
