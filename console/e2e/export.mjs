@@ -7,8 +7,8 @@ const user = process.env.CANDELA_CONSOLE_USER;
 
 await scenario(async (page, steps, shot) => {
   await signIn(page, apiKey, `#/requests?${new URLSearchParams({ user })}`);
-  await page.locator("tbody tr").first().waitFor();
-  steps.listedIds = await page.locator("tbody tr").evaluateAll((rows) => rows.map((row) => row.dataset.requestId));
+  await page.locator("tbody tr[data-request-id]").first().waitFor();
+  steps.listedIds = await page.locator("tbody tr[data-request-id]").evaluateAll((rows) => rows.map((row) => row.dataset.requestId));
   steps.downloads = {};
   for (const label of ["CSV", "JSONL"]) {
     const [download] = await Promise.all([

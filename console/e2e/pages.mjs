@@ -9,8 +9,8 @@ await scenario(async (page, steps, shot) => {
   // A property named in another case than it was sent, and a cost range, from a shared link.
   const view = new URLSearchParams({ user, "prop.FEATURE": "console", cost_min: "0.0000001" });
   await signIn(page, apiKey, `#/requests?${view}`);
-  await page.locator("tbody tr").first().waitFor();
-  steps.filteredRows = await page.locator("tbody tr").count();
+  await page.locator("tbody tr[data-request-id]").first().waitFor();
+  steps.filteredRows = await page.locator("tbody tr[data-request-id]").count();
   await shot("10-filtered");
 
   // Live: a call made now shows up without a reload.
@@ -31,7 +31,7 @@ await scenario(async (page, steps, shot) => {
   const answered = Date.now();
   await page.locator(`tr[data-request-id="${liveId}"]`).waitFor({ timeout: 10000 });
   steps.liveMs = Date.now() - answered;
-  steps.liveRows = await page.locator("tbody tr").count();
+  steps.liveRows = await page.locator("tbody tr[data-request-id]").count();
   await shot("11-live");
 
   await page.getByRole("link", { name: "Dashboard" }).click();
@@ -59,7 +59,7 @@ await scenario(async (page, steps, shot) => {
   await userRow.waitFor();
   steps.userRow = await userRow.innerText();
   await userRow.getByRole("link").click();
-  await page.locator("tbody tr").first().waitFor();
+  await page.locator("tbody tr[data-request-id]").first().waitFor();
   steps.userRequestsUrl = page.url().split("#")[1];
   await shot("40-users");
 });

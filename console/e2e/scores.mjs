@@ -42,10 +42,10 @@ await scenario(async (page, steps, shot) => {
   await filters.getByLabel("Scores (name=min..max, ...)").fill("accuracy=0.5..");
   await filters.getByRole("button", { name: "Apply" }).click();
   await page.waitForFunction(() => window.location.hash.includes("feedback=up"));
-  await page.locator("tbody tr").first().waitFor();
+  await page.locator("tbody tr[data-request-id]").first().waitFor();
   // Let the filtered page replace the unfiltered one before counting.
-  await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 1, null, { timeout: 10000 });
-  steps.filteredIds = await page.locator("tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.requestId));
+  await page.waitForFunction(() => document.querySelectorAll("tbody tr[data-request-id]").length === 1, null, { timeout: 10000 });
+  steps.filteredIds = await page.locator("tbody tr[data-request-id]").evaluateAll((rows) => rows.map((r) => r.dataset.requestId));
   steps.filteredUrl = page.url().split("#")[1];
   await shot("52-filtered-by-score");
 });

@@ -30,7 +30,11 @@ try {
   };
   for (let run = 0; run < runs; run++) {
     result.requests.push(
-      await open(`#/requests?run=${run}`, () => page.locator("tbody tr:nth-child(50)").waitFor({ timeout: 30000 })),
+      await open(`#/requests?run=${run}`, () =>
+        page.waitForFunction(() => Number(document.querySelector("table.grid")?.dataset.loaded) >= 50 && document.querySelector("tbody tr[data-request-id]"), null, {
+          timeout: 30000,
+        }),
+      ),
     );
     result.dashboard.push(
       await open(`#/dashboard?range=30d&run=${run}`, () => page.locator("figure.chart canvas").nth(5).waitFor({ timeout: 30000 })),

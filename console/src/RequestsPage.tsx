@@ -1,5 +1,6 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { useWindowVirtualizer } from "@tanstack/react-virtual";
+import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { explain, type Api } from "./api";
 import { ExportControl } from "./ExportControl";
 import { FilterBar } from "./FilterBar";
@@ -12,6 +13,12 @@ import { navigate } from "./route";
 
 const PAGE_SIZE = 50;
 const LIVE_INTERVAL_MS = 500;
+/** Pages one live poll reads at most; beyond that it starts again from the newest page (see below). */
+const LIVE_MAX_PAGES = 10;
+/** Rows live mode keeps: the oldest beyond this are dropped, so a busy organization cannot fill the tab. */
+export const LIVE_MAX_ROWS = 5000;
+/** A row's height before it is measured (px): one line of text and its padding. */
+const ROW_HEIGHT = 29;
 
 interface Column {
   id: string;
@@ -95,13 +102,17 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
     void load();
   }, [load]);
 
-  // Live mode: newest first, the rows created from the newest one shown on are fetched twice a second.
+  // Live mode: newest first. Twice a second, every row created from the newest one shown on is read, oldest
+  // first and page by page, so a burst of requests leaves no gap. A burst beyond LIVE_MAX_PAGES pages
+  // starts the list again from the newest page (a gap-free view of the newest rather than a list with a
+  // hole), and the list keeps at most LIVE_MAX_ROWS rows (older ones are paged in with live mode off).
   const newest = useRef<LogRecord | undefined>(undefined);
   newest.current = rows[0];
   const sortedByTime = query.sort.field === "created_at" && !query.sort.ascending;
   useEffect(() => {
     if (!live || !sortedByTime || query.problem) return;
-    const timer = window.setInterval(async () => {
+    let polling = false;
+    const poll = async () => {
       const since = newest.current?.createdAt;
       const conditions = [...(query.filter.conditions ?? [])];
       if (since) {
@@ -109,20 +120,67 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
         const from = new Date(timestampMs(since)).toISOString();
         conditions.push({ field: "created_at", operator: "gte", value: { kind: { case: "stringValue", value: from } } });
       }
+      const oldestFirst = { field: "created_at", ascending: true };
+      const arrived: LogRecord[] = [];
+      let arrivedScores: ScoresById = {};
+      let after = "";
+      for (let page = 0; page < LIVE_MAX_PAGES; page++) {
+        const next = await api.query.queryRequests({ filter: { conditions }, sort: oldestFirst, limit: PAGE_SIZE, cursor: after });
+        arrived.push(...next.requests);
+        arrivedScores = { ...arrivedScores, ...scoresOf(next) };
+        if (!next.nextCursor || !since) return { arrived, arrivedScores, overflow: false };
+        after = next.nextCursor;
+      }
+      return { arrived, arrivedScores, overflow: true };
+    };
+    const timer = window.setInterval(async () => {
+      if (polling) return; // a slow answer is not asked again on top of itself
+      polling = true;
       try {
-        const page = await api.query.queryRequests({ filter: { conditions }, sort: query.sort, limit: PAGE_SIZE });
+        const { arrived, arrivedScores, overflow } = await poll();
+        if (overflow) {
+          void load();
+          return;
+        }
         setRows((previous) => {
           const known = new Set(previous.map((row) => row.requestId));
-          const fresh = page.requests.filter((row) => !known.has(row.requestId));
-          return fresh.length ? [...fresh, ...previous] : previous;
+          const fresh = arrived.filter((row) => !known.has(row.requestId)).reverse();
+          if (!fresh.length) return previous;
+          const next = [...fresh, ...previous];
+          if (next.length <= LIVE_MAX_ROWS) return next;
+          setCursor(undefined);
+          return next.slice(0, LIVE_MAX_ROWS);
         });
-        setScores((previous) => ({ ...previous, ...scoresOf(page) }));
+        setScores((previous) => ({ ...previous, ...arrivedScores }));
       } catch (failure) {
         setError(explain(failure));
+      } finally {
+        polling = false;
       }
     }, LIVE_INTERVAL_MS);
     return () => window.clearInterval(timer);
-  }, [api, live, sortedByTime, query]);
+  }, [api, live, sortedByTime, query, load]);
+
+  // Only the rows in and near the viewport are in the page: thousands of rows scroll as smoothly as fifty.
+  const body = useRef<HTMLTableSectionElement>(null);
+  const [bodyTop, setBodyTop] = useState(0);
+  useLayoutEffect(() => {
+    if (body.current) setBodyTop(body.current.getBoundingClientRect().top + window.scrollY);
+  });
+  const virtualizer = useWindowVirtualizer({ count: rows.length, estimateSize: () => ROW_HEIGHT, overscan: 10, scrollMargin: bodyTop });
+  const items = virtualizer.getVirtualItems();
+  const above = items.length ? items[0].start - bodyTop : 0;
+  const below = items.length ? virtualizer.getTotalSize() - (items[items.length - 1].end - bodyTop) : 0;
+  // Near the end of what is loaded, the next page comes in by itself (the button stays for keyboards).
+  const lastShown = items.length ? items[items.length - 1].index : -1;
+  useEffect(() => {
+    if (cursor && !loading && !live && lastShown >= rows.length - 5) void load(cursor);
+  }, [cursor, loading, live, lastShown, rows.length, load]);
+  const focusRow = (index: number) => {
+    if (index < 0 || index >= rows.length) return;
+    virtualizer.scrollToIndex(index, { align: "auto" });
+    requestAnimationFrame(() => body.current?.querySelector<HTMLElement>(`tr[data-index="${index}"]`)?.focus());
+  };
 
   const shown = COLUMNS.filter((column) => !hidden.has(column.id));
   const go = (next: URLSearchParams) => navigate("requests", next);
@@ -185,7 +243,7 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
       )}
       {rows.length > 0 && (
         <div className="table-wrap">
-          <table className="grid">
+          <table className="grid" data-loaded={rows.length}>
             <thead>
               <tr>
                 {shown.map((column) => (
@@ -202,34 +260,40 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
                 ))}
               </tr>
             </thead>
-            <tbody>
-              {rows.map((row) => (
-                <tr
-                  key={row.requestId}
-                  data-request-id={row.requestId}
-                  tabIndex={0}
-                  className={row.statusCode >= 400 || row.error ? "failed" : ""}
-                  onClick={() => go(withParam(params, "request", row.requestId))}
-                  onKeyDown={(event) => {
-                    if (event.key === "Enter") go(withParam(params, "request", row.requestId));
-                    const step = event.key === "ArrowDown" || event.key === "j" ? 1 : event.key === "ArrowUp" || event.key === "k" ? -1 : 0;
-                    const sibling = step > 0 ? event.currentTarget.nextElementSibling : step < 0 ? event.currentTarget.previousElementSibling : null;
-                    if (sibling instanceof HTMLElement) {
-                      event.preventDefault();
-                      sibling.focus();
-                    }
-                  }}
-                >
-                  {shown.map((column) => {
-                    const value = column.cell(row, scores[row.requestId]);
-                    return (
-                      <td key={column.id} className={column.numeric ? "number" : "clip"} title={value}>
-                        {value}
-                      </td>
-                    );
-                  })}
-                </tr>
-              ))}
+            <tbody ref={body}>
+              {above > 0 && <tr className="spacer" aria-hidden="true" style={{ height: above }} />}
+              {items.map((item) => {
+                const row = rows[item.index];
+                return (
+                  <tr
+                    key={row.requestId}
+                    ref={virtualizer.measureElement}
+                    data-index={item.index}
+                    data-request-id={row.requestId}
+                    tabIndex={0}
+                    className={row.statusCode >= 400 || row.error ? "failed" : ""}
+                    onClick={() => go(withParam(params, "request", row.requestId))}
+                    onKeyDown={(event) => {
+                      if (event.key === "Enter") go(withParam(params, "request", row.requestId));
+                      const step = event.key === "ArrowDown" || event.key === "j" ? 1 : event.key === "ArrowUp" || event.key === "k" ? -1 : 0;
+                      if (step) {
+                        event.preventDefault();
+                        focusRow(item.index + step);
+                      }
+                    }}
+                  >
+                    {shown.map((column) => {
+                      const value = column.cell(row, scores[row.requestId]);
+                      return (
+                        <td key={column.id} className={column.numeric ? "number" : "clip"} title={value}>
+                          {value}
+                        </td>
+                      );
+                    })}
+                  </tr>
+                );
+              })}
+              {below > 0 && <tr className="spacer" aria-hidden="true" style={{ height: below }} />}
             </tbody>
           </table>
         </div>
@@ -238,6 +302,9 @@ export function RequestsPage({ api, params }: { api: Api; params: URLSearchParam
         <button type="button" onClick={() => void load(cursor)} disabled={loading}>
           {loading ? "Loading..." : "Load more"}
         </button>
+      )}
+      {live && rows.length >= LIVE_MAX_ROWS && (
+        <p className="muted">Live mode keeps the newest {LIVE_MAX_ROWS.toLocaleString()} requests; turn it off to page through older ones.</p>
       )}
       {selected && (
         <RequestDetail

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,45 @@ def _browse(script: str, stack: Stack, key: str, tmp_path: Path, **inputs: str) 
     assert seen["cspViolations"] == []
     assert seen["requestsWithKey"] == []
     return seen
+
+
+def test_a_long_list_keeps_few_rows_in_the_page_and_the_keyboard_walks_all_of_it(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
+) -> None:
+    user = f"console-long-{uuid.uuid4()}"
+    total = 260
+    with openai.OpenAI(
+        base_url=f"{stack.gateway_url}/v1",
+        api_key="sk-local",
+        default_headers={"Candela-Auth": f"Bearer {admin.api_key}", "Candela-User-Id": user},
+        max_retries=0,
+    ) as client:
+        for index in range(total):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"{index}"}])
+    listed = query_service_pb2.QueryRequestsRequest(filter=query_service_pb2.RequestFilter(user_id=user), limit=1000)
+    deadline = time.monotonic() + 60
+    while len(query_stub.QueryRequests(listed, metadata=bearer(admin.api_key)).requests) < total:
+        assert time.monotonic() < deadline, "the logs did not arrive"
+        time.sleep(0.5)
+    newest_first = [row.request_id for row in query_stub.QueryRequests(listed, metadata=bearer(admin.api_key)).requests]
+
+    steps = _browse(
+        "long.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_USER=user, CANDELA_CONSOLE_TOTAL=str(total)
+    )["steps"]
+
+    # The first page is read, but only the rows near the viewport (800 px high) are in the page.
+    assert steps["firstLoaded"] >= 50
+    assert steps["firstRendered"] < 60
+    # j walks down past what was first drawn, keeping the focused row on screen; k walks back; Enter opens
+    # the focused request.
+    assert steps["afterDown"] == 60
+    assert steps["focusedInView"] is True
+    assert steps["afterUp"] == 55
+    assert steps["openedId"] == newest_first[55]
+    # Scrolling to the end pages every request in, and the page still holds only a screenful of rows.
+    assert steps["allLoaded"] == total
+    assert steps["lastRendered"] == total - 1
+    assert steps["renderedAtEnd"] < 60
 
 
 def test_filters_live_mode_dashboard_session_and_users(
