@@ -13,12 +13,8 @@ it belongs to the event before it (dropped with it, forwarded with it).
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
-# Two line terminators in a row: a blank line, the end of an event. Atomic groups, so the CRLF of one line
-# end is never read as a CR ending one line and an LF ending a blank one.
-_EVENT_END: Final = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 CONTINUATION: Final = b"\n"
 """The LF completing the CRLF of the event handed over before it (see the module's docstring)."""
 
@@ -47,20 +43,22 @@ class EventSplitter:
             if chunk[0] == 0x0A:
                 events.append(CONTINUATION)
                 chunk = chunk[1:]
-        # A match can start at the last byte held (a CR or LF waiting for its pair), never earlier: the
-        # held bytes had no blank line in them.
-        start = len(self._pending) - 1 if self._pending else 0
+        # An event's end can start at the last byte held (a CR or LF waiting for its pair), never earlier:
+        # the held bytes had no blank line in them.
+        position = len(self._pending) - 1 if self._pending else 0
         data = self._pending + chunk if self._pending else chunk
-        while True:
-            found = _EVENT_END.search(data, start)
-            if found is None:
-                break
-            end = found.end()
-            events.append(data[:end])
-            data = data[end:]
-            start = 0
-        self._pending = data
-        if events and not data and events[-1][-1] == 0x0D:
+        begin = 0
+        if b"\r" not in data:
+            # LF only, what most servers send: each blank line is two LFs.
+            while (found := data.find(b"\n\n", position)) >= 0:
+                events.append(data[begin : found + 2])
+                begin = position = found + 2
+        else:
+            while (end := _event_end(data, position)) >= 0:
+                events.append(data[begin:end])
+                begin = position = end
+        self._pending = data[begin:]
+        if events and begin == len(data) and events[-1][-1] == 0x0D:
             self._after_cr = True
         return events
 
@@ -69,6 +67,32 @@ class EventSplitter:
         tail, self._pending = self._pending, b""
         self._after_cr = False
         return tail
+
+
+def _event_end(data: bytes, position: int) -> int:
+    """Where the first blank line at or after ``position`` ends, or -1: the first line ending (CRLF, CR or
+    LF) followed at once by another. A CRLF is one ending, never a CR and then an LF."""
+    size = len(data)
+    next_cr = data.find(b"\r", position)
+    next_lf = data.find(b"\n", position)
+    while True:
+        # Each find runs again only once passed, so a stream of many CR-only lines is scanned once.
+        if 0 <= next_cr < position:
+            next_cr = data.find(b"\r", position)
+        if 0 <= next_lf < position:
+            next_lf = data.find(b"\n", position)
+        if next_cr < 0 and next_lf < 0:
+            return -1
+        at = next_lf if next_cr < 0 or 0 <= next_lf < next_cr else next_cr
+        line_end = at + 2 if data[at] == 0x0D and data[at + 1 : at + 2] == b"\n" else at + 1
+        if line_end >= size:
+            return -1
+        following = data[line_end]
+        if following == 0x0A:
+            return line_end + 1
+        if following == 0x0D:
+            return line_end + 2 if data[line_end + 1 : line_end + 2] == b"\n" else line_end + 1
+        position = line_end
 
 
 def event_data(event: bytes) -> bytes | None:
