@@ -171,6 +171,12 @@ class StreamFacts:
 
     def observe(self, event: bytes) -> None:
         """Consumes one event (from an :class:`~candela_proxy.sse.EventSplitter`, or the unterminated tail)."""
+        if event.startswith(b"data: "):
+            # The usual shape, one `data: ...` line: no need for event_data to split the event into lines.
+            payload = event[6:].strip()
+            if b"\n" not in payload and b"\r" not in payload:
+                self._event(payload)
+                return
         data = event_data(event)
         if data is not None:
             self._event(data.strip())
