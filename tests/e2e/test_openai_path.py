@@ -122,7 +122,8 @@ def test_streamed_chat_completion_is_logged_with_usage_and_ttft(
 def test_stream_arrives_byte_for_byte(
     stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
 ) -> None:
-    """What the client receives through the gateway is what the provider sent, and what is stored."""
+    """What the client receives through the gateway is what the provider sent (less the usage chunk Candela
+    asked for), and what is stored."""
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
     with httpx.stream(
         "POST",
@@ -137,8 +138,12 @@ def test_stream_arrives_byte_for_byte(
         request_id = response.headers["candela-id"]
     logged = wait_for_logged_request(query_stub, admin.api_key, request_id)
     assert logged.response_body.encode() == received
-    # No usage chunk was asked for, so no tokens could be read: the cost is unknown, not zero.
-    assert not logged.request.HasField("cost_usd")
+    # The client asked for no usage chunk: Candela asked for it, priced the stream, and kept it from the client.
+    assert b'"choices":[]' not in received
+    assert logged.request.usage.completion_tokens == COMPLETION_TOKENS
+    assert Decimal(logged.request.cost_usd) == expected_cost(
+        "gpt-4o-mini", "openai", logged.request.usage.prompt_tokens, COMPLETION_TOKENS
+    )
 
 
 def test_query_requests_lists_the_organization_logs(

@@ -235,7 +235,7 @@ def test_target_url_reaches_any_openai_compatible_provider(
     assert (logged.usage.prompt_tokens, logged.usage.completion_tokens) == (PROMPT_TOKENS, REPLY_TOKENS)
 
 
-def test_stream_usage_is_read_but_hidden_from_a_client_that_did_not_ask(
+def test_stream_usage_header_true_reads_usage_hidden_from_a_client_that_did_not_ask(
     stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
 ) -> None:
     marker = uuid.uuid4().hex

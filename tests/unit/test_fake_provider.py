@@ -756,3 +756,36 @@ async def test_usage_header_plays_a_provider_reporting_any_counts(http: aiohttp.
         f"{base_url}/v1/chat/completions", json=chat, headers={**headers, "x-fake-usage": "[1]"}
     ) as response:
         assert response.status == 400
+
+
+@pytest.mark.parametrize(("name", "ending"), [("crlf", "\r\n"), ("cr", "\r"), ("lf", "\n")])
+async def test_line_ending_header_frames_every_stream_line(
+    http: aiohttp.ClientSession, base_url: str, name: str, ending: str
+) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    async with http.post(f"{base_url}/v1/chat/completions", json=body, headers={"x-fake-line-ending": name}) as got:
+        text = await got.text()
+    assert text.endswith(f"data: [DONE]{ending}{ending}")
+    other_endings = text.replace(ending, "")
+    assert "\r" not in other_endings
+    assert "\n" not in other_endings
+    blocks = text.split(ending * 2)[:-1]
+    assert [sse_data(block.replace(ending, "\n"))["choices"][0]["delta"].get("content") for block in blocks[1:-2]] == (
+        REPLY_DELTAS
+    )
+
+
+async def test_write_bytes_header_sends_each_event_in_small_paced_pieces(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    body = {"model": "gpt-4o-mini", "prompt": PROMPT, "stream": True, "max_tokens": 2}
+    headers = {"x-fake-write-bytes": "16", "x-fake-write-delay-ms": "2", "x-fake-line-ending": "crlf"}
+    pieces: list[bytes] = []
+    async with http.post(f"{base_url}/v1/completions", json=body, headers=headers) as response:
+        async for piece in response.content.iter_any():
+            pieces.append(piece)
+    stream = b"".join(pieces)
+    assert stream.endswith(b"data: [DONE]\r\n\r\n")
+    # Each write is a chunk of the HTTP body; paced, they arrive one by one (a few may still coalesce).
+    assert len(pieces) > len(stream) // 16 // 2
+    assert max(len(piece) for piece in pieces) < len(stream) // 2

@@ -17,7 +17,7 @@ from candela_proxy.headers import (
     RetryPolicy,
     parse_candela_headers,
 )
-from candela_proxy.upstream import _retry_after_s, _UsageChunkFilter
+from candela_proxy.upstream import _retry_after_s
 
 pytestmark = pytest.mark.unit
 
@@ -153,17 +153,9 @@ def test_target_url_and_stream_usage() -> None:
     assert (parsed.target_url, parsed.stream_usage) == ("https://api.groq.com/openai", True)
 
 
-USAGE_CHUNK = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2}}\n\n'
-DELTA = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}\n\n'
-DONE = b"data: [DONE]\n\n"
-
-
-@pytest.mark.parametrize("split_at", [1, 7, 40, len(DELTA) + 3, len(DELTA) + len(USAGE_CHUNK) - 1])
-def test_usage_chunk_filter_hides_only_the_usage_chunk_however_the_bytes_are_split(split_at: int) -> None:
-    stream = DELTA + USAGE_CHUNK + DONE
-    hidden = _UsageChunkFilter()
-    seen = hidden.feed(stream[:split_at]) + hidden.feed(stream[split_at:]) + hidden.finish()
-    assert seen == DELTA + DONE
+@pytest.mark.parametrize(("headers", "asked"), [({}, True), ({"Candela-Stream-Usage": "false"}, False)])
+def test_stream_usage_is_on_unless_turned_off(headers: dict[str, str], asked: bool) -> None:
+    assert parse_candela_headers(CIMultiDict(headers)).stream_usage is asked
 
 
 @pytest.mark.parametrize(("value", "seconds"), [("nan", 0.0), ("-3", 0.0), ("inf", 10.0), ("2.5", 2.5), ("x", 0.0)])

@@ -82,6 +82,11 @@ Pacing: ``x-fake-delay-ms: MS`` (or ``create_app(delay_ms=...)`` / ``--delay-ms`
 before each content delta of a stream, and MS times the number of deltas before a non-streaming answer,
 so time-to-first-token and total latency are observable.
 
+Stream framing (all providers' streams): ``x-fake-line-ending: lf|crlf|cr`` (default ``lf``, what the real
+providers send) ends every SSE line with that ending, as the SSE spec allows; ``x-fake-write-bytes: N``
+writes each event in pieces of at most N bytes (a CRLF may be cut between its CR and LF), and
+``x-fake-write-delay-ms: MS`` pauses after each piece, so they reach the reader as separate TCP segments.
+
 Error simulation (error bodies in the provider's exact shape: OpenAI
 ``{"error": {"message", "type", "param", "code"}}``, Anthropic
 ``{"type": "error", "error": {"type", "message"}, "request_id"}``; ``/v1/messages*`` or a request with

@@ -99,7 +99,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     def event(event_type: str, **fields: Any) -> bytes:
         return sse_event({"type": event_type, **fields}, event_type)
 
-    response = await open_stream(request, anthropic_headers())
+    response = await open_stream(request, anthropic_headers(), scenario.framing)
     try:
         start_usage = message_usage(usage, output_tokens=ANTHROPIC_PROVISIONAL_OUTPUT_TOKENS)
         await response.write(event("message_start", message=message([], None, start_usage)))

@@ -121,7 +121,7 @@ async def _stream_chat(
     def choice(delta: JSONObject, finish: str | None) -> list[JSONObject]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-    response = await open_stream(request, openai_headers())
+    response = await open_stream(request, openai_headers(), scenario.framing)
     try:
         await response.write(chunk(choice({"role": "assistant", "content": "", "refusal": None}, None), None, ""))
         for delta in generation.deltas:

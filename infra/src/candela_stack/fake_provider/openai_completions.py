@@ -75,7 +75,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             payload.setdefault("usage", None)
         return sse_event(payload)
 
-    response = await open_stream(request, openai_headers())
+    response = await open_stream(request, openai_headers(), scenario.framing)
     try:
         for delta in generation.deltas:
             await scenario.pace()

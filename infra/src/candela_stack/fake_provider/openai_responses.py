@@ -138,7 +138,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         return sse_event(payload, event_type)
 
     where: JSONObject = {"item_id": message_id, "output_index": 0}
-    response = await open_stream(request, openai_headers())
+    response = await open_stream(request, openai_headers(), scenario.framing)
     try:
         await response.write(event("response.created", response=response_object("in_progress", [], final=False)))
         await response.write(event("response.in_progress", response=response_object("in_progress", [], final=False)))

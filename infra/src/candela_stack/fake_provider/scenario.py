@@ -12,7 +12,7 @@ from typing import Final
 
 from aiohttp import web
 
-from candela_stack.fake_provider.wire import FakeRequestError, JSONObject
+from candela_stack.fake_provider.wire import FakeRequestError, JSONObject, StreamFraming
 
 HEADER_REPLY: Final = "x-fake-reply"
 HEADER_DELAY_MS: Final = "x-fake-delay-ms"
@@ -25,6 +25,10 @@ HEADER_FAIL_TIMES: Final = "x-fake-fail-times"
 HEADER_KEY: Final = "x-fake-key"
 HEADER_ERROR_MESSAGE: Final = "x-fake-error-message"
 HEADER_RETRY_AFTER: Final = "x-fake-retry-after"
+HEADER_LINE_ENDING: Final = "x-fake-line-ending"
+HEADER_WRITE_BYTES: Final = "x-fake-write-bytes"
+HEADER_WRITE_DELAY_MS: Final = "x-fake-write-delay-ms"
+_LINE_ENDINGS: Final = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class Scenario:
     """Pause before each streamed content delta."""
     usage_overrides: JSONObject = field(default_factory=dict)
     """Keys that replace those of every ``usage`` object sent (``x-fake-usage``)."""
+    framing: StreamFraming = field(default_factory=StreamFraming)
+    """Line endings and write sizes of a stream."""
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], *, default_delay_ms: float) -> Scenario:
@@ -52,6 +58,7 @@ class Scenario:
             reasoning_tokens=header_int(headers, HEADER_REASONING_TOKENS, 0),
             delay_s=delay_ms / 1000.0,
             usage_overrides=_header_object(headers, HEADER_USAGE),
+            framing=_framing(headers),
         )
 
     async def pace(self, deltas: int = 1) -> None:
@@ -80,6 +87,17 @@ def header_int(headers: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise FakeRequestError(f"Header {name} must be a non-negative integer, got {raw!r}.")
     return value
+
+
+def _framing(headers: Mapping[str, str]) -> StreamFraming:
+    raw_ending = headers.get(HEADER_LINE_ENDING, "lf").strip().lower()
+    if raw_ending not in _LINE_ENDINGS:
+        raise FakeRequestError(f"Header {HEADER_LINE_ENDING} must be lf, crlf or cr, got {raw_ending!r}.")
+    return StreamFraming(
+        line_ending=_LINE_ENDINGS[raw_ending],
+        write_bytes=header_int(headers, HEADER_WRITE_BYTES, 0),
+        write_delay_s=_header_number(headers, HEADER_WRITE_DELAY_MS, 0.0) / 1000.0,
+    )
 
 
 def _header_object(headers: Mapping[str, str], name: str) -> JSONObject:

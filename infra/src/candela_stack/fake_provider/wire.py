@@ -3,11 +3,13 @@ headers and ids, the request body, and the request error each handler raises."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import string
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from aiohttp import web
@@ -77,11 +79,49 @@ def sse_event(payload: Any, event: str | None = None) -> bytes:
     return f"{prefix}data: {dumps(payload)}\n\n".encode()
 
 
-async def open_stream(request: web.Request, headers: Mapping[str, str]) -> web.StreamResponse:
-    """Start a server-sent event stream with these response headers."""
-    response = web.StreamResponse(
-        status=200,
-        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", **headers},
+@dataclass(frozen=True)
+class StreamFraming:
+    """How a stream's events go on the wire (``x-fake-line-ending``, ``x-fake-write-bytes``,
+    ``x-fake-write-delay-ms``): the real providers end lines with LF and write each event at once, but the
+    SSE spec allows CRLF and CR too, and a network may cut an event anywhere."""
+
+    line_ending: bytes = b"\n"
+    write_bytes: int = 0
+    """Each event in writes of at most this many bytes; 0: in one write."""
+    write_delay_s: float = 0.0
+    """Pause after each of those writes, so they leave as separate TCP segments."""
+
+
+class _FramedStream(web.StreamResponse):
+    """A stream response that puts each event written on the wire as its :class:`StreamFraming` says."""
+
+    def __init__(self, framing: StreamFraming, headers: Mapping[str, str]) -> None:
+        super().__init__(status=200, headers=headers)
+        self._framing = framing
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Writes ``data`` (SSE text ended with LF) with the framing's line endings and write sizes."""
+        framing = self._framing
+        data = bytes(data)
+        if framing.line_ending != b"\n":
+            # Events are compact JSON: an LF in them is a line ending, never part of a value.
+            data = data.replace(b"\n", framing.line_ending)
+        step = framing.write_bytes or len(data) or 1
+        for start in range(0, len(data), step):
+            await super().write(data[start : start + step])
+            if framing.write_delay_s > 0:
+                await asyncio.sleep(framing.write_delay_s)
+
+
+async def open_stream(
+    request: web.Request, headers: Mapping[str, str], framing: StreamFraming | None = None
+) -> web.StreamResponse:
+    """Start a server-sent event stream with these response headers, framed as ``framing`` says."""
+    all_headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", **headers}
+    response = (
+        _FramedStream(framing, all_headers)
+        if framing is not None and framing != StreamFraming()
+        else web.StreamResponse(status=200, headers=all_headers)
     )
     await response.prepare(request)
     return response

@@ -25,6 +25,7 @@ from candela_proxy.headers import CandelaHeaders, HeaderError, bearer_secret, pa
 from candela_proxy.providers import Provider, Route
 from candela_proxy.ratelimit import RateLimitDecision, RateLimiter, SegmentMissing, subject
 from candela_proxy.shipping import LogShipper
+from candela_proxy.stream_usage import STREAM_USAGE_PATHS, usage_requested
 from candela_proxy.targets import TargetRefused, TargetSession, provider_name
 from candela_runtime.errors import PermissionDenied, Unauthenticated, Unavailable
 from candela_runtime.limits import MAX_MODEL_NAME_LENGTH
@@ -32,8 +33,6 @@ from candela_runtime.security import KeyAuthenticator
 
 logger = logging.getLogger(__name__)
 _UNIT_NAMES = {"request": "requests", "cents": "cents"}
-# OpenAI endpoints whose streams can carry a usage chunk on request (stream_options.include_usage).
-_STREAM_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class Admission:
@@ -162,23 +161,19 @@ class Admission:
 
     @staticmethod
     def _inject_stream_usage(exchange: Exchange, document: dict[str, Any]) -> None:
-        """Candela-Stream-Usage: asks an OpenAI stream for its usage chunk, hidden from a client that did not."""
+        """Asks an OpenAI-format stream for its usage chunk (unless the client chose, or Candela-Stream-Usage:
+        false), hidden from the client on the way back (see :mod:`candela_proxy.stream_usage`)."""
         if not (
-            exchange.options.stream_usage
-            and exchange.streamed
+            exchange.streamed
+            and exchange.options.stream_usage
             and exchange.route.provider is Provider.OPENAI
-            and exchange.route.provider_path in _STREAM_USAGE_PATHS
+            and exchange.route.provider_path in STREAM_USAGE_PATHS
         ):
             return
-        stream_options = document.get("stream_options")
-        if isinstance(stream_options, dict) and stream_options.get("include_usage") is True:
+        requested = usage_requested(document)
+        if requested is None:
             return
-        changed = dict(document)
-        changed["stream_options"] = {
-            **(stream_options if isinstance(stream_options, dict) else {}),
-            "include_usage": True,
-        }
-        exchange.upstream_body = orjson.dumps(changed)
+        exchange.upstream_body = orjson.dumps(requested)
         exchange.strip_usage_chunk = True
 
     async def rate_limit(self, exchange: Exchange, extra_headers: dict[str, str]) -> web.Response | None:

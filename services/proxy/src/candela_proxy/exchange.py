@@ -8,6 +8,7 @@ shape, so the SDK raises its usual exception.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +69,13 @@ class Exchange:
 
 
 def error_response(provider: Provider, err: ProxyError, request_id: str | None) -> web.Response:
-    """``err`` as the provider would have answered it, with the request's Candela-Id when it has one."""
-    headers = {"Candela-Id": request_id} if request_id else {}
-    headers.update(err.headers)
+    """``err`` as the provider would have answered it, with the request's id as Candela-Id and Helicone-Id.
+
+    A refusal answered before a request was admitted (``request_id`` None) is not logged; it still gets an
+    id of its own, as Helicone's answers always carry one, so a client can quote it (it names no log).
+    """
+    request_id = request_id or str(uuid.uuid4())
+    headers = {"Candela-Id": request_id, "Helicone-Id": request_id, **err.headers}
     return web.Response(
         body=error_body(provider, err.status, err.message, err.code),
         status=err.status,

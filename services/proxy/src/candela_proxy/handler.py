@@ -116,6 +116,7 @@ class ProxyHandler:
             # aiohttp writes a non-streamed answer after this returns, so its log is durable first; a
             # stream's last write waits for it in _relay_stream / _replay_cached.
             await self._recorder.log_durably(exchange)
+            _add_cost_header(response, exchange)
             return response
         except asyncio.CancelledError:
             exchange.error = exchange.error or "client disconnected"
@@ -160,7 +161,12 @@ class ProxyHandler:
         exchange.facts = ResponseFacts.from_dict(answer.facts)
         exchange.cost_saved_usd = answer.cost_usd
         exchange.response_chunks.append(answer.body)
-        headers = {"Content-Type": answer.content_type, "Candela-Id": exchange.request_id, **extra_headers}
+        headers = {
+            "Content-Type": answer.content_type,
+            "Candela-Id": exchange.request_id,
+            "Helicone-Id": exchange.request_id,
+            **extra_headers,
+        }
         if not answer.streamed:
             exchange.complete = True
             return web.Response(body=answer.body, status=answer.status, headers=headers)
@@ -172,6 +178,14 @@ class ProxyHandler:
         await self._recorder.log_durably(exchange)
         await response.write_eof()
         return response
+
+
+def _add_cost_header(response: web.StreamResponse, exchange: Exchange) -> None:
+    """Candela-Cost-Usd on a non-streamed answer with a known cost, the decimal string the log stores (a
+    stream's headers left before its usage was known: its cost is in the log only)."""
+    record = exchange.record
+    if record is not None and record.cost_usd and not response.prepared:
+        response.headers["Candela-Cost-Usd"] = record.cost_usd
 
 
 def _annotate_span(span: trace.Span, record: log_record_pb2.LogRecord) -> None:

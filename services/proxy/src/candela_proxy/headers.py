@@ -67,7 +67,8 @@ class CandelaHeaders:
     omit_response: bool = False
     properties: dict[str, str] = field(default_factory=dict)
     target_url: str = ""
-    stream_usage: bool = False
+    # Candela-Stream-Usage: false turns off asking OpenAI-format streams for their usage (on by default).
+    stream_usage: bool = True
     cache: CachePolicy | None = None
     retry: RetryPolicy | None = None
     fallbacks: tuple[Fallback, ...] = ()

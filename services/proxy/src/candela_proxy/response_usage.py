@@ -20,6 +20,7 @@ import orjson
 
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.providers import Provider
+from candela_proxy.sse import EventSplitter, event_data
 from candela_runtime.limits import MAX_TOKEN_COUNT
 
 
@@ -161,27 +162,36 @@ def _apply_document(facts: ResponseFacts, provider: Provider, document: dict[str
 
 
 class StreamFacts:
-    """Reads facts from a server-sent-event stream as its chunks pass through, without holding it up."""
+    """Reads facts from a server-sent-event stream as its events pass through, without holding them up."""
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self.facts = ResponseFacts()
-        self._partial = b""
+        self._splitter: EventSplitter | None = None
+
+    def observe(self, event: bytes) -> None:
+        """Consumes one event (from an :class:`~candela_proxy.sse.EventSplitter`, or the unterminated tail)."""
+        if event.startswith(b"data: "):
+            # The usual shape, one `data: ...` line: no need for event_data to split the event into lines.
+            payload = event[6:].strip()
+            if b"\n" not in payload and b"\r" not in payload:
+                self._event(payload)
+                return
+        data = event_data(event)
+        if data is not None:
+            self._event(data.strip())
 
     def feed(self, chunk: bytes) -> None:
-        """Consumes one chunk as received (events may span chunks)."""
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if line.startswith(b"data:"):
-                self._event(line[5:].strip())
+        """Consumes one chunk as received (events may span chunks), for a caller that does not split them."""
+        if self._splitter is None:
+            self._splitter = EventSplitter()
+        for event in self._splitter.feed(chunk):
+            self.observe(event)
 
     def finish(self) -> ResponseFacts:
-        """The facts, after the last chunk (a final line without a newline counts too)."""
-        if self._partial.startswith(b"data:"):
-            self._event(self._partial[5:].strip())
-        self._partial = b""
+        """The facts, after the last chunk (an event the stream did not end with a blank line counts too)."""
+        if self._splitter is not None and (tail := self._splitter.finish()):
+            self.observe(tail)
         return self.facts
 
     def _event(self, payload: bytes) -> None:

@@ -30,6 +30,8 @@ from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.headers import RetryPolicy
 from candela_proxy.record import Recorder
 from candela_proxy.response_usage import StreamFacts, facts_from_json
+from candela_proxy.sse import EventSplitter
+from candela_proxy.stream_usage import UsageChunkFilter
 from candela_proxy.targets import TargetRefused, TargetSession
 from candela_runtime.redaction import redact_url, redact_urls_in
 
@@ -220,7 +222,7 @@ class Upstream:
     ) -> web.StreamResponse:
         exchange.status = upstream.status
         reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _NOT_RETURNED}
-        reply_headers["Candela-Id"] = exchange.request_id
+        reply_headers["Candela-Id"] = reply_headers["Helicone-Id"] = exchange.request_id
         reply_headers.update(extra_headers)
         exchange.response_content_type = upstream.headers.get("Content-Type", "")
         try:
@@ -254,27 +256,34 @@ class Upstream:
         reply_headers: dict[str, str],
         exchange: Exchange,
     ) -> web.StreamResponse:
-        """Writes each upstream chunk to the client as it arrives, reading usage on the way."""
+        """Writes the stream to the client as it arrives, reading usage on the way: each chunk at once, or,
+        when the usage chunk is hidden, each event as soon as its blank line arrives."""
         exchange.streamed = True
         response = web.StreamResponse(status=upstream.status, headers=reply_headers)
         await response.prepare(request)
         stream = StreamFacts(exchange.route.provider)
-        hidden = _UsageChunkFilter() if exchange.strip_usage_chunk else None
+        splitter = EventSplitter()
+        hidden = UsageChunkFilter() if exchange.strip_usage_chunk else None
         try:
             async for chunk in upstream.content.iter_any():
                 if exchange.first_byte is None:
                     exchange.first_byte = time.perf_counter()
-                stream.feed(chunk)
+                events = splitter.feed(chunk)
+                for event in events:
+                    stream.observe(event)
                 if hidden is not None:
-                    chunk = hidden.feed(chunk)
+                    chunk = hidden.keep(events)
                     if not chunk:
                         continue
                 exchange.response_chunks.append(chunk)
                 await response.write(chunk)
-            if hidden is not None and (tail := hidden.finish()):
-                exchange.response_chunks.append(tail)
-                await response.write(tail)
-            exchange.facts = stream.finish()
+            tail = splitter.finish()
+            if tail:
+                stream.observe(tail)
+                if hidden is not None and (tail := hidden.keep_tail(tail)):
+                    exchange.response_chunks.append(tail)
+                    await response.write(tail)
+            exchange.facts = stream.facts
             exchange.complete = True
             # The end of the stream reaches the client only once its log is durable. Should the client
             # leave during write_eof, it already had every byte of the answer: the log says complete.
@@ -288,40 +297,11 @@ class Upstream:
             logger.warning("request %s: %s", exchange.request_id, exchange.error)
         finally:
             if exchange.record is None:
-                exchange.facts = stream.finish()
+                # Cut short: what the unfinished event says counts too.
+                if tail := splitter.finish():
+                    stream.observe(tail)
+                exchange.facts = stream.facts
         return response
-
-
-class _UsageChunkFilter:
-    """Drops the usage-only chunk (``"choices": []``) of an OpenAI stream, passing every other byte as is."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        """The bytes of the complete events in ``pending + chunk`` that the client should see."""
-        data = self._pending + chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._pending = data
-            return b""
-        self._pending = data[end + 2 :]
-        return b"".join(event + b"\n\n" for event in data[:end].split(b"\n\n") if not _is_usage_chunk(event))
-
-    def finish(self) -> bytes:
-        """Whatever trailing bytes never formed a complete event."""
-        tail, self._pending = self._pending, b""
-        return b"" if _is_usage_chunk(tail) else tail
-
-
-def _is_usage_chunk(event: bytes) -> bool:
-    if not event.startswith(b"data: {") or b'"usage"' not in event:
-        return False
-    try:
-        document = orjson.loads(event[6:])
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(document, dict) and document.get("choices") == [] and document.get("usage") is not None
 
 
 def _retry_after_s(upstream: aiohttp.ClientResponse, retry: RetryPolicy) -> float:
