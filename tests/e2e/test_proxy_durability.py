@@ -283,7 +283,7 @@ def test_a_full_spool_refuses_new_requests_when_asked_and_loses_none_it_answered
             assert isinstance(refused.body, dict)
             assert refused.body["code"] == "candela_log_unavailable", refused.body
             assert "log spool full" in refused.body["message"]
-            assert "candela-id" not in refused.response.headers, "a refused request is not logged"
+            refused_id = refused.response.headers["candela-id"]
             anthropic_refused = httpx.post(
                 f"{url}/anthropic/v1/messages",
                 json={"model": "claude-3-5-haiku-latest", "max_tokens": 10, "messages": MESSAGES},
@@ -301,6 +301,10 @@ def test_a_full_spool_refuses_new_requests_when_asked_and_loses_none_it_answered
             answered.append(raw.headers["candela-id"])
         for request_id in answered:
             wait_for_logged_request(query_stub, organization.key, request_id, timeout_s=60)
+        # The refusal's id names no log: it was refused before anything was kept.
+        with pytest.raises(grpc.RpcError) as missing:
+            query_stub.GetRequest(query_pb.GetRequestRequest(request_id=refused_id), metadata=bearer(organization.key))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert metric_value(metrics, "candela_proxy_logs_dropped_total") == 0
         assert metric_value(metrics, "candela_proxy_logs_at_risk") == 0

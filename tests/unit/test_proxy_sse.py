@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from candela_proxy.providers import Provider
 from candela_proxy.response_usage import StreamFacts
-from candela_proxy.sse import CONTINUATION, EventSplitter, event_data
+from candela_proxy.sse import CONTINUATION, EventSplitter, ends_stream, event_data
 from candela_proxy.stream_usage import UsageChunkFilter, is_usage_chunk, usage_requested
 
 pytestmark = pytest.mark.unit
@@ -148,7 +148,7 @@ def test_the_usage_chunk_is_hidden_and_every_other_byte_passes_whatever_the_cuts
     )
     hidden = UsageChunkFilter()
     splitter = EventSplitter()
-    seen = b"".join(hidden.keep(splitter.feed(chunk)) for chunk in _cut(delta + usage + done, cuts))
+    seen = b"".join(b"".join(hidden.keep(splitter.feed(chunk))) for chunk in _cut(delta + usage + done, cuts))
     assert seen + hidden.keep_tail(splitter.finish()) == delta + done
 
 
@@ -207,3 +207,19 @@ def test_stream_usage_is_read_whatever_the_line_endings(ending: bytes) -> None:
     for byte in range(len(stream)):
         facts.feed(stream[byte : byte + 1])
     assert (facts.finish().prompt_tokens, facts.facts.completion_tokens, facts.facts.finish_reason) == (9, 2, "stop")
+
+
+@pytest.mark.parametrize(
+    ("event", "final"),
+    [
+        (b"data: [DONE]\n\n", True),
+        (b"data: [DONE]\r\n\r\n", True),
+        (b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n", True),
+        (b"event:message_stop\r\ndata: {}\r\n\r\n", True),
+        (b'data: {"choices":[{"delta":{"content":"[DONE]"}}]}\n\n', False),
+        (b'event: content_block_delta\ndata: {"text":"message_stop"}\n\n', False),
+        (b"data: [DONE", False),
+    ],
+)
+def test_the_events_a_client_takes_as_the_end_of_its_stream(event: bytes, final: bool) -> None:
+    assert ends_stream(event) is final

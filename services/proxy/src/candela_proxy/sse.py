@@ -117,3 +117,17 @@ def event_data(event: bytes) -> bytes | None:
         else:
             values.append(value)
     return None if values is None else b"\n".join(values)
+
+
+_FINAL_EVENT_TYPES: Final = frozenset({b"message_stop"})
+"""Event types that end a stream: Anthropic's ``message_stop``."""
+
+
+def ends_stream(event: bytes) -> bool:
+    """Whether a client takes ``event`` as its stream's end: OpenAI's ``data: [DONE]`` or Anthropic's
+    ``message_stop``. SDKs stop reading there, without waiting for the connection's end."""
+    if b"[DONE]" not in event and b"message_stop" not in event:
+        return False  # most events: one substring scan each, nothing parsed
+    if event_data(event) == b"[DONE]":
+        return True
+    return any(line.startswith(b"event:") and line[6:].strip() in _FINAL_EVENT_TYPES for line in event.splitlines())

@@ -59,8 +59,8 @@ class UsageChunkFilter:
     def __init__(self) -> None:
         self._dropped_last = False
 
-    def keep(self, events: list[bytes]) -> bytes:
-        """The bytes of ``events`` (from :class:`~candela_proxy.sse.EventSplitter`) the client should get."""
+    def keep(self, events: list[bytes]) -> list[bytes]:
+        """Those of ``events`` (from :class:`~candela_proxy.sse.EventSplitter`) the client should get."""
         kept: list[bytes] = []
         for event in events:
             if event == CONTINUATION:
@@ -71,7 +71,7 @@ class UsageChunkFilter:
             self._dropped_last = is_usage_chunk(event)
             if not self._dropped_last:
                 kept.append(event)
-        return b"".join(kept)
+        return kept
 
     def keep_tail(self, tail: bytes) -> bytes:
         """The unterminated bytes a stream ended with, unless they are the usage chunk."""

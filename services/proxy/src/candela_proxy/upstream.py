@@ -30,7 +30,7 @@ from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.headers import RetryPolicy
 from candela_proxy.record import Recorder
 from candela_proxy.response_usage import StreamFacts, facts_from_json
-from candela_proxy.sse import EventSplitter
+from candela_proxy.sse import EventSplitter, ends_stream
 from candela_proxy.stream_usage import UsageChunkFilter
 from candela_proxy.targets import TargetRefused, TargetSession
 from candela_runtime.redaction import redact_url, redact_urls_in
@@ -256,14 +256,20 @@ class Upstream:
         reply_headers: dict[str, str],
         exchange: Exchange,
     ) -> web.StreamResponse:
-        """Writes the stream to the client as it arrives, reading usage on the way: each chunk at once, or,
-        when the usage chunk is hidden, each event as soon as its blank line arrives."""
+        """Writes the stream to the client event by event as it arrives, reading usage on the way (and
+        leaving out the usage chunk a client did not ask for).
+
+        The event that tells a client its stream is over (``data: [DONE]``, ``message_stop``) and whatever
+        follows it reach the client only once the log is durable, with the end of the response: SDKs stop
+        reading at that event, so a client holding it was answered.
+        """
         exchange.streamed = True
         response = web.StreamResponse(status=upstream.status, headers=reply_headers)
         await response.prepare(request)
         stream = StreamFacts(exchange.route.provider)
         splitter = EventSplitter()
         hidden = UsageChunkFilter() if exchange.strip_usage_chunk else None
+        held: list[bytes] = []
         try:
             async for chunk in upstream.content.iter_any():
                 if exchange.first_byte is None:
@@ -271,23 +277,30 @@ class Upstream:
                 events = splitter.feed(chunk)
                 for event in events:
                     stream.observe(event)
-                if hidden is not None:
-                    chunk = hidden.keep(events)
-                    if not chunk:
-                        continue
-                exchange.response_chunks.append(chunk)
-                await response.write(chunk)
+                shown = events if hidden is None else hidden.keep(events)
+                if not held:
+                    end = next((index for index, event in enumerate(shown) if ends_stream(event)), len(shown))
+                    shown, held = shown[:end], shown[end:]
+                else:
+                    held += shown
+                    continue
+                if shown:
+                    data = b"".join(shown)
+                    exchange.response_chunks.append(data)
+                    await response.write(data)
             tail = splitter.finish()
             if tail:
                 stream.observe(tail)
-                if hidden is not None and (tail := hidden.keep_tail(tail)):
-                    exchange.response_chunks.append(tail)
-                    await response.write(tail)
+                if hidden is None or (tail := hidden.keep_tail(tail)):
+                    held.append(tail)
+            exchange.response_chunks += held
             exchange.facts = stream.facts
             exchange.complete = True
-            # The end of the stream reaches the client only once its log is durable. Should the client
-            # leave during write_eof, it already had every byte of the answer: the log says complete.
+            # Should the client leave during the last writes, it already had every byte of the answer but
+            # the end: the log says complete.
             await self._recorder.log_durably(exchange)
+            if held:
+                await response.write(b"".join(held))
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             exchange.error = "client disconnected mid-stream"
