@@ -67,7 +67,7 @@ def test_targets_outside_the_allowed_hosts_are_refused_before_anything_goes_out(
             error = refused.json()["error"]
             assert (error["type"], error["code"]) == ("permission_error", "target_not_allowed")
             assert "'localhost'" in error["message"]
-            assert "candela-id" not in refused.headers, "a refused request is not logged"
+            assert refused.headers["helicone-id"] == refused.headers["candela-id"], "a refusal has an id too"
 
 
 def test_redis_down_turns_cache_off_and_rate_limits_open(stack: Stack, admin: Bootstrap, tmp_path: Path) -> None:
