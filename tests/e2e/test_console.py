@@ -12,7 +12,6 @@ import io
 import json
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -115,20 +114,7 @@ def test_thumbs_up_and_a_score_in_the_detail_show_in_the_table_and_filter_it(
     stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
 ) -> None:
     user = f"console-scores-{uuid.uuid4()}"
-    request_ids = []
-    for step in ("first", "second"):
-        with openai.OpenAI(
-            base_url=f"{stack.gateway_url}/v1",
-            api_key="sk-local",
-            default_headers={"Candela-Auth": f"Bearer {admin.api_key}", "Candela-User-Id": user},
-            max_retries=0,
-        ) as client:
-            raw = client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": step}]
-            )
-        request_ids.append(raw.headers["candela-id"])
-    for request_id in request_ids:
-        wait_for_logged_request(query_stub, admin.api_key, request_id)
+    request_ids = _logged_calls(stack, admin, query_stub, ["first", "second"], **{"Candela-User-Id": user})
     scored = request_ids[0]
 
     seen = _browse(
@@ -157,6 +143,32 @@ def test_thumbs_up_and_a_score_in_the_detail_show_in_the_table_and_filter_it(
         "51-scored-table.png",
         "52-filtered-by-score.png",
     }
+
+
+def _logged_calls(
+    stack: Stack,
+    admin: Bootstrap,
+    query_stub: query_service_pb2_grpc.QueryServiceStub,
+    contents: list[str],
+    **headers: str,
+) -> list[str]:
+    """The request ids of one chat completion per content, sent through the gateway with ``headers``
+    (besides the key), once each is queryable."""
+    with openai.OpenAI(
+        base_url=f"{stack.gateway_url}/v1",
+        api_key="sk-local",
+        default_headers={"Candela-Auth": f"Bearer {admin.api_key}", **headers},
+        max_retries=0,
+    ) as client:
+        request_ids = [
+            client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+            ).headers["candela-id"]
+            for content in contents
+        ]
+    for request_id in request_ids:
+        wait_for_logged_request(query_stub, admin.api_key, request_id)
+    return request_ids
 
 
 def _browse(script: str, stack: Stack, key: str, tmp_path: Path, **inputs: str) -> dict[str, Any]:
@@ -190,19 +202,8 @@ def test_a_long_list_keeps_few_rows_in_the_page_and_the_keyboard_walks_all_of_it
 ) -> None:
     user = f"console-long-{uuid.uuid4()}"
     total = 260
-    with openai.OpenAI(
-        base_url=f"{stack.gateway_url}/v1",
-        api_key="sk-local",
-        default_headers={"Candela-Auth": f"Bearer {admin.api_key}", "Candela-User-Id": user},
-        max_retries=0,
-    ) as client:
-        for index in range(total):
-            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"{index}"}])
+    _logged_calls(stack, admin, query_stub, [str(index) for index in range(total)], **{"Candela-User-Id": user})
     listed = query_service_pb2.QueryRequestsRequest(filter=query_service_pb2.RequestFilter(user_id=user), limit=1000)
-    deadline = time.monotonic() + 60
-    while len(query_stub.QueryRequests(listed, metadata=bearer(admin.api_key)).requests) < total:
-        assert time.monotonic() < deadline, "the logs did not arrive"
-        time.sleep(0.5)
     newest_first = [row.request_id for row in query_stub.QueryRequests(listed, metadata=bearer(admin.api_key)).requests]
 
     steps = _browse(
@@ -229,27 +230,10 @@ def test_filters_live_mode_dashboard_session_and_users(
 ) -> None:
     user = f"console-pages-{uuid.uuid4()}"
     session = f"console-session-{uuid.uuid4()}"
-    request_ids = []
     for path in ("/plan", "/plan/search", "/answer"):
-        with openai.OpenAI(
-            base_url=f"{stack.gateway_url}/v1",
-            api_key="sk-local",
-            default_headers={
-                "Candela-Auth": f"Bearer {admin.api_key}",
-                "Candela-User-Id": user,
-                "Candela-Session-Id": session,
-                "Candela-Session-Path": path,
-                "Candela-Session-Name": "Console trip",
-                "Candela-Property-Feature": "console",
-            },
-            max_retries=0,
-        ) as client:
-            raw = client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": f"step {path}"}]
-            )
-        request_ids.append(raw.headers["candela-id"])
-    for request_id in request_ids:
-        wait_for_logged_request(query_stub, admin.api_key, request_id)
+        headers = {"Candela-User-Id": user, "Candela-Session-Id": session, "Candela-Session-Path": path}
+        headers |= {"Candela-Session-Name": "Console trip", "Candela-Property-Feature": "console"}
+        _logged_calls(stack, admin, query_stub, [f"step {path}"], **headers)
 
     seen = _browse(
         "pages.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_USER=user, CANDELA_CONSOLE_SESSION=session
@@ -355,24 +339,16 @@ def test_export_downloads_the_listed_requests_as_csv_and_jsonl(
 ) -> None:
     # A user id a spreadsheet would run as a formula: the CSV must guard it, the JSON Lines keep it as sent.
     user = f"=export-{uuid.uuid4()}"
-    request_ids = []
-    for index in range(3):
-        with openai.OpenAI(
-            base_url=f"{stack.gateway_url}/v1",
-            api_key="sk-local",
-            default_headers={
-                "Candela-Auth": f"Bearer {admin.api_key}",
-                "Candela-User-Id": user,
-                "Candela-Property-Note": f'+{index}, said "hi"',
-            },
-            max_retries=0,
-        ) as client:
-            raw = client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": f"export {index}"}]
-            )
-        request_ids.append(raw.headers["candela-id"])
-    for request_id in request_ids:
-        wait_for_logged_request(query_stub, admin.api_key, request_id)
+    request_ids = [
+        _logged_calls(
+            stack,
+            admin,
+            query_stub,
+            [f"export {index}"],
+            **{"Candela-User-Id": user, "Candela-Property-Note": f'+{index}, said "hi"'},
+        )[0]
+        for index in range(3)
+    ]
 
     steps = _browse("export.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_USER=user)["steps"]
 
