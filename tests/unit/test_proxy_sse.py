@@ -214,7 +214,7 @@ def test_stream_usage_is_read_whatever_the_line_endings(ending: bytes) -> None:
     [
         (b"data: [DONE]\n\n", True),
         (b"data: [DONE]\r\n\r\n", True),
-        (b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n", True),
+        (b'event: message_stop\ndata: {"type":"message_stop"}\n\n', True),
         (b"event:message_stop\r\ndata: {}\r\n\r\n", True),
         (b'data: {"choices":[{"delta":{"content":"[DONE]"}}]}\n\n', False),
         (b'event: content_block_delta\ndata: {"text":"message_stop"}\n\n', False),
