@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import grpc
 import httpx
 import openai
@@ -223,6 +224,96 @@ def test_a_long_list_keeps_few_rows_in_the_page_and_the_keyboard_walks_all_of_it
     assert steps["allLoaded"] == total
     assert steps["lastRendered"] == total - 1
     assert steps["renderedAtEnd"] < 60
+
+
+WEATHER = "Today's weather in a city."
+CITY_SCHEMA: dict[str, object] = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def test_a_stream_and_tool_calls_from_both_sdks_read_as_conversations(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
+) -> None:
+    headers = {"Candela-Auth": f"Bearer {admin.api_key}", "Candela-User-Id": f"console-sdks-{uuid.uuid4()}"}
+    with openai.OpenAI(
+        base_url=f"{stack.gateway_url}/v1", api_key="sk-local", default_headers=headers, max_retries=0
+    ) as client:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini",
+            stream=True,
+            tools=[
+                {
+                    "type": "function",
+                    "function": {"name": "get_weather", "description": WEATHER, "parameters": CITY_SCHEMA},
+                }
+            ],
+            messages=[
+                {"role": "user", "content": "What is the weather in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_paris",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_paris", "content": "18 C and sunny"},
+            ],
+        )
+        openai_id = stream.response.headers["candela-id"]
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    with anthropic.Anthropic(
+        base_url=f"{stack.gateway_url}/anthropic",
+        api_key="sk-ant-local",
+        default_headers=headers,
+        max_retries=0,
+    ) as claude:
+        raw = claude.messages.with_raw_response.create(
+            model="claude-haiku-4-5",
+            max_tokens=100,
+            tools=[{"name": "get_weather", "description": WEATHER, "input_schema": CITY_SCHEMA}],
+            messages=[
+                {"role": "user", "content": "And in Oslo?"},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "tool_use", "id": "toolu_oslo", "name": "get_weather", "input": {"city": "Oslo"}}
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "toolu_oslo", "content": "-3 C, snow"}],
+                },
+            ],
+        )
+        anthropic_id = raw.headers["candela-id"]
+        answer = raw.parse().content[0]
+    records = [wait_for_logged_request(query_stub, admin.api_key, rid).request for rid in (openai_id, anthropic_id)]
+
+    details = _browse(
+        "sdks.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_REQUEST_IDS=f"{openai_id},{anthropic_id}"
+    )["steps"]["details"]
+
+    chat, message = details
+    assert chat["turns"][0] == "USER\nWhat is the weather in Paris?"
+    assert chat["turns"][1].startswith("ASSISTANT\ntool call get_weather call_paris")
+    assert '"city": "Paris"' in chat["turns"][1]
+    assert chat["turns"][2] == "TOOL\ntool result call_paris\n18 C and sunny"
+    assert streamed
+    assert chat["turns"][3] == f"ASSISTANT (ANSWER)\n{streamed}", "the streamed answer, as text"
+    assert message["turns"][0] == "USER\nAnd in Oslo?"
+    assert message["turns"][1].startswith("ASSISTANT\ntool call get_weather toolu_oslo")
+    assert '"city": "Oslo"' in message["turns"][1]
+    assert message["turns"][2] == "USER\ntool result toolu_oslo\n-3 C, snow"
+    assert answer.type == "text"
+    assert message["turns"][3] == f"ASSISTANT (ANSWER)\n{answer.text}"
+    for shown, record in zip(details, records, strict=True):
+        # Tokens and the exact cost as logged: a stream is priced too (Candela asked for its usage).
+        assert shown["cost"] == record.cost_usd
+        assert f"Input\t{record.usage.prompt_tokens}" in shown["usage"]
+        assert f"Output\t{record.usage.completion_tokens}" in shown["usage"]
 
 
 def test_filters_live_mode_dashboard_session_and_users(
