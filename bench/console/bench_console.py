@@ -12,7 +12,7 @@ console/e2e/timings.mjs) as that organization and times, from the in-page naviga
 and reports the gzipped size of the JavaScript the first page loads (target <= 300 KB). Medians and
 spreads go to bench/results/console-<UTC time>.md.
 
-    uv run python bench/console/bench_console.py [--rows 10000000] [--runs 7]
+    uv run python bench/console/bench_console.py [--rows 10000000] [--runs 7] [--screenshots docs/screenshots]
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--screenshots", type=Path, help="a directory for a screenshot of each view after the runs")
     args = parser.parse_args()
     subprocess.run(["npm", "run", "--silent", "build"], cwd=REPO / "console", check=True, stdout=subprocess.DEVNULL)
     generator = _query_bench()
@@ -110,6 +111,7 @@ def main() -> None:
                     "CANDELA_CONSOLE_KEY": admin.api_key,
                     "CANDELA_CONSOLE_SESSIONS": ",".join(sessions),
                     "CANDELA_CONSOLE_RUNS": str(args.runs),
+                    **({"CANDELA_CONSOLE_SCREENSHOTS": str(args.screenshots.resolve())} if args.screenshots else {}),
                 },
                 capture_output=True,
                 text=True,
