@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 
 
-.PHONY: install run test test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
+.PHONY: install run test tier-unit tier-integration tier-e2e test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
 	test-console format bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console \
 	bench-export
 
@@ -13,9 +13,20 @@ install:
 run: install
 	uv run python -m candela_stack run
 
+# The three tiers run side by side, each printed whole when it ends: the unit tests are CPU-bound, the
+# integration and e2e tests mostly wait on their stores and stacks (each session on ports of its own).
 test: install lint typecheck check-protos test-console
-	uv run pytest tests -q
+	$(MAKE) --no-print-directory -j3 --output-sync=target tier-unit tier-integration tier-e2e
+
+tier-unit:
+	uv run pytest tests/unit -q
 	$(MAKE) --no-print-directory test-no-extensions
+
+tier-integration:
+	uv run pytest tests/integration -q
+
+tier-e2e:
+	uv run pytest tests/e2e -q
 
 # A bounded campaign (FUZZ_SECONDS=, default 300 s): atheris compares the C wire decoder with its pure-Python
 # twin from the seed corpus (new inputs go to a temporary directory, not the repo), then the decoder built with
