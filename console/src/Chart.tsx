@@ -7,6 +7,9 @@ export interface Series {
   values: (number | null)[];
 }
 
+/** Axis numbers as a person reads them at a glance: 25K, 1.2M, 0.004. */
+const COMPACT = new Intl.NumberFormat("en-US", { notation: "compact", maximumSignificantDigits: 3 });
+
 /** A time-series line chart (uPlot: small and fast). `times` are bucket starts in milliseconds. */
 export function Chart({ title, times, series, unit }: { title: string; times: number[]; series: Series[]; unit?: string }) {
   const box = useRef<HTMLDivElement>(null);
@@ -19,7 +22,7 @@ export function Chart({ title, times, series, unit }: { title: string; times: nu
         height: 160,
         legend: { show: series.length > 1 },
         scales: { x: { time: true } },
-        axes: [{}, { values: (_, ticks) => ticks.map((tick) => `${tick}${unit ?? ""}`), size: 60 }],
+        axes: [{}, { values: (_, ticks) => ticks.map((tick) => `${COMPACT.format(tick)}${unit ?? ""}`), size: 60 }],
         series: [{}, ...series.map((line, index) => ({ label: line.label, stroke: palette[index % palette.length], width: 1.5 }))],
       },
       [times.map((ms) => ms / 1000), ...series.map((line) => line.values)],

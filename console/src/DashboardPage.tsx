@@ -2,7 +2,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { useEffect, useMemo, useState } from "react";
 import { explain, type Api } from "./api";
 import { Chart, type Series } from "./Chart";
-import { formatCost, formatCount, formatMs } from "./format";
+import { formatCost, formatCount, formatMs, formatTotalCost } from "./format";
 import { GroupBy, type MetricsGroup, type RequestMetrics, type SessionSummary } from "./gen/candela/query/v1/query_service_pb";
 import { bucketStarts, rangeOf, RANGES } from "./ranges";
 import { scoreTotals } from "./scores";
@@ -98,7 +98,7 @@ export function DashboardPage({ api, params }: { api: Api; params: URLSearchPara
       {total && (
         <dl className="totals" aria-label="Totals" data-start={new Date(range.startMs).toISOString()} data-end={new Date(range.endMs).toISOString()}>
           <Total name="Requests" value={formatCount(total.requestCount)} />
-          <Total name="Cost" value={formatCost(total.costUsd)} exact={total.costUsd} note={total.unpricedCount ? `${formatCount(total.unpricedCount)} unpriced` : ""} />
+          <Total name="Cost" value={formatTotalCost(total.costUsd)} exact={total.costUsd} note={total.unpricedCount ? `${formatCount(total.unpricedCount)} unpriced` : ""} />
           <Total name="Tokens" value={formatCount(total.totalTokens)} />
           <Total name="Error rate" value={`${(total.errorRate * 100).toFixed(1)}%`} />
           <Total name="Latency p50 / p95 / p99" value={`${formatMs(Math.round(total.latencyP50Ms))} / ${formatMs(Math.round(total.latencyP95Ms))} / ${formatMs(Math.round(total.latencyP99Ms))}`} />

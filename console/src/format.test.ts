@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatCost, formatMs, formatProperties } from "./format";
+import { formatCost, formatMs, formatProperties, formatTotalCost } from "./format";
 
 describe("formatCost", () => {
   it("shows an unpriced request as unpriced, not as $0", () => {
@@ -31,5 +31,18 @@ describe("formatMs", () => {
 describe("formatProperties", () => {
   it("lists properties sorted by name", () => {
     expect(formatProperties({ team: "search", feature: "chat" })).toBe("feature=chat team=search");
+  });
+});
+
+describe("formatTotalCost", () => {
+  it("shows dollars and cents, rounded half up on the digits and marked when rounded", () => {
+    expect(formatTotalCost("2220.416259746612")).toBe("~$2,220.42");
+    expect(formatTotalCost("1234567.005")).toBe("~$1,234,567.01");
+    expect(formatTotalCost("12.50")).toBe("$12.50");
+    expect(formatTotalCost("9.999")).toBe("~$10.00");
+  });
+  it("leaves amounts under a dollar, and unpriced, to formatCost", () => {
+    expect(formatTotalCost("0.0000075")).toBe("$0.0000075");
+    expect(formatTotalCost(undefined)).toBe("unpriced");
   });
 });

@@ -14,6 +14,18 @@ export function formatCost(costUsd: string | undefined): string {
   return `${negative ? "-" : ""}${cut ? "~" : ""}$${whole || "0"}.${shown}`;
 }
 
+/** A total in dollars and cents ($2,220.42), marked "~" when that rounds the exact amount (on hover where
+ * shown); under a dollar, as formatCost. Rounded half up on the decimal string, never through a float. */
+export function formatTotalCost(costUsd: string | undefined): string {
+  if (costUsd === undefined || costUsd === "" || costUsd.startsWith("-")) return formatCost(costUsd);
+  const [whole, fraction = ""] = costUsd.split(".");
+  if (BigInt(whole || "0") < 1n) return formatCost(costUsd);
+  const cents = BigInt(whole) * 100n + BigInt(fraction.padEnd(2, "0").slice(0, 2)) + (fraction[2] >= "5" ? 1n : 0n);
+  const exact = fraction.slice(2).replace(/0+$/, "") === "";
+  const dollars = (cents / 100n).toLocaleString("en-US");
+  return `${exact ? "" : "~"}$${dollars}.${String(cents % 100n).padStart(2, "0")}`;
+}
+
 export function formatMs(ms: bigint | number | undefined): string {
   if (ms === undefined) return "";
   const value = Number(ms);
