@@ -171,13 +171,7 @@ class StreamFacts:
 
     def observe(self, event: bytes) -> None:
         """Consumes one event (from an :class:`~candela_proxy.sse.EventSplitter`, or the unterminated tail)."""
-        if event.startswith(b"data: "):
-            # The usual shape, one `data: ...` line: no need for event_data to split the event into lines.
-            payload = event[6:].strip()
-            if b"\n" not in payload and b"\r" not in payload:
-                self._event(payload)
-                return
-        data = event_data(event)
+        data = event_data(event)  # one `data: ...` line, the usual shape, is read without splitting lines
         if data is not None:
             self._event(data.strip())
 

@@ -278,12 +278,11 @@ class Upstream:
                 for event in events:
                     stream.observe(event)
                 shown = events if hidden is None else hidden.keep(events)
-                if not held:
-                    end = next((index for index, event in enumerate(shown) if ends_stream(event)), len(shown))
-                    shown, held = shown[:end], shown[end:]
-                else:
+                if held:
                     held += shown
                     continue
+                end = next((index for index, event in enumerate(shown) if ends_stream(event)), len(shown))
+                shown, held = shown[:end], shown[end:]
                 if shown:
                     data = b"".join(shown)
                     exchange.response_chunks.append(data)
