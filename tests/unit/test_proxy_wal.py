@@ -271,3 +271,30 @@ async def test_a_full_spool_holds_logs_when_refusing(ingest: tuple[Ingest, grpc.
         await shipper.stop(5.0)
     assert sorted(servicer.received, key=lambda rid: int(rid[1:])) == [f"r{index}" for index in range(40)]
     assert servicer.received == [f"r{index}" for index in range(40)], "held logs keep their order"
+
+
+async def test_a_full_spool_stays_at_risk_until_its_backlog_has_a_place(
+    ingest: tuple[Ingest, grpc.aio.Channel], tmp_path: Path
+) -> None:
+    """Once healthy again, the shipper stays so: a backlog bigger than the spool does not refill it behind replay."""
+    servicer, channel = ingest
+    servicer.available = False
+    shipper = _shipper(channel, tmp_path, spool_max_bytes=2000, hold_when_spool_full=True, batch_size=2)
+    shipper.start()
+    try:
+        for index in range(40):  # at once: four times what the spool holds waits in the queue
+            shipper.submit(_record(f"r{index}", b"x" * 200))
+        await _until(lambda: bool(shipper.at_risk), "the spool to fill")
+        servicer.available = True
+        at_risk: list[bool] = []
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while len(servicer.received) < 40 or shipper.at_risk:
+            assert asyncio.get_running_loop().time() < deadline, "timed out waiting for every held log"
+            at_risk.append(bool(shipper.at_risk))
+            await asyncio.sleep(0.002)
+    finally:
+        await shipper.stop(5.0)
+    healthy_from = at_risk.index(False) if False in at_risk else len(at_risk)
+    runs = [flag for index, flag in enumerate(at_risk) if index == 0 or at_risk[index - 1] != flag]
+    assert not any(at_risk[healthy_from:]), f"at risk again after it had ended (a health check that flaps): {runs}"
+    assert servicer.received == [f"r{index}" for index in range(40)]

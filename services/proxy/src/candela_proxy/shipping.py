@@ -18,7 +18,9 @@ loses nothing a client was answered for: on start, what the WAL still holds is q
 
 A full spool drops the batch that did not fit (counted), or, with ``hold_when_spool_full``, keeps it in
 memory (and in the WAL) until the spool has room or ingest takes it; either way :attr:`LogShipper.at_risk`
-says so until the spool frees space, for the health check and for refusing new requests.
+says so until every log queued behind the one that did not fit has a place too, for the health check and for
+refusing new requests. (Clearing it as soon as the replay frees some room would let the backlog refill the
+spool and set it again: a proxy that turns healthy and refuses the next request.)
 
 Tracing: each record carries its request's W3C context (``IngestRecord.trace_context``, kept through the
 spool since the spool stores the records as they are). Sending a batch is one span whose parent is the
@@ -122,6 +124,8 @@ class LogShipper:
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._spooled = asyncio.Event()
         self._spool_full = False
+        self._in_hand = False  # the sender holds a batch taken from the queue and not yet placed
+        self._room_freed = False  # the replay deleted a segment since the spool last refused a batch
         self._hold_when_spool_full = hold_when_spool_full
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -239,18 +243,39 @@ class LogShipper:
             metrics.LOG_QUEUE_DEPTH.set(self._queue.qsize())
             if not queued:
                 continue
+            self._in_hand = True
             batch = [record for record, _ in queued]
             # Once sent, spooled or dropped (counted), the write-ahead log no longer needs them; a stop
             # past its grace cancels this task before that, and they stay there for the next start.
             if self._spool.is_empty():
                 try:
                     await self._send(batch)
+                    self._placed()
                     self._settle(queued)
                     continue
                 except IngestAway as err:
                     logger.warning("ingest away (%s): spooling %d logs to disk", err, len(batch))
             await self._to_spool(batch)
+            self._placed()
             self._settle(queued)
+
+    def _placed(self) -> None:
+        """The batch in hand was sent, spooled or dropped (counted)."""
+        self._in_hand = False
+        self._end_risk_if_over()
+
+    def _end_risk_if_over(self) -> None:
+        """Clears "spool full" once the replay has freed room and no log waits for a place behind the refused one.
+
+        Waiting means in hand or queued. An empty spool ends it whatever is queued: the sender then sends
+        straight to ingest (the replay emptied it, so ingest is back), and a queue that never empties under
+        steady load does not keep the proxy unhealthy.
+        """
+        if not self._spool_full or self._in_hand:
+            return
+        if self._spool.is_empty() or (self._room_freed and self._queue.empty()):
+            self._spool_full = False
+            self._export_risk()
 
     def _settle(self, queued: list[_Queued]) -> None:
         if self._commits is None:
@@ -264,6 +289,7 @@ class LogShipper:
         backoff = 0.05
         while not await asyncio.to_thread(self._spool.append, payload):
             self._spool_full = True
+            self._room_freed = False
             self._export_risk()
             if not self._hold_when_spool_full:
                 self.dropped += len(batch)
@@ -281,8 +307,6 @@ class LogShipper:
             if self._spool.is_empty():
                 try:
                     await self._send(batch)
-                    self._spool_full = False
-                    self._export_risk()
                     return
                 except IngestAway:
                     pass
@@ -316,9 +340,9 @@ class LogShipper:
                 backoff = 0.05
                 index += 1
             await asyncio.to_thread(self._spool.delete, segment)
-            self._spool_full = False
+            self._room_freed = True
+            self._end_risk_if_over()
             await asyncio.to_thread(self._export_spool_gauges)
-            self._export_risk()
             if self._spool.is_empty():
                 logger.info("log spool replayed; sending to ingest directly again")
 
