@@ -85,6 +85,14 @@ def session_tree(records: list[log_record_pb2.LogRecord]) -> pb.SessionNode:
     return root.to_proto()
 
 
+def _sort_field(sort: pb.RequestSort, violations: Violations) -> str:
+    """The column a listing is sorted by (``created_at`` unless named); an unknown one is a violation."""
+    field_name = sort.field or "created_at"
+    if field_name not in SORT_COLUMNS:
+        violations.add("sort.field", f"cannot sort by {field_name!r}; use one of {', '.join(SORT_COLUMNS)}")
+    return field_name
+
+
 def _rfc3339(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -129,9 +137,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         limit = self._limit(request.limit, violations)
         params = Params()
         where = FilterCompiler(params, violations).compile(request.filter)
-        sort_field = request.sort.field or "created_at"
-        if sort_field not in SORT_COLUMNS:
-            violations.add("sort.field", f"cannot sort by {sort_field!r}; use one of {', '.join(SORT_COLUMNS)}")
+        sort_field = _sort_field(request.sort, violations)
         digest = hashlib.sha256(
             request.filter.SerializeToString(deterministic=True) + f"|{sort_field}|{request.sort.ascending}".encode()
         ).hexdigest()[:16]
@@ -426,9 +432,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         violations = Violations()
         params = Params()
         where = FilterCompiler(params, violations).compile(request.filter)
-        sort_field = request.sort.field or "created_at"
-        if sort_field not in SORT_COLUMNS:
-            violations.add("sort.field", f"cannot sort by {sort_field!r}; use one of {', '.join(SORT_COLUMNS)}")
+        sort_field = _sort_field(request.sort, violations)
         if request.format not in ENCODERS:
             violations.add("format", "must be EXPORT_FORMAT_CSV or EXPORT_FORMAT_JSONL")
         if request.max_rows < 0:
