@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics, prompting
+from candela_proxy import helicone, metrics, prompting
 from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
@@ -146,9 +146,11 @@ class ProxyHandler:
             metrics.CACHE_LOOKUPS.labels("hit" if answer is not None else "miss").inc()
             if answer is not None:
                 extra_headers["Candela-Cache"] = "HIT"
+                helicone.mirror_response_headers(extra_headers)
                 return await self._replay_cached(request, exchange, answer, extra_headers)
             extra_headers["Candela-Cache"] = "MISS"
         metrics.OVERHEAD.observe(time.perf_counter() - exchange.started)
+        helicone.mirror_response_headers(extra_headers)
         return await self._upstream.forward(request, exchange, extra_headers)
 
     async def _replay_cached(
