@@ -196,7 +196,8 @@ def refusal(raw_name: str, value: str) -> str | None:
         return None
     if documented.switch and value.strip().lower() in _OFF:
         return None
-    return f"header {raw_name} is not supported by Candela: {documented.behaviour}"
+    # Named as Helicone documents it: a gateway in front (Envoy) hands the proxy lowercased names.
+    return f"header {documented.name} is not supported by Candela: {documented.behaviour}"
 
 
 def mirror_response_headers(headers: dict[str, str]) -> None:
