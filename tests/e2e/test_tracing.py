@@ -295,6 +295,9 @@ def test_a_refused_key_is_traced_as_an_error_without_the_key(
     spans = Trace([span for span in receiver.wait_for("refused request spans", refused) if span.trace_id == trace_id])
     llm = spans.one("candela-proxy", "chat /v1/chat/completions", SpanKind.SPAN_KIND_CLIENT)
     assert llm.attributes["http.response.status_code"] == 401
+    assert llm.attributes["error.type"] == "401"
+    assert llm.attributes["gen_ai.provider.name"] == "openai"
+    assert llm.attributes["gen_ai.operation.name"] == "chat"
     assert llm.status_code == trace_pb2.Status.STATUS_CODE_ERROR
     auth_server = spans.one("candela-auth", AUTHENTICATE, SpanKind.SPAN_KIND_SERVER)
     assert spans.parent_of(spans.parent_of(auth_server)) is llm

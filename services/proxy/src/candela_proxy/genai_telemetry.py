@@ -25,6 +25,7 @@ from yarl import URL
 
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.exchange import Exchange
+from candela_proxy.providers import Route
 
 # Candela's provider (``Provider`` value, or a Candela-Target-Provider name) -> gen_ai.provider.name, the
 # spec's well-known values.
@@ -124,6 +125,15 @@ def operation_name(path: str) -> str:
     if path.endswith("/completions") and not path.endswith("/chat/completions"):
         return "text_completion"
     return "chat"
+
+
+def route_attributes(route: Route) -> dict[str, str]:
+    """The attributes known before admission (a refused request's span has them too)."""
+    value = route.provider.value
+    return {
+        "gen_ai.operation.name": operation_name(route.provider_path),
+        "gen_ai.provider.name": PROVIDER_NAMES.get(value, value),
+    }
 
 
 def provider_name(exchange: Exchange, record: log_record_pb2.LogRecord) -> str:

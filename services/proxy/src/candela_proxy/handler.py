@@ -93,6 +93,7 @@ class ProxyHandler:
             f"{genai_telemetry.operation_name(route.provider_path)} {route.provider_path}",
             context=_W3C.extract(request.headers),
             kind=trace.SpanKind.CLIENT,
+            attributes=genai_telemetry.route_attributes(route),
         ) as span:
             return await self._admit_and_serve(request, route, span)
 
@@ -103,7 +104,7 @@ class ProxyHandler:
         except ProxyError as err:
             metrics.count_request(route.provider.value, route.provider_path, err.status)
             if span is not None:
-                span.set_attribute("http.response.status_code", err.status)
+                span.set_attributes({"http.response.status_code": err.status, "error.type": str(err.status)})
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.code))
             return error_response(route.provider, err, None)
         except ConnectionResetError:

@@ -71,7 +71,7 @@ class CandelaHeaders:
     omit_response: bool = False
     properties: dict[str, str] = field(default_factory=dict)
     target_url: str = ""
-    # Candela-Target-Provider: the provider name logged for target_url (else its host).
+    # Candela-Target-Provider: the provider name logged for target_url (else its host), lowercase.
     target_provider: str = ""
     # Candela-Model-Override: the model recorded and priced, whatever the body or the answer names.
     model_override: str = ""
@@ -319,7 +319,6 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
     parsed = CandelaHeaders()
     tuning: dict[str, tuple[str, str]] = {}
     candela_bytes = 0
-    provider_header = ""
     for raw_name, value in headers.items():
         ascii_only = raw_name.isascii() and value.isascii()
         if not ascii_only:
@@ -378,8 +377,9 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
         elif option == "target-url":
             parsed.target_url = _http_url(raw_name, value)
         elif option == "target-provider":
-            parsed.target_provider = value.strip()
-            provider_header = raw_name
+            # Logged (lowercase, as Candela's own provider names) for a custom target; the built-in routes
+            # know their provider, so there it changes nothing.
+            parsed.target_provider = value.strip().lower()
         elif option == "model-override":
             parsed.model_override = value.strip()
         elif option == "stream-usage":
@@ -392,8 +392,6 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
             tuning[option] = (raw_name, value)
         elif name.startswith("helicone-") and (reason := helicone.refusal(raw_name, value)):
             raise HeaderError(reason)
-    if parsed.target_provider and not parsed.target_url:
-        raise HeaderError(f"header {provider_header} names the provider of a Candela-Target-Url; send both")
     _apply_tuning(parsed, tuning, headers)
     return parsed
 

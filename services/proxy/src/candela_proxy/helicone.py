@@ -49,7 +49,8 @@ HELICONE_HEADERS: tuple[HeliconeHeader, ...] = (
     HeliconeHeader(
         "Helicone-Target-Provider",
         _H,
-        "`Candela-Target-Provider`: the provider name logged for a `Helicone-Target-Url` (else its host)",
+        "`Candela-Target-Provider`: the provider logged (lowercase) for a `Helicone-Target-Url`, instead of its"
+        " host; with the built-in routes, whose provider Candela knows, it changes nothing",
     ),
     HeliconeHeader("Helicone-Request-Id", _H, "`Candela-Request-Id`: the request's id (a UUID, else 400)"),
     HeliconeHeader(
