@@ -84,3 +84,36 @@ def test_helicone_headers_alone_log_cache_and_refuse_what_candela_does_not_do(
     assert "Helicone-Moderations-Enabled" in refused.value.message
     assert "moderation" in refused.value.message
     assert len(fake_requests(stack, x_test_marker=marker)) == 2
+
+
+def test_a_helicone_gateway_target_is_logged_under_the_provider_it_names(
+    stack: Stack,
+    admin: Bootstrap,
+    query_stub: query_service_pb2_grpc.QueryServiceStub,
+    local_target_proxy: str,
+    closing: contextlib.ExitStack,
+) -> None:
+    """Helicone's gateway form: Helicone-Target-Url with Helicone-Target-Provider (through a proxy whose
+    operator lets targets reach the local stand-in provider)."""
+    assert stack.fake_provider_url is not None
+    marker = uuid.uuid4().hex
+    client = closing.enter_context(
+        openai.OpenAI(
+            base_url=f"{local_target_proxy}/v1",
+            api_key="sk-provider-key",
+            default_headers={
+                "Helicone-Auth": f"Bearer {admin.api_key}",
+                "Helicone-Target-Url": stack.fake_provider_url,
+                "Helicone-Target-Provider": "Groq",
+                "x-test-marker": marker,
+            },
+            max_retries=0,
+        )
+    )
+    raw = client.chat.completions.with_raw_response.create(
+        model="llama-3.1-8b-instant", messages=[{"role": "user", "content": f"hello {marker}"}]
+    )
+    assert len(fake_requests(stack, x_test_marker=marker)) == 1
+    logged = wait_for_logged_request(query_stub, admin.api_key, raw.headers["helicone-id"]).request
+    assert logged.provider == "groq"
+    assert logged.target_url == stack.fake_provider_url
