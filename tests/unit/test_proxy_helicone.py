@@ -139,6 +139,13 @@ def test_a_refused_switch_turned_off_is_accepted(header: HeliconeHeader) -> None
     assert parsed.auth is None
 
 
+def test_the_candela_twin_of_a_refused_header_is_refused_and_other_candela_headers_pass() -> None:
+    with pytest.raises(HeaderError, match="header Candela-Moderations-Enabled is not supported by Candela"):
+        parse_candela_headers(CIMultiDict({"candela-moderations-enabled": "true"}))
+    assert parse_candela_headers(CIMultiDict({"Candela-Moderations-Enabled": "false"})).auth is None
+    assert parse_candela_headers(CIMultiDict({"Candela-Something-Read-Elsewhere": "x"})).auth is None
+
+
 def test_an_undocumented_helicone_header_is_refused_too() -> None:
     with pytest.raises(HeaderError, match="Helicone-Frobnicate is not a Helicone header Candela knows"):
         parse_candela_headers(CIMultiDict({"Helicone-Frobnicate": "1"}))

@@ -390,7 +390,7 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
             parsed.rate_limit = parse_rate_limit_policy(raw_name, value)
         elif option.startswith(("cache-", "retry-")):
             tuning[option] = (raw_name, value)
-        elif name.startswith("helicone-") and (reason := helicone.refusal(raw_name, value)):
+        elif reason := helicone.refusal(raw_name, value):
             raise HeaderError(reason)
     _apply_tuning(parsed, tuning, headers)
     return parsed

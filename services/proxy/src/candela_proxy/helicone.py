@@ -187,10 +187,18 @@ RESPONSE_TWINS: tuple[tuple[str, str], ...] = (
 
 
 def refusal(raw_name: str, value: str) -> str | None:
-    """Why the Helicone header ``raw_name`` (one the parser does not honour) is refused, or None when it
-    is a switch turned off, which asks for what Candela does anyway."""
-    documented = _BY_OPTION.get(raw_name.lower().removeprefix("helicone-"))
+    """Why the header ``raw_name`` (a ``Helicone-*`` or ``Candela-*`` one the parser does not honour) is
+    refused, or None when it is not: a switch turned off asks for what Candela does anyway.
+
+    Every unknown ``Helicone-*`` header is refused; a ``Candela-*`` one only when it is the twin of a refused
+    Helicone header (``Candela-Moderations-Enabled``), since other Candela headers may be read elsewhere.
+    """
+    prefix, _, option = raw_name.partition("-")
+    helicone = prefix.lower() == "helicone"
+    documented = _BY_OPTION.get(option.lower())
     if documented is None:
+        if not helicone:
+            return None
         return f"header {raw_name} is not a Helicone header Candela knows; see the proxy README's Helicone table"
     if documented.support is Support.HONOURED:
         # The parser reads each honoured header itself; one that reaches here was read elsewhere.
@@ -198,7 +206,8 @@ def refusal(raw_name: str, value: str) -> str | None:
     if documented.switch and value.strip().lower() in _OFF:
         return None
     # Named as Helicone documents it: a gateway in front (Envoy) hands the proxy lowercased names.
-    return f"header {documented.name} is not supported by Candela: {documented.behaviour}"
+    name = documented.name if helicone else "Candela-" + documented.name.removeprefix("Helicone-")
+    return f"header {name} is not supported by Candela: {documented.behaviour}"
 
 
 def mirror_response_headers(headers: dict[str, str]) -> None:
