@@ -38,7 +38,7 @@ class Telemetry:
 
 
 def setup_telemetry(service_name: str, extra_processor: SpanProcessor | None = None) -> Telemetry:
-    """Installs the global tracer provider for ``service_name``."""
+    """Installs the global tracer provider for ``service_name``, and its meter provider when exporting."""
     resource = Resource.create({"service.name": service_name})
     provider = TracerProvider(resource=resource)
     meter_provider: MeterProvider | None = None

@@ -3,11 +3,11 @@
 The key hashes the organization, ``Candela-Cache-Seed``, the method, the upstream URL (path, query and
 target), the request body (less the top-level keys ``Candela-Cache-Ignore-Keys`` names) and the headers
 that change an answer (``anthropic-version``, ``anthropic-beta``, ``openai-organization``,
-``openai-project``). The provider key is not part of it: an
-organization's callers share answers, as Helicone's cache does. Each key holds a bucket of up to
-``Candela-Cache-Bucket-Max-Size`` answers: until the bucket is full a request is a miss (and its answer is
-added); once full a random member is returned, so a caller can ask for variety. Entries expire after
-``Cache-Control: max-age``. Streams are stored whole once complete and replayed as the same SSE bytes.
+``openai-project``). The provider key is not part of it: an organization's callers share answers, as
+Helicone's cache does. Each key holds a bucket of up to ``Candela-Cache-Bucket-Max-Size`` answers: until
+the bucket is full a request is a miss (and its answer is added); once full a random member is returned,
+so a caller can ask for variety. Entries expire after ``Cache-Control: max-age``. Streams are stored
+whole once complete and replayed as the same SSE bytes.
 """
 
 from __future__ import annotations
