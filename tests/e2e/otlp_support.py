@@ -1,5 +1,6 @@
-"""An OTLP/gRPC trace receiver run by a test: the real processes export their spans to it, the test reads
-the span tree back (the collector a user would run, reduced to what a test needs to look at)."""
+"""An OTLP/gRPC trace and metrics receiver run by a test: the real processes export their spans and metrics
+to it, the test reads the span tree and the metric points back (the collector a user would run, reduced to
+what a test needs to look at)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -58,6 +60,7 @@ class SpanReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._lock = threading.Lock()
         self._spans: list[ReceivedSpan] = []
         self.endpoint = ""
+        self.metrics = MetricReceiver()
 
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
@@ -106,12 +109,81 @@ class SpanReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class ReceivedHistogramPoint:
+    """One exported histogram data point (cumulative: each export repeats the totals so far)."""
+
+    service: str
+    metric: str
+    unit: str
+    attributes: dict[str, Any]
+    count: int
+    sum: float
+    explicit_bounds: tuple[float, ...]
+
+
+class MetricReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """Keeps every histogram point exported to it, whatever the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._points: list[ReceivedHistogramPoint] = []
+
+    def Export(
+        self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: grpc.ServicerContext
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        received = []
+        for resource_metrics in request.resource_metrics:
+            service = str(_attributes(resource_metrics.resource.attributes).get("service.name", ""))
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.WhichOneof("data") != "histogram":
+                        continue
+                    for point in metric.histogram.data_points:
+                        received.append(
+                            ReceivedHistogramPoint(
+                                service=service,
+                                metric=metric.name,
+                                unit=metric.unit,
+                                attributes=_attributes(point.attributes),
+                                count=point.count,
+                                sum=point.sum,
+                                explicit_bounds=tuple(point.explicit_bounds),
+                            )
+                        )
+        with self._lock:
+            self._points.extend(received)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    @property
+    def points(self) -> list[ReceivedHistogramPoint]:
+        """Every point received so far."""
+        with self._lock:
+            return list(self._points)
+
+    def wait_for(
+        self, description: str, predicate: Callable[[ReceivedHistogramPoint], bool], timeout_s: float = 30.0
+    ) -> ReceivedHistogramPoint:
+        """The latest point for which ``predicate`` holds, polling until one arrives."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            matching = [point for point in self.points if predicate(point)]
+            if matching:
+                return matching[-1]
+            if time.monotonic() > deadline:
+                seen = sorted({(point.service, point.metric) for point in self.points})
+                raise AssertionError(f"no {description} within {timeout_s}s; metrics seen: {seen}")
+            time.sleep(0.1)
+
+
 @contextmanager
 def otlp_receiver() -> Iterator[SpanReceiver]:
-    """A receiver listening on 127.0.0.1 (a free port); its ``endpoint`` is the OTLP endpoint URL."""
+    """A receiver listening on 127.0.0.1 (a free port); its ``endpoint`` is the OTLP endpoint URL, and its
+    ``metrics`` the metrics sent there."""
     receiver = SpanReceiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(receiver.metrics, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     receiver.endpoint = f"http://127.0.0.1:{port}"

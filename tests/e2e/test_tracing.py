@@ -2,7 +2,7 @@
 receiver this test runs, and the span tree of one chat completion sent with the real openai SDK and a
 client `traceparent` is checked hop by hop: Envoy, the proxy's LLM span (with the GenAI attributes), the
 key check in auth, the shipping of the log to ingest, and the writer's batch with its Postgres and
-ClickHouse spans. No span carries a key."""
+ClickHouse spans. The proxy's GenAI client metrics reach the same receiver. No span carries a key."""
 
 from __future__ import annotations
 
@@ -132,7 +132,11 @@ def test_one_chat_completion_is_one_trace_from_the_client_to_the_writer(
     traceparent, trace_id, client_span_id = _new_traceparent()
     client = closing.enter_context(_client(traced_stack, traced_admin.api_key, traceparent))
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Trace this request please"}], max_tokens=4
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Trace this request please"}],
+        max_tokens=4,
+        temperature=0.5,
+        top_p=0.9,
     )
     completion = raw.parse()
     assert completion.usage is not None
@@ -147,16 +151,49 @@ def test_one_chat_completion_is_one_trace_from_the_client_to_the_writer(
     llm = spans.one("candela-proxy", "chat gpt-4o-mini", SpanKind.SPAN_KIND_CLIENT)
     assert spans.parent_of(llm) is envoy
 
-    # The GenAI semantic-convention attributes, with what the provider answered.
-    assert llm.attributes["gen_ai.system"] == "openai"
+    # The current GenAI semantic-convention attributes (not the deprecated gen_ai.system): what the request
+    # asked for and what the provider answered.
+    assert "gen_ai.system" not in llm.attributes
+    assert llm.attributes["gen_ai.provider.name"] == "openai"
     assert llm.attributes["gen_ai.operation.name"] == "chat"
     assert llm.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert llm.attributes["gen_ai.request.max_tokens"] == 4
+    assert llm.attributes["gen_ai.request.temperature"] == 0.5
+    assert llm.attributes["gen_ai.request.top_p"] == 0.9
+    assert llm.attributes["gen_ai.request.stream"] is False
+    assert llm.attributes["gen_ai.response.id"] == completion.id
     assert llm.attributes["gen_ai.response.model"] == completion.model
     assert llm.attributes["gen_ai.usage.input_tokens"] == completion.usage.prompt_tokens
     assert llm.attributes["gen_ai.usage.output_tokens"] == completion.usage.completion_tokens
+    assert llm.attributes["gen_ai.usage.cache_read.input_tokens"] == 0
     assert llm.attributes["gen_ai.response.finish_reasons"] == [completion.choices[0].finish_reason]
     assert completion.choices[0].finish_reason == "length", "max_tokens=4 cuts the fake provider's reply"
+    assert llm.attributes["server.address"] == "127.0.0.1"
     assert llm.attributes["candela.request_id"] == request_id
+
+    # The GenAI client metrics: this call's tokens by type, and its duration.
+    prompt_tokens = completion.usage.prompt_tokens
+    tokens = receiver.metrics.wait_for(
+        "input token usage",
+        lambda point: (
+            point.service == "candela-proxy"
+            and point.metric == "gen_ai.client.token.usage"
+            and point.attributes.get("gen_ai.token.type") == "input"
+            and point.attributes.get("gen_ai.request.model") == "gpt-4o-mini"
+            and point.sum >= prompt_tokens
+        ),
+    )
+    assert tokens.unit == "{token}"
+    assert tokens.attributes["gen_ai.provider.name"] == "openai"
+    assert tokens.attributes["gen_ai.operation.name"] == "chat"
+    assert tokens.explicit_bounds[:3] == (1.0, 4.0, 16.0)
+    duration = receiver.metrics.wait_for(
+        "operation duration",
+        lambda point: point.service == "candela-proxy" and point.metric == "gen_ai.client.operation.duration",
+    )
+    assert duration.unit == "s"
+    assert duration.count >= 1
+    assert duration.sum > 0
 
     # The key check: proxy client span under the LLM span, auth's server span under that.
     auth_client = spans.one("candela-proxy", AUTHENTICATE, SpanKind.SPAN_KIND_CLIENT)
@@ -221,6 +258,19 @@ def test_a_streamed_completion_is_one_trace_too(
     assert llm.attributes["gen_ai.usage.input_tokens"] == usage.prompt_tokens
     assert llm.attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
     assert llm.attributes["gen_ai.response.finish_reasons"] == [finish_reason]
+    assert llm.attributes["gen_ai.request.stream"] is True
+    assert llm.attributes["gen_ai.response.id"] == chunks[0].id
+    assert 0 < llm.attributes["gen_ai.response.time_to_first_chunk"] < 30
+    first_chunk = receiver.metrics.wait_for(
+        "time to first chunk",
+        lambda point: (
+            point.service == "candela-proxy"
+            and point.metric == "gen_ai.client.operation.time_to_first_chunk"
+            and point.count >= 1
+        ),
+    )
+    assert first_chunk.unit == "s"
+    assert first_chunk.sum > 0
     assert spans.parent_of(spans.one("candela-proxy", "send ingest")) is llm
     batch = spans.one("candela-writer", "writer.batch")
     assert spans.parent_of(batch) is llm
@@ -245,7 +295,13 @@ def test_a_refused_key_is_traced_as_an_error_without_the_key(
     spans = Trace([span for span in receiver.wait_for("refused request spans", refused) if span.trace_id == trace_id])
     llm = spans.one("candela-proxy", "chat /v1/chat/completions", SpanKind.SPAN_KIND_CLIENT)
     assert llm.attributes["http.response.status_code"] == 401
+    assert llm.attributes["error.type"] == "401"
+    assert llm.attributes["gen_ai.provider.name"] == "openai"
+    assert llm.attributes["gen_ai.operation.name"] == "chat"
     assert llm.status_code == trace_pb2.Status.STATUS_CODE_ERROR
     auth_server = spans.one("candela-auth", AUTHENTICATE, SpanKind.SPAN_KIND_SERVER)
     assert spans.parent_of(spans.parent_of(auth_server)) is llm
     _assert_no_secret_in_any_span(receiver, wrong_key, PROVIDER_KEY, traced_stack.service_token)
+    for point in receiver.metrics.points:
+        for secret in (wrong_key, PROVIDER_KEY, traced_stack.service_token):
+            assert secret not in repr(point), f"a secret is in the {point.service} metric {point.metric}"

@@ -577,6 +577,8 @@ class StackAddresses:
         return {
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.config.otlp_endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": str(self.config.otlp_flush_interval_ms),
+            # The GenAI client metrics (proxy) are exported on the same rhythm as the spans.
+            "OTEL_METRIC_EXPORT_INTERVAL": str(self.config.otlp_flush_interval_ms),
         }
 
     def _caller_env(self, name: str) -> str | None:

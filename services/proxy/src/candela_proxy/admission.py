@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
-from candela_proxy import metrics, prompting
+from candela_proxy import helicone, metrics, prompting
 from candela_proxy.config import ProxyConfig
 from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.headers import CandelaHeaders, HeaderError, bearer_secret, parse_candela_headers
@@ -195,6 +195,7 @@ def _refuse_rate_limited(exchange: Exchange, decision: RateLimitDecision) -> web
     exchange.status = 429
     exchange.error = f"rate limited by Candela-RateLimit-Policy {decision.policy.header_value}"
     headers = {**decision.headers(), "Retry-After": str(decision.reset_s)}
+    helicone.mirror_response_headers(headers)
     err = ProxyError(
         429,
         f"Candela rate limit exceeded: {decision.limit} {_UNIT_NAMES[decision.policy.unit]} per"

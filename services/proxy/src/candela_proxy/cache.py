@@ -1,12 +1,13 @@
 """The response cache: answers kept in Redis, keyed by what makes two requests the same.
 
 The key hashes the organization, ``Candela-Cache-Seed``, the method, the upstream URL (path, query and
-target), the request body and the headers that change an answer (``anthropic-version``,
-``anthropic-beta``, ``openai-organization``, ``openai-project``). The provider key is not part of it: an
-organization's callers share answers, as Helicone's cache does. Each key holds a bucket of up to
-``Candela-Cache-Bucket-Max-Size`` answers: until the bucket is full a request is a miss (and its answer is
-added); once full a random member is returned, so a caller can ask for variety. Entries expire after
-``Cache-Control: max-age``. Streams are stored whole once complete and replayed as the same SSE bytes.
+target), the request body (less the top-level keys ``Candela-Cache-Ignore-Keys`` names) and the headers
+that change an answer (``anthropic-version``, ``anthropic-beta``, ``openai-organization``,
+``openai-project``). The provider key is not part of it: an organization's callers share answers, as
+Helicone's cache does. Each key holds a bucket of up to ``Candela-Cache-Bucket-Max-Size`` answers: until
+the bucket is full a request is a miss (and its answer is added); once full a random member is returned,
+so a caller can ask for variety. Entries expire after ``Cache-Control: max-age``. Streams are stored
+whole once complete and replayed as the same SSE bytes.
 """
 
 from __future__ import annotations
@@ -96,8 +97,19 @@ def cache_key(
     for name in _VARYING_HEADERS:
         digest.update(headers.get(name, "").encode())
         digest.update(b"\0")
-    digest.update(body)
+    digest.update(_without_keys(body, policy.ignore_keys) if policy.ignore_keys else body)
     return _PREFIX + digest.hexdigest()
+
+
+def _without_keys(body: bytes, keys: tuple[str, ...]) -> bytes:
+    """The JSON object ``body`` less the top-level ``keys`` (as Helicone does); any other body as it is."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(document, dict):
+        return body
+    return orjson.dumps({key: value for key, value in document.items() if key not in keys})
 
 
 class ResponseCache:

@@ -20,8 +20,7 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics, prompting
+from candela_proxy import genai_telemetry, helicone, metrics, prompting
 from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
@@ -62,6 +61,7 @@ class ProxyHandler:
         # Spans cost ~50 us a request; without an exporter nobody sees them, so none are made (the client's
         # traceparent still reaches the provider, as every other header does).
         self._tracing = tracing
+        self._genai_metrics = genai_telemetry.GenAIMetrics() if tracing else None
 
     async def close(self) -> None:
         """Waits for the cache writes and rate-limit counts still under way."""
@@ -90,9 +90,10 @@ class ProxyHandler:
         # renamed "<operation> <model>" (GenAI conventions) once the body says which model. Only the W3C trace
         # context is taken from the client: its baggage does not ride along into the internal calls.
         with tracer.start_as_current_span(
-            f"{_operation(route.provider_path)} {route.provider_path}",
+            f"{genai_telemetry.operation_name(route.provider_path)} {route.provider_path}",
             context=_W3C.extract(request.headers),
             kind=trace.SpanKind.CLIENT,
+            attributes=genai_telemetry.route_attributes(route),
         ) as span:
             return await self._admit_and_serve(request, route, span)
 
@@ -103,14 +104,14 @@ class ProxyHandler:
         except ProxyError as err:
             metrics.count_request(route.provider.value, route.provider_path, err.status)
             if span is not None:
-                span.set_attribute("http.response.status_code", err.status)
+                span.set_attributes({"http.response.status_code": err.status, "error.type": str(err.status)})
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.code))
             return error_response(route.provider, err, None)
         except ConnectionResetError:
             # The client left before its request arrived whole: nothing reached a provider, nothing to log.
             return web.Response(status=400)
         if span is not None and exchange.model:
-            span.update_name(f"{_operation(route.provider_path)} {exchange.model}")
+            span.update_name(f"{genai_telemetry.operation_name(route.provider_path)} {exchange.model}")
         try:
             response = await self._serve(request, exchange)
             # aiohttp writes a non-streamed answer after this returns, so its log is durable first; a
@@ -125,7 +126,9 @@ class ProxyHandler:
             # No answer went out whole (an error, a client gone): the log is kept without waiting for it.
             record = exchange.record if exchange.record is not None else self._recorder.finish(exchange)
             if span is not None and span.is_recording():
-                _annotate_span(span, record)
+                genai_telemetry.annotate_span(span, exchange, record)
+            if self._genai_metrics is not None:
+                self._genai_metrics.record(exchange, record)
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         extra_headers: dict[str, str] = {}
@@ -146,9 +149,11 @@ class ProxyHandler:
             metrics.CACHE_LOOKUPS.labels("hit" if answer is not None else "miss").inc()
             if answer is not None:
                 extra_headers["Candela-Cache"] = "HIT"
+                helicone.mirror_response_headers(extra_headers)
                 return await self._replay_cached(request, exchange, answer, extra_headers)
             extra_headers["Candela-Cache"] = "MISS"
         metrics.OVERHEAD.observe(time.perf_counter() - exchange.started)
+        helicone.mirror_response_headers(extra_headers)
         return await self._upstream.forward(request, exchange, extra_headers)
 
     async def _replay_cached(
@@ -186,32 +191,3 @@ def _add_cost_header(response: web.StreamResponse, exchange: Exchange) -> None:
     record = exchange.record
     if record is not None and record.cost_usd and not response.prepared:
         response.headers["Candela-Cost-Usd"] = record.cost_usd
-
-
-def _annotate_span(span: trace.Span, record: log_record_pb2.LogRecord) -> None:
-    """The OpenTelemetry GenAI semantic-convention attributes of the LLM call."""
-    span.set_attributes(
-        {
-            "gen_ai.system": record.provider,
-            "gen_ai.operation.name": _operation(record.path),
-            "gen_ai.request.model": record.model,
-            "gen_ai.response.model": record.response_model,
-            "gen_ai.usage.input_tokens": record.usage.prompt_tokens,
-            "gen_ai.usage.output_tokens": record.usage.completion_tokens,
-            "http.response.status_code": record.status_code,
-            "candela.request_id": record.request_id,
-            "candela.cache_hit": record.cache_hit,
-        }
-    )
-    if record.finish_reason:
-        span.set_attribute("gen_ai.response.finish_reasons", [record.finish_reason])
-    if record.status_code >= 400 or record.error:
-        span.set_status(trace.Status(trace.StatusCode.ERROR, record.error or str(record.status_code)))
-
-
-def _operation(path: str) -> str:
-    if path.endswith("/embeddings"):
-        return "embeddings"
-    if path.endswith("/completions") and not path.endswith("/chat/completions"):
-        return "text_completion"
-    return "chat"

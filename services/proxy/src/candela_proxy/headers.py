@@ -1,4 +1,7 @@
-"""The Candela request headers (each also accepted with the ``Helicone-`` prefix), parsed once per request."""
+"""The Candela request headers (each also accepted with the ``Helicone-`` prefix), parsed once per request.
+
+A ``Helicone-*`` header Candela does not honour is refused (see :mod:`candela_proxy.helicone`), never dropped.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from candela_proxy import helicone
 from candela_proxy.targets import TargetUrlError, parse_target_url
 from candela_runtime.limits import MAX_CANDELA_HEADER_BYTES, MAX_PROMPT_INPUTS_BYTES, prompt_inputs_bytes
 
@@ -67,6 +71,10 @@ class CandelaHeaders:
     omit_response: bool = False
     properties: dict[str, str] = field(default_factory=dict)
     target_url: str = ""
+    # Candela-Target-Provider: the provider name logged for target_url (else its host), lowercase.
+    target_provider: str = ""
+    # Candela-Model-Override: the model recorded and priced, whatever the body or the answer names.
+    model_override: str = ""
     # Candela-Stream-Usage: false turns off asking OpenAI-format streams for their usage (on by default).
     stream_usage: bool = True
     cache: CachePolicy | None = None
@@ -82,6 +90,8 @@ class CachePolicy:
     max_age_s: int = 7 * 24 * 3600
     bucket_max_size: int = 1
     seed: str = ""
+    # Candela-Cache-Ignore-Keys: top-level body keys left out of the cache key (Helicone's comma list).
+    ignore_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -366,6 +376,12 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
             parsed.omit_response = value.strip().lower() in _TRUE
         elif option == "target-url":
             parsed.target_url = _http_url(raw_name, value)
+        elif option == "target-provider":
+            # Logged (lowercase, as Candela's own provider names) for a custom target; the built-in routes
+            # know their provider, so there it changes nothing.
+            parsed.target_provider = value.strip().lower()
+        elif option == "model-override":
+            parsed.model_override = value.strip()
         elif option == "stream-usage":
             parsed.stream_usage = _flag(raw_name, value)
         elif option == "fallbacks":
@@ -374,6 +390,8 @@ def parse_candela_headers(headers: Mapping[str, str]) -> CandelaHeaders:
             parsed.rate_limit = parse_rate_limit_policy(raw_name, value)
         elif option.startswith(("cache-", "retry-")):
             tuning[option] = (raw_name, value)
+        elif reason := helicone.refusal(raw_name, value):
+            raise HeaderError(reason)
     _apply_tuning(parsed, tuning, headers)
     return parsed
 
@@ -386,6 +404,8 @@ def _apply_tuning(parsed: CandelaHeaders, tuning: dict[str, tuple[str, str]], he
         "cache-enabled",
         "cache-bucket-max-size",
         "cache-seed",
+        "cache-ignore-keys",
+        "cache-control",
         "retry-enabled",
         "retry-num",
         "retry-factor",
@@ -397,19 +417,23 @@ def _apply_tuning(parsed: CandelaHeaders, tuning: dict[str, tuple[str, str]], he
             raise HeaderError(f"unknown header {raw_name}")
     if "cache-enabled" in tuning and _flag(*tuning["cache-enabled"]):
         max_age = CachePolicy.max_age_s
-        cache_control = headers.get("cache-control")
+        # Helicone-Cache-Control (Helicone reads it as Cache-Control) wins over the standard header.
+        control_name, cache_control = tuning.get("cache-control", ("Cache-Control", headers.get("cache-control", "")))
         if cache_control:
             match = _MAX_AGE.search(cache_control.lower())
             if match is None:
-                raise HeaderError(f"header Cache-Control must carry max-age=<seconds>, got {cache_control!r}")
+                raise HeaderError(f"header {control_name} must carry max-age=<seconds>, got {cache_control!r}")
             max_age = ascii_int(match.group(1)) or 0
             if not 0 < max_age <= 365 * 24 * 3600:
-                raise HeaderError("header Cache-Control max-age must be 1 to 31536000 seconds")
+                raise HeaderError(f"header {control_name} max-age must be 1 to 31536000 seconds")
         bucket = 1
         if "cache-bucket-max-size" in tuning:
             bucket = _positive_int(*tuning["cache-bucket-max-size"], upper=20)
         seed = tuning["cache-seed"][1] if "cache-seed" in tuning else ""
-        parsed.cache = CachePolicy(max_age_s=max_age, bucket_max_size=bucket, seed=seed)
+        ignore_keys: tuple[str, ...] = ()
+        if "cache-ignore-keys" in tuning:
+            ignore_keys = tuple(key.strip() for key in tuning["cache-ignore-keys"][1].split(",") if key.strip())
+        parsed.cache = CachePolicy(max_age_s=max_age, bucket_max_size=bucket, seed=seed, ignore_keys=ignore_keys)
     if "retry-enabled" in tuning and _flag(*tuning["retry-enabled"]):
         defaults = RetryPolicy()
         num = _positive_int(*tuning["retry-num"], upper=MAX_RETRIES) if "retry-num" in tuning else defaults.num

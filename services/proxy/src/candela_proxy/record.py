@@ -68,8 +68,8 @@ class Recorder:
         facts = exchange.facts
         # The record, and the span made from it, never carry a URL's credentials (userinfo, `?key=`).
         target = redact_url(exchange.target_url)
-        provider = provider_name(target) if target else exchange.route.provider.value
-        model = exchange.model or facts.response_model
+        provider = (options.target_provider or provider_name(target)) if target else exchange.route.provider.value
+        model = options.model_override or exchange.model or facts.response_model
         record = log_record_pb2.LogRecord(
             request_id=exchange.request_id,
             organization_id=exchange.organization_id,
@@ -113,7 +113,8 @@ class Recorder:
                 record.cost_usd = "0"
                 record.cost_saved_usd = exchange.cost_saved_usd
         elif exchange.status:
-            cost = pricing.cost_usd(exchange.route.provider.value, facts.response_model or model, facts, target)
+            priced_model = options.model_override or facts.response_model or model
+            cost = pricing.cost_usd(exchange.route.provider.value, priced_model, facts, target)
             if cost is not None:
                 record.cost_usd = format(cost, "f")
         response_body = b"".join(exchange.response_chunks)

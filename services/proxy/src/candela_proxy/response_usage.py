@@ -37,6 +37,8 @@ class ResponseFacts:
     audio_completion_tokens: int = 0
     has_usage: bool = False
     response_model: str = ""
+    # The provider's id of the answer (chatcmpl-..., msg_..., resp_...), the first one a stream names.
+    response_id: str = ""
     finish_reason: str = ""
     # A reported count was out of range and read as 0 (see the module's docstring).
     usage_clamped: bool = False
@@ -147,6 +149,9 @@ def _apply_document(facts: ResponseFacts, provider: Provider, document: dict[str
     model = document.get("model")
     if isinstance(model, str) and model:
         facts.response_model = model
+    answer_id = document.get("id")
+    if isinstance(answer_id, str) and not facts.response_id:
+        facts.response_id = answer_id[:256]
     usage = document.get("usage")
     if provider is Provider.ANTHROPIC:
         if isinstance(usage, dict):
