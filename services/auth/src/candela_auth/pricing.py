@@ -1,0 +1,132 @@
+"""Per-organization pricing: price overrides and model aliases, their validation, and change notices.
+
+Prices are US dollars per million tokens, read and written as decimal strings and stored as Postgres
+numeric: never a float anywhere, so "0.075" stays exactly 0.075.
+
+From the next request on. The proxy caches an organization's pricing (it is needed for every request, and
+a fetch per request would cost a round trip, ~1.4 ms). A cache with a lifetime would keep an old price for
+that lifetime, so instead every change is pushed: a write commits together with ``pg_notify`` on
+:data:`NOTIFY_CHANNEL`, every auth replica LISTENs on it and forwards the organization's id to the proxies
+watching it (AuthService.WatchPricing), which drop that organization's cached pricing. The replica that made
+the change also forwards it itself before it answers, so a caller that waits for the answer and then sends
+a request through a proxy watching that replica gets the new price. A proxy whose watch stream breaks
+drops its whole cache and refetches on demand (the first notice of a new stream says "anything may have
+changed"), so a notice missed while disconnected cannot leave an old price behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import AsyncIterator
+from decimal import Decimal, InvalidOperation
+
+from genai_prices import Usage, calc_price
+
+from candela.auth.v1 import auth_service_pb2 as pb
+from candela_runtime.errors import Violations
+from candela_runtime.limits import MAX_MODEL_NAME_LENGTH
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "candela_pricing"
+"""The Postgres NOTIFY channel that carries the id of an organization whose pricing changed."""
+MAX_PRICE_PER_MTOK = Decimal(1_000_000)
+MAX_PRICE_FRACTION_DIGITS = 10
+MAX_PROVIDER_LENGTH = 100
+_PRICE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+_PROVIDER = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+WATCH_QUEUE_SIZE = 1024
+"""Notices a watcher may fall behind by; past that it is sent "anything may have changed" instead."""
+
+
+def parse_price(violations: Violations, field: str, text: str, *, required: bool = True) -> Decimal | None:
+    """A price per million tokens from its decimal string; violations for anything else (a float's
+    exponent, a sign, too many digits)."""
+    if not text:
+        if required:
+            violations.add(field, 'is required: US dollars per million tokens as a decimal string, e.g. "2.5"')
+        return None
+    if not _PRICE.match(text):
+        violations.add(field, f'must be a non-negative decimal string such as "2.5" or "0.075", got {text[:40]!r}')
+        return None
+    try:
+        price = Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only decimals
+        violations.add(field, f"is not a decimal: {text[:40]!r}")
+        return None
+    fraction = text.partition(".")[2]
+    if len(fraction) > MAX_PRICE_FRACTION_DIGITS:
+        violations.add(field, f"must have at most {MAX_PRICE_FRACTION_DIGITS} digits after the point")
+    elif price > MAX_PRICE_PER_MTOK:
+        violations.add(field, f"must be at most {MAX_PRICE_PER_MTOK} dollars per million tokens")
+    return price
+
+
+def check_provider(violations: Violations, field: str, provider: str) -> None:
+    """A provider id as the proxy logs it: lowercase letters, digits, '.', '_' and '-'."""
+    if not provider:
+        violations.add(field, 'is required, e.g. "openai"')
+    elif len(provider) > MAX_PROVIDER_LENGTH or not _PROVIDER.match(provider):
+        violations.add(
+            field, f'must be a provider id such as "openai" (lowercase letters, digits, . _ -), got {provider[:40]!r}'
+        )
+
+
+def check_model(violations: Violations, field: str, model: str) -> None:
+    """A model name the proxy could log."""
+    if not model:
+        violations.add(field, "is required")
+    elif len(model) > MAX_MODEL_NAME_LENGTH:
+        violations.add(field, f"must be at most {MAX_MODEL_NAME_LENGTH} characters")
+    elif "\x00" in model:
+        violations.add(field, "must not contain NUL (U+0000) characters")
+
+
+@functools.lru_cache(maxsize=1024)
+def genai_prices_knows(provider: str, model: str) -> bool:
+    """Whether genai-prices has a price for ``model`` at ``provider`` (an alias must point at one)."""
+    try:
+        calc_price(Usage(input_tokens=0, output_tokens=0), model_ref=model, provider_id=provider)
+    except LookupError:
+        return False
+    return True
+
+
+def price_text(price: Decimal) -> str:
+    """A stored price as its decimal string (as written: "2.50" stays "2.50")."""
+    return format(price, "f")
+
+
+class PricingWatchers:
+    """The WatchPricing streams of this replica, each fed the ids of organizations whose pricing changed."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[str]] = set()
+
+    def notify(self, organization_id: str) -> None:
+        """Tells every watcher; one that is too far behind is told that anything may have changed."""
+        for queue in self._queues:
+            if queue.full():
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait("")
+            else:
+                queue.put_nowait(organization_id)
+
+    def on_postgres_notice(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        """An asyncpg listener callback for :data:`NOTIFY_CHANNEL` (changes made through other replicas)."""
+        self.notify(str(payload))
+
+    async def watch(self) -> AsyncIterator[pb.WatchPricingResponse]:
+        """One watcher's notices, beginning with "anything may have changed"."""
+        queue: asyncio.Queue[str] = asyncio.Queue(WATCH_QUEUE_SIZE)
+        self._queues.add(queue)
+        try:
+            yield pb.WatchPricingResponse()
+            while True:
+                yield pb.WatchPricingResponse(organization_id=await queue.get())
+        finally:
+            self._queues.discard(queue)
