@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 def stub(auth_stub: Stub) -> Stub:
     return auth_stub
 
+
 ADMIN = pb.API_KEY_SCOPE_ADMIN
 READ = pb.API_KEY_SCOPE_READ
 PROXY = pb.API_KEY_SCOPE_PROXY
@@ -37,12 +38,12 @@ async def test_overrides_are_set_replaced_listed_and_deleted_exactly(stub: Stub)
     reader = as_key((await key(stub, org, READ)).secret)
     set_ = await stub.SetPriceOverride(
         pb.SetPriceOverrideRequest(
-            price_override=override(input_price_per_mtok="0.1000000001", cached_input_price_per_mtok="0.05")
+            price_override=override(input_price_per_mtok="0.100001", cached_input_price_per_mtok="0.05")
         ),
         metadata=admin,
     )
     saved = set_.price_override
-    assert (saved.input_price_per_mtok, saved.output_price_per_mtok) == ("0.1000000001", "10")
+    assert (saved.input_price_per_mtok, saved.output_price_per_mtok) == ("0.100001", "10")
     assert saved.cached_input_price_per_mtok == "0.05" and not saved.HasField("cache_write_price_per_mtok")
     # Setting again replaces; another model is a second override.
     await stub.SetPriceOverride(
@@ -73,7 +74,7 @@ async def test_override_bad_input_names_each_field(stub: Stub) -> None:
         model="",
         input_price_per_mtok="-1",
         output_price_per_mtok="1e-6",
-        cached_input_price_per_mtok="0.12345678901",
+        cached_input_price_per_mtok="0.1234567",
         cache_write_price_per_mtok="2000000",
     )
     violations = await violations_of(

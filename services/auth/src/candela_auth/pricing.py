@@ -34,7 +34,10 @@ logger = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "candela_pricing"
 """The Postgres NOTIFY channel that carries the id of an organization whose pricing changed."""
 MAX_PRICE_PER_MTOK = Decimal(1_000_000)
-MAX_PRICE_FRACTION_DIGITS = 10
+MAX_PRICE_FRACTION_DIGITS = 6
+"""A millionth of a dollar per million tokens: a token then costs a whole number of 1e-12 dollars, and the
+logs keep costs to 12 decimal places (Postgres numeric(30, 12), ClickHouse Decimal), so every cost an
+override gives is stored exactly."""
 MAX_PROVIDER_LENGTH = 100
 _PRICE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _PROVIDER = re.compile(r"^[a-z0-9][a-z0-9._-]*$")

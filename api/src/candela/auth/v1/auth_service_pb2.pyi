@@ -476,7 +476,8 @@ Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
 @_typing.final
 class PriceOverride(_message.Message):
     """An organization's own price for one (provider, model), in US dollars per million tokens. Each price is
-    a decimal string ("2.5", "0.075"): at least 0, at most 1000000, at most 10 digits after the point.
+    a decimal string ("2.5", "0.075"): at least 0, at most 1000000, at most 6 digits after the point
+    (so each token costs a whole number of 1e-12 dollars, which the logs store exactly).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
