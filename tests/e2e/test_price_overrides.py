@@ -6,9 +6,11 @@ other tests' costs stay genai-prices'.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 
+import anthropic
 import grpc
 import httpx
 import openai
@@ -129,3 +131,51 @@ def test_a_bad_price_is_a_400_naming_the_field(rest: httpx.Client) -> None:
     )
     assert refused.status_code == 400, refused.text
     assert "price_override.input_price_per_mtok" in refused.text
+
+
+def test_service_tiers_one_hour_cache_writes_and_web_searches_are_priced_from_what_the_provider_reports(
+    stack: Stack, llm: openai.OpenAI, admin_key: str, query_stub: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    # GPT-5 mini per million tokens: standard $0.25 / $2, flex $0.125 / $1 (OpenAI's published prices).
+    raw = llm.chat.completions.with_raw_response.create(
+        model="gpt-5-mini", service_tier="flex", messages=[{"role": "user", "content": "cheap please"}]
+    )
+    assert raw.parse().service_tier == "flex"
+    record = wait_for_logged_request(query_stub, admin_key, raw.headers["candela-id"]).request
+    usage = record.usage
+    assert (
+        Decimal(record.cost_usd) == (usage.prompt_tokens * Decimal("0.125") + usage.completion_tokens * 1) / 1_000_000
+    )
+
+    # Claude Haiku 4.5 per million tokens: input $1, output $5, 5-minute cache write $1.25, 1-hour $2; web
+    # search $10 per thousand.
+    extras = {
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 400},
+        "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 1},
+    }
+    with (
+        anthropic.Anthropic(
+            base_url=f"{stack.gateway_url}/anthropic",
+            api_key="sk-ant-provider-key",
+            default_headers={
+                "Candela-Auth": f"Bearer {admin_key}",
+                "x-fake-cache-write-tokens": "500",
+                "x-fake-usage": json.dumps(extras),
+            },
+            max_retries=0,
+        ) as claude,
+        claude.messages.with_streaming_response.create(
+            model="claude-haiku-4-5",
+            max_tokens=64,
+            stream=True,
+            messages=[{"role": "user", "content": "search twice and cache it for an hour, please"}],
+        ) as streamed,
+    ):
+        request_id = streamed.headers["candela-id"]
+        b"".join(streamed.iter_bytes())
+    record = wait_for_logged_request(query_stub, admin_key, request_id).request
+    usage = record.usage
+    assert usage.cache_write_tokens == 500
+    uncached = usage.prompt_tokens - 500
+    expected = (uncached * 1 + 100 * Decimal("1.25") + 400 * 2 + usage.completion_tokens * 5) / Decimal(1_000_000)
+    assert Decimal(record.cost_usd) == expected + 2 * Decimal("0.01")

@@ -28,8 +28,12 @@ PROXY = pb.API_KEY_SCOPE_PROXY
 
 
 def override(**fields: str) -> pb.PriceOverride:
-    values = {"provider": "openai", "model": "gpt-4o", "input_price_per_mtok": "2.5", "output_price_per_mtok": "10"}
-    return pb.PriceOverride(**{**values, **fields})
+    message = pb.PriceOverride(
+        provider="openai", model="gpt-4o", input_price_per_mtok="2.5", output_price_per_mtok="10"
+    )
+    for name, value in fields.items():
+        setattr(message, name, value)
+    return message
 
 
 async def test_overrides_are_set_replaced_listed_and_deleted_exactly(stub: Stub) -> None:
@@ -44,7 +48,8 @@ async def test_overrides_are_set_replaced_listed_and_deleted_exactly(stub: Stub)
     )
     saved = set_.price_override
     assert (saved.input_price_per_mtok, saved.output_price_per_mtok) == ("0.100001", "10")
-    assert saved.cached_input_price_per_mtok == "0.05" and not saved.HasField("cache_write_price_per_mtok")
+    assert saved.cached_input_price_per_mtok == "0.05"
+    assert not saved.HasField("cache_write_price_per_mtok")
     # Setting again replaces; another model is a second override.
     await stub.SetPriceOverride(
         pb.SetPriceOverrideRequest(price_override=override(output_price_per_mtok="12.75")), metadata=admin
