@@ -12,6 +12,10 @@ import grpc
 import pytest
 
 from candela.auth.v1 import auth_service_pb2 as pb
+from candela.auth.v1 import auth_service_pb2_grpc
+from candela_proxy.org_pricing import PricingDirectory
+from tests.conftest import SERVICE_TOKEN
+from tests.integration.conftest import AuthServer
 from tests.integration.test_auth_servicer import INTERNAL, Stub, as_key, code_of, key, organization, violations_of
 
 pytestmark = pytest.mark.integration
@@ -162,3 +166,29 @@ async def _first_notice(stub: Stub, metadata: tuple[tuple[str, str], ...]) -> pb
     async for notice in stub.WatchPricing(pb.WatchPricingRequest(), metadata=metadata):
         return notice
     raise AssertionError("the stream ended without a notice")
+
+
+async def test_the_proxy_pricing_cache_drops_an_organization_when_told_and_fails_unpriced(
+    stub: Stub, auth_server: AuthServer
+) -> None:
+    org = await organization(stub)
+    admin = as_key((await key(stub, org, ADMIN)).secret)
+    async with grpc.aio.insecure_channel(auth_server.address) as channel:
+        directory = PricingDirectory(auth_service_pb2_grpc.AuthServiceStub(channel), SERVICE_TOKEN)
+        directory.start()
+        try:
+            while not directory.watching:
+                await asyncio.sleep(0.01)
+            # Cached for an hour while watched: only the notice can make the next get see the override.
+            assert (await directory.get(org)).overrides == {}
+            await stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)
+            deadline = asyncio.get_running_loop().time() + 3
+            while not (pricing := await directory.get(org)).overrides:
+                assert asyncio.get_running_loop().time() < deadline, "the cached entry was never dropped"
+                await asyncio.sleep(0.01)
+            assert pricing.overrides[("openai", "gpt-4o")].output_per_mtok == Decimal(10)
+        finally:
+            await directory.close()
+    async with grpc.aio.insecure_channel(auth_server.address) as channel:
+        wrong = PricingDirectory(auth_service_pb2_grpc.AuthServiceStub(channel), "not-the-service-token")
+        assert not (await wrong.get(org)).available, "pricing it cannot learn leaves requests unpriced"

@@ -8,8 +8,12 @@ a fetch per request would cost a round trip, ~1.4 ms). A cache with a lifetime w
 that lifetime, so instead every change is pushed: a write commits together with ``pg_notify`` on
 :data:`NOTIFY_CHANNEL`, every auth replica LISTENs on it and forwards the organization's id to the proxies
 watching it (AuthService.WatchPricing), which drop that organization's cached pricing. The replica that made
-the change also forwards it itself before it answers, so a caller that waits for the answer and then sends
-a request through a proxy watching that replica gets the new price. A proxy whose watch stream breaks
+the change also forwards it itself, and answers only once its watch streams have sent the notice
+(:meth:`PricingWatchers.delivered`, bounded by :data:`DELIVERY_TIMEOUT_S`): the notice is on each watching
+proxy's connection before the caller learns the change is done, so the caller's next request finds the new
+price. (A proxy watching another replica hears of it through NOTIFY, a few milliseconds later: the
+guarantee is strict where proxies watch the replica that was written to, as in the single-auth stack, and
+within milliseconds otherwise.) A proxy whose watch stream breaks
 drops its whole cache and refetches on demand (the first notice of a new stream says "anything may have
 changed"), so a notice missed while disconnected cannot leave an old price behind.
 """
@@ -41,6 +45,8 @@ override gives is stored exactly."""
 MAX_PROVIDER_LENGTH = 100
 _PRICE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _PROVIDER = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+DELIVERY_TIMEOUT_S = 2.0
+"""How long a pricing write waits for the watch streams to send its notice before it answers."""
 WATCH_QUEUE_SIZE = 1024
 """Notices a watcher may fall behind by; past that it is sent "anything may have changed" instead."""
 
@@ -115,9 +121,22 @@ class PricingWatchers:
             if queue.full():
                 while not queue.empty():
                     queue.get_nowait()
+                    queue.task_done()
                 queue.put_nowait("")
             else:
                 queue.put_nowait(organization_id)
+
+    async def delivered(self, timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
+        """Waits until every watcher's stream has sent what it was told (so a change is on the proxies'
+        sockets before the caller hears it is done); a stream that stalls longer than ``timeout_s`` is
+        logged and not waited for (its proxy refetches when the stream breaks)."""
+        pending = [queue.join() for queue in self._queues]
+        if not pending:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*pending), timeout_s)
+        except TimeoutError:
+            logger.warning("a pricing watcher did not take a change notice within %.1f s", timeout_s)
 
     def on_postgres_notice(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         """An asyncpg listener callback for :data:`NOTIFY_CHANNEL` (changes made through other replicas)."""
@@ -130,6 +149,9 @@ class PricingWatchers:
         try:
             yield pb.WatchPricingResponse()
             while True:
-                yield pb.WatchPricingResponse(organization_id=await queue.get())
+                organization_id = await queue.get()
+                yield pb.WatchPricingResponse(organization_id=organization_id)
+                # gRPC asks for the next message once it has sent this one: now it is delivered.
+                queue.task_done()
         finally:
             self._queues.discard(queue)

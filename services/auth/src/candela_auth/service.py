@@ -273,7 +273,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
         if row is None:
             raise NotFound(f"organization {organization_id} does not exist")
-        self._watchers.notify(str(organization_id))
+        await self._changed(organization_id)
         logger.info("set a price override for organization %s", organization_id)
         return pb.SetPriceOverrideResponse(price_override=_price_override_message(row))
 
@@ -302,7 +302,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         assert organization_id is not None
         if not await self._pricing.delete_price_override(organization_id, request.provider, request.model):
             raise NotFound(f"no price override for {request.provider} {request.model!r}")
-        self._watchers.notify(str(organization_id))
+        await self._changed(organization_id)
         logger.info("deleted a price override of organization %s", organization_id)
         return pb.DeletePriceOverrideResponse()
 
@@ -328,7 +328,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
         if row is None:
             raise NotFound(f"organization {organization_id} does not exist")
-        self._watchers.notify(str(organization_id))
+        await self._changed(organization_id)
         logger.info("set a model alias for organization %s", organization_id)
         return pb.SetModelAliasResponse(model_alias=_model_alias_message(row))
 
@@ -356,7 +356,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         assert organization_id is not None
         if not await self._pricing.delete_model_alias(organization_id, request.model):
             raise NotFound(f"no model alias for {request.model!r}")
-        self._watchers.notify(str(organization_id))
+        await self._changed(organization_id)
         logger.info("deleted a model alias of organization %s", organization_id)
         return pb.DeleteModelAliasResponse()
 
@@ -366,6 +366,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         require_service_credential(context, self._service_token)
         async for notice in self._watchers.watch():
             yield notice
+
+    async def _changed(self, organization_id: uuid.UUID) -> None:
+        """Tells the proxies watching this replica, and waits until the notice is sent (see candela_auth.pricing)."""
+        self._watchers.notify(str(organization_id))
+        await self._watchers.delivered()
 
     # --- authorization ---------------------------------------------------------------------------
 

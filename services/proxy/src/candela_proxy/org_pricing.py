@@ -131,6 +131,11 @@ class PricingDirectory:
                 await self._watch_task
             self._watch_task = None
 
+    @property
+    def watching(self) -> bool:
+        """Whether the watch stream is up (entries then live until a notice drops them)."""
+        return self._watching
+
     async def get(self, organization_id: str) -> OrganizationPricing:
         """The organization's pricing: cached, else fetched once however many requests ask at a time."""
         cached = self._entries.get(organization_id)
