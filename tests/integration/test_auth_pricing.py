@@ -177,8 +177,7 @@ async def test_the_proxy_pricing_cache_drops_an_organization_when_told_and_fails
         directory = PricingDirectory(auth_service_pb2_grpc.AuthServiceStub(channel), SERVICE_TOKEN)
         directory.start()
         try:
-            while not directory.watching:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(directory.until_watching(), 5)
             # Cached for an hour while watched: only the notice can make the next get see the override.
             assert (await directory.get(org)).overrides == {}
             await stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)

@@ -116,7 +116,7 @@ class PricingDirectory:
         self._fetches: dict[str, asyncio.Future[OrganizationPricing]] = {}
         # Bumped by every notice: a fetch that began before one is answered but not kept.
         self._generation = 0
-        self._watching = False
+        self._watching = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -131,10 +131,9 @@ class PricingDirectory:
                 await self._watch_task
             self._watch_task = None
 
-    @property
-    def watching(self) -> bool:
-        """Whether the watch stream is up (entries then live until a notice drops them)."""
-        return self._watching
+    async def until_watching(self) -> None:
+        """Returns once the watch stream is up (entries then live until a notice drops them)."""
+        await self._watching.wait()
 
     async def get(self, organization_id: str) -> OrganizationPricing:
         """The organization's pricing: cached, else fetched once however many requests ask at a time."""
@@ -186,7 +185,7 @@ class PricingDirectory:
         if generation == self._generation:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
-            lifetime = WATCHED_TTL_S if self._watching else UNWATCHED_TTL_S
+            lifetime = WATCHED_TTL_S if self._watching.is_set() else UNWATCHED_TTL_S
             self._entries[organization_id] = (time.monotonic() + lifetime, pricing)
         return pricing
 
@@ -200,12 +199,12 @@ class PricingDirectory:
                     # The first notice of each stream is "" (anything may have changed): from then on this
                     # proxy hears of every change, so entries may live long.
                     self.forget(notice.organization_id)
-                    self._watching = True
+                    self._watching.set()
                     failures = 0
                 logger.warning("the pricing watch stream ended; reconnecting")
             except grpc.aio.AioRpcError as err:
                 logger.warning("the pricing watch stream failed (%s); reconnecting", err.code().name)
-            self._watching = False
+            self._watching.clear()
             self.forget("")
             await asyncio.sleep(RECONNECT_DELAYS_S[min(failures, len(RECONNECT_DELAYS_S) - 1)])
             failures += 1
