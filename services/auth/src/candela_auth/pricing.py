@@ -44,7 +44,9 @@ logs keep costs to 12 decimal places (Postgres numeric(30, 12), ClickHouse Decim
 override gives is stored exactly."""
 MAX_PROVIDER_LENGTH = 100
 _PRICE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-_PROVIDER = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# A provider id ("openai") or a custom target's host[:port] as the proxy logs it ("api.groq.com",
+# "127.0.0.1:8000", "[::1]:8000").
+_PROVIDER = re.compile(r"^[a-z0-9\[][a-z0-9._:\[\]-]*$")
 DELIVERY_TIMEOUT_S = 2.0
 """How long a pricing write waits for the watch streams to send its notice before it answers."""
 WATCH_QUEUE_SIZE = 1024
@@ -75,12 +77,13 @@ def parse_price(violations: Violations, field: str, text: str, *, required: bool
 
 
 def check_provider(violations: Violations, field: str, provider: str) -> None:
-    """A provider id as the proxy logs it: lowercase letters, digits, '.', '_' and '-'."""
+    """A provider as the proxy logs it: an id or a custom target's host[:port], in lowercase."""
     if not provider:
         violations.add(field, 'is required, e.g. "openai"')
     elif len(provider) > MAX_PROVIDER_LENGTH or not _PROVIDER.match(provider):
         violations.add(
-            field, f'must be a provider id such as "openai" (lowercase letters, digits, . _ -), got {provider[:40]!r}'
+            field,
+            f'must be a provider as logged, such as "openai" or "api.groq.com" (lowercase), got {provider[:40]!r}',
         )
 
 

@@ -490,7 +490,7 @@ class PriceOverride(_message.Message):
     CACHE_WRITE_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """The provider as logged: "openai", "anthropic", or the provider of a custom target ("groq", ...)."""
+    """The provider as logged: "openai", "anthropic", or a custom target's host[:port] ("api.groq.com")."""
     model: _builtins.str
     """The model as requested or as answered (either matches)."""
     input_price_per_mtok: _builtins.str

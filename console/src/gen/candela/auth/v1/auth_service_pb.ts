@@ -441,7 +441,7 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
  */
 export type PriceOverride = Message<"candela.auth.v1.PriceOverride"> & {
   /**
-   * The provider as logged: "openai", "anthropic", or the provider of a custom target ("groq", ...).
+   * The provider as logged: "openai", "anthropic", or a custom target's host[:port] ("api.groq.com").
    *
    * @generated from field: string provider = 1;
    */
