@@ -13,6 +13,9 @@ import pytest
 
 from candela.auth.v1 import auth_service_pb2 as pb
 from candela.auth.v1 import auth_service_pb2_grpc
+from candela_auth.app import build_deps as build_auth_deps
+from candela_auth.app import create_server as create_auth_server
+from candela_auth.config import AuthConfig
 from candela_proxy.org_pricing import PricingDirectory
 from tests.conftest import SERVICE_TOKEN
 from tests.integration.conftest import AuthServer
@@ -191,3 +194,25 @@ async def test_the_proxy_pricing_cache_drops_an_organization_when_told_and_fails
     async with grpc.aio.insecure_channel(auth_server.address) as channel:
         wrong = PricingDirectory(auth_service_pb2_grpc.AuthServiceStub(channel), "not-the-service-token")
         assert not (await wrong.get(org)).available, "pricing it cannot learn leaves requests unpriced"
+
+
+async def test_a_change_through_one_replica_reaches_the_watchers_of_another(stub: Stub, postgres_dsn: str) -> None:
+    org = await organization(stub)
+    admin = as_key((await key(stub, org, ADMIN)).secret)
+    config = AuthConfig(service_token=SERVICE_TOKEN, postgres_dsn=postgres_dsn, grpc_port=0)
+    async with build_auth_deps(config) as deps:
+        other = await create_auth_server(config, deps)
+        await other.set_serving()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+                call = auth_service_pb2_grpc.AuthServiceStub(channel).WatchPricing(
+                    pb.WatchPricingRequest(), metadata=INTERNAL
+                )
+                notices = call.__aiter__()
+                assert (await asyncio.wait_for(notices.__anext__(), 10)).organization_id == ""
+                # Written through the first replica; heard by the second through Postgres NOTIFY.
+                await stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)
+                assert (await asyncio.wait_for(notices.__anext__(), 10)).organization_id == org
+                call.cancel()
+        finally:
+            await other.stop(1)

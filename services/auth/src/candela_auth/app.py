@@ -51,7 +51,12 @@ async def build_deps(config: AuthConfig) -> AsyncIterator[AuthDeps]:
 
 async def create_server(config: AuthConfig, deps: AuthDeps) -> GrpcServer:
     """The auth gRPC server, started and NOT_SERVING until the caller marks it ready."""
-    servicer = AuthServicer(AuthStore(deps.pool), config.service_token, PricingStore(deps.pool), deps.pricing_watchers)
+    servicer = AuthServicer(
+        AuthStore(deps.pool),
+        config.service_token,
+        PricingStore(deps.pool, deps.pricing_watchers.replica_id),
+        deps.pricing_watchers,
+    )
     return await create_grpc_server(
         host=config.grpc_host,
         port=config.grpc_port,

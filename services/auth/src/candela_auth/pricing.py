@@ -24,6 +24,7 @@ import asyncio
 import functools
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal, InvalidOperation
 
@@ -112,10 +113,18 @@ def price_text(price: Decimal) -> str:
     return format(price, "f")
 
 
+def notice_payload(replica_id: str, organization_id: uuid.UUID) -> str:
+    """The NOTIFY payload of a change: the replica that made it (which has told its own watchers already)
+    and the organization."""
+    return f"{replica_id} {organization_id}"
+
+
 class PricingWatchers:
     """The WatchPricing streams of this replica, each fed the ids of organizations whose pricing changed."""
 
     def __init__(self) -> None:
+        self.replica_id = uuid.uuid4().hex
+        """This replica's name in the NOTIFY payloads, so it skips the notices of its own changes."""
         self._queues: set[asyncio.Queue[str]] = set()
 
     def notify(self, organization_id: str) -> None:
@@ -142,8 +151,11 @@ class PricingWatchers:
             logger.warning("a pricing watcher did not take a change notice within %.1f s", timeout_s)
 
     def on_postgres_notice(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
-        """An asyncpg listener callback for :data:`NOTIFY_CHANNEL` (changes made through other replicas)."""
-        self.notify(str(payload))
+        """An asyncpg listener callback for :data:`NOTIFY_CHANNEL`: tells the watchers of changes made through
+        other replicas (this replica's own were told as they were made)."""
+        replica_id, _, organization_id = str(payload).partition(" ")
+        if replica_id != self.replica_id:
+            self.notify(organization_id)
 
     async def watch(self) -> AsyncIterator[pb.WatchPricingResponse]:
         """One watcher's notices, beginning with "anything may have changed"."""

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from candela_auth.pricing import NOTIFY_CHANNEL
+from candela_auth.pricing import NOTIFY_CHANNEL, notice_payload
 
 _OVERRIDE_COLUMNS = (
     "provider, model, input_price_per_mtok, output_price_per_mtok, cached_input_price_per_mtok, "
@@ -46,8 +46,9 @@ class PricingStore:
     """Queries over ``price_overrides`` and ``model_aliases``. Every write commits with a NOTIFY on
     :data:`~candela_auth.pricing.NOTIFY_CHANNEL`, so each auth replica hears of it."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, replica_id: str) -> None:
         self._pool = pool
+        self._replica_id = replica_id
 
     async def set_price_override(
         self,
@@ -83,7 +84,7 @@ class PricingStore:
                 cache_write_price,
             )
             if row is not None:
-                await _notify(connection, organization_id)
+                await _notify(connection, self._replica_id, organization_id)
         return None if row is None else PriceOverrideRow(**dict(row))
 
     async def list_price_overrides(self, organization_id: uuid.UUID) -> list[PriceOverrideRow]:
@@ -104,7 +105,7 @@ class PricingStore:
                 model,
             )
             if deleted is not None:
-                await _notify(connection, organization_id)
+                await _notify(connection, self._replica_id, organization_id)
         return deleted is not None
 
     async def set_model_alias(
@@ -128,7 +129,7 @@ class PricingStore:
                 target_model,
             )
             if row is not None:
-                await _notify(connection, organization_id)
+                await _notify(connection, self._replica_id, organization_id)
         return None if row is None else ModelAliasRow(**dict(row))
 
     async def list_model_aliases(self, organization_id: uuid.UUID) -> list[ModelAliasRow]:
@@ -148,10 +149,10 @@ class PricingStore:
                 model,
             )
             if deleted is not None:
-                await _notify(connection, organization_id)
+                await _notify(connection, self._replica_id, organization_id)
         return deleted is not None
 
 
-async def _notify(connection: asyncpg.Connection, organization_id: uuid.UUID) -> None:
+async def _notify(connection: asyncpg.Connection, replica_id: str, organization_id: uuid.UUID) -> None:
     """Queues the change notice; Postgres delivers it when (and only if) the transaction commits."""
-    await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(organization_id))
+    await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, notice_payload(replica_id, organization_id))
