@@ -216,3 +216,21 @@ async def test_a_change_through_one_replica_reaches_the_watchers_of_another(stub
                 call.cancel()
         finally:
             await other.stop(1)
+
+
+async def test_concurrent_requests_share_one_fetch_that_a_cancelled_one_does_not_stop(
+    stub: Stub, auth_server: AuthServer
+) -> None:
+    org = await organization(stub)
+    admin = as_key((await key(stub, org, ADMIN)).secret)
+    await stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)
+    async with grpc.aio.insecure_channel(auth_server.address) as channel:
+        directory = PricingDirectory(auth_service_pb2_grpc.AuthServiceStub(channel), SERVICE_TOKEN)
+        first = asyncio.get_running_loop().create_task(directory.get(org))
+        others = [asyncio.get_running_loop().create_task(directory.get(org)) for _ in range(5)]
+        await asyncio.sleep(0)
+        first.cancel()
+        answers = await asyncio.wait_for(asyncio.gather(*others), 10)
+        assert all(answer is answers[0] for answer in answers), "one fetch served them all"
+        assert ("openai", "gpt-4o") in answers[0].overrides
+        await directory.close()

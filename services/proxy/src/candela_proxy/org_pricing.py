@@ -113,7 +113,7 @@ class PricingDirectory:
         self._stub = stub
         self._metadata = service_metadata(service_token)
         self._entries: dict[str, tuple[float, OrganizationPricing]] = {}
-        self._fetches: dict[str, asyncio.Future[OrganizationPricing]] = {}
+        self._fetches: dict[str, asyncio.Task[OrganizationPricing]] = {}
         # Bumped by every notice: a fetch that began before one is answered but not kept.
         self._generation = 0
         self._watching = asyncio.Event()
@@ -124,7 +124,9 @@ class PricingDirectory:
         self._watch_task = asyncio.get_running_loop().create_task(self._follow())
 
     async def close(self) -> None:
-        """Stops the watch stream."""
+        """Stops the watch stream and the fetches under way."""
+        for fetch in list(self._fetches.values()):
+            fetch.cancel()
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,20 +138,17 @@ class PricingDirectory:
         await self._watching.wait()
 
     async def get(self, organization_id: str) -> OrganizationPricing:
-        """The organization's pricing: cached, else fetched once however many requests ask at a time."""
+        """The organization's pricing: cached, else fetched once however many requests ask at a time (in a
+        task of its own, so a request that is cancelled meanwhile does not cancel it for the others)."""
         cached = self._entries.get(organization_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        pending = self._fetches.get(organization_id)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._fetches[organization_id] = pending
-            try:
-                pending.set_result(await self._fetch(organization_id))
-            finally:
-                del self._fetches[organization_id]
-            return pending.result()
-        return await asyncio.shield(pending)
+        fetch = self._fetches.get(organization_id)
+        if fetch is None:
+            fetch = asyncio.get_running_loop().create_task(self._fetch(organization_id))
+            self._fetches[organization_id] = fetch
+            fetch.add_done_callback(lambda _: self._fetches.pop(organization_id, None))
+        return await asyncio.shield(fetch)
 
     def forget(self, organization_id: str) -> None:
         """Drops an organization's entry ("" drops them all): what a WatchPricing notice does."""
