@@ -65,6 +65,9 @@ SERVICES = candela_services()
 METHODS = [method for service in SERVICES for method in service.methods]
 EXAMPLES_PER_RPC = 200
 CALL_TIMEOUT_S = 20.0
+# Server streams that never end by design (a subscription): their first answer is read, then the call is
+# cancelled; the property is about that answer (a status or a first message), not about an end.
+SUBSCRIPTIONS = {"/candela.auth.v1.AuthService/WatchPricing"}
 # Most calls present a valid credential, so most reach the code behind authentication.
 CREDENTIALS = ("admin key",) * 3 + ("service credential",) * 2 + ("read key", "none", "unknown key", "basic auth")
 OUR_FAULTS = {
@@ -274,7 +277,12 @@ def _check_rpc(mesh: Mesh, method: MethodDescriptor) -> None:
 
         def call(payload: bytes, metadata: tuple[tuple[str, str], ...], timeout: float) -> None:
             """One call, its whole answer read (every message of a server stream, e.g. an export)."""
-            if method.server_streaming:
+            if method_path(method) in SUBSCRIPTIONS:
+                answers = stream(payload, metadata=metadata, timeout=timeout)
+                for _first in answers:
+                    break
+                answers.cancel()  # type: ignore[no-untyped-call]
+            elif method.server_streaming:
                 list(stream(payload, metadata=metadata, timeout=timeout))
             else:
                 unary(payload, metadata=metadata, timeout=timeout)

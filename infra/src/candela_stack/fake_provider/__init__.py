@@ -64,6 +64,10 @@ and the ``text`` of content parts/blocks; images, tool calls and other parts cou
 - ``x-fake-usage: {"prompt_tokens": 5000000000, ...}`` (a JSON object) replaces or adds those keys of the
   top-level ``usage`` object of every answer (and of each stream's usage events) verbatim, whatever their
   values: a provider reporting counts out of any sane range (negative, 2**63, 5e9) can be played.
+- OpenAI answers (chat, chat chunks, Responses) report the ``service_tier`` that served them: the request's
+  ``flex`` or ``priority``, else ``default``, as OpenAI does. Anthropic's 1-hour cache writes and server-tool
+  use are played with ``x-fake-usage``, e.g. ``{"cache_creation": {"ephemeral_5m_input_tokens": 100,
+  "ephemeral_1h_input_tokens": 400}, "server_tool_use": {"web_search_requests": 2}}``.
 - ``x-fake-reasoning-tokens: N`` reports N reasoning tokens, counted inside the completion/output tokens:
   OpenAI ``completion_tokens_details.reasoning_tokens``, Responses ``output_tokens_details.reasoning_tokens``,
   Anthropic ``usage.output_tokens_details.thinking_tokens`` (only present when N > 0). The limit that

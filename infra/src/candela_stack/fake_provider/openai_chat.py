@@ -21,6 +21,7 @@ from candela_stack.fake_provider.openai_common import (
     optional_int,
     require_openai_field,
     require_openai_model,
+    served_tier,
     stream_options,
 )
 from candela_stack.fake_provider.scenario import scenario_of
@@ -83,7 +84,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
         ],
         "usage": chat_usage(usage),
-        "service_tier": "default",
+        "service_tier": served_tier(body),
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
     return openai_json(payload, started)
@@ -108,7 +109,7 @@ async def _stream_chat(
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "service_tier": "default",
+            "service_tier": served_tier(body),
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": choices,
         }

@@ -69,3 +69,13 @@ def obfuscation_padding(payload: str) -> str:
     """Deterministic stand-in for OpenAI's random ``obfuscation`` field (pads to a multiple of 16)."""
     length = 16 - len(payload) % 16
     return (string.ascii_letters + string.digits)[len(payload) % 40 :][:length]
+
+
+SERVED_TIERS: Final = frozenset({"default", "flex", "priority"})
+
+
+def served_tier(body: JSONObject) -> str:
+    """The ``service_tier`` OpenAI reports as having served a request: the tier it asked for when that is
+    one it serves (``flex``, ``priority``), else ``default`` (what ``auto`` and an absent tier get)."""
+    asked = body.get("service_tier")
+    return asked if isinstance(asked, str) and asked in SERVED_TIERS else "default"

@@ -21,6 +21,7 @@ from candela_stack.fake_provider.openai_common import (
     optional_int,
     require_openai_field,
     require_openai_model,
+    served_tier,
 )
 from candela_stack.fake_provider.scenario import scenario_of
 from candela_stack.fake_provider.wire import (
@@ -102,7 +103,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             "prompt_cache_retention": body.get("prompt_cache_retention"),
             "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
             "safety_identifier": body.get("safety_identifier"),
-            "service_tier": "default" if final else "auto",
+            "service_tier": served_tier(body) if final else body.get("service_tier", "auto"),
             "store": body.get("store", True),
             "temperature": body.get("temperature", 1.0),
             "text": body.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},

@@ -12,6 +12,13 @@ UpdateOrganization  any organization                            ADMIN, its own o
 CreateApiKey        any organization                            ADMIN, its own organization
 ListApiKeys         any organization                            ADMIN, its own organization
 RevokeApiKey        any key                                     ADMIN, keys of its own organization
+SetPriceOverride    any organization                            ADMIN, its own organization
+ListPriceOverrides  any organization                            READ, its own organization
+DeletePriceOverride any organization                            ADMIN, its own organization
+SetModelAlias       any organization                            ADMIN, its own organization
+ListModelAliases    any organization                            READ, its own organization
+DeleteModelAlias    any organization                            ADMIN, its own organization
+WatchPricing        yes                                         no (UNAUTHENTICATED)
 ==================  ==========================================  =========================================
 
 ADMIN implies every scope. A user call naming another organization is PERMISSION_DENIED; another
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
@@ -38,6 +46,15 @@ from google.protobuf import timestamp_pb2
 from candela.auth.v1 import auth_service_pb2 as pb
 from candela.auth.v1 import auth_service_pb2_grpc
 from candela_auth import keys
+from candela_auth.pricing import (
+    PricingWatchers,
+    check_model,
+    check_provider,
+    genai_prices_knows,
+    parse_price,
+    price_text,
+)
+from candela_auth.pricing_store import ModelAliasRow, PriceOverrideRow, PricingStore
 from candela_auth.store import ApiKeyRow, AuthStore, OrganizationRow
 from candela_runtime.errors import NotFound, PermissionDenied, Unauthenticated, Violations
 from candela_runtime.security import bearer_key, has_service_credential, require_service_credential
@@ -91,9 +108,11 @@ def _is_usable(key: ApiKeyRow, now: datetime) -> bool:
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     """Organizations and API keys, stored in Postgres."""
 
-    def __init__(self, store: AuthStore, service_token: str) -> None:
+    def __init__(self, store: AuthStore, service_token: str, pricing: PricingStore, watchers: PricingWatchers) -> None:
         self._store = store
         self._service_token = service_token
+        self._pricing = pricing
+        self._watchers = watchers
 
     # --- organizations ---------------------------------------------------------------------------
 
@@ -216,6 +235,143 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             response.expire_time.CopyFrom(_timestamp(row.expires_at))
         return response
 
+    # --- pricing (see candela_auth.pricing) -------------------------------------------------------
+
+    async def SetPriceOverride(
+        self, request: pb.SetPriceOverrideRequest, context: Context
+    ) -> pb.SetPriceOverrideResponse:
+        violations = Violations()
+        organization_id = await self._target_organization(
+            context, violations, request.organization_id, pb.API_KEY_SCOPE_ADMIN
+        )
+        wanted = request.price_override
+        check_provider(violations, "price_override.provider", wanted.provider)
+        check_model(violations, "price_override.model", wanted.model)
+        input_price = parse_price(violations, "price_override.input_price_per_mtok", wanted.input_price_per_mtok)
+        output_price = parse_price(violations, "price_override.output_price_per_mtok", wanted.output_price_per_mtok)
+        cached_input_price = parse_price(
+            violations,
+            "price_override.cached_input_price_per_mtok",
+            wanted.cached_input_price_per_mtok,
+            required=False,
+        )
+        cache_write_price = parse_price(
+            violations, "price_override.cache_write_price_per_mtok", wanted.cache_write_price_per_mtok, required=False
+        )
+        violations.raise_if_any()
+        assert organization_id is not None
+        assert input_price is not None
+        assert output_price is not None
+        row = await self._pricing.set_price_override(
+            organization_id,
+            wanted.provider,
+            wanted.model,
+            input_price,
+            output_price,
+            cached_input_price,
+            cache_write_price,
+        )
+        if row is None:
+            raise NotFound(f"organization {organization_id} does not exist")
+        await self._changed(organization_id)
+        logger.info("set a price override for organization %s", organization_id)
+        return pb.SetPriceOverrideResponse(price_override=_price_override_message(row))
+
+    async def ListPriceOverrides(
+        self, request: pb.ListPriceOverridesRequest, context: Context
+    ) -> pb.ListPriceOverridesResponse:
+        violations = Violations()
+        organization_id = await self._target_organization(
+            context, violations, request.organization_id, pb.API_KEY_SCOPE_READ
+        )
+        violations.raise_if_any()
+        assert organization_id is not None
+        rows = await self._pricing.list_price_overrides(organization_id)
+        return pb.ListPriceOverridesResponse(price_overrides=[_price_override_message(row) for row in rows])
+
+    async def DeletePriceOverride(
+        self, request: pb.DeletePriceOverrideRequest, context: Context
+    ) -> pb.DeletePriceOverrideResponse:
+        violations = Violations()
+        organization_id = await self._target_organization(
+            context, violations, request.organization_id, pb.API_KEY_SCOPE_ADMIN
+        )
+        check_provider(violations, "provider", request.provider)
+        check_model(violations, "model", request.model)
+        violations.raise_if_any()
+        assert organization_id is not None
+        if not await self._pricing.delete_price_override(organization_id, request.provider, request.model):
+            raise NotFound(f"no price override for {request.provider} {request.model!r}")
+        await self._changed(organization_id)
+        logger.info("deleted a price override of organization %s", organization_id)
+        return pb.DeletePriceOverrideResponse()
+
+    async def SetModelAlias(self, request: pb.SetModelAliasRequest, context: Context) -> pb.SetModelAliasResponse:
+        violations = Violations()
+        organization_id = await self._target_organization(
+            context, violations, request.organization_id, pb.API_KEY_SCOPE_ADMIN
+        )
+        wanted = request.model_alias
+        check_model(violations, "model_alias.model", wanted.model)
+        check_provider(violations, "model_alias.target_provider", wanted.target_provider)
+        check_model(violations, "model_alias.target_model", wanted.target_model)
+        if not violations.items and not genai_prices_knows(wanted.target_provider, wanted.target_model):
+            violations.add(
+                "model_alias.target_model",
+                f"genai-prices has no price for {wanted.target_model!r} at provider {wanted.target_provider!r}; "
+                "alias a model it knows, or set a price override instead",
+            )
+        violations.raise_if_any()
+        assert organization_id is not None
+        row = await self._pricing.set_model_alias(
+            organization_id, wanted.model, wanted.target_provider, wanted.target_model
+        )
+        if row is None:
+            raise NotFound(f"organization {organization_id} does not exist")
+        await self._changed(organization_id)
+        logger.info("set a model alias for organization %s", organization_id)
+        return pb.SetModelAliasResponse(model_alias=_model_alias_message(row))
+
+    async def ListModelAliases(
+        self, request: pb.ListModelAliasesRequest, context: Context
+    ) -> pb.ListModelAliasesResponse:
+        violations = Violations()
+        organization_id = await self._target_organization(
+            context, violations, request.organization_id, pb.API_KEY_SCOPE_READ
+        )
+        violations.raise_if_any()
+        assert organization_id is not None
+        rows = await self._pricing.list_model_aliases(organization_id)
+        return pb.ListModelAliasesResponse(model_aliases=[_model_alias_message(row) for row in rows])
+
+    async def DeleteModelAlias(
+        self, request: pb.DeleteModelAliasRequest, context: Context
+    ) -> pb.DeleteModelAliasResponse:
+        violations = Violations()
+        organization_id = await self._target_organization(
+            context, violations, request.organization_id, pb.API_KEY_SCOPE_ADMIN
+        )
+        check_model(violations, "model", request.model)
+        violations.raise_if_any()
+        assert organization_id is not None
+        if not await self._pricing.delete_model_alias(organization_id, request.model):
+            raise NotFound(f"no model alias for {request.model!r}")
+        await self._changed(organization_id)
+        logger.info("deleted a model alias of organization %s", organization_id)
+        return pb.DeleteModelAliasResponse()
+
+    async def WatchPricing(
+        self, request: pb.WatchPricingRequest, context: Context
+    ) -> AsyncIterator[pb.WatchPricingResponse]:
+        require_service_credential(context, self._service_token)
+        async for notice in self._watchers.watch():
+            yield notice
+
+    async def _changed(self, organization_id: uuid.UUID) -> None:
+        """Tells the proxies watching this replica, and waits until the notice is sent (see candela_auth.pricing)."""
+        self._watchers.notify(str(organization_id))
+        await self._watchers.delivered()
+
     # --- authorization ---------------------------------------------------------------------------
 
     async def _usable_key(self, secret: str) -> ApiKeyRow | None:
@@ -320,3 +476,27 @@ def _api_key_message(row: ApiKeyRow) -> pb.ApiKey:
     if row.revoked_at is not None:
         message.revoke_time.CopyFrom(_timestamp(row.revoked_at))
     return message
+
+
+def _price_override_message(row: PriceOverrideRow) -> pb.PriceOverride:
+    message = pb.PriceOverride(
+        provider=row.provider,
+        model=row.model,
+        input_price_per_mtok=price_text(row.input_price_per_mtok),
+        output_price_per_mtok=price_text(row.output_price_per_mtok),
+        update_time=_timestamp(row.updated_at),
+    )
+    if row.cached_input_price_per_mtok is not None:
+        message.cached_input_price_per_mtok = price_text(row.cached_input_price_per_mtok)
+    if row.cache_write_price_per_mtok is not None:
+        message.cache_write_price_per_mtok = price_text(row.cache_write_price_per_mtok)
+    return message
+
+
+def _model_alias_message(row: ModelAliasRow) -> pb.ModelAlias:
+    return pb.ModelAlias(
+        model=row.model,
+        target_provider=row.target_provider,
+        target_model=row.target_model,
+        update_time=_timestamp(row.updated_at),
+    )

@@ -21,6 +21,7 @@ from candela.prompts.v1 import prompts_service_pb2_grpc
 from candela_proxy.cache import ResponseCache
 from candela_proxy.config import ProxyConfig
 from candela_proxy.handler import ProxyHandler
+from candela_proxy.org_pricing import PricingDirectory
 from candela_proxy.prompting import PromptRenderer
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.redis_store import RedisStore
@@ -51,6 +52,8 @@ class ProxyDeps:
     redis: RedisStore
     prompts_channel: grpc.aio.Channel | None = None
     """None when no prompts service is configured (a named prompt is then refused with 503)."""
+    pricing: PricingDirectory | None = None
+    """Organizations' price overrides and model aliases (None: genai-prices alone)."""
 
 
 @asynccontextmanager
@@ -88,7 +91,9 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
         hold_when_spool_full=config.refuse_when_log_full,
     )
     redis = RedisStore(config.redis_url, timeout_s=config.redis_timeout_s)
+    pricing = PricingDirectory(auth_service_pb2_grpc.AuthServiceStub(auth_channel), config.service_token)
     shipper.start()
+    pricing.start()
     try:
         yield ProxyDeps(
             session=session,
@@ -101,8 +106,10 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
             shipper=shipper,
             redis=redis,
             prompts_channel=prompts_channel,
+            pricing=pricing,
         )
     finally:
+        await pricing.close()
         await shutdown_step("log shipper", lambda: shipper.stop(config.shutdown_grace_s), config.shutdown_grace_s + 1)
         await ingest_channel.close(None)
         if prompts_channel is not None:
@@ -128,6 +135,7 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
         limiter=RateLimiter(deps.redis),
         prompts=_prompt_renderer(config, deps),
         tracing=tracing,
+        pricing=deps.pricing,
     )
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     ready = asyncio.Event()

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.headers import CandelaHeaders
+from candela_proxy.org_pricing import OrganizationPricing
 from candela_proxy.providers import Provider, Route, error_body
 from candela_proxy.response_usage import ResponseFacts
 
@@ -66,6 +67,8 @@ class Exchange:
     """The log record, once built (see Recorder.finish)."""
     durable: asyncio.Future[None] | None = None
     """Done once the record is in the write-ahead log; None when there is nothing to wait for."""
+    pricing: OrganizationPricing | None = None
+    """The organization's overrides and aliases, learnt after admission (None: genai-prices alone)."""
 
 
 def error_response(provider: Provider, err: ProxyError, request_id: str | None) -> web.Response:

@@ -25,6 +25,7 @@ from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
 from candela_proxy.exchange import Exchange, ProxyError, error_response
+from candela_proxy.org_pricing import PricingDirectory
 from candela_proxy.providers import Provider, Route, resolve_route
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.record import Recorder
@@ -52,8 +53,10 @@ class ProxyHandler:
         limiter: RateLimiter | None = None,
         tracing: bool = True,
         prompts: prompting.PromptRenderer | None = None,
+        pricing: PricingDirectory | None = None,
     ) -> None:
         self._config = config
+        self._pricing = pricing
         self._cache = cache
         self._admission = Admission(config, authenticator, targets, shipper, limiter, prompts)
         self._recorder = Recorder(shipper, cache, limiter, tracing)
@@ -110,6 +113,9 @@ class ProxyHandler:
         except ConnectionResetError:
             # The client left before its request arrived whole: nothing reached a provider, nothing to log.
             return web.Response(status=400)
+        if self._pricing is not None:
+            # Cached per organization until AuthService says it changed (see candela_proxy.org_pricing).
+            exchange.pricing = await self._pricing.get(exchange.organization_id)
         if span is not None and exchange.model:
             span.update_name(f"{genai_telemetry.operation_name(route.provider_path)} {exchange.model}")
         try:

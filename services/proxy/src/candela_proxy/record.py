@@ -113,8 +113,16 @@ class Recorder:
                 record.cost_usd = "0"
                 record.cost_saved_usd = exchange.cost_saved_usd
         elif exchange.status:
-            priced_model = options.model_override or facts.response_model or model
-            cost = pricing.cost_usd(exchange.route.provider.value, priced_model, facts, target)
+            cost = pricing.cost_usd(
+                exchange.route.provider.value,
+                options.model_override or facts.response_model or model,
+                facts,
+                target,
+                requested_model=model,
+                logged_provider=provider,
+                organization=exchange.pricing,
+                request_service_tier=_requested_service_tier(exchange),
+            )
             if cost is not None:
                 record.cost_usd = format(cost, "f")
         response_body = b"".join(exchange.response_chunks)
@@ -170,6 +178,12 @@ class Recorder:
             task = asyncio.get_running_loop().create_task(job)
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+
+def _requested_service_tier(exchange: Exchange) -> str:
+    """The ``service_tier`` the request asked for, priced when the answer does not say which one served."""
+    tier = exchange.document.get("service_tier") if exchange.document is not None else None
+    return tier if isinstance(tier, str) else ""
 
 
 def _within_log_limit(

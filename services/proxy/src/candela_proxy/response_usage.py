@@ -21,6 +21,7 @@ import orjson
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.providers import Provider
 from candela_proxy.sse import EventSplitter, event_data
+from candela_proxy.usage_extras import apply_anthropic_extras, apply_service_tier
 from candela_runtime.limits import MAX_TOKEN_COUNT
 
 
@@ -42,6 +43,12 @@ class ResponseFacts:
     finish_reason: str = ""
     # A reported count was out of range and read as 0 (see the module's docstring).
     usage_clamped: bool = False
+    # Pricing extras (see candela_proxy.pricing and candela_proxy.usage_extras): the part of
+    # cache_write_tokens written for one hour, Anthropic's server-tool requests, the tier that served.
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+    service_tier: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for storing with a cached answer."""
@@ -122,6 +129,7 @@ def _apply_anthropic_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
         facts.prompt_tokens = input_tokens + facts.cache_read_tokens + facts.cache_write_tokens
     if usage.get("output_tokens") is not None:
         facts.completion_tokens = _count(facts, usage["output_tokens"])
+    apply_anthropic_extras(facts, usage, _count)
 
 
 def _first_choice_finish(document: dict[str, Any]) -> str:
@@ -153,6 +161,7 @@ def _apply_document(facts: ResponseFacts, provider: Provider, document: dict[str
     if isinstance(answer_id, str) and not facts.response_id:
         facts.response_id = answer_id[:256]
     usage = document.get("usage")
+    apply_service_tier(facts, document)
     if provider is Provider.ANTHROPIC:
         if isinstance(usage, dict):
             _apply_anthropic_usage(facts, usage)

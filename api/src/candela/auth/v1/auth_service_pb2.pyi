@@ -472,3 +472,375 @@ class RevokeApiKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class PriceOverride(_message.Message):
+    """An organization's own price for one (provider, model), in US dollars per million tokens. Each price is
+    a decimal string ("2.5", "0.075"): at least 0, at most 1000000, at most 6 digits after the point
+    (so each token costs a whole number of 1e-12 dollars, which the logs store exactly).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    OUTPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The provider as logged: "openai", "anthropic", or a custom target's host[:port] ("api.groq.com")."""
+    model: _builtins.str
+    """The model as requested or as answered (either matches)."""
+    input_price_per_mtok: _builtins.str
+    """Every input token that is not a cache read or write (text, audio, image)."""
+    output_price_per_mtok: _builtins.str
+    """Every output token (reasoning and audio included)."""
+    cached_input_price_per_mtok: _builtins.str
+    """Cache reads; unset means the input price."""
+    cache_write_price_per_mtok: _builtins.str
+    """Cache writes (5-minute and 1-hour alike); unset means the input price."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        input_price_per_mtok: _builtins.str = ...,
+        output_price_per_mtok: _builtins.str = ...,
+        cached_input_price_per_mtok: _builtins.str | None = ...,
+        cache_write_price_per_mtok: _builtins.str | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_write_price_per_mtok", b"_cache_write_price_per_mtok", "_cached_input_price_per_mtok", b"_cached_input_price_per_mtok", "cache_write_price_per_mtok", b"cache_write_price_per_mtok", "cached_input_price_per_mtok", b"cached_input_price_per_mtok", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_write_price_per_mtok", b"_cache_write_price_per_mtok", "_cached_input_price_per_mtok", b"_cached_input_price_per_mtok", "cache_write_price_per_mtok", b"cache_write_price_per_mtok", "cached_input_price_per_mtok", b"cached_input_price_per_mtok", "input_price_per_mtok", b"input_price_per_mtok", "model", b"model", "output_price_per_mtok", b"output_price_per_mtok", "provider", b"provider", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cache_write_price_per_mtok: _TypeAlias = _typing.Literal["cache_write_price_per_mtok"]  # noqa: Y015
+    _WhichOneofArgType__cache_write_price_per_mtok: _TypeAlias = _typing.Literal["_cache_write_price_per_mtok", b"_cache_write_price_per_mtok"]  # noqa: Y015
+    _WhichOneofReturnType__cached_input_price_per_mtok: _TypeAlias = _typing.Literal["cached_input_price_per_mtok"]  # noqa: Y015
+    _WhichOneofArgType__cached_input_price_per_mtok: _TypeAlias = _typing.Literal["_cached_input_price_per_mtok", b"_cached_input_price_per_mtok"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_write_price_per_mtok) -> _WhichOneofReturnType__cache_write_price_per_mtok | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cached_input_price_per_mtok) -> _WhichOneofReturnType__cached_input_price_per_mtok | None: ...
+
+Global___PriceOverride: _TypeAlias = PriceOverride  # noqa: Y015
+
+@_typing.final
+class ModelAlias(_message.Message):
+    """A model name priced as another (provider, model) that genai-prices knows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TARGET_PROVIDER_FIELD_NUMBER: _builtins.int
+    TARGET_MODEL_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The name as requested or as answered, e.g. "ft:gpt-4o-mini:acme::abc" or an Azure deployment name."""
+    target_provider: _builtins.str
+    """A genai-prices provider id, e.g. "openai"."""
+    target_model: _builtins.str
+    """A model genai-prices knows at that provider, e.g. "gpt-4o-mini"."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        target_provider: _builtins.str = ...,
+        target_model: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "target_model", b"target_model", "target_provider", b"target_provider", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelAlias: _TypeAlias = ModelAlias  # noqa: Y015
+
+@_typing.final
+class SetPriceOverrideRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    PRICE_OVERRIDE_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Required with the service credential; with a user key, empty or the key's organization."""
+    @_builtins.property
+    def price_override(self) -> Global___PriceOverride: ...
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        price_override: Global___PriceOverride | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price_override", b"price_override"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "price_override", b"price_override"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPriceOverrideRequest: _TypeAlias = SetPriceOverrideRequest  # noqa: Y015
+
+@_typing.final
+class SetPriceOverrideResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICE_OVERRIDE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def price_override(self) -> Global___PriceOverride: ...
+    def __init__(
+        self,
+        *,
+        price_override: Global___PriceOverride | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price_override", b"price_override"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price_override", b"price_override"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPriceOverrideResponse: _TypeAlias = SetPriceOverrideResponse  # noqa: Y015
+
+@_typing.final
+class ListPriceOverridesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Required with the service credential; with a user key, empty or the key's organization."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPriceOverridesRequest: _TypeAlias = ListPriceOverridesRequest  # noqa: Y015
+
+@_typing.final
+class ListPriceOverridesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICE_OVERRIDES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def price_overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceOverride]: ...
+    def __init__(
+        self,
+        *,
+        price_overrides: _abc.Iterable[Global___PriceOverride] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price_overrides", b"price_overrides"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPriceOverridesResponse: _TypeAlias = ListPriceOverridesResponse  # noqa: Y015
+
+@_typing.final
+class DeletePriceOverrideRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Required with the service credential; with a user key, empty or the key's organization."""
+    provider: _builtins.str
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "organization_id", b"organization_id", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePriceOverrideRequest: _TypeAlias = DeletePriceOverrideRequest  # noqa: Y015
+
+@_typing.final
+class DeletePriceOverrideResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePriceOverrideResponse: _TypeAlias = DeletePriceOverrideResponse  # noqa: Y015
+
+@_typing.final
+class SetModelAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_ALIAS_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Required with the service credential; with a user key, empty or the key's organization."""
+    @_builtins.property
+    def model_alias(self) -> Global___ModelAlias: ...
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        model_alias: Global___ModelAlias | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_alias", b"model_alias"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_alias", b"model_alias", "organization_id", b"organization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelAliasRequest: _TypeAlias = SetModelAliasRequest  # noqa: Y015
+
+@_typing.final
+class SetModelAliasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ALIAS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_alias(self) -> Global___ModelAlias: ...
+    def __init__(
+        self,
+        *,
+        model_alias: Global___ModelAlias | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_alias", b"model_alias"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_alias", b"model_alias"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelAliasResponse: _TypeAlias = SetModelAliasResponse  # noqa: Y015
+
+@_typing.final
+class ListModelAliasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Required with the service credential; with a user key, empty or the key's organization."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelAliasesRequest: _TypeAlias = ListModelAliasesRequest  # noqa: Y015
+
+@_typing.final
+class ListModelAliasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ALIASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelAlias]: ...
+    def __init__(
+        self,
+        *,
+        model_aliases: _abc.Iterable[Global___ModelAlias] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_aliases", b"model_aliases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelAliasesResponse: _TypeAlias = ListModelAliasesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteModelAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Required with the service credential; with a user key, empty or the key's organization."""
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "organization_id", b"organization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelAliasRequest: _TypeAlias = DeleteModelAliasRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelAliasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelAliasResponse: _TypeAlias = DeleteModelAliasResponse  # noqa: Y015
+
+@_typing.final
+class WatchPricingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchPricingRequest: _TypeAlias = WatchPricingRequest  # noqa: Y015
+
+@_typing.final
+class WatchPricingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """The organization whose pricing changed; empty: drop everything cached."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchPricingResponse: _TypeAlias = WatchPricingResponse  # noqa: Y015

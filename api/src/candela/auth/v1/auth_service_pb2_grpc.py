@@ -76,6 +76,41 @@ class AuthServiceStub:
                 request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.SetPriceOverride = channel.unary_unary(
+                '/candela.auth.v1.AuthService/SetPriceOverride',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetPriceOverrideRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetPriceOverrideResponse.FromString,
+                _registered_method=True)
+        self.ListPriceOverrides = channel.unary_unary(
+                '/candela.auth.v1.AuthService/ListPriceOverrides',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListPriceOverridesRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListPriceOverridesResponse.FromString,
+                _registered_method=True)
+        self.DeletePriceOverride = channel.unary_unary(
+                '/candela.auth.v1.AuthService/DeletePriceOverride',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeletePriceOverrideRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeletePriceOverrideResponse.FromString,
+                _registered_method=True)
+        self.SetModelAlias = channel.unary_unary(
+                '/candela.auth.v1.AuthService/SetModelAlias',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetModelAliasRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetModelAliasResponse.FromString,
+                _registered_method=True)
+        self.ListModelAliases = channel.unary_unary(
+                '/candela.auth.v1.AuthService/ListModelAliases',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListModelAliasesRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListModelAliasesResponse.FromString,
+                _registered_method=True)
+        self.DeleteModelAlias = channel.unary_unary(
+                '/candela.auth.v1.AuthService/DeleteModelAlias',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeleteModelAliasRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeleteModelAliasResponse.FromString,
+                _registered_method=True)
+        self.WatchPricing = channel.unary_stream(
+                '/candela.auth.v1.AuthService/WatchPricing',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -144,6 +179,65 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPriceOverride(self, request, context):
+        """Sets the organization's price for one (provider, model), replacing genai-prices' for it from the next
+        proxied request on. Prices are US dollars per million tokens as decimal strings (never floats).
+        Requires the service credential or an ADMIN key of the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPriceOverrides(self, request, context):
+        """The organization's price overrides, by provider then model. Requires the service credential or a
+        READ (or ADMIN) key of the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePriceOverride(self, request, context):
+        """Removes one override (genai-prices prices the model again); NOT_FOUND when there is none. Requires
+        the service credential or an ADMIN key. REST: DELETE /v1/price-overrides?provider=..&model=..
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelAlias(self, request, context):
+        """Maps a model name (a fine-tune, a deployment name) to a (provider, model) genai-prices knows, for cost;
+        replaces the alias of that name. INVALID_ARGUMENT when genai-prices does not know the target.
+        Requires the service credential or an ADMIN key of the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelAliases(self, request, context):
+        """The organization's model aliases, by model name. Requires the service credential or a READ (or
+        ADMIN) key of the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelAlias(self, request, context):
+        """Removes one alias; NOT_FOUND when there is none. Requires the service credential or an ADMIN key.
+        REST: DELETE /v1/model-aliases?model=..
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchPricing(self, request, context):
+        """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
+        them; the first message (an empty organization_id) means "anything may have changed". Internal only:
+        requires the service credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +275,41 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'SetPriceOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPriceOverride,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetPriceOverrideRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetPriceOverrideResponse.SerializeToString,
+            ),
+            'ListPriceOverrides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPriceOverrides,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListPriceOverridesRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListPriceOverridesResponse.SerializeToString,
+            ),
+            'DeletePriceOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePriceOverride,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeletePriceOverrideRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeletePriceOverrideResponse.SerializeToString,
+            ),
+            'SetModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelAlias,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetModelAliasRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.SetModelAliasResponse.SerializeToString,
+            ),
+            'ListModelAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelAliases,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListModelAliasesRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.ListModelAliasesResponse.SerializeToString,
+            ),
+            'DeleteModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelAlias,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeleteModelAliasRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.DeleteModelAliasResponse.SerializeToString,
+            ),
+            'WatchPricing': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPricing,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -379,6 +508,195 @@ class AuthService:
             '/candela.auth.v1.AuthService/RevokeApiKey',
             candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.SerializeToString,
             candela_dot_auth_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPriceOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/SetPriceOverride',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.SetPriceOverrideRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.SetPriceOverrideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPriceOverrides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/ListPriceOverrides',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.ListPriceOverridesRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.ListPriceOverridesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePriceOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/DeletePriceOverride',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.DeletePriceOverrideRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.DeletePriceOverrideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/SetModelAlias',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.SetModelAliasRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.SetModelAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/ListModelAliases',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.ListModelAliasesRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.ListModelAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/DeleteModelAlias',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.DeleteModelAliasRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.DeleteModelAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPricing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/candela.auth.v1.AuthService/WatchPricing',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,37 @@ class AuthServiceStub:
     """Revokes a key; services stop accepting it within their key cache's lifetime (5 s by default).
     Idempotent. Requires the service credential or an ADMIN key of the key's organization.
     """
+    SetPriceOverride: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SetPriceOverrideRequest, _auth_service_pb2.SetPriceOverrideResponse]
+    """Sets the organization's price for one (provider, model), replacing genai-prices' for it from the next
+    proxied request on. Prices are US dollars per million tokens as decimal strings (never floats).
+    Requires the service credential or an ADMIN key of the organization.
+    """
+    ListPriceOverrides: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListPriceOverridesRequest, _auth_service_pb2.ListPriceOverridesResponse]
+    """The organization's price overrides, by provider then model. Requires the service credential or a
+    READ (or ADMIN) key of the organization.
+    """
+    DeletePriceOverride: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DeletePriceOverrideRequest, _auth_service_pb2.DeletePriceOverrideResponse]
+    """Removes one override (genai-prices prices the model again); NOT_FOUND when there is none. Requires
+    the service credential or an ADMIN key. REST: DELETE /v1/price-overrides?provider=..&model=..
+    """
+    SetModelAlias: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SetModelAliasRequest, _auth_service_pb2.SetModelAliasResponse]
+    """Maps a model name (a fine-tune, a deployment name) to a (provider, model) genai-prices knows, for cost;
+    replaces the alias of that name. INVALID_ARGUMENT when genai-prices does not know the target.
+    Requires the service credential or an ADMIN key of the organization.
+    """
+    ListModelAliases: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListModelAliasesRequest, _auth_service_pb2.ListModelAliasesResponse]
+    """The organization's model aliases, by model name. Requires the service credential or a READ (or
+    ADMIN) key of the organization.
+    """
+    DeleteModelAlias: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DeleteModelAliasRequest, _auth_service_pb2.DeleteModelAliasResponse]
+    """Removes one alias; NOT_FOUND when there is none. Requires the service credential or an ADMIN key.
+    REST: DELETE /v1/model-aliases?model=..
+    """
+    WatchPricing: _grpc.UnaryStreamMultiCallable[_auth_service_pb2.WatchPricingRequest, _auth_service_pb2.WatchPricingResponse]
+    """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
+    them; the first message (an empty organization_id) means "anything may have changed". Internal only:
+    requires the service credential.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -106,6 +137,37 @@ class AuthServiceAsyncStub(AuthServiceStub):
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key; services stop accepting it within their key cache's lifetime (5 s by default).
     Idempotent. Requires the service credential or an ADMIN key of the key's organization.
+    """
+    SetPriceOverride: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SetPriceOverrideRequest, _auth_service_pb2.SetPriceOverrideResponse]  # type: ignore[assignment]
+    """Sets the organization's price for one (provider, model), replacing genai-prices' for it from the next
+    proxied request on. Prices are US dollars per million tokens as decimal strings (never floats).
+    Requires the service credential or an ADMIN key of the organization.
+    """
+    ListPriceOverrides: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListPriceOverridesRequest, _auth_service_pb2.ListPriceOverridesResponse]  # type: ignore[assignment]
+    """The organization's price overrides, by provider then model. Requires the service credential or a
+    READ (or ADMIN) key of the organization.
+    """
+    DeletePriceOverride: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DeletePriceOverrideRequest, _auth_service_pb2.DeletePriceOverrideResponse]  # type: ignore[assignment]
+    """Removes one override (genai-prices prices the model again); NOT_FOUND when there is none. Requires
+    the service credential or an ADMIN key. REST: DELETE /v1/price-overrides?provider=..&model=..
+    """
+    SetModelAlias: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SetModelAliasRequest, _auth_service_pb2.SetModelAliasResponse]  # type: ignore[assignment]
+    """Maps a model name (a fine-tune, a deployment name) to a (provider, model) genai-prices knows, for cost;
+    replaces the alias of that name. INVALID_ARGUMENT when genai-prices does not know the target.
+    Requires the service credential or an ADMIN key of the organization.
+    """
+    ListModelAliases: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListModelAliasesRequest, _auth_service_pb2.ListModelAliasesResponse]  # type: ignore[assignment]
+    """The organization's model aliases, by model name. Requires the service credential or a READ (or
+    ADMIN) key of the organization.
+    """
+    DeleteModelAlias: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DeleteModelAliasRequest, _auth_service_pb2.DeleteModelAliasResponse]  # type: ignore[assignment]
+    """Removes one alias; NOT_FOUND when there is none. Requires the service credential or an ADMIN key.
+    REST: DELETE /v1/model-aliases?model=..
+    """
+    WatchPricing: _aio.UnaryStreamMultiCallable[_auth_service_pb2.WatchPricingRequest, _auth_service_pb2.WatchPricingResponse]  # type: ignore[assignment]
+    """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
+    them; the first message (an empty organization_id) means "anything may have changed". Internal only:
+    requires the service credential.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,6 +247,79 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_auth_service_pb2.RevokeApiKeyResponse]]:
         """Revokes a key; services stop accepting it within their key cache's lifetime (5 s by default).
         Idempotent. Requires the service credential or an ADMIN key of the key's organization.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPriceOverride(
+        self,
+        request: _auth_service_pb2.SetPriceOverrideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.SetPriceOverrideResponse, _abc.Awaitable[_auth_service_pb2.SetPriceOverrideResponse]]:
+        """Sets the organization's price for one (provider, model), replacing genai-prices' for it from the next
+        proxied request on. Prices are US dollars per million tokens as decimal strings (never floats).
+        Requires the service credential or an ADMIN key of the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPriceOverrides(
+        self,
+        request: _auth_service_pb2.ListPriceOverridesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListPriceOverridesResponse, _abc.Awaitable[_auth_service_pb2.ListPriceOverridesResponse]]:
+        """The organization's price overrides, by provider then model. Requires the service credential or a
+        READ (or ADMIN) key of the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def DeletePriceOverride(
+        self,
+        request: _auth_service_pb2.DeletePriceOverrideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.DeletePriceOverrideResponse, _abc.Awaitable[_auth_service_pb2.DeletePriceOverrideResponse]]:
+        """Removes one override (genai-prices prices the model again); NOT_FOUND when there is none. Requires
+        the service credential or an ADMIN key. REST: DELETE /v1/price-overrides?provider=..&model=..
+        """
+
+    @_abc_1.abstractmethod
+    def SetModelAlias(
+        self,
+        request: _auth_service_pb2.SetModelAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.SetModelAliasResponse, _abc.Awaitable[_auth_service_pb2.SetModelAliasResponse]]:
+        """Maps a model name (a fine-tune, a deployment name) to a (provider, model) genai-prices knows, for cost;
+        replaces the alias of that name. INVALID_ARGUMENT when genai-prices does not know the target.
+        Requires the service credential or an ADMIN key of the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelAliases(
+        self,
+        request: _auth_service_pb2.ListModelAliasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListModelAliasesResponse, _abc.Awaitable[_auth_service_pb2.ListModelAliasesResponse]]:
+        """The organization's model aliases, by model name. Requires the service credential or a READ (or
+        ADMIN) key of the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteModelAlias(
+        self,
+        request: _auth_service_pb2.DeleteModelAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.DeleteModelAliasResponse, _abc.Awaitable[_auth_service_pb2.DeleteModelAliasResponse]]:
+        """Removes one alias; NOT_FOUND when there is none. Requires the service credential or an ADMIN key.
+        REST: DELETE /v1/model-aliases?model=..
+        """
+
+    @_abc_1.abstractmethod
+    def WatchPricing(
+        self,
+        request: _auth_service_pb2.WatchPricingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_auth_service_pb2.WatchPricingResponse], _abc.AsyncIterator[_auth_service_pb2.WatchPricingResponse]]:
+        """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
+        them; the first message (an empty organization_id) means "anything may have changed". Internal only:
+        requires the service credential.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

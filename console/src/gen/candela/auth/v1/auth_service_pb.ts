@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file candela/auth/v1/auth_service.proto.
  */
 export const file_candela_auth_v1_auth_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjYW5kZWxhL2F1dGgvdjEvYXV0aF9zZXJ2aWNlLnByb3RvEg9jYW5kZWxhLmF1dGgudjEi7AEKDE9yZ2FuaXphdGlvbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcCg9tYXhfc3RvcmVkX2xvZ3MYBCABKANIAIgBARIbCg5yZXRlbnRpb25fZGF5cxgFIAEoBUgBiAEBEi8KC3VwZGF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEISChBfbWF4X3N0b3JlZF9sb2dzQhEKD19yZXRlbnRpb25fZGF5cyKMAgoGQXBpS2V5EgoKAmlkGAEgASgJEhcKD29yZ2FuaXphdGlvbl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEg4KBnByZWZpeBgEIAEoCRIsCgZzY29wZXMYBSADKA4yHC5jYW5kZWxhLmF1dGgudjEuQXBpS2V5U2NvcGUSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKQoZQ3JlYXRlT3JnYW5pemF0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIlEKGkNyZWF0ZU9yZ2FuaXphdGlvblJlc3BvbnNlEjMKDG9yZ2FuaXphdGlvbhgBIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24imwEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSLAoGc2NvcGVzGAMgAygOMhwuY2FuZGVsYS5hdXRoLnYxLkFwaUtleVNjb3BlEi8KC2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJQChRDcmVhdGVBcGlLZXlSZXNwb25zZRIoCgdhcGlfa2V5GAEgASgLMhcuY2FuZGVsYS5hdXRoLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiJgoTQXV0aGVudGljYXRlUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJIqIBChRBdXRoZW50aWNhdGVSZXNwb25zZRIXCg9vcmdhbml6YXRpb25faWQYASABKAkSEgoKYXBpX2tleV9pZBgCIAEoCRIsCgZzY29wZXMYAyADKA4yHC5jYW5kZWxhLmF1dGgudjEuQXBpS2V5U2NvcGUSLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKFkdldE9yZ2FuaXphdGlvblJlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJIk4KF0dldE9yZ2FuaXphdGlvblJlc3BvbnNlEjMKDG9yZ2FuaXphdGlvbhgBIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24imgEKGVVwZGF0ZU9yZ2FuaXphdGlvblJlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJEjMKDG9yZ2FuaXphdGlvbhgCIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24SLwoLdXBkYXRlX21hc2sYAyABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlEKGlVwZGF0ZU9yZ2FuaXphdGlvblJlc3BvbnNlEjMKDG9yZ2FuaXphdGlvbhgBIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24iRgoSTGlzdEFwaUtleXNSZXF1ZXN0EhcKD29yZ2FuaXphdGlvbl9pZBgBIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYAiABKAgiQAoTTGlzdEFwaUtleXNSZXNwb25zZRIpCghhcGlfa2V5cxgBIAMoCzIXLmNhbmRlbGEuYXV0aC52MS5BcGlLZXkiKQoTUmV2b2tlQXBpS2V5UmVxdWVzdBISCgphcGlfa2V5X2lkGAEgASgJIkAKFFJldm9rZUFwaUtleVJlc3BvbnNlEigKB2FwaV9rZXkYASABKAsyFy5jYW5kZWxhLmF1dGgudjEuQXBpS2V5Ko8BCgtBcGlLZXlTY29wZRIdChlBUElfS0VZX1NDT1BFX1VOU1BFQ0lGSUVEEAASFwoTQVBJX0tFWV9TQ09QRV9QUk9YWRABEhYKEkFQSV9LRVlfU0NPUEVfUkVBRBACEhcKE0FQSV9LRVlfU0NPUEVfV1JJVEUQAxIXChNBUElfS0VZX1NDT1BFX0FETUlOEAQy9wYKC0F1dGhTZXJ2aWNlEosBChJDcmVhdGVPcmdhbml6YXRpb24SKi5jYW5kZWxhLmF1dGgudjEuQ3JlYXRlT3JnYW5pemF0aW9uUmVxdWVzdBorLmNhbmRlbGEuYXV0aC52MS5DcmVhdGVPcmdhbml6YXRpb25SZXNwb25zZSIcgtPkkwIWIhEvdjEvb3JnYW5pemF0aW9uczoBKhJ0CgxDcmVhdGVBcGlLZXkSJC5jYW5kZWxhLmF1dGgudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBolLmNhbmRlbGEuYXV0aC52MS5DcmVhdGVBcGlLZXlSZXNwb25zZSIXgtPkkwIRIgwvdjEvYXBpLWtleXM6ASoSYAoMQXV0aGVudGljYXRlEiQuY2FuZGVsYS5hdXRoLnYxLkF1dGhlbnRpY2F0ZVJlcXVlc3QaJS5jYW5kZWxhLmF1dGgudjEuQXV0aGVudGljYXRlUmVzcG9uc2UiA5ACARKBAQoPR2V0T3JnYW5pemF0aW9uEicuY2FuZGVsYS5hdXRoLnYxLkdldE9yZ2FuaXphdGlvblJlcXVlc3QaKC5jYW5kZWxhLmF1dGgudjEuR2V0T3JnYW5pemF0aW9uUmVzcG9uc2UiG5ACAYLT5JMCEhIQL3YxL29yZ2FuaXphdGlvbhKKAQoSVXBkYXRlT3JnYW5pemF0aW9uEiouY2FuZGVsYS5hdXRoLnYxLlVwZGF0ZU9yZ2FuaXphdGlvblJlcXVlc3QaKy5jYW5kZWxhLmF1dGgudjEuVXBkYXRlT3JnYW5pemF0aW9uUmVzcG9uc2UiG4LT5JMCFTIQL3YxL29yZ2FuaXphdGlvbjoBKhJxCgtMaXN0QXBpS2V5cxIjLmNhbmRlbGEuYXV0aC52MS5MaXN0QXBpS2V5c1JlcXVlc3QaJC5jYW5kZWxhLmF1dGgudjEuTGlzdEFwaUtleXNSZXNwb25zZSIXkAIBgtPkkwIOEgwvdjEvYXBpLWtleXMSfgoMUmV2b2tlQXBpS2V5EiQuY2FuZGVsYS5hdXRoLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaJS5jYW5kZWxhLmF1dGgudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2UiIYLT5JMCGyoZL3YxL2FwaS1rZXlzL3thcGlfa2V5X2lkfWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiJjYW5kZWxhL2F1dGgvdjEvYXV0aF9zZXJ2aWNlLnByb3RvEg9jYW5kZWxhLmF1dGgudjEi7AEKDE9yZ2FuaXphdGlvbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcCg9tYXhfc3RvcmVkX2xvZ3MYBCABKANIAIgBARIbCg5yZXRlbnRpb25fZGF5cxgFIAEoBUgBiAEBEi8KC3VwZGF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEISChBfbWF4X3N0b3JlZF9sb2dzQhEKD19yZXRlbnRpb25fZGF5cyKMAgoGQXBpS2V5EgoKAmlkGAEgASgJEhcKD29yZ2FuaXphdGlvbl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEg4KBnByZWZpeBgEIAEoCRIsCgZzY29wZXMYBSADKA4yHC5jYW5kZWxhLmF1dGgudjEuQXBpS2V5U2NvcGUSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKQoZQ3JlYXRlT3JnYW5pemF0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIlEKGkNyZWF0ZU9yZ2FuaXphdGlvblJlc3BvbnNlEjMKDG9yZ2FuaXphdGlvbhgBIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24imwEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSLAoGc2NvcGVzGAMgAygOMhwuY2FuZGVsYS5hdXRoLnYxLkFwaUtleVNjb3BlEi8KC2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJQChRDcmVhdGVBcGlLZXlSZXNwb25zZRIoCgdhcGlfa2V5GAEgASgLMhcuY2FuZGVsYS5hdXRoLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiJgoTQXV0aGVudGljYXRlUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJIqIBChRBdXRoZW50aWNhdGVSZXNwb25zZRIXCg9vcmdhbml6YXRpb25faWQYASABKAkSEgoKYXBpX2tleV9pZBgCIAEoCRIsCgZzY29wZXMYAyADKA4yHC5jYW5kZWxhLmF1dGgudjEuQXBpS2V5U2NvcGUSLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKFkdldE9yZ2FuaXphdGlvblJlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJIk4KF0dldE9yZ2FuaXphdGlvblJlc3BvbnNlEjMKDG9yZ2FuaXphdGlvbhgBIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24imgEKGVVwZGF0ZU9yZ2FuaXphdGlvblJlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJEjMKDG9yZ2FuaXphdGlvbhgCIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24SLwoLdXBkYXRlX21hc2sYAyABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlEKGlVwZGF0ZU9yZ2FuaXphdGlvblJlc3BvbnNlEjMKDG9yZ2FuaXphdGlvbhgBIAEoCzIdLmNhbmRlbGEuYXV0aC52MS5Pcmdhbml6YXRpb24iRgoSTGlzdEFwaUtleXNSZXF1ZXN0EhcKD29yZ2FuaXphdGlvbl9pZBgBIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYAiABKAgiQAoTTGlzdEFwaUtleXNSZXNwb25zZRIpCghhcGlfa2V5cxgBIAMoCzIXLmNhbmRlbGEuYXV0aC52MS5BcGlLZXkiKQoTUmV2b2tlQXBpS2V5UmVxdWVzdBISCgphcGlfa2V5X2lkGAEgASgJIkAKFFJldm9rZUFwaUtleVJlc3BvbnNlEigKB2FwaV9rZXkYASABKAsyFy5jYW5kZWxhLmF1dGgudjEuQXBpS2V5IrACCg1QcmljZU92ZXJyaWRlEhAKCHByb3ZpZGVyGAEgASgJEg0KBW1vZGVsGAIgASgJEhwKFGlucHV0X3ByaWNlX3Blcl9tdG9rGAMgASgJEh0KFW91dHB1dF9wcmljZV9wZXJfbXRvaxgEIAEoCRIoChtjYWNoZWRfaW5wdXRfcHJpY2VfcGVyX210b2sYBSABKAlIAIgBARInChpjYWNoZV93cml0ZV9wcmljZV9wZXJfbXRvaxgGIAEoCUgBiAEBEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIeChxfY2FjaGVkX2lucHV0X3ByaWNlX3Blcl9tdG9rQh0KG19jYWNoZV93cml0ZV9wcmljZV9wZXJfbXRvayJ7CgpNb2RlbEFsaWFzEg0KBW1vZGVsGAEgASgJEhcKD3RhcmdldF9wcm92aWRlchgCIAEoCRIUCgx0YXJnZXRfbW9kZWwYAyABKAkSLwoLdXBkYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImoKF1NldFByaWNlT3ZlcnJpZGVSZXF1ZXN0EhcKD29yZ2FuaXphdGlvbl9pZBgBIAEoCRI2Cg5wcmljZV9vdmVycmlkZRgCIAEoCzIeLmNhbmRlbGEuYXV0aC52MS5QcmljZU92ZXJyaWRlIlIKGFNldFByaWNlT3ZlcnJpZGVSZXNwb25zZRI2Cg5wcmljZV9vdmVycmlkZRgBIAEoCzIeLmNhbmRlbGEuYXV0aC52MS5QcmljZU92ZXJyaWRlIjQKGUxpc3RQcmljZU92ZXJyaWRlc1JlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJIlUKGkxpc3RQcmljZU92ZXJyaWRlc1Jlc3BvbnNlEjcKD3ByaWNlX292ZXJyaWRlcxgBIAMoCzIeLmNhbmRlbGEuYXV0aC52MS5QcmljZU92ZXJyaWRlIlYKGkRlbGV0ZVByaWNlT3ZlcnJpZGVSZXF1ZXN0EhcKD29yZ2FuaXphdGlvbl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRINCgVtb2RlbBgDIAEoCSIdChtEZWxldGVQcmljZU92ZXJyaWRlUmVzcG9uc2UiYQoUU2V0TW9kZWxBbGlhc1JlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJEjAKC21vZGVsX2FsaWFzGAIgASgLMhsuY2FuZGVsYS5hdXRoLnYxLk1vZGVsQWxpYXMiSQoVU2V0TW9kZWxBbGlhc1Jlc3BvbnNlEjAKC21vZGVsX2FsaWFzGAEgASgLMhsuY2FuZGVsYS5hdXRoLnYxLk1vZGVsQWxpYXMiMgoXTGlzdE1vZGVsQWxpYXNlc1JlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJIk4KGExpc3RNb2RlbEFsaWFzZXNSZXNwb25zZRIyCg1tb2RlbF9hbGlhc2VzGAEgAygLMhsuY2FuZGVsYS5hdXRoLnYxLk1vZGVsQWxpYXMiQQoXRGVsZXRlTW9kZWxBbGlhc1JlcXVlc3QSFwoPb3JnYW5pemF0aW9uX2lkGAEgASgJEg0KBW1vZGVsGAIgASgJIhoKGERlbGV0ZU1vZGVsQWxpYXNSZXNwb25zZSIVChNXYXRjaFByaWNpbmdSZXF1ZXN0Ii8KFFdhdGNoUHJpY2luZ1Jlc3BvbnNlEhcKD29yZ2FuaXphdGlvbl9pZBgBIAEoCSqPAQoLQXBpS2V5U2NvcGUSHQoZQVBJX0tFWV9TQ09QRV9VTlNQRUNJRklFRBAAEhcKE0FQSV9LRVlfU0NPUEVfUFJPWFkQARIWChJBUElfS0VZX1NDT1BFX1JFQUQQAhIXChNBUElfS0VZX1NDT1BFX1dSSVRFEAMSFwoTQVBJX0tFWV9TQ09QRV9BRE1JThAEMpAOCgtBdXRoU2VydmljZRKLAQoSQ3JlYXRlT3JnYW5pemF0aW9uEiouY2FuZGVsYS5hdXRoLnYxLkNyZWF0ZU9yZ2FuaXphdGlvblJlcXVlc3QaKy5jYW5kZWxhLmF1dGgudjEuQ3JlYXRlT3JnYW5pemF0aW9uUmVzcG9uc2UiHILT5JMCFiIRL3YxL29yZ2FuaXphdGlvbnM6ASoSdAoMQ3JlYXRlQXBpS2V5EiQuY2FuZGVsYS5hdXRoLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaJS5jYW5kZWxhLmF1dGgudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2UiF4LT5JMCESIML3YxL2FwaS1rZXlzOgEqEmAKDEF1dGhlbnRpY2F0ZRIkLmNhbmRlbGEuYXV0aC52MS5BdXRoZW50aWNhdGVSZXF1ZXN0GiUuY2FuZGVsYS5hdXRoLnYxLkF1dGhlbnRpY2F0ZVJlc3BvbnNlIgOQAgESgQEKD0dldE9yZ2FuaXphdGlvbhInLmNhbmRlbGEuYXV0aC52MS5HZXRPcmdhbml6YXRpb25SZXF1ZXN0GiguY2FuZGVsYS5hdXRoLnYxLkdldE9yZ2FuaXphdGlvblJlc3BvbnNlIhuQAgGC0+STAhISEC92MS9vcmdhbml6YXRpb24SigEKElVwZGF0ZU9yZ2FuaXphdGlvbhIqLmNhbmRlbGEuYXV0aC52MS5VcGRhdGVPcmdhbml6YXRpb25SZXF1ZXN0GisuY2FuZGVsYS5hdXRoLnYxLlVwZGF0ZU9yZ2FuaXphdGlvblJlc3BvbnNlIhuC0+STAhUyEC92MS9vcmdhbml6YXRpb246ASoScQoLTGlzdEFwaUtleXMSIy5jYW5kZWxhLmF1dGgudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiQuY2FuZGVsYS5hdXRoLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiF5ACAYLT5JMCDhIML3YxL2FwaS1rZXlzEn4KDFJldm9rZUFwaUtleRIkLmNhbmRlbGEuYXV0aC52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiUuY2FuZGVsYS5hdXRoLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIiGC0+STAhsqGS92MS9hcGkta2V5cy97YXBpX2tleV9pZH0ShwEKEFNldFByaWNlT3ZlcnJpZGUSKC5jYW5kZWxhLmF1dGgudjEuU2V0UHJpY2VPdmVycmlkZVJlcXVlc3QaKS5jYW5kZWxhLmF1dGgudjEuU2V0UHJpY2VPdmVycmlkZVJlc3BvbnNlIh6C0+STAhgiEy92MS9wcmljZS1vdmVycmlkZXM6ASoSjQEKEkxpc3RQcmljZU92ZXJyaWRlcxIqLmNhbmRlbGEuYXV0aC52MS5MaXN0UHJpY2VPdmVycmlkZXNSZXF1ZXN0GisuY2FuZGVsYS5hdXRoLnYxLkxpc3RQcmljZU92ZXJyaWRlc1Jlc3BvbnNlIh6QAgGC0+STAhUSEy92MS9wcmljZS1vdmVycmlkZXMSjQEKE0RlbGV0ZVByaWNlT3ZlcnJpZGUSKy5jYW5kZWxhLmF1dGgudjEuRGVsZXRlUHJpY2VPdmVycmlkZVJlcXVlc3QaLC5jYW5kZWxhLmF1dGgudjEuRGVsZXRlUHJpY2VPdmVycmlkZVJlc3BvbnNlIhuC0+STAhUqEy92MS9wcmljZS1vdmVycmlkZXMSfAoNU2V0TW9kZWxBbGlhcxIlLmNhbmRlbGEuYXV0aC52MS5TZXRNb2RlbEFsaWFzUmVxdWVzdBomLmNhbmRlbGEuYXV0aC52MS5TZXRNb2RlbEFsaWFzUmVzcG9uc2UiHILT5JMCFiIRL3YxL21vZGVsLWFsaWFzZXM6ASoShQEKEExpc3RNb2RlbEFsaWFzZXMSKC5jYW5kZWxhLmF1dGgudjEuTGlzdE1vZGVsQWxpYXNlc1JlcXVlc3QaKS5jYW5kZWxhLmF1dGgudjEuTGlzdE1vZGVsQWxpYXNlc1Jlc3BvbnNlIhyQAgGC0+STAhMSES92MS9tb2RlbC1hbGlhc2VzEoIBChBEZWxldGVNb2RlbEFsaWFzEiguY2FuZGVsYS5hdXRoLnYxLkRlbGV0ZU1vZGVsQWxpYXNSZXF1ZXN0GikuY2FuZGVsYS5hdXRoLnYxLkRlbGV0ZU1vZGVsQWxpYXNSZXNwb25zZSIZgtPkkwITKhEvdjEvbW9kZWwtYWxpYXNlcxJiCgxXYXRjaFByaWNpbmcSJC5jYW5kZWxhLmF1dGgudjEuV2F0Y2hQcmljaW5nUmVxdWVzdBolLmNhbmRlbGEuYXV0aC52MS5XYXRjaFByaWNpbmdSZXNwb25zZSIDkAIBMAFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message candela.auth.v1.Organization
@@ -433,6 +433,374 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
   messageDesc(file_candela_auth_v1_auth_service, 15);
 
 /**
+ * An organization's own price for one (provider, model), in US dollars per million tokens. Each price is
+ * a decimal string ("2.5", "0.075"): at least 0, at most 1000000, at most 6 digits after the point
+ * (so each token costs a whole number of 1e-12 dollars, which the logs store exactly).
+ *
+ * @generated from message candela.auth.v1.PriceOverride
+ */
+export type PriceOverride = Message<"candela.auth.v1.PriceOverride"> & {
+  /**
+   * The provider as logged: "openai", "anthropic", or a custom target's host[:port] ("api.groq.com").
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * The model as requested or as answered (either matches).
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * Every input token that is not a cache read or write (text, audio, image).
+   *
+   * @generated from field: string input_price_per_mtok = 3;
+   */
+  inputPricePerMtok: string;
+
+  /**
+   * Every output token (reasoning and audio included).
+   *
+   * @generated from field: string output_price_per_mtok = 4;
+   */
+  outputPricePerMtok: string;
+
+  /**
+   * Cache reads; unset means the input price.
+   *
+   * @generated from field: optional string cached_input_price_per_mtok = 5;
+   */
+  cachedInputPricePerMtok?: string | undefined;
+
+  /**
+   * Cache writes (5-minute and 1-hour alike); unset means the input price.
+   *
+   * @generated from field: optional string cache_write_price_per_mtok = 6;
+   */
+  cacheWritePricePerMtok?: string | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 7;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message candela.auth.v1.PriceOverride.
+ * Use `create(PriceOverrideSchema)` to create a new message.
+ */
+export const PriceOverrideSchema: GenMessage<PriceOverride> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 16);
+
+/**
+ * A model name priced as another (provider, model) that genai-prices knows.
+ *
+ * @generated from message candela.auth.v1.ModelAlias
+ */
+export type ModelAlias = Message<"candela.auth.v1.ModelAlias"> & {
+  /**
+   * The name as requested or as answered, e.g. "ft:gpt-4o-mini:acme::abc" or an Azure deployment name.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * A genai-prices provider id, e.g. "openai".
+   *
+   * @generated from field: string target_provider = 2;
+   */
+  targetProvider: string;
+
+  /**
+   * A model genai-prices knows at that provider, e.g. "gpt-4o-mini".
+   *
+   * @generated from field: string target_model = 3;
+   */
+  targetModel: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 4;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message candela.auth.v1.ModelAlias.
+ * Use `create(ModelAliasSchema)` to create a new message.
+ */
+export const ModelAliasSchema: GenMessage<ModelAlias> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 17);
+
+/**
+ * @generated from message candela.auth.v1.SetPriceOverrideRequest
+ */
+export type SetPriceOverrideRequest = Message<"candela.auth.v1.SetPriceOverrideRequest"> & {
+  /**
+   * Required with the service credential; with a user key, empty or the key's organization.
+   *
+   * @generated from field: string organization_id = 1;
+   */
+  organizationId: string;
+
+  /**
+   * @generated from field: candela.auth.v1.PriceOverride price_override = 2;
+   */
+  priceOverride?: PriceOverride | undefined;
+};
+
+/**
+ * Describes the message candela.auth.v1.SetPriceOverrideRequest.
+ * Use `create(SetPriceOverrideRequestSchema)` to create a new message.
+ */
+export const SetPriceOverrideRequestSchema: GenMessage<SetPriceOverrideRequest> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 18);
+
+/**
+ * @generated from message candela.auth.v1.SetPriceOverrideResponse
+ */
+export type SetPriceOverrideResponse = Message<"candela.auth.v1.SetPriceOverrideResponse"> & {
+  /**
+   * @generated from field: candela.auth.v1.PriceOverride price_override = 1;
+   */
+  priceOverride?: PriceOverride | undefined;
+};
+
+/**
+ * Describes the message candela.auth.v1.SetPriceOverrideResponse.
+ * Use `create(SetPriceOverrideResponseSchema)` to create a new message.
+ */
+export const SetPriceOverrideResponseSchema: GenMessage<SetPriceOverrideResponse> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 19);
+
+/**
+ * @generated from message candela.auth.v1.ListPriceOverridesRequest
+ */
+export type ListPriceOverridesRequest = Message<"candela.auth.v1.ListPriceOverridesRequest"> & {
+  /**
+   * Required with the service credential; with a user key, empty or the key's organization.
+   *
+   * @generated from field: string organization_id = 1;
+   */
+  organizationId: string;
+};
+
+/**
+ * Describes the message candela.auth.v1.ListPriceOverridesRequest.
+ * Use `create(ListPriceOverridesRequestSchema)` to create a new message.
+ */
+export const ListPriceOverridesRequestSchema: GenMessage<ListPriceOverridesRequest> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 20);
+
+/**
+ * @generated from message candela.auth.v1.ListPriceOverridesResponse
+ */
+export type ListPriceOverridesResponse = Message<"candela.auth.v1.ListPriceOverridesResponse"> & {
+  /**
+   * @generated from field: repeated candela.auth.v1.PriceOverride price_overrides = 1;
+   */
+  priceOverrides: PriceOverride[];
+};
+
+/**
+ * Describes the message candela.auth.v1.ListPriceOverridesResponse.
+ * Use `create(ListPriceOverridesResponseSchema)` to create a new message.
+ */
+export const ListPriceOverridesResponseSchema: GenMessage<ListPriceOverridesResponse> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 21);
+
+/**
+ * @generated from message candela.auth.v1.DeletePriceOverrideRequest
+ */
+export type DeletePriceOverrideRequest = Message<"candela.auth.v1.DeletePriceOverrideRequest"> & {
+  /**
+   * Required with the service credential; with a user key, empty or the key's organization.
+   *
+   * @generated from field: string organization_id = 1;
+   */
+  organizationId: string;
+
+  /**
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string model = 3;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message candela.auth.v1.DeletePriceOverrideRequest.
+ * Use `create(DeletePriceOverrideRequestSchema)` to create a new message.
+ */
+export const DeletePriceOverrideRequestSchema: GenMessage<DeletePriceOverrideRequest> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 22);
+
+/**
+ * @generated from message candela.auth.v1.DeletePriceOverrideResponse
+ */
+export type DeletePriceOverrideResponse = Message<"candela.auth.v1.DeletePriceOverrideResponse"> & {
+};
+
+/**
+ * Describes the message candela.auth.v1.DeletePriceOverrideResponse.
+ * Use `create(DeletePriceOverrideResponseSchema)` to create a new message.
+ */
+export const DeletePriceOverrideResponseSchema: GenMessage<DeletePriceOverrideResponse> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 23);
+
+/**
+ * @generated from message candela.auth.v1.SetModelAliasRequest
+ */
+export type SetModelAliasRequest = Message<"candela.auth.v1.SetModelAliasRequest"> & {
+  /**
+   * Required with the service credential; with a user key, empty or the key's organization.
+   *
+   * @generated from field: string organization_id = 1;
+   */
+  organizationId: string;
+
+  /**
+   * @generated from field: candela.auth.v1.ModelAlias model_alias = 2;
+   */
+  modelAlias?: ModelAlias | undefined;
+};
+
+/**
+ * Describes the message candela.auth.v1.SetModelAliasRequest.
+ * Use `create(SetModelAliasRequestSchema)` to create a new message.
+ */
+export const SetModelAliasRequestSchema: GenMessage<SetModelAliasRequest> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 24);
+
+/**
+ * @generated from message candela.auth.v1.SetModelAliasResponse
+ */
+export type SetModelAliasResponse = Message<"candela.auth.v1.SetModelAliasResponse"> & {
+  /**
+   * @generated from field: candela.auth.v1.ModelAlias model_alias = 1;
+   */
+  modelAlias?: ModelAlias | undefined;
+};
+
+/**
+ * Describes the message candela.auth.v1.SetModelAliasResponse.
+ * Use `create(SetModelAliasResponseSchema)` to create a new message.
+ */
+export const SetModelAliasResponseSchema: GenMessage<SetModelAliasResponse> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 25);
+
+/**
+ * @generated from message candela.auth.v1.ListModelAliasesRequest
+ */
+export type ListModelAliasesRequest = Message<"candela.auth.v1.ListModelAliasesRequest"> & {
+  /**
+   * Required with the service credential; with a user key, empty or the key's organization.
+   *
+   * @generated from field: string organization_id = 1;
+   */
+  organizationId: string;
+};
+
+/**
+ * Describes the message candela.auth.v1.ListModelAliasesRequest.
+ * Use `create(ListModelAliasesRequestSchema)` to create a new message.
+ */
+export const ListModelAliasesRequestSchema: GenMessage<ListModelAliasesRequest> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 26);
+
+/**
+ * @generated from message candela.auth.v1.ListModelAliasesResponse
+ */
+export type ListModelAliasesResponse = Message<"candela.auth.v1.ListModelAliasesResponse"> & {
+  /**
+   * @generated from field: repeated candela.auth.v1.ModelAlias model_aliases = 1;
+   */
+  modelAliases: ModelAlias[];
+};
+
+/**
+ * Describes the message candela.auth.v1.ListModelAliasesResponse.
+ * Use `create(ListModelAliasesResponseSchema)` to create a new message.
+ */
+export const ListModelAliasesResponseSchema: GenMessage<ListModelAliasesResponse> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 27);
+
+/**
+ * @generated from message candela.auth.v1.DeleteModelAliasRequest
+ */
+export type DeleteModelAliasRequest = Message<"candela.auth.v1.DeleteModelAliasRequest"> & {
+  /**
+   * Required with the service credential; with a user key, empty or the key's organization.
+   *
+   * @generated from field: string organization_id = 1;
+   */
+  organizationId: string;
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message candela.auth.v1.DeleteModelAliasRequest.
+ * Use `create(DeleteModelAliasRequestSchema)` to create a new message.
+ */
+export const DeleteModelAliasRequestSchema: GenMessage<DeleteModelAliasRequest> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 28);
+
+/**
+ * @generated from message candela.auth.v1.DeleteModelAliasResponse
+ */
+export type DeleteModelAliasResponse = Message<"candela.auth.v1.DeleteModelAliasResponse"> & {
+};
+
+/**
+ * Describes the message candela.auth.v1.DeleteModelAliasResponse.
+ * Use `create(DeleteModelAliasResponseSchema)` to create a new message.
+ */
+export const DeleteModelAliasResponseSchema: GenMessage<DeleteModelAliasResponse> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 29);
+
+/**
+ * @generated from message candela.auth.v1.WatchPricingRequest
+ */
+export type WatchPricingRequest = Message<"candela.auth.v1.WatchPricingRequest"> & {
+};
+
+/**
+ * Describes the message candela.auth.v1.WatchPricingRequest.
+ * Use `create(WatchPricingRequestSchema)` to create a new message.
+ */
+export const WatchPricingRequestSchema: GenMessage<WatchPricingRequest> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 30);
+
+/**
+ * @generated from message candela.auth.v1.WatchPricingResponse
+ */
+export type WatchPricingResponse = Message<"candela.auth.v1.WatchPricingResponse"> & {
+  /**
+   * The organization whose pricing changed; empty: drop everything cached.
+   *
+   * @generated from field: string organization_id = 1;
+   */
+  organizationId: string;
+};
+
+/**
+ * Describes the message candela.auth.v1.WatchPricingResponse.
+ * Use `create(WatchPricingResponseSchema)` to create a new message.
+ */
+export const WatchPricingResponseSchema: GenMessage<WatchPricingResponse> = /*@__PURE__*/
+  messageDesc(file_candela_auth_v1_auth_service, 31);
+
+/**
  * @generated from enum candela.auth.v1.ApiKeyScope
  */
 export enum ApiKeyScope {
@@ -564,6 +932,86 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiKeyRequestSchema;
     output: typeof RevokeApiKeyResponseSchema;
+  },
+  /**
+   * Sets the organization's price for one (provider, model), replacing genai-prices' for it from the next
+   * proxied request on. Prices are US dollars per million tokens as decimal strings (never floats).
+   * Requires the service credential or an ADMIN key of the organization.
+   *
+   * @generated from rpc candela.auth.v1.AuthService.SetPriceOverride
+   */
+  setPriceOverride: {
+    methodKind: "unary";
+    input: typeof SetPriceOverrideRequestSchema;
+    output: typeof SetPriceOverrideResponseSchema;
+  },
+  /**
+   * The organization's price overrides, by provider then model. Requires the service credential or a
+   * READ (or ADMIN) key of the organization.
+   *
+   * @generated from rpc candela.auth.v1.AuthService.ListPriceOverrides
+   */
+  listPriceOverrides: {
+    methodKind: "unary";
+    input: typeof ListPriceOverridesRequestSchema;
+    output: typeof ListPriceOverridesResponseSchema;
+  },
+  /**
+   * Removes one override (genai-prices prices the model again); NOT_FOUND when there is none. Requires
+   * the service credential or an ADMIN key. REST: DELETE /v1/price-overrides?provider=..&model=..
+   *
+   * @generated from rpc candela.auth.v1.AuthService.DeletePriceOverride
+   */
+  deletePriceOverride: {
+    methodKind: "unary";
+    input: typeof DeletePriceOverrideRequestSchema;
+    output: typeof DeletePriceOverrideResponseSchema;
+  },
+  /**
+   * Maps a model name (a fine-tune, a deployment name) to a (provider, model) genai-prices knows, for cost;
+   * replaces the alias of that name. INVALID_ARGUMENT when genai-prices does not know the target.
+   * Requires the service credential or an ADMIN key of the organization.
+   *
+   * @generated from rpc candela.auth.v1.AuthService.SetModelAlias
+   */
+  setModelAlias: {
+    methodKind: "unary";
+    input: typeof SetModelAliasRequestSchema;
+    output: typeof SetModelAliasResponseSchema;
+  },
+  /**
+   * The organization's model aliases, by model name. Requires the service credential or a READ (or
+   * ADMIN) key of the organization.
+   *
+   * @generated from rpc candela.auth.v1.AuthService.ListModelAliases
+   */
+  listModelAliases: {
+    methodKind: "unary";
+    input: typeof ListModelAliasesRequestSchema;
+    output: typeof ListModelAliasesResponseSchema;
+  },
+  /**
+   * Removes one alias; NOT_FOUND when there is none. Requires the service credential or an ADMIN key.
+   * REST: DELETE /v1/model-aliases?model=..
+   *
+   * @generated from rpc candela.auth.v1.AuthService.DeleteModelAlias
+   */
+  deleteModelAlias: {
+    methodKind: "unary";
+    input: typeof DeleteModelAliasRequestSchema;
+    output: typeof DeleteModelAliasResponseSchema;
+  },
+  /**
+   * A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
+   * them; the first message (an empty organization_id) means "anything may have changed". Internal only:
+   * requires the service credential.
+   *
+   * @generated from rpc candela.auth.v1.AuthService.WatchPricing
+   */
+  watchPricing: {
+    methodKind: "server_streaming";
+    input: typeof WatchPricingRequestSchema;
+    output: typeof WatchPricingResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_candela_auth_v1_auth_service, 0);
