@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics, prompting
+from candela_proxy import bedrock, metrics, prompting
 from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
@@ -72,6 +72,12 @@ class ProxyHandler:
         route = resolve_route(
             request.path, request.query_string, self._config.openai_base_url, self._config.anthropic_base_url
         )
+        if route is None and bedrock.serves(request.path):
+            try:
+                route = bedrock.resolve_route(request, self._config)
+            except ProxyError as err:
+                metrics.count_request(Provider.BEDROCK.value, "", err.status)
+                return error_response(Provider.BEDROCK, err, None)
         if route is None:
             provider = Provider.ANTHROPIC if request.path.startswith("/anthropic") else Provider.OPENAI
             metrics.count_request(provider.value, "", 404)
