@@ -174,3 +174,19 @@ def test_candelas_refusal_is_a_bedrock_error(stack: Stack) -> None:
         client.converse(modelId=NOVA, messages=MESSAGES)
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 401
     assert "Candela-Auth" in caught.value.response["Error"]["Message"]
+
+
+def test_a_cached_stream_is_replayed_as_the_same_binary_stream(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    seed = str(uuid.uuid4())
+    client = _resigning(stack, admin.api_key, **{"Candela-Cache-Enabled": "true", "Candela-Cache-Seed": seed})
+    first = client.converse_stream(modelId=NOVA, messages=MESSAGES)
+    first_events = list(first["stream"])
+    second = client.converse_stream(modelId=NOVA, messages=MESSAGES)
+    assert second["ResponseMetadata"]["HTTPHeaders"]["candela-cache"] == "HIT"
+    assert list(second["stream"]) == first_events
+    logged = wait_for_logged_request(query_stub, admin.api_key, _request_id(second))
+    assert logged.request.cache_hit
+    assert logged.request.usage.completion_tokens == COMPLETION_TOKENS
+    assert "event: metadata\ndata: " in logged.response_body

@@ -16,8 +16,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from candela_proxy import bedrock, pricing
 from candela_proxy.config import ProxyConfig
-from candela_proxy.eventstream import EventStreamFacts, MessageSplitter
+from candela_proxy.eventstream import EventStreamFacts, MessageSplitter, readable
 from candela_proxy.exchange import ProxyError, error_response
+from candela_proxy.headers import parse_candela_headers
 from candela_proxy.providers import Provider
 from candela_stack.fake_provider.bedrock import event, event_stream_message
 
@@ -107,6 +108,15 @@ def test_resigning_replaces_the_callers_signature_and_drops_its_credentials() ->
     assert headers["Authorization"].endswith(f"Signature={expected}")
 
 
+def test_a_long_session_token_is_accepted() -> None:
+    token = "IQoJb3JpZ2luX2VjE" * 150  # STS tokens run past the 1024 characters other Candela headers get
+    headers = {**CREDENTIALS, "Candela-Aws-Session-Token": token}
+    assert parse_candela_headers(CIMultiDict(headers)).auth is None
+    route = _route(f"/bedrock/model/{CLAUDE_IN_PATH}/converse", **headers)
+    _, signed = route.upstream_auth.prepare("POST", route.upstream_url, {}, b"{}")
+    assert signed["X-Amz-Security-Token"] == token
+
+
 def test_pass_through_keeps_the_callers_signature_and_host() -> None:
     signed = {"Authorization": "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261207/us-east-1/bedrock/aws4_request"}
     route = _route(
@@ -153,6 +163,7 @@ def test_a_converse_stream_cut_anywhere_is_relayed_whole_and_priced(piece: int) 
     assert (facts.prompt_tokens, facts.completion_tokens) == (16, 3)
     assert (facts.cache_read_tokens, facts.cache_write_tokens, facts.finish_reason) == (4, 2, "end_turn")
     rendered = b"".join(reader.rendered).decode()
+    assert readable(stream).decode() == rendered
     assert 'event: contentBlockDelta\ndata: {"contentBlockIndex":0,"delta":{"text":"Hello"}' in rendered
 
 

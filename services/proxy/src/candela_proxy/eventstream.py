@@ -172,6 +172,18 @@ class EventStreamFacts:
         return event.get("type") == "message_stop"
 
 
+def readable(stream: bytes) -> bytes:
+    """A whole event stream as the log keeps it (a cached stream replayed, for one)."""
+    splitter, reader = MessageSplitter(), EventStreamFacts()
+    for message in splitter.feed(stream):
+        if splitter.broken:
+            reader.observe_raw(message)
+        else:
+            reader.observe(message)
+    reader.observe_raw(splitter.finish())
+    return b"".join(reader.rendered)
+
+
 def _block(kind: str, data: bytes) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
 

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import bedrock, metrics, prompting
+from candela_proxy import bedrock, eventstream, metrics, prompting
 from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
@@ -167,6 +167,8 @@ class ProxyHandler:
         exchange.facts = ResponseFacts.from_dict(answer.facts)
         exchange.cost_saved_usd = answer.cost_usd
         exchange.response_chunks.append(answer.body)
+        if answer.content_type == eventstream.CONTENT_TYPE:
+            exchange.response_log = eventstream.readable(answer.body)
         headers = {
             "Content-Type": answer.content_type,
             "Candela-Id": exchange.request_id,
