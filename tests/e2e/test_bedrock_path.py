@@ -108,7 +108,8 @@ def test_a_wrong_secret_reaches_the_provider_which_refuses_the_signature(
 def test_converse_stream_is_relayed_and_priced_with_cache_reads(
     stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
 ) -> None:
-    client = _resigning(stack, admin.api_key, **{"x-fake-cached-tokens": "4"})
+    # The fake writes the binary stream in 7-byte pieces: the gateway relays whole messages all the same.
+    client = _resigning(stack, admin.api_key, **{"x-fake-cached-tokens": "4", "x-fake-write-bytes": "7"})
     answer = client.converse_stream(modelId=CLAUDE, messages=MESSAGES)
     events = list(answer["stream"])
     text = "".join(event["contentBlockDelta"]["delta"]["text"] for event in events if "contentBlockDelta" in event)
