@@ -214,7 +214,9 @@ def test_an_exception_message_ends_the_stream() -> None:
         (":content-type", "application/json"),
         (":message-type", "exception"),
     ]
-    assert EventStreamFacts().observe(event_stream_message(headers, b'{"message":"slow down"}')) is True
+    reader = EventStreamFacts()
+    assert reader.observe(event_stream_message(headers, b'{"message":"slow down"}')) is True
+    assert reader.stream_error == "throttlingException: slow down"
 
 
 def test_non_streamed_usage() -> None:

@@ -94,8 +94,9 @@ class EventStreamFacts:
         self._anthropic = StreamFacts(Provider.ANTHROPIC)
         self._metrics: dict[str, Any] | None = None
         self._parser = EventStreamBuffer()
-        self._readable = False
         self.rendered: list[bytes] = []
+        self.stream_error = ""
+        """The exception a stream ended with (``modelStreamErrorException: <message>``), or ""."""
 
     def observe(self, message: bytes) -> bool:
         """Consumes one message; True when it ends the stream (the client gets it once the log is durable)."""
@@ -137,7 +138,11 @@ class EventStreamFacts:
             document = None
         if message_type != "event" or not isinstance(document, dict):
             self.rendered.append(_block(kind or message_type, payload))
-            return message_type != "event"
+            if message_type == "event":
+                return False
+            message_text = document.get("message") if isinstance(document, dict) else None
+            self.stream_error = f"{kind or message_type}: {message_text}" if message_text else kind or message_type
+            return True
         if kind == "chunk":
             return self._chunk(document)
         self.rendered.append(_block(kind, payload))
@@ -252,6 +257,9 @@ async def relay_event_stream(
         exchange.response_chunks += held
         exchange.facts = reader.finish()
         exchange.response_log = b"".join(reader.rendered)
+        if reader.stream_error:
+            # Bounded: the record's metadata has a size limit, and the message is the provider's text.
+            exchange.error = f"the provider ended the stream with {reader.stream_error[:1000]}"
         exchange.complete = True
         await recorder.log_durably(exchange)
         if held:
