@@ -29,6 +29,7 @@ PROMPT_TOKENS = 3 + 3 + len(PROMPT.split())
 COMPLETION_TOKENS = 12
 NOVA = "amazon.nova-lite-v1:0"
 CLAUDE = "us.anthropic.claude-3-5-sonnet-20241022-v2:0"
+LLAMA = "us.meta.llama3-1-8b-instruct-v1:0"
 MESSAGES = [{"role": "user", "content": [{"text": PROMPT}]}]
 ANTHROPIC_BODY = json.dumps(
     {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "messages": [{"role": "user", "content": PROMPT}]}
@@ -167,6 +168,26 @@ def test_invoke_stream_passed_through_with_the_callers_own_signature(
     assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
     assert record.cost_usd == str(expected_cost(CLAUDE, "aws", PROMPT_TOKENS, COMPLETION_TOKENS))
     assert 'event: chunk\ndata: {"type":"message_delta"' in logged.response_body
+
+
+def test_llama_through_invoke_model_is_priced_from_bedrocks_token_counts(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    # Llama's native answer and stream carry their own counts; the gateway reads Bedrock's (the
+    # X-Amzn-Bedrock-*-Token-Count headers, the stream's invocation metrics), the same for every family.
+    client = _resigning(stack, admin.api_key)
+    body = json.dumps({"prompt": PROMPT})
+    answer = client.invoke_model(modelId=LLAMA, body=body)
+    streamed = client.invoke_model_with_response_stream(modelId=LLAMA, body=body)
+    assert "".join(json.loads(event["chunk"]["bytes"])["generation"] for event in streamed["body"]).startswith("Echo:")
+    for request_id in (_request_id(answer), _request_id(streamed)):
+        record = wait_for_logged_request(query_stub, admin.api_key, request_id).request
+        assert (record.model, record.usage.prompt_tokens, record.usage.completion_tokens) == (
+            LLAMA,
+            PROMPT_TOKENS,
+            COMPLETION_TOKENS,
+        )
+        assert record.cost_usd == str(expected_cost(LLAMA, "aws", PROMPT_TOKENS, COMPLETION_TOKENS))
 
 
 def test_candelas_refusal_is_a_bedrock_error(stack: Stack) -> None:

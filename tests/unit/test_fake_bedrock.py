@@ -145,3 +145,22 @@ def test_anthropic_model_names() -> None:
     assert anthropic_model_name(CLAUDE) == "claude-3-5-sonnet-20241022"
     assert anthropic_model_name("global.anthropic.claude-haiku-4-5-20251001-v1:0") == "claude-haiku-4-5-20251001"
     assert anthropic_model_name(NOVA) == ""
+
+
+async def test_invoke_model_speaks_llamas_native_body(base_url: str) -> None:
+    client = _client(base_url)
+    body = json.dumps({"prompt": PROMPT, "max_gen_len": 5})
+    answer = await asyncio.to_thread(client.invoke_model, modelId="us.meta.llama3-1-8b-instruct-v1:0", body=body)
+    document = json.loads(answer["body"].read())
+    assert document == {
+        "generation": "Echo: Say hello lorem ipsum",
+        "prompt_token_count": PROMPT_TOKENS,
+        "generation_token_count": 5,
+        "stop_reason": "length",
+    }
+    streamed = await asyncio.to_thread(
+        client.invoke_model_with_response_stream, modelId="meta.llama3-1-8b-instruct-v1:0", body=body
+    )
+    chunks = [json.loads(event["chunk"]["bytes"]) for event in await asyncio.to_thread(_events, streamed["body"])]
+    assert "".join(chunk["generation"] for chunk in chunks) == "Echo: Say hello lorem ipsum"
+    assert chunks[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 5

@@ -10,9 +10,12 @@
   such as ``us.`` or ``global.``) the body is a Messages request with ``anthropic_version`` and the answer a
   Message (``model`` is Anthropic's name, e.g. ``claude-3-5-sonnet-20241022``), with the
   ``X-Amzn-Bedrock-Input-Token-Count`` / ``-Output-Token-Count`` / ``-Invocation-Latency`` headers. Other
-  families get a 400 ValidationException (the fake speaks only Anthropic's native body).
+  Meta Llama model ids (``meta.llama...``) take Llama's native body (``prompt``, ``max_gen_len``) and answer
+  ``generation`` with ``prompt_token_count`` / ``generation_token_count`` / ``stop_reason`` and the same
+  headers. Other families get a 400 ValidationException.
 - ``POST /model/{modelId}/invoke-with-response-stream``: Anthropic's stream events, each the base64
   ``bytes`` of a ``chunk`` event; the last (``message_stop``) carries ``amazon-bedrock-invocationMetrics``.
+  Llama's stream: one ``generation`` chunk per delta, then a last one with ``stop_reason`` and the metrics.
 
 Every event payload carries Bedrock's ``"p"`` padding. Token counts, replies and the ``x-fake-*`` headers
 follow the package's rules (Converse ``inputTokens`` exclude cache reads and writes, as Bedrock reports them);
@@ -325,7 +328,8 @@ def _invoke_request(request: web.Request, body: JSONObject) -> tuple[str, list[s
     model = anthropic_model_name(request.match_info["model_id"])
     if not model:
         raise FakeRequestError(
-            "The fake provider serves InvokeModel for Anthropic models only; use Converse for this model.",
+            "The fake provider serves InvokeModel for Anthropic and Meta Llama models only; use Converse for this"
+            " model.",
             code="ValidationException",
         )
     if body.get("anthropic_version") != ANTHROPIC_BEDROCK_VERSION:
@@ -357,23 +361,103 @@ def _anthropic_message(
     }
 
 
+def is_llama(model_id: str) -> bool:
+    """Whether a Bedrock model id (or inference profile) is Meta Llama's."""
+    return _REGION_PREFIX.sub("", model_id.rsplit("/", 1)[-1]).startswith("meta.llama")
+
+
+def _llama_request(request: web.Request, body: JSONObject) -> tuple[Generation, TokenUsage, Scenario]:
+    """Llama's native body (``prompt``, optional ``max_gen_len``): the reply and its counts."""
+    prompt = body.get("prompt")
+    max_gen_len = body.get("max_gen_len")
+    if not isinstance(prompt, str) or (max_gen_len is not None and not isinstance(max_gen_len, int)):
+        raise FakeRequestError(
+            "Malformed input request: #: required key [prompt] not found, please reformat your input and try again.",
+            code="ValidationException",
+        )
+    scenario = scenario_of(request)
+    generation = generate(prompt, scenario, max_gen_len)
+    usage = TokenUsage(
+        prompt_tokens=count_message_tokens([prompt]),
+        visible_completion_tokens=generation.visible_tokens,
+        overrides=scenario.usage_overrides,
+    )
+    return generation, usage, scenario
+
+
+def _token_count_headers(started: float, usage: TokenUsage) -> dict[str, str]:
+    return {
+        **bedrock_headers(),
+        "X-Amzn-Bedrock-Invocation-Latency": str(int((time.monotonic() - started) * 1000)),
+        "X-Amzn-Bedrock-Input-Token-Count": str(usage.prompt_tokens),
+        "X-Amzn-Bedrock-Output-Token-Count": str(usage.completion_tokens),
+    }
+
+
+async def _invoke_llama(request: web.Request, body: JSONObject, started: float) -> web.StreamResponse:
+    generation, usage, scenario = _llama_request(request, body)
+    await scenario.pace(len(generation.deltas))
+    answer = {
+        "generation": generation.text,
+        "prompt_token_count": usage.prompt_tokens,
+        "generation_token_count": usage.completion_tokens,
+        "stop_reason": "length" if generation.truncated else "stop",
+    }
+    return web.Response(
+        text=dumps(answer), content_type="application/json", headers=_token_count_headers(started, usage)
+    )
+
+
+async def _invoke_llama_stream(request: web.Request, body: JSONObject, started: float) -> web.StreamResponse:
+    generation, usage, scenario = _llama_request(request, body)
+    response = await _open_event_stream(request, {"X-Amzn-Bedrock-Content-Type": "application/json"})
+    try:
+        generated = 0
+        for index, delta in enumerate(generation.deltas):
+            await scenario.pace()
+            generated += len(delta.split())
+            piece = {
+                "generation": delta,
+                "prompt_token_count": usage.prompt_tokens if index == 0 else None,
+                "generation_token_count": generated,
+                "stop_reason": None,
+            }
+            await _write(response, scenario, _chunk(piece))
+        metrics = {
+            "inputTokenCount": usage.prompt_tokens,
+            "outputTokenCount": usage.completion_tokens,
+            "invocationLatency": int((time.monotonic() - started) * 1000),
+            "firstByteLatency": 0,
+        }
+        last = {
+            "generation": "",
+            "prompt_token_count": None,
+            "generation_token_count": usage.completion_tokens,
+            "stop_reason": "length" if generation.truncated else "stop",
+            "amazon-bedrock-invocationMetrics": metrics,
+        }
+        await _write(response, scenario, _chunk(last))
+        await response.write_eof()
+    except ConnectionResetError:
+        logger.debug("client disconnected during %s", request.path)
+    return response
+
+
 async def invoke(request: web.Request) -> web.StreamResponse:
-    """``POST /model/{modelId}/invoke``: an Anthropic Message."""
+    """``POST /model/{modelId}/invoke``: an Anthropic Message, or Llama's native answer."""
     started = time.monotonic()
     body = await _prepared(request)
+    if is_llama(request.match_info["model_id"]):
+        return await _invoke_llama(request, body, started)
     model, texts, messages, max_tokens = _invoke_request(request, body)
     generation, usage, scenario = _generate(request, texts, messages, max_tokens)
     await scenario.pace(len(generation.deltas))
     content = [{"type": "text", "text": generation.text}] if generation.text else []
     stop = "max_tokens" if generation.truncated else "end_turn"
     message = _anthropic_message(model, random_id("msg_bdrk_01", 22), content, stop, message_usage(usage))
-    headers = {
-        **bedrock_headers(),
-        "X-Amzn-Bedrock-Invocation-Latency": str(int((time.monotonic() - started) * 1000)),
-        "X-Amzn-Bedrock-Input-Token-Count": str(usage.prompt_tokens),
-        "X-Amzn-Bedrock-Output-Token-Count": str(usage.completion_tokens),
-    }
-    return web.Response(text=dumps(message), content_type="application/json", headers=headers)
+    return web.Response(
+        text=dumps(message), content_type="application/json", headers=_token_count_headers(started, usage)
+    )
 
 
 def _chunk(document: JSONObject) -> bytes:
@@ -381,9 +465,12 @@ def _chunk(document: JSONObject) -> bytes:
 
 
 async def invoke_stream(request: web.Request) -> web.StreamResponse:
-    """``POST /model/{modelId}/invoke-with-response-stream``: Anthropic's events in ``chunk`` messages."""
+    """``POST /model/{modelId}/invoke-with-response-stream``: Anthropic's (or Llama's) events in ``chunk``
+    messages."""
     started = time.monotonic()
     body = await _prepared(request)
+    if is_llama(request.match_info["model_id"]):
+        return await _invoke_llama_stream(request, body, started)
     model, texts, messages, max_tokens = _invoke_request(request, body)
     generation, usage, scenario = _generate(request, texts, messages, max_tokens)
     response = await _open_event_stream(request, {"X-Amzn-Bedrock-Content-Type": "application/json"})
