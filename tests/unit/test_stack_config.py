@@ -47,6 +47,7 @@ def test_the_fake_provider_stands_in_unless_an_upstream_is_configured(
 ) -> None:
     monkeypatch.delenv("CANDELA_OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("CANDELA_ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("CANDELA_BEDROCK_BASE_URL", raising=False)
     stack = Stack(StackConfig.for_tests(tmp_path))
     fake = f"http://127.0.0.1:{stack.ports.fake_provider}"
     assert stack.uses_fake_provider
@@ -54,6 +55,7 @@ def test_the_fake_provider_stands_in_unless_an_upstream_is_configured(
     proxy_env = stack.service_env(Component.PROXY)
     assert proxy_env["CANDELA_OPENAI_BASE_URL"] == f"{fake}/v1"
     assert proxy_env["CANDELA_ANTHROPIC_BASE_URL"] == fake
+    assert proxy_env["CANDELA_BEDROCK_BASE_URL"] == fake
 
     monkeypatch.setenv("CANDELA_OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     real = Stack(StackConfig.for_tests(tmp_path))
@@ -190,6 +192,7 @@ def test_the_banner_with_the_fake_provider_lists_its_port_and_a_runnable_snippet
 ) -> None:
     monkeypatch.delenv("CANDELA_OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("CANDELA_ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("CANDELA_BEDROCK_BASE_URL", raising=False)
     stack = Stack(StackConfig.for_tests(tmp_path))
     text = banner(stack, BOOTSTRAP)
     assert f"fake_provider {stack.ports.fake_provider}" in text

@@ -6,6 +6,7 @@ Envoy's own validation of the config and real routing through it are integration
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,13 @@ def test_envoys_own_replies_are_json_in_the_sdks_error_shape(tmp_path: Path) -> 
     assert catch_all["body_format_override"]["json_format"]["error"]["message"] == "%LOCAL_REPLY_BODY%"
     assert catch_all["body_format_override"]["json_format"]["error"]["type"] == "invalid_request_error"
     assert "body_format" not in local_reply
+    # Bedrock paths get Bedrock's shape, with the exception name boto3 reads.
+    bedrock = [mapper for mapper in local_reply["mappers"] if "/bedrock/" in json.dumps(mapper["filter"])]
+    assert [mapper["headers_to_add"][0]["header"]["value"] for mapper in bedrock] == [
+        "ServiceUnavailableException",
+        "ValidationException",
+    ]
+    assert bedrock[1]["body_format_override"]["json_format"]["message"] == "%LOCAL_REPLY_BODY%"
 
 
 def test_access_log_is_json_lines_without_credentials(tmp_path: Path) -> None:

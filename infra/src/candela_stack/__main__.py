@@ -132,6 +132,7 @@ def banner(stack: Stack, bootstrap: Bootstrap | None) -> str:
         else:
             lines.append(f"  Upstream    OpenAI: {stack.openai_base_url or 'the proxy default (the real API)'}")
             lines.append(f"              Anthropic: {stack.anthropic_base_url or 'the proxy default (the real API)'}")
+            lines.append(f"              Bedrock: {stack.bedrock_base_url or 'the proxy default (the real API)'}")
     if bootstrap is not None:
         key = bootstrap.api_key
         # With a real upstream the key is the user's own: the shell reads it from the environment, and so

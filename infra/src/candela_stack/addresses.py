@@ -270,6 +270,9 @@ class StackAddresses:
         """Upstream of OpenAI-shaped calls (None: the proxy's own default, the real provider)."""
         self.anthropic_base_url: str | None = anthropic or (fake if self.uses_fake_provider else None)
         """Upstream of Anthropic-shaped calls (None: the proxy's own default)."""
+        bedrock = self._caller_env("CANDELA_BEDROCK_BASE_URL")
+        self.bedrock_base_url: str | None = bedrock or (fake if self.uses_fake_provider else None)
+        """Upstream of Bedrock calls (None: the proxy's own default, the real regional endpoint)."""
         if self.uses_fake_provider:
             self.components = self.components | {Component.FAKE_PROVIDER}
 
@@ -567,6 +570,8 @@ class StackAddresses:
                 env["CANDELA_OPENAI_BASE_URL"] = self.openai_base_url
             if self.anthropic_base_url is not None:
                 env["CANDELA_ANTHROPIC_BASE_URL"] = self.anthropic_base_url
+            if self.bedrock_base_url is not None:
+                env["CANDELA_BEDROCK_BASE_URL"] = self.bedrock_base_url
             return env
         raise ValueError(f"{component} is not a service")
 

@@ -9,7 +9,8 @@ def local_reply_config() -> dict[str, Any]:
     """Envoy's own answers (413, 503 no healthy upstream, ...) as JSON in the caller's SDK error shape.
 
     gRPC callers get the message alone (Envoy puts it in grpc-message with the matching grpc-status);
-    Anthropic paths get Anthropic's shape; everything else OpenAI's. `code` says why Envoy answered
+    Anthropic paths get Anthropic's shape; Bedrock paths Bedrock's (`{"message"}`, the exception name in
+    `x-amzn-ErrorType`, so boto3 raises its ClientError); everything else OpenAI's. `code` says why Envoy answered
     (e.g. `request_payload_too_large`, `no_healthy_upstream`).
     """
     # A REST call turned into gRPC by the transcoder also says application/grpc, but keeps its original
@@ -30,6 +31,7 @@ def local_reply_config() -> dict[str, Any]:
             ]
         }
     }
+    bedrock = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/bedrock/"}}}}
     server_fault = {
         "status_code_filter": {
             "comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "candela.local_reply.server"}}
@@ -43,6 +45,11 @@ def local_reply_config() -> dict[str, Any]:
     too_large = {"default_value": 413, "runtime_key": "candela.local_reply.too_large"}
     mappers = [
         {"filter": grpc, "body_format_override": {"text_format": "%LOCAL_REPLY_BODY%"}},
+        {
+            "filter": {"and_filter": {"filters": [bedrock, server_fault]}},
+            **_bedrock_error("ServiceUnavailableException"),
+        },
+        {"filter": bedrock, **_bedrock_error("ValidationException")},
         {
             "filter": {"and_filter": {"filters": [anthropic, server_fault]}},
             "body_format_override": _anthropic_error("api_error"),
@@ -75,3 +82,12 @@ def _openai_error(error_type: str, code: str = "%RESPONSE_CODE_DETAILS%") -> dic
 
 def _anthropic_error(error_type: str) -> dict[str, Any]:
     return {"json_format": {"type": "error", "error": {"type": error_type, "message": "%LOCAL_REPLY_BODY%"}}}
+
+
+def _bedrock_error(exception: str) -> dict[str, Any]:
+    return {
+        "headers_to_add": [
+            {"header": {"key": "x-amzn-ErrorType", "value": exception}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+        "body_format_override": {"json_format": {"message": "%LOCAL_REPLY_BODY%", "code": "%RESPONSE_CODE_DETAILS%"}},
+    }

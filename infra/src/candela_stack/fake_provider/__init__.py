@@ -12,6 +12,9 @@ Endpoints (everything under ``/v1`` is "provider" traffic, recorded and subject 
 - Anthropic: ``POST /v1/messages`` (streams with ``"stream": true``), ``POST /v1/messages/count_tokens``,
   ``GET /v1/models`` when the request carries ``anthropic-version``. ``/v1/messages*`` requires the
   ``anthropic-version`` header, as the real API does.
+- AWS Bedrock Runtime: ``POST /model/{modelId}/converse``, ``/converse-stream``, ``/invoke`` and
+  ``/invoke-with-response-stream`` (streams in AWS's binary event-stream framing), every request's SigV4
+  signature checked with botocore; see :mod:`candela_stack.fake_provider.bedrock`.
 - Any other path: 404 in the provider's error shape.
 - Control plane (not recorded): ``GET /healthz``; ``GET /_fake/requests`` (JSON list of every provider
   request received: method, path, query, headers with lower-cased names, body as UTF-8 text and base64,
@@ -93,8 +96,9 @@ writes each event in pieces of at most N bytes (a CRLF may be cut between its CR
 
 Error simulation (error bodies in the provider's exact shape: OpenAI
 ``{"error": {"message", "type", "param", "code"}}``, Anthropic
-``{"type": "error", "error": {"type", "message"}, "request_id"}``; ``/v1/messages*`` or a request with
-``anthropic-version`` gets Anthropic's shape, everything else OpenAI's):
+``{"type": "error", "error": {"type", "message"}, "request_id"}``, Bedrock ``{"message"}`` with
+``x-amzn-ErrorType``; ``/v1/messages*`` or a request with ``anthropic-version`` gets Anthropic's shape,
+``/model/*`` Bedrock's, everything else OpenAI's):
 
 - ``x-fake-status: S`` (400-599) answers every such request with status S.
 - ``x-fake-fail-times: N`` with ``x-fake-key: K`` fails only the first N requests carrying key K (a
@@ -107,8 +111,8 @@ Error simulation (error bodies in the provider's exact shape: OpenAI
 
 Layout: one module per provider API, each with ``add_routes(router)`` and listed in
 ``app.PROVIDER_APIS``: ``openai_chat``, ``openai_completions``, ``openai_embeddings``,
-``openai_responses`` (with ``openai_common``, what OpenAI's APIs share), ``anthropic_messages`` and
-``models``. The shared core: ``app`` (the server, the filter every provider request goes through, the
+``openai_responses`` (with ``openai_common``, what OpenAI's APIs share), ``anthropic_messages``,
+``bedrock`` and ``models``. The shared core: ``app`` (the server, the filter every provider request goes through, the
 control plane, the command line), ``recording`` (the request log), ``scenario`` (the ``x-fake-*``
 headers), ``generation`` (reply text and token counts), ``errors`` (each provider's error body) and
 ``wire`` (JSON, server-sent events, response headers and ids). A new provider (Gemini, Bedrock, ...) is

@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from candela_runtime.redaction import redact_query
 from candela_stack.fake_provider import (
     anthropic_messages,
+    bedrock,
     models,
     openai_chat,
     openai_completions,
@@ -61,6 +62,7 @@ PROVIDER_APIS: Final[tuple[ProviderApi, ...]] = (
     openai_embeddings,
     openai_responses,
     anthropic_messages,
+    bedrock,
     models,
 )
 """The provider APIs served under ``/v1``, each a module with ``add_routes(router)``: a new provider
@@ -185,6 +187,10 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     flavor = request_flavor(request)
     if flavor == "anthropic":
         return error_response(flavor, 404, "Not Found")
+    if flavor == "bedrock":
+        return error_response(
+            flavor, 404, f"Unknown operation {request.method} {request.path}", code="UnknownOperationException"
+        )
     return error_response(flavor, 404, f"Invalid URL ({request.method} {request.path})")
 
 

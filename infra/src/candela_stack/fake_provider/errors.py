@@ -11,7 +11,26 @@ from typing import Final
 
 from aiohttp import web
 
-from candela_stack.fake_provider.wire import Flavor, JSONObject, anthropic_headers, dumps, openai_headers
+from candela_stack.fake_provider.wire import (
+    Flavor,
+    JSONObject,
+    anthropic_headers,
+    bedrock_headers,
+    dumps,
+    openai_headers,
+)
+
+# status -> (exception name in x-amzn-ErrorType, default message), as Bedrock Runtime sends them.
+BEDROCK_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
+    400: ("ValidationException", "Invalid request (simulated by the fake provider)."),
+    403: ("AccessDeniedException", "You don't have access to the model with the specified model ID."),
+    404: ("ResourceNotFoundException", "The requested resource could not be found."),
+    408: ("ModelTimeoutException", "Model has timed out in processing the request."),
+    424: ("ModelErrorException", "The model returned an error."),
+    429: ("ThrottlingException", "Too many requests, please wait before trying again."),
+    500: ("InternalServerException", "An internal server error occurred."),
+    503: ("ServiceUnavailableException", "The service is unavailable. Try again later."),
+}
 
 # status -> (error.type, error.code, default message), as OpenAI sends them.
 OPENAI_ERRORS: Final[Mapping[int, tuple[str, str | None, str]]] = {
@@ -71,7 +90,19 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """An error with this message in the provider's shape; the error type follows from the status."""
+    """An error with this message in the provider's shape; the error type follows from the status (a
+    Bedrock error's exception name is ``code`` when given)."""
+    if flavor == "bedrock":
+        response_headers = bedrock_headers()
+        kind = (
+            code
+            or BEDROCK_ERRORS.get(status, ("ValidationException" if status < 500 else "InternalServerException", ""))[0]
+        )
+        response_headers["x-amzn-ErrorType"] = f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+        response_headers.update(headers or {})
+        return web.Response(
+            status=status, text=dumps({"message": message}), content_type="application/json", headers=response_headers
+        )
     if flavor == "anthropic":
         response_headers = anthropic_headers()
         error_type = ANTHROPIC_ERRORS.get(status, (_anthropic_fallback_type(status), ""))[0]
@@ -93,6 +124,10 @@ def simulated_error_response(flavor: Flavor, status: int, message: str | None, r
     """The error the provider usually sends for ``status`` (message overridable), for x-fake-status."""
     headers = {"retry-after": retry_after} if retry_after is not None else {}
     fallback_message = f"Simulated HTTP {status} error."
+    if flavor == "bedrock":
+        return error_response(
+            flavor, status, message or BEDROCK_ERRORS.get(status, ("", fallback_message))[1], headers=headers
+        )
     if flavor == "anthropic":
         default_message = ANTHROPIC_ERRORS.get(status, ("", fallback_message))[1]
         return error_response(flavor, status, message or default_message, headers=headers)

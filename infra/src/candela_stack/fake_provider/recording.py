@@ -22,6 +22,15 @@ CREDENTIAL_HEADERS: Final = frozenset(
         "helicone-auth",
         "cookie",
         "x-amz-security-token",
+        # Credentials a Bedrock caller hands the gateway; none may ever reach the provider, but if one did
+        # the log would not show it.
+        "aws-access-key",
+        "aws-secret-key",
+        "aws-session-token",
+        "candela-aws-secret-access-key",
+        "candela-aws-session-token",
+        "helicone-aws-secret-access-key",
+        "helicone-aws-session-token",
     }
 )
 """Headers whose values are credentials: recorded only as ``redacted_credential(value)``."""

@@ -8,13 +8,14 @@ import json
 import secrets
 import string
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from aiohttp import web
 
-Flavor = Literal["openai", "anthropic"]
+Flavor = Literal["openai", "anthropic", "bedrock"]
 """Whose shape a reply takes (its error body above all); a new provider adds its name here."""
 JSONObject = dict[str, Any]
 
@@ -54,6 +55,11 @@ def anthropic_headers() -> dict[str, str]:
     return {"request-id": random_id("req_011", 21)}
 
 
+def bedrock_headers() -> dict[str, str]:
+    """The headers Bedrock sends with every answer (a fresh request id)."""
+    return {"x-amzn-RequestId": str(uuid.uuid4())}
+
+
 def openai_json(payload: JSONObject, started: float) -> web.Response:
     """An OpenAI JSON answer, with the processing time since ``started`` (``time.monotonic()``)."""
     headers = openai_headers()
@@ -67,7 +73,10 @@ def anthropic_json(payload: JSONObject) -> web.Response:
 
 
 def request_flavor(request: web.Request) -> Flavor:
-    """Whose error shape a request gets: Anthropic for /v1/messages* or an anthropic-version header."""
+    """Whose error shape a request gets: Bedrock for /model/*, Anthropic for /v1/messages* or an
+    anthropic-version header, else OpenAI."""
+    if request.path.startswith("/model/"):
+        return "bedrock"
     if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
         return "anthropic"
     return "openai"
@@ -135,6 +144,8 @@ async def read_body(request: web.Request, flavor: Flavor) -> JSONObject:
     except ValueError:
         body = None
     if not isinstance(body, dict):
+        if flavor == "bedrock":
+            raise FakeRequestError("The request body is not a JSON object.", code="ValidationException")
         if flavor == "anthropic":
             raise FakeRequestError("There was an issue with your request body: the body must be a JSON object.")
         raise FakeRequestError(OPENAI_PARSE_ERROR)

@@ -39,6 +39,14 @@ class ProxyConfig:
         "OpenAI API base URL, with its /v1, as the OpenAI SDK takes it.", "https://api.openai.com/v1"
     )
     anthropic_base_url: str = env_field("Anthropic API base URL, without /v1.", "https://api.anthropic.com")
+    bedrock_base_url: str = env_field(
+        "AWS Bedrock Runtime base URL; {region} is replaced by the request's region.",
+        "https://bedrock-runtime.{region}.amazonaws.com",
+    )
+    bedrock_region: str = env_field(
+        "AWS region of a Bedrock request that names none (in its path, Candela-Aws-Region or its signature).",
+        "us-east-1",
+    )
     max_body_bytes: int = env_field("Largest request body accepted (larger gets 413).", 32 * 1024 * 1024)
     upstream_connect_timeout_s: float = env_field("Seconds to connect to a provider.", 10.0)
     upstream_read_timeout_s: float = env_field("Seconds a provider may stay silent mid-response.", 600.0)

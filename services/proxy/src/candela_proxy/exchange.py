@@ -17,7 +17,7 @@ from aiohttp import web
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.headers import CandelaHeaders
 from candela_proxy.org_pricing import OrganizationPricing
-from candela_proxy.providers import Provider, Route, error_body
+from candela_proxy.providers import Provider, Route, error_body, error_headers
 from candela_proxy.response_usage import ResponseFacts
 
 
@@ -61,6 +61,8 @@ class Exchange:
     complete: bool = False
     response_chunks: list[bytes] = field(default_factory=list)
     response_content_type: str = ""
+    response_log: bytes | None = None
+    """The response as logged, when it differs from the bytes relayed (a binary event stream, as text)."""
     facts: ResponseFacts = field(default_factory=ResponseFacts)
     attempts: list[log_record_pb2.UpstreamAttempt] = field(default_factory=list)
     record: log_record_pb2.LogRecord | None = None
@@ -78,7 +80,12 @@ def error_response(provider: Provider, err: ProxyError, request_id: str | None) 
     id of its own, as Helicone's answers always carry one, so a client can quote it (it names no log).
     """
     request_id = request_id or str(uuid.uuid4())
-    headers = {"Candela-Id": request_id, "Helicone-Id": request_id, **err.headers}
+    headers = {
+        "Candela-Id": request_id,
+        "Helicone-Id": request_id,
+        **error_headers(provider, err.status),
+        **err.headers,
+    }
     return web.Response(
         body=error_body(provider, err.status, err.message, err.code),
         status=err.status,

@@ -20,7 +20,7 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from candela_proxy import genai_telemetry, helicone, metrics, prompting
+from candela_proxy import bedrock, eventstream, genai_telemetry, helicone, metrics, prompting
 from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
@@ -75,6 +75,12 @@ class ProxyHandler:
         route = resolve_route(
             request.path, request.query_string, self._config.openai_base_url, self._config.anthropic_base_url
         )
+        if route is None and bedrock.serves(request.path):
+            try:
+                route = bedrock.resolve_route(request, self._config)
+            except ProxyError as err:
+                metrics.count_request(Provider.BEDROCK.value, "", err.status)
+                return error_response(Provider.BEDROCK, err, None)
         if route is None:
             provider = Provider.ANTHROPIC if request.path.startswith("/anthropic") else Provider.OPENAI
             metrics.count_request(provider.value, "", 404)
@@ -172,6 +178,8 @@ class ProxyHandler:
         exchange.facts = ResponseFacts.from_dict(answer.facts)
         exchange.cost_saved_usd = answer.cost_usd
         exchange.response_chunks.append(answer.body)
+        if answer.content_type == eventstream.CONTENT_TYPE:
+            exchange.response_log = eventstream.readable(answer.body)
         headers = {
             "Content-Type": answer.content_type,
             "Candela-Id": exchange.request_id,

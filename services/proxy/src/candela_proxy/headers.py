@@ -30,7 +30,13 @@ MAX_FALLBACKS = 8
 MAX_PROMPT_INPUTS_LENGTH = MAX_FALLBACKS_LENGTH
 # Prompt versions are int32 in PromptsService.
 MAX_PROMPT_VERSION = 2**31 - 1
-_LONG_VALUES = {"fallbacks": MAX_FALLBACKS_LENGTH, "prompt-inputs": MAX_PROMPT_INPUTS_LENGTH}
+# AWS session tokens (Bedrock's Candela-Aws-Session-Token) have no fixed size; STS's run to a few KiB.
+MAX_AWS_SESSION_TOKEN_LENGTH = 8 * 1024
+_LONG_VALUES = {
+    "fallbacks": MAX_FALLBACKS_LENGTH,
+    "prompt-inputs": MAX_PROMPT_INPUTS_LENGTH,
+    "aws-session-token": MAX_AWS_SESSION_TOKEN_LENGTH,
+}
 MAX_RETRIES = 10
 # ASCII digits only: str.isdigit() and \d also accept "²" or "٣", which int() then refuses or reads as a number.
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age=([0-9]+)")

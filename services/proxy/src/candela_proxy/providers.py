@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
+
+from yarl import URL
 
 
 class Provider(Enum):
@@ -12,6 +15,16 @@ class Provider(Enum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    # genai-prices' id for AWS Bedrock (its records and prices go by it).
+    BEDROCK = "aws"
+
+
+class UpstreamAuth(Protocol):
+    """How a request is authenticated upstream when its headers cannot go as they came (Bedrock's SigV4)."""
+
+    def prepare(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> tuple[URL, dict[str, str]]:
+        """The URL (already percent-encoded, sent as is) and the headers of one attempt at ``url``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -23,10 +36,17 @@ class Route:
     # The provider's own path, e.g. "/v1/chat/completions", whatever prefix the client used.
     provider_path: str
     query_string: str = ""
+    # The model and streaming the path itself names (Bedrock's /model/{modelId}/converse-stream), when the
+    # body does not say.
+    model: str = ""
+    streamed: bool = False
+    # The provider path as sent upstream, when it differs from the logged one (still percent-encoded).
+    upstream_path: str = ""
+    upstream_auth: UpstreamAuth | None = field(default=None, repr=False, compare=False)
 
     def url_at(self, target_base_url: str) -> str:
         """The upstream URL at a custom target (``Candela-Target-Url``, a fallback): base + provider path."""
-        url = target_base_url.rstrip("/") + self.provider_path
+        url = target_base_url.rstrip("/") + (self.upstream_path or self.provider_path)
         return f"{url}?{self.query_string}" if self.query_string else url
 
 
@@ -72,8 +92,29 @@ _ANTHROPIC_TYPES = {
 }
 
 
+# status -> the exception name Bedrock Runtime answers it with (boto3 raises it as a ClientError).
+_BEDROCK_TYPES = {
+    400: "ValidationException",
+    401: "AccessDeniedException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    413: "ValidationException",
+    429: "ThrottlingException",
+    503: "ServiceUnavailableException",
+}
+
+
+def error_headers(provider: Provider, status: int) -> dict[str, str]:
+    """Headers an error needs besides its body (Bedrock names its exception in ``x-amzn-ErrorType``)."""
+    if provider is Provider.BEDROCK:
+        return {"x-amzn-ErrorType": _BEDROCK_TYPES.get(status, "InternalServerException")}
+    return {}
+
+
 def error_body(provider: Provider, status: int, message: str, code: str) -> bytes:
     """A JSON error in the shape ``provider``'s SDK parses, so it raises its usual exception."""
+    if provider is Provider.BEDROCK:
+        return json.dumps({"message": message, "code": code}).encode()
     if provider is Provider.ANTHROPIC:
         kind = _ANTHROPIC_TYPES.get(status, "api_error")
         return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

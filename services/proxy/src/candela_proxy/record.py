@@ -129,7 +129,7 @@ class Recorder:
         stored_request, stored_response = _within_log_limit(
             record,
             b"" if options.omit_request else exchange.request_body,
-            b"" if options.omit_response else response_body,
+            b"" if options.omit_response else _logged(exchange.response_log, response_body),
         )
         exchange.record = record
         exchange.durable = self._shipper.submit(
@@ -209,6 +209,11 @@ def _within_log_limit(
         if len(request_body) + len(response_body) <= _LOG_BODY_BUDGET:
             break
     return request_body, response_body
+
+
+def _logged(response_log: bytes | None, response_body: bytes) -> bytes:
+    """What the log keeps of the response: its readable form when it has one (see Exchange.response_log)."""
+    return response_log if response_log is not None else response_body
 
 
 def _request_trace_context() -> dict[str, str]:

@@ -94,6 +94,11 @@ def _count(facts: ResponseFacts, value: Any) -> int:
     return 0
 
 
+def reported_count(facts: ResponseFacts, value: Any) -> int:
+    """A provider's token count as a log stores it (see :func:`_count`), for the other providers' readers."""
+    return _count(facts, value)
+
+
 def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
     value = usage.get(key)
     return value if isinstance(value, dict) else {}
@@ -188,6 +193,10 @@ class StreamFacts:
         data = event_data(event)  # one `data: ...` line, the usual shape, is read without splitting lines
         if data is not None:
             self._event(data.strip())
+
+    def observe_json(self, payload: bytes) -> None:
+        """Consumes one event's JSON as it came without SSE framing (Bedrock's InvokeModel stream chunks)."""
+        self._event(payload.strip())
 
     def feed(self, chunk: bytes) -> None:
         """Consumes one chunk as received (events may span chunks), for a caller that does not split them."""

@@ -326,7 +326,7 @@ class TargetSession:
         except OSError as err:
             logger.info("target %s does not resolve at admission: %s", provider_name(target_url), err)
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+    async def request(self, method: str, url: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
         """Sends one request to a target (checked again where it connects); raises TargetRefused."""
         parsed = URL(url)
         host, port = parsed.raw_host or "", parsed.port or 0

@@ -23,11 +23,13 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 from opentelemetry import propagate
+from yarl import URL
 
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics
+from candela_proxy import bedrock, eventstream, metrics
 from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.headers import RetryPolicy
+from candela_proxy.providers import Provider
 from candela_proxy.record import Recorder
 from candela_proxy.response_usage import StreamFacts, facts_from_json
 from candela_proxy.sse import EventSplitter, ends_stream
@@ -170,11 +172,16 @@ class Upstream:
         for attempt in range(1, tries + 1):
             started = time.perf_counter()
             upstream: aiohttp.ClientResponse | None
+            call_url: str | URL = url
+            call_headers = headers
+            if exchange.route.upstream_auth is not None:
+                # Signed per attempt (a fresh date on each retry, the host of each target).
+                call_url, call_headers = exchange.route.upstream_auth.prepare(method, url, headers, body)
             try:
                 if target:
-                    upstream = await self._targets.request(method, url, data=body, headers=headers)
+                    upstream = await self._targets.request(method, call_url, data=body, headers=call_headers)
                 else:
-                    upstream = await self._session.request(method, url, data=body, headers=headers)
+                    upstream = await self._session.request(method, call_url, data=body, headers=call_headers)
                 error = ""
             except TargetRefused as err:
                 # The record (which the caller can read) names the host, the proxy's log what it resolved to.
@@ -228,6 +235,8 @@ class Upstream:
         try:
             if upstream.content_type == "text/event-stream":
                 return await self._relay_stream(request, upstream, reply_headers, exchange)
+            if upstream.content_type == eventstream.CONTENT_TYPE:
+                return await eventstream.relay_event_stream(request, upstream, reply_headers, exchange, self._recorder)
             try:
                 body = await upstream.read()
             except (aiohttp.ClientError, TimeoutError) as err:
@@ -239,7 +248,10 @@ class Upstream:
                     exchange.request_id,
                 )
             exchange.response_chunks.append(body)
-            exchange.facts = facts_from_json(exchange.route.provider, body)
+            if exchange.route.provider is Provider.BEDROCK:
+                exchange.facts = bedrock.response_facts(exchange.route, body, upstream.headers)
+            else:
+                exchange.facts = facts_from_json(exchange.route.provider, body)
             exchange.complete = True
             return web.Response(body=body, status=upstream.status, headers=reply_headers)
         finally:
