@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from candela_runtime.redaction import redact_query
 from candela_stack.fake_provider import (
     anthropic_messages,
+    gemini,
     models,
     openai_chat,
     openai_completions,
@@ -61,6 +62,7 @@ PROVIDER_APIS: Final[tuple[ProviderApi, ...]] = (
     openai_embeddings,
     openai_responses,
     anthropic_messages,
+    gemini,
     models,
 )
 """The provider APIs served under ``/v1``, each a module with ``add_routes(router)``: a new provider
@@ -185,6 +187,8 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     flavor = request_flavor(request)
     if flavor == "anthropic":
         return error_response(flavor, 404, "Not Found")
+    if flavor == "google":
+        return error_response(flavor, 404, f"Method not found: {request.method} {request.path}")
     return error_response(flavor, 404, f"Invalid URL ({request.method} {request.path})")
 
 

@@ -97,6 +97,8 @@ class Admission:
             api_key_id=caller.api_key_id,
             request_body=body,
             target_url=options.target_url,
+            model=route.model,
+            streamed=route.streamed,
         )
         if options.rate_limit is not None:
             try:
@@ -115,13 +117,13 @@ class Admission:
                     document = await self._render_prompt(exchange, document)
                 exchange.document = document
                 model = document.get("model")
-                exchange.model = model if isinstance(model, str) else ""
+                exchange.model = model if isinstance(model, str) else route.model
                 if len(exchange.model) > MAX_MODEL_NAME_LENGTH:
                     # Logged with the request: a longer one could make its log too large to keep.
                     raise ProxyError(
                         400, f"the model name is longer than {MAX_MODEL_NAME_LENGTH} characters", "invalid_model"
                     )
-                exchange.streamed = document.get("stream") is True
+                exchange.streamed = route.streamed or document.get("stream") is True
                 self._inject_stream_usage(exchange, document)
         elif options.fallbacks and any(fallback.body_overrides for fallback in options.fallbacks):
             raise ProxyError(

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics, prompting
+from candela_proxy import google, metrics, prompting
 from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
@@ -69,17 +69,21 @@ class ProxyHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxies one request; always answers, and logs every request Candela accepted."""
-        route = resolve_route(
-            request.path, request.query_string, self._config.openai_base_url, self._config.anthropic_base_url
-        )
+        config = self._config
+        route = google.resolve_google_route(
+            request.path, request.query_string, config.gemini_base_url, config.vertex_base_url
+        ) or resolve_route(request.path, request.query_string, config.openai_base_url, config.anthropic_base_url)
         if route is None:
             provider = Provider.ANTHROPIC if request.path.startswith("/anthropic") else Provider.OPENAI
+            if google.is_google_path(request.path):
+                provider = Provider.GOOGLE
             metrics.count_request(provider.value, "", 404)
             return error_response(
                 provider,
                 ProxyError(
                     404,
-                    f"no provider serves {request.path}; use /v1/..., /openai/v1/... or /anthropic/v1/...",
+                    f"no provider serves {request.path}; use /v1/..., /openai/v1/..., /anthropic/v1/...,"
+                    " /gemini/v1beta/... or /vertex/v1/projects/{project}/locations/{location}/...",
                     "unknown_route",
                 ),
                 None,
@@ -210,7 +214,7 @@ def _annotate_span(span: trace.Span, record: log_record_pb2.LogRecord) -> None:
 
 
 def _operation(path: str) -> str:
-    if path.endswith("/embeddings"):
+    if path.endswith(("/embeddings", ":embedContent", ":batchEmbedContents")):
         return "embeddings"
     if path.endswith("/completions") and not path.endswith("/chat/completions"):
         return "text_completion"

@@ -1,8 +1,9 @@
 """Exact request cost from the genai-prices table (offline: the table ships inside the package).
 
-OpenAI and Anthropic calls are priced by provider id; a custom target (``Candela-Target-Url`` or a
-fallback) is priced by its API URL, which genai-prices matches to a provider it knows (Groq, Mistral,
-...) or not at all, in which case the request stays unpriced rather than being guessed.
+OpenAI, Anthropic and Google (Gemini, Vertex AI) calls are priced by provider id; a custom target
+(``Candela-Target-Url`` or a fallback) is priced by its API URL, which genai-prices matches to a provider
+it knows (Groq, Mistral, ...) or not at all, in which case the request stays unpriced rather than being
+guessed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from decimal import Decimal
 from genai_prices import Usage, calc_price
 
 from candela_proxy.response_usage import ResponseFacts
+
+# The log's provider names whose genai-prices provider id differs: genai-prices has one "google" provider
+# for the Gemini API and Vertex AI (Gemini and Claude models alike).
+_GENAI_PRICES_IDS = {"google-vertex": "google"}
 
 
 def _price(usage: Usage, model: str, provider: str | None, api_url: str | None) -> Decimal:
@@ -39,7 +44,7 @@ def cost_usd(provider: str, model: str, facts: ResponseFacts, api_url: str = "")
     if not model or not facts.has_usage or facts.clamped:
         return None
     return _cost(
-        None if api_url else provider,
+        None if api_url else _GENAI_PRICES_IDS.get(provider, provider),
         model,
         api_url or None,
         facts.prompt_tokens,

@@ -12,6 +12,8 @@ class Provider(Enum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    # Google's generateContent family (the Gemini API and Gemini on Vertex AI): usageMetadata, Google's errors.
+    GOOGLE = "google"
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,18 @@ class Route:
     # The provider's own path, e.g. "/v1/chat/completions", whatever prefix the client used.
     provider_path: str
     query_string: str = ""
+    # The provider as logged and priced, when it is not the wire family's name: "google" for Gemini's
+    # OpenAI-compatible endpoint, "google-vertex" for Vertex AI (see candela_proxy.google).
+    name: str = ""
+    # The model named by the path (Gemini, Vertex), for bodies that do not name one.
+    model: str = ""
+    # Whether the path asks for a stream (Gemini's :streamGenerateContent, whatever its body says).
+    streamed: bool = False
+
+    @property
+    def provider_name(self) -> str:
+        """The provider as the log names it and genai-prices prices it."""
+        return self.name or self.provider.value
 
     def url_at(self, target_base_url: str) -> str:
         """The upstream URL at a custom target (``Candela-Target-Url``, a fallback): base + provider path."""
@@ -72,8 +86,23 @@ _ANTHROPIC_TYPES = {
 }
 
 
+_GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+}
+
+
 def error_body(provider: Provider, status: int, message: str, code: str) -> bytes:
     """A JSON error in the shape ``provider``'s SDK parses, so it raises its usual exception."""
+    if provider is Provider.GOOGLE:
+        kind = _GOOGLE_STATUSES.get(status, "INTERNAL")
+        return json.dumps({"error": {"code": status, "message": message, "status": kind}}).encode()
     if provider is Provider.ANTHROPIC:
         kind = _ANTHROPIC_TYPES.get(status, "api_error")
         return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

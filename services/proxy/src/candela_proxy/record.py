@@ -68,7 +68,7 @@ class Recorder:
         facts = exchange.facts
         # The record, and the span made from it, never carry a URL's credentials (userinfo, `?key=`).
         target = redact_url(exchange.target_url)
-        provider = provider_name(target) if target else exchange.route.provider.value
+        provider = provider_name(target) if target else exchange.route.provider_name
         model = exchange.model or facts.response_model
         record = log_record_pb2.LogRecord(
             request_id=exchange.request_id,
@@ -113,7 +113,7 @@ class Recorder:
                 record.cost_usd = "0"
                 record.cost_saved_usd = exchange.cost_saved_usd
         elif exchange.status:
-            cost = pricing.cost_usd(exchange.route.provider.value, facts.response_model or model, facts, target)
+            cost = pricing.cost_usd(exchange.route.provider_name, facts.response_model or model, facts, target)
             if cost is not None:
                 record.cost_usd = format(cost, "f")
         response_body = b"".join(exchange.response_chunks)

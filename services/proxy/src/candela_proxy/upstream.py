@@ -25,7 +25,7 @@ from multidict import CIMultiDictProxy
 from opentelemetry import propagate
 
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics
+from candela_proxy import google, metrics
 from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.headers import RetryPolicy
 from candela_proxy.record import Recorder
@@ -228,6 +228,8 @@ class Upstream:
         try:
             if upstream.content_type == "text/event-stream":
                 return await self._relay_stream(request, upstream, reply_headers, exchange)
+            if google.is_json_array_stream(exchange, upstream):
+                return await google.relay_json_array(request, upstream, reply_headers, exchange, self._recorder)
             try:
                 body = await upstream.read()
             except (aiohttp.ClientError, TimeoutError) as err:
