@@ -186,7 +186,10 @@ def apply_gemini_document(facts: ResponseFacts, document: dict[str, Any]) -> Non
         facts.completion_tokens = _count(facts, usage.get("candidatesTokenCount")) + thoughts
         facts.reasoning_tokens = thoughts
         facts.cache_read_tokens = _count(facts, usage.get("cachedContentTokenCount"))
-        facts.audio_prompt_tokens = _modality_tokens(facts, usage.get("promptTokensDetails"), "AUDIO")
+        # Audio input has its own price, but genai-prices then needs the audio share of the cache reads too,
+        # which ResponseFacts does not carry: with cache reads, audio is counted (and priced) as text.
+        if not facts.cache_read_tokens:
+            facts.audio_prompt_tokens = _modality_tokens(facts, usage.get("promptTokensDetails"), "AUDIO")
     candidates = document.get("candidates")
     if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
         reason = candidates[0].get("finishReason")
