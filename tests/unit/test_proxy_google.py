@@ -57,7 +57,8 @@ def test_gemini_openai_compatible_endpoint_is_openai_wire_logged_as_google() -> 
 )
 def test_vertex_upstream_host_follows_the_location(location: str, host: str) -> None:
     path = f"/v1/projects/p/locations/{location}/publishers/google/models/gemini-2.5-flash:generateContent"
-    assert _resolve("/vertex" + path) == (Provider.GOOGLE, "google-vertex", "gemini-2.5-flash", False, host + path, path)
+    expected = (Provider.GOOGLE, "google-vertex", "gemini-2.5-flash", False, host + path, path)
+    assert _resolve("/vertex" + path) == expected
 
 
 def test_vertex_base_url_overrides_every_location() -> None:
@@ -95,7 +96,7 @@ def test_google_error_shape() -> None:
     }
 
 
-USAGE = {
+USAGE: dict[str, object] = {
     "promptTokenCount": 1200,
     "candidatesTokenCount": 300,
     "cachedContentTokenCount": 1000,
@@ -104,7 +105,7 @@ USAGE = {
     "totalTokenCount": 1590,
     "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1100}, {"modality": "AUDIO", "tokenCount": 100}],
 }
-ANSWER = {
+ANSWER: dict[str, object] = {
     "candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP", "index": 0}],
     "usageMetadata": USAGE,
     "modelVersion": "gemini-2.5-flash",
