@@ -9,7 +9,8 @@ def local_reply_config() -> dict[str, Any]:
     """Envoy's own answers (413, 503 no healthy upstream, ...) as JSON in the caller's SDK error shape.
 
     gRPC callers get the message alone (Envoy puts it in grpc-message with the matching grpc-status);
-    Anthropic paths get Anthropic's shape; everything else OpenAI's. `code` says why Envoy answered
+    Anthropic paths get Anthropic's shape; Gemini and Vertex AI paths Google's (``{"error": {"code",
+    "message", "status"}}``); everything else OpenAI's. `code` says why Envoy answered
     (e.g. `request_payload_too_large`, `no_healthy_upstream`).
     """
     # A REST call turned into gRPC by the transcoder also says application/grpc, but keeps its original
@@ -27,6 +28,30 @@ def local_reply_config() -> dict[str, Any]:
             "filters": [
                 {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": prefix}}}}
                 for prefix in ("/anthropic/", "/v1/messages")
+            ]
+        }
+    }
+    # Google's APIs, but for Gemini's OpenAI-compatible endpoint, which speaks OpenAI's.
+    google = {
+        "and_filter": {
+            "filters": [
+                {
+                    "or_filter": {
+                        "filters": [
+                            {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": prefix}}}}
+                            for prefix in ("/gemini/", "/vertex/")
+                        ]
+                    }
+                },
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": ":path",
+                            "string_match": {"prefix": "/gemini/v1beta/openai/"},
+                            "invert_match": True,
+                        }
+                    }
+                },
             ]
         }
     }
@@ -48,6 +73,11 @@ def local_reply_config() -> dict[str, Any]:
             "body_format_override": _anthropic_error("api_error"),
         },
         {"filter": anthropic, "body_format_override": _anthropic_error("invalid_request_error")},
+        {
+            "filter": {"and_filter": {"filters": [google, server_fault]}},
+            "body_format_override": _google_error("UNAVAILABLE"),
+        },
+        {"filter": google, "body_format_override": _google_error("INVALID_ARGUMENT")},
         {
             # An LLM call's 413 says the same, whether the declared-too-large route or the buffer filter
             # refused it (a REST call's, from the transcoder, keeps its own code).
@@ -75,3 +105,8 @@ def _openai_error(error_type: str, code: str = "%RESPONSE_CODE_DETAILS%") -> dic
 
 def _anthropic_error(error_type: str) -> dict[str, Any]:
     return {"json_format": {"type": "error", "error": {"type": error_type, "message": "%LOCAL_REPLY_BODY%"}}}
+
+
+def _google_error(status: str) -> dict[str, Any]:
+    # A lone command operator keeps its type in json_format: "code" is the HTTP status as a number.
+    return {"json_format": {"error": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "status": status}}}
