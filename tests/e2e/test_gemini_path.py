@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 
 import anthropic
 import httpx
@@ -194,3 +195,17 @@ def test_vertex_gemini_and_claude_are_logged_as_google_vertex(
     assert (streamed.streamed, streamed.usage.completion_tokens) == (True, COMPLETION_TOKENS)
     assert streamed.path.endswith(":streamRawPredict")
     assert streamed.cost_usd == claude_record.cost_usd
+
+
+def test_cache_hits_whatever_key_is_in_the_query(stack: Stack, admin: Bootstrap) -> None:
+    url = f"{stack.gateway_url}/gemini/v1beta/models/{MODEL}:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "cache me please"}]}]}
+    headers = {
+        "Candela-Auth": f"Bearer {admin.api_key}",
+        "Candela-Cache-Enabled": "true",
+        "Candela-Cache-Seed": f"gemini-{time.time_ns()}",
+    }
+    first = httpx.post(f"{url}?key={GEMINI_KEY}", json=body, headers=headers, timeout=30)
+    second = httpx.post(f"{url}?key=another-key-of-the-same-org", json=body, headers=headers, timeout=30)
+    assert (first.headers["candela-cache"], second.headers["candela-cache"]) == ("MISS", "HIT")
+    assert second.json() == first.json()

@@ -33,6 +33,7 @@ from candela_proxy.response_usage import ResponseFacts
 from candela_proxy.shipping import LogShipper
 from candela_proxy.targets import TargetSession
 from candela_proxy.upstream import Upstream
+from candela_runtime.redaction import redact_url
 from candela_runtime.security import KeyAuthenticator
 
 tracer = trace.get_tracer("candela.proxy")
@@ -142,7 +143,10 @@ class ProxyHandler:
                 exchange.organization_id,
                 cache_policy,
                 request.method,
-                exchange.route.url_at(exchange.target_url) if exchange.target_url else exchange.route.upstream_url,
+                # Without a key in the URL (Gemini's ?key=): the provider key is never part of the cache key.
+                redact_url(
+                    exchange.route.url_at(exchange.target_url) if exchange.target_url else exchange.route.upstream_url
+                ),
                 exchange.request_body,
                 request.headers,
             )
