@@ -159,3 +159,7 @@ async def test_claude_on_vertex_through_the_anthropic_sdk(base_url: str, clients
             model="claude-sonnet-4-5@20250929", max_tokens=100, messages=[{"role": "user", "content": PROMPT}]
         ) as stream:
             assert "".join([text async for text in stream.text_stream]) == REPLY
+        counted = await client.messages.count_tokens(
+            model="claude-sonnet-4-5@20250929", messages=[{"role": "user", "content": PROMPT}]
+        )
+        assert counted.input_tokens == PROMPT_TOKENS

@@ -141,7 +141,11 @@ async def answer(
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}`` by the fake's counting rules."""
     _require_anthropic_version(request)
-    body = await read_body(request, "anthropic")
+    return await count_tokens_of(await read_body(request, "anthropic"))
+
+
+async def count_tokens_of(body: JSONObject) -> web.Response:
+    """``{"input_tokens": N}`` for a Messages request body, by the fake's counting rules."""
     texts, _, _ = _anthropic_prompt(body)
     return anthropic_json({"input_tokens": count_message_tokens(texts)})
 

@@ -9,7 +9,8 @@
   ``UNAUTHENTICATED``): ``projects/{p}/locations/{l}/publishers/google/models/{model}:{method}`` as above,
   and ``publishers/anthropic/models/{model}:rawPredict`` / ``:streamRawPredict``: Anthropic's Messages
   format with the model in the path (none in the body) and an ``anthropic_version`` in the body
-  (``vertex-2023-10-16``, or the API version the anthropic SDK sends).
+  (``vertex-2023-10-16``, or the API version the anthropic SDK sends); ``models/count-tokens:rawPredict``
+  counts a Messages body (its model in the body) as ``/v1/messages/count_tokens`` does.
 
 Replies and counts follow the package's rules: ``contents`` are the messages (``systemInstruction`` one more),
 ``generationConfig.maxOutputTokens`` the limit (``finishReason: "MAX_TOKENS"``). ``usageMetadata`` has
@@ -96,6 +97,9 @@ async def vertex_anthropic(request: web.Request) -> web.StreamResponse:
     version = body.get("anthropic_version")
     if not isinstance(version, str) or not version:
         raise FakeRequestError("anthropic_version: Field required")
+    if model == "count-tokens" and method == "rawPredict":
+        # Token counting takes the model in the body, as Anthropic's own count_tokens does.
+        return await anthropic_messages.count_tokens_of(body)
     if "model" in body:
         raise FakeRequestError("model: Extra inputs are not permitted")
     texts, message_list = anthropic_messages.prompt_texts(body)
