@@ -118,6 +118,11 @@ def test_refusals_take_googles_error_shape(stack: Stack, closing: contextlib.Exi
     with pytest.raises(genai_errors.ClientError) as raised:
         client.models.generate_content(model=MODEL, contents=PROMPT)
     assert (raised.value.code, raised.value.status) == (401, "UNAUTHENTICATED")
+    # A location that is no host label never picks another upstream host: a 404 in Google's shape.
+    path = "/vertex/v1/projects/p/locations/evil.example.com/publishers/google/models/m:generateContent"
+    refused = httpx.post(f"{stack.gateway_url}{path}", json={}, headers={"Candela-Auth": "Bearer x"}, timeout=30)
+    assert refused.status_code == 404
+    assert refused.json()["error"]["status"] == "NOT_FOUND"
 
 
 def test_openai_compatible_endpoint_is_logged_as_google(
