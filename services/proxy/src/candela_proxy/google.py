@@ -16,6 +16,7 @@ models on it): their paths, their upstream hosts, and the JSON-array form of a G
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Final
@@ -28,6 +29,9 @@ from candela_proxy.exchange import Exchange
 from candela_proxy.providers import Provider, Route
 from candela_proxy.record import Recorder
 from candela_proxy.response_usage import ResponseFacts, apply_gemini_document, facts_from_json
+from candela_runtime.redaction import redact_urls_in
+
+logger = logging.getLogger(__name__)
 
 GEMINI_PREFIX: Final = "/gemini"
 VERTEX_PREFIX: Final = "/vertex"
@@ -161,6 +165,9 @@ async def relay_json_array(
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         exchange.error = "client disconnected mid-stream"
+        logger.info("request %s: %s", exchange.request_id, exchange.error)
     except (aiohttp.ClientError, TimeoutError) as err:
-        exchange.error = f"upstream failed mid-stream: {type(err).__name__}: {err}"
+        # aiohttp's messages can quote the URL, and Gemini's key may be in its query.
+        exchange.error = redact_urls_in(f"upstream failed mid-stream: {type(err).__name__}: {err}")
+        logger.warning("request %s: %s", exchange.request_id, exchange.error)
     return response
