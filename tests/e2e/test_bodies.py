@@ -356,7 +356,11 @@ def test_bodies_above_what_one_log_holds_are_left_out_with_a_marker_and_the_log_
 
 def test_a_declared_length_above_the_limit_is_refused_before_any_body_is_sent(stack: Stack, admin: Bootstrap) -> None:
     """Headers alone, announcing 10 GB: the gateway answers 413 at once, not after waiting for the body."""
-    for path, shape in (("/v1/chat/completions", "openai"), ("/anthropic/v1/messages", "anthropic")):
+    for path, shape in (
+        ("/v1/chat/completions", "openai"),
+        ("/anthropic/v1/messages", "anthropic"),
+        ("/gemini/v1beta/models/gemini-2.5-flash:generateContent", "google"),
+    ):
         head = _head(path, {**_headers(admin, "declared"), "Content-Length": str(10**10)}, "Accept: */*")
         started = time.monotonic()
         status, answer = _raw_exchange(int(stack.gateway_url.rsplit(":", 1)[1]), head, [], 0)
@@ -366,6 +370,8 @@ def test_a_declared_length_above_the_limit_is_refused_before_any_body_is_sent(st
         error = json.loads(answer)["error"]
         if shape == "openai":
             assert (error["type"], error["code"]) == ("invalid_request_error", "request_payload_too_large")
+        if shape == "google":
+            assert (error["code"], error["status"]) == (413, "INVALID_ARGUMENT")
         assert "byte limit" in error["message"]
 
 

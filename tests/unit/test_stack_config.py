@@ -56,6 +56,7 @@ def test_the_fake_provider_stands_in_unless_an_upstream_is_configured(
     assert proxy_env["CANDELA_OPENAI_BASE_URL"] == f"{fake}/v1"
     assert proxy_env["CANDELA_ANTHROPIC_BASE_URL"] == fake
     assert proxy_env["CANDELA_BEDROCK_BASE_URL"] == fake
+    assert proxy_env["CANDELA_GEMINI_BASE_URL"] == proxy_env["CANDELA_VERTEX_BASE_URL"] == fake
 
     monkeypatch.setenv("CANDELA_OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     real = Stack(StackConfig.for_tests(tmp_path))
@@ -63,6 +64,7 @@ def test_the_fake_provider_stands_in_unless_an_upstream_is_configured(
     assert Component.FAKE_PROVIDER not in real.components
     assert real.fake_provider_url is None
     assert real.service_env(Component.PROXY)["CANDELA_OPENAI_BASE_URL"] == "http://127.0.0.1:1/v1"
+    assert "CANDELA_GEMINI_BASE_URL" not in real.service_env(Component.PROXY)  # the real Gemini API
 
     infra = Stack(StackConfig.for_tests(tmp_path, components=INFRA))
     assert Component.FAKE_PROVIDER not in infra.components

@@ -273,6 +273,14 @@ class StackAddresses:
         bedrock = self._caller_env("CANDELA_BEDROCK_BASE_URL")
         self.bedrock_base_url: str | None = bedrock or (fake if self.uses_fake_provider else None)
         """Upstream of Bedrock calls (None: the proxy's own default, the real regional endpoint)."""
+        self.gemini_base_url: str | None = self._caller_env("CANDELA_GEMINI_BASE_URL") or (
+            fake if self.uses_fake_provider else None
+        )
+        """Upstream of /gemini/... calls (None: the proxy's own default, the real Gemini API)."""
+        self.vertex_base_url: str | None = self._caller_env("CANDELA_VERTEX_BASE_URL") or (
+            fake if self.uses_fake_provider else None
+        )
+        """Upstream of /vertex/... calls, every location (None: each location's own Vertex AI endpoint)."""
         if self.uses_fake_provider:
             self.components = self.components | {Component.FAKE_PROVIDER}
 
@@ -572,6 +580,10 @@ class StackAddresses:
                 env["CANDELA_ANTHROPIC_BASE_URL"] = self.anthropic_base_url
             if self.bedrock_base_url is not None:
                 env["CANDELA_BEDROCK_BASE_URL"] = self.bedrock_base_url
+            if self.gemini_base_url is not None:
+                env["CANDELA_GEMINI_BASE_URL"] = self.gemini_base_url
+            if self.vertex_base_url is not None:
+                env["CANDELA_VERTEX_BASE_URL"] = self.vertex_base_url
             return env
         raise ValueError(f"{component} is not a service")
 

@@ -10,7 +10,8 @@ def local_reply_config() -> dict[str, Any]:
 
     gRPC callers get the message alone (Envoy puts it in grpc-message with the matching grpc-status);
     Anthropic paths get Anthropic's shape; Bedrock paths Bedrock's (`{"message"}`, the exception name in
-    `x-amzn-ErrorType`, so boto3 raises its ClientError); everything else OpenAI's. `code` says why Envoy answered
+    `x-amzn-ErrorType`, so boto3 raises its ClientError); Gemini and Vertex AI paths Google's (``{"error":
+    {"code", "message", "status"}}``); everything else OpenAI's. `code` says why Envoy answered
     (e.g. `request_payload_too_large`, `no_healthy_upstream`).
     """
     # A REST call turned into gRPC by the transcoder also says application/grpc, but keeps its original
@@ -32,6 +33,30 @@ def local_reply_config() -> dict[str, Any]:
         }
     }
     bedrock = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/bedrock/"}}}}
+    # Google's APIs, but for Gemini's OpenAI-compatible endpoint, which speaks OpenAI's.
+    google = {
+        "and_filter": {
+            "filters": [
+                {
+                    "or_filter": {
+                        "filters": [
+                            {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": prefix}}}}
+                            for prefix in ("/gemini/", "/vertex/")
+                        ]
+                    }
+                },
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": ":path",
+                            "string_match": {"prefix": "/gemini/v1beta/openai/"},
+                            "invert_match": True,
+                        }
+                    }
+                },
+            ]
+        }
+    }
     server_fault = {
         "status_code_filter": {
             "comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "candela.local_reply.server"}}
@@ -55,6 +80,11 @@ def local_reply_config() -> dict[str, Any]:
             "body_format_override": _anthropic_error("api_error"),
         },
         {"filter": anthropic, "body_format_override": _anthropic_error("invalid_request_error")},
+        {
+            "filter": {"and_filter": {"filters": [google, server_fault]}},
+            "body_format_override": _google_error("UNAVAILABLE"),
+        },
+        {"filter": google, "body_format_override": _google_error("INVALID_ARGUMENT")},
         {
             # An LLM call's 413 says the same, whether the declared-too-large route or the buffer filter
             # refused it (a REST call's, from the transcoder, keeps its own code).
@@ -91,3 +121,8 @@ def _bedrock_error(exception: str) -> dict[str, Any]:
         ],
         "body_format_override": {"json_format": {"message": "%LOCAL_REPLY_BODY%", "code": "%RESPONSE_CODE_DETAILS%"}},
     }
+
+
+def _google_error(status: str) -> dict[str, Any]:
+    # A lone command operator keeps its type in json_format: "code" is the HTTP status as a number.
+    return {"json_format": {"error": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "status": status}}}

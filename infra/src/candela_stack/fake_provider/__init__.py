@@ -1,4 +1,4 @@
-"""A local fake LLM provider that speaks OpenAI's and Anthropic's exact wire formats.
+"""A local fake LLM provider that speaks OpenAI's, Anthropic's, Google's and Bedrock's exact wire formats.
 
 No real provider is reachable from the test machines, so Candela's tests and its local demo point the
 proxy here. The bodies, headers and server-sent-event streams copy what the real APIs send (field for
@@ -15,6 +15,12 @@ Endpoints (everything under ``/v1`` is "provider" traffic, recorded and subject 
 - AWS Bedrock Runtime: ``POST /model/{modelId}/converse``, ``/converse-stream``, ``/invoke`` and
   ``/invoke-with-response-stream`` (streams in AWS's binary event-stream framing), every request's SigV4
   signature checked with botocore; see :mod:`candela_stack.fake_provider.bedrock`.
+- Google (module ``gemini``, see its docstring): the Gemini API's ``POST /v1beta/models/{model}:generateContent``,
+  ``:streamGenerateContent`` (SSE with ``?alt=sse``, else a JSON array), ``:countTokens``, ``:embedContent``,
+  ``:batchEmbedContents`` (also under ``/v1``), its OpenAI-compatible ``POST /v1beta/openai/chat/completions``,
+  and Vertex AI's ``/v1/projects/{p}/locations/{l}/publishers/google/models/{model}:...`` and
+  ``.../publishers/anthropic/models/{model}:rawPredict|streamRawPredict``. Google's error shape is
+  ``{"error": {"code", "message", "status"}}``.
 - Any other path: 404 in the provider's error shape.
 - Control plane (not recorded): ``GET /healthz``; ``GET /_fake/requests`` (JSON list of every provider
   request received: method, path, query, headers with lower-cased names, body as UTF-8 text and base64,
@@ -112,10 +118,10 @@ Error simulation (error bodies in the provider's exact shape: OpenAI
 Layout: one module per provider API, each with ``add_routes(router)`` and listed in
 ``app.PROVIDER_APIS``: ``openai_chat``, ``openai_completions``, ``openai_embeddings``,
 ``openai_responses`` (with ``openai_common``, what OpenAI's APIs share), ``anthropic_messages``,
-``bedrock`` and ``models``. The shared core: ``app`` (the server, the filter every provider request goes through, the
-control plane, the command line), ``recording`` (the request log), ``scenario`` (the ``x-fake-*``
-headers), ``generation`` (reply text and token counts), ``errors`` (each provider's error body) and
-``wire`` (JSON, server-sent events, response headers and ids). A new provider (Gemini, Bedrock, ...) is
+``bedrock``, ``gemini`` and ``models``. The shared core: ``app`` (the server, the filter every provider
+request goes through, the control plane, the command line), ``recording`` (the request log), ``scenario``
+(the ``x-fake-*`` headers), ``generation`` (reply text and token counts), ``errors`` (each provider's error body) and
+``wire`` (JSON, server-sent events, response headers and ids). A new provider is
 one module with its handlers and its usage shape, added to ``PROVIDER_APIS``, plus its error body in
 ``errors`` and its name in ``wire.Flavor``.
 """

@@ -43,6 +43,12 @@ def _anthropic_prompt(body: JSONObject) -> tuple[list[str], list[Any], str]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise FakeRequestError("model: Field required")
+    texts, messages = prompt_texts(body)
+    return texts, messages, model
+
+
+def prompt_texts(body: JSONObject) -> tuple[list[str], list[Any]]:
+    """(message texts for token counting, messages) of a Messages request (its ``system`` first)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise FakeRequestError("messages: Field required")
@@ -50,7 +56,7 @@ def _anthropic_prompt(body: JSONObject) -> tuple[list[str], list[Any], str]:
     system = body.get("system")
     if system:
         texts.insert(0, content_text(system))
-    return texts, messages, model
+    return texts, messages
 
 
 def _require_anthropic_version(request: web.Request) -> None:
@@ -63,6 +69,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
     _require_anthropic_version(request)
     body = await read_body(request, "anthropic")
     texts, message_list, model = _anthropic_prompt(body)
+    return await answer(request, body, texts, message_list, model)
+
+
+async def answer(
+    request: web.Request, body: JSONObject, texts: list[str], message_list: list[Any], model: str
+) -> web.StreamResponse:
+    """A Message (or its event stream, for ``"stream": true``) answering a validated Messages request."""
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise FakeRequestError("max_tokens: Field required")
@@ -128,7 +141,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}`` by the fake's counting rules."""
     _require_anthropic_version(request)
-    body = await read_body(request, "anthropic")
+    return await count_tokens_of(await read_body(request, "anthropic"))
+
+
+async def count_tokens_of(body: JSONObject) -> web.Response:
+    """``{"input_tokens": N}`` for a Messages request body, by the fake's counting rules."""
     texts, _, _ = _anthropic_prompt(body)
     return anthropic_json({"input_tokens": count_message_tokens(texts)})
 

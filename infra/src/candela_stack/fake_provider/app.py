@@ -21,6 +21,7 @@ from candela_runtime.redaction import redact_query
 from candela_stack.fake_provider import (
     anthropic_messages,
     bedrock,
+    gemini,
     models,
     openai_chat,
     openai_completions,
@@ -63,6 +64,7 @@ PROVIDER_APIS: Final[tuple[ProviderApi, ...]] = (
     openai_responses,
     anthropic_messages,
     bedrock,
+    gemini,
     models,
 )
 """The provider APIs served under ``/v1``, each a module with ``add_routes(router)``: a new provider
@@ -191,6 +193,8 @@ async def not_found(request: web.Request) -> web.StreamResponse:
         return error_response(
             flavor, 404, f"Unknown operation {request.method} {request.path}", code="UnknownOperationException"
         )
+    if flavor == "google":
+        return error_response(flavor, 404, f"Method not found: {request.method} {request.path}")
     return error_response(flavor, 404, f"Invalid URL ({request.method} {request.path})")
 
 

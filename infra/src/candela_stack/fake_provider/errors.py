@@ -1,4 +1,4 @@
-"""The providers' error bodies: OpenAI's and Anthropic's, per status, for rejected and simulated failures.
+"""The providers' error bodies: OpenAI's, Anthropic's and Google's, per status, for rejected and simulated failures.
 
 A request gets the shape of the provider it addresses (see ``wire.request_flavor``); a new provider adds
 its table and its body here.
@@ -71,6 +71,36 @@ ANTHROPIC_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
 }
 
 
+# status -> (error.status, default message), as Google (the Gemini API, Vertex AI) sends them.
+GOOGLE_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
+    400: ("INVALID_ARGUMENT", "Invalid request (simulated by the fake provider)."),
+    401: (
+        "UNAUTHENTICATED",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other"
+        " valid authentication credential.",
+    ),
+    403: (
+        "PERMISSION_DENIED",
+        "Method doesn't allow unregistered callers (callers without established identity). Please use API Key"
+        " or other form of API consumer identity to call this API.",
+    ),
+    404: ("NOT_FOUND", "Requested entity was not found."),
+    429: ("RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+    500: (
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    ),
+    503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+    504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
+}
+
+
+def google_error_body(status: int, message: str) -> JSONObject:
+    """Google's error body (google.rpc.Status as JSON, with the HTTP status as ``code``)."""
+    error_status = GOOGLE_ERRORS.get(status, ("INVALID_ARGUMENT" if status < 500 else "INTERNAL", ""))[0]
+    return {"error": {"code": status, "message": message, "status": error_status}}
+
+
 def openai_error_body(message: str, error_type: str, param: str | None, code: str | None) -> JSONObject:
     """OpenAI's error body."""
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
@@ -92,6 +122,13 @@ def error_response(
 ) -> web.Response:
     """An error with this message in the provider's shape; the error type follows from the status (a
     Bedrock error's exception name is ``code`` when given)."""
+    if flavor == "google":
+        return web.Response(
+            status=status,
+            text=dumps(google_error_body(status, message), pretty=True),
+            content_type="application/json",
+            headers=headers or {},
+        )
     if flavor == "bedrock":
         response_headers = bedrock_headers()
         kind = (
@@ -124,6 +161,10 @@ def simulated_error_response(flavor: Flavor, status: int, message: str | None, r
     """The error the provider usually sends for ``status`` (message overridable), for x-fake-status."""
     headers = {"retry-after": retry_after} if retry_after is not None else {}
     fallback_message = f"Simulated HTTP {status} error."
+    if flavor == "google":
+        return error_response(
+            flavor, status, message or GOOGLE_ERRORS.get(status, ("", fallback_message))[1], headers=headers
+        )
     if flavor == "bedrock":
         return error_response(
             flavor, status, message or BEDROCK_ERRORS.get(status, ("", fallback_message))[1], headers=headers

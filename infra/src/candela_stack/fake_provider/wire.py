@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import string
 import time
@@ -15,7 +16,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
-Flavor = Literal["openai", "anthropic", "bedrock"]
+Flavor = Literal["openai", "anthropic", "bedrock", "google"]
 """Whose shape a reply takes (its error body above all); a new provider adds its name here."""
 JSONObject = dict[str, Any]
 
@@ -72,11 +73,20 @@ def anthropic_json(payload: JSONObject) -> web.Response:
     return web.Response(text=dumps(payload), content_type="application/json", headers=anthropic_headers())
 
 
+_GOOGLE_PATH: Final = re.compile(r"/v1[a-z0-9]*/(?:models/[^/]+:|projects/)")
+_VERTEX_ANTHROPIC_PATH: Final = re.compile(r"/v1[a-z0-9]*/projects/[^/]+/locations/[^/]+/publishers/anthropic/")
+
+
 def request_flavor(request: web.Request) -> Flavor:
-    """Whose error shape a request gets: Bedrock for /model/*, Anthropic for /v1/messages* or an
-    anthropic-version header, else OpenAI."""
+    """Whose error shape a request gets: Bedrock for /model/*; Anthropic for /v1/messages*, an
+    anthropic-version header or Claude on Vertex AI; Google's for the Gemini API's ``models/{model}:{method}``
+    and Vertex AI's ``projects/...``; else OpenAI."""
     if request.path.startswith("/model/"):
         return "bedrock"
+    if _VERTEX_ANTHROPIC_PATH.match(request.path):
+        return "anthropic"
+    if _GOOGLE_PATH.match(request.path) or request.path.startswith("/v1beta/models"):
+        return "google"
     if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
         return "anthropic"
     return "openai"
@@ -148,6 +158,8 @@ async def read_body(request: web.Request, flavor: Flavor) -> JSONObject:
             raise FakeRequestError("The request body is not a JSON object.", code="ValidationException")
         if flavor == "anthropic":
             raise FakeRequestError("There was an issue with your request body: the body must be a JSON object.")
+        if flavor == "google":
+            raise FakeRequestError("Invalid JSON payload received. Expected a JSON object.")
         raise FakeRequestError(OPENAI_PARSE_ERROR)
     return body
 

@@ -47,6 +47,15 @@ class ProxyConfig:
         "AWS region of a Bedrock request that names none (in its path, Candela-Aws-Region or its signature).",
         "us-east-1",
     )
+    gemini_base_url: str = env_field(
+        "Gemini API base URL, without its version: /gemini/v1beta/... goes to it + /v1beta/....",
+        "https://generativelanguage.googleapis.com",
+    )
+    vertex_base_url: str = env_field(
+        "Vertex AI base URL, without its version, for every location; empty: each call goes to its location's"
+        " endpoint, https://{location}-aiplatform.googleapis.com (https://aiplatform.googleapis.com for global).",
+        "",
+    )
     max_body_bytes: int = env_field("Largest request body accepted (larger gets 413).", 32 * 1024 * 1024)
     upstream_connect_timeout_s: float = env_field("Seconds to connect to a provider.", 10.0)
     upstream_read_timeout_s: float = env_field("Seconds a provider may stay silent mid-response.", 600.0)

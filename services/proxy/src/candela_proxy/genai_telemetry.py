@@ -40,9 +40,11 @@ PROVIDER_NAMES: dict[str, str] = {
     "google": "gcp.gemini",
     "gcp.gemini": "gcp.gemini",
     "vertex": "gcp.vertex_ai",
+    "google-vertex": "gcp.vertex_ai",
     "vertex_ai": "gcp.vertex_ai",
     "gcp.vertex_ai": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",
+    "aws": "aws.bedrock",
     "aws.bedrock": "aws.bedrock",
     "groq": "groq",
     "mistral": "mistral_ai",
@@ -120,7 +122,7 @@ REQUEST_ATTRIBUTES: tuple[tuple[str, tuple[str, ...], Callable[[Any], Any]], ...
 
 def operation_name(path: str) -> str:
     """gen_ai.operation.name of a provider path."""
-    if path.endswith("/embeddings"):
+    if path.endswith(("/embeddings", ":embedContent", ":batchEmbedContents")):
         return "embeddings"
     if path.endswith("/completions") and not path.endswith("/chat/completions"):
         return "text_completion"
@@ -129,7 +131,7 @@ def operation_name(path: str) -> str:
 
 def route_attributes(route: Route) -> dict[str, str]:
     """The attributes known before admission (a refused request's span has them too)."""
-    value = route.provider.value
+    value = route.provider_name
     return {
         "gen_ai.operation.name": operation_name(route.provider_path),
         "gen_ai.provider.name": PROVIDER_NAMES.get(value, value),
@@ -139,7 +141,7 @@ def route_attributes(route: Route) -> dict[str, str]:
 def provider_name(exchange: Exchange, record: log_record_pb2.LogRecord) -> str:
     """gen_ai.provider.name: the spec's name for where the call went (a custom target by its host)."""
     if not record.target_url:
-        value = exchange.route.provider.value
+        value = exchange.route.provider_name
         return PROVIDER_NAMES.get(value, value)
     named = exchange.options.target_provider.lower()
     if named:

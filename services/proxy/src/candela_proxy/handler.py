@@ -20,7 +20,7 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from candela_proxy import bedrock, eventstream, genai_telemetry, helicone, metrics, prompting
+from candela_proxy import bedrock, eventstream, genai_telemetry, google, helicone, metrics, prompting
 from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
@@ -33,6 +33,7 @@ from candela_proxy.response_usage import ResponseFacts
 from candela_proxy.shipping import LogShipper
 from candela_proxy.targets import TargetSession
 from candela_proxy.upstream import Upstream
+from candela_runtime.redaction import redact_url
 from candela_runtime.security import KeyAuthenticator
 
 tracer = trace.get_tracer("candela.proxy")
@@ -72,23 +73,27 @@ class ProxyHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxies one request; always answers, and logs every request Candela accepted."""
-        route = resolve_route(
-            request.path, request.query_string, self._config.openai_base_url, self._config.anthropic_base_url
-        )
+        config = self._config
+        route = google.resolve_google_route(
+            request.path, request.query_string, config.gemini_base_url, config.vertex_base_url
+        ) or resolve_route(request.path, request.query_string, config.openai_base_url, config.anthropic_base_url)
         if route is None and bedrock.serves(request.path):
             try:
-                route = bedrock.resolve_route(request, self._config)
+                route = bedrock.resolve_route(request, config)
             except ProxyError as err:
                 metrics.count_request(Provider.BEDROCK.value, "", err.status)
                 return error_response(Provider.BEDROCK, err, None)
         if route is None:
             provider = Provider.ANTHROPIC if request.path.startswith("/anthropic") else Provider.OPENAI
+            if google.is_google_path(request.path):
+                provider = Provider.GOOGLE
             metrics.count_request(provider.value, "", 404)
             return error_response(
                 provider,
                 ProxyError(
                     404,
-                    f"no provider serves {request.path}; use /v1/..., /openai/v1/... or /anthropic/v1/...",
+                    f"no provider serves {request.path}; use /v1/..., /openai/v1/..., /anthropic/v1/...,"
+                    " /gemini/v1beta/... or /vertex/v1/projects/{project}/locations/{location}/...",
                     "unknown_route",
                 ),
                 None,
@@ -153,7 +158,10 @@ class ProxyHandler:
                 exchange.organization_id,
                 cache_policy,
                 request.method,
-                exchange.route.url_at(exchange.target_url) if exchange.target_url else exchange.route.upstream_url,
+                # Without a key in the URL (Gemini's ?key=): the provider key is never part of the cache key.
+                redact_url(
+                    exchange.route.url_at(exchange.target_url) if exchange.target_url else exchange.route.upstream_url
+                ),
                 exchange.request_body,
                 request.headers,
             )

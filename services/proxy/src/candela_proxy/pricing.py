@@ -1,9 +1,9 @@
 """Exact request cost: the organization's alias, then its override, then the genai-prices table (offline:
 the table ships inside the package).
 
-OpenAI and Anthropic calls are priced by provider id; a custom target (``Candela-Target-Url`` or a
-fallback) is priced by its API URL, which genai-prices matches to a provider it knows (Groq, Mistral,
-...) or not at all, in which case the request stays unpriced rather than being guessed.
+OpenAI, Anthropic, Google (Gemini, Vertex AI) and Bedrock calls are priced by provider id; a custom target
+(``Candela-Target-Url`` or a fallback) is priced by its API URL, which genai-prices matches to a provider it
+knows (Groq, Mistral, ...) or not at all, in which case the request stays unpriced rather than being guessed.
 
 An organization's pricing (:mod:`candela_proxy.org_pricing`) comes first. The model names tried are the
 answering model, then the requested one. An alias maps a name to a (provider, model) genai-prices knows;
@@ -33,6 +33,10 @@ from candela_proxy.response_usage import ResponseFacts
 
 _PRICED_SERVICE_TIERS = frozenset({"flex", "priority"})
 """OpenAI tiers genai-prices has variants for (``default`` is the standard price, ``auto`` is not billed)."""
+
+# The log's provider names whose genai-prices provider id differs: genai-prices has one "google" provider
+# for the Gemini API and Vertex AI (Gemini and Claude models alike).
+_GENAI_PRICES_IDS = {"google-vertex": "google"}
 
 
 def _price(
@@ -140,6 +144,7 @@ def _organization_cost(
 
 
 def _genai_fee(provider: str, model: str, web_searches: int) -> Decimal | None:
+    provider = _GENAI_PRICES_IDS.get(provider, provider)
     if not _known(provider, model, None):
         return None
     return _price(Usage(input_tokens=0, output_tokens=0), model, provider, None, (), web_searches)
@@ -153,7 +158,7 @@ def _genai_cost(
     context: tuple[tuple[str, str], ...],
 ) -> Decimal | None:
     return _cost(
-        provider,
+        _GENAI_PRICES_IDS.get(provider, provider) if provider else None,
         model,
         api_url,
         facts.prompt_tokens,

@@ -15,6 +15,8 @@ class Provider(Enum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    # Google's generateContent family (the Gemini API and Gemini on Vertex AI): usageMetadata, Google's errors.
+    GOOGLE = "google"
     # genai-prices' id for AWS Bedrock (its records and prices go by it).
     BEDROCK = "aws"
 
@@ -36,13 +38,21 @@ class Route:
     # The provider's own path, e.g. "/v1/chat/completions", whatever prefix the client used.
     provider_path: str
     query_string: str = ""
-    # The model and streaming the path itself names (Bedrock's /model/{modelId}/converse-stream), when the
-    # body does not say.
+    # The provider as logged and priced, when it is not the wire family's name: "google" for Gemini's
+    # OpenAI-compatible endpoint, "google-vertex" for Vertex AI (see candela_proxy.google).
+    name: str = ""
+    # The model and streaming the path itself names (Gemini's models/{m}:streamGenerateContent, Bedrock's
+    # /model/{modelId}/converse-stream), whatever the body says.
     model: str = ""
     streamed: bool = False
     # The provider path as sent upstream, when it differs from the logged one (still percent-encoded).
     upstream_path: str = ""
     upstream_auth: UpstreamAuth | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def provider_name(self) -> str:
+        """The provider as the log names it and genai-prices prices it."""
+        return self.name or self.provider.value
 
     def url_at(self, target_base_url: str) -> str:
         """The upstream URL at a custom target (``Candela-Target-Url``, a fallback): base + provider path."""
@@ -92,6 +102,18 @@ _ANTHROPIC_TYPES = {
 }
 
 
+_GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+}
+
+
 # status -> the exception name Bedrock Runtime answers it with (boto3 raises it as a ClientError).
 _BEDROCK_TYPES = {
     400: "ValidationException",
@@ -115,6 +137,9 @@ def error_body(provider: Provider, status: int, message: str, code: str) -> byte
     """A JSON error in the shape ``provider``'s SDK parses, so it raises its usual exception."""
     if provider is Provider.BEDROCK:
         return json.dumps({"message": message, "code": code}).encode()
+    if provider is Provider.GOOGLE:
+        kind = _GOOGLE_STATUSES.get(status, "INTERNAL")
+        return json.dumps({"error": {"code": status, "message": message, "status": kind}}).encode()
     if provider is Provider.ANTHROPIC:
         kind = _ANTHROPIC_TYPES.get(status, "api_error")
         return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

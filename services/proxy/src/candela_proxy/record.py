@@ -68,7 +68,7 @@ class Recorder:
         facts = exchange.facts
         # The record, and the span made from it, never carry a URL's credentials (userinfo, `?key=`).
         target = redact_url(exchange.target_url)
-        provider = (options.target_provider or provider_name(target)) if target else exchange.route.provider.value
+        provider = (options.target_provider or provider_name(target)) if target else exchange.route.provider_name
         model = options.model_override or exchange.model or facts.response_model
         record = log_record_pb2.LogRecord(
             request_id=exchange.request_id,
@@ -114,7 +114,7 @@ class Recorder:
                 record.cost_saved_usd = exchange.cost_saved_usd
         elif exchange.status:
             cost = pricing.cost_usd(
-                exchange.route.provider.value,
+                exchange.route.provider_name,
                 options.model_override or facts.response_model or model,
                 facts,
                 target,

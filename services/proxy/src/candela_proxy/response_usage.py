@@ -2,7 +2,8 @@
 
 Non-streamed answers carry a ``usage`` object; streams carry it in a final chunk (OpenAI chat and
 completions with ``stream_options.include_usage``), in ``response.completed`` (OpenAI Responses), or split
-over ``message_start`` and ``message_delta`` (Anthropic). Anthropic's ``input_tokens`` exclude cache reads
+over ``message_start`` and ``message_delta`` (Anthropic); Google's (Gemini, Vertex) carry ``usageMetadata``
+in each answer and stream chunk. Anthropic's ``input_tokens`` exclude cache reads
 and writes; Candela's ``prompt_tokens`` always include them, so totals compare across providers.
 
 A count no log can store (negative, above :data:`~candela_runtime.limits.MAX_TOKEN_COUNT`, fractional, not
@@ -159,6 +160,9 @@ def facts_from_json(provider: Provider, body: bytes) -> ResponseFacts:
 
 
 def _apply_document(facts: ResponseFacts, provider: Provider, document: dict[str, Any]) -> None:
+    if provider is Provider.GOOGLE:
+        apply_gemini_document(facts, document)
+        return
     model = document.get("model")
     if isinstance(model, str) and model:
         facts.response_model = model
@@ -178,6 +182,49 @@ def _apply_document(facts: ResponseFacts, provider: Provider, document: dict[str
     facts.finish_reason = _first_choice_finish(document) or facts.finish_reason
     if document.get("object") == "response" and isinstance(document.get("status"), str):
         facts.finish_reason = document["status"]
+
+
+def apply_gemini_document(facts: ResponseFacts, document: dict[str, Any]) -> None:
+    """The facts of one GenerateContentResponse (or one stream chunk, or an embedding answer).
+
+    Each ``usageMetadata`` is a whole snapshot (a stream's chunks repeat it, the last with the final
+    counts), so every count is set from it. Billed input is ``promptTokenCount`` (cached tokens included)
+    plus ``toolUsePromptTokenCount``; billed output is ``candidatesTokenCount`` plus ``thoughtsTokenCount``,
+    as genai-prices reads Google's usage.
+    """
+    model = document.get("modelVersion")
+    if isinstance(model, str) and model:
+        facts.response_model = model
+    usage = document.get("usageMetadata")
+    if isinstance(usage, dict):
+        facts.has_usage = True
+        thoughts = _count(facts, usage.get("thoughtsTokenCount"))
+        facts.prompt_tokens = _count(facts, usage.get("promptTokenCount")) + _count(
+            facts, usage.get("toolUsePromptTokenCount")
+        )
+        facts.completion_tokens = _count(facts, usage.get("candidatesTokenCount")) + thoughts
+        facts.reasoning_tokens = thoughts
+        facts.cache_read_tokens = _count(facts, usage.get("cachedContentTokenCount"))
+        # Audio input has its own price, but genai-prices then needs the audio share of the cache reads too,
+        # which ResponseFacts does not carry: with cache reads, audio is counted (and priced) as text.
+        if not facts.cache_read_tokens:
+            facts.audio_prompt_tokens = _modality_tokens(facts, usage.get("promptTokensDetails"), "AUDIO")
+    candidates = document.get("candidates")
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        reason = candidates[0].get("finishReason")
+        if isinstance(reason, str) and reason:
+            facts.finish_reason = reason
+
+
+def _modality_tokens(facts: ResponseFacts, details: Any, modality: str) -> int:
+    """The tokens of one modality in a ``*TokensDetails`` list (``[{"modality", "tokenCount"}]``)."""
+    if not isinstance(details, list):
+        return 0
+    return sum(
+        _count(facts, item.get("tokenCount"))
+        for item in details
+        if isinstance(item, dict) and item.get("modality") == modality
+    )
 
 
 class StreamFacts:

@@ -26,7 +26,7 @@ from opentelemetry import propagate
 from yarl import URL
 
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import bedrock, eventstream, metrics
+from candela_proxy import bedrock, eventstream, google, metrics
 from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.headers import RetryPolicy
 from candela_proxy.providers import Provider
@@ -237,6 +237,8 @@ class Upstream:
                 return await self._relay_stream(request, upstream, reply_headers, exchange)
             if upstream.content_type == eventstream.CONTENT_TYPE:
                 return await eventstream.relay_event_stream(request, upstream, reply_headers, exchange, self._recorder)
+            if google.is_json_array_stream(exchange, upstream):
+                return await google.relay_json_array(request, upstream, reply_headers, exchange, self._recorder)
             try:
                 body = await upstream.read()
             except (aiohttp.ClientError, TimeoutError) as err:
