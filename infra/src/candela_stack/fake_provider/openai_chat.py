@@ -45,9 +45,13 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``: a chat.completion object or a chat.completion.chunk stream."""
+    return await answer_chat(request, await read_body(request, "openai"))
+
+
+async def answer_chat(request: web.Request, body: JSONObject, answered_model: str | None = None) -> web.StreamResponse:
+    """The chat answer to ``body``, naming ``answered_model`` (default: the body's ``model``) as its model."""
     started = time.monotonic()
-    body = await read_body(request, "openai")
-    model = require_openai_model(body)
+    model = require_openai_model(body) if answered_model is None else answered_model
     messages = require_openai_field(body, "messages")
     if not isinstance(messages, list):
         raise FakeRequestError("'messages' must be an array.", param="messages")

@@ -26,6 +26,7 @@ from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
 from candela_proxy.exchange import Exchange, ProxyError, error_response
+from candela_proxy.named_routes import NamedRoutes
 from candela_proxy.providers import Provider, Route, resolve_route
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.record import Recorder
@@ -57,7 +58,8 @@ class ProxyHandler:
         self._config = config
         self._cache = cache
         self._admission = Admission(config, authenticator, targets, shipper, limiter, prompts)
-        self._recorder = Recorder(shipper, cache, limiter, tracing)
+        self._recorder = Recorder(shipper, cache, limiter, tracing, config.log_binary_body_max_bytes)
+        self._named_routes = NamedRoutes(config)
         self._upstream = Upstream(session, targets, self._recorder, tracing)
         # Spans cost ~50 us a request; without an exporter nobody sees them, so none are made (the client's
         # traceparent still reaches the provider, as every other header does).
@@ -69,7 +71,12 @@ class ProxyHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxies one request; always answers, and logs every request Candela accepted."""
-        route = resolve_route(
+        try:
+            route = self._named_routes.resolve(request.path, request.query_string, request.headers)
+        except ProxyError as err:
+            metrics.count_request(Provider.OPENAI.value, "", err.status)
+            return error_response(Provider.OPENAI, err, None)
+        route = route or resolve_route(
             request.path, request.query_string, self._config.openai_base_url, self._config.anthropic_base_url
         )
         if route is None:
