@@ -3,8 +3,10 @@ its v1 API (``/openai/v1/...``), answering as the OpenAI APIs do but naming the 
 
 A deployment runs the model ``x-fake-azure-model`` names (the deployment name itself when absent), as a real
 resource answers with the model behind the deployment (``gpt-4o-2024-08-06``), not the deployment's name;
-``x-fake-azure-model:`` (empty) answers with ``"model": ""``. Deployment paths require ``api-version`` (a
-404 without it, as Azure answers); every path requires a key (``api-key`` or ``Authorization``).
+``x-fake-azure-model:`` (empty) answers with ``"model": ""``. A chat stream starts with Azure's
+content-filter event (``choices: []``, ``"model": ""``, ``prompt_filter_results``). Deployment paths
+require ``api-version`` (a 404 without it, as Azure answers); every path requires a key (``api-key`` or
+``Authorization``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,31 @@ MODEL_HEADER: Final = "x-fake-azure-model"
 
 Answer = Callable[[web.Request, JSONObject, str | None], Awaitable[web.StreamResponse]]
 
+PROMPT_FILTER_CHUNK: Final[JSONObject] = {
+    "choices": [],
+    "created": 0,
+    "id": "",
+    "model": "",
+    "object": "",
+    "prompt_filter_results": [
+        {
+            "prompt_index": 0,
+            "content_filter_results": {
+                category: {"filtered": False, "severity": "safe"}
+                for category in ("hate", "self_harm", "sexual", "violence")
+            },
+        }
+    ],
+}
+"""The first event of an Azure chat stream: the prompt's content-filter results, no choices, no model."""
+
+
+async def _azure_chat(request: web.Request, body: JSONObject, answered_model: str | None) -> web.StreamResponse:
+    return await openai_chat.answer_chat(request, body, answered_model, stream_preamble=PROMPT_FILTER_CHUNK)
+
+
 OPERATIONS: Final[dict[str, Answer]] = {
-    "chat/completions": openai_chat.answer_chat,
+    "chat/completions": _azure_chat,
     "completions": openai_completions.answer_completion,
     "embeddings": openai_embeddings.answer_embeddings,
     "responses": openai_responses.answer_response,

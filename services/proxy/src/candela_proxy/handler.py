@@ -167,6 +167,7 @@ class ProxyHandler:
         exchange.streamed = answer.streamed
         exchange.facts = ResponseFacts.from_dict(answer.facts)
         exchange.cost_saved_usd = answer.cost_usd
+        exchange.response_content_type = answer.content_type
         exchange.response_chunks.append(answer.body)
         headers = {
             "Content-Type": answer.content_type,
