@@ -125,6 +125,27 @@ def test_azure_without_a_usable_resource_is_a_400(headers: dict[str, str], code:
     assert (raised.value.status, raised.value.code) == (400, code)
 
 
+@pytest.mark.parametrize(
+    ("query", "asked"),
+    [
+        ("api-version=2024-10-21", True),
+        ("api-version=2024-08-01-preview", True),
+        ("api-version=2025-04-01-preview&x=1", True),
+        ("api-version=2024-06-01", False),
+        ("api-version=2024-02-15-preview", False),
+        ("api-version=latest", False),
+        ("", False),
+    ],
+)
+def test_azure_streams_are_asked_for_usage_only_from_the_api_version_that_takes_it(query: str, asked: bool) -> None:
+    route = ROUTES.resolve("/azure/openai/deployments/d/chat/completions", query, {"Candela-OpenAI-Api-Base": RESOURCE})
+    assert route is not None
+    assert route.stream_options is asked
+    v1 = ROUTES.resolve("/azure/openai/v1/chat/completions", "", {"Candela-OpenAI-Api-Base": RESOURCE})
+    assert v1 is not None
+    assert v1.stream_options
+
+
 def test_azure_deployments_setting_is_checked() -> None:
     assert azure.parse_deployments(" a = gpt-4o , b=gpt-4o-mini,") == {"a": "gpt-4o", "b": "gpt-4o-mini"}
     with pytest.raises(ValueError, match="'oops'"):

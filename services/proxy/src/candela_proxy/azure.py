@@ -20,8 +20,10 @@ model the answer names, else that model.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Final
+from urllib.parse import parse_qs
 
 from candela_proxy.exchange import ProxyError
 from candela_proxy.providers import Provider, Route
@@ -31,6 +33,9 @@ PREFIX: Final = "/azure"
 DEPLOYMENT_PROPERTY: Final = "azure-deployment"
 RESOURCE_HEADERS: Final = ("Candela-OpenAI-Api-Base", "Helicone-OpenAI-Api-Base")
 _DEPLOYMENTS: Final = "/openai/deployments/"
+# Azure takes stream_options from api-version 2024-08-01-preview on; older versions refuse the request.
+STREAM_OPTIONS_SINCE: Final = "2024-08-01"
+_API_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def parse_deployments(text: str) -> dict[str, str]:
@@ -60,9 +65,12 @@ def resolve(
     if provider_path.startswith(_DEPLOYMENTS):
         deployment, _, operation = provider_path[len(_DEPLOYMENTS) :].partition("/")
         api_path = "/v1/" + operation
+        stream_options = _takes_stream_options(query_string)
     elif provider_path.startswith("/openai/v1/"):
         api_path = provider_path[len("/openai") :]
+        stream_options = True
     else:
+        stream_options = False
         api_path = "/v1" + provider_path[len("/openai") :]
     client_base_url = _resource_header(headers)
     base = client_base_url or base_url
@@ -82,10 +90,18 @@ def resolve(
         label="azure",
         price_id="azure",
         api_path=api_path,
+        stream_options=stream_options,
         client_base_url=client_base_url,
         model=deployments.get(deployment, ""),
         properties=((DEPLOYMENT_PROPERTY, deployment),) if deployment else (),
     )
+
+
+def _takes_stream_options(query_string: str) -> bool:
+    """Whether the request's ``api-version`` (a date, maybe ``-preview``) takes ``stream_options``."""
+    versions = parse_qs(query_string).get("api-version", [])
+    match = _API_DATE.match(versions[0]) if versions else None
+    return match is not None and match.group() >= STREAM_OPTIONS_SINCE
 
 
 def _resource_header(headers: Mapping[str, str]) -> str:
