@@ -110,15 +110,15 @@ Error simulation (error bodies in the provider's exact shape: OpenAI
 - A missing or non-JSON body, or a body without the endpoint's required fields, is a 400 in the
   provider's shape; so is a malformed ``x-fake-*`` header.
 
-Layout: one module per provider API, each with ``add_routes(router)`` and listed in
-``app.PROVIDER_APIS``: ``openai_chat``, ``openai_completions``, ``openai_embeddings``,
-``openai_responses``, ``openai_audio``, ``openai_images``, ``openai_files`` (with ``openai_common``, what
-OpenAI's APIs share), ``anthropic_messages``, ``models`` and ``azure_openai``. The shared core: ``app`` (the server, the filter every provider request goes through, the
-control plane, the command line), ``recording`` (the request log), ``scenario`` (the ``x-fake-*``
-headers), ``generation`` (reply text and token counts), ``errors`` (each provider's error body) and
-``wire`` (JSON, server-sent events, response headers and ids). A new provider (Gemini, Bedrock, ...) is
-one module with its handlers and its usage shape, added to ``PROVIDER_APIS``, plus its error body in
-``errors`` and its name in ``wire.Flavor``.
+Layout: one module per provider API, each with ``add_routes(router)`` and listed in ``app.PROVIDER_APIS``:
+``openai_chat``, ``openai_completions``, ``openai_embeddings``, ``openai_responses``, ``openai_audio``,
+``openai_images``, ``openai_files`` (with ``openai_common``, what OpenAI's APIs share),
+``anthropic_messages``, ``models`` and ``azure_openai``. The shared core: ``app`` (the server, the filter
+every provider request goes through, the control plane, the command line), ``recording`` (the request log),
+``scenario`` (the ``x-fake-*`` headers), ``generation`` (reply text and token counts), ``errors`` (each
+provider's error body) and ``wire`` (JSON, server-sent events, response headers and ids). A new provider
+(Gemini, Bedrock, ...) is one module with its handlers and its usage shape, added to ``PROVIDER_APIS``, plus
+its error body in ``errors`` and its name in ``wire.Flavor``.
 """
 
 from candela_stack.fake_provider.app import create_app, main, serve
