@@ -47,13 +47,15 @@ def query_stub(gateway_channel: grpc.Channel) -> query_service_pb2_grpc.QuerySer
 @pytest.fixture(scope="session")
 def local_target_proxy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a proxy of its own whose operator lets custom targets reach the stand-in provider (exactly
-    its host:port in CANDELA_TARGET_HOSTS); the stack's proxy, as installed, reaches only public targets."""
+    its host:port in CANDELA_TARGET_HOSTS); the stack's proxy, as installed, reaches only public targets. Its
+    operator also maps the Azure deployment prod-chat to gpt-4o (CANDELA_AZURE_DEPLOYMENTS)."""
     assert stack.fake_provider_url is not None
     with services() as started:
         proxy, url = start_proxy(
             stack,
             tmp_path_factory.mktemp("local-target-proxy"),
             CANDELA_TARGET_HOSTS=stack.fake_provider_url.removeprefix("http://"),
+            CANDELA_AZURE_DEPLOYMENTS="prod-chat=gpt-4o",
         )
         started.append(proxy)
         yield url

@@ -220,3 +220,23 @@ def test_the_clickhouse_password_is_random_per_stack_and_reaches_every_client(
     monkeypatch.setenv("CANDELA_STACK_DIR", str(tmp_path / "dev"))
     monkeypatch.setenv("CANDELA_CLICKHOUSE_PASSWORD", "chosen-password")
     assert Stack(StackConfig.dev()).clickhouse_password == "chosen-password"
+
+
+def test_azure_and_the_openai_compatible_providers_use_the_fake_provider_unless_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CANDELA_OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("CANDELA_ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("CANDELA_AZURE_BASE_URL", raising=False)
+    monkeypatch.setenv("CANDELA_GROQ_BASE_URL", "http://127.0.0.1:2/openai/v1")
+    stack = Stack(StackConfig.for_tests(tmp_path))
+    fake = f"http://127.0.0.1:{stack.ports.fake_provider}"
+    proxy_env = stack.service_env(Component.PROXY)
+    assert proxy_env["CANDELA_AZURE_BASE_URL"] == fake
+    assert proxy_env["CANDELA_MISTRAL_BASE_URL"] == proxy_env["CANDELA_VLLM_BASE_URL"] == f"{fake}/v1"
+    assert proxy_env["CANDELA_GROQ_BASE_URL"] == "http://127.0.0.1:2/openai/v1"
+
+    monkeypatch.setenv("CANDELA_OPENAI_BASE_URL", "https://api.openai.com/v1")
+    real = Stack(StackConfig.for_tests(tmp_path)).service_env(Component.PROXY)
+    assert "CANDELA_MISTRAL_BASE_URL" not in real
+    assert "CANDELA_AZURE_BASE_URL" not in real

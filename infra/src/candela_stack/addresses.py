@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from candela_stack import clickhouse, postgres, seaweed
@@ -584,8 +584,19 @@ class StackAddresses:
                 env["CANDELA_GEMINI_BASE_URL"] = self.gemini_base_url
             if self.vertex_base_url is not None:
                 env["CANDELA_VERTEX_BASE_URL"] = self.vertex_base_url
+            env.update(self._named_provider_env())
             return env
         raise ValueError(f"{component} is not a service")
+
+    def _named_provider_env(self) -> dict[str, str]:
+        """Azure OpenAI and the OpenAI-compatible family at the fake provider (unless the caller named an
+        upstream), so the stack serves `/azure/...`, `/groq/...`, ... `/vllm/...`, `/ollama/...` locally."""
+        if not self.uses_fake_provider:
+            return {}
+        fake = f"http://{LOOPBACK}:{self.ports.fake_provider}"
+        wanted = {"CANDELA_AZURE_BASE_URL": fake}
+        wanted.update({f"CANDELA_{name.upper()}_BASE_URL": f"{fake}/v1" for name in OPENAI_COMPATIBLE_PROVIDERS})
+        return {name: value for name, value in wanted.items() if self._caller_env(name) is None}
 
     def _otlp_env(self) -> dict[str, str]:
         """The OpenTelemetry SDK's own variables pointing a service at the stack's collector, if any."""
@@ -601,6 +612,22 @@ class StackAddresses:
     def _caller_env(self, name: str) -> str | None:
         value = self.config.env.get(name) or os.environ.get(name)
         return value or None
+
+
+OPENAI_COMPATIBLE_PROVIDERS: Final = (
+    "groq",
+    "mistral",
+    "deepseek",
+    "xai",
+    "together",
+    "fireworks",
+    "openrouter",
+    "perplexity",
+    "cerebras",
+    "vllm",
+    "ollama",
+)
+"""The proxy's OpenAI-compatible family (candela_proxy.compatible.MEMBERS), served by the fake provider."""
 
 
 def _engine(value: str) -> KafkaEngine:

@@ -5,10 +5,19 @@ proxy here. The bodies, headers and server-sent-event streams copy what the real
 field, key order included, captured from real traffic and checked against the installed ``openai`` and
 ``anthropic`` SDKs), and the content is deterministic so a test can predict every number.
 
-Endpoints (everything under ``/v1`` is "provider" traffic, recorded and subject to error simulation):
+Endpoints (everything but the control plane is "provider" traffic, recorded and subject to error simulation):
 
 - OpenAI: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/embeddings``,
   ``POST /v1/responses`` (all but embeddings stream with ``"stream": true``), ``GET /v1/models``.
+  The same paths serve the OpenAI-compatible providers (Groq, Mistral, ... vLLM, Ollama) in the local stack.
+- OpenAI, not JSON (``openai_audio``, ``openai_images``, ``openai_files``): ``POST /v1/audio/transcriptions``
+  and ``/v1/audio/translations`` (multipart uploads), ``POST /v1/audio/speech`` (binary audio, its size set
+  by ``x-fake-audio-bytes``), ``POST /v1/images/generations`` and ``/v1/images/edits`` (multipart),
+  ``POST /v1/files`` (multipart), ``GET /v1/files[/{id}[/content]]``, ``DELETE /v1/files/{id}``,
+  ``POST /v1/batches``, ``GET /v1/batches/{id}``; each module's docstring gives its deterministic answers.
+- Azure OpenAI (``azure_openai``): ``POST /openai/deployments/{deployment}/{chat/completions, completions,
+  embeddings, responses}?api-version=...`` and ``POST /openai/v1/{...}``, answering as OpenAI with the
+  deployment's model (``x-fake-azure-model``) and Azure's content-filter event first in a chat stream.
 - Anthropic: ``POST /v1/messages`` (streams with ``"stream": true``), ``POST /v1/messages/count_tokens``,
   ``GET /v1/models`` when the request carries ``anthropic-version``. ``/v1/messages*`` requires the
   ``anthropic-version`` header, as the real API does.
@@ -115,15 +124,15 @@ Error simulation (error bodies in the provider's exact shape: OpenAI
 - A missing or non-JSON body, or a body without the endpoint's required fields, is a 400 in the
   provider's shape; so is a malformed ``x-fake-*`` header.
 
-Layout: one module per provider API, each with ``add_routes(router)`` and listed in
-``app.PROVIDER_APIS``: ``openai_chat``, ``openai_completions``, ``openai_embeddings``,
-``openai_responses`` (with ``openai_common``, what OpenAI's APIs share), ``anthropic_messages``,
-``bedrock``, ``gemini`` and ``models``. The shared core: ``app`` (the server, the filter every provider
-request goes through, the control plane, the command line), ``recording`` (the request log), ``scenario``
-(the ``x-fake-*`` headers), ``generation`` (reply text and token counts), ``errors`` (each provider's error body) and
-``wire`` (JSON, server-sent events, response headers and ids). A new provider is
-one module with its handlers and its usage shape, added to ``PROVIDER_APIS``, plus its error body in
-``errors`` and its name in ``wire.Flavor``.
+Layout: one module per provider API, each with ``add_routes(router)`` and listed in ``app.PROVIDER_APIS``:
+``openai_chat``, ``openai_completions``, ``openai_embeddings``, ``openai_responses``, ``openai_audio``,
+``openai_images``, ``openai_files`` (with ``openai_common``, what OpenAI's APIs share),
+``anthropic_messages``, ``models``, ``azure_openai``, ``bedrock`` and ``gemini``. The shared core: ``app``
+(the server, the filter every provider request goes through, the control plane, the command line),
+``recording`` (the request log), ``scenario`` (the ``x-fake-*`` headers), ``generation`` (reply text and
+token counts), ``errors`` (each provider's error body) and ``wire`` (JSON, server-sent events, response
+headers and ids). A new provider is one module with its handlers and its usage shape, added to
+``PROVIDER_APIS``, plus its error body in ``errors`` and its name in ``wire.Flavor``.
 """
 
 from candela_stack.fake_provider.app import create_app, main, serve

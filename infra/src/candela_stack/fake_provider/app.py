@@ -20,12 +20,16 @@ from aiohttp.typedefs import Handler
 from candela_runtime.redaction import redact_query
 from candela_stack.fake_provider import (
     anthropic_messages,
+    azure_openai,
     bedrock,
     gemini,
     models,
+    openai_audio,
     openai_chat,
     openai_completions,
     openai_embeddings,
+    openai_files,
+    openai_images,
     openai_responses,
 )
 from candela_stack.fake_provider.errors import error_response, simulated_error_response
@@ -62,13 +66,17 @@ PROVIDER_APIS: Final[tuple[ProviderApi, ...]] = (
     openai_completions,
     openai_embeddings,
     openai_responses,
+    openai_audio,
+    openai_images,
+    openai_files,
     anthropic_messages,
     bedrock,
     gemini,
     models,
+    azure_openai,
 )
-"""The provider APIs served under ``/v1``, each a module with ``add_routes(router)``: a new provider
-API is one more module here."""
+"""The provider APIs served (under ``/v1``; Azure's under ``/openai``), each a module with
+``add_routes(router)``: a new provider API is one more module here."""
 
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -175,6 +183,7 @@ def create_app(*, delay_ms: float = 0.0, max_recorded: int = DEFAULT_MAX_RECORDE
     """Build the fake provider app; ``delay_ms`` paces streams unless a request sets x-fake-delay-ms."""
     app = web.Application(middlewares=[provider_middleware], client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = FakeProviderState(delay_ms=delay_ms, max_recorded=max_recorded)
+    app[openai_files.STORE_KEY] = openai_files.FileStore()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_fake/requests", get_recorded_requests)
     app.router.add_delete("/_fake/requests", clear_recorded_requests)

@@ -46,9 +46,16 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``: a chat.completion object or a chat.completion.chunk stream."""
+    return await answer_chat(request, await read_body(request, "openai"))
+
+
+async def answer_chat(
+    request: web.Request, body: JSONObject, answered_model: str | None = None, stream_preamble: JSONObject | None = None
+) -> web.StreamResponse:
+    """The chat answer to ``body``, naming ``answered_model`` (default: the body's ``model``) as its model;
+    a stream starts with the ``stream_preamble`` event when given (Azure's content-filter chunk)."""
     started = time.monotonic()
-    body = await read_body(request, "openai")
-    model = require_openai_model(body)
+    model = require_openai_model(body) if answered_model is None else answered_model
     messages = require_openai_field(body, "messages")
     if not isinstance(messages, list):
         raise FakeRequestError("'messages' must be an array.", param="messages")
@@ -68,7 +75,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     finish_reason = "length" if generation.truncated else "stop"
     if body.get("stream") is True:
-        return await _stream_chat(request, body, model, completion_id, created, generation, usage, finish_reason)
+        return await _stream_chat(
+            request, body, model, completion_id, created, generation, usage, finish_reason, stream_preamble
+        )
     await scenario.pace(len(generation.deltas))
     payload = {
         "id": completion_id,
@@ -99,6 +108,7 @@ async def _stream_chat(
     generation: Generation,
     usage: TokenUsage,
     finish_reason: str,
+    preamble: JSONObject | None = None,
 ) -> web.StreamResponse:
     include_usage, include_obfuscation = stream_options(body)
     scenario = scenario_of(request)
@@ -124,6 +134,8 @@ async def _stream_chat(
 
     response = await open_stream(request, openai_headers(), scenario.framing)
     try:
+        if preamble is not None:
+            await response.write(sse_event(preamble))
         await response.write(chunk(choice({"role": "assistant", "content": "", "refusal": None}, None), None, ""))
         for delta in generation.deltas:
             await scenario.pace()

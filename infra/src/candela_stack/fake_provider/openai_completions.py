@@ -37,9 +37,15 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/completions``: a text_completion object or stream."""
+    return await answer_completion(request, await read_body(request, "openai"))
+
+
+async def answer_completion(
+    request: web.Request, body: JSONObject, answered_model: str | None = None
+) -> web.StreamResponse:
+    """The completion answering ``body``, naming ``answered_model`` (default: the body's ``model``)."""
     started = time.monotonic()
-    body = await read_body(request, "openai")
-    model = require_openai_model(body)
+    model = require_openai_model(body) if answered_model is None else answered_model
     parts = prompt_parts(require_openai_field(body, "prompt"))
     scenario = scenario_of(request)
     prompt_text = " ".join(part for part in parts if isinstance(part, str))

@@ -33,9 +33,15 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """``POST /v1/embeddings``: a list of deterministic embedding objects (float or base64)."""
+    return await answer_embeddings(request, await read_body(request, "openai"))
+
+
+async def answer_embeddings(
+    request: web.Request, body: JSONObject, answered_model: str | None = None
+) -> web.StreamResponse:
+    """The embeddings of ``body``'s input, naming ``answered_model`` (default: the body's ``model``)."""
     started = time.monotonic()
-    body = await read_body(request, "openai")
-    model = require_openai_model(body)
+    model = require_openai_model(body) if answered_model is None else answered_model
     raw_input = require_openai_field(body, "input")
     try:
         inputs = prompt_parts(raw_input)

@@ -60,9 +60,15 @@ def _responses_prompt(body: JSONObject) -> tuple[list[str], str]:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses``: a Response object or its typed event stream."""
+    return await answer_response(request, await read_body(request, "openai"))
+
+
+async def answer_response(
+    request: web.Request, body: JSONObject, answered_model: str | None = None
+) -> web.StreamResponse:
+    """The response to ``body``, naming ``answered_model`` (default: the body's ``model``)."""
     started = time.monotonic()
-    body = await read_body(request, "openai")
-    model = require_openai_model(body)
+    model = require_openai_model(body) if answered_model is None else answered_model
     require_openai_field(body, "input")
     scenario = scenario_of(request)
     texts, prompt_text = _responses_prompt(body)

@@ -167,3 +167,55 @@ async def read_body(request: web.Request, flavor: Flavor) -> JSONObject:
 def random_id(prefix: str, length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
     """An id like the providers' (``chatcmpl-...``, ``msg_01...``, ``resp_...``)."""
     return prefix + "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+@dataclass(frozen=True)
+class FormPart:
+    """One part of a ``multipart/form-data`` body: a field, or a file when ``filename`` is set."""
+
+    content: bytes
+    filename: str | None = None
+    content_type: str = ""
+
+    @property
+    def text(self) -> str:
+        """The field's value as text."""
+        return self.content.decode("utf-8", "replace")
+
+
+async def read_form(request: web.Request) -> dict[str, FormPart]:
+    """The request's ``multipart/form-data`` parts by field name; anything else is OpenAI's 400.
+
+    Parsed from the bytes the recording already read (aiohttp's own reader needs the unread stream).
+    """
+    content_type = request.headers.get("Content-Type", "")
+    boundary = ""
+    for parameter in content_type.split(";")[1:]:
+        key, _, value = parameter.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip('"')
+    if not content_type.lower().startswith("multipart/form-data") or not boundary:
+        raise FakeRequestError(f"Invalid Content-Type header ({content_type}), expected multipart/form-data.")
+    raw = await request.read()
+    delimiter = b"--" + boundary.encode("latin-1")
+    parts: dict[str, FormPart] = {}
+    # Each part follows CRLF + delimiter (the first one too, once a CRLF is put before the body).
+    for chunk in (b"\r\n" + raw).split(b"\r\n" + delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, separator, content = chunk.partition(b"\r\n\r\n")
+        if not separator:
+            raise FakeRequestError("The multipart body is malformed.")
+        headers = {}
+        for line in head.decode("utf-8", "replace").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip():
+                headers[name.strip().lower()] = value.strip()
+        disposition = headers.get("content-disposition", "")
+        params = {}
+        for item in disposition.split(";")[1:]:
+            key, _, value = item.strip().partition("=")
+            params[key.lower()] = value.strip('"')
+        if "name" in params:
+            parts[params["name"]] = FormPart(content, params.get("filename"), headers.get("content-type", ""))
+    return parts

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
-from candela_proxy import helicone, metrics, prompting
+from candela_proxy import binary_bodies, helicone, metrics, prompting
 from candela_proxy.config import ProxyConfig
 from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.headers import CandelaHeaders, HeaderError, bearer_secret, parse_candela_headers
@@ -85,8 +85,9 @@ class Admission:
             raise ProxyError(
                 503, "Candela cannot verify keys right now; retry shortly", "candela_auth_unavailable"
             ) from None
-        await self._check_targets(options)
+        await self._check_targets(options, route)
         body = await _read_body(request, self._config.max_body_bytes)
+        content_type = request.headers.get("Content-Type", "")
         exchange = Exchange(
             request_id=options.request_id or str(uuid.uuid4()),
             started_at_us=started_at_us,
@@ -96,7 +97,8 @@ class Admission:
             organization_id=caller.organization_id,
             api_key_id=caller.api_key_id,
             request_body=body,
-            target_url=options.target_url,
+            request_content_type=content_type,
+            target_url=options.target_url or route.client_base_url,
             model=route.model,
             streamed=route.streamed,
         )
@@ -107,7 +109,7 @@ class Admission:
                 )
             except SegmentMissing as err:
                 raise ProxyError(400, str(err), "invalid_candela_header") from None
-        if body and request.method == "POST":
+        if body and request.method == "POST" and binary_bodies.is_json(content_type):
             try:
                 document = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -129,15 +131,20 @@ class Admission:
             raise ProxyError(
                 400, "Candela-Fallbacks bodyKeyOverride needs a JSON object body", "invalid_candela_header"
             )
+        elif body:
+            # Not JSON (a multipart upload, audio, a file): passed through as is; a form names its model.
+            exchange.model = binary_bodies.multipart_field(body, content_type, "model")[:MAX_MODEL_NAME_LENGTH]
         if exchange.document is None and prompting.names_prompt(options, None):
             raise ProxyError(
                 400, "a named prompt is rendered into a JSON object request body", "invalid_prompt_request"
             )
         return exchange
 
-    async def _check_targets(self, options: CandelaHeaders) -> None:
-        """Refuses (403) a Candela-Target-Url or fallback the address policy keeps the proxy from reaching."""
-        for url in (options.target_url, *(fallback.target_url for fallback in options.fallbacks)):
+    async def _check_targets(self, options: CandelaHeaders, route: Route) -> None:
+        """Refuses (403) a Candela-Target-Url, fallback or client-chosen base URL (Azure's resource header) the
+        address policy keeps the proxy from reaching."""
+        main = options.target_url or route.client_base_url
+        for url in (main, *(fallback.target_url for fallback in options.fallbacks)):
             if not url:
                 continue
             try:
@@ -169,7 +176,8 @@ class Admission:
             exchange.streamed
             and exchange.options.stream_usage
             and exchange.route.provider is Provider.OPENAI
-            and exchange.route.provider_path in STREAM_USAGE_PATHS
+            and exchange.route.stream_options
+            and exchange.route.openai_path in STREAM_USAGE_PATHS
         ):
             return
         requested = usage_requested(document)

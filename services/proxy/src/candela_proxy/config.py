@@ -56,6 +56,45 @@ class ProxyConfig:
         " endpoint, https://{location}-aiplatform.googleapis.com (https://aiplatform.googleapis.com for global).",
         "",
     )
+    # Azure OpenAI and the OpenAI-compatible family (candela_proxy.azure, candela_proxy.compatible).
+    azure_base_url: str = env_field(
+        "Azure OpenAI resource endpoint for /azure/openai/... (https://<resource>.openai.azure.com, no path);"
+        " empty: each request names its resource in Candela-OpenAI-Api-Base (or Helicone-OpenAI-Api-Base).",
+        "",
+    )
+    azure_deployments: str = env_field(
+        "Azure deployment -> model, 'deployment=model,...' (prod-chat=gpt-4o): the model a deployment is logged"
+        " and priced as when its answer does not name one.",
+        "",
+    )
+    groq_base_url: str = env_field(
+        "Groq's OpenAI-compatible base URL, for /groq/v1/...", "https://api.groq.com/openai/v1"
+    )
+    mistral_base_url: str = env_field("Mistral's base URL, for /mistral/v1/...", "https://api.mistral.ai/v1")
+    deepseek_base_url: str = env_field("DeepSeek's base URL, for /deepseek/v1/...", "https://api.deepseek.com/v1")
+    xai_base_url: str = env_field("xAI's base URL, for /xai/v1/...", "https://api.x.ai/v1")
+    together_base_url: str = env_field("Together AI's base URL, for /together/v1/...", "https://api.together.xyz/v1")
+    fireworks_base_url: str = env_field(
+        "Fireworks AI's base URL, for /fireworks/v1/...", "https://api.fireworks.ai/inference/v1"
+    )
+    openrouter_base_url: str = env_field(
+        "OpenRouter's base URL, for /openrouter/v1/...", "https://openrouter.ai/api/v1"
+    )
+    perplexity_base_url: str = env_field("Perplexity's base URL, for /perplexity/v1/...", "https://api.perplexity.ai")
+    cerebras_base_url: str = env_field("Cerebras' base URL, for /cerebras/v1/...", "https://api.cerebras.ai/v1")
+    vllm_base_url: str = env_field(
+        "A vLLM server's OpenAI-compatible base URL (http://127.0.0.1:8000/v1), for /vllm/v1/...; empty: no /vllm.", ""
+    )
+    ollama_base_url: str = env_field(
+        "An Ollama server's OpenAI-compatible base URL (http://127.0.0.1:11434/v1), for /ollama/v1/...; empty: no"
+        " /ollama.",
+        "",
+    )
+    log_binary_body_max_bytes: int = env_field(
+        "Largest binary body (multipart upload, audio, image, file) a log keeps; a larger one is logged as a"
+        " one-line marker with its content type and size. JSON and text bodies are always kept whole.",
+        1 << 20,
+    )
     max_body_bytes: int = env_field("Largest request body accepted (larger gets 413).", 32 * 1024 * 1024)
     upstream_connect_timeout_s: float = env_field("Seconds to connect to a provider.", 10.0)
     upstream_read_timeout_s: float = env_field("Seconds a provider may stay silent mid-response.", 600.0)

@@ -49,6 +49,7 @@ class Exchange:
     error: str = ""
     first_byte: float | None = None
     request_body: bytes = b""
+    request_content_type: str = ""
     # The body sent upstream, when Candela changed it (stream usage injection).
     upstream_body: bytes | None = None
     document: dict[str, Any] | None = None

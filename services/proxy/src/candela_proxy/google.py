@@ -96,7 +96,8 @@ def _route(provider: Provider, base: str, tail: str, query_string: str, name: st
         upstream_url=url,
         provider_path=tail,
         query_string=query_string,
-        name=name,
+        label=name,
+        price_id="google",
         model=model,
         streamed=streamed,
     )

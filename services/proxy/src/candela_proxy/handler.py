@@ -25,6 +25,7 @@ from candela_proxy.admission import Admission
 from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
 from candela_proxy.exchange import Exchange, ProxyError, error_response
+from candela_proxy.named_routes import NamedRoutes
 from candela_proxy.org_pricing import PricingDirectory
 from candela_proxy.providers import Provider, Route, resolve_route
 from candela_proxy.ratelimit import RateLimiter
@@ -60,7 +61,8 @@ class ProxyHandler:
         self._pricing = pricing
         self._cache = cache
         self._admission = Admission(config, authenticator, targets, shipper, limiter, prompts)
-        self._recorder = Recorder(shipper, cache, limiter, tracing)
+        self._recorder = Recorder(shipper, cache, limiter, tracing, config.log_binary_body_max_bytes)
+        self._named_routes = NamedRoutes(config)
         self._upstream = Upstream(session, targets, self._recorder, tracing)
         # Spans cost ~50 us a request; without an exporter nobody sees them, so none are made (the client's
         # traceparent still reaches the provider, as every other header does).
@@ -74,9 +76,18 @@ class ProxyHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxies one request; always answers, and logs every request Candela accepted."""
         config = self._config
-        route = google.resolve_google_route(
-            request.path, request.query_string, config.gemini_base_url, config.vertex_base_url
-        ) or resolve_route(request.path, request.query_string, config.openai_base_url, config.anthropic_base_url)
+        try:
+            route = self._named_routes.resolve(request.path, request.query_string, request.headers)
+        except ProxyError as err:
+            metrics.count_request(Provider.OPENAI.value, "", err.status)
+            return error_response(Provider.OPENAI, err, None)
+        route = (
+            route
+            or google.resolve_google_route(
+                request.path, request.query_string, config.gemini_base_url, config.vertex_base_url
+            )
+            or resolve_route(request.path, request.query_string, config.openai_base_url, config.anthropic_base_url)
+        )
         if route is None and bedrock.serves(request.path):
             try:
                 route = bedrock.resolve_route(request, config)
@@ -185,6 +196,7 @@ class ProxyHandler:
         exchange.streamed = answer.streamed
         exchange.facts = ResponseFacts.from_dict(answer.facts)
         exchange.cost_saved_usd = answer.cost_usd
+        exchange.response_content_type = answer.content_type
         exchange.response_chunks.append(answer.body)
         if answer.content_type == eventstream.CONTENT_TYPE:
             exchange.response_log = eventstream.readable(answer.body)

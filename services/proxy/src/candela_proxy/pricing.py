@@ -110,6 +110,8 @@ def cost_usd(
             )
             if matched:
                 return cost
+    if not provider and not api_url:
+        return None  # a named provider genai-prices has no id for (vLLM, Ollama): never guessed from the model
     return _genai_cost(None if api_url else provider, model, api_url or None, facts, context)
 
 

@@ -38,21 +38,40 @@ class Route:
     # The provider's own path, e.g. "/v1/chat/completions", whatever prefix the client used.
     provider_path: str
     query_string: str = ""
-    # The provider as logged and priced, when it is not the wire family's name: "google" for Gemini's
-    # OpenAI-compatible endpoint, "google-vertex" for Vertex AI (see candela_proxy.google).
-    name: str = ""
-    # The model and streaming the path itself names (Gemini's models/{m}:streamGenerateContent, Bedrock's
-    # /model/{modelId}/converse-stream), whatever the body says.
+    # A named provider's route (Azure, the OpenAI-compatible family: candela_proxy.named_routes; Gemini and
+    # Vertex AI: candela_proxy.google) fills these; the defaults are what the two families' own paths mean.
+    label: str = ""
+    """The provider the record names (``azure``, ``groq``, ``google-vertex``, ...), whatever the target; "" for
+    the family's."""
+    price_id: str = ""
+    """Its genai-prices provider id (``x-ai`` for ``xai``); "" with a label: never priced (vLLM, Ollama)."""
+    api_path: str = ""
+    """The OpenAI API path the request is (``/v1/chat/completions``) when ``provider_path`` spells it otherwise
+    (an Azure deployment path); "" when ``provider_path`` is it."""
+    stream_options: bool = True
+    """Whether the upstream takes ``stream_options`` (Candela asks OpenAI-format streams for their usage)."""
+    client_base_url: str = ""
+    """A base URL the client chose in a header (Azure's resource): reached like ``Candela-Target-Url``."""
     model: str = ""
+    """The model the path names (Gemini's models/{m}:..., Bedrock's /model/{modelId}/..., an Azure deployment
+    mapped in ``CANDELA_AZURE_DEPLOYMENTS``), whatever the body says."""
     streamed: bool = False
-    # The provider path as sent upstream, when it differs from the logged one (still percent-encoded).
+    """Whether the path asks for a stream (Gemini's :streamGenerateContent, Bedrock's converse-stream)."""
+    properties: tuple[tuple[str, str], ...] = ()
+    """Properties the record gets from the path (``azure-deployment``)."""
     upstream_path: str = ""
+    """The provider path as sent upstream, when it differs from the logged one (still percent-encoded)."""
     upstream_auth: UpstreamAuth | None = field(default=None, repr=False, compare=False)
 
     @property
     def provider_name(self) -> str:
-        """The provider as the log names it and genai-prices prices it."""
-        return self.name or self.provider.value
+        """The record's ``provider``: the named provider, else the family (``openai``, ``anthropic``, ``aws``)."""
+        return self.label or self.provider.value
+
+    @property
+    def openai_path(self) -> str:
+        """The OpenAI API path this request is, however the provider spells it."""
+        return self.api_path or self.provider_path
 
     def url_at(self, target_base_url: str) -> str:
         """The upstream URL at a custom target (``Candela-Target-Url``, a fallback): base + provider path."""

@@ -19,7 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from candela.ingest.v1 import ingest_service_pb2
 from candela.logs.v1 import log_record_pb2
-from candela_proxy import metrics, pricing
+from candela_proxy import binary_bodies, metrics, pricing
 from candela_proxy.cache import CachedAnswer, ResponseCache
 from candela_proxy.exchange import Exchange
 from candela_proxy.ratelimit import RateLimiter
@@ -39,9 +39,15 @@ class Recorder:
     """Builds each request's log record, hands it to shipping, and runs what follows an answer."""
 
     def __init__(
-        self, shipper: LogShipper, cache: ResponseCache | None, limiter: RateLimiter | None, tracing: bool
+        self,
+        shipper: LogShipper,
+        cache: ResponseCache | None,
+        limiter: RateLimiter | None,
+        tracing: bool,
+        binary_body_max_bytes: int = 1 << 20,
     ) -> None:
         self._shipper = shipper
+        self._binary_body_max_bytes = binary_body_max_bytes
         self._cache = cache
         self._limiter = limiter
         self._tracing = tracing
@@ -68,7 +74,12 @@ class Recorder:
         facts = exchange.facts
         # The record, and the span made from it, never carry a URL's credentials (userinfo, `?key=`).
         target = redact_url(exchange.target_url)
-        provider = (options.target_provider or provider_name(target)) if target else exchange.route.provider_name
+        route = exchange.route
+        # A named provider (Azure, Groq, Vertex AI, ...) stays named and priced as itself, whatever base URL it
+        # went to; a custom target is named by Candela-Target-Provider, else its host.
+        provider = route.label or (
+            (options.target_provider or provider_name(target)) if target else route.provider.value
+        )
         model = options.model_override or exchange.model or facts.response_model
         record = log_record_pb2.LogRecord(
             request_id=exchange.request_id,
@@ -88,7 +99,7 @@ class Recorder:
             session_id=options.session_id,
             session_path=options.session_path,
             session_name=options.session_name,
-            properties=options.properties,
+            properties=_properties(exchange),
             prompt_id=options.prompt_id or options.prompt_tag,
             prompt_version=options.prompt_version,
             prompt_inputs=options.prompt_inputs,
@@ -113,11 +124,12 @@ class Recorder:
                 record.cost_usd = "0"
                 record.cost_saved_usd = exchange.cost_saved_usd
         elif exchange.status:
+            price_id, api_url = (route.price_id, "") if route.label else (route.provider.value, target)
             cost = pricing.cost_usd(
-                exchange.route.provider_name,
+                price_id,
                 options.model_override or facts.response_model or model,
                 facts,
-                target,
+                api_url,
                 requested_model=model,
                 logged_provider=provider,
                 organization=exchange.pricing,
@@ -126,10 +138,12 @@ class Recorder:
             if cost is not None:
                 record.cost_usd = format(cost, "f")
         response_body = b"".join(exchange.response_chunks)
+        limit = self._binary_body_max_bytes
+        request_body = binary_bodies.loggable(exchange.request_body, exchange.request_content_type, limit)
         stored_request, stored_response = _within_log_limit(
             record,
-            b"" if options.omit_request else exchange.request_body,
-            b"" if options.omit_response else _logged(exchange.response_log, response_body),
+            b"" if options.omit_request else request_body,
+            b"" if options.omit_response else _logged_response(exchange, response_body, limit),
         )
         exchange.record = record
         exchange.durable = self._shipper.submit(
@@ -186,6 +200,14 @@ def _requested_service_tier(exchange: Exchange) -> str:
     return tier if isinstance(tier, str) else ""
 
 
+def _properties(exchange: Exchange) -> dict[str, str]:
+    """The client's properties, plus those of the path (an Azure deployment) and of non-JSON bodies."""
+    extra = binary_bodies.content_type_properties(exchange.request_content_type, exchange.response_content_type)
+    if not extra and not exchange.route.properties:
+        return exchange.options.properties
+    return {**exchange.options.properties, **dict(exchange.route.properties), **extra}
+
+
 def _within_log_limit(
     record: log_record_pb2.LogRecord, request_body: bytes, response_body: bytes
 ) -> tuple[bytes, bytes]:
@@ -211,9 +233,12 @@ def _within_log_limit(
     return request_body, response_body
 
 
-def _logged(response_log: bytes | None, response_body: bytes) -> bytes:
-    """What the log keeps of the response: its readable form when it has one (see Exchange.response_log)."""
-    return response_log if response_log is not None else response_body
+def _logged_response(exchange: Exchange, response_body: bytes, limit: int) -> bytes:
+    """What the log keeps of the response: its readable form when it has one (see Exchange.response_log),
+    else the body, a binary one only up to ``limit``."""
+    if exchange.response_log is not None:
+        return exchange.response_log
+    return binary_bodies.loggable(response_body, exchange.response_content_type, limit)
 
 
 def _request_trace_context() -> dict[str, str]:

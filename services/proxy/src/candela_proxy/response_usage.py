@@ -111,6 +111,8 @@ def _apply_openai_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
         facts.prompt_tokens = _count(facts, usage.get("input_tokens"))
         facts.completion_tokens = _count(facts, usage.get("output_tokens"))
         facts.cache_read_tokens = _count(facts, _details(usage, "input_tokens_details").get("cached_tokens"))
+        # Audio transcriptions name it input_token_details (no s).
+        facts.audio_prompt_tokens = _count(facts, _details(usage, "input_token_details").get("audio_tokens"))
         facts.reasoning_tokens = _count(facts, _details(usage, "output_tokens_details").get("reasoning_tokens"))
         return
     prompt_details = _details(usage, "prompt_tokens_details")
