@@ -72,7 +72,8 @@ def _envoy_ready(admin_url: str, timeout_s: float) -> ServiceHealth:
         with urllib.request.urlopen(f"{admin_url}/ready", timeout=timeout_s) as reply:
             state = reply.read().decode().strip()
     except urllib.error.HTTPError as error:
-        state = error.read().decode().strip() or f"HTTP {error.code}"
+        with error:  # the error is also the response: read it, then close its socket
+            state = error.read().decode().strip() or f"HTTP {error.code}"
     except OSError as error:
         return ServiceHealth("gateway", admin_url, False, f"admin unreachable: {error}")
     return ServiceHealth("gateway", admin_url, state == "LIVE", state)

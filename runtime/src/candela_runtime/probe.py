@@ -41,6 +41,7 @@ def http_ok(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:
             return None if reply.status == 200 else f"{url}: HTTP {reply.status}"
     except urllib.error.HTTPError as error:
+        error.close()  # the error is also the response: close its socket
         return f"{url}: HTTP {error.code}"
     except OSError as error:
         return f"{url}: {error}"

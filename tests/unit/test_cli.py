@@ -1,4 +1,4 @@
-"""What `make run` tells an operator about the candela CLI: where the service token is, never the token."""
+"""The candela CLI without a mesh: what `make run` tells about it, its usage errors, an unreachable gateway."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from candela_cli.main import main
 from candela_cli.mesh import Mesh
 from candela_stack.__main__ import banner, save_service_token, service_token_path
 from candela_stack.stack import Bootstrap, Stack, StackConfig
@@ -35,3 +36,24 @@ def test_the_banner_points_the_cli_at_the_token_file_and_the_cli_reads_it(tmp_pa
     assert mesh.service_token == stack.service_token
     for index in range(stack.config.writers):
         assert f"--writer 127.0.0.1:{stack.ports.writer_grpc_port(index)}" in text
+
+
+def test_migrate_and_replay_hand_their_arguments_to_the_store_tools(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "--only", "postgres"], environ={}) == 2, "candela-migrate's usage error: no DSN"
+    assert "candela-migrate" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as replay_usage:
+        main(["replay", "window"], environ={})
+    assert replay_usage.value.code == 2
+    assert "--bootstrap" in capsys.readouterr().err
+
+
+def test_a_command_without_a_credential_says_which_to_give(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["key", "list"], environ={"CANDELA_GATEWAY": "127.0.0.1:1"}) == 2
+    assert "CANDELA_SERVICE_TOKEN_FILE" in capsys.readouterr().err
+    assert main(["export"], environ={"CANDELA_SERVICE_TOKEN": "t"}) == 2
+    assert "READ key" in capsys.readouterr().err
+
+
+def test_an_unreachable_gateway_is_a_one_line_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["key", "list"], environ={"CANDELA_GATEWAY": "127.0.0.1:1", "CANDELA_API_KEY": "k"}) == 1
+    assert "127.0.0.1:1 is unreachable" in capsys.readouterr().err
