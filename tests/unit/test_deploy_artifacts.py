@@ -273,6 +273,9 @@ def test_each_image_is_multi_stage_non_root_health_checked_and_runs_what_the_cha
     assert users, "the final stage must drop root"
     assert users[-1].split(":")[0] not in ("0", "root")
     assert any(line.startswith("HEALTHCHECK") for line in final_stage)
+    uv_version = re.search(r"^UV_VERSION=(\S+)$", (ROOT / "scripts" / "install.sh").read_text(), re.MULTILINE)
+    assert uv_version is not None
+    assert f"uv=={uv_version.group(1)}" in path.read_text(), "the images build with the uv the repository pins"
     # The image's command is the last CMD (the HEALTHCHECK's own CMD comes before it).
     cmd = json.loads([line for line in final_stage if line.startswith("CMD ")][-1].removeprefix("CMD "))
     name = path.name.split(".")[0]
