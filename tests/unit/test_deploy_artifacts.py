@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from candela_stack.binaries import envoy_binary
 from candela_stack.envoy_config.command import validate as envoy_validate
 from candela_stack.envoy_config.command import write as write_envoy_config
 from candela_stack.envoy_config.deployed import UPSTREAM_ENV, DeployedGateway
-from candela_stack.stack import SERVICE_MODULES, Component
+from candela_stack.stack import SERVICE_MODULES, Component, Stack, StackConfig
 
 pytestmark = pytest.mark.unit
 
@@ -170,6 +171,17 @@ def test_each_service_is_started_as_make_run_starts_it_with_every_variable_its_c
     assert required <= set(env_of(spec)), f"{name} would refuse to start without {required - set(env_of(spec))}"
     host = "CANDELA_HTTP_HOST" if name == "proxy" else "CANDELA_GRPC_HOST"
     assert env_of(spec)[host]["value"] == "0.0.0.0", "bound to loopback, no probe or client could reach it"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_each_service_is_told_everything_make_run_tells_it(name: str, tmp_path: Path) -> None:
+    stack = Stack(StackConfig.for_tests(tmp_path))
+    told = {
+        variable
+        for variable in stack.service_env(COMPONENTS[name])
+        if variable.startswith("CANDELA_") and variable not in os.environ
+    }
+    assert told - set(env_of(container(name))) == set()
 
 
 def test_credentials_are_only_ever_secret_references(tmp_path: Path) -> None:
