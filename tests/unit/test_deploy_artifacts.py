@@ -148,13 +148,34 @@ def test_values_files_override_and_the_release_name_prefixes_everything(tmp_path
     done = render(values, release="prod")
     assert done.returncode == 0, done.stderr
     docs = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
-    (writer,) = [doc for doc in docs if doc["metadata"]["name"] == "prod-writer"]
+    (writer,) = [doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "prod-writer"]
     assert writer["spec"]["replicas"] == 7
     assert env_of(writer["spec"]["template"]["spec"]["containers"][0])["CANDELA_KAFKA_BOOTSTRAP"]["value"] == (
         "broker-0:9092,broker-1:9092"
     )
     assert writer["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1"
     assert all(doc["metadata"]["name"].startswith("prod-") for doc in docs)
+
+
+def test_autoscalers_and_disruption_budgets_point_at_rendered_workloads(tmp_path: Path) -> None:
+    docs = manifests()
+    workloads = {(doc["kind"], doc["metadata"]["name"]) for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")}
+    scaled = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "HorizontalPodAutoscaler"}
+    assert set(scaled) == {"candela-proxy", "candela-ingest"}
+    for name, autoscaler in scaled.items():
+        target = autoscaler["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) in workloads
+        assert "replicas" not in workload(name.removeprefix("candela-"))["spec"], "a fixed count fights the HPA"
+    budgets = [doc for doc in docs if doc["kind"] == "PodDisruptionBudget"]
+    selected = {tuple(sorted(doc["spec"]["selector"]["matchLabels"].items())) for doc in budgets}
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            assert tuple(sorted(doc["spec"]["selector"]["matchLabels"].items())) in selected, doc["metadata"]["name"]
+    values = tmp_path / "values.yaml"
+    values.write_text("proxy: {autoscaling: {enabled: false}, replicas: 4}\n")
+    fixed = tuple(doc for doc in yaml.safe_load_all(render(values).stdout) if doc)
+    assert workload("proxy", fixed)["spec"]["replicas"] == 4
+    assert "candela-proxy" not in {doc["metadata"]["name"] for doc in fixed if doc["kind"] == "HorizontalPodAutoscaler"}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
