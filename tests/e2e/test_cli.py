@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -132,11 +133,16 @@ def test_export_writes_the_organization_requests(
     target = tmp_path / "logs.jsonl"
     env = {**cli_env, "CANDELA_API_KEY": secret}
 
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+
     def exported() -> set[str]:
-        assert candela(env, "export", "--format", "jsonl", "--model", "gpt-4o-mini", "-o", str(target))[0] == 0
+        argv = ["export", "--format", "jsonl", "--model", "gpt-4o-mini", "--since", since, "-o", str(target)]
+        assert candela(env, *argv)[0] == 0
         return {json.loads(line)["request_id"] for line in target.read_text().splitlines()}
 
     wait_until(lambda: exported() == set(request_ids), timeout_s=20, what="both requests exported")
     assert candela(env, "export", "--model", "no-such-model", "-o", str(target))[0] == 0
     assert target.read_text() == ""
+    assert candela(env, "export", "--until", since, "-o", str(target))[0] == 0
+    assert target.read_text() == "", "nothing of this organization is older than an hour"
     capsys.readouterr()

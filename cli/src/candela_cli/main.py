@@ -235,10 +235,10 @@ def _export(args: argparse.Namespace, mesh: Mesh) -> int:
         except json_format.ParseError as error:
             _complain(f"--filter is not a RequestFilter: {error}")
             return EXIT_USAGE
-    for field, value in (("created_at", args.since), ("created_at", args.until)):
-        if value is not None:
-            condition = request.filter.conditions.add(field=field, operator="gte" if value is args.since else "lt")
-            condition.value.string_value = value.isoformat()
+    for operator, bound in (("gte", args.since), ("lt", args.until)):
+        if bound is not None:
+            condition = request.filter.conditions.add(field="created_at", operator=operator)
+            condition.value.string_value = bound.isoformat()  # RFC 3339, as the filter takes it
     if args.model:
         request.filter.conditions.add(field="model", operator="equals").value.string_value = args.model
     metadata = mesh.key_metadata()
