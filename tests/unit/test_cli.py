@@ -57,3 +57,16 @@ def test_a_command_without_a_credential_says_which_to_give(capsys: pytest.Captur
 def test_an_unreachable_gateway_is_a_one_line_failure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["key", "list"], environ={"CANDELA_GATEWAY": "127.0.0.1:1", "CANDELA_API_KEY": "k"}) == 1
     assert "127.0.0.1:1 is unreachable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--gateway", "127.0.0.1:1", "--api-key", "k", "key", "list"],
+        ["key", "list", "--gateway", "127.0.0.1:1", "--api-key", "k"],
+        ["--gateway", "127.0.0.1:1", "key", "list", "--api-key", "k"],
+    ],
+)
+def test_options_count_before_or_after_the_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv, environ={"CANDELA_GATEWAY": "127.0.0.1:2"}) == 1
+    assert "127.0.0.1:1 is unreachable" in capsys.readouterr().err

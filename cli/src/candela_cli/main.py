@@ -55,40 +55,64 @@ FORMATS = {"csv": query_service_pb2.EXPORT_FORMAT_CSV, "jsonl": query_service_pb
 Say = Callable[[str], None]
 
 
+def _global_options(*, on_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (`candela --json key list` or
+    `candela key list --json`). On a command they default to SUPPRESS, so that one not given there keeps
+    the value given before the command."""
+    options = argparse.ArgumentParser(add_help=False)
+
+    def unset(default: object) -> object:
+        return argparse.SUPPRESS if on_command else default
+
+    options.add_argument(
+        "--gateway", default=unset(None), help="gateway host:port (CANDELA_GATEWAY; default the make-run stack's)"
+    )
+    options.add_argument("--admin-url", default=unset(None), help="Envoy admin URL (CANDELA_ENVOY_ADMIN_URL)")
+    options.add_argument(
+        "--service-token-file", default=unset(None), help="file holding the service token (CANDELA_SERVICE_TOKEN_FILE)"
+    )
+    options.add_argument(
+        "--api-key", default=unset(None), help="an ADMIN or READ key (prefer CANDELA_API_KEY: arguments show in `ps`)"
+    )
+    options.add_argument("--json", action="store_true", default=unset(False), help="print results as JSON")
+    return options
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="candela",
         description="Operate a running Candela mesh through its gateway.",
         epilog="Exit codes: 0 done, 1 the mesh refused or failed, 2 usage error.",
+        parents=[_global_options(on_command=False)],
     )
-    parser.add_argument("--gateway", help="gateway host:port (CANDELA_GATEWAY; default the make-run stack's)")
-    parser.add_argument("--admin-url", help="Envoy admin URL, for health (CANDELA_ENVOY_ADMIN_URL)")
-    parser.add_argument("--service-token-file", help="file holding the service token (CANDELA_SERVICE_TOKEN_FILE)")
-    parser.add_argument("--api-key", help="an ADMIN key (prefer CANDELA_API_KEY: arguments show in `ps`)")
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    common = _global_options(on_command=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
     org = commands.add_parser("org", help="organizations").add_subparsers(dest="action", required=True)
-    org_create = org.add_parser("create", help="create an organization (service credential)")
+    org_create = org.add_parser("create", help="create an organization (service credential)", parents=[common])
     org_create.add_argument("name")
-    org_show = org.add_parser("show", help="an organization and its limits")
+    org_show = org.add_parser("show", help="an organization and its limits", parents=[common])
     org_show.add_argument("--org", default="", help="organization id (required with the service credential)")
 
     key = commands.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
-    key_create = key.add_parser("create", help="create an API key; its secret is printed once")
+    key_create = key.add_parser("create", help="create an API key; its secret is printed once", parents=[common])
     key_create.add_argument("--org", default="", help="organization id (required with the service credential)")
     key_create.add_argument("--name", required=True)
     key_create.add_argument(
         "--scope", action="append", choices=sorted(SCOPES), required=True, help="repeat for several scopes"
     )
     key_create.add_argument("--expires", type=_timestamp, help="ISO 8601 expiry (UTC if naive)")
-    key_list = key.add_parser("list", help="an organization's keys (never their secrets)")
+    key_list = key.add_parser("list", help="an organization's keys (never their secrets)", parents=[common])
     key_list.add_argument("--org", default="", help="organization id (required with the service credential)")
     key_list.add_argument("--include-revoked", action="store_true")
-    key_revoke = key.add_parser("revoke", help="revoke a key (services stop accepting it within seconds)")
+    key_revoke = key.add_parser(
+        "revoke", help="revoke a key (services stop accepting it within seconds)", parents=[common]
+    )
     key_revoke.add_argument("key_id")
 
-    health = commands.add_parser("health", help="every service's health, as the gateway sees it, and the writers'")
+    health = commands.add_parser(
+        "health", help="every service's health, as the gateway sees it, and the writers'", parents=[common]
+    )
     health.add_argument(
         "--writer",
         action="append",
@@ -97,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a writer's gRPC health address (repeat; CANDELA_WRITER_ADDRS, comma-separated)",
     )
 
-    export = commands.add_parser("export", help="export requests matching a filter (QueryService.ExportRequests)")
+    export = commands.add_parser(
+        "export", help="export requests matching a filter (QueryService.ExportRequests)", parents=[common]
+    )
     export.add_argument("--format", choices=sorted(FORMATS), default="jsonl")
     export.add_argument("--filter", help="a RequestFilter in proto3 JSON, e.g. '{\"conditions\": [...]}'")
     export.add_argument("--since", type=_timestamp, help="created at or after (ISO 8601, UTC if naive)")
