@@ -10,11 +10,12 @@
     candela replay dlq|parked|window [--from T] [--to T]     # straight to Kafka, with a progress bar
 
 Organization, key, export and health commands talk to the gateway (gRPC; CANDELA_GATEWAY, default the
-`make run` stack's). The credential is the service token (CANDELA_SERVICE_TOKEN or
-CANDELA_SERVICE_TOKEN_FILE; `make run` writes it to a file and prints its path) or an ADMIN key
-(CANDELA_API_KEY), which acts on its own organization only. Pass secrets in the environment or a file rather
-than on the command line, where `ps` shows them. ``migrate`` and ``replay`` are the operator tools that
-need the stores themselves (they take the services' CANDELA_* variables).
+`make run` stack's). The credential is the service token (CANDELA_SERVICE_TOKEN_FILE or
+CANDELA_SERVICE_TOKEN; `make run` writes it to a file and prints its path) or an ADMIN key
+(CANDELA_API_KEY), which acts on its own organization only; with both, the service token is used.
+Export always reads with the key (the query API serves one organization: the key's). Pass secrets in the
+environment or a file rather than on the command line, where `ps` shows them. ``migrate`` and ``replay``
+are the operator tools that need the stores themselves (they take the services' CANDELA_* variables).
 
 Exit codes: 0 done, 1 the mesh refused or failed (the message says why), 2 a usage error.
 """

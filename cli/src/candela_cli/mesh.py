@@ -34,7 +34,7 @@ class Mesh:
     service_token: str | None
     """The internal service credential: may act on any organization (and create organizations)."""
     api_key: str | None
-    """An ADMIN key: acts on its own organization only."""
+    """A Candela API key: acts on its own organization only (ADMIN for keys, READ for export)."""
     timeout_s: float = 15.0
 
     @classmethod
@@ -44,16 +44,17 @@ class Mesh:
         *,
         gateway: str | None = None,
         admin_url: str | None = None,
-        service_token: str | None = None,
         service_token_file: str | None = None,
         api_key: str | None = None,
     ) -> Mesh:
-        """Flags first, then CANDELA_GATEWAY, CANDELA_ENVOY_ADMIN_URL, CANDELA_SERVICE_TOKEN(_FILE), CANDELA_API_KEY."""
+        """Flags first, then CANDELA_GATEWAY, CANDELA_ENVOY_ADMIN_URL, CANDELA_SERVICE_TOKEN_FILE or
+        CANDELA_SERVICE_TOKEN, CANDELA_API_KEY. The token itself is never a flag (`ps` would show it)."""
         base = int(environ.get("CANDELA_STACK_PORT_BASE") or DEV_PORT_BASE)
-        token = service_token or environ.get("CANDELA_SERVICE_TOKEN") or None
         token_file = service_token_file or environ.get("CANDELA_SERVICE_TOKEN_FILE") or None
-        if token is None and token_file is not None:
+        if token_file is not None:
             token = Path(token_file).read_text().strip() or None
+        else:
+            token = environ.get("CANDELA_SERVICE_TOKEN") or None
         return cls(
             gateway=gateway or environ.get("CANDELA_GATEWAY") or f"127.0.0.1:{base}",
             admin_url=(admin_url or environ.get("CANDELA_ENVOY_ADMIN_URL") or f"http://127.0.0.1:{base + 1}").rstrip(
