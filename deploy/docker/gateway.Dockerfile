@@ -18,8 +18,14 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never
 WORKDIR /src
+# The members' uv sources name the workspace, so the whole workspace is copied; only api and infra install.
+COPY pyproject.toml ./
 COPY api api
+COPY runtime runtime
+COPY schema schema
+COPY services services
 COPY infra infra
+COPY cli cli
 # The API package (descriptor set for the transcoder), the generator without the local stack's
 # dependencies (it imports none of them), Envoy and PyYAML.
 RUN uv venv /opt/venv \
