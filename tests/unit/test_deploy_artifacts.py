@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -309,6 +310,10 @@ def test_each_image_is_multi_stage_non_root_health_checked_and_runs_what_the_cha
     uv_version = re.search(r"^UV_VERSION=(\S+)$", (ROOT / "scripts" / "install.sh").read_text(), re.MULTILINE)
     assert uv_version is not None
     assert f"uv=={uv_version.group(1)}" in path.read_text(), "the images build with the uv the repository pins"
+    # uv reads the whole workspace (members' sources name it): every member must be in the build context.
+    members = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]["workspace"]["members"]
+    copied = {line.split()[1] for line in lines if line.startswith("COPY ") and "--from" not in line}
+    assert {"pyproject.toml", *(member.split("/")[0] for member in members)} <= copied
     # The image's command is the last CMD (the HEALTHCHECK's own CMD comes before it).
     cmd = json.loads([line for line in final_stage if line.startswith("CMD ")][-1].removeprefix("CMD "))
     name = path.name.split(".")[0]
