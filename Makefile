@@ -56,7 +56,7 @@ lint:
 	uv run ruff format --check .
 
 typecheck:
-	uv run mypy runtime/src schema/src services/*/src infra/src tests $(wildcard bench/*/*.py)
+	uv run mypy runtime/src schema/src services/*/src infra/src cli/src tests $(wildcard bench/*/*.py)
 
 protos: install
 	./scripts/gen_protos.sh

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from candela_schema import migrator
@@ -95,6 +96,8 @@ def run(*, infra_only: bool) -> int:
         stack.stop()
         raise
     phase = "running"
+    if bootstrap is not None:
+        save_service_token(stack)
     say(banner(stack, bootstrap))
     watch_until_stopped(stack, stop_requested)
     say("Stopping Candela (in reverse start order; Ctrl-C again to kill at once) ...")
@@ -162,12 +165,37 @@ def banner(stack: Stack, bootstrap: Bootstrap | None) -> str:
             f"    curl {stack.gateway_url}/v1/request/query \\",
             f'      -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\',
             """      -d '{"limit": 10}'""",
+            "",
+            "  Operate it with the candela CLI (the service credential is in a file only you can read):",
+            f"    export CANDELA_GATEWAY={stack.gateway_addr} CANDELA_ENVOY_ADMIN_URL={stack.envoy_admin_url}",
+            f"    export CANDELA_SERVICE_TOKEN_FILE={service_token_path(stack)}",
+            "    uv run candela org create acme            # a second organization: prints its id",
+            "    uv run candela key create --org ORG_ID --name ci --scope proxy --scope read",
+            "    uv run candela key list --org ORG_ID;  uv run candela key revoke KEY_ID",
+            "    uv run candela health "
+            + " ".join(f"--writer 127.0.0.1:{stack.ports.writer_grpc_port(i)}" for i in range(stack.config.writers)),
+            f"    CANDELA_API_KEY={key} uv run candela export --format jsonl -o logs.jsonl",
         ]
     lines += ["", "  Start-up    " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stack.timings.items())]
     lines += ["  Ports       " + _ports_line(stack.bound_ports())]
     lines += [f"  Logs        {stack.log_dir}/<name>.log   (data in {stack.data_dir})", ""]
     lines += ["Press Ctrl-C to stop everything.", "=" * 100]
     return "\n".join(lines)
+
+
+def service_token_path(stack: Stack) -> Path:
+    """Where `make run` keeps this run's service credential for the candela CLI (0600, rewritten each run)."""
+    return stack.data_dir / "service-token"
+
+
+def save_service_token(stack: Stack) -> None:
+    """Writes the service credential to service_token_path(), readable by its owner only, never printed."""
+    path = service_token_path(stack)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text(stack.service_token)
+    tmp.replace(path)
 
 
 def _ports_line(ports: dict[str, int]) -> str:
