@@ -206,6 +206,19 @@ def test_each_service_is_told_everything_make_run_tells_it(name: str, tmp_path: 
     assert told - set(env_of(container(name))) == set()
 
 
+def test_the_chart_sends_each_provider_where_the_proxy_would_by_itself() -> None:
+    """The chart's provider URLs are the proxy's own defaults: installing it changes no upstream."""
+    from candela_proxy.config import ProxyConfig
+
+    defaults = {
+        env_name(field.name): field.default
+        for field in dataclasses.fields(ProxyConfig)
+        if field.name.endswith("_base_url")
+    }
+    told = {name: entry["value"] for name, entry in env_of(container("proxy")).items() if name.endswith("_BASE_URL")}
+    assert told == defaults
+
+
 def test_credentials_are_only_ever_secret_references(tmp_path: Path) -> None:
     docs = manifests()
     assert not [doc for doc in docs if doc["kind"] in ("Secret", "ConfigMap")]
