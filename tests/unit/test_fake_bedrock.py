@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
-from aiohttp import web
 
-from candela_stack.fake_provider import create_app
 from candela_stack.fake_provider.bedrock import FAKE_ACCESS_KEY_PREFIX, anthropic_model_name, fake_secret_access_key
 
 pytestmark = pytest.mark.unit
@@ -27,22 +25,11 @@ CLAUDE = "us.anthropic.claude-3-5-sonnet-20241022-v2:0"
 NOVA = "amazon.nova-lite-v1:0"
 
 
-@pytest.fixture
-async def base_url() -> AsyncIterator[str]:
-    """The fake provider on a free loopback port."""
-    runner = web.AppRunner(create_app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
-
-
-def _client(base_url: str, secret: str | None = None, **config: Any) -> Any:
+def _client(fake_provider_url: str, secret: str | None = None, **config: Any) -> Any:
     return boto3.client(
         "bedrock-runtime",
         region_name="us-east-1",
-        endpoint_url=base_url,
+        endpoint_url=fake_provider_url,
         aws_access_key_id=ACCESS_KEY_ID,
         aws_secret_access_key=secret or fake_secret_access_key(ACCESS_KEY_ID),
         config=botocore.config.Config(retries={"max_attempts": 1}, **config),
@@ -53,8 +40,8 @@ def _events(stream: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(stream)
 
 
-async def test_converse_answers_with_usage(base_url: str) -> None:
-    client = _client(base_url)
+async def test_converse_answers_with_usage(fake_provider_url: str) -> None:
+    client = _client(fake_provider_url)
     answer = await asyncio.to_thread(
         client.converse,
         modelId=NOVA,
@@ -66,8 +53,8 @@ async def test_converse_answers_with_usage(base_url: str) -> None:
     assert answer["usage"] == {"inputTokens": PROMPT_TOKENS, "outputTokens": 12, "totalTokens": PROMPT_TOKENS + 12}
 
 
-async def test_converse_stream_is_event_stream_framed(base_url: str) -> None:
-    client = _client(base_url)
+async def test_converse_stream_is_event_stream_framed(fake_provider_url: str) -> None:
+    client = _client(fake_provider_url)
     answer = await asyncio.to_thread(
         client.converse_stream,
         modelId=CLAUDE,
@@ -83,8 +70,8 @@ async def test_converse_stream_is_event_stream_framed(base_url: str) -> None:
     assert events[-1]["metadata"]["usage"] == {"inputTokens": PROMPT_TOKENS, "outputTokens": 4, "totalTokens": 12}
 
 
-async def test_invoke_model_speaks_anthropic_messages(base_url: str) -> None:
-    client = _client(base_url)
+async def test_invoke_model_speaks_anthropic_messages(fake_provider_url: str) -> None:
+    client = _client(fake_provider_url)
     body = {
         "anthropic_version": "bedrock-2023-05-31",
         "max_tokens": 100,
@@ -99,8 +86,8 @@ async def test_invoke_model_speaks_anthropic_messages(base_url: str) -> None:
     assert headers["x-amzn-bedrock-output-token-count"] == "12"
 
 
-async def test_invoke_stream_chunks_carry_anthropic_events(base_url: str) -> None:
-    client = _client(base_url)
+async def test_invoke_stream_chunks_carry_anthropic_events(fake_provider_url: str) -> None:
+    client = _client(fake_provider_url)
     body = {
         "anthropic_version": "bedrock-2023-05-31",
         "max_tokens": 100,
@@ -120,8 +107,8 @@ async def test_invoke_stream_chunks_carry_anthropic_events(base_url: str) -> Non
     assert events[-1]["amazon-bedrock-invocationMetrics"]["inputTokenCount"] == PROMPT_TOKENS
 
 
-async def test_a_wrong_secret_is_refused_as_bedrock_does(base_url: str) -> None:
-    client = _client(base_url, secret="not-the-secret")
+async def test_a_wrong_secret_is_refused_as_bedrock_does(fake_provider_url: str) -> None:
+    client = _client(fake_provider_url, secret="not-the-secret")
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         await asyncio.to_thread(client.converse, modelId=NOVA, messages=[{"role": "user", "content": [{"text": "x"}]}])
     error = caught.value.response
@@ -130,8 +117,8 @@ async def test_a_wrong_secret_is_refused_as_bedrock_does(base_url: str) -> None:
     assert "signature we calculated does not match" in error["Error"]["Message"]
 
 
-async def test_simulated_failure_is_a_modeled_bedrock_exception(base_url: str) -> None:
-    client = _client(base_url)
+async def test_simulated_failure_is_a_modeled_bedrock_exception(fake_provider_url: str) -> None:
+    client = _client(fake_provider_url)
 
     def add_header(request: Any, **_: Any) -> None:
         request.headers["x-fake-status"] = "429"
@@ -147,8 +134,8 @@ def test_anthropic_model_names() -> None:
     assert anthropic_model_name(NOVA) == ""
 
 
-async def test_invoke_model_speaks_llamas_native_body(base_url: str) -> None:
-    client = _client(base_url)
+async def test_invoke_model_speaks_llamas_native_body(fake_provider_url: str) -> None:
+    client = _client(fake_provider_url)
     body = json.dumps({"prompt": PROMPT, "max_gen_len": 5})
     answer = await asyncio.to_thread(client.invoke_model, modelId="us.meta.llama3-1-8b-instruct-v1:0", body=body)
     document = json.loads(answer["body"].read())

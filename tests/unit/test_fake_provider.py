@@ -17,12 +17,10 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-from aiohttp import web
 
 from candela_stack.fake_provider import (
     Scenario,
     count_message_tokens,
-    create_app,
     default_reply,
     generate,
     redacted_credential,
@@ -41,26 +39,14 @@ REPLY_TOKENS = 12
 
 
 @pytest.fixture
-async def base_url() -> AsyncIterator[str]:
-    """The fake provider on a free loopback port."""
-    runner = web.AppRunner(create_app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def oai(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=OPENAI_KEY, max_retries=0) as client:
+async def oai(fake_provider_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{fake_provider_url}/v1", api_key=OPENAI_KEY, max_retries=0) as client:
         yield client
 
 
 @pytest.fixture
-async def claude(base_url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with anthropic.AsyncAnthropic(base_url=base_url, api_key=ANTHROPIC_KEY, max_retries=0) as client:
+async def claude(fake_provider_url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(base_url=fake_provider_url, api_key=ANTHROPIC_KEY, max_retries=0) as client:
         yield client
 
 
@@ -85,8 +71,8 @@ def sse_data(block: str) -> Any:
     return json.loads(data_line.removeprefix("data: "))
 
 
-async def recorded(http: aiohttp.ClientSession, base_url: str) -> list[dict[str, Any]]:
-    async with http.get(f"{base_url}/_fake/requests") as response:
+async def recorded(http: aiohttp.ClientSession, fake_provider_url: str) -> list[dict[str, Any]]:
+    async with http.get(f"{fake_provider_url}/_fake/requests") as response:
         assert response.status == 200
         result: list[dict[str, Any]] = await response.json()
         return result
@@ -141,12 +127,12 @@ async def test_chat_completion_non_streaming(oai: openai.AsyncOpenAI) -> None:
     assert completion.system_fingerprint
 
 
-async def test_chat_completion_raw_shape_matches_openai(http: aiohttp.ClientSession, base_url: str) -> None:
+async def test_chat_completion_raw_shape_matches_openai(http: aiohttp.ClientSession, fake_provider_url: str) -> None:
     body = {
         "model": "gpt-4o",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}],
     }
-    async with http.post(f"{base_url}/v1/chat/completions", json=body) as response:
+    async with http.post(f"{fake_provider_url}/v1/chat/completions", json=body) as response:
         assert response.status == 200
         assert response.headers["x-request-id"].startswith("req_")
         payload = await response.json()
@@ -218,8 +204,8 @@ async def test_chat_stream_with_usage(oai: openai.AsyncOpenAI) -> None:
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks[:-1]) == REPLY
 
 
-async def test_chat_stream_raw_wire_format(http: aiohttp.ClientSession, base_url: str) -> None:
-    url = f"{base_url}/v1/chat/completions"
+async def test_chat_stream_raw_wire_format(http: aiohttp.ClientSession, fake_provider_url: str) -> None:
+    url = f"{fake_provider_url}/v1/chat/completions"
     body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
     blocks = await raw_sse(http, url, body)
     assert blocks[-1] == "data: [DONE]"
@@ -302,7 +288,7 @@ async def test_legacy_completions(oai: openai.AsyncOpenAI) -> None:
 
 
 async def test_embeddings_float_and_base64_agree(
-    oai: openai.AsyncOpenAI, http: aiohttp.ClientSession, base_url: str
+    oai: openai.AsyncOpenAI, http: aiohttp.ClientSession, fake_provider_url: str
 ) -> None:
     inputs = ["first text here", "second"]
     floats = await oai.embeddings.create(model="text-embedding-3-small", input=inputs, encoding_format="float")
@@ -315,10 +301,10 @@ async def test_embeddings_float_and_base64_agree(
     assert sum(value * value for value in floats.data[0].embedding) == pytest.approx(1.0, rel=1e-4)
     assert (floats.usage.prompt_tokens, floats.usage.total_tokens) == (4, 4)
 
-    requests = await recorded(http, base_url)
+    requests = await recorded(http, fake_provider_url)
     assert requests[-1]["json"]["encoding_format"] == "base64"
     async with http.post(
-        f"{base_url}/v1/embeddings",
+        f"{fake_provider_url}/v1/embeddings",
         json={
             "model": "text-embedding-3-small",
             "input": "first text here",
@@ -383,13 +369,15 @@ async def test_responses_stream_events(oai: openai.AsyncOpenAI) -> None:
 
 
 async def test_responses_stream_helper_and_event_lines(
-    oai: openai.AsyncOpenAI, http: aiohttp.ClientSession, base_url: str
+    oai: openai.AsyncOpenAI, http: aiohttp.ClientSession, fake_provider_url: str
 ) -> None:
     async with oai.responses.stream(model="gpt-4.1", input=PROMPT) as stream:
         final = await stream.get_final_response()
     assert final.output_text == REPLY
 
-    blocks = await raw_sse(http, f"{base_url}/v1/responses", {"model": "gpt-4.1", "input": PROMPT, "stream": True})
+    blocks = await raw_sse(
+        http, f"{fake_provider_url}/v1/responses", {"model": "gpt-4.1", "input": PROMPT, "stream": True}
+    )
     for block in blocks:
         event_line, data_line = block.split("\n")
         assert event_line == f"event: {json.loads(data_line.removeprefix('data: '))['type']}"
@@ -449,14 +437,14 @@ async def test_anthropic_stream_final_message(claude: anthropic.AsyncAnthropic) 
     assert final.usage.output_tokens == REPLY_TOKENS + 3
 
 
-async def test_anthropic_stream_raw_event_sequence(http: aiohttp.ClientSession, base_url: str) -> None:
+async def test_anthropic_stream_raw_event_sequence(http: aiohttp.ClientSession, fake_provider_url: str) -> None:
     body = {
         "model": "claude-haiku-4-5",
         "max_tokens": 5,
         "stream": True,
         "messages": [{"role": "user", "content": PROMPT}],
     }
-    blocks = await raw_sse(http, f"{base_url}/v1/messages", body, **{"anthropic-version": "2023-06-01"})
+    blocks = await raw_sse(http, f"{fake_provider_url}/v1/messages", body, **{"anthropic-version": "2023-06-01"})
     names = [block.split("\n")[0].removeprefix("event: ") for block in blocks]
     assert names == [
         "message_start",
@@ -561,8 +549,8 @@ async def test_fail_times_counts_per_key(oai: openai.AsyncOpenAI) -> None:
     assert [await attempt("beta") for _ in range(3)] == [503, 503, 200]
 
 
-async def test_sdk_retries_succeed_after_failures(base_url: str) -> None:
-    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=OPENAI_KEY, max_retries=2) as client:
+async def test_sdk_retries_succeed_after_failures(fake_provider_url: str) -> None:
+    async with openai.AsyncOpenAI(base_url=f"{fake_provider_url}/v1", api_key=OPENAI_KEY, max_retries=2) as client:
         completion = await client.chat.completions.create(
             model="gpt-4o-mini",
             messages=[{"role": "user", "content": PROMPT}],
@@ -571,39 +559,39 @@ async def test_sdk_retries_succeed_after_failures(base_url: str) -> None:
     assert completion.choices[0].message.content == REPLY
 
 
-async def test_bad_bodies_get_provider_shaped_400(http: aiohttp.ClientSession, base_url: str) -> None:
-    async with http.post(f"{base_url}/v1/chat/completions", data=b"{not json") as response:
+async def test_bad_bodies_get_provider_shaped_400(http: aiohttp.ClientSession, fake_provider_url: str) -> None:
+    async with http.post(f"{fake_provider_url}/v1/chat/completions", data=b"{not json") as response:
         assert response.status == 400
         error = (await response.json())["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
     assert error["message"].startswith("We could not parse the JSON body of your request.")
 
-    async with http.post(f"{base_url}/v1/chat/completions", json={"model": "gpt-4o"}) as response:
+    async with http.post(f"{fake_provider_url}/v1/chat/completions", json={"model": "gpt-4o"}) as response:
         assert response.status == 400
         error = (await response.json())["error"]
     assert (error["param"], error["code"]) == ("messages", "missing_required_parameter")
 
     headers = {"anthropic-version": "2023-06-01"}
-    async with http.post(f"{base_url}/v1/messages", data=b"", headers=headers) as response:
+    async with http.post(f"{fake_provider_url}/v1/messages", data=b"", headers=headers) as response:
         assert response.status == 400
         payload = await response.json()
     assert payload["type"] == "error"
     assert payload["error"]["type"] == "invalid_request_error"
 
-    async with http.post(f"{base_url}/v1/messages", json={"model": "claude", "messages": []}) as response:
+    async with http.post(f"{fake_provider_url}/v1/messages", json={"model": "claude", "messages": []}) as response:
         assert response.status == 400
         assert (await response.json())["error"]["message"] == "anthropic-version: header is required"
 
 
-async def test_bad_fake_header_and_unknown_path(http: aiohttp.ClientSession, base_url: str) -> None:
+async def test_bad_fake_header_and_unknown_path(http: aiohttp.ClientSession, fake_provider_url: str) -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}]}
     async with http.post(
-        f"{base_url}/v1/chat/completions", json=body, headers={"x-fake-cached-tokens": "x"}
+        f"{fake_provider_url}/v1/chat/completions", json=body, headers={"x-fake-cached-tokens": "x"}
     ) as response:
         assert response.status == 400
         assert "x-fake-cached-tokens" in (await response.json())["error"]["message"]
-    async with http.get(f"{base_url}/v1/nope") as response:
+    async with http.get(f"{fake_provider_url}/v1/nope") as response:
         assert response.status == 404
         assert (await response.json())["error"] == {
             "message": "Invalid URL (GET /v1/nope)",
@@ -612,7 +600,7 @@ async def test_bad_fake_header_and_unknown_path(http: aiohttp.ClientSession, bas
             "code": None,
         }
     async with http.post(
-        f"{base_url}/v1/embeddings", json={"model": "text-embedding-3-small", "input": []}
+        f"{fake_provider_url}/v1/embeddings", json={"model": "text-embedding-3-small", "input": []}
     ) as response:
         assert response.status == 400
         assert (await response.json())["error"]["param"] == "input"
@@ -622,9 +610,9 @@ async def test_bad_fake_header_and_unknown_path(http: aiohttp.ClientSession, bas
 
 
 async def test_requests_are_recorded_and_clearable(
-    oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic, http: aiohttp.ClientSession, base_url: str
+    oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic, http: aiohttp.ClientSession, fake_provider_url: str
 ) -> None:
-    async with http.get(f"{base_url}/healthz") as response:
+    async with http.get(f"{fake_provider_url}/healthz") as response:
         assert response.status == 200
     await oai.chat.completions.create(
         model="gpt-4o-mini",
@@ -639,7 +627,7 @@ async def test_requests_are_recorded_and_clearable(
             messages=[{"role": "user", "content": PROMPT}],
             extra_headers={"x-fake-status": "500"},
         )
-    requests = await recorded(http, base_url)
+    requests = await recorded(http, fake_provider_url)
     assert [(item["method"], item["path"]) for item in requests] == [
         ("POST", "/v1/chat/completions"),
         ("POST", "/v1/messages"),
@@ -655,19 +643,19 @@ async def test_requests_are_recorded_and_clearable(
     assert message["headers"]["x-fake-status"] == "500"
     assert message["json"]["max_tokens"] == 16
     # Filtered by the fake: only the requests that carry every header value asked for.
-    async with http.get(f"{base_url}/_fake/requests", params={"header": "X-Fake-Status:500"}) as response:
+    async with http.get(f"{fake_provider_url}/_fake/requests", params={"header": "X-Fake-Status:500"}) as response:
         assert [item["path"] for item in await response.json()] == ["/v1/messages"]
     async with http.get(
-        f"{base_url}/_fake/requests", params=[("header", "x-fake-status:500"), ("header", "x-fake-status:404")]
+        f"{fake_provider_url}/_fake/requests", params=[("header", "x-fake-status:500"), ("header", "x-fake-status:404")]
     ) as response:
         assert await response.json() == []
 
-    async with http.delete(f"{base_url}/_fake/requests") as response:
+    async with http.delete(f"{fake_provider_url}/_fake/requests") as response:
         assert response.status == 204
-    assert await recorded(http, base_url) == []
+    assert await recorded(http, fake_provider_url) == []
 
 
-async def test_the_request_log_serves_no_credential(http: aiohttp.ClientSession, base_url: str) -> None:
+async def test_the_request_log_serves_no_credential(http: aiohttp.ClientSession, fake_provider_url: str) -> None:
     """Whoever reads /_fake/requests (another caller, a request smuggled through a gateway) learns no key."""
     credentials = {
         "Authorization": "Bearer sk-caller-secret-1",
@@ -677,14 +665,14 @@ async def test_the_request_log_serves_no_credential(http: aiohttp.ClientSession,
         "Candela-Auth": "Bearer cdl-caller-secret-5",
     }
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
-    url = f"{base_url}/v1/chat/completions?key=query-secret-6&api-version=2024-10-21"
+    url = f"{fake_provider_url}/v1/chat/completions?key=query-secret-6&api-version=2024-10-21"
     async with http.post(url, json=body, headers={**credentials, "x-test-marker": "kept"}) as response:
         assert response.status == 200
-    async with http.get(f"{base_url}/_fake/requests") as response:
+    async with http.get(f"{fake_provider_url}/_fake/requests") as response:
         served = await response.text()
     for secret in [*(value.split()[-1] for value in credentials.values()), "query-secret-6"]:
         assert secret not in served, f"the request log serves {secret}"
-    (request,) = await recorded(http, base_url)
+    (request,) = await recorded(http, fake_provider_url)
     assert request["headers"]["authorization"] == redacted_credential("Bearer sk-caller-secret-1")
     assert request["headers"]["x-api-key"] == redacted_credential("sk-ant-caller-secret-2")
     assert request["headers"]["x-test-marker"] == "kept", "headers that are not credentials are kept as sent"
@@ -732,16 +720,18 @@ async def test_command_line_refuses_non_loopback_host() -> None:
     assert b"loopback" in stderr
 
 
-async def test_usage_header_plays_a_provider_reporting_any_counts(http: aiohttp.ClientSession, base_url: str) -> None:
+async def test_usage_header_plays_a_provider_reporting_any_counts(
+    http: aiohttp.ClientSession, fake_provider_url: str
+) -> None:
     override = {"prompt_tokens": 2**63, "completion_tokens": -7, "total_tokens": 5e9}
     headers = {"authorization": f"Bearer {OPENAI_KEY}", "x-fake-usage": json.dumps(override)}
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
-    async with http.post(f"{base_url}/v1/chat/completions", json=chat, headers=headers) as response:
+    async with http.post(f"{fake_provider_url}/v1/chat/completions", json=chat, headers=headers) as response:
         usage = (await response.json())["usage"]
     assert {key: usage[key] for key in override} == override
     assert usage["prompt_tokens_details"]["cached_tokens"] == 0  # the rest is as usual
     stream = {**chat, "stream": True, "stream_options": {"include_usage": True}}
-    async with http.post(f"{base_url}/v1/chat/completions", json=stream, headers=headers) as response:
+    async with http.post(f"{fake_provider_url}/v1/chat/completions", json=stream, headers=headers) as response:
         events = [json.loads(line[6:]) for line in (await response.text()).splitlines() if line.startswith("data: {")]
     assert {key: events[-1]["usage"][key] for key in override} == override
     anthropic_headers = {
@@ -750,20 +740,22 @@ async def test_usage_header_plays_a_provider_reporting_any_counts(http: aiohttp.
         "x-fake-usage": '{"input_tokens": -7}',
     }
     message = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": PROMPT}]}
-    async with http.post(f"{base_url}/v1/messages", json=message, headers=anthropic_headers) as response:
+    async with http.post(f"{fake_provider_url}/v1/messages", json=message, headers=anthropic_headers) as response:
         assert (await response.json())["usage"]["input_tokens"] == -7
     async with http.post(
-        f"{base_url}/v1/chat/completions", json=chat, headers={**headers, "x-fake-usage": "[1]"}
+        f"{fake_provider_url}/v1/chat/completions", json=chat, headers={**headers, "x-fake-usage": "[1]"}
     ) as response:
         assert response.status == 400
 
 
 @pytest.mark.parametrize(("name", "ending"), [("crlf", "\r\n"), ("cr", "\r"), ("lf", "\n")])
 async def test_line_ending_header_frames_every_stream_line(
-    http: aiohttp.ClientSession, base_url: str, name: str, ending: str
+    http: aiohttp.ClientSession, fake_provider_url: str, name: str, ending: str
 ) -> None:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
-    async with http.post(f"{base_url}/v1/chat/completions", json=body, headers={"x-fake-line-ending": name}) as got:
+    async with http.post(
+        f"{fake_provider_url}/v1/chat/completions", json=body, headers={"x-fake-line-ending": name}
+    ) as got:
         text = await got.text()
     assert text.endswith(f"data: [DONE]{ending}{ending}")
     other_endings = text.replace(ending, "")
@@ -776,12 +768,12 @@ async def test_line_ending_header_frames_every_stream_line(
 
 
 async def test_write_bytes_header_sends_each_event_in_small_paced_pieces(
-    http: aiohttp.ClientSession, base_url: str
+    http: aiohttp.ClientSession, fake_provider_url: str
 ) -> None:
     body = {"model": "gpt-4o-mini", "prompt": PROMPT, "stream": True, "max_tokens": 2}
     headers = {"x-fake-write-bytes": "16", "x-fake-write-delay-ms": "2", "x-fake-line-ending": "crlf"}
     pieces: list[bytes] = []
-    async with http.post(f"{base_url}/v1/completions", json=body, headers=headers) as response:
+    async with http.post(f"{fake_provider_url}/v1/completions", json=body, headers=headers) as response:
         async for piece in response.content.iter_any():
             pieces.append(piece)
     stream = b"".join(pieces)

@@ -8,13 +8,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import anthropic
 import pytest
-from aiohttp import web
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 from google.oauth2.credentials import Credentials
-
-from candela_stack.fake_provider import create_app
 
 pytestmark = pytest.mark.unit
 
@@ -26,17 +23,6 @@ PROMPT_TOKENS = 8  # priming 3 + (overhead 3 + 2 words)
 
 
 @pytest.fixture
-async def base_url() -> AsyncIterator[str]:
-    """The fake provider on a free loopback port."""
-    runner = web.AppRunner(create_app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
-
-
-@pytest.fixture
 async def clients() -> AsyncIterator[list[genai.Client]]:
     """The google-genai clients a test makes, closed after it (a client dropped mid-test closes its session)."""
     made: list[genai.Client] = []
@@ -45,14 +31,16 @@ async def clients() -> AsyncIterator[list[genai.Client]]:
         await client.aio.aclose()
 
 
-def gemini_client(clients: list[genai.Client], base_url: str, **headers: str) -> genai.Client:
-    client = genai.Client(api_key=GEMINI_KEY, http_options=types.HttpOptions(base_url=base_url, headers=headers))
+def gemini_client(clients: list[genai.Client], fake_provider_url: str, **headers: str) -> genai.Client:
+    client = genai.Client(
+        api_key=GEMINI_KEY, http_options=types.HttpOptions(base_url=fake_provider_url, headers=headers)
+    )
     clients.append(client)
     return client
 
 
-async def test_generate_content_through_the_sdk(base_url: str, clients: list[genai.Client]) -> None:
-    client = gemini_client(clients, base_url, **{"x-fake-reasoning-tokens": "5", "x-fake-cached-tokens": "4"})
+async def test_generate_content_through_the_sdk(fake_provider_url: str, clients: list[genai.Client]) -> None:
+    client = gemini_client(clients, fake_provider_url, **{"x-fake-reasoning-tokens": "5", "x-fake-cached-tokens": "4"})
     answer = await client.aio.models.generate_content(model=MODEL, contents=PROMPT)
     assert answer.text == REPLY
     assert answer.model_version == MODEL
@@ -65,9 +53,9 @@ async def test_generate_content_through_the_sdk(base_url: str, clients: list[gen
 
 
 async def test_stream_through_the_sdk_carries_usage_in_its_last_chunk(
-    base_url: str, clients: list[genai.Client]
+    fake_provider_url: str, clients: list[genai.Client]
 ) -> None:
-    client = gemini_client(clients, base_url)
+    client = gemini_client(clients, fake_provider_url)
     chunks = [chunk async for chunk in await client.aio.models.generate_content_stream(model=MODEL, contents=PROMPT)]
     assert "".join(chunk.text or "" for chunk in chunks) == REPLY
     assert len(chunks) == 6
@@ -78,8 +66,8 @@ async def test_stream_through_the_sdk_carries_usage_in_its_last_chunk(
     assert (last.prompt_token_count, last.candidates_token_count) == (PROMPT_TOKENS, 12)
 
 
-async def test_token_limit_ends_with_max_tokens(base_url: str, clients: list[genai.Client]) -> None:
-    answer = await gemini_client(clients, base_url).aio.models.generate_content(
+async def test_token_limit_ends_with_max_tokens(fake_provider_url: str, clients: list[genai.Client]) -> None:
+    answer = await gemini_client(clients, fake_provider_url).aio.models.generate_content(
         model=MODEL, contents=PROMPT, config=types.GenerateContentConfig(max_output_tokens=3)
     )
     assert answer.text == "Echo: Say hello"
@@ -87,8 +75,8 @@ async def test_token_limit_ends_with_max_tokens(base_url: str, clients: list[gen
     assert answer.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
 
 
-async def test_count_tokens_and_embed_through_the_sdk(base_url: str, clients: list[genai.Client]) -> None:
-    client = gemini_client(clients, base_url)
+async def test_count_tokens_and_embed_through_the_sdk(fake_provider_url: str, clients: list[genai.Client]) -> None:
+    client = gemini_client(clients, fake_provider_url)
     counted = await client.aio.models.count_tokens(model=MODEL, contents=PROMPT)
     assert counted.total_tokens == PROMPT_TOKENS
     embedded = await client.aio.models.embed_content(
@@ -101,9 +89,9 @@ async def test_count_tokens_and_embed_through_the_sdk(base_url: str, clients: li
 
 
 async def test_json_array_stream_is_one_array_written_element_by_element(
-    base_url: str, clients: list[genai.Client]
+    fake_provider_url: str, clients: list[genai.Client]
 ) -> None:
-    url = f"{base_url}/v1beta/models/{MODEL}:streamGenerateContent?key={GEMINI_KEY}"
+    url = f"{fake_provider_url}/v1beta/models/{MODEL}:streamGenerateContent?key={GEMINI_KEY}"
     body = {"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}
     async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
         assert response.content_type == "application/json"
@@ -114,29 +102,29 @@ async def test_json_array_stream_is_one_array_written_element_by_element(
     assert elements[-1]["candidates"][0]["finishReason"] == "STOP"
 
 
-async def test_a_missing_key_is_googles_403(base_url: str, clients: list[genai.Client]) -> None:
+async def test_a_missing_key_is_googles_403(fake_provider_url: str, clients: list[genai.Client]) -> None:
     async with aiohttp.ClientSession() as http:
-        url = f"{base_url}/v1beta/models/{MODEL}:generateContent"
+        url = f"{fake_provider_url}/v1beta/models/{MODEL}:generateContent"
         async with http.post(url, json={"contents": [{"parts": [{"text": "hi"}]}]}) as response:
             assert response.status == 403
             error = (await response.json())["error"]
     assert (error["code"], error["status"]) == (403, "PERMISSION_DENIED")
 
 
-async def test_simulated_error_raises_the_sdks_error(base_url: str, clients: list[genai.Client]) -> None:
-    client = gemini_client(clients, base_url, **{"x-fake-status": "429"})
+async def test_simulated_error_raises_the_sdks_error(fake_provider_url: str, clients: list[genai.Client]) -> None:
+    client = gemini_client(clients, fake_provider_url, **{"x-fake-status": "429"})
     with pytest.raises(genai_errors.ClientError) as raised:
         await client.aio.models.generate_content(model=MODEL, contents=PROMPT)
     assert (raised.value.code, raised.value.status) == (429, "RESOURCE_EXHAUSTED")
 
 
-async def test_vertex_gemini_through_the_sdk(base_url: str, clients: list[genai.Client]) -> None:
+async def test_vertex_gemini_through_the_sdk(fake_provider_url: str, clients: list[genai.Client]) -> None:
     client = genai.Client(
         vertexai=True,
         project="demo-project",
         location="us-central1",
         credentials=Credentials(token="ya29.test-token"),  # type: ignore[no-untyped-call]
-        http_options=types.HttpOptions(base_url=base_url),
+        http_options=types.HttpOptions(base_url=fake_provider_url),
     )
     clients.append(client)
     answer = await client.aio.models.generate_content(model=MODEL, contents=PROMPT)
@@ -145,9 +133,9 @@ async def test_vertex_gemini_through_the_sdk(base_url: str, clients: list[genai.
     assert "".join(chunk.text or "" for chunk in chunks) == REPLY
 
 
-async def test_claude_on_vertex_through_the_anthropic_sdk(base_url: str, clients: list[genai.Client]) -> None:
+async def test_claude_on_vertex_through_the_anthropic_sdk(fake_provider_url: str, clients: list[genai.Client]) -> None:
     async with anthropic.AsyncAnthropicVertex(
-        region="us-east5", project_id="demo-project", access_token="ya29.test-token", base_url=f"{base_url}/v1"
+        region="us-east5", project_id="demo-project", access_token="ya29.test-token", base_url=f"{fake_provider_url}/v1"
     ) as client:
         message = await client.messages.create(
             model="claude-sonnet-4-5@20250929", max_tokens=100, messages=[{"role": "user", "content": PROMPT}]

@@ -9,28 +9,15 @@ from collections.abc import AsyncIterator
 
 import openai
 import pytest
-from aiohttp import web
 
-from candela_stack.fake_provider import create_app
 from candela_stack.fake_provider.openai_audio import audio_bytes
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-async def base_url() -> AsyncIterator[str]:
-    """The fake provider on a free loopback port."""
-    runner = web.AppRunner(create_app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def oai(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="sk-fake", max_retries=0) as client:
+async def oai(fake_provider_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{fake_provider_url}/v1", api_key="sk-fake", max_retries=0) as client:
         yield client
 
 
@@ -83,14 +70,14 @@ async def test_files_round_trip_and_a_batch(oai: openai.AsyncOpenAI) -> None:
         await oai.files.retrieve(created.id)
 
 
-async def test_a_multipart_endpoint_refuses_json(oai: openai.AsyncOpenAI, base_url: str) -> None:
+async def test_a_multipart_endpoint_refuses_json(oai: openai.AsyncOpenAI, fake_provider_url: str) -> None:
     with pytest.raises(openai.BadRequestError, match="multipart/form-data"):
         await oai.post("/audio/transcriptions", body={"model": "whisper-1"}, cast_to=object)
 
 
-async def test_azure_deployments_answer_with_the_deployment_model(base_url: str) -> None:
+async def test_azure_deployments_answer_with_the_deployment_model(fake_provider_url: str) -> None:
     async with openai.AsyncAzureOpenAI(
-        azure_endpoint=base_url, api_version="2024-10-21", api_key="azure-key", max_retries=0
+        azure_endpoint=fake_provider_url, api_version="2024-10-21", api_key="azure-key", max_retries=0
     ) as azure:
         chat = await azure.chat.completions.create(
             model="prod-chat",
@@ -106,17 +93,19 @@ async def test_azure_deployments_answer_with_the_deployment_model(base_url: str)
         assert {chunk.model for chunk in chunks[1:]} == {"gpt-4o-mini"}
         embedded = await azure.embeddings.create(model="embed", input="hi")
         assert embedded.model == "embed"
-    async with openai.AsyncOpenAI(base_url=f"{base_url}/openai/v1", api_key="azure-key", max_retries=0) as v1:
+    async with openai.AsyncOpenAI(base_url=f"{fake_provider_url}/openai/v1", api_key="azure-key", max_retries=0) as v1:
         response = await v1.responses.create(model="prod-chat", input="Say hello")
         assert response.model == "prod-chat"
 
 
-async def test_azure_deployments_need_an_api_version_and_a_key(base_url: str) -> None:
-    async with openai.AsyncOpenAI(base_url=f"{base_url}/openai/deployments/d", api_key="k", max_retries=0) as client:
+async def test_azure_deployments_need_an_api_version_and_a_key(fake_provider_url: str) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=f"{fake_provider_url}/openai/deployments/d", api_key="k", max_retries=0
+    ) as client:
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="d", messages=[{"role": "user", "content": "x"}])
     async with openai.AsyncAzureOpenAI(
-        azure_endpoint=base_url, api_version="2024-10-21", azure_ad_token="t", max_retries=0
+        azure_endpoint=fake_provider_url, api_version="2024-10-21", azure_ad_token="t", max_retries=0
     ) as azure:
         # An Entra token travels as Authorization: Bearer, which the resource takes too.
         chat = await azure.chat.completions.create(model="d", messages=[{"role": "user", "content": "x"}])
