@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from candela_proxy.spool import Spool
 from candela_proxy.supervisor import (
     RestartPolicy,
     SlotLock,
+    Spawn,
     Supervisor,
     WorkerProcess,
     WorkerRole,
@@ -38,11 +40,11 @@ IGNORES_SIGTERM = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG
 FAILS = "import sys\nsys.exit(3)\n"
 
 
-def proxy_config(**settings: object) -> ProxyConfig:
-    return ProxyConfig(service_token="t", auth_addr="127.0.0.1:1", ingest_addr="127.0.0.1:2", **settings)  # type: ignore[arg-type]
+def proxy_config(**settings: Any) -> ProxyConfig:
+    return ProxyConfig(service_token="t", auth_addr="127.0.0.1:1", ingest_addr="127.0.0.1:2", **settings)
 
 
-def _spawner(scripts: dict[int, str], started: list[tuple[int, int]]) -> object:
+def _spawner(scripts: dict[int, str], started: list[tuple[int, int]]) -> Spawn:
     async def spawn(slot: int) -> WorkerProcess:
         process = await asyncio.create_subprocess_exec(sys.executable, "-c", scripts[slot])
         started.append((slot, process.pid))
@@ -71,7 +73,7 @@ async def test_a_killed_worker_is_restarted_in_its_slot_and_the_others_keep_runn
         2,
         _spawner({0: serving, 1: serving}, started),
         stop_grace_s=5,
-        exited=exited.append,  # type: ignore[arg-type]
+        exited=exited.append,
     )
     running = asyncio.create_task(supervisor.run())
     await _until(lambda: len(supervisor.pids()) == 2)
@@ -94,7 +96,7 @@ async def test_stop_sigterms_every_worker_and_reports_one_that_exits_badly() -> 
     started: list[tuple[int, int]] = []
     supervisor = Supervisor(
         2,
-        _spawner({0: SERVES.format(status=0), 1: SERVES.format(status=2)}, started),  # type: ignore[arg-type]
+        _spawner({0: SERVES.format(status=0), 1: SERVES.format(status=2)}, started),
         stop_grace_s=5,
     )
     running = asyncio.create_task(supervisor.run())
@@ -107,7 +109,7 @@ async def test_stop_sigterms_every_worker_and_reports_one_that_exits_badly() -> 
 
 async def test_a_worker_past_its_grace_is_killed() -> None:
     started: list[tuple[int, int]] = []
-    supervisor = Supervisor(1, _spawner({0: IGNORES_SIGTERM}, started), stop_grace_s=0.5)  # type: ignore[arg-type]
+    supervisor = Supervisor(1, _spawner({0: IGNORES_SIGTERM}, started), stop_grace_s=0.5)
     running = asyncio.create_task(supervisor.run())
     await _until(lambda: len(supervisor.pids()) == 1)
     await asyncio.sleep(0.3)
@@ -119,7 +121,7 @@ async def test_a_worker_that_keeps_failing_at_start_stops_the_supervisor() -> No
     started: list[tuple[int, int]] = []
     supervisor = Supervisor(
         2,
-        _spawner({0: SERVES.format(status=0), 1: FAILS}, started),  # type: ignore[arg-type]
+        _spawner({0: SERVES.format(status=0), 1: FAILS}, started),
         stop_grace_s=5,
         policy=RestartPolicy(first_delay_s=0.01, give_up_after=3),
     )
