@@ -19,18 +19,20 @@ import pytest
 from candela_proxy.config import ProxyConfig
 from candela_proxy.spool import Spool
 from candela_proxy.supervisor import (
-    RestartPolicy,
     SlotLock,
-    Spawn,
-    Supervisor,
-    WorkerProcess,
     WorkerRole,
     adopt_orphaned_slots,
     slot_config,
     slot_dir,
-    worker_count,
 )
 from candela_proxy.wal import WriteAheadLog
+from candela_runtime.workers import (
+    RestartPolicy,
+    Spawn,
+    Supervisor,
+    WorkerProcess,
+    worker_count,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -39,21 +39,16 @@ request work itself. Decisions, and why:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import fcntl
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import prometheus_client
 from prometheus_client import multiprocess
@@ -62,6 +57,13 @@ from candela_proxy.config import ProxyConfig
 from candela_runtime.config import load_config
 from candela_runtime.lifecycle import wait_for_shutdown_signal
 from candela_runtime.logs import configure_logging
+from candela_runtime.workers import (
+    METRICS_DIR_ENV,
+    Supervisor,
+    WorkerProcess,
+    follow_parent,
+    worker_count,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +73,7 @@ LISTEN_FD_ENV = "CANDELA_PROXY_LISTEN_FD"
 """Set by the supervisor: the inherited listening socket's file descriptor."""
 SUPERVISOR_PID_ENV = "CANDELA_PROXY_SUPERVISOR_PID"
 """Set by the supervisor: its PID (a worker that finds another parent exits)."""
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""prometheus_client's own variable: where each worker writes its metrics."""
 LOCK_NAME = ".candela-slot.lock"
-_PR_SET_PDEATHSIG = 1
-
-
-def worker_count(configured: int) -> int:
-    """Workers to run: ``configured``, or (0) one per core this process may run on."""
-    if configured > 0:
-        return configured
-    return len(os.sched_getaffinity(0)) or 1
 
 
 def slot_dir(root: Path, slot: int) -> Path:
@@ -124,11 +116,7 @@ class WorkerRole:
 
     def follow_supervisor(self) -> None:
         """Makes this process get SIGTERM (an ordered shutdown) when the supervisor dies, even by SIGKILL."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            logger.warning("cannot ask to outlive no supervisor (prctl errno %d)", ctypes.get_errno())
-        if os.getppid() != self.supervisor_pid:  # it died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+        follow_parent(self.supervisor_pid)
 
 
 class SlotLock:
@@ -243,158 +231,6 @@ def _append_segments(source: Path, target: Path, suffix: str) -> int:
 
 
 # --- the supervisor ------------------------------------------------------------------------------
-
-
-@dataclass
-class RestartPolicy:
-    """When a worker that exited on its own is started again."""
-
-    min_uptime_s: float = 5.0
-    """A worker that ran at least this long before exiting is restarted at once."""
-    first_delay_s: float = 0.5
-    """The wait after a second quick failure in a row (the first restarts at once); it doubles with each further one."""
-    max_delay_s: float = 10.0
-    give_up_after: int = 5
-    """Quick failures in a row (in one slot) after which the supervisor stops."""
-
-    def delay(self, quick_failures: int) -> float | None:
-        """Seconds before the next start after ``quick_failures`` quick failures in a row; None: give up."""
-        if quick_failures >= self.give_up_after:
-            return None
-        if quick_failures <= 1:  # one early death (killed under load, say) is not yet a pattern
-            return 0.0
-        return min(self.first_delay_s * 2.0 ** (quick_failures - 2), self.max_delay_s)
-
-
-class WorkerProcess(Protocol):
-    """What the supervisor needs of a started worker (an asyncio subprocess)."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait(self) -> int: ...
-
-    def send_signal(self, sig: int) -> None: ...
-
-    def kill(self) -> None: ...
-
-
-Spawn = Callable[[int], Awaitable[WorkerProcess]]
-
-
-@dataclass
-class _Slot:
-    index: int
-    process: WorkerProcess | None = None
-    started_at: float = 0.0
-    quick_failures: int = 0
-    starts: int = 0
-
-
-@dataclass
-class Supervisor:
-    """Keeps ``workers`` processes running, one per slot, until told to stop; then stops them in order."""
-
-    workers: int
-    spawn: Spawn
-    """Starts the worker of a slot."""
-    stop_grace_s: float
-    """How long workers get to exit after SIGTERM before they are killed."""
-    policy: RestartPolicy = field(default_factory=RestartPolicy)
-    exited: Callable[[int], None] = lambda pid: None
-    """Called with the PID of each worker that exited (to clear its live metrics)."""
-    clock: Callable[[], float] = time.monotonic
-    _slots: list[_Slot] = field(default_factory=list)
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    gave_up: bool = False
-    """True when a slot kept failing and the supervisor stopped because of it."""
-    restarts: int = 0
-    """Workers started again after exiting on their own."""
-
-    def pids(self) -> list[int]:
-        """The PIDs of the running workers, by slot."""
-        return [slot.process.pid for slot in self._slots if slot.process is not None]
-
-    def stop(self) -> None:
-        """Starts the ordered shutdown (idempotent)."""
-        self._stopping.set()
-
-    async def run(self) -> int:
-        """Runs until :meth:`stop`; returns the exit status: 0 when every worker exited cleanly."""
-        self._slots = [_Slot(index) for index in range(self.workers)]
-        keepers = [asyncio.create_task(self._keep(slot), name=f"worker-slot-{slot.index}") for slot in self._slots]
-        try:
-            await self._stopping.wait()
-            statuses = await self._stop_all()
-        finally:
-            for keeper in keepers:
-                keeper.cancel()
-            await asyncio.gather(*keepers, return_exceptions=True)
-        clean = all(status == 0 for status in statuses)
-        return 1 if self.gave_up or not clean else 0
-
-    async def _keep(self, slot: _Slot) -> None:
-        """Starts the slot's worker and starts it again whenever it exits, until the supervisor stops."""
-        while not self._stopping.is_set():
-            try:
-                slot.process = await self.spawn(slot.index)
-            except OSError:
-                logger.exception("cannot start worker %d; stopping the proxy", slot.index)
-                self.gave_up = True
-                self.stop()
-                return
-            slot.started_at = self.clock()
-            slot.starts += 1
-            if slot.starts > 1:
-                self.restarts += 1
-            status = await slot.process.wait()
-            self.exited(slot.process.pid)
-            if self._stopping.is_set():
-                return
-            uptime = self.clock() - slot.started_at
-            slot.quick_failures = 0 if uptime >= self.policy.min_uptime_s else slot.quick_failures + 1
-            delay = self.policy.delay(slot.quick_failures)
-            if delay is None:
-                logger.error(
-                    "worker %d exited %d times in a row within %.0fs of starting; stopping the proxy",
-                    slot.index,
-                    slot.quick_failures,
-                    self.policy.min_uptime_s,
-                )
-                self.gave_up = True
-                self.stop()
-                return
-            logger.error(
-                "worker %d (pid %d) exited with status %d after %.1fs; starting it again%s",
-                slot.index,
-                slot.process.pid,
-                status,
-                uptime,
-                f" in {delay:.1f}s" if delay else "",
-            )
-            if delay:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-
-    async def _stop_all(self) -> list[int]:
-        """SIGTERM to every live worker, then their exit statuses; SIGKILL to any past the grace."""
-        live = [slot.process for slot in self._slots if slot.process is not None and slot.process.returncode is None]
-        for process in live:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        statuses: list[int] = []
-        for process in live:
-            try:
-                statuses.append(await asyncio.wait_for(asyncio.shield(process.wait()), self.stop_grace_s))
-            except TimeoutError:
-                logger.error("worker pid %d did not stop within %.1fs; killing it", process.pid, self.stop_grace_s)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                statuses.append(await process.wait())
-        return statuses
 
 
 def bind_listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
