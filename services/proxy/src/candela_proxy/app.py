@@ -176,13 +176,16 @@ async def main() -> None:
     config = load_config(ProxyConfig)
     configure_logging("candela-proxy", config.log_level)
     role = WorkerRole.from_environ()
+    slot_lock = SlotLock(config.spool_dir)
     if role is None:
-        adopt_orphaned_slots(config.spool_dir, Path(config.wal_dir) if config.wal_dir else None, 1)
+        await asyncio.to_thread(
+            adopt_orphaned_slots, config.spool_dir, Path(config.wal_dir) if config.wal_dir else None, 1
+        )
     else:
         role.follow_supervisor()
         # The slot's spool and write-ahead log are this worker's alone: a predecessor still draining them
         # (its supervisor was killed) finishes first.
-        await asyncio.to_thread(SlotLock(config.spool_dir).acquire)
+        await asyncio.to_thread(slot_lock.acquire)
     telemetry = setup_telemetry("candela-proxy")
     async with build_deps(config) as deps:
         app = create_app(config, deps, tracing=bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")))
@@ -211,4 +214,5 @@ async def main() -> None:
         app["ready"].clear()
         # Stops accepting, lets in-flight requests (and streams) finish within the grace period.
         await shutdown_step("http server", runner.cleanup, config.shutdown_grace_s + 2)
+    slot_lock.release()  # the log shipper has stopped: the slot's next worker may take its directories
     telemetry.shutdown()

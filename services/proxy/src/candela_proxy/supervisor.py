@@ -247,7 +247,9 @@ def bind_listening_socket(host: str, port: int, backlog: int = 1024) -> socket.s
 
 async def supervise(config: ProxyConfig, workers: int) -> None:
     """Runs ``workers`` proxy processes on the configured port until SIGTERM/SIGINT, then stops them in order."""
-    adopt_orphaned_slots(config.spool_dir, Path(config.wal_dir) if config.wal_dir else None, workers)
+    await asyncio.to_thread(
+        adopt_orphaned_slots, config.spool_dir, Path(config.wal_dir) if config.wal_dir else None, workers
+    )
     listener = bind_listening_socket(config.http_host, config.http_port)
     metrics_dir = Path(tempfile.mkdtemp(prefix="candela-proxy-metrics-"))
     base_env = {
@@ -255,6 +257,7 @@ async def supervise(config: ProxyConfig, workers: int) -> None:
         LISTEN_FD_ENV: str(listener.fileno()),
         SUPERVISOR_PID_ENV: str(os.getpid()),
         METRICS_DIR_ENV: str(metrics_dir),
+        "CANDELA_METRICS_PORT": "0",  # the workers' metrics are on the proxy port's /metrics, summed
     }
 
     async def spawn(slot: int) -> WorkerProcess:
