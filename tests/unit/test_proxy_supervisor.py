@@ -36,9 +36,16 @@ from candela_runtime.workers import (
 
 pytestmark = pytest.mark.unit
 
-# A worker that runs until SIGTERM, then exits with the status given (0: a clean stop).
-SERVES = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit({status}))\ntime.sleep(60)\n"
-IGNORES_SIGTERM = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
+# A worker that runs until SIGTERM, then exits with the status given (0: a clean stop); once its handler is
+# in place it creates a file named by its PID in the directory given (see _handlers_installed).
+SERVES = (
+    "import os, signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit({status}))\n"
+    "open(os.path.join({ready!r}, str(os.getpid())), 'w').close()\ntime.sleep(60)\n"
+)
+IGNORES_SIGTERM = (
+    "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "open(os.path.join({ready!r}, str(os.getpid())), 'w').close()\ntime.sleep(60)\n"
+)
 FAILS = "import sys\nsys.exit(3)\n"
 
 
@@ -55,6 +62,10 @@ def _spawner(scripts: dict[int, str], started: list[tuple[int, int]]) -> Spawn:
     return spawn
 
 
+def _handlers_installed(ready: Path, supervisor: Supervisor) -> bool:
+    return all((ready / str(pid)).exists() for pid in supervisor.pids())
+
+
 async def _until(condition: object, timeout_s: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():  # type: ignore[operator]
@@ -67,10 +78,10 @@ def test_restart_delay_grows_with_quick_failures_then_gives_up() -> None:
     assert [policy.delay(failures) for failures in range(7)] == [0.0, 0.0, 0.5, 1.0, 2.0, None, None]
 
 
-async def test_a_killed_worker_is_restarted_in_its_slot_and_the_others_keep_running() -> None:
+async def test_a_killed_worker_is_restarted_in_its_slot_and_the_others_keep_running(tmp_path: Path) -> None:
     started: list[tuple[int, int]] = []
     exited: list[int] = []
-    serving = SERVES.format(status=0)
+    serving = SERVES.format(status=0, ready=str(tmp_path))
     supervisor = Supervisor(
         2,
         _spawner({0: serving, 1: serving}, started),
@@ -88,42 +99,47 @@ async def test_a_killed_worker_is_restarted_in_its_slot_and_the_others_keep_runn
     assert exited == [second]
     assert supervisor.restarts == 1
 
-    await asyncio.sleep(0.5)  # the new worker installs its SIGTERM handler
+    await _until(lambda: _handlers_installed(tmp_path, supervisor))
     supervisor.stop()
     assert await asyncio.wait_for(running, 10) == 0
     assert sorted(exited) == sorted([second, first, supervisor.pids()[1]])
 
 
-async def test_stop_sigterms_every_worker_and_reports_one_that_exits_badly() -> None:
+async def test_stop_sigterms_every_worker_and_reports_one_that_exits_badly(tmp_path: Path) -> None:
     started: list[tuple[int, int]] = []
-    supervisor = Supervisor(
-        2,
-        _spawner({0: SERVES.format(status=0), 1: SERVES.format(status=2)}, started),
-        stop_grace_s=5,
-    )
+    scripts = {0: SERVES.format(status=0, ready=str(tmp_path)), 1: SERVES.format(status=2, ready=str(tmp_path))}
+    supervisor = Supervisor(2, _spawner(scripts, started), stop_grace_s=5)
     running = asyncio.create_task(supervisor.run())
-    await _until(lambda: len(supervisor.pids()) == 2)
-    await asyncio.sleep(0.3)  # the scripts install their SIGTERM handlers
+    await _until(lambda: len(supervisor.pids()) == 2 and _handlers_installed(tmp_path, supervisor))
     supervisor.stop()
     assert await asyncio.wait_for(running, 10) == 1
     assert supervisor.restarts == 0, "a worker stopping during the shutdown is not started again"
 
 
-async def test_a_worker_past_its_grace_is_killed() -> None:
+async def test_a_worker_stopped_while_still_starting_is_a_clean_stop() -> None:
     started: list[tuple[int, int]] = []
-    supervisor = Supervisor(1, _spawner({0: IGNORES_SIGTERM}, started), stop_grace_s=0.5)
+    # No SIGTERM handler yet: SIGTERM's default action ends it, as it would a worker still importing.
+    supervisor = Supervisor(1, _spawner({0: "import time\ntime.sleep(60)\n"}, started), stop_grace_s=5)
     running = asyncio.create_task(supervisor.run())
     await _until(lambda: len(supervisor.pids()) == 1)
-    await asyncio.sleep(0.3)
+    supervisor.stop()
+    assert await asyncio.wait_for(running, 10) == 0
+
+
+async def test_a_worker_past_its_grace_is_killed(tmp_path: Path) -> None:
+    started: list[tuple[int, int]] = []
+    supervisor = Supervisor(1, _spawner({0: IGNORES_SIGTERM.format(ready=str(tmp_path))}, started), stop_grace_s=0.5)
+    running = asyncio.create_task(supervisor.run())
+    await _until(lambda: len(supervisor.pids()) == 1 and _handlers_installed(tmp_path, supervisor))
     supervisor.stop()
     assert await asyncio.wait_for(running, 10) == 1  # killed: -SIGKILL, not a clean stop
 
 
-async def test_a_worker_that_keeps_failing_at_start_stops_the_supervisor() -> None:
+async def test_a_worker_that_keeps_failing_at_start_stops_the_supervisor(tmp_path: Path) -> None:
     started: list[tuple[int, int]] = []
     supervisor = Supervisor(
         2,
-        _spawner({0: SERVES.format(status=0), 1: FAILS}, started),
+        _spawner({0: SERVES.format(status=0, ready=str(tmp_path)), 1: FAILS}, started),
         stop_grace_s=5,
         policy=RestartPolicy(first_delay_s=0.01, give_up_after=3),
     )

@@ -137,7 +137,9 @@ class Supervisor:
             for keeper in keepers:
                 keeper.cancel()
             await asyncio.gather(*keepers, return_exceptions=True)
-        clean = all(status == 0 for status in statuses)
+        # Ended by our SIGTERM's default action: a worker still starting, which had not yet installed its
+        # handler, so served nothing (a serving worker handles SIGTERM and exits 0 once drained).
+        clean = all(status in (0, -signal.SIGTERM) for status in statuses)
         return 1 if self.gave_up or not clean else 0
 
     async def _keep(self, slot: _Slot) -> None:
