@@ -356,6 +356,8 @@ class WrkResult:
     p99_ms: float
     errors: int
     cpu_us_per_request: float | None = None
+    worker_cpu_shares: list[float] = field(default_factory=list)
+    """With several workers: each one's share of the workers' CPU during the run (how evenly they split it)."""
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -384,6 +386,7 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
     script.write_text("\n".join(lines) + "\n")
     threads = 1 if connections < 4 else 2
     cpu_before = cpu_seconds(target.pid)
+    workers_before = _worker_cpu(target.pid)
     output = subprocess.run(
         [
             "taskset",
@@ -403,6 +406,9 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
         text=True,
     ).stdout
     cpu_after = cpu_seconds(target.pid)
+    worker_cpu = [after - workers_before.get(pid, 0.0) for pid, after in _worker_cpu(target.pid).items()]
+    total_worker_cpu = sum(worker_cpu)
+    shares = [cpu / total_worker_cpu for cpu in worker_cpu] if len(worker_cpu) > 1 and total_worker_cpu else []
     percentiles = {int(m.group(1)): _ms(m.group(2), m.group(3)) for m in _LATENCY_LINE.finditer(output)}
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
@@ -416,7 +422,19 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
     cpu_per_request = None
     if cpu_before is not None and cpu_after is not None and total is not None and int(total.group(1)):
         cpu_per_request = (cpu_after - cpu_before) / int(total.group(1)) * 1e6
-    return WrkResult(float(rate.group(1)), percentiles[50], percentiles[99], errors, cpu_per_request)
+    return WrkResult(float(rate.group(1)), percentiles[50], percentiles[99], errors, cpu_per_request, shares)
+
+
+def _worker_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds of each child (worker) of a process."""
+    if pid is None:
+        return {}
+    found: dict[int, float] = {}
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()
+            found[child] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 async def _ttft(target: Target, samples: int) -> list[float]:
@@ -586,7 +604,8 @@ def main() -> None:
                     print(
                         f"run {run + 1} {target.name:8} c={connections:<3} {result.requests_per_s:9.0f} req/s"
                         f"  p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  errors {result.errors}"
-                        f"  cpu/req {result.cpu_us_per_request or 0:6.0f} us",
+                        f"  cpu/req {result.cpu_us_per_request or 0:6.0f} us"
+                        + (f"  worker CPU split {_split(result)}" if result.worker_cpu_shares else ""),
                         flush=True,
                     )
         load_after = Path("/proc/loadavg").read_text().split()[:3]
@@ -616,6 +635,10 @@ def wal_fsyncs_per_request(metrics_text: str) -> float | None:
     requests = _metric(metrics_text, "candela_proxy_requests_total")
     commits = _metric(metrics_text, "candela_proxy_wal_commit_seconds_count")
     return commits / requests if requests else None
+
+
+def _split(result: WrkResult) -> str:
+    return "/".join(f"{share * 100:.0f}" for share in sorted(result.worker_cpu_shares, reverse=True))
 
 
 def _ratios(cells: dict[tuple[str, int], list[WrkResult]], ours: str, theirs: str, connections: int) -> list[float]:
@@ -674,6 +697,8 @@ def render(
     if fsyncs_per_request is not None:
         lines.append(f"\nWAL fsyncs per request (whole run, all cells): {fsyncs_per_request:.3f}")
     if "candela-2w" in names:
+        splits = ", ".join(_split(result) for result in cells[("candela-2w", 64)])
+        lines.append(f"\nCandela 2 workers at 64 connections, each worker's share of their CPU (%), by run: {splits}")
         for connections in (1, 64):
             lines.append(
                 f"\nCandela 2 workers / 1 worker req/s at {connections} connection(s), paired by run:"
