@@ -125,11 +125,13 @@ def test_two_workers_share_the_port_survive_a_kill_and_stop_in_order_losing_no_l
             busy = {slot: _cpu_seconds(pid) - cpu_before[slot] for slot, pid in workers.items()}
             assert min(busy.values()) > 0.1, f"each worker served part of the load (CPU seconds: {busy})"
 
+            # Worker 1's own spool holds logs, and /metrics sums the spools of both.
+            wait_until(lambda: any((tmp_path / "spool" / "worker-1").glob("*.seg")), what="worker 1 spooling")
             wait_until(
                 lambda: (
                     metric_value(httpx.get(f"{load.url}/metrics", timeout=10).text, "candela_proxy_spool_bytes") > 0
                 ),
-                what="logs spooled while ingest is away",
+                what="the spools' bytes on /metrics",
             )
 
             # 2. SIGKILL worker 1 mid-load: worker 0 serves on; slot 1 starts again, on the spool and the
