@@ -9,7 +9,9 @@ worker binds the service's port itself with SO_REUSEPORT (``grpc.so_reuseport``:
 and takes no inherited socket), the kernel spreads connections across them, and the supervisor serves the
 workers' metrics, summed, on the service's metrics port (Prometheus multiprocess mode). Callers keep
 long-lived HTTP/2 connections, so load spreads by connection: one caller with one channel reaches one
-worker, several callers (proxy workers, Envoy's threads) reach all of them.
+worker, several callers (proxy workers, Envoy's threads) reach all of them. The price of SO_REUSEPORT: the
+connections still queued at a worker that is killed are reset, and their callers reconnect (a gRPC
+channel does so by itself; the proxy resends a batch ingest did not acknowledge).
 """
 
 from __future__ import annotations
