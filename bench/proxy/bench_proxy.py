@@ -16,7 +16,16 @@ is a second proxy with ``CANDELA_WAL=false``, measured right after it in every r
 one on/off pair; the report gives the ratio of each pair and how many fsyncs the WAL did per request.
 ``--wal-only`` measures just those two and the direct upstream (a shorter run, still paired).
 
+Workers (``CANDELA_PROXY_WORKERS``): "candela" is one process on CPU 0; "candela-2w" is a supervisor with
+two workers on CPUs 0 and 1, measured in the same runs, so each run gives one 2-worker / 1-worker pair
+(the scaling ratio) and one 2-worker / LiteLLM pair. On a 2-core machine the second worker shares CPU 1
+with wrk, nginx and the log pipeline (ingest, Kafka, S3), so the ratio is a floor of what two free cores
+give; the CPU each request costs (summed over the supervisor and its workers) shows whether a worker does
+more work per request than a single process. ``--workers-only`` measures direct, candela and candela-2w
+(and LiteLLM unless ``--no-litellm``).
+
     uv run python bench/proxy/bench_proxy.py [--runs 3] [--duration 8] [--skip-install] [--wal-only]
+        [--workers-only] [--no-litellm]
 """
 
 from __future__ import annotations
@@ -65,6 +74,8 @@ COMPLETION = {
 REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello"}]}
 PROXY_CPU = "0"
 LOAD_CPU = "1"
+WORKERS_CPUS = "0,1"
+"""The multi-worker proxy's cores: the one a single process gets, and the load generator's."""
 
 
 def _sse_body() -> str:
@@ -212,9 +223,11 @@ def start_candela(
     workdir: Path,
     port: int | None = None,
     name: str = "candela",
+    cpus: str = PROXY_CPU,
     **overrides: str,
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """One Candela proxy on CPU 0, on `port` (a free one when None), logging to the stack's ingest."""
+    """One Candela proxy (a single process unless CANDELA_PROXY_WORKERS is overridden) on ``cpus``, on
+    `port` (a free one when None), logging to the stack's ingest."""
     port = port or free_port()
     env = {
         **stack.service_env(Component.PROXY),
@@ -224,14 +237,29 @@ def start_candela(
         "CANDELA_TARGET_HOSTS": upstream.removeprefix("http://"),
         "CANDELA_SPOOL_DIR": str(workdir / f"spool-{name}"),
         "CANDELA_LOG_LEVEL": "WARNING",
+        "CANDELA_PROXY_WORKERS": "1",
         **overrides,
     }
     process = servers.start(
-        ["taskset", "-c", PROXY_CPU, sys.executable, "-m", "candela_proxy"], workdir / f"{name}-proxy.log", env
+        ["taskset", "-c", cpus, sys.executable, "-m", "candela_proxy"], workdir / f"{name}-proxy.log", env
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/healthz", process=process)
+    workers = int(env["CANDELA_PROXY_WORKERS"])
+    deadline = time.monotonic() + 120
+    while workers > 1 and len(_children(process.pid)) < workers:  # the supervisor's workers all started
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {workers} workers did not start")
+        time.sleep(0.1)
     return url, process
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of a process's children (a proxy supervisor's workers)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def start_bare(servers: Servers, upstream: str, workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
@@ -328,14 +356,19 @@ class WrkResult:
     p99_ms: float
     errors: int
     cpu_us_per_request: float | None = None
+    worker_cpu_shares: list[float] = field(default_factory=list)
+    """With several workers: each one's share of the workers' CPU during the run (how evenly they split it)."""
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process and its threads so far."""
+    """User + system CPU time of a process, its threads and its children (a proxy's workers) so far."""
     if pid is None:
         return None
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for member in (pid, *_children(pid)):
+        fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 _LATENCY_LINE = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
@@ -353,6 +386,7 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
     script.write_text("\n".join(lines) + "\n")
     threads = 1 if connections < 4 else 2
     cpu_before = cpu_seconds(target.pid)
+    workers_before = _worker_cpu(target.pid)
     output = subprocess.run(
         [
             "taskset",
@@ -372,6 +406,9 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
         text=True,
     ).stdout
     cpu_after = cpu_seconds(target.pid)
+    worker_cpu = [after - workers_before.get(pid, 0.0) for pid, after in _worker_cpu(target.pid).items()]
+    total_worker_cpu = sum(worker_cpu)
+    shares = [cpu / total_worker_cpu for cpu in worker_cpu] if len(worker_cpu) > 1 and total_worker_cpu else []
     percentiles = {int(m.group(1)): _ms(m.group(2), m.group(3)) for m in _LATENCY_LINE.finditer(output)}
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
@@ -385,7 +422,19 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
     cpu_per_request = None
     if cpu_before is not None and cpu_after is not None and total is not None and int(total.group(1)):
         cpu_per_request = (cpu_after - cpu_before) / int(total.group(1)) * 1e6
-    return WrkResult(float(rate.group(1)), percentiles[50], percentiles[99], errors, cpu_per_request)
+    return WrkResult(float(rate.group(1)), percentiles[50], percentiles[99], errors, cpu_per_request, shares)
+
+
+def _worker_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds of each child (worker) of a process."""
+    if pid is None:
+        return {}
+    found: dict[int, float] = {}
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()
+            found[child] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 async def _ttft(target: Target, samples: int) -> list[float]:
@@ -408,14 +457,16 @@ async def _ttft(target: Target, samples: int) -> list[float]:
 
 
 def peak_rss_mb(pid: int | None) -> float | None:
-    """VmHWM of a process: its peak resident set size so far."""
+    """VmHWM of a process (plus its children's: a proxy's workers): peak resident set size so far."""
     if pid is None:
         return None
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
+    total = 0.0
+    for member in (pid, *_children(pid)):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total or None
 
 
 def _summary(values: list[float]) -> str:
@@ -425,7 +476,9 @@ def _summary(values: list[float]) -> str:
 
 
 @contextlib.contextmanager
-def environment(workdir: Path, with_litellm: bool, wal_only: bool = False) -> Iterator[list[Target]]:
+def environment(
+    workdir: Path, with_litellm: bool, wal_only: bool = False, workers_only: bool = False
+) -> Iterator[list[Target]]:
     servers = Servers()
     stack_dir = workdir / "stack"
     stack = Stack(
@@ -454,33 +507,49 @@ def environment(workdir: Path, with_litellm: bool, wal_only: bool = False) -> It
                 candela.pid,
             ),
         ]
-        no_wal_url, no_wal = start_candela(
-            servers, stack, upstream, workdir, name="candela-no-wal", CANDELA_WAL="false"
-        )
-        targets.append(
-            Target(
-                "candela-no-wal",
-                no_wal_url,
-                candela_headers,
-                f"{no_wal_url}/v1/chat/completions",
-                {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
-                {**REQUEST, "stream": True},
-                no_wal.pid,
+        if not workers_only:
+            no_wal_url, no_wal = start_candela(
+                servers, stack, upstream, workdir, name="candela-no-wal", CANDELA_WAL="false"
             )
-        )
+            targets.append(
+                Target(
+                    "candela-no-wal",
+                    no_wal_url,
+                    candela_headers,
+                    f"{no_wal_url}/v1/chat/completions",
+                    {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
+                    {**REQUEST, "stream": True},
+                    no_wal.pid,
+                )
+            )
         if wal_only:
             yield targets
             return
-        bare_url, bare = start_bare(servers, upstream, workdir)
+        if not workers_only:
+            bare_url, bare = start_bare(servers, upstream, workdir)
+            targets.append(
+                Target(
+                    "aiohttp-floor",
+                    bare_url,
+                    {},
+                    f"{bare_url}/stream/v1/chat/completions",
+                    {},
+                    {**REQUEST, "stream": True},
+                    bare.pid,
+                )
+            )
+        workers_url, workers = start_candela(
+            servers, stack, upstream, workdir, name="candela-2w", cpus=WORKERS_CPUS, CANDELA_PROXY_WORKERS="2"
+        )
         targets.append(
             Target(
-                "aiohttp-floor",
-                bare_url,
-                {},
-                f"{bare_url}/stream/v1/chat/completions",
-                {},
+                "candela-2w",
+                workers_url,
+                candela_headers,
+                f"{workers_url}/v1/chat/completions",
+                {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
                 {**REQUEST, "stream": True},
-                bare.pid,
+                workers.pid,
             )
         )
         if with_litellm:
@@ -512,17 +581,21 @@ def main() -> None:
     parser.add_argument(
         "--wal-only", action="store_true", help="direct and Candela with and without its write-ahead log (quick)"
     )
+    parser.add_argument(
+        "--workers-only", action="store_true", help="direct, Candela with 1 and 2 workers, and LiteLLM (quick)"
+    )
     args = parser.parse_args()
     install(args.skip_install, litellm=not (args.no_litellm or args.wal_only))
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="candela-bench-") as tmp,
-        environment(Path(tmp), not (args.no_litellm or args.wal_only), args.wal_only) as targets,
+        environment(Path(tmp), not (args.no_litellm or args.wal_only), args.wal_only, args.workers_only) as targets,
     ):
         workdir = Path(tmp)
         for target in targets:  # warm-up: connection pools, caches, LiteLLM's lazy imports
             run_wrk(target, 4, 2, workdir)
         cells: dict[tuple[str, int], list[WrkResult]] = {}
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
         for run in range(args.runs):
             for connections in (1, 64):
                 for target in targets:
@@ -531,14 +604,20 @@ def main() -> None:
                     print(
                         f"run {run + 1} {target.name:8} c={connections:<3} {result.requests_per_s:9.0f} req/s"
                         f"  p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  errors {result.errors}"
-                        f"  cpu/req {result.cpu_us_per_request or 0:6.0f} us",
+                        f"  cpu/req {result.cpu_us_per_request or 0:6.0f} us"
+                        + (f"  worker CPU split {_split(result)}" if result.worker_cpu_shares else ""),
                         flush=True,
                     )
+        load_after = Path("/proc/loadavg").read_text().split()[:3]
         ttft = {target.name: asyncio.run(_ttft(target, args.ttft_samples)) for target in targets}
         rss = {target.name: peak_rss_mb(target.pid) for target in targets}
         wal_target = next(target for target in targets if target.name == "candela")
         fsyncs = wal_fsyncs_per_request(httpx.get(f"{wal_target.url}/metrics", timeout=10).text)
     report = render(cells, ttft, rss, args, fsyncs)
+    report += (
+        f"\nLoad average (1, 5, 15 min) before the timed runs: {' '.join(load_before)}; after: {' '.join(load_after)}"
+        f" (this bench's own processes account for about 3-4 of it).\n"
+    )
     print(report)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     (RESULTS / f"proxy-{stamp}.md").write_text(report)
@@ -556,6 +635,16 @@ def wal_fsyncs_per_request(metrics_text: str) -> float | None:
     requests = _metric(metrics_text, "candela_proxy_requests_total")
     commits = _metric(metrics_text, "candela_proxy_wal_commit_seconds_count")
     return commits / requests if requests else None
+
+
+def _split(result: WrkResult) -> str:
+    return "/".join(f"{share * 100:.0f}" for share in sorted(result.worker_cpu_shares, reverse=True))
+
+
+def _ratios(cells: dict[tuple[str, int], list[WrkResult]], ours: str, theirs: str, connections: int) -> list[float]:
+    """req/s of ``ours`` over ``theirs`` in each run."""
+    pairs = zip(cells[(ours, connections)], cells[(theirs, connections)], strict=True)
+    return [mine.requests_per_s / other.requests_per_s for mine, other in pairs]
 
 
 def render(
@@ -600,19 +689,30 @@ def render(
             f"| {name} | {statistics.median(samples):.3f} | {p99:.3f} |"
             f" {statistics.median(samples) - direct_ttft:.3f} | {f'{memory:.0f}' if memory else '-'} |"
         )
-    for connections in (1, 64):
-        pairs = zip(cells[("candela", connections)], cells[("candela-no-wal", connections)], strict=True)
-        ratios = [with_wal.requests_per_s / without.requests_per_s for with_wal, without in pairs]
-        lines.append(f"\nWAL on / off req/s at {connections} connection(s), paired by run: {_summary(ratios)}x")
+    if "candela-no-wal" in names:
+        for connections in (1, 64):
+            pairs = zip(cells[("candela", connections)], cells[("candela-no-wal", connections)], strict=True)
+            ratios = [with_wal.requests_per_s / without.requests_per_s for with_wal, without in pairs]
+            lines.append(f"\nWAL on / off req/s at {connections} connection(s), paired by run: {_summary(ratios)}x")
     if fsyncs_per_request is not None:
         lines.append(f"\nWAL fsyncs per request (whole run, all cells): {fsyncs_per_request:.3f}")
-    if "litellm" in names:
+    if "candela-2w" in names:
+        splits = ", ".join(_split(result) for result in cells[("candela-2w", 64)])
+        lines.append(f"\nCandela 2 workers at 64 connections, each worker's share of their CPU (%), by run: {splits}")
         for connections in (1, 64):
-            ratios = [
-                ours.requests_per_s / theirs.requests_per_s
-                for ours, theirs in zip(cells[("candela", connections)], cells[("litellm", connections)], strict=True)
-            ]
-            lines.append(f"\nCandela / LiteLLM req/s at {connections} connection(s): {_summary(ratios)}x")
+            lines.append(
+                f"\nCandela 2 workers / 1 worker req/s at {connections} connection(s), paired by run:"
+                f" {_summary(_ratios(cells, 'candela-2w', 'candela', connections))}x"
+            )
+    if "litellm" in names:
+        for ours in ("candela", "candela-2w"):
+            if ours not in names:
+                continue
+            for connections in (1, 64):
+                lines.append(
+                    f"\n{ours} / LiteLLM (1 worker) req/s at {connections} connection(s), paired by run:"
+                    f" {_summary(_ratios(cells, ours, 'litellm', connections))}x"
+                )
     return "\n".join(lines) + "\n"
 
 

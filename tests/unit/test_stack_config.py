@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from candela_stack.__main__ import banner
+from candela_stack.addresses import StackAddresses
 from candela_stack.stack import (
     DEV_DATA_DIR,
     EVERYTHING,
@@ -240,3 +241,16 @@ def test_azure_and_the_openai_compatible_providers_use_the_fake_provider_unless_
     real = Stack(StackConfig.for_tests(tmp_path)).service_env(Component.PROXY)
     assert "CANDELA_MISTRAL_BASE_URL" not in real
     assert "CANDELA_AZURE_BASE_URL" not in real
+
+
+def test_make_run_runs_a_proxy_worker_per_core_and_a_test_stack_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CANDELA_PROXY_WORKERS", raising=False)
+    monkeypatch.setenv("CANDELA_STACK_DIR", str(tmp_path / "dev"))
+    dev = StackAddresses(StackConfig.dev())
+    assert dev.service_env(Component.PROXY)["CANDELA_PROXY_WORKERS"] == "0"  # one per core
+    monkeypatch.setenv("CANDELA_PROXY_WORKERS", "3")
+    assert StackAddresses(StackConfig.dev()).service_env(Component.PROXY)["CANDELA_PROXY_WORKERS"] == "3"
+    tests = StackAddresses(StackConfig.for_tests(tmp_path / "test"))
+    assert tests.service_env(Component.PROXY)["CANDELA_PROXY_WORKERS"] == "1"

@@ -143,6 +143,10 @@ class StackConfig:
     """Writer processes (CANDELA_STACK_WRITERS), all in one consumer group: one Python process is bound to
     one core by the GIL, so more than one lets the writers use every core (partitions bound the useful
     number; at most MAX_WRITERS, see StackPorts)."""
+    proxy_workers: int = 1
+    """Proxy processes on the proxy's port (CANDELA_PROXY_WORKERS; 0: one per core, `make run`'s default).
+    Test stacks keep one: tests that watch a proxy's spool fill through /healthz, or SIGKILL the proxy and
+    count its logs, are about one process's state; tests/e2e/test_proxy_workers.py starts its own workers."""
     s3_access_key: str = DEFAULT_S3_ACCESS_KEY
     """S3 access key (SeaweedFS identity, also handed to the services and the broker)."""
     s3_secret_key: str = DEFAULT_S3_SECRET_KEY
@@ -184,6 +188,7 @@ class StackConfig:
             postgres_admin_dsn=environ.get(postgres.ADMIN_DSN_ENV, postgres.DEFAULT_ADMIN_DSN),
             kafka_partitions=_int_env("CANDELA_KAFKA_PARTITIONS", 4),
             writers=_int_env(WRITERS_ENV, DEFAULT_WRITERS),
+            proxy_workers=_int_env("CANDELA_PROXY_WORKERS", 0),
             s3_access_key=environ.get("CANDELA_S3_ACCESS_KEY", DEFAULT_S3_ACCESS_KEY),
             s3_secret_key=environ.get("CANDELA_S3_SECRET_KEY", DEFAULT_S3_SECRET_KEY),
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
@@ -568,6 +573,7 @@ class StackAddresses:
         if component is Component.PROXY:
             env = {
                 "CANDELA_HTTP_PORT": str(p.proxy_http),
+                "CANDELA_PROXY_WORKERS": str(self.config.proxy_workers),
                 "CANDELA_AUTH_ADDR": self.auth_addr,
                 "CANDELA_INGEST_ADDR": self.ingest_addr,
                 "CANDELA_PROMPTS_ADDR": self.prompts_addr,

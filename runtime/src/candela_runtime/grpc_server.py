@@ -28,6 +28,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from candela_runtime.decoding import UndecodableRequest, tolerant_deserializer
 from candela_runtime.errors import CandelaError
 from candela_runtime.metrics import MetricsInterceptor
+from candela_runtime.workers import is_grpc_worker
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,8 @@ async def create_grpc_server(
     tracing = aio_server_interceptor(filter_=filters.negate(filters.health_check()))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
         interceptors=[tracing, MetricsInterceptor(), ErrorMappingInterceptor(), *interceptors],
-        options=[("grpc.so_reuseport", 0), *options],
+        # One process per port, unless it is one of several workers of a service (candela_runtime.workers).
+        options=[("grpc.so_reuseport", 1 if is_grpc_worker() else 0), *options],
     )
     for register in registrars:
         register(server)

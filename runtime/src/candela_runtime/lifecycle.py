@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from typing import Any, Protocol
 import uvloop
 from prometheus_client import start_http_server
 
+from candela_runtime import workers
 from candela_runtime.config import env_field, load_config
+from candela_runtime.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +28,9 @@ class ProcessConfig:
     metrics_host: str = env_field("Address of the Prometheus scrape endpoint.", "127.0.0.1")
     metrics_port: int = env_field("Port of the Prometheus scrape endpoint (GET /metrics); 0 serves none.", 0)
 
+
+WORKER_STOP_GRACE_S = 30.0
+"""How long a gRPC service's worker gets to stop after SIGTERM (its own steps are time-boxed shorter)."""
 
 BATCH_GC_THRESHOLD = 1_000_000
 """Allocations between young-generation collections in a process that handles logs in batches: about one
@@ -48,12 +54,30 @@ def tune_gc_for_batches(young_threshold: int = BATCH_GC_THRESHOLD) -> None:
     gc.set_threshold(young_threshold, middle, old)
 
 
-def run(main: Callable[[], Coroutine[Any, Any, None]], *, batch_gc: bool = False) -> None:
+def run(
+    main: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    batch_gc: bool = False,
+    workers_variable: str | None = None,
+    module: str = "",
+) -> None:
     """Runs a service's ``main()`` on uvloop, with its metrics endpoint; exits 0 after a clean shutdown.
 
     ``batch_gc``: the process handles logs in large batches (ingest, writers): see :func:`tune_gc_for_batches`.
+    ``workers_variable`` (a gRPC service, run as ``python -m module``): when that variable asks for more than
+    one worker, this process supervises that many copies of the service on its port instead (see
+    :mod:`candela_runtime.workers`).
     """
     process = load_config(ProcessConfig)
+    if workers_variable is not None and not workers.is_grpc_worker():
+        count = workers.grpc_workers(workers_variable)
+        if count > 1:
+            configure_logging(module, os.environ.get("CANDELA_LOG_LEVEL", "INFO"))
+            metrics = (process.metrics_host, process.metrics_port)
+            uvloop.run(workers.run_grpc_workers(module, count, WORKER_STOP_GRACE_S, metrics))
+            return
+    if workers.is_grpc_worker():
+        workers.follow_parent(int(os.environ[workers.GRPC_SUPERVISOR_ENV]))
     if batch_gc:
         tune_gc_for_batches()
     if process.metrics_port:

@@ -3,4 +3,4 @@
 from candela_ingest.app import main
 from candela_runtime.lifecycle import run
 
-run(main, batch_gc=True)
+run(main, batch_gc=True, workers_variable="CANDELA_INGEST_WORKERS", module="candela_ingest")

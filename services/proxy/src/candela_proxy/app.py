@@ -9,11 +9,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import grpc
-import prometheus_client
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from candela.auth.v1 import auth_service_pb2_grpc
 from candela.ingest.v1 import ingest_service_pb2_grpc
@@ -26,6 +27,7 @@ from candela_proxy.prompting import PromptRenderer
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.redis_store import RedisStore
 from candela_proxy.shipping import LogShipper
+from candela_proxy.supervisor import SlotLock, WorkerRole, adopt_orphaned_slots, metrics_exposition
 from candela_proxy.targets import PolicyResolver, TargetSession
 from candela_runtime.channels import internal_channel
 from candela_runtime.config import load_config
@@ -138,6 +140,7 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
         pricing=deps.pricing,
     )
     app = web.Application(client_max_size=config.max_body_bytes + 1)
+    role = WorkerRole.from_environ()
     ready = asyncio.Event()
     app["ready"] = ready
     app["handler"] = handler
@@ -151,6 +154,8 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
         if not ready.is_set():
             return web.json_response({"status": "NOT_SERVING"}, status=503)
         state = {"pending_logs": deps.shipper.pending, "spool_bytes": deps.shipper.spool_bytes}
+        if role is not None:
+            state["worker"] = role.slot  # the state above is this worker's (see candela_proxy.supervisor)
         if reason := deps.shipper.at_risk:
             # Unhealthy (503), so an orchestrator or Envoy sends traffic to a proxy that can keep its logs
             # (with a single proxy, Envoy's panic threshold still routes to it).
@@ -158,9 +163,7 @@ def create_app(config: ProxyConfig, deps: ProxyDeps, tracing: bool = True) -> we
         return web.json_response({"status": "SERVING", **state})
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=prometheus_client.generate_latest(), headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=metrics_exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -176,15 +179,31 @@ def _prompt_renderer(config: ProxyConfig, deps: ProxyDeps) -> PromptRenderer | N
 
 
 async def main() -> None:
-    """Runs the proxy until SIGTERM/SIGINT, then drains requests and logs in order."""
+    """Runs the proxy (alone, or as one supervised worker) until SIGTERM/SIGINT, then drains requests and logs
+    in order."""
     config = load_config(ProxyConfig)
     configure_logging("candela-proxy", config.log_level)
+    role = WorkerRole.from_environ()
+    slot_lock = SlotLock(config.spool_dir)
+    if role is None:
+        await asyncio.to_thread(
+            adopt_orphaned_slots, config.spool_dir, Path(config.wal_dir) if config.wal_dir else None, 1
+        )
+    else:
+        role.follow_supervisor()
+        # The slot's spool and write-ahead log are this worker's alone: a predecessor still draining them
+        # (its supervisor was killed) finishes first.
+        await asyncio.to_thread(slot_lock.acquire)
     telemetry = setup_telemetry("candela-proxy")
     async with build_deps(config) as deps:
         app = create_app(config, deps, tracing=bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_s)
         await runner.setup()
-        site = web.TCPSite(runner, config.http_host, config.http_port, backlog=1024)
+        site: web.BaseSite
+        if role is None:
+            site = web.TCPSite(runner, config.http_host, config.http_port, backlog=1024)
+        else:
+            site = web.SockSite(runner, role.listening_socket())
         await site.start()
         # Long-lived objects (modules, price tables, pools) leave the collector's view, and young
         # collections run less often: the request path allocates many short-lived objects, and cyclic GC
@@ -193,9 +212,15 @@ async def main() -> None:
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
         app["ready"].set()
-        logger.info("proxy listening on %s:%d", config.http_host, config.http_port)
+        logger.info(
+            "proxy%s listening on %s:%d",
+            "" if role is None else f" worker {role.slot}",
+            config.http_host,
+            config.http_port,
+        )
         await wait_for_shutdown_signal()
         app["ready"].clear()
         # Stops accepting, lets in-flight requests (and streams) finish within the grace period.
         await shutdown_step("http server", runner.cleanup, config.shutdown_grace_s + 2)
+    slot_lock.release()  # the log shipper has stopped: the slot's next worker may take its directories
     telemetry.shutdown()

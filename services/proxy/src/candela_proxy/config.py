@@ -35,6 +35,12 @@ class ProxyConfig:
     )
     http_host: str = env_field("Address the HTTP server binds.", "127.0.0.1")
     http_port: int = env_field("Port the HTTP server binds.", 8080)
+    proxy_workers: int = env_field(
+        "Proxy processes serving the port (a supervisor starts them, restarts one that dies, and stops them in"
+        " order: see candela_proxy.supervisor); each keeps its own log queue, spool and write-ahead log. 0: one"
+        " per core; 1: a single process, no supervisor.",
+        0,
+    )
     openai_base_url: str = env_field(
         "OpenAI API base URL, with its /v1, as the OpenAI SDK takes it.", "https://api.openai.com/v1"
     )

@@ -34,16 +34,23 @@ REDIS_ERRORS = Counter(
     "Redis calls that failed (cache skipped, rate limit failed open), by feature.",
     ["feature"],
 )
-LOG_QUEUE_DEPTH = Gauge("candela_proxy_log_queue_depth", "Finished logs waiting in memory for ingest.")
+# With several workers (candela_proxy.supervisor) each gauge is summed over the live workers, or for
+# "at risk" the worst of them; a single process ignores the mode.
+LOG_QUEUE_DEPTH = Gauge(
+    "candela_proxy_log_queue_depth", "Finished logs waiting in memory for ingest.", multiprocess_mode="livesum"
+)
 LOGS_SENT = Counter("candela_proxy_logs_sent", "Logs acknowledged by ingest (directly or from the spool).")
 LOGS_SPOOLED = Counter("candela_proxy_logs_spooled", "Logs written to the on-disk spool.")
 LOGS_DROPPED = Counter("candela_proxy_logs_dropped", "Logs lost because a hard bound was hit, by reason.", ["reason"])
 LOGS_REJECTED = Counter("candela_proxy_logs_rejected", "Logs ingest refused as invalid.")
-SPOOL_BYTES = Gauge("candela_proxy_spool_bytes", "Bytes in the on-disk log spool.")
-SPOOL_SEGMENTS = Gauge("candela_proxy_spool_segments", "Segment files in the on-disk log spool.")
+SPOOL_BYTES = Gauge("candela_proxy_spool_bytes", "Bytes in the on-disk log spool.", multiprocess_mode="livesum")
+SPOOL_SEGMENTS = Gauge(
+    "candela_proxy_spool_segments", "Segment files in the on-disk log spool.", multiprocess_mode="livesum"
+)
 LOGS_AT_RISK = Gauge(
     "candela_proxy_logs_at_risk",
     "1 while a new log could not be kept (the spool is full or the write-ahead log fails), else 0.",
+    multiprocess_mode="livemax",
 )
 WAL_COMMITS = Histogram(
     "candela_proxy_wal_commit_seconds",

@@ -3,4 +3,4 @@
 from candela_query.app import main
 from candela_runtime.lifecycle import run
 
-run(main)
+run(main, workers_variable="CANDELA_QUERY_WORKERS", module="candela_query")

@@ -1,0 +1,92 @@
+"""CANDELA_QUERY_WORKERS=2 (ingest works the same way): two query processes on one port with SO_REUSEPORT,
+both taking calls, one SIGKILLed and restarted while the other serves, their metrics summed, and an ordered
+stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from candela_stack.stack import Component, Stack
+from tests.e2e.proxy_support import Service, free_port, metric_value, services, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _workers(supervisor: int) -> dict[int, Path]:
+    """PID -> metrics directory of each live worker of the supervisor."""
+    found: dict[int, Path] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0") if parent == supervisor else []
+        except (OSError, IndexError, ValueError):
+            continue
+        for variable in environ:
+            if variable.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+                found[int(entry.name)] = Path(variable.partition(b"=")[2].decode())
+    return found
+
+
+def _health(address: str) -> int | None:
+    """One health check on a connection of its own (so the kernel picks a worker for it); None: no answer."""
+    try:
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+    except grpc.RpcError:
+        return None
+
+
+def _serving(address: str) -> bool:
+    return bool(_health(address) == health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.timeout(240)  # three Python processes start (~20 s each on a loaded 2-core machine)
+def test_two_query_workers_share_the_port_and_restart_and_stop_in_order(stack: Stack, tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **stack.service_env(Component.QUERY),
+        "CANDELA_GRPC_PORT": str(port),
+        "CANDELA_METRICS_PORT": str(metrics_port),
+        "CANDELA_QUERY_WORKERS": "2",
+        "CANDELA_SHUTDOWN_GRACE_S": "5",
+    }
+    with services() as started:
+        query = Service([sys.executable, "-m", "candela_query"], env, tmp_path / "query.log")
+        started.append(query)
+        wait_until(lambda: len(_workers(query.process.pid)) == 2, timeout_s=90, what="two workers")
+        wait_until(lambda: _serving(address), timeout_s=90, what="query serving")
+        workers = _workers(query.process.pid)
+
+        def served_by_each() -> bool:
+            _serving(address)
+            return all((directory / f"counter_{pid}.db").exists() for pid, directory in workers.items())
+
+        wait_until(served_by_each, timeout_s=60, what="calls reaching both workers")
+
+        first, second = sorted(workers)
+        os.kill(second, signal.SIGKILL)
+        # Once the killed worker is gone (its socket leaves the port's SO_REUSEPORT group), every new
+        # connection reaches the live one.
+        wait_until(lambda: not Path(f"/proc/{second}").exists(), what="the killed worker reaped")
+        answers = [_health(address) for _ in range(10)]
+        assert answers == [health_pb2.HealthCheckResponse.SERVING] * 10, "the other worker answers every call"
+        wait_until(lambda: len(set(_workers(query.process.pid)) - {first}) == 1, timeout_s=60, what="a restart")
+        assert first in _workers(query.process.pid)
+
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert metric_value(scraped, "candela_grpc_server_handled_total") >= 12, "counts of all workers, summed"
+
+        query.process.send_signal(signal.SIGTERM)
+        assert query.process.wait(timeout=60) == 0, query.output()[-3000:]
+        assert not _workers(query.process.pid)
