@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from candela_stack import clickhouse, postgres, seaweed
+from candela_stack.clickhouse_cluster import ClusterLayout
 from candela_stack.kafka import KafkaEngine
 from candela_stack.ports import DEV_PORT_BASE, LOOPBACK, MAX_WRITERS, StackPorts, dev_port_base, pick_free_port_base
 
@@ -137,6 +138,9 @@ class StackConfig:
     """A DSN allowed to create databases; the stack's DSN is this one with `database` swapped in."""
     clickhouse_database: str = "candela"
     """ClickHouse database the migrations create and the services use."""
+    clickhouse_cluster: str = ""
+    """Run ClickHouse as a local cluster of this name (CANDELA_CLICKHOUSE_CLUSTER, `run --cluster`): ZooKeeper
+    and 2 shards x 2 replicas (see clickhouse_cluster); empty runs one server."""
     kafka_partitions: int = 4
     """Partitions of the logs topic and of its dead-letter topic."""
     writers: int = DEFAULT_WRITERS
@@ -188,6 +192,7 @@ class StackConfig:
             s3_secret_key=environ.get("CANDELA_S3_SECRET_KEY", DEFAULT_S3_SECRET_KEY),
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
             clickhouse_password=environ.get("CANDELA_CLICKHOUSE_PASSWORD") or None,
+            clickhouse_cluster=environ.get("CANDELA_CLICKHOUSE_CLUSTER", ""),
             log_level=environ.get("CANDELA_LOG_LEVEL", "INFO"),
             seaweed_stop_grace=float(environ.get("CANDELA_SEAWEED_STOP_GRACE", "5")),
             otlp_endpoint=environ.get("CANDELA_OTLP_ENDPOINT") or None,
@@ -348,6 +353,14 @@ class StackAddresses:
         return self.ports.clickhouse_tcp
 
     @property
+    def clickhouse_cluster_layout(self) -> ClusterLayout | None:
+        """The local ClickHouse cluster's members and ZooKeeper (None for a single server): the first member
+        has the single server's ports, so every client dials the same address either way."""
+        if not self.config.clickhouse_cluster:
+            return None
+        return ClusterLayout.for_stack(self.config.clickhouse_cluster, self.ports)
+
+    @property
     def clickhouse_user(self) -> str:
         """The ClickHouse user every client signs in as (its password: clickhouse_password)."""
         return clickhouse.USER
@@ -466,12 +479,19 @@ class StackAddresses:
         }
         return self._wanted_ports() | metrics
 
+    def _cluster_ports(self) -> dict[str, int]:
+        layout = self.clickhouse_cluster_layout
+        if layout is None:
+            return {}
+        return {f"clickhouse_cluster_{index}": port for index, port in enumerate(layout.all_ports())}
+
     def _wanted_ports(self) -> dict[str, int]:
         """The ports of the components this stack runs, by name (start() checks they are free)."""
         p = self.ports
         by_component: dict[Component, dict[str, int]] = {
             Component.REDIS: {"redis": p.redis},
-            Component.CLICKHOUSE: {"clickhouse_tcp": p.clickhouse_tcp, "clickhouse_http": p.clickhouse_http},
+            Component.CLICKHOUSE: {"clickhouse_tcp": p.clickhouse_tcp, "clickhouse_http": p.clickhouse_http}
+            | self._cluster_ports(),
             Component.S3: {
                 name: port
                 for base_name, base_port in (
@@ -517,6 +537,8 @@ class StackAddresses:
             "CANDELA_CLICKHOUSE_USER": self.clickhouse_user,
             "CANDELA_CLICKHOUSE_PASSWORD": self.clickhouse_password,
         }
+        if self.config.clickhouse_cluster:
+            clickhouse_env["CANDELA_CLICKHOUSE_CLUSTER"] = self.config.clickhouse_cluster
         if component is Component.AUTH:
             return {"CANDELA_GRPC_PORT": str(p.auth_grpc), "CANDELA_POSTGRES_DSN": self.postgres_dsn}
         if component is Component.PROMPTS:

@@ -52,6 +52,7 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
         config.clickhouse_connections,
         user=config.clickhouse_user,
         password=config.clickhouse_password,
+        cluster=config.clickhouse_cluster,
     )
     bodies = BodyReader(
         config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region
