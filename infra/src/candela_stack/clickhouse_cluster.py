@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import signal
 import socket
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -18,6 +21,9 @@ from xml.sax.saxutils import escape
 from candela_stack import clickhouse
 from candela_stack.ports import LOOPBACK, StackPorts
 from candela_stack.processes import ManagedProcess, StartupError, Supervisor
+
+# Never route the loopback probes through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 ZOOKEEPER_APT_PACKAGES = ["zookeeper"]
 ZOOKEEPER_CLASSPATH = "/usr/share/java/*:/usr/share/zookeeper/*"
@@ -248,5 +254,26 @@ class LocalCluster:
         self._processes[member.name] = self._supervisor.start(member.name, argv, cwd=root, stop_grace=15.0)
 
     def _await_member(self, member: Member) -> None:
+        """Waits until the member answers and its ZooKeeper client is up: 18.16 answers /ping before, and an
+        `ON CLUSTER` statement sent to it in that moment crashes it (a NULL ZooKeeper handle, seen here)."""
         process = self._processes[member.name]
-        self._supervisor.wait_ready(process, lambda: clickhouse.is_ready(member.http_port), timeout=self._timeout)
+        self._supervisor.wait_ready(
+            process,
+            lambda: clickhouse.is_ready(member.http_port) and self._zookeeper_session(member),
+            timeout=self._timeout,
+        )
+
+    def _zookeeper_session(self, member: Member) -> bool:
+        """True once the member reads ZooKeeper and the `ON CLUSTER` queue there exists."""
+        query = urllib.parse.urlencode(
+            {"query": "SELECT count() FROM system.zookeeper WHERE path = '/clickhouse/task_queue' AND name = 'ddl'"}
+        )
+        request = urllib.request.Request(
+            f"http://{LOOPBACK}:{member.http_port}/?{query}",
+            headers={"X-ClickHouse-User": clickhouse.USER, "X-ClickHouse-Key": self._password},
+        )
+        try:
+            with _DIRECT.open(request, timeout=2.0) as response:
+                return bytes(response.read()).strip() == b"1"
+        except (OSError, urllib.error.URLError):
+            return False

@@ -27,6 +27,7 @@ import hashlib
 import importlib.resources
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from typing import Any
@@ -167,9 +168,20 @@ def apply_clickhouse(
         bootstrap.execute(f"CREATE DATABASE IF NOT EXISTS {database}{_on_cluster(cluster)}")
     finally:
         bootstrap.disconnect()
-    client = Client(host=host, port=port, database=database, **credentials, connect_timeout=5, send_receive_timeout=300)
+
+    def connect(member_host: str, member_port: int) -> Client:
+        return Client(
+            host=member_host,
+            port=member_port,
+            database=database,
+            **credentials,
+            connect_timeout=5,
+            send_receive_timeout=300,
+        )
+
+    client = connect(host, port)
     try:
-        return _apply_clickhouse(client, database, server_version, cluster)
+        return _apply_clickhouse(client, database, server_version, cluster, connect)
     finally:
         client.disconnect()
 
@@ -178,7 +190,13 @@ def _on_cluster(cluster: str) -> str:
     return f" ON CLUSTER {cluster}" if cluster else ""
 
 
-def _apply_clickhouse(client: Any, database: str, server_version: str, cluster: str = "") -> list[str]:
+def _apply_clickhouse(
+    client: Any,
+    database: str,
+    server_version: str,
+    cluster: str = "",
+    connect: Callable[[str, int], Any] | None = None,
+) -> list[str]:
     if cluster:
         # One record for the whole cluster: every member is a replica of it, so the migrator may connect
         # to any member next time and still sees what was applied.
@@ -199,15 +217,23 @@ def _apply_clickhouse(client: Any, database: str, server_version: str, cluster: 
         if migration.name in recorded:
             _check_unchanged(CLICKHOUSE, migration, recorded[migration.name])
             continue
-        statements = render_clickhouse(migration, gates)
         if cluster:
-            statements = [form for statement in statements for form in cluster_statements(statement, database, cluster)]
+            statements = [
+                form for statement in render_clickhouse(migration, gates)
+                for form in cluster_statements(statement, database, cluster)
+            ]  # fmt: skip
+        else:
+            statements = [ClusterStatement(statement) for statement in render_clickhouse(migration, gates)]
         for statement in statements:
             try:
-                client.execute(statement)
+                if statement.per_shard:
+                    assert connect is not None, "per-shard statements come only with a cluster"
+                    run_on_each_shard(client, connect, cluster, statement.sql)
+                else:
+                    client.execute(statement.sql)
             except ClickHouseError as error:
                 raise MigrationError(
-                    f"ClickHouse migration {migration.name} failed on statement:\n{statement}\n{error}"
+                    f"ClickHouse migration {migration.name} failed on statement:\n{statement.sql}\n{error}"
                 ) from error
         client.execute("INSERT INTO schema_migrations (name, checksum) VALUES", [(migration.name, migration.checksum)])
         applied.append(migration.name)
@@ -244,7 +270,53 @@ _CREATE_VIEW = re.compile(
 _ALTER_TABLE = re.compile(r"^ALTER TABLE (?P<name>\w+)\s(?P<rest>.*)$", re.DOTALL)
 
 
-def cluster_statements(statement: str, database: str, cluster: str) -> list[str]:
+@dataclass(frozen=True)
+class ClusterStatement:
+    """One statement of a migration as the migrator runs it."""
+
+    sql: str
+    per_shard: bool = False
+    """Run on one replica of each shard (replication brings it to the others) instead of as it is."""
+
+
+def run_on_each_shard(
+    client: Any, connect: Callable[[str, int], Any], cluster: str, sql: str, params: dict[str, Any] | None = None
+) -> None:
+    """Runs `sql` once per shard of `cluster`, on the first replica of the shard that answers; replication
+    brings an ALTER (a column, a mutation) to the shard's other replicas.
+
+    `client` is connected to any member (it names the members: system.clusters); `connect(host, port)`
+    opens a client to one member with the caller's credentials. `ALTER ... ON CLUSTER` of a replicated
+    table would have every replica try, and 18.16 then leaves the statement waiting for good on the
+    replica that finds the change already made (measured with 2x2: added columns, DELETE mutations).
+    """
+    members = client.execute(
+        "SELECT shard_num, host_name, port FROM system.clusters WHERE cluster = %(c)s ORDER BY shard_num, replica_num",
+        {"c": cluster},
+    )
+    if not members:
+        raise MigrationError(f"the server knows no cluster {cluster!r} (see its <remote_servers>)")
+    for shard in sorted({int(row[0]) for row in members}):
+        failures = []
+        for _, host, port in (row for row in members if int(row[0]) == shard):
+            replica = connect(str(host), int(port))
+            try:
+                replica.execute(sql, params)
+                break
+            except (OSError, EOFError, ClickHouseError) as error:
+                if isinstance(error, ClickHouseError) and getattr(error, "code", None) not in _REPLICA_DOWN_CODES:
+                    raise
+                failures.append(f"{host}:{port}: {error}")
+            finally:
+                replica.disconnect()
+        else:
+            raise MigrationError(f"no replica of shard {shard} of {cluster} answered: {'; '.join(failures)}")
+
+
+_REPLICA_DOWN_CODES = frozenset({209, 210, 242})  # SOCKET_TIMEOUT, NETWORK_ERROR, TABLE_IS_READ_ONLY
+
+
+def cluster_statements(statement: str, database: str, cluster: str) -> list[ClusterStatement]:
     """A single-node migration statement in its cluster form (one or two statements, run in order).
 
     - `CREATE TABLE t (...) ENGINE = XMergeTree(args) ...` -> `t_local` on every member as
@@ -253,7 +325,8 @@ def cluster_statements(statement: str, database: str, cluster: str) -> list[str]
       `Distributed(<cluster>, <database>, t_local, <SHARDING_KEYS[t]>)`.
     - `CREATE MATERIALIZED VIEW v ENGINE = XMergeTree(..) ... FROM t ...` -> `v_local` replicated the same
       way, fed by `t_local` (each shard indexes its own rows), then `v` as a Distributed table over it.
-    - `ALTER TABLE t ...` -> the same ALTER on `t_local`, `ON CLUSTER`, then `t` made again over it.
+    - `ALTER TABLE t ...` -> the same ALTER on `t_local` on one replica of each shard, then `t` made again
+      over it.
     Names are written with their database: an `ON CLUSTER` statement runs on each member in that
     member's default database otherwise. Any other statement is a MigrationError: a new kind of
     statement needs its cluster form here (a unit test renders every shipped migration both ways).
@@ -265,8 +338,10 @@ def cluster_statements(statement: str, database: str, cluster: str) -> list[str]
             raise MigrationError(f"table {name} has no sharding key for cluster mode (add it to SHARDING_KEYS)")
         local = _replicated(database, name, match["engine"], match["args"])
         return [
-            f"CREATE TABLE IF NOT EXISTS {database}.{name}{LOCAL_SUFFIX}{on_cluster} {match['columns']}\n"
-            f"ENGINE = {local}{match['rest']}",
+            ClusterStatement(
+                f"CREATE TABLE IF NOT EXISTS {database}.{name}{LOCAL_SUFFIX}{on_cluster} {match['columns']}\n"
+                f"ENGINE = {local}{match['rest']}"
+            ),
             _distributed(database, cluster, name, SHARDING_KEYS[name]),
         ]
     if match := _CREATE_VIEW.match(statement):
@@ -274,20 +349,25 @@ def cluster_statements(statement: str, database: str, cluster: str) -> list[str]
         local = _replicated(database, name, match["engine"], match["args"])
         rest = re.sub(r"\bFROM (\w+)\b", rf"FROM {database}.\1{LOCAL_SUFFIX}", match["rest"])
         return [
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{name}{LOCAL_SUFFIX}{on_cluster}\n"
-            f"ENGINE = {local}{rest}",
+            ClusterStatement(
+                f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{name}{LOCAL_SUFFIX}{on_cluster}\n"
+                f"ENGINE = {local}{rest}"
+            ),
             _distributed(database, cluster, name, ""),
         ]
     if match := _ALTER_TABLE.match(statement):
         name, rest = match["name"], match["rest"]
         if name not in SHARDING_KEYS:
             raise MigrationError(f"table {name} has no sharding key for cluster mode (add it to SHARDING_KEYS)")
+        # The replicated table is altered once per shard, on one replica: replication alters the others.
+        # (ALTER ... ON CLUSTER makes every replica try, and on 18.16 the second one fails on the column
+        # the first one's change already added, leaving the statement waiting for it for good.)
         # ClickHouse refuses an ALTER ON CLUSTER of a table that is not replicated (the Distributed one) in
         # a replicated cluster, so that table is made again over the altered one: it holds no rows (the
         # writers insert synchronously), so dropping it loses nothing, and the pair is safe to rerun.
         return [
-            f"ALTER TABLE {database}.{name}{LOCAL_SUFFIX}{on_cluster} {rest}",
-            f"DROP TABLE IF EXISTS {database}.{name}{on_cluster}",
+            ClusterStatement(f"ALTER TABLE {database}.{name}{LOCAL_SUFFIX} {rest}", per_shard=True),
+            ClusterStatement(f"DROP TABLE IF EXISTS {database}.{name}{on_cluster}"),
             _distributed(database, cluster, name, SHARDING_KEYS[name]),
         ]
     raise MigrationError(f"no cluster form for the statement:\n{statement}")
@@ -298,9 +378,9 @@ def _replicated(database: str, name: str, engine: str, args: str) -> str:
     return f"Replicated{engine}({path}{', ' + args.strip() if args.strip() else ''})"
 
 
-def _distributed(database: str, cluster: str, name: str, sharding_key: str) -> str:
+def _distributed(database: str, cluster: str, name: str, sharding_key: str) -> ClusterStatement:
     key = f", {sharding_key}" if sharding_key else ""
-    return (
+    return ClusterStatement(
         f"CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} AS {database}.{name}{LOCAL_SUFFIX}\n"
         f"ENGINE = Distributed({cluster}, {database}, {name}{LOCAL_SUFFIX}{key})"
     )

@@ -44,6 +44,7 @@ _UNAVAILABLE_CODES = frozenset(
         210,  # NETWORK_ERROR
         279,  # ALL_CONNECTION_TRIES_FAILED: every replica of a shard is down
         285,  # TOO_FEW_LIVE_REPLICAS
+        369,  # ALL_REPLICAS_ARE_STALE: no replica of a shard known to be fresh (e.g. ZooKeeper down)
         319,  # UNKNOWN_STATUS_OF_INSERT
         242,  # TABLE_IS_READ_ONLY (ZooKeeper unreachable)
         225,  # NO_ZOOKEEPER

@@ -14,7 +14,7 @@ send queue. The Distributed table routes each row by the sharding key (a hash of
 every version of a request, and its scores, land on one shard, which the writer does not need to know.
 (Inserting into the shards' local tables directly would save the hop but copy the sharding function and
 the cluster's layout into the writer, and get them wrong the day an operator adds a shard.) Retention's
-deletes run ``ON CLUSTER`` on the local tables, once per shard (ClickHouse replicates each mutation).
+deletes run on each shard's own table, on one replica of it (ClickHouse replicates each mutation).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from candela_ingest.writer.rows import (
     insert_statement,
     scores_insert_statement,
 )
-from candela_schema.migrator import LOCAL_SUFFIX
+from candela_schema.migrator import LOCAL_SUFFIX, MigrationError, run_on_each_shard
 
 T = TypeVar("T")
 
@@ -77,10 +77,6 @@ REJECTED_DATA_CODES = frozenset(
 CLUSTER_SETTINGS = {
     # An insert returns once each shard's rows are written (on one replica; replication copies them on).
     "insert_distributed_sync": 1,
-    # How long an ON CLUSTER statement waits for every member: a member down past it turns the retention
-    # sweep's call into a failure that the next sweep repeats (the statement itself stays queued in
-    # ZooKeeper and runs when the member is back, and deleting twice is harmless).
-    "distributed_ddl_task_timeout": 30,
 }
 """Settings of a writer's connection in cluster mode."""
 
@@ -140,9 +136,8 @@ class ClickHouseRowSink:
         self._insert = insert_statement(table)
         self._insert_scores = scores_insert_statement()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-        self._client = Client(
-            host=host,
-            port=port,
+        self._connect = functools.partial(
+            Client,
             database=database,
             user=user,
             password=password,
@@ -151,6 +146,7 @@ class ClickHouseRowSink:
             send_receive_timeout=send_receive_timeout_s,
             settings=CLUSTER_SETTINGS if cluster else None,
         )
+        self._client = self._connect(host=host, port=port)
         if self._client.connection.compression:
             # _send_block writes the block as it is; a compressed connection would need it compressed.
             raise ValueError("ClickHouseRowSink does not support a compressed ClickHouse connection")
@@ -159,7 +155,16 @@ class ClickHouseRowSink:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
-        except (ch_errors.Error, OSError, EOFError, ValueError, TypeError, OverflowError, struct.error) as err:
+        except (
+            ch_errors.Error,
+            OSError,
+            EOFError,
+            ValueError,
+            TypeError,
+            OverflowError,
+            struct.error,
+            MigrationError,  # no replica of a shard answered (run_on_each_shard)
+        ) as err:
             raise classify_clickhouse_error(err) from err
 
     async def insert(self, columns: RequestColumns) -> None:
@@ -213,7 +218,7 @@ class ClickHouseRowSink:
             "WHERE organization_id = toUUID(%(organization)s) AND created_at < toDateTime(%(cutoff)s, 'UTC')"
         )
         params = {"organization": str(organization_id), "cutoff": int(cutoff.timestamp())}
-        await self._run(self._client.execute, statement, params)
+        await self._alter(statement, params)
 
     async def partitions(self) -> list[str]:
         """The active monthly partitions (YYYYMM) of the table."""
@@ -241,20 +246,26 @@ class ClickHouseRowSink:
             # 18.16 hands a replicated DROP PARTITION to the shard's leader replica over a connection
             # without the user's password, which a stack with a password refuses; a delete of the month
             # (its rows are already deleted by then, so the mutation rewrites nothing) works on every server.
-            await self._run(
-                self._client.execute,
-                f"ALTER TABLE {self._altered_table} DELETE WHERE toYYYYMM(created_at) = %(p)s",
-                {"p": int(partition)},
+            await self._alter(
+                f"ALTER TABLE {self._altered_table} DELETE WHERE toYYYYMM(created_at) = %(p)s", {"p": int(partition)}
             )
             return
-        await self._run(self._client.execute, f"ALTER TABLE {self._table} DROP PARTITION {int(partition)}")
+        await self._alter(f"ALTER TABLE {self._table} DROP PARTITION {int(partition)}", {})
 
     @property
     def _altered_table(self) -> str:
-        """The table an ALTER changes: the table itself, or in cluster mode its local tables on every shard."""
-        if self._cluster:
-            return f"{self._database}.{self._table}{LOCAL_SUFFIX} ON CLUSTER {self._cluster}"
-        return self._table
+        """The table an ALTER changes: the table itself, or in cluster mode each shard's own table."""
+        return f"{self._database}.{self._table}{LOCAL_SUFFIX}" if self._cluster else self._table
+
+    async def _alter(self, statement: str, params: dict[str, Any]) -> None:
+        """Runs an ALTER: on the server, or in cluster mode once per shard (replication does the rest)."""
+        if not self._cluster:
+            await self._run(self._client.execute, statement, params)
+            return
+        await self._run(run_on_each_shard, self._client, self._connect_member, self._cluster, statement, params)
+
+    def _connect_member(self, host: str, port: int) -> Client:
+        return self._connect(host=host, port=port)
 
     async def check(self) -> None:
         """Raises StoreUnavailable unless the server answers and the table exists (readiness)."""
