@@ -9,6 +9,7 @@ its own `zoo.cfg`, no init script. Used by the stack (`--cluster`) and by the cl
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import urllib.error
@@ -31,6 +32,9 @@ ZOOKEEPER_CLASSPATH = "/usr/share/java/*:/usr/share/zookeeper/*"
 ZOOKEEPER_SESSION_TIMEOUT_MS = 6000
 """How long a member keeps its ZooKeeper session through a ZooKeeper outage (then its replicated tables turn
 read-only until ZooKeeper is back: reads keep answering, inserts fail and the writers retry them)."""
+SESSION_CHECK_PERIOD_S = 2
+"""How often a member's replicated tables check their ZooKeeper session (60 s by default): after a ZooKeeper
+outage they take writes again within seconds."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,9 @@ def member_sections(layout: ClusterLayout, member: Member, *, password: str) -> 
     <macros><shard>{member.shard:02d}</shard><replica>{member.name}</replica></macros>
     <remote_servers><{layout.name}>{"".join(shards)}</{layout.name}></remote_servers>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+    <merge_tree>
+        <zookeeper_session_expiration_check_period>{SESSION_CHECK_PERIOD_S}</zookeeper_session_expiration_check_period>
+    </merge_tree>
 """
 
 
@@ -230,6 +237,15 @@ class LocalCluster:
         """Stops one member (SIGKILL with `kill`: no shutdown at all), keeping its data."""
         self._stop(member.name, kill=kill)
 
+    def kill_members(self) -> None:
+        """SIGKILLs every member at once (a throwaway cluster: its data is deleted next), then reaps them."""
+        members = [self._processes.pop(member.name) for member in self.layout.members if member.name in self._processes]
+        for process in members:
+            if process.running():
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in members:
+            self._supervisor.stop(process)
+
     def _stop(self, name: str, *, kill: bool) -> None:
         process = self._processes.pop(name, None)
         if process is None:
@@ -251,7 +267,8 @@ class LocalCluster:
             extra_sections=member_sections(self.layout, member, password=self._password),
         )
         argv = clickhouse.server_argv(self._binary, config)
-        self._processes[member.name] = self._supervisor.start(member.name, argv, cwd=root, stop_grace=15.0)
+        # Parts are on disk once written; a member slow to shut down loses nothing to SIGKILL.
+        self._processes[member.name] = self._supervisor.start(member.name, argv, cwd=root, stop_grace=5.0)
 
     def _await_member(self, member: Member) -> None:
         """Waits until the member answers and its ZooKeeper client is up: 18.16 answers /ping before, and an
