@@ -267,7 +267,7 @@ _CREATE_VIEW = re.compile(
     r"\((?P<args>[^)]*)\)(?P<rest>.*)$",
     re.DOTALL,
 )
-_ALTER_TABLE = re.compile(r"^ALTER TABLE (?P<name>\w+)\s(?P<rest>.*)$", re.DOTALL)
+_ALTER_TABLE = re.compile(r"^ALTER TABLE (?P<name>\w+)\s+(?P<rest>.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
