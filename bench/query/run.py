@@ -578,6 +578,7 @@ def main() -> None:
                 f"{total:,} rows ({main_rows:,} in the measured organization), {size / 2**30:.2f} GiB on disk,"
                 f" generated in {seconds:.0f} s ({total / seconds:,.0f} rows/s)",
                 f"{parts} active parts after background merges settled",
+                "ClickHouse: " + ("a local 2x2 cluster (ZooKeeper, 2 x 2 replicas)" if cluster else "one server"),
             ]
             print(setup[0])
             client.disconnect()
