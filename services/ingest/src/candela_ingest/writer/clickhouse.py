@@ -250,14 +250,14 @@ class ClickHouseRowSink:
                 f"ALTER TABLE {self._altered_table} DELETE WHERE toYYYYMM(created_at) = %(p)s", {"p": int(partition)}
             )
             return
-        await self._alter(f"ALTER TABLE {self._table} DROP PARTITION {int(partition)}", {})
+        await self._alter(f"ALTER TABLE {self._table} DROP PARTITION {int(partition)}")
 
     @property
     def _altered_table(self) -> str:
         """The table an ALTER changes: the table itself, or in cluster mode each shard's own table."""
         return f"{self._database}.{self._table}{LOCAL_SUFFIX}" if self._cluster else self._table
 
-    async def _alter(self, statement: str, params: dict[str, Any]) -> None:
+    async def _alter(self, statement: str, params: dict[str, Any] | None = None) -> None:
         """Runs an ALTER: on the server, or in cluster mode once per shard (replication does the rest)."""
         if not self._cluster:
             await self._run(self._client.execute, statement, params)
