@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from candela_stack import clickhouse
-from candela_stack.addresses import Component, StackAddresses, StackConfig
+from candela_stack.addresses import Component, StackAddresses, StackConfig, cluster_name
 from candela_stack.clickhouse_cluster import ClusterLayout, member_sections, write_zookeeper_config
 from candela_stack.ports import StackPorts
 
@@ -73,3 +73,15 @@ def test_the_services_read_and_write_through_the_cluster_only_in_cluster_mode(tm
         env = clustered.service_env(component)
         assert env["CANDELA_CLICKHOUSE_CLUSTER"] == "candela"
         assert env["CANDELA_CLICKHOUSE_PORT"] == str(clustered.ports.clickhouse_tcp)
+
+
+def test_the_cluster_variable_turns_the_cluster_on_or_names_it() -> None:
+    assert [cluster_name(value) for value in ("", "0", "1", "true", "analytics")] == [
+        "",
+        "",
+        "candela",
+        "candela",
+        "analytics",
+    ]
+    with pytest.raises(ValueError, match="CANDELA_CLICKHOUSE_CLUSTER"):
+        cluster_name("two words")

@@ -15,13 +15,17 @@ from types import FrameType
 
 from candela_schema import migrator
 from candela_stack import clickhouse, postgres
-from candela_stack.addresses import CONSOLE_DIST, INFRA, Component, StackConfig, saved_clickhouse_password
+from candela_stack.addresses import (
+    CONSOLE_DIST,
+    DEFAULT_CLUSTER,
+    INFRA,
+    Component,
+    StackConfig,
+    saved_clickhouse_password,
+)
 from candela_stack.ports import StackPorts
 from candela_stack.processes import StartupError, clean_leftovers
 from candela_stack.stack import Bootstrap, Stack
-
-DEFAULT_CLUSTER = "candela"
-"""The local ClickHouse cluster's name with `run --cluster`."""
 
 DUPLICATE_SIGNAL_WINDOW = 1.0
 """Seconds after a stop signal during which another one counts as the same (uv run re-sends it)."""

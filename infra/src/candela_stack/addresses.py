@@ -9,6 +9,7 @@ service is started with. `Stack` (candela_stack.stack) is this address book plus
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -192,7 +193,7 @@ class StackConfig:
             s3_secret_key=environ.get("CANDELA_S3_SECRET_KEY", DEFAULT_S3_SECRET_KEY),
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
             clickhouse_password=environ.get("CANDELA_CLICKHOUSE_PASSWORD") or None,
-            clickhouse_cluster=environ.get("CANDELA_CLICKHOUSE_CLUSTER", ""),
+            clickhouse_cluster=cluster_name(environ.get("CANDELA_CLICKHOUSE_CLUSTER", "")),
             log_level=environ.get("CANDELA_LOG_LEVEL", "INFO"),
             seaweed_stop_grace=float(environ.get("CANDELA_SEAWEED_STOP_GRACE", "5")),
             otlp_endpoint=environ.get("CANDELA_OTLP_ENDPOINT") or None,
@@ -217,6 +218,23 @@ class StackConfig:
             seaweed_stop_grace=1.0,
         )
         return replace(config, **overrides)
+
+
+DEFAULT_CLUSTER = "candela"
+"""The local ClickHouse cluster's name when CANDELA_CLICKHOUSE_CLUSTER just turns it on (`1`, `true`) or
+`run --cluster` does."""
+
+
+def cluster_name(value: str) -> str:
+    """The local ClickHouse cluster's name from CANDELA_CLICKHOUSE_CLUSTER: empty (one server), `1`/`true`/
+    `yes`/`on` (DEFAULT_CLUSTER), or a name (letters, digits, `_`: it is an XML tag and an SQL identifier)."""
+    if value.strip().lower() in {"", "0", "false", "no", "off"}:
+        return ""
+    if value.strip().lower() in {"1", "true", "yes", "on"}:
+        return DEFAULT_CLUSTER
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"CANDELA_CLICKHOUSE_CLUSTER must be a name (letters, digits, _) or 1, not {value!r}")
+    return value
 
 
 def dev_data_dir(port_base: int) -> Path:
