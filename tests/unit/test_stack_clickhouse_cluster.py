@@ -85,3 +85,12 @@ def test_the_cluster_variable_turns_the_cluster_on_or_names_it() -> None:
     ]
     with pytest.raises(ValueError, match="CANDELA_CLICKHOUSE_CLUSTER"):
         cluster_name("two words")
+
+
+def test_a_cluster_stack_binds_every_members_port_once(tmp_path: Path) -> None:
+    stack = StackAddresses(StackConfig.for_tests(tmp_path, clickhouse_cluster="candela"))
+    layout = stack.clickhouse_cluster_layout
+    assert layout is not None
+    bound = stack.bound_ports()
+    assert sorted(set(bound.values())) == sorted(bound.values()), "no port listed twice"
+    assert set(layout.all_ports()) <= set(bound.values())

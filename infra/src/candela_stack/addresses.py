@@ -501,7 +501,14 @@ class StackAddresses:
         layout = self.clickhouse_cluster_layout
         if layout is None:
             return {}
-        return {f"clickhouse_cluster_{index}": port for index, port in enumerate(layout.all_ports())}
+        ports = {"zookeeper": layout.zookeeper_port}
+        for member in layout.members:
+            ports |= {f"{member.name}_tcp": member.tcp_port, f"{member.name}_http": member.http_port}
+            ports[f"{member.name}_interserver"] = member.interserver_port
+        # The first member's tcp and http ports are the single server's (clickhouse_tcp, clickhouse_http).
+        first = layout.members[0]
+        del ports[f"{first.name}_tcp"], ports[f"{first.name}_http"]
+        return ports
 
     def _wanted_ports(self) -> dict[str, int]:
         """The ports of the components this stack runs, by name (start() checks they are free)."""
