@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from candela_schema import migrator
+from candela_schema.cli import UsageError, settings_of
 from candela_schema.migrator import (
     ClusterStatement,
     MigrationError,
@@ -100,3 +101,12 @@ def test_modern_clickhouse_parses_every_cluster_statement(tmp_path: Path) -> Non
             assert formatted, statement.sql
     finally:
         session.close()
+
+
+def test_candela_migrate_reads_the_cluster_like_the_services() -> None:
+    assert settings_of(["--only", "clickhouse"], {}).clickhouse_cluster == ""
+    environ = {"CANDELA_CLICKHOUSE_CLUSTER": "analytics"}
+    assert settings_of(["--only", "clickhouse"], environ).clickhouse_cluster == "analytics"
+    assert settings_of(["--only", "clickhouse", "--clickhouse-cluster", "c2"], environ).clickhouse_cluster == "c2"
+    with pytest.raises(UsageError, match="cluster name"):
+        settings_of(["--only", "clickhouse", "--clickhouse-cluster", "no-dashes"], {})
