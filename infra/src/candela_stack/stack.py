@@ -452,6 +452,11 @@ class Stack(StackAddresses):
     def _launch_clickhouse(self) -> ManagedProcess:
         binary = self._binaries["clickhouse"] or self._clickhouse_binary()
         root = self.data_dir / "clickhouse"
+        password_file = self.data_dir / CLICKHOUSE_PASSWORD_FILE
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        password_file.touch(mode=0o600)
+        password_file.chmod(0o600)
+        password_file.write_text(self.clickhouse_password)
         layout = self.clickhouse_cluster_layout
         if layout is not None:
             return self._launch_clickhouse_cluster(layout, binary, root)
@@ -463,10 +468,6 @@ class Stack(StackAddresses):
             self.ports.clickhouse_http,
             password=self.clickhouse_password,
         )
-        password_file = self.data_dir / CLICKHOUSE_PASSWORD_FILE
-        password_file.touch(mode=0o600)
-        password_file.chmod(0o600)
-        password_file.write_text(self.clickhouse_password)
         return self._supervisor.start(
             "clickhouse",
             clickhouse.server_argv(binary, config_path),
@@ -476,8 +477,9 @@ class Stack(StackAddresses):
 
     def _launch_clickhouse_cluster(self, layout: ClusterLayout, binary: Path, root: Path) -> ManagedProcess:
         """Starts ZooKeeper and every member (waiting for them); returns the first member, which clients dial."""
+        # zooinspector is the one command Debian's zookeeper package puts on PATH: there iff ZooKeeper is.
         binaries.ensure_apt_binary(
-            "java", clickhouse_cluster.ZOOKEEPER_APT_PACKAGES, self.log_dir / "apt-zookeeper.log", self._report
+            "zooinspector", clickhouse_cluster.ZOOKEEPER_APT_PACKAGES, self.log_dir / "apt-zookeeper.log", self._report
         )
         self.clickhouse_cluster = LocalCluster(
             layout,
