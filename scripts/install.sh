@@ -45,6 +45,8 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server clickhouse-client)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# ZooKeeper (with a Java runtime) for the ClickHouse cluster mode and its tests (zooinspector: its one command).
+command -v zooinspector >/dev/null 2>&1 || missing+=(zookeeper)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"

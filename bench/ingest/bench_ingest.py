@@ -327,8 +327,15 @@ async def main() -> None:
     )
     parser.add_argument("--bodies", choices=("json", "random", "repeated"), default="json")
     parser.add_argument("--data-dir", type=Path, default=REPO / ".candela-bench")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="ClickHouse as a local 2x2 cluster (ZooKeeper, 2 shards x 2 replicas) instead of one server",
+    )
     args = parser.parse_args()
     overrides: dict[str, Any] = {} if args.writers is None else {"writers": args.writers}
+    if args.cluster:
+        overrides["clickhouse_cluster"] = "candela"
     components = frozenset({Component.INGEST, Component.WRITER, Component.CLICKHOUSE, Component.S3, Component.KAFKA})
     bodies = Bodies(args.bodies)
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -342,7 +349,7 @@ async def main() -> None:
         with Stack(config) as stack:
             print(
                 f"broker engine: {config.kafka_engine}; writer processes: {config.writers}; bodies: {args.bodies}; "
-                f"data in {data_dir}"
+                f"ClickHouse: {'2x2 cluster' if args.cluster else 'one server'}; data in {data_dir}"
             )
             rates, puts, p50s, p99s = [], [], [], []
             for run in range(args.runs):

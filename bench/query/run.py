@@ -46,9 +46,13 @@ from candela_query.filters import FilterCompiler, Params, time_bound
 from candela_query.store import RequestStore
 from candela_runtime.errors import Violations
 from candela_schema import migrator
+from candela_schema.migrator import LOCAL_SUFFIX
 from candela_stack.stack import BODIES_BUCKET, Component, Stack, StackConfig
 
 DAY = 86_400
+CLUSTER = "candela"
+"""The local cluster's name with --cluster."""
+
 SPAN_DAYS = 90
 CHUNK = 1_000_000
 MODELS = (
@@ -336,7 +340,7 @@ def load_text() -> str:
 
 
 async def measure(
-    stack: Stack, key: str, org: str, end: int, detail_ids: list[str], runs: int, rounds: int
+    stack: Stack, key: str, org: str, end: int, detail_ids: list[str], runs: int, rounds: int, cluster: str = ""
 ) -> list[str]:
     """Each query ``rounds`` times (``runs`` calls each): the median and the best round's p50, and the
     median round's p99, through gRPC; the store alone; the store with no duplicate handling at all
@@ -348,6 +352,7 @@ async def measure(
         2,
         user=stack.clickhouse_user,
         password=stack.clickhouse_password,
+        cluster=cluster,
     )
     session_rows = await reader.fetch(
         "SELECT session_id FROM request_sessions WHERE organization_id = toUUID(%(org)s)"
@@ -363,7 +368,7 @@ async def measure(
         queries = Queries(
             query_service_pb2_grpc.QueryServiceStub(channel),
             key,
-            RequestStore(reader),
+            RequestStore(reader, copy_free_proofs=not cluster),  # as the query service runs it
             org,
             end,
             [str(row[0]) for row in session_rows],
@@ -519,13 +524,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --runs calls per query (median and best)")
     parser.add_argument("--chdb", action="store_true", help="also run the store queries on chDB (modern ClickHouse)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=f"ClickHouse as a local 2x2 cluster ({CLUSTER!r}: ZooKeeper, 2 shards x 2 replicas) instead of one server",
+    )
     args = parser.parse_args()
+    cluster = CLUSTER if args.cluster else ""
+    # The table whose parts and merges are on each server: in cluster mode `requests` is a Distributed table.
+    local_table = f"requests{LOCAL_SUFFIX}" if cluster else "requests"
     with tempfile.TemporaryDirectory(prefix="candela-bench-query-") as tmp:
         config = StackConfig.for_tests(
             Path(tmp),
             components=frozenset(
                 {Component.POSTGRES, Component.CLICKHOUSE, Component.S3, Component.AUTH, Component.QUERY}
             ),
+            clickhouse_cluster=cluster,
         )
         with Stack(config) as stack:
             admin = stack.bootstrap()
@@ -539,6 +553,8 @@ def main() -> None:
                 user=stack.clickhouse_user,
                 password=stack.clickhouse_password,
                 send_receive_timeout=600,
+                # Rows generated through the Distributed table land on the shards before the measurement.
+                settings={"insert_distributed_sync": 1} if cluster else None,
             )
             print(f"generating {args.rows:,} rows into ClickHouse {client.execute('SELECT version()')[0][0]} ...")
             seconds = generate(client, org, args.rows, start)
@@ -548,26 +564,26 @@ def main() -> None:
             # of the freshly inserted parts finish first (bounded), as they would on a live server.
             while (
                 time.perf_counter() - settle_began < 300
-                and client.execute("SELECT count() FROM system.merges WHERE table = 'requests'")[0][0]
+                and client.execute(f"SELECT count() FROM system.merges WHERE table = '{local_table}'")[0][0]
             ):
                 time.sleep(2)
-            parts = client.execute("SELECT count() FROM system.parts WHERE active AND table = 'requests'")[0][0]
+            parts = client.execute(f"SELECT count() FROM system.parts WHERE active AND table = '{local_table}'")[0][0]
             print(f"background merges settled in {time.perf_counter() - settle_began:.0f} s ({parts} active parts)")
             total, main_rows = client.execute(
                 "SELECT count(), countIf(organization_id = toUUID(%(org)s)) FROM requests", {"org": org}
             )[0]
-            size = client.execute("SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND table = 'requests'")[0][
-                0
-            ]
+            parts_sql = f"FROM system.parts WHERE active AND table = '{local_table}'"
+            size = client.execute(f"SELECT sum(bytes_on_disk) {parts_sql}")[0][0]
             setup = [
                 f"{total:,} rows ({main_rows:,} in the measured organization), {size / 2**30:.2f} GiB on disk,"
                 f" generated in {seconds:.0f} s ({total / seconds:,.0f} rows/s)",
                 f"{parts} active parts after background merges settled",
+                "ClickHouse: " + ("a local 2x2 cluster (ZooKeeper, 2 x 2 replicas)" if cluster else "one server"),
             ]
             print(setup[0])
             client.disconnect()
             load_before = load_text()
-            table = asyncio.run(measure(stack, admin.api_key, org, end, detail_ids, args.runs, args.rounds))
+            table = asyncio.run(measure(stack, admin.api_key, org, end, detail_ids, args.runs, args.rounds, cluster))
             print(f"report: {write_report(args.rows, args.runs, args.rounds, setup, table, load_before)}")
         if args.chdb:
             asyncio.run(measure_chdb(args.rows, args.runs, end, Path(tmp) / "chdb"))

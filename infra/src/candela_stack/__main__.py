@@ -10,12 +10,20 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 from candela_schema import migrator
 from candela_stack import clickhouse, postgres
-from candela_stack.addresses import CONSOLE_DIST, INFRA, Component, StackConfig, saved_clickhouse_password
+from candela_stack.addresses import (
+    CONSOLE_DIST,
+    DEFAULT_CLUSTER,
+    INFRA,
+    Component,
+    StackConfig,
+    saved_clickhouse_password,
+)
 from candela_stack.ports import StackPorts
 from candela_stack.processes import StartupError, clean_leftovers
 from candela_stack.stack import Bootstrap, Stack
@@ -34,12 +42,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="start Postgres, Redis, ClickHouse, S3, Kafka and Envoy but no Candela service",
     )
+    run_parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run ClickHouse as a local cluster (ZooKeeper, 2 shards x 2 replicas) named "
+        f"{DEFAULT_CLUSTER!r}; CANDELA_CLICKHOUSE_CLUSTER=<name> does the same with that name",
+    )
     commands.add_parser("migrate", help="apply pending Postgres and ClickHouse migrations to the dev stores")
     commands.add_parser("stop", help="stop processes left behind by a crashed `run` on the dev data dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "run":
-        return run(infra_only=args.infra_only)
+        return run(infra_only=args.infra_only, cluster=args.cluster)
     if args.command == "migrate":
         return migrate()
     return stop_leftovers()
@@ -50,9 +64,11 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def run(*, infra_only: bool) -> int:
+def run(*, infra_only: bool, cluster: bool = False) -> int:
     """Starts the dev stack, prints how to use it, and stops it in order on SIGINT or SIGTERM."""
     config = StackConfig.dev(components=INFRA) if infra_only else StackConfig.dev()
+    if cluster and not config.clickhouse_cluster:
+        config = replace(config, clickhouse_cluster=DEFAULT_CLUSTER)
     stack = Stack(config, report=say)
     phase = "starting"
     first_signal_at: float | None = None
@@ -222,7 +238,9 @@ def migrate() -> int:
         say(f"ClickHouse: no CANDELA_CLICKHOUSE_PASSWORD and none saved in {config.data_dir} (start the stack first)")
         return 1
     user = os.environ.get("CANDELA_CLICKHOUSE_USER", clickhouse.USER)
-    applied = migrator.apply_clickhouse(host, port, database, user=user, password=password)
+    applied = migrator.apply_clickhouse(
+        host, port, database, user=user, password=password, cluster=config.clickhouse_cluster
+    )
     say(f"ClickHouse {host}:{port}/{database}: applied {len(applied)} migration(s) {applied}")
     return 0
 

@@ -9,6 +9,7 @@ service is started with. `Stack` (candela_stack.stack) is this address book plus
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from candela_stack import clickhouse, postgres, seaweed
+from candela_stack.clickhouse_cluster import ClusterLayout
 from candela_stack.kafka import KafkaEngine
 from candela_stack.ports import DEV_PORT_BASE, LOOPBACK, MAX_WRITERS, StackPorts, dev_port_base, pick_free_port_base
 
@@ -137,6 +139,9 @@ class StackConfig:
     """A DSN allowed to create databases; the stack's DSN is this one with `database` swapped in."""
     clickhouse_database: str = "candela"
     """ClickHouse database the migrations create and the services use."""
+    clickhouse_cluster: str = ""
+    """Run ClickHouse as a local cluster of this name (CANDELA_CLICKHOUSE_CLUSTER, `run --cluster`): ZooKeeper
+    and 2 shards x 2 replicas (see clickhouse_cluster); empty runs one server."""
     kafka_partitions: int = 4
     """Partitions of the logs topic and of its dead-letter topic."""
     writers: int = DEFAULT_WRITERS
@@ -193,6 +198,7 @@ class StackConfig:
             s3_secret_key=environ.get("CANDELA_S3_SECRET_KEY", DEFAULT_S3_SECRET_KEY),
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
             clickhouse_password=environ.get("CANDELA_CLICKHOUSE_PASSWORD") or None,
+            clickhouse_cluster=cluster_name(environ.get("CANDELA_CLICKHOUSE_CLUSTER", "")),
             log_level=environ.get("CANDELA_LOG_LEVEL", "INFO"),
             seaweed_stop_grace=float(environ.get("CANDELA_SEAWEED_STOP_GRACE", "5")),
             otlp_endpoint=environ.get("CANDELA_OTLP_ENDPOINT") or None,
@@ -217,6 +223,23 @@ class StackConfig:
             seaweed_stop_grace=1.0,
         )
         return replace(config, **overrides)
+
+
+DEFAULT_CLUSTER = "candela"
+"""The local ClickHouse cluster's name when CANDELA_CLICKHOUSE_CLUSTER just turns it on (`1`, `true`) or
+`run --cluster` does."""
+
+
+def cluster_name(value: str) -> str:
+    """The local ClickHouse cluster's name from CANDELA_CLICKHOUSE_CLUSTER: empty (one server), `1`/`true`/
+    `yes`/`on` (DEFAULT_CLUSTER), or a name (letters, digits, `_`: it is an XML tag and an SQL identifier)."""
+    if value.strip().lower() in {"", "0", "false", "no", "off"}:
+        return ""
+    if value.strip().lower() in {"1", "true", "yes", "on"}:
+        return DEFAULT_CLUSTER
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"CANDELA_CLICKHOUSE_CLUSTER must be a name (letters, digits, _) or 1, not {value!r}")
+    return value
 
 
 def dev_data_dir(port_base: int) -> Path:
@@ -364,6 +387,14 @@ class StackAddresses:
         return self.ports.clickhouse_tcp
 
     @property
+    def clickhouse_cluster_layout(self) -> ClusterLayout | None:
+        """The local ClickHouse cluster's members and ZooKeeper (None for a single server): the first member
+        has the single server's ports, so every client dials the same address either way."""
+        if not self.config.clickhouse_cluster:
+            return None
+        return ClusterLayout.for_stack(self.config.clickhouse_cluster, self.ports)
+
+    @property
     def clickhouse_user(self) -> str:
         """The ClickHouse user every client signs in as (its password: clickhouse_password)."""
         return clickhouse.USER
@@ -482,12 +513,26 @@ class StackAddresses:
         }
         return self._wanted_ports() | metrics
 
+    def _cluster_ports(self) -> dict[str, int]:
+        layout = self.clickhouse_cluster_layout
+        if layout is None:
+            return {}
+        ports = {"zookeeper": layout.zookeeper_port}
+        for member in layout.members:
+            ports |= {f"{member.name}_tcp": member.tcp_port, f"{member.name}_http": member.http_port}
+            ports[f"{member.name}_interserver"] = member.interserver_port
+        # The first member's tcp and http ports are the single server's (clickhouse_tcp, clickhouse_http).
+        first = layout.members[0]
+        del ports[f"{first.name}_tcp"], ports[f"{first.name}_http"]
+        return ports
+
     def _wanted_ports(self) -> dict[str, int]:
         """The ports of the components this stack runs, by name (start() checks they are free)."""
         p = self.ports
         by_component: dict[Component, dict[str, int]] = {
             Component.REDIS: {"redis": p.redis},
-            Component.CLICKHOUSE: {"clickhouse_tcp": p.clickhouse_tcp, "clickhouse_http": p.clickhouse_http},
+            Component.CLICKHOUSE: {"clickhouse_tcp": p.clickhouse_tcp, "clickhouse_http": p.clickhouse_http}
+            | self._cluster_ports(),
             Component.S3: {
                 name: port
                 for base_name, base_port in (
@@ -533,6 +578,8 @@ class StackAddresses:
             "CANDELA_CLICKHOUSE_USER": self.clickhouse_user,
             "CANDELA_CLICKHOUSE_PASSWORD": self.clickhouse_password,
         }
+        if self.config.clickhouse_cluster:
+            clickhouse_env["CANDELA_CLICKHOUSE_CLUSTER"] = self.config.clickhouse_cluster
         if component is Component.AUTH:
             return {"CANDELA_GRPC_PORT": str(p.auth_grpc), "CANDELA_POSTGRES_DSN": self.postgres_dsn}
         if component is Component.PROMPTS:

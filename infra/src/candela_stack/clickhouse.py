@@ -15,13 +15,22 @@ USER = "default"
 
 
 def write_config(
-    config_dir: Path, data_dir: Path, log_dir: Path, tcp_port: int, http_port: int, *, password: str
+    config_dir: Path,
+    data_dir: Path,
+    log_dir: Path,
+    tcp_port: int,
+    http_port: int,
+    *,
+    password: str,
+    log_name: str = "clickhouse-server",
+    extra_sections: str = "",
 ) -> Path:
     """Writes a minimal server config (inline users, loopback only, logs to `log_dir`); returns its path.
 
     Works on 18.16 (the server Debian ships) and on modern servers alike. The `default` user needs
     `password` (on the native and the HTTP interface alike) and is restricted to 127.0.0.1 and ::1: being
     on the machine is not enough to read every organization's rows. Only the password's SHA-256 is written.
+    `extra_sections` (XML, e.g. a cluster member's ZooKeeper, macros and remote servers) goes in as it is.
     """
     if not password:
         raise ValueError("the stack's ClickHouse user needs a password")
@@ -36,8 +45,8 @@ def write_config(
 <yandex>
     <logger>
         <level>information</level>
-        <log>{logs}/clickhouse-server.log</log>
-        <errorlog>{logs}/clickhouse-server.err.log</errorlog>
+        <log>{logs}/{log_name}.log</log>
+        <errorlog>{logs}/{log_name}.err.log</errorlog>
         <size>50M</size>
         <count>3</count>
     </logger>
@@ -82,7 +91,7 @@ def write_config(
             </interval>
         </default>
     </quotas>
-</yandex>
+{extra_sections}</yandex>
 """
     path = config_dir / "config.xml"
     path.write_text(config)

@@ -47,7 +47,7 @@ import grpc
 
 from candela.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from candela_schema import migrator
-from candela_stack import binaries, clickhouse, envoy_config, kafka, postgres, seaweed
+from candela_stack import binaries, clickhouse, clickhouse_cluster, envoy_config, kafka, postgres, seaweed
 from candela_stack.addresses import (
     BODIES_BUCKET,
     CLICKHOUSE_PASSWORD_FILE,
@@ -65,6 +65,7 @@ from candela_stack.addresses import (
     loopback_port,
     resolve_components,
 )
+from candela_stack.clickhouse_cluster import ClusterLayout, LocalCluster
 from candela_stack.ports import LOOPBACK, port_is_free
 from candela_stack.probes import grpc_serving, http_ok, tcp_open
 from candela_stack.processes import ManagedProcess, Probe, Reporter, StartupError, Supervisor, clean_leftovers
@@ -140,6 +141,8 @@ class Stack(StackAddresses):
         self._abort = threading.Event()
         self._began = time.monotonic()
         self._binaries: dict[str, Path | None] = {}
+        self.clickhouse_cluster: LocalCluster | None = None
+        """The local ClickHouse cluster once started (config.clickhouse_cluster), for fault drills."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -449,6 +452,14 @@ class Stack(StackAddresses):
     def _launch_clickhouse(self) -> ManagedProcess:
         binary = self._binaries["clickhouse"] or self._clickhouse_binary()
         root = self.data_dir / "clickhouse"
+        password_file = self.data_dir / CLICKHOUSE_PASSWORD_FILE
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        password_file.touch(mode=0o600)
+        password_file.chmod(0o600)
+        password_file.write_text(self.clickhouse_password)
+        layout = self.clickhouse_cluster_layout
+        if layout is not None:
+            return self._launch_clickhouse_cluster(layout, binary, root)
         config_path = clickhouse.write_config(
             root,
             root / "data",
@@ -457,16 +468,30 @@ class Stack(StackAddresses):
             self.ports.clickhouse_http,
             password=self.clickhouse_password,
         )
-        password_file = self.data_dir / CLICKHOUSE_PASSWORD_FILE
-        password_file.touch(mode=0o600)
-        password_file.chmod(0o600)
-        password_file.write_text(self.clickhouse_password)
         return self._supervisor.start(
             "clickhouse",
             clickhouse.server_argv(binary, config_path),
             cwd=root,
             stop_grace=_STOP_GRACE[Component.CLICKHOUSE],
         )
+
+    def _launch_clickhouse_cluster(self, layout: ClusterLayout, binary: Path, root: Path) -> ManagedProcess:
+        """Starts ZooKeeper and every member (waiting for them); returns the first member, which clients dial."""
+        # zooinspector is the one command Debian's zookeeper package puts on PATH: there iff ZooKeeper is.
+        binaries.ensure_apt_binary(
+            "zooinspector", clickhouse_cluster.ZOOKEEPER_APT_PACKAGES, self.log_dir / "apt-zookeeper.log", self._report
+        )
+        self.clickhouse_cluster = LocalCluster(
+            layout,
+            root,
+            self.log_dir,
+            self._supervisor,
+            clickhouse_binary=binary,
+            password=self.clickhouse_password,
+            timeout=self.config.ready_timeout,
+        )
+        self.clickhouse_cluster.start()
+        return self.clickhouse_cluster.process_of(layout.members[0])
 
     def _migrate_clickhouse(self) -> None:
         migrator.apply_clickhouse(
@@ -475,6 +500,7 @@ class Stack(StackAddresses):
             self.clickhouse_database,
             user=self.clickhouse_user,
             password=self.clickhouse_password,
+            cluster=self.config.clickhouse_cluster,
         )
 
     def _launch_seaweed(self) -> ManagedProcess:

@@ -4,7 +4,7 @@
     CANDELA_POSTGRES_DSN=... CANDELA_CLICKHOUSE_HOST=... candela-migrate --only clickhouse
 
 Every option falls back to the variable the services read (``CANDELA_POSTGRES_DSN``,
-``CANDELA_CLICKHOUSE_HOST``, ``_PORT``, ``_DATABASE``, ``_USER``, ``_PASSWORD``), with the services'
+``CANDELA_CLICKHOUSE_HOST``, ``_PORT``, ``_DATABASE``, ``_USER``, ``_PASSWORD``, ``_CLUSTER``), with the services'
 defaults; pass the password in the environment rather than on the command line (where `ps` shows it).
 Each store is migrated as :mod:`candela_schema.migrator` describes: what was applied before is skipped,
 so running it again applies nothing.
@@ -60,6 +60,8 @@ class Settings:
     clickhouse_database: str
     clickhouse_user: str
     clickhouse_password: str
+    clickhouse_cluster: str = ""
+    """The ClickHouse cluster to migrate ON CLUSTER (replicated + Distributed tables); empty: one server."""
 
 
 class UsageError(Exception):
@@ -110,6 +112,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("CLICKHOUSE_PASSWORD", ""),
         help="ClickHouse password (CANDELA_CLICKHOUSE_PASSWORD, preferred; default empty)",
     )
+    parser.add_argument(
+        "--clickhouse-cluster",
+        default=env("CLICKHOUSE_CLUSTER", ""),
+        help="ClickHouse cluster name: create replicated and Distributed tables ON CLUSTER "
+        "(CANDELA_CLICKHOUSE_CLUSTER; default: a single server)",
+    )
     return parser
 
 
@@ -127,6 +135,8 @@ def settings_of(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         raise UsageError(f"the ClickHouse port is out of range: {port}")
     if CLICKHOUSE in stores and not CLICKHOUSE_DATABASE_NAME.match(args.clickhouse_database):
         raise UsageError(f"invalid ClickHouse database name {args.clickhouse_database!r} (letters, digits, _)")
+    if args.clickhouse_cluster and not CLICKHOUSE_DATABASE_NAME.match(args.clickhouse_cluster):
+        raise UsageError(f"invalid ClickHouse cluster name {args.clickhouse_cluster!r} (letters, digits, _)")
     return Settings(
         stores=stores,
         postgres_dsn=args.postgres_dsn,
@@ -135,6 +145,7 @@ def settings_of(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         clickhouse_database=args.clickhouse_database,
         clickhouse_user=args.clickhouse_user,
         clickhouse_password=args.clickhouse_password,
+        clickhouse_cluster=args.clickhouse_cluster,
     )
 
 
@@ -149,6 +160,7 @@ def _migrate(settings: Settings, store: str) -> tuple[str, list[str]]:
         settings.clickhouse_database,
         user=settings.clickhouse_user,
         password=settings.clickhouse_password,
+        cluster=settings.clickhouse_cluster,
     )
     return where, applied
 

@@ -130,6 +130,11 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     clickhouse_table: str = env_field("ClickHouse table of request rows.", "requests")
     clickhouse_user: str = env_field("ClickHouse user.", "default")
     clickhouse_password: str = env_field("ClickHouse password.", "")
+    clickhouse_cluster: str = env_field(
+        "ClickHouse cluster name (its <remote_servers> entry); empty for a single server. Inserts then go "
+        "through the Distributed tables, retention runs ON CLUSTER.",
+        "",
+    )
     # Every ClickHouse insert makes a new part (~130 files for the requests table and its index views), which
     # costs the server tens of milliseconds whatever its size, and the merges behind it more: measured on
     # 18.16, 55 us of server CPU per row for inserts of 1,000 rows, 4.6 for inserts of 20,000. So a batch

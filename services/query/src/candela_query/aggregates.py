@@ -128,7 +128,7 @@ class MetricsRow:
 class Aggregates:
     """Metrics of the requests of one organization at a time, per group."""
 
-    def __init__(self, runner: SqlRunner, scope: Scope, proofs: CopyFreeProofs) -> None:
+    def __init__(self, runner: SqlRunner, scope: Scope, proofs: CopyFreeProofs | None) -> None:
         self._runner = runner
         self._scope = scope
         self._proofs = proofs
@@ -153,11 +153,17 @@ class Aggregates:
         and the proof still holds after the read. Otherwise (or without a span) with FINAL.
         """
         params["limit"] = limit
-        proof = await self._proofs.proof(organization_id, span) if span and self._scope.final else None
+        proofs = self._proofs if span and self._scope.final else None
+        proof = await proofs.proof(organization_id, span) if proofs is not None and span else None
         table = "request_versions" if proof is not None else "requests"
         sql = self._metrics_sql(organization_id, where, params, group_by, order, label, table)
         rows = await self._runner.fetch(sql, params)
-        if proof is not None and span is not None and not await self._proofs.unchanged(organization_id, span, proof):
+        if (
+            proofs is not None
+            and proof is not None
+            and span is not None
+            and not await proofs.unchanged(organization_id, span, proof)
+        ):
             # Logs arrived (maybe a redelivered copy) while the rows were read: read them again with FINAL.
             sql = self._metrics_sql(organization_id, where, params, group_by, order, label, "requests")
             rows = await self._runner.fetch(sql, params)

@@ -52,6 +52,7 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
         config.clickhouse_connections,
         user=config.clickhouse_user,
         password=config.clickhouse_password,
+        cluster=config.clickhouse_cluster,
     )
     bodies = BodyReader(
         config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region
@@ -85,7 +86,8 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
 async def create_server(config: QueryConfig, deps: QueryDeps) -> GrpcServer:
     """The query gRPC server, started and NOT_SERVING until the caller marks it ready."""
     servicer = QueryServicer(
-        RequestStore(deps.clickhouse, final=config.clickhouse_final),
+        # In cluster mode aggregates read with FINAL, which each shard runs on its own rows (see RequestStore).
+        RequestStore(deps.clickhouse, final=config.clickhouse_final, copy_free_proofs=not config.clickhouse_cluster),
         deps.bodies,
         deps.authenticator,
         max_page_size=config.max_page_size,

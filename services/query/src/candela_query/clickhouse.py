@@ -1,4 +1,19 @@
-"""A small pool of blocking clickhouse-driver clients, used from worker threads off the event loop."""
+"""A small pool of blocking clickhouse-driver clients, used from worker threads off the event loop.
+
+Cluster mode (``cluster=``, CANDELA_CLICKHOUSE_CLUSTER): the tables the queries name are Distributed tables
+over each shard's replicated table (``candela_schema.migrator.cluster_statements``), so every query reads
+the whole cluster unchanged, and stays exact because every version of a request (and its scores) is on one
+shard, chosen by a hash of its request id:
+- ``FROM requests FINAL`` runs FINAL on each shard, which merges all of a request's versions there;
+- ``argMax(.., version) .. GROUP BY request_id`` (RowReads, scores) merges partial states across shards,
+  exact whatever the placement;
+- a join of requests to their scores runs on each shard against that shard's scores
+  (``distributed_product_mode = 'local'``), which holds every score of its requests;
+- the copy-free proofs count (created_at_us, request_id) pairs and sum versions over the whole cluster.
+Reads never leave a shard out: ``skip_unavailable_shards`` stays off, so a shard with no live replica fails
+the query (UNAVAILABLE to the caller) rather than answering with part of the numbers, and a replica more
+than a few seconds behind its shard is passed over for a fresh one.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +22,52 @@ import queue
 from typing import Any
 
 from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from candela_runtime.errors import Unavailable
+
+CLUSTER_SETTINGS: dict[str, Any] = {
+    "distributed_product_mode": "local",
+    # A replica that missed writes (back from an outage, still fetching) is not read while a fresh one
+    # answers; if none is fresh, the query fails rather than answering with rows missing.
+    "max_replica_delay_for_distributed_queries": 5,
+    "fallback_to_stale_replicas_for_distributed_queries": 0,
+    # The copy-free proofs are recorded through the Distributed table: written on the shard at once.
+    "insert_distributed_sync": 1,
+}
+"""Settings of every query in cluster mode."""
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        159,  # TIMEOUT_EXCEEDED
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        279,  # ALL_CONNECTION_TRIES_FAILED: every replica of a shard is down
+        285,  # TOO_FEW_LIVE_REPLICAS
+        369,  # ALL_REPLICAS_ARE_STALE: no replica of a shard known to be fresh (e.g. ZooKeeper down)
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        242,  # TABLE_IS_READ_ONLY (ZooKeeper unreachable)
+        225,  # NO_ZOOKEEPER
+        999,  # KEEPER_EXCEPTION
+        3,  # UNEXPECTED_END_OF_FILE (a server gone mid-answer)
+        32,  # ATTEMPT_TO_READ_AFTER_EOF
+    }
+)
 
 
 class ClickHouseReader:
     """Runs parameterised queries on a pool of native-protocol connections in threads."""
 
     def __init__(
-        self, host: str, port: int, database: str, connections: int, *, user: str = "default", password: str = ""
+        self,
+        host: str,
+        port: int,
+        database: str,
+        connections: int,
+        *,
+        user: str = "default",
+        password: str = "",
+        cluster: str = "",
     ) -> None:
         self._clients: queue.Queue[Client] = queue.Queue()
         for _ in range(connections):
@@ -26,6 +80,7 @@ class ClickHouseReader:
                     password=password,
                     connect_timeout=5,
                     send_receive_timeout=30,
+                    settings=CLUSTER_SETTINGS if cluster else None,
                 )
             )
 
@@ -34,11 +89,18 @@ class ClickHouseReader:
         try:
             rows: list[tuple[Any, ...]] = client.execute(sql, params)
             return rows
+        except ch_errors.ServerException as error:
+            if error.code in _UNAVAILABLE_CODES:
+                raise Unavailable(f"ClickHouse cannot answer now (code {error.code}); retry") from error
+            raise
+        except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as error:
+            raise Unavailable("ClickHouse is unreachable; retry") from error
         finally:
             self._clients.put(client)
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Rows of ``sql`` with ``params`` bound by the driver (never by string formatting)."""
+        """Rows of ``sql`` with ``params`` bound by the driver (never by string formatting); Unavailable when
+        ClickHouse (or, in cluster mode, every replica of a shard) cannot answer now."""
         return await asyncio.to_thread(self._run, sql, params)
 
     def close(self) -> None:

@@ -18,6 +18,11 @@ class QueryConfig(ServiceConfig):
     clickhouse_connections: int = env_field("ClickHouse connections (each query holds one).", 4)
     clickhouse_user: str = env_field("ClickHouse user.", "default")
     clickhouse_password: str = env_field("ClickHouse password.", "")
+    clickhouse_cluster: str = env_field(
+        "ClickHouse cluster name (its <remote_servers> entry); empty for a single server. Reads then go "
+        "through the Distributed tables (see candela_query.clickhouse).",
+        "",
+    )
     s3_endpoint: str = env_field("S3 endpoint URL holding the request bodies.")
     s3_access_key: str = env_field("S3 access key id.")
     s3_secret_key: str = env_field("S3 secret access key.")

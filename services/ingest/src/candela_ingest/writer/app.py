@@ -44,6 +44,7 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             user=config.clickhouse_user,
             password=config.clickhouse_password,
             table=config.clickhouse_table,
+            cluster=config.clickhouse_cluster,
         )
         for _ in range(config.consumers + 1)
     )

@@ -5,6 +5,16 @@ worker thread: the event loop never waits on ClickHouse and calls never interlea
 Inserts are parameterised (rows sent in native blocks), never an inline VALUES string. The driver's
 connection carries them, but their blocks are encoded by :mod:`candela_ingest.writer.native` from the
 column lists as they are, by name (the driver's own encoder spent ~12 us of CPU per row on it).
+
+Cluster mode (``cluster=``, CANDELA_CLICKHOUSE_CLUSTER): rows go through the Distributed tables (named as
+the single-node tables; see ``candela_schema.migrator.cluster_statements``) with ``insert_distributed_sync``,
+so an insert returns only once every shard's part of it is written on a replica of that shard, and the
+writer commits its Kafka offsets only after that: an acknowledged row is on a shard, never in a node's
+send queue. The Distributed table routes each row by the sharding key (a hash of the request id), so
+every version of a request, and its scores, land on one shard, which the writer does not need to know.
+(Inserting into the shards' local tables directly would save the hop but copy the sharding function and
+the cluster's layout into the writer, and get them wrong the day an operator adds a shard.) Retention's
+deletes run on each shard's own table, on one replica of it (ClickHouse replicates each mutation).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from candela_ingest.writer.rows import (
     insert_statement,
     scores_insert_statement,
 )
+from candela_schema.migrator import LOCAL_SUFFIX, MigrationError, run_on_each_shard
 
 T = TypeVar("T")
 
@@ -61,6 +72,13 @@ REJECTED_DATA_CODES = frozenset(
         407,  # DECIMAL_OVERFLOW
     }
 )
+
+
+CLUSTER_SETTINGS = {
+    # An insert returns once each shard's rows are written (on one replica; replication copies them on).
+    "insert_distributed_sync": 1,
+}
+"""Settings of a writer's connection in cluster mode."""
 
 
 def classify_clickhouse_error(error: BaseException) -> StoreRejected | StoreUnavailable:
@@ -108,23 +126,27 @@ class ClickHouseRowSink:
         user: str,
         password: str,
         table: str = REQUESTS_TABLE,
+        cluster: str = "",
         connect_timeout_s: float = 3.0,
         send_receive_timeout_s: float = 60.0,
     ) -> None:
         self._table = table
+        self._cluster = cluster
+        self._database = database
         self._insert = insert_statement(table)
         self._insert_scores = scores_insert_statement()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-        self._client = Client(
-            host=host,
-            port=port,
+        self._connect = functools.partial(
+            Client,
             database=database,
             user=user,
             password=password,
             client_name="candela-writer",
             connect_timeout=connect_timeout_s,
             send_receive_timeout=send_receive_timeout_s,
+            settings=CLUSTER_SETTINGS if cluster else None,
         )
+        self._client = self._connect(host=host, port=port)
         if self._client.connection.compression:
             # _send_block writes the block as it is; a compressed connection would need it compressed.
             raise ValueError("ClickHouseRowSink does not support a compressed ClickHouse connection")
@@ -133,7 +155,16 @@ class ClickHouseRowSink:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
-        except (ch_errors.Error, OSError, EOFError, ValueError, TypeError, OverflowError, struct.error) as err:
+        except (
+            ch_errors.Error,
+            OSError,
+            EOFError,
+            ValueError,
+            TypeError,
+            OverflowError,
+            struct.error,
+            MigrationError,  # no replica of a shard answered (run_on_each_shard)
+        ) as err:
             raise classify_clickhouse_error(err) from err
 
     async def insert(self, columns: RequestColumns) -> None:
@@ -183,19 +214,20 @@ class ClickHouseRowSink:
     async def delete_older_than(self, organization_id: uuid.UUID, cutoff: datetime) -> None:
         """Deletes the organization's rows created before ``cutoff`` (a background mutation; idempotent)."""
         statement = (
-            f"ALTER TABLE {self._table} DELETE "
+            f"ALTER TABLE {self._altered_table} DELETE "
             "WHERE organization_id = toUUID(%(organization)s) AND created_at < toDateTime(%(cutoff)s, 'UTC')"
         )
         params = {"organization": str(organization_id), "cutoff": int(cutoff.timestamp())}
-        await self._run(self._client.execute, statement, params)
+        await self._alter(statement, params)
 
     async def partitions(self) -> list[str]:
         """The active monthly partitions (YYYYMM) of the table."""
+        parts = f"cluster('{self._cluster}', system, parts)" if self._cluster else "system.parts"
         result = await self._run(
             self._client.execute,
-            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = %(t)s"
+            f"SELECT DISTINCT partition FROM {parts} WHERE database = %(d)s AND table = %(t)s"
             " AND active ORDER BY partition",
-            {"t": self._table},
+            {"d": self._database, "t": f"{self._table}{LOCAL_SUFFIX}" if self._cluster else self._table},
         )
         return [str(row[0]).strip("'") for row in result]
 
@@ -210,7 +242,30 @@ class ClickHouseRowSink:
 
     async def drop_partition(self, partition: str) -> None:
         """Drops one monthly partition (its id is a YYYYMM number)."""
-        await self._run(self._client.execute, f"ALTER TABLE {self._table} DROP PARTITION {int(partition)}")
+        if self._cluster:
+            # 18.16 hands a replicated DROP PARTITION to the shard's leader replica over a connection
+            # without the user's password, which a stack with a password refuses; a delete of the month
+            # (its rows are already deleted by then, so the mutation rewrites nothing) works on every server.
+            await self._alter(
+                f"ALTER TABLE {self._altered_table} DELETE WHERE toYYYYMM(created_at) = %(p)s", {"p": int(partition)}
+            )
+            return
+        await self._alter(f"ALTER TABLE {self._table} DROP PARTITION {int(partition)}")
+
+    @property
+    def _altered_table(self) -> str:
+        """The table an ALTER changes: the table itself, or in cluster mode each shard's own table."""
+        return f"{self._database}.{self._table}{LOCAL_SUFFIX}" if self._cluster else self._table
+
+    async def _alter(self, statement: str, params: dict[str, Any] | None = None) -> None:
+        """Runs an ALTER: on the server, or in cluster mode once per shard (replication does the rest)."""
+        if not self._cluster:
+            await self._run(self._client.execute, statement, params)
+            return
+        await self._run(run_on_each_shard, self._client, self._connect_member, self._cluster, statement, params)
+
+    def _connect_member(self, host: str, port: int) -> Client:
+        return self._connect(host=host, port=port)
 
     async def check(self) -> None:
         """Raises StoreUnavailable unless the server answers and the table exists (readiness)."""

@@ -1,0 +1,479 @@
+"""ClickHouse cluster mode on a real local cluster: ZooKeeper and 2 shards x 2 replicas of ClickHouse 18.16.
+
+One stack for the module (``StackConfig.clickhouse_cluster``): the real ingest, writer, auth and query
+services over Tansu, SeaweedFS and Postgres, with ClickHouse migrated ON CLUSTER (replicated tables plus
+Distributed ones, sharded by request id). Logs go in through IngestService and come out through
+QueryService, as a user's do; SQL straight to each member checks where the rows landed.
+
+The fault drill keeps its outages short (CANDELA_CLUSTER_OUTAGE_S, default 8 s; 30 s for the full drill):
+longer than the members' ZooKeeper session timeout (6 s), so ZooKeeper's outage expires their sessions and
+turns every replicated table read-only, and than many writer batches (0.5 s), so inserts meet the dead
+replica and fail over; a longer window repeats the same states, it adds none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+import pytest
+from clickhouse_driver import Client
+from google.protobuf import struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from candela.auth.v1 import auth_service_pb2 as auth_pb
+from candela.auth.v1 import auth_service_pb2_grpc
+from candela.ingest.v1 import ingest_service_pb2 as ingest_pb
+from candela.ingest.v1 import ingest_service_pb2_grpc
+from candela.logs.v1 import log_record_pb2
+from candela.query.v1 import query_service_pb2 as query_pb
+from candela.query.v1 import query_service_pb2_grpc
+from candela_ingest.writer.clickhouse import ClickHouseRowSink
+from candela_ingest.writer.retention import RetentionSweeper
+from candela_runtime.security import service_metadata
+from candela_stack.clickhouse_cluster import Member
+from candela_stack.stack import Component, Stack, StackConfig
+from tests.factories import log_record
+
+pytestmark = pytest.mark.integration
+
+CLUSTER = "candela"
+OUTAGE_S = float(os.environ.get("CANDELA_CLUSTER_OUTAGE_S", "8"))
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Ingest, writer, auth and query over a 2x2 ClickHouse cluster (and Kafka, S3, Postgres)."""
+    config = StackConfig.for_tests(
+        tmp_path_factory.mktemp("cluster-stack"),
+        components=frozenset({Component.INGEST, Component.WRITER, Component.QUERY}),
+        clickhouse_cluster=CLUSTER,
+        # Writers retry a store that is down at most a second apart, so the drill's recovery is prompt.
+        env={"CANDELA_RETRY_MAX_BACKOFF_S": "1"},
+    )
+    with Stack(config) as running:
+        yield running
+        if running.clickhouse_cluster is not None:
+            # Its data goes with the test's temp dir: no need to wait for four polite shutdowns.
+            running.clickhouse_cluster.kill_members()
+
+
+@dataclass(frozen=True)
+class Organization:
+    """A test's own organization and a read key of it."""
+
+    id: str
+    key: str
+
+
+@pytest.fixture
+async def channels(stack: Stack) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel, grpc.aio.Channel]]:
+    """Channels to auth, ingest and query."""
+    async with (
+        grpc.aio.insecure_channel(stack.auth_addr) as auth,
+        grpc.aio.insecure_channel(stack.ingest_addr) as ingest,
+        grpc.aio.insecure_channel(stack.query_addr) as query,
+    ):
+        yield auth, ingest, query
+
+
+@dataclass
+class Clients:
+    """The services' stubs, as the proxy (ingest) and a user (query) call them."""
+
+    stack: Stack
+    auth: auth_service_pb2_grpc.AuthServiceAsyncStub
+    ingest: ingest_service_pb2_grpc.IngestServiceAsyncStub
+    query: query_service_pb2_grpc.QueryServiceAsyncStub
+
+    async def organization(
+        self, *, max_stored_logs: int | None = None, retention_days: int | None = None
+    ) -> Organization:
+        internal = service_metadata(self.stack.service_token)
+        created = await self.auth.CreateOrganization(
+            auth_pb.CreateOrganizationRequest(name="cluster"), metadata=internal
+        )
+        organization_id = created.organization.id
+        key = await self.auth.CreateApiKey(
+            auth_pb.CreateApiKeyRequest(
+                organization_id=organization_id,
+                name="reader",
+                scopes=[auth_pb.API_KEY_SCOPE_READ, auth_pb.API_KEY_SCOPE_WRITE],
+            ),
+            metadata=internal,
+        )
+        await _postgres(
+            self.stack,
+            "UPDATE organizations SET max_stored_logs = $2, retention_days = $3 WHERE id = $1",
+            uuid.UUID(organization_id),
+            max_stored_logs,
+            retention_days,
+        )
+        return Organization(organization_id, key.secret)
+
+    async def log(self, records: list[log_record_pb2.LogRecord]) -> None:
+        """Ingests `records`; returns once ingest acknowledged them (durable in Kafka)."""
+        request = ingest_pb.IngestRequest(records=[ingest_pb.IngestRecord(record=record) for record in records])
+        response = await self.ingest.Ingest(request, metadata=service_metadata(self.stack.service_token), timeout=10)
+        assert response.accepted_count == len(records)
+
+    async def metrics(
+        self, organization: Organization, since: datetime | None = None, until: datetime | None = None
+    ) -> query_pb.RequestMetrics:
+        """The organization's totals in [since, until) (default: the last 60 days), AggregateRequests."""
+        start, end = Timestamp(), Timestamp()
+        start.FromDatetime(since or datetime.now(UTC) - timedelta(days=60))
+        end.FromDatetime(until or datetime.now(UTC) + timedelta(hours=1))
+        response = await self.query.AggregateRequests(
+            query_pb.AggregateRequestsRequest(start=start, end=end), metadata=_bearer(organization), timeout=10
+        )
+        return response.groups[0].metrics if response.groups else query_pb.RequestMetrics()
+
+    async def request_ids(self, organization: Organization) -> list[str]:
+        """The ids of every request of the organization, page after page (QueryRequests)."""
+        ids: list[str] = []
+        cursor = ""
+        while True:
+            page = await self.query.QueryRequests(
+                query_pb.QueryRequestsRequest(limit=200, cursor=cursor), metadata=_bearer(organization), timeout=10
+            )
+            ids += [row.request_id for row in page.requests]
+            if not page.HasField("next_cursor"):
+                return ids
+            cursor = page.next_cursor
+
+    async def counters(self, organization: Organization) -> dict[str, int]:
+        """The organization's usage counters (GetOrganizationUsage)."""
+        usage = await self.query.GetOrganizationUsage(
+            query_pb.GetOrganizationUsageRequest(), metadata=_bearer(organization), timeout=10
+        )
+        return dict(usage.counters)
+
+
+@pytest.fixture
+def clients(stack: Stack, channels: tuple[grpc.aio.Channel, grpc.aio.Channel, grpc.aio.Channel]) -> Clients:
+    """Stubs of the stack's auth, ingest and query services."""
+    auth, ingest, query = channels
+    return Clients(
+        stack,
+        auth_service_pb2_grpc.AuthServiceStub(auth),
+        ingest_service_pb2_grpc.IngestServiceStub(ingest),
+        query_service_pb2_grpc.QueryServiceStub(query),
+    )
+
+
+def _bearer(organization: Organization) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {organization.key}"),)
+
+
+async def _postgres(stack: Stack, statement: str, *args: Any) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        return list(await connection.fetch(statement, *args))
+    finally:
+        await connection.close()
+
+
+def _record(
+    organization: Organization, *, created_at: datetime | None = None, **fields: Any
+) -> log_record_pb2.LogRecord:
+    values: dict[str, Any] = {
+        "organization_id": organization.id,
+        "api_key_id": str(uuid.uuid4()),
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "path": "/v1/chat/completions",
+        "status_code": 200,
+        "latency_ms": 250,
+        "usage": log_record_pb2.TokenUsage(prompt_tokens=100, completion_tokens=20, total_tokens=120),
+        "cost_usd": "0.000150",
+        "created_at": created_at or datetime.now(UTC),
+    }
+    values.update(fields)
+    return log_record(**values)
+
+
+def _on_member(stack: Stack, member: Member, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Rows of `sql` run on one member (its own tables, not the whole cluster)."""
+    client = Client(
+        host="127.0.0.1",
+        port=member.tcp_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+        connect_timeout=5,
+    )
+    try:
+        rows: list[tuple[Any, ...]] = client.execute(sql, params)
+        return rows
+    finally:
+        client.disconnect()
+
+
+async def _local_counts(stack: Stack, organization: Organization, final: bool = True) -> dict[str, int]:
+    """Rows of the organization in each member's own requests table, by member name."""
+    layout = stack.clickhouse_cluster_layout
+    assert layout is not None
+    sql = f"SELECT count() FROM requests_local{' FINAL' if final else ''} WHERE organization_id = toUUID(%(o)s)"
+    counts = {}
+    for member in layout.members:
+        rows = await asyncio.to_thread(_on_member, stack, member, sql, {"o": organization.id})
+        counts[member.name] = int(rows[0][0])
+    return counts
+
+
+async def _eventually(read: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout_s: float = 60.0) -> T:
+    """`read()` until `done` says so or `timeout_s` passed; UNAVAILABLE (the cluster recovering) counts as
+    not yet, as a user's retry would."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = await read()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        else:
+            if done(value) or time.monotonic() > deadline:
+                return value
+        await asyncio.sleep(0.3)
+
+
+async def _replicas_agree(stack: Stack, organization: Organization, total: int) -> dict[str, int]:
+    """Waits until each shard's two replicas hold the same rows and the shards together hold `total`."""
+
+    def settled(counts: dict[str, int]) -> bool:
+        shards = [
+            (counts[f"clickhouse-s{shard}r1"], counts[f"clickhouse-s{shard}r2"])
+            for shard in (1, 2)  # the 2x2 layout
+        ]
+        return all(first == second for first, second in shards) and sum(first for first, _ in shards) == total
+
+    return await _eventually(lambda: _local_counts(stack, organization), settled)
+
+
+# --- the tests -------------------------------------------------------------------------------------
+
+
+async def test_logs_flow_through_the_cluster_to_the_query_api_exactly_once(stack: Stack, clients: Clients) -> None:
+    organization = await clients.organization()
+    records = [_record(organization, session_id="chat-1", properties={"env": "cluster"}) for _ in range(40)]
+    await clients.log(records)
+
+    metrics = await _eventually(lambda: clients.metrics(organization), lambda found: found.request_count >= 40)
+    assert metrics.request_count == 40
+    assert (metrics.prompt_tokens, metrics.completion_tokens) == (4000, 800)
+    assert Decimal(metrics.cost_usd) == Decimal("0.006")
+
+    # Both shards hold some of them (a hash of the request id picks the shard), each replica of a shard all
+    # of its shard's rows.
+    counts = await _replicas_agree(stack, organization, 40)
+    assert min(counts.values()) > 0, counts
+
+    # Reads that go through the index views (sessions, one request) and paging see every row once.
+    assert sorted(await clients.request_ids(organization)) == sorted(record.request_id for record in records)
+    session = await clients.query.GetSession(
+        query_pb.GetSessionRequest(session_id="chat-1"), metadata=_bearer(organization)
+    )
+    assert session.session.metrics.request_count == 40
+    for record in (records[0], records[-1]):
+        found = await clients.query.GetRequest(
+            query_pb.GetRequestRequest(request_id=record.request_id), metadata=_bearer(organization)
+        )
+        assert found.request.request_id == record.request_id
+
+    # A score joins its request on the request's shard.
+    scored = records[:3]
+    for record in scored:
+        await clients.query.SubmitScores(
+            query_pb.SubmitScoresRequest(
+                request_id=record.request_id, scores={"quality": struct_pb2.Value(number_value=0.5)}
+            ),
+            metadata=_bearer(organization),
+        )
+    metrics = await _eventually(
+        lambda: clients.metrics(organization), lambda found: found.score_counts.get("quality", 0) >= len(scored)
+    )
+    assert metrics.score_counts["quality"] == len(scored)
+    assert metrics.score_averages["quality"] == pytest.approx(0.5)
+    assert metrics.request_count == 40
+    assert (await clients.counters(organization))["request_count"] == 40
+
+
+async def test_a_request_logged_twice_reads_as_its_newest_version_exactly_once(stack: Stack, clients: Clients) -> None:
+    organization = await clients.organization()
+    record = _record(organization)
+    await clients.log([record])
+    await clients.log([record])  # a redelivery: the same log again, written with a newer version
+    await _eventually(lambda: clients.metrics(organization), lambda found: found.request_count >= 1)
+
+    await _replicas_agree(stack, organization, 1)
+
+    # A newer version of the row with other values, written through the cluster as a writer would.
+    layout = stack.clickhouse_cluster_layout
+    assert layout is not None
+    newest = int(time.time() * 1_000_000) + 10_000_000
+    await asyncio.to_thread(
+        _on_member,
+        stack,
+        layout.members[0],
+        "INSERT INTO requests (organization_id, request_id, created_at, created_at_us, provider, model, status_code,"
+        " prompt_tokens, completion_tokens, total_tokens, cost_usd, priced, version)"
+        " SELECT organization_id, request_id, created_at, created_at_us, provider, 'gpt-4o', status_code,"
+        " 7, 3, 10, cost_usd, priced, %(v)s FROM requests FINAL"
+        " WHERE organization_id = toUUID(%(o)s) AND request_id = toUUID(%(r)s)",
+        {"v": newest, "o": organization.id, "r": record.request_id},
+    )
+
+    async def newest_version_by_member() -> dict[str, int]:
+        sql = "SELECT max(version) FROM requests_local WHERE request_id = toUUID(%(r)s)"
+        found = {}
+        for member in layout.members:
+            rows = await asyncio.to_thread(_on_member, stack, member, sql, {"r": record.request_id})
+            found[member.name] = int(rows[0][0])
+        return found
+
+    # Every version is on one shard, and both of its replicas have the newest; the other shard has none.
+    versions = await _eventually(newest_version_by_member, lambda found: list(found.values()).count(newest) == 2)
+    assert sorted(versions.values()) == [0, 0, newest, newest], versions
+    assert versions["clickhouse-s1r1"] == versions["clickhouse-s1r2"], versions
+
+    found = await clients.query.GetRequest(
+        query_pb.GetRequestRequest(request_id=record.request_id), metadata=_bearer(organization)
+    )
+    assert found.request.model == "gpt-4o"
+    assert found.request.usage.prompt_tokens == 7
+    page = await clients.query.QueryRequests(query_pb.QueryRequestsRequest(), metadata=_bearer(organization))
+    assert [(row.request_id, row.model) for row in page.requests] == [(record.request_id, "gpt-4o")]
+    metrics = await clients.metrics(organization)
+    assert (metrics.request_count, metrics.prompt_tokens, metrics.completion_tokens) == (1, 7, 3)
+    assert (await clients.counters(organization))["request_count"] == 1, "usage counts the request once"
+
+
+async def test_per_organization_limits_and_retention_hold_across_shards(stack: Stack, clients: Clients) -> None:
+    limited = await clients.organization(max_stored_logs=5)
+    await clients.log([_record(limited) for _ in range(8)])
+    counters = await _eventually(lambda: clients.counters(limited), lambda found: found.get("request_count", 0) >= 8)
+    assert (counters["request_count"], counters["stored_logs"], counters["dropped_over_limit"]) == (8, 5, 3)
+    # A replica catches up with its shard within moments (writes do not wait for the second replica, so
+    # that they go on while one is down): once they agree, every read shows the 5 stored logs.
+    await _replicas_agree(stack, limited, 5)
+    assert (await clients.metrics(limited)).request_count == 5
+
+    retained = await clients.organization(retention_days=7)
+    old = [_record(retained, created_at=datetime.now(UTC) - timedelta(days=30)) for _ in range(6)]
+    recent = [_record(retained) for _ in range(4)]
+    await clients.log(old + recent)
+    await _eventually(lambda: clients.metrics(retained), lambda found: found.request_count >= 10)
+    await _replicas_agree(stack, retained, 10)
+
+    pool = await asyncpg.create_pool(stack.postgres_dsn, min_size=0, max_size=2)
+    rows = ClickHouseRowSink(
+        host=stack.clickhouse_host,
+        port=stack.clickhouse_port,
+        database=stack.clickhouse_database,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+        cluster=CLUSTER,
+    )
+    try:
+        expired = await RetentionSweeper(pool, rows).sweep(datetime.now(UTC))
+    finally:
+        await rows.close()
+        await pool.close()
+    assert expired[uuid.UUID(retained.id)] == 6
+    # The delete reaches every shard and every replica of it.
+    await _replicas_agree(stack, retained, 4)
+    assert (await clients.metrics(retained)).request_count == 4
+    counters = await clients.counters(retained)
+    assert (counters["stored_logs"], counters["expired_logs"], counters["request_count"]) == (4, 6, 10)
+
+
+async def test_a_replica_killed_and_zookeeper_stopped_under_load_lose_nothing_and_double_nothing(
+    stack: Stack, clients: Clients
+) -> None:
+    cluster = stack.clickhouse_cluster
+    assert cluster is not None
+    organization = await clients.organization()
+    # Logs stored before the faults: every answer about them during the faults must be exact, or UNAVAILABLE.
+    settled_at = datetime.now(UTC) - timedelta(hours=2)
+    settled = [_record(organization, created_at=settled_at + timedelta(seconds=index)) for index in range(20)]
+    await clients.log(settled)
+    window = (settled_at, settled_at + timedelta(minutes=1))
+    await _eventually(lambda: clients.metrics(organization, *window), lambda found: found.request_count >= 20)
+    await _replicas_agree(stack, organization, 20)
+
+    sent: list[str] = []
+    acknowledged: list[str] = []
+    answers = {"exact": 0, "unavailable": 0}
+    wrong: list[str] = []
+    loading = asyncio.Event()
+    loading.set()
+
+    async def load() -> None:
+        """The proxy's steady stream of logs: a batch of 5 every ~100 ms, each kept once acknowledged."""
+        while loading.is_set():
+            batch = [_record(organization) for _ in range(5)]
+            sent.extend(record.request_id for record in batch)
+            await clients.log(batch)
+            acknowledged.extend(record.request_id for record in batch)
+            await asyncio.sleep(0.1)
+
+    async def probe() -> None:
+        """A user's queries meanwhile: exact numbers or UNAVAILABLE, never others."""
+        while loading.is_set():
+            try:
+                before = await clients.metrics(organization, *window)
+                everything = await clients.metrics(organization)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    answers["unavailable"] += 1
+                else:
+                    wrong.append(f"{error.code()}: {error.details()}")
+            else:
+                if (before.request_count, before.prompt_tokens) == (20, 2000):
+                    answers["exact"] += 1
+                else:
+                    wrong.append(f"the settled logs read as {before.request_count} ({before.prompt_tokens} tokens)")
+                if everything.request_count > 20 + len(sent):
+                    wrong.append(f"{everything.request_count} logs stored, more than the {20 + len(sent)} sent")
+            await asyncio.sleep(0.2)
+
+    layout = cluster.layout
+    victim = layout.members[2]  # shard 2's first replica: the services' server is shard 1's
+    tasks = [asyncio.create_task(load()), asyncio.create_task(probe())]
+    try:
+        await asyncio.sleep(1)
+        await asyncio.to_thread(cluster.stop_member, victim, kill=True)
+        await asyncio.sleep(OUTAGE_S)
+        await asyncio.to_thread(cluster.start_member, victim)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(cluster.stop_zookeeper, kill=True)
+        await asyncio.sleep(OUTAGE_S)
+        await asyncio.to_thread(cluster.start_zookeeper)
+        await asyncio.sleep(1)
+    finally:
+        loading.clear()
+        await asyncio.gather(*tasks)
+
+    total = 20 + len(acknowledged)
+    assert len(sent) == len(acknowledged), "ingest acknowledged every log (it does not depend on ClickHouse)"
+    metrics = await _eventually(
+        lambda: clients.metrics(organization), lambda found: found.request_count >= total, timeout_s=90
+    )
+    assert (metrics.request_count, metrics.prompt_tokens) == (total, 100 * total), "nothing lost, nothing doubled"
+    assert (await clients.counters(organization))["request_count"] == total
+    await _replicas_agree(stack, organization, total)
+    listed = await clients.request_ids(organization)
+    assert sorted(listed) == sorted([record.request_id for record in settled] + acknowledged)
+    assert wrong == []
+    assert answers["exact"] > 0, answers
