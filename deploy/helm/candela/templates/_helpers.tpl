@@ -65,6 +65,8 @@ lines at the one depth where they are used (a container's env list, 12 spaces).
               value: {{ .Values.clickhouse.database | quote }}
             - name: CANDELA_CLICKHOUSE_USER
               value: {{ .Values.clickhouse.user | quote }}
+            - name: CANDELA_CLICKHOUSE_CLUSTER
+              value: {{ .Values.clickhouse.cluster | quote }}
             - name: CANDELA_CLICKHOUSE_PASSWORD
               valueFrom: {"secretKeyRef": {"name": {{ .Values.clickhouse.existingSecret | quote }}, "key": {{ .Values.clickhouse.passwordKey | quote }}}}
 {{- end -}}
