@@ -48,6 +48,8 @@ class Tenant:
     """The Candela-Session-Id of that request."""
     marker: str
     """Text only this tenant's prompt templates and request bodies contain."""
+    spare_models: tuple[str, ...] = ()
+    """Models with a price override (provider "openai") and an alias each; the tests may delete all but the last."""
     secrets_seen: list[str] = field(default_factory=list)
     """Every key secret made for this tenant."""
 
@@ -60,6 +62,7 @@ class Tenant:
             self.session_id,
             self.marker,
             *self.key_ids.values(),
+            *self.spare_models,
         ]
 
 
@@ -98,6 +101,24 @@ def make_tenant(stack: Stack, channel: grpc.Channel, name: str) -> Tenant:
             metadata=bearer(keys["write"]),
             timeout=10,
         )
+    spare_models = tuple(f"spare-{tag}-{index}" for index in (1, 2, 3))
+    for model in spare_models:
+        auth.SetPriceOverride(
+            auth_pb.SetPriceOverrideRequest(
+                price_override=auth_pb.PriceOverride(
+                    provider="openai", model=model, input_price_per_mtok="1", output_price_per_mtok="2"
+                )
+            ),
+            metadata=bearer(keys["admin"]),
+            timeout=10,
+        )
+        auth.SetModelAlias(
+            auth_pb.SetModelAliasRequest(
+                model_alias=auth_pb.ModelAlias(model=model, target_provider="openai", target_model="gpt-4o-mini")
+            ),
+            metadata=bearer(keys["admin"]),
+            timeout=10,
+        )
     user_id, session_id = f"user-{tag}", f"session-{tag}"
     response = httpx.post(
         f"{stack.gateway_url}/v1/chat/completions",
@@ -123,6 +144,7 @@ def make_tenant(stack: Stack, channel: grpc.Channel, name: str) -> Tenant:
         user_id=user_id,
         session_id=session_id,
         marker=marker,
+        spare_models=spare_models,
         secrets_seen=list(keys.values()),
     )
 

@@ -105,6 +105,27 @@ def _stolen_prompt_is_attackers_own(response: Message, _: Tenant) -> None:
     assert response.prompt.template == "stolen {{x}}"
 
 
+def _spare_model() -> Callable[[Tenant], str]:
+    """Each call names the next of the tenant's first two spare priced models, so the gRPC and the REST call
+    each delete one (the last stays for the listings to show)."""
+    calls: dict[str, int] = {}
+
+    def pick(tenant: Tenant) -> str:
+        index = calls.get(tenant.organization_id, 0)
+        calls[tenant.organization_id] = index + 1
+        return tenant.spare_models[index % 2]
+
+    return pick
+
+
+_SPARE_OVERRIDE = _spare_model()
+_SPARE_ALIAS = _spare_model()
+_OVERRIDE = auth_pb.PriceOverride(
+    provider="openai", model="own-model", input_price_per_mtok="3", output_price_per_mtok="4"
+)
+_ALIAS = auth_pb.ModelAlias(model="own-model", target_provider="openai", target_model="gpt-4o")
+
+
 MATRIX: dict[str, Entry] = {
     # --- AuthService -----------------------------------------------------------------------------
     "candela.auth.v1.AuthService.CreateOrganization": Entry(
@@ -165,6 +186,56 @@ MATRIX: dict[str, Entry] = {
             auth_pb.RevokeApiKeyRequest(api_key_id=b.spare_key_id),
             auth_pb.RevokeApiKeyRequest(api_key_id=b.key_ids["admin"]),
         ],
+    ),
+    "candela.auth.v1.AuthService.SetPriceOverride": Entry(
+        key="admin",
+        lacking="write",
+        own=lambda a: auth_pb.SetPriceOverrideRequest(price_override=_OVERRIDE),
+        cross=_one(
+            lambda a, b: auth_pb.SetPriceOverrideRequest(organization_id=b.organization_id, price_override=_OVERRIDE)
+        ),
+    ),
+    "candela.auth.v1.AuthService.ListPriceOverrides": Entry(
+        key="read",
+        lacking="proxy",
+        own=lambda a: auth_pb.ListPriceOverridesRequest(),
+        own_check=lambda response, a: _mentions(a.spare_models[-1])(response, a),
+        cross=_one(lambda a, b: auth_pb.ListPriceOverridesRequest(organization_id=b.organization_id)),
+    ),
+    "candela.auth.v1.AuthService.DeletePriceOverride": Entry(
+        key="admin",
+        lacking="write",
+        own=lambda a: auth_pb.DeletePriceOverrideRequest(provider="openai", model=_SPARE_OVERRIDE(a)),
+        cross=lambda a, b: [
+            auth_pb.DeletePriceOverrideRequest(organization_id=b.organization_id, provider="openai", model=model)
+            for model in b.spare_models
+        ],
+    ),
+    "candela.auth.v1.AuthService.SetModelAlias": Entry(
+        key="admin",
+        lacking="write",
+        own=lambda a: auth_pb.SetModelAliasRequest(model_alias=_ALIAS),
+        cross=_one(lambda a, b: auth_pb.SetModelAliasRequest(organization_id=b.organization_id, model_alias=_ALIAS)),
+    ),
+    "candela.auth.v1.AuthService.ListModelAliases": Entry(
+        key="read",
+        lacking="proxy",
+        own=lambda a: auth_pb.ListModelAliasesRequest(),
+        own_check=lambda response, a: _mentions(a.spare_models[-1])(response, a),
+        cross=_one(lambda a, b: auth_pb.ListModelAliasesRequest(organization_id=b.organization_id)),
+    ),
+    "candela.auth.v1.AuthService.DeleteModelAlias": Entry(
+        key="admin",
+        lacking="write",
+        own=lambda a: auth_pb.DeleteModelAliasRequest(model=_SPARE_ALIAS(a)),
+        cross=lambda a, b: [
+            auth_pb.DeleteModelAliasRequest(organization_id=b.organization_id, model=model) for model in b.spare_models
+        ],
+    ),
+    "candela.auth.v1.AuthService.WatchPricing": Entry(
+        key=INTERNAL,
+        own=lambda a: auth_pb.WatchPricingRequest(),
+        cross=_one(lambda a, b: auth_pb.WatchPricingRequest()),
     ),
     # --- PromptsService --------------------------------------------------------------------------
     "candela.prompts.v1.PromptsService.CreatePrompt": Entry(
@@ -395,6 +466,16 @@ def _grpc_call(
     channel: grpc.Channel, method: descriptor.MethodDescriptor, request: Message, metadata: tuple[tuple[str, str], ...]
 ) -> Message:
     path = f"/{method.containing_service.full_name}/{method.name}"
+    if method.server_streaming and method.output_type.full_name != HttpBody.DESCRIPTOR.full_name:
+        # A stream of notices that never ends (WatchPricing): its first message is the answer.
+        notices = channel.unary_stream(
+            path,
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=_output_class(method).FromString,
+        )(request, metadata=metadata, timeout=10)
+        first: Message = next(iter(notices))
+        notices.cancel()  # type: ignore[no-untyped-call]  # grpc's stubs leave it untyped
+        return first
     if method.server_streaming:
         # A streamed file (ExportRequests): its chunks joined, as the client saves them.
         stream = channel.unary_stream(
@@ -625,6 +706,12 @@ def test_the_other_organization_is_unchanged(stack: Stack, gateway_channel: grpc
     )
     assert [(v.version, list(v.environments)) for v in versions.versions] == [(2, []), (1, ["production"])]
     assert b.marker in versions.versions[1].template
+    overrides = auth.ListPriceOverrides(auth_pb.ListPriceOverridesRequest(), metadata=bearer(b.keys["read"]))
+    assert [(o.model, o.input_price_per_mtok) for o in overrides.price_overrides] == [(m, "1") for m in b.spare_models]
+    aliases = auth.ListModelAliases(auth_pb.ListModelAliasesRequest(), metadata=bearer(b.keys["read"]))
+    assert [(alias.model, alias.target_model) for alias in aliases.model_aliases] == [
+        (model, "gpt-4o-mini") for model in b.spare_models
+    ]
 
 
 def test_keys_never_reach_logs_kafka_or_clickhouse(stack: Stack, tenants: Tenants, admin: Bootstrap) -> None:
