@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 
 
-.PHONY: install run test tier-unit tier-integration tier-e2e test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
+.PHONY: install run test checks console-checks tier-unit tier-integration tier-e2e test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
 	test-console format bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console \
 	bench-export
 
@@ -13,20 +13,27 @@ install:
 run: install
 	uv run python -m candela_stack run
 
-# The three tiers run side by side, each printed whole when it ends: the unit tests are CPU-bound, the
-# integration and e2e tests mostly wait on their stores and stacks (each session on ports of its own).
-test: install lint typecheck check-protos test-console
-	$(MAKE) --no-print-directory -j3 --output-sync=target tier-unit tier-integration tier-e2e
+# The static checks and the three tiers run side by side, each printed whole when it ends: the checks and
+# the unit tests are CPU-bound, the integration and e2e tests mostly wait on their stores and stacks (each
+# pytest session on ports of its own). The e2e tier is the longest, so the unit tier, done early, then runs
+# E2E_LATE, some of the e2e modules, in a session (and stack) of its own.
+E2E_LATE := tests/e2e/test_rest_any_input.py tests/e2e/test_faults_under_load.py
+
+test: install
+	$(MAKE) --no-print-directory -j4 --output-sync=target checks tier-unit tier-integration tier-e2e
+
+checks: lint typecheck check-protos console-checks
 
 tier-unit:
 	uv run pytest tests/unit -q
 	$(MAKE) --no-print-directory test-no-extensions
+	uv run pytest $(E2E_LATE) -q
 
 tier-integration:
 	uv run pytest tests/integration -q
 
 tier-e2e:
-	uv run pytest tests/e2e -q
+	uv run pytest tests/e2e -q $(addprefix --ignore=,$(E2E_LATE))
 
 # A bounded campaign (FUZZ_SECONDS=, default 300 s): atheris compares the C wire decoder with its pure-Python
 # twin from the seed corpus (new inputs go to a temporary directory, not the repo), then the decoder built with
@@ -49,6 +56,9 @@ test-e2e: install
 	uv run pytest tests -q -m e2e
 
 test-console: install  ## the console's type check and component tests (its browser tests are in tests/e2e)
+	$(MAKE) --no-print-directory console-checks
+
+console-checks:
 	cd console && npx tsc --noEmit && npx vitest run --silent
 
 lint:
