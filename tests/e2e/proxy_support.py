@@ -78,9 +78,18 @@ def start_proxy(stack: Stack, workdir: Path, port: int | None = None, **override
     }
     service = Service([sys.executable, "-m", "candela_proxy"], env, workdir / f"proxy-{port}.log")
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(f"{url}/healthz") or service.process.poll() is not None, what="proxy start")
-    assert service.process.poll() is None, service.output()
+    _started(service, lambda: _answers(f"{url}/healthz"), "proxy start")
     return service, url
+
+
+def _started(service: Service, ready: Callable[[], bool], what: str) -> None:
+    """Waits until ``service`` is ready; one that exits or never gets there is stopped, not left running."""
+    try:
+        wait_until(lambda: ready() or service.process.poll() is not None, what=what)
+        assert service.process.poll() is None, service.output()
+    except BaseException:
+        service.stop(kill=True)
+        raise
 
 
 def start_ingest(stack: Stack, workdir: Path, port: int) -> Service:
@@ -92,8 +101,7 @@ def start_ingest(stack: Stack, workdir: Path, port: int) -> Service:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_until(lambda: listening() or service.process.poll() is not None, what="ingest start")
-    assert service.process.poll() is None, service.output()
+    _started(service, listening, "ingest start")
     return service
 
 
