@@ -19,10 +19,11 @@ run: install
 # E2E_LATE, some of the e2e modules, in a session (and stack) of its own.
 E2E_LATE := tests/e2e/test_rest_any_input.py tests/e2e/test_faults_under_load.py
 
-test: install
+# check-protos goes first, alone: it regenerates the API package and the console's client in place.
+test: install check-protos
 	$(MAKE) --no-print-directory -j4 --output-sync=target checks tier-unit tier-integration tier-e2e
 
-checks: lint typecheck check-protos console-checks
+checks: lint typecheck console-checks
 
 tier-unit:
 	uv run pytest tests/unit -q
