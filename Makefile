@@ -23,7 +23,9 @@ E2E_LATE := tests/e2e/test_rest_any_input.py tests/e2e/test_faults_under_load.py
 test: install check-protos
 	$(MAKE) --no-print-directory -j4 --output-sync=target checks tier-unit tier-integration tier-e2e
 
-checks: lint typecheck console-checks
+# One job slot, its steps in turn: as prerequisites they would take the slots the tiers start in.
+checks:
+	$(MAKE) --no-print-directory -j1 lint typecheck console-checks
 
 tier-unit:
 	uv run pytest tests/unit -q
