@@ -9,6 +9,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from candela_proxy import bedrock
 from candela_proxy.cache import cache_key
 from candela_proxy.headers import CachePolicy, CandelaHeaders, HeaderError, parse_candela_headers
 from candela_proxy.helicone import HELICONE_HEADERS, HeliconeHeader, Support, mirror_response_headers
@@ -146,6 +147,25 @@ def test_the_candela_twin_of_a_refused_header_is_refused_and_other_candela_heade
 def test_an_undocumented_helicone_header_is_refused_too() -> None:
     with pytest.raises(HeaderError, match="Helicone-Frobnicate is not a Helicone header Candela knows"):
         parse_candela_headers(CIMultiDict({"Helicone-Frobnicate": "1"}))
+
+
+def test_the_helicone_twins_of_the_headers_bedrock_reads_itself_are_accepted() -> None:
+    """Bedrock reads its credentials, region and signed host from the request, not through the parser."""
+    read = [
+        name
+        for names in (
+            bedrock._ACCESS_KEY_HEADERS,
+            bedrock._SECRET_HEADERS,
+            bedrock._TOKEN_HEADERS,
+            bedrock._REGION_HEADERS,
+            bedrock._HOST_HEADERS,
+        )
+        for name in names
+        if name.startswith("helicone-")
+    ]
+    assert len(read) == 5
+    for name in read:
+        assert parse_candela_headers(CIMultiDict({name: "us-east-1"})).auth is None, name
 
 
 def test_a_target_provider_without_a_target_is_accepted_as_helicone_users_send_it() -> None:

@@ -58,6 +58,8 @@ _SCOPE_REGION: Final = re.compile(r"Credential=[^/,\s]+/[0-9]{8}/(?P<region>[a-z
 _ACCESS_KEY_HEADERS: Final = ("candela-aws-access-key-id", "helicone-aws-access-key-id", "aws-access-key")
 _SECRET_HEADERS: Final = ("candela-aws-secret-access-key", "helicone-aws-secret-access-key", "aws-secret-key")
 _TOKEN_HEADERS: Final = ("candela-aws-session-token", "helicone-aws-session-token", "aws-session-token")
+_REGION_HEADERS: Final = ("candela-aws-region", "helicone-aws-region")
+_HOST_HEADERS: Final = ("candela-bedrock-host", "helicone-bedrock-host")
 # Helicone's credential headers carry no prefix the proxy strips anyway: they never go upstream.
 _CREDENTIAL_HEADERS: Final = frozenset({"aws-access-key", "aws-secret-key", "aws-session-token"})
 # The caller's signature, replaced when the request is re-signed.
@@ -156,7 +158,7 @@ def resolve_route(request: web.Request, config: ProxyConfig) -> Route:
 
 def _header_region(headers: CIMultiDictProxy[str]) -> str:
     """The region a header names (Candela-Aws-Region, a Bedrock Host, the SigV4 scope), or ""."""
-    for name in ("candela-aws-region", "helicone-aws-region"):
+    for name in _REGION_HEADERS:
         if name in headers:
             region = headers[name].strip()
             if not _REGION.fullmatch(region):
@@ -173,7 +175,7 @@ def _header_region(headers: CIMultiDictProxy[str]) -> str:
 
 def _signed_host(headers: CIMultiDictProxy[str]) -> str:
     """The Bedrock host the caller signed for: Candela-Bedrock-Host, or a Host that is one; "" otherwise."""
-    named = headers.get("candela-bedrock-host") or headers.get("helicone-bedrock-host")
+    named = _first(headers, _HOST_HEADERS)
     if named:
         return named.strip().lower()
     host = headers.get("host", "").lower()

@@ -175,6 +175,12 @@ HELICONE_HEADERS: tuple[HeliconeHeader, ...] = (
 )
 
 _BY_OPTION = {header.option: header for header in HELICONE_HEADERS}
+
+# Candela headers a route reads itself, outside the parser (Bedrock's credentials, region and signed host, in
+# candela_proxy.bedrock): their Helicone- twins are accepted, as every Candela header's are.
+READ_BY_ROUTES: frozenset[str] = frozenset(
+    {"aws-access-key-id", "aws-secret-access-key", "aws-session-token", "aws-region", "bedrock-host"}
+)
 _OFF = {"0", "false", "no", "off"}
 
 # Helicone's response headers and Candela's twin of each, mirrored on every answer that carries the twin.
@@ -197,7 +203,7 @@ def refusal(raw_name: str, value: str) -> str | None:
     helicone = prefix.lower() == "helicone"
     documented = _BY_OPTION.get(option.lower())
     if documented is None:
-        if not helicone:
+        if not helicone or option.lower() in READ_BY_ROUTES:
             return None
         return f"header {raw_name} is not a Helicone header Candela knows; see the proxy README's Helicone table"
     if documented.support is Support.HONOURED:
