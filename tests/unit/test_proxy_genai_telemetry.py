@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from candela.logs.v1 import log_record_pb2
 from candela_proxy.exchange import Exchange
-from candela_proxy.genai_telemetry import GenAIMetrics, annotate_span, provider_name
+from candela_proxy.genai_telemetry import GenAIMetrics, annotate_span, common_attributes, provider_name
 from candela_proxy.headers import CandelaHeaders
 from candela_proxy.providers import Provider, resolve_route
 from candela_proxy.response_usage import facts_from_json
@@ -79,7 +79,7 @@ def test_the_span_carries_the_current_genai_attributes_and_no_deprecated_ones() 
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     exchange, record = _exchange()
     with provider.get_tracer("test").start_as_current_span("chat gpt-4o-mini") as span:
-        annotate_span(span, exchange, record)
+        annotate_span(span, exchange, record, common_attributes(exchange, record))
     attributes = dict(exporter.get_finished_spans()[0].attributes or {})
     assert "gen_ai.system" not in attributes
     assert attributes["gen_ai.provider.name"] == "openai"
@@ -137,9 +137,9 @@ def test_client_metrics_count_tokens_by_type_and_the_duration() -> None:
     reader = InMemoryMetricReader()
     metrics = GenAIMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
     exchange, record = _exchange()
-    metrics.record(exchange, record)
+    metrics.record(exchange, record, common_attributes(exchange, record))
     hit, hit_record = _exchange(cache_hit=True)
-    metrics.record(hit, hit_record)  # a cache hit called no provider: not counted
+    metrics.record(hit, hit_record, common_attributes(hit, hit_record))  # a cache hit called no provider: not counted
 
     points = _points(reader)
     tokens = {p.attributes["gen_ai.token.type"]: p for p in points["gen_ai.client.token.usage"] if p.attributes}
@@ -163,7 +163,7 @@ def test_a_failed_call_carries_its_error_type() -> None:
     exchange, record = _exchange()
     record.status_code = 429
     exchange.streamed, exchange.first_byte = True, exchange.started + 0.05
-    metrics.record(exchange, record)
+    metrics.record(exchange, record, common_attributes(exchange, record))
     points = _points(reader)
     (duration,) = points["gen_ai.client.operation.duration"]
     assert duration.attributes is not None

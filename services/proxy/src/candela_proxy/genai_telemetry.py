@@ -169,8 +169,8 @@ def _error_type(record: log_record_pb2.LogRecord) -> str:
     return "_OTHER" if record.error else ""
 
 
-def _common(exchange: Exchange, record: log_record_pb2.LogRecord) -> dict[str, Any]:
-    """The attributes the span and every metric point share."""
+def common_attributes(exchange: Exchange, record: log_record_pb2.LogRecord) -> dict[str, Any]:
+    """The attributes the span and every metric point share (made once per call, for both)."""
     host, port = _server(record.target_url or exchange.route.upstream_url)
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": operation_name(record.path),
@@ -189,9 +189,11 @@ def _common(exchange: Exchange, record: log_record_pb2.LogRecord) -> dict[str, A
     return attributes
 
 
-def annotate_span(span: trace.Span, exchange: Exchange, record: log_record_pb2.LogRecord) -> None:
+def annotate_span(
+    span: trace.Span, exchange: Exchange, record: log_record_pb2.LogRecord, common: dict[str, Any]
+) -> None:
     """The GenAI attributes of the LLM span, from the request as sent and the answer as logged."""
-    attributes = _common(exchange, record)
+    attributes = dict(common)
     document = exchange.document or {}
     for attribute, keys, read in REQUEST_ATTRIBUTES:
         for key in keys:
@@ -247,12 +249,11 @@ class GenAIMetrics:
             explicit_bucket_boundaries_advisory=_FIRST_CHUNK_BUCKETS,
         )
 
-    def record(self, exchange: Exchange, record: log_record_pb2.LogRecord) -> None:
+    def record(self, exchange: Exchange, record: log_record_pb2.LogRecord, attributes: dict[str, Any]) -> None:
         """Records the call's duration, tokens and (streams) time to first chunk; nothing for a cache hit
         or a request that never went upstream."""
         if record.cache_hit or not record.attempts:
             return
-        attributes = _common(exchange, record)
         self._duration.record(record.latency_ms / 1000, attributes)
         facts = exchange.facts
         if facts.has_usage and not facts.clamped:

@@ -153,10 +153,13 @@ class ProxyHandler:
         finally:
             # No answer went out whole (an error, a client gone): the log is kept without waiting for it.
             record = exchange.record if exchange.record is not None else self._recorder.finish(exchange)
-            if span is not None and span.is_recording():
-                genai_telemetry.annotate_span(span, exchange, record)
-            if self._genai_metrics is not None:
-                self._genai_metrics.record(exchange, record)
+            recording = span is not None and span.is_recording()
+            if recording or self._genai_metrics is not None:
+                common = genai_telemetry.common_attributes(exchange, record)
+                if span is not None and recording:
+                    genai_telemetry.annotate_span(span, exchange, record, common)
+                if self._genai_metrics is not None:
+                    self._genai_metrics.record(exchange, record, common)
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         extra_headers: dict[str, str] = {}
