@@ -13,5 +13,7 @@ export default defineConfig({
       "/candela.": process.env.CANDELA_GATEWAY_URL ?? "http://127.0.0.1:8080",
     },
   },
-  test: { environment: "jsdom", include: ["src/**/*.test.{ts,tsx}"] },
+  // make test runs these beside the Python tiers on 2 cores: a test that takes 2 s alone can take 5 there.
+  // The timeout catches a hang, not slowness, so it is well above that.
+  test: { environment: "jsdom", include: ["src/**/*.test.{ts,tsx}"], testTimeout: 30_000 },
 });
