@@ -237,6 +237,11 @@ MATRIX: dict[str, Entry] = {
         own=lambda a: auth_pb.WatchPricingRequest(),
         cross=_one(lambda a, b: auth_pb.WatchPricingRequest()),
     ),
+    "candela.auth.v1.AuthService.FollowPricing": Entry(
+        key=INTERNAL,
+        own=lambda a: auth_pb.FollowPricingRequest(),
+        cross=_one(lambda a, b: auth_pb.FollowPricingRequest()),
+    ),
     # --- PromptsService --------------------------------------------------------------------------
     "candela.prompts.v1.PromptsService.CreatePrompt": Entry(
         key="write",
@@ -467,12 +472,16 @@ def _grpc_call(
 ) -> Message:
     path = f"/{method.containing_service.full_name}/{method.name}"
     if method.server_streaming and method.output_type.full_name != HttpBody.DESCRIPTOR.full_name:
-        # A stream of notices that never ends (WatchPricing): its first message is the answer.
-        notices = channel.unary_stream(
-            path,
-            request_serializer=lambda message: message.SerializeToString(),
-            response_deserializer=_output_class(method).FromString,
-        )(request, metadata=metadata, timeout=10)
+        # A stream of notices that never ends (WatchPricing, FollowPricing): its first message is the answer.
+        serializers = {
+            "request_serializer": lambda message: message.SerializeToString(),
+            "response_deserializer": _output_class(method).FromString,
+        }
+        notices = (
+            channel.stream_stream(path, **serializers)(iter([request]), metadata=metadata, timeout=10)
+            if method.client_streaming
+            else channel.unary_stream(path, **serializers)(request, metadata=metadata, timeout=10)
+        )
         first: Message = next(iter(notices))
         notices.cancel()  # type: ignore[no-untyped-call]  # grpc's stubs leave it untyped
         return first

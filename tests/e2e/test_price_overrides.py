@@ -7,7 +7,7 @@ other tests' costs stay genai-prices'.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import anthropic
@@ -74,29 +74,6 @@ def _logged_cost(
     return cost, record.usage.prompt_tokens, record.usage.completion_tokens
 
 
-def _priced_soon(
-    query_stub: query_service_pb2_grpc.QueryServiceStub,
-    admin_key: str,
-    llm: openai.OpenAI,
-    model: str,
-    expected: Callable[[int, int], Decimal | None],
-) -> None:
-    """Sends requests until one is priced as ``expected(prompt, completion)``; at most a few.
-
-    Not strictly the next request: AuthService answers a change once its WatchPricing streams have sent the
-    notice, not once each proxy has applied it, so a request that reaches a busy proxy first may still be
-    priced the old way (seen once in five loaded runs of make test). Closing that window needs the proxies to
-    acknowledge the notice (issue 17's note).
-    """
-    seen = []
-    for _ in range(5):
-        cost, prompt, completion = _logged_cost(query_stub, admin_key, llm, model)
-        if cost == expected(prompt, completion):
-            return
-        seen.append(cost)
-    raise AssertionError(f"{model} never priced as expected; logged costs {seen}")
-
-
 def test_an_override_prices_the_next_request_and_an_alias_prices_an_unknown_model(
     rest: httpx.Client,
     llm: openai.OpenAI,
@@ -120,13 +97,8 @@ def test_an_override_prices_the_next_request_and_an_alias_prices_an_unknown_mode
     )
     assert set_.status_code == 200, set_.text
     assert set_.json()["priceOverride"]["inputPricePerMtok"] == "0.100001"
-    _priced_soon(
-        query_stub,
-        admin_key,
-        llm,
-        "gpt-4o-mini",
-        lambda prompt, completion: (prompt * Decimal("0.100001") + completion * Decimal("0.3")) / 1_000_000,
-    )
+    cost, prompt, completion = _logged_cost(query_stub, admin_key, llm, "gpt-4o-mini")
+    assert cost == (prompt * Decimal("0.100001") + completion * Decimal("0.3")) / 1_000_000
 
     assert _logged_cost(query_stub, admin_key, llm, "acme-support-ft")[0] is None, "unknown: unpriced"
     aliased = rest.post(
@@ -134,14 +106,15 @@ def test_an_override_prices_the_next_request_and_an_alias_prices_an_unknown_mode
         json={"modelAlias": {"model": "acme-support-ft", "targetProvider": "openai", "targetModel": "gpt-4o"}},
     )
     assert aliased.status_code == 200, aliased.text
-    _priced_soon(query_stub, admin_key, llm, "acme-support-ft", lambda p, c: expected_cost("gpt-4o", "openai", p, c))
+    cost, prompt, completion = _logged_cost(query_stub, admin_key, llm, "acme-support-ft")
+    assert cost == expected_cost("gpt-4o", "openai", prompt, completion)
 
     listed = rest.get("/v1/price-overrides").json()["priceOverrides"]
     assert [(o["model"], o["outputPricePerMtok"]) for o in listed] == [("gpt-4o-mini", "0.3")]
     deleted = rest.delete("/v1/price-overrides", params={"provider": "openai", "model": "gpt-4o-mini"})
     assert deleted.status_code == 200, deleted.text
-    # Deleted: genai-prices again.
-    _priced_soon(query_stub, admin_key, llm, "gpt-4o-mini", lambda p, c: expected_cost("gpt-4o-mini", "openai", p, c))
+    cost, prompt, completion = _logged_cost(query_stub, admin_key, llm, "gpt-4o-mini")
+    assert cost == expected_cost("gpt-4o-mini", "openai", prompt, completion), "deleted: genai-prices again"
 
 
 def test_a_bad_price_is_a_400_naming_the_field(rest: httpx.Client) -> None:

@@ -1,6 +1,7 @@
 """AuthService's per-organization pricing RPCs on the test Postgres: price overrides and model aliases set,
 listed and deleted with exact decimals, bad input (INVALID_ARGUMENT naming the fields), scopes, tenancy,
-and the WatchPricing notices a proxy drops its cache on.
+and the FollowPricing (and older WatchPricing) notices a proxy drops its cache on: a change is answered only once
+every proxy following has applied it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from candela.auth.v1 import auth_service_pb2_grpc
 from candela_auth.app import build_deps as build_auth_deps
 from candela_auth.app import create_server as create_auth_server
 from candela_auth.config import AuthConfig
-from candela_proxy.org_pricing import PricingDirectory
+from candela_proxy.org_pricing import PricingDirectory, queued
 from tests.conftest import SERVICE_TOKEN
 from tests.integration.conftest import AuthServer
 from tests.integration.test_auth_servicer import INTERNAL, Stub, as_key, code_of, key, organization, violations_of
@@ -184,10 +185,8 @@ async def test_the_proxy_pricing_cache_drops_an_organization_when_told_and_fails
             # Cached for an hour while watched: only the notice can make the next get see the override.
             assert (await directory.get(org)).overrides == {}
             await stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)
-            deadline = asyncio.get_running_loop().time() + 3
-            while not (pricing := await directory.get(org)).overrides:
-                assert asyncio.get_running_loop().time() < deadline, "the cached entry was never dropped"
-                await asyncio.sleep(0.01)
+            # Answered only once this proxy applied the notice: the very next get sees the override.
+            pricing = await directory.get(org)
             assert pricing.overrides[("openai", "gpt-4o")].output_per_mtok == Decimal(10)
         finally:
             await directory.close()
@@ -234,3 +233,75 @@ async def test_concurrent_requests_share_one_fetch_that_a_cancelled_one_does_not
         assert all(answer is answers[0] for answer in answers), "one fetch served them all"
         assert ("openai", "gpt-4o") in answers[0].overrides
         await directory.close()
+
+
+async def test_a_change_is_answered_only_once_every_follower_has_applied_it(stub: Stub) -> None:
+    org = await organization(stub)
+    admin = as_key((await key(stub, org, ADMIN)).secret)
+    applied: asyncio.Queue[pb.FollowPricingRequest] = asyncio.Queue()
+    call = stub.FollowPricing(queued(applied), metadata=INTERNAL)
+    notices = call.__aiter__()
+    first = await asyncio.wait_for(notices.__anext__(), 10)
+    assert first.organization_id == "", "a new stream starts with 'anything may have changed'"
+    applied.put_nowait(pb.FollowPricingRequest(applied_sequence=first.sequence))
+
+    change = asyncio.ensure_future(
+        stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)
+    )
+    notice = await asyncio.wait_for(notices.__anext__(), 10)
+    assert notice.organization_id == org
+    assert notice.sequence > first.sequence
+    await asyncio.sleep(0.5)
+    assert not change.done(), "the change was answered before the follower applied it"
+    applied.put_nowait(pb.FollowPricingRequest(applied_sequence=notice.sequence))
+    await asyncio.wait_for(change, 5)
+
+    # A follower that never acknowledges delays a change by at most DELIVERY_TIMEOUT_S (2 s), no longer.
+    started = asyncio.get_running_loop().time()
+    await stub.DeletePriceOverride(pb.DeletePriceOverrideRequest(provider="openai", model="gpt-4o"), metadata=admin)
+    assert 1.5 < asyncio.get_running_loop().time() - started < 10
+    assert (await asyncio.wait_for(notices.__anext__(), 10)).organization_id == org
+    call.cancel()
+    # With no follower left, a change is answered at once.
+    started = asyncio.get_running_loop().time()
+    await stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)
+    assert asyncio.get_running_loop().time() - started < 1.5
+
+
+class _SlowAnswers:
+    """AuthService's stub whose ListPriceOverrides answers are held back until ``release`` is set: what a
+    fetch read before a change arrives after it."""
+
+    def __init__(self, stub: Stub) -> None:
+        self._stub = stub
+        self.release = asyncio.Event()
+        self.FollowPricing = stub.FollowPricing
+        self.ListModelAliases = stub.ListModelAliases
+
+    async def ListPriceOverrides(self, *args: object, **kwargs: object) -> pb.ListPriceOverridesResponse:
+        answer = await self._stub.ListPriceOverrides(*args, **kwargs)  # type: ignore[arg-type]
+        await self.release.wait()
+        return answer
+
+
+async def test_a_fetch_under_way_when_a_notice_arrives_serves_no_later_request(
+    stub: Stub, auth_server: AuthServer
+) -> None:
+    org = await organization(stub)
+    admin = as_key((await key(stub, org, ADMIN)).secret)
+    async with grpc.aio.insecure_channel(auth_server.address) as channel:
+        slow = _SlowAnswers(auth_service_pb2_grpc.AuthServiceStub(channel))
+        directory = PricingDirectory(slow, SERVICE_TOKEN)  # type: ignore[arg-type]
+        directory.start()
+        try:
+            await asyncio.wait_for(directory.until_watching(), 5)
+            before = asyncio.get_running_loop().create_task(directory.get(org))
+            await asyncio.sleep(0.3)  # its fetch has read "no overrides" and is held back
+            await stub.SetPriceOverride(pb.SetPriceOverrideRequest(price_override=override()), metadata=admin)
+            after = asyncio.get_running_loop().create_task(directory.get(org))
+            slow.release.set()
+            assert (await asyncio.wait_for(before, 5)).overrides == {}, "read before the change"
+            assert ("openai", "gpt-4o") in (await asyncio.wait_for(after, 5)).overrides
+            assert ("openai", "gpt-4o") in (await directory.get(org)).overrides, "the old answer was not kept"
+        finally:
+            await directory.close()

@@ -67,7 +67,7 @@ EXAMPLES_PER_RPC = 200
 CALL_TIMEOUT_S = 20.0
 # Server streams that never end by design (a subscription): their first answer is read, then the call is
 # cancelled; the property is about that answer (a status or a first message), not about an end.
-SUBSCRIPTIONS = {"/candela.auth.v1.AuthService/WatchPricing"}
+SUBSCRIPTIONS = {"/candela.auth.v1.AuthService/WatchPricing", "/candela.auth.v1.AuthService/FollowPricing"}
 # Most calls present a valid credential, so most reach the code behind authentication.
 CREDENTIALS = ("admin key",) * 3 + ("service credential",) * 2 + ("read key", "none", "unknown key", "basic auth")
 OUR_FAULTS = {
@@ -274,11 +274,16 @@ def _check_rpc(mesh: Mesh, method: MethodDescriptor) -> None:
     with grpc.insecure_channel(mesh.addresses[method.containing_service.full_name]) as channel:
         unary = channel.unary_unary(method_path(method), request_serializer=bytes, response_deserializer=bytes)
         stream = channel.unary_stream(method_path(method), request_serializer=bytes, response_deserializer=bytes)
+        both_ways = channel.stream_stream(method_path(method), request_serializer=bytes, response_deserializer=bytes)
 
         def call(payload: bytes, metadata: tuple[tuple[str, str], ...], timeout: float) -> None:
             """One call, its whole answer read (every message of a server stream, e.g. an export)."""
             if method_path(method) in SUBSCRIPTIONS:
-                answers = stream(payload, metadata=metadata, timeout=timeout)
+                answers = (
+                    both_ways(iter([payload]), metadata=metadata, timeout=timeout)
+                    if method.client_streaming
+                    else stream(payload, metadata=metadata, timeout=timeout)
+                )
                 for _first in answers:
                     break
                 answers.cancel()  # type: ignore[no-untyped-call]

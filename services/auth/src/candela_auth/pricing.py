@@ -7,15 +7,17 @@ From the next request on. The proxy caches an organization's pricing (it is need
 a fetch per request would cost a round trip, ~1.4 ms). A cache with a lifetime would keep an old price for
 that lifetime, so instead every change is pushed: a write commits together with ``pg_notify`` on
 :data:`NOTIFY_CHANNEL`, every auth replica LISTENs on it and forwards the organization's id to the proxies
-watching it (AuthService.WatchPricing), which drop that organization's cached pricing. The replica that made
-the change also forwards it itself, and answers only once its watch streams have sent the notice
-(:meth:`PricingWatchers.delivered`, bounded by :data:`DELIVERY_TIMEOUT_S`): the notice is on each watching
-proxy's connection before the caller learns the change is done, so the caller's next request finds the new
-price. (A proxy watching another replica hears of it through NOTIFY, a few milliseconds later: the
-guarantee is strict where proxies watch the replica that was written to, as in the single-auth stack, and
-within milliseconds otherwise.) A proxy whose watch stream breaks
-drops its whole cache and refetches on demand (the first notice of a new stream says "anything may have
-changed"), so a notice missed while disconnected cannot leave an old price behind.
+following it (AuthService.FollowPricing), which drop that organization's cached pricing and acknowledge the
+notice on the same stream. The replica that made the change also forwards it itself, and answers only once
+every proxy following it has acknowledged (:meth:`PricingWatchers.applied`, bounded by
+:data:`DELIVERY_TIMEOUT_S`): the change is in force on each proxy before the caller learns it is done, so the
+caller's next request is priced the new way, however busy the proxy. (Waiting only until the notice was
+sent, as the older WatchPricing does, left a window: a request could overtake the notice into a busy proxy.)
+A proxy following another replica hears of it through NOTIFY, a few milliseconds later: the guarantee is
+strict where proxies follow the replica that was written to, as in the single-auth stack, and within
+milliseconds otherwise. A proxy whose stream breaks drops its whole cache and refetches on demand (the first
+notice of a new stream says "anything may have changed"), so a notice missed while disconnected cannot leave
+an old price behind.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from genai_prices import Usage, calc_price
@@ -119,36 +122,75 @@ def notice_payload(replica_id: str, organization_id: uuid.UUID) -> str:
     return f"{replica_id} {organization_id}"
 
 
+@dataclass(eq=False)
+class _Watcher:
+    """One stream's queue of (sequence, organization id) notices, and how far its proxy has applied them."""
+
+    queue: asyncio.Queue[tuple[int, str]] = field(default_factory=lambda: asyncio.Queue(WATCH_QUEUE_SIZE))
+    applied: int = 0
+    _waiting: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+
+    def put(self, sequence: int, organization_id: str) -> None:
+        """Queues a notice; one too far behind is told "anything may have changed" instead."""
+        if self.queue.full():
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            organization_id = ""
+        self.queue.put_nowait((sequence, organization_id))
+
+    def applied_up_to(self, sequence: int) -> None:
+        """The proxy has applied every notice up to ``sequence``: releases whoever waits for them."""
+        self.applied = max(self.applied, sequence)
+        still = []
+        for wanted, future in self._waiting:
+            if wanted <= self.applied:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((wanted, future))
+        self._waiting = still
+
+    def until_applied(self, sequence: int) -> asyncio.Future[None]:
+        """Done once the proxy has applied notice ``sequence`` (or the stream is gone)."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((sequence, future))
+        self.applied_up_to(self.applied)
+        return future
+
+    def gone(self) -> None:
+        """The stream ended: its proxy drops everything it cached, so nobody needs to wait for it."""
+        self.applied_up_to(1 << 63)
+
+
 class PricingWatchers:
-    """The WatchPricing streams of this replica, each fed the ids of organizations whose pricing changed."""
+    """The pricing streams of this replica (FollowPricing, and the older WatchPricing), each fed the ids of
+    organizations whose pricing changed."""
 
     def __init__(self) -> None:
         self.replica_id = uuid.uuid4().hex
         """This replica's name in the NOTIFY payloads, so it skips the notices of its own changes."""
-        self._queues: set[asyncio.Queue[str]] = set()
+        self._watchers: set[_Watcher] = set()
+        self._sequence = 0
 
-    def notify(self, organization_id: str) -> None:
-        """Tells every watcher; one that is too far behind is told that anything may have changed."""
-        for queue in self._queues:
-            if queue.full():
-                while not queue.empty():
-                    queue.get_nowait()
-                    queue.task_done()
-                queue.put_nowait("")
-            else:
-                queue.put_nowait(organization_id)
+    def notify(self, organization_id: str) -> int:
+        """Tells every watcher; returns the notice's sequence (for :meth:`applied`)."""
+        self._sequence += 1
+        for watcher in self._watchers:
+            watcher.put(self._sequence, organization_id)
+        return self._sequence
 
-    async def delivered(self, timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
-        """Waits until every watcher's stream has sent what it was told (so a change is on the proxies'
-        sockets before the caller hears it is done); a stream that stalls longer than ``timeout_s`` is
-        logged and not waited for (its proxy refetches when the stream breaks)."""
-        pending = [queue.join() for queue in self._queues]
+    async def applied(self, sequence: int, timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
+        """Waits until every watcher has applied notice ``sequence``: a FollowPricing proxy has said so, a
+        WatchPricing stream has sent it. So a change is in force on the proxies before the caller hears it is
+        done. A watcher that stalls longer than ``timeout_s`` is logged and not waited for (its proxy
+        refetches everything when its stream breaks)."""
+        pending = [watcher.until_applied(sequence) for watcher in self._watchers]
         if not pending:
             return
         try:
             await asyncio.wait_for(asyncio.gather(*pending), timeout_s)
         except TimeoutError:
-            logger.warning("a pricing watcher did not take a change notice within %.1f s", timeout_s)
+            logger.warning("a pricing watcher did not apply a change notice within %.1f s", timeout_s)
 
     def on_postgres_notice(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         """An asyncpg listener callback for :data:`NOTIFY_CHANNEL`: tells the watchers of changes made through
@@ -157,16 +199,44 @@ class PricingWatchers:
         if replica_id != self.replica_id:
             self.notify(organization_id)
 
+    async def follow(
+        self, acknowledgements: AsyncIterator[pb.FollowPricingRequest]
+    ) -> AsyncIterator[pb.FollowPricingResponse]:
+        """One FollowPricing stream: notices out, beginning with "anything may have changed"; the proxy's
+        acknowledgements in (read by a task of their own, as they come)."""
+        watcher = _Watcher()
+        reader = asyncio.get_running_loop().create_task(self._read_acknowledgements(watcher, acknowledgements))
+        # A stream cancelled under the reader fails its read: nothing to report, the stream is ending anyway.
+        reader.add_done_callback(lambda task: task.cancelled() or task.exception())
+        self._watchers.add(watcher)
+        try:
+            yield pb.FollowPricingResponse(sequence=self._sequence)
+            while True:
+                sequence, organization_id = await watcher.queue.get()
+                yield pb.FollowPricingResponse(organization_id=organization_id, sequence=sequence)
+        finally:
+            self._watchers.discard(watcher)
+            watcher.gone()
+            reader.cancel()
+
+    @staticmethod
+    async def _read_acknowledgements(
+        watcher: _Watcher, acknowledgements: AsyncIterator[pb.FollowPricingRequest]
+    ) -> None:
+        async for acknowledgement in acknowledgements:
+            watcher.applied_up_to(acknowledgement.applied_sequence)
+
     async def watch(self) -> AsyncIterator[pb.WatchPricingResponse]:
-        """One watcher's notices, beginning with "anything may have changed"."""
-        queue: asyncio.Queue[str] = asyncio.Queue(WATCH_QUEUE_SIZE)
-        self._queues.add(queue)
+        """One WatchPricing stream (no acknowledgements: a notice counts as applied once sent)."""
+        watcher = _Watcher()
+        self._watchers.add(watcher)
         try:
             yield pb.WatchPricingResponse()
             while True:
-                organization_id = await queue.get()
+                sequence, organization_id = await watcher.queue.get()
                 yield pb.WatchPricingResponse(organization_id=organization_id)
                 # gRPC asks for the next message once it has sent this one: now it is delivered.
-                queue.task_done()
+                watcher.applied_up_to(sequence)
         finally:
-            self._queues.discard(queue)
+            self._watchers.discard(watcher)
+            watcher.gone()

@@ -19,6 +19,7 @@ SetModelAlias       any organization                            ADMIN, its own o
 ListModelAliases    any organization                            READ, its own organization
 DeleteModelAlias    any organization                            ADMIN, its own organization
 WatchPricing        yes                                         no (UNAUTHENTICATED)
+FollowPricing       yes                                         no (UNAUTHENTICATED)
 ==================  ==========================================  =========================================
 
 ADMIN implies every scope. A user call naming another organization is PERMISSION_DENIED; another
@@ -367,10 +368,17 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         async for notice in self._watchers.watch():
             yield notice
 
+    async def FollowPricing(
+        self, request_iterator: AsyncIterator[pb.FollowPricingRequest], context: Context
+    ) -> AsyncIterator[pb.FollowPricingResponse]:
+        require_service_credential(context, self._service_token)
+        async for notice in self._watchers.follow(request_iterator):
+            yield notice
+
     async def _changed(self, organization_id: uuid.UUID) -> None:
-        """Tells the proxies watching this replica, and waits until the notice is sent (see candela_auth.pricing)."""
-        self._watchers.notify(str(organization_id))
-        await self._watchers.delivered()
+        """Tells the proxies following this replica, and waits until they have applied the notice (see
+        candela_auth.pricing)."""
+        await self._watchers.applied(self._watchers.notify(str(organization_id)))
 
     # --- authorization ---------------------------------------------------------------------------
 

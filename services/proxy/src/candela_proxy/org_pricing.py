@@ -3,11 +3,14 @@
 Why pushed invalidation and not a lifetime. Pricing is needed for every request, so it is cached; a cache
 with a lifetime (like the 5 s key cache) would keep charging an old price for that long after a change,
 and "from the next request on" would not hold. So the cache lives until AuthService says the organization
-changed: :class:`PricingDirectory` holds one server stream (AuthService.WatchPricing) that names every
+changed: :class:`PricingDirectory` holds one stream (AuthService.FollowPricing) that names every
 organization whose overrides or aliases changed, on any auth replica (they hear each other through
 Postgres NOTIFY), and drops that organization's entry; the next request refetches it (one round trip, two
-List calls in parallel). The auth replica that made a change sends the notice before it answers the
-change, so the notice is on this proxy's socket before the caller can send its next request.
+List calls in parallel). Each notice is acknowledged on the same stream once applied, and the auth replica
+that made a change answers it only after that acknowledgement, so the caller's next request finds the new
+price however busy this proxy is. A request that arrives after the notice never shares a fetch that began
+before it (:meth:`PricingDirectory.forget` lets such a fetch finish for those already waiting on it, but
+not for newcomers).
 
 When the stream is down (auth restarting, a network fault), notices may be missed: the whole cache is
 dropped, entries fetched meanwhile live only :data:`UNWATCHED_TTL_S` seconds, and a new stream starts with
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -107,7 +110,7 @@ PRICING_UNAVAILABLE = OrganizationPricing(available=False)
 
 
 class PricingDirectory:
-    """Organizations' pricing from AuthService, cached until a WatchPricing notice drops it."""
+    """Organizations' pricing from AuthService, cached until a FollowPricing notice drops it."""
 
     def __init__(self, stub: AuthServiceAsyncStub, service_token: str) -> None:
         self._stub = stub
@@ -120,7 +123,7 @@ class PricingDirectory:
         self._watch_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Starts following AuthService.WatchPricing (owned here; :meth:`close` ends it)."""
+        """Starts following AuthService.FollowPricing (owned here; :meth:`close` ends it)."""
         self._watch_task = asyncio.get_running_loop().create_task(self._follow())
 
     async def close(self) -> None:
@@ -147,16 +150,23 @@ class PricingDirectory:
         if fetch is None:
             fetch = asyncio.get_running_loop().create_task(self._fetch(organization_id))
             self._fetches[organization_id] = fetch
-            fetch.add_done_callback(lambda _: self._fetches.pop(organization_id, None))
+            fetch.add_done_callback(lambda done: self._fetch_ended(organization_id, done))
         return await asyncio.shield(fetch)
 
     def forget(self, organization_id: str) -> None:
-        """Drops an organization's entry ("" drops them all): what a WatchPricing notice does."""
+        """Drops an organization's entry ("" drops them all): what a FollowPricing notice does. A fetch under
+        way may have read the old pricing: it is not kept, and a later request starts a fetch of its own."""
         self._generation += 1
         if organization_id:
             self._entries.pop(organization_id, None)
+            self._fetches.pop(organization_id, None)
         else:
             self._entries.clear()
+            self._fetches.clear()
+
+    def _fetch_ended(self, organization_id: str, fetch: asyncio.Task[OrganizationPricing]) -> None:
+        if self._fetches.get(organization_id) is fetch:
+            del self._fetches[organization_id]
 
     async def _fetch(self, organization_id: str) -> OrganizationPricing:
         generation = self._generation
@@ -192,18 +202,28 @@ class PricingDirectory:
         """Follows the notices for ever, reconnecting with backoff; every (re)connection starts afresh."""
         failures = 0
         while True:
+            applied: asyncio.Queue[auth_pb.FollowPricingRequest] = asyncio.Queue()
+            call = self._stub.FollowPricing(queued(applied), metadata=self._metadata)
             try:
-                call = self._stub.WatchPricing(auth_pb.WatchPricingRequest(), metadata=self._metadata)
                 async for notice in call:
                     # The first notice of each stream is "" (anything may have changed): from then on this
                     # proxy hears of every change, so entries may live long.
                     self.forget(notice.organization_id)
                     self._watching.set()
                     failures = 0
+                    applied.put_nowait(auth_pb.FollowPricingRequest(applied_sequence=notice.sequence))
                 logger.warning("the pricing watch stream ended; reconnecting")
             except grpc.aio.AioRpcError as err:
                 logger.warning("the pricing watch stream failed (%s); reconnecting", err.code().name)
+            finally:
+                call.cancel()
             self._watching.clear()
             self.forget("")
             await asyncio.sleep(RECONNECT_DELAYS_S[min(failures, len(RECONNECT_DELAYS_S) - 1)])
             failures += 1
+
+
+async def queued(messages: asyncio.Queue[auth_pb.FollowPricingRequest]) -> AsyncIterator[auth_pb.FollowPricingRequest]:
+    """A request stream of what is put on ``messages``, as it is put (never ending: the call's end ends it)."""
+    while True:
+        yield await messages.get()

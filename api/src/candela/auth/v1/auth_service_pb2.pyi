@@ -844,3 +844,47 @@ class WatchPricingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchPricingResponse: _TypeAlias = WatchPricingResponse  # noqa: Y015
+
+@_typing.final
+class FollowPricingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    applied_sequence: _builtins.int
+    """Every notice up to this sequence has been applied (0 in a first message that opens the stream)."""
+    def __init__(
+        self,
+        *,
+        applied_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowPricingRequest: _TypeAlias = FollowPricingRequest  # noqa: Y015
+
+@_typing.final
+class FollowPricingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """The organization whose pricing changed; empty: drop everything cached (always the first notice)."""
+    sequence: _builtins.int
+    """This notice's number; acknowledge it with FollowPricingRequest.applied_sequence."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowPricingResponse: _TypeAlias = FollowPricingResponse  # noqa: Y015

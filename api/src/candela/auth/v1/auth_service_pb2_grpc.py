@@ -111,6 +111,11 @@ class AuthServiceStub:
                 request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingRequest.SerializeToString,
                 response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingResponse.FromString,
                 _registered_method=True)
+        self.FollowPricing = channel.stream_stream(
+                '/candela.auth.v1.AuthService/FollowPricing',
+                request_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.FollowPricingRequest.SerializeToString,
+                response_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.FollowPricingResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -232,7 +237,18 @@ class AuthServiceServicer:
     def WatchPricing(self, request, context):
         """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
         them; the first message (an empty organization_id) means "anything may have changed". Internal only:
-        requires the service credential.
+        requires the service credential. Deprecated: a change is answered once this stream has sent its
+        notice, not once the proxy has applied it; FollowPricing closes that window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowPricing(self, request_iterator, context):
+        """WatchPricing with acknowledgements: the proxy answers each notice once it has applied it (dropped
+        what it cached), and a change made through this replica is answered only after every proxy
+        following it has (bounded by a few seconds), so the caller's next request is priced the new way.
+        Internal only: requires the service credential.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,6 +326,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.WatchPricing,
                     request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingRequest.FromString,
                     response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingResponse.SerializeToString,
+            ),
+            'FollowPricing': grpc.stream_stream_rpc_method_handler(
+                    servicer.FollowPricing,
+                    request_deserializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.FollowPricingRequest.FromString,
+                    response_serializer=candela_dot_auth_dot_v1_dot_auth__service__pb2.FollowPricingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -697,6 +718,33 @@ class AuthService:
             '/candela.auth.v1.AuthService/WatchPricing',
             candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingRequest.SerializeToString,
             candela_dot_auth_dot_v1_dot_auth__service__pb2.WatchPricingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowPricing(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/candela.auth.v1.AuthService/FollowPricing',
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.FollowPricingRequest.SerializeToString,
+            candela_dot_auth_dot_v1_dot_auth__service__pb2.FollowPricingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ from candela.auth.v1 import auth_service_pb2 as _auth_service_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1
+import builtins as _builtins
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -15,6 +16,11 @@ if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
     from typing_extensions import Self as _Self
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 _T = _typing.TypeVar("_T")
 
@@ -93,10 +99,19 @@ class AuthServiceStub:
     """Removes one alias; NOT_FOUND when there is none. Requires the service credential or an ADMIN key.
     REST: DELETE /v1/model-aliases?model=..
     """
-    WatchPricing: _grpc.UnaryStreamMultiCallable[_auth_service_pb2.WatchPricingRequest, _auth_service_pb2.WatchPricingResponse]
-    """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
-    them; the first message (an empty organization_id) means "anything may have changed". Internal only:
-    requires the service credential.
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def WatchPricing(self) -> _grpc.UnaryStreamMultiCallable[_auth_service_pb2.WatchPricingRequest, _auth_service_pb2.WatchPricingResponse]:
+        """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
+        them; the first message (an empty organization_id) means "anything may have changed". Internal only:
+        requires the service credential. Deprecated: a change is answered once this stream has sent its
+        notice, not once the proxy has applied it; FollowPricing closes that window.
+        """
+    FollowPricing: _grpc.StreamStreamMultiCallable[_auth_service_pb2.FollowPricingRequest, _auth_service_pb2.FollowPricingResponse]
+    """WatchPricing with acknowledgements: the proxy answers each notice once it has applied it (dropped
+    what it cached), and a change made through this replica is answered only after every proxy
+    following it has (bounded by a few seconds), so the caller's next request is priced the new way.
+    Internal only: requires the service credential.
     """
 
 @_typing.type_check_only
@@ -164,10 +179,19 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Removes one alias; NOT_FOUND when there is none. Requires the service credential or an ADMIN key.
     REST: DELETE /v1/model-aliases?model=..
     """
-    WatchPricing: _aio.UnaryStreamMultiCallable[_auth_service_pb2.WatchPricingRequest, _auth_service_pb2.WatchPricingResponse]  # type: ignore[assignment]
-    """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
-    them; the first message (an empty organization_id) means "anything may have changed". Internal only:
-    requires the service credential.
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def WatchPricing(self) -> _aio.UnaryStreamMultiCallable[_auth_service_pb2.WatchPricingRequest, _auth_service_pb2.WatchPricingResponse]:  # type: ignore[override]
+        """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
+        them; the first message (an empty organization_id) means "anything may have changed". Internal only:
+        requires the service credential. Deprecated: a change is answered once this stream has sent its
+        notice, not once the proxy has applied it; FollowPricing closes that window.
+        """
+    FollowPricing: _aio.StreamStreamMultiCallable[_auth_service_pb2.FollowPricingRequest, _auth_service_pb2.FollowPricingResponse]  # type: ignore[assignment]
+    """WatchPricing with acknowledgements: the proxy answers each notice once it has applied it (dropped
+    what it cached), and a change made through this replica is answered only after every proxy
+    following it has (bounded by a few seconds), so the caller's next request is priced the new way.
+    Internal only: requires the service credential.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -311,6 +335,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         REST: DELETE /v1/model-aliases?model=..
         """
 
+    @_deprecated("""A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for\nthem; the first message (an empty organization_id) means "anything may have changed". Internal only:\nrequires the service credential. Deprecated: a change is answered once this stream has sent its\nnotice, not once the proxy has applied it; FollowPricing closes that window.""")
     @_abc_1.abstractmethod
     def WatchPricing(
         self,
@@ -319,7 +344,20 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_auth_service_pb2.WatchPricingResponse], _abc.AsyncIterator[_auth_service_pb2.WatchPricingResponse]]:
         """A stream of the organizations whose overrides or aliases changed, so a proxy drops what it cached for
         them; the first message (an empty organization_id) means "anything may have changed". Internal only:
-        requires the service credential.
+        requires the service credential. Deprecated: a change is answered once this stream has sent its
+        notice, not once the proxy has applied it; FollowPricing closes that window.
+        """
+
+    @_abc_1.abstractmethod
+    def FollowPricing(
+        self,
+        request_iterator: _MaybeAsyncIterator[_auth_service_pb2.FollowPricingRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_auth_service_pb2.FollowPricingResponse], _abc.AsyncIterator[_auth_service_pb2.FollowPricingResponse]]:
+        """WatchPricing with acknowledgements: the proxy answers each notice once it has applied it (dropped
+        what it cached), and a change made through this replica is answered only after every proxy
+        following it has (bounded by a few seconds), so the caller's next request is priced the new way.
+        Internal only: requires the service credential.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
