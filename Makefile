@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 
 .PHONY: install run test checks console-checks tier-unit tier-integration tier-e2e test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
 	test-console format bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console \
-	bench-export
+	bench-export bench-providers
 
 install:
 	@./scripts/install.sh
@@ -82,10 +82,13 @@ format:
 	uv run ruff check --fix .
 
 # Benchmarks: each runs its baseline side by side and writes a report to bench/results/.
-bench: bench-proxy bench-gateway bench-ingest bench-query bench-export bench-auth bench-console
+bench: bench-proxy bench-providers bench-gateway bench-ingest bench-query bench-export bench-auth bench-console
 
 bench-proxy: install  ## direct vs Candela vs LiteLLM against a static nginx upstream
 	uv run python bench/proxy/bench_proxy.py
+
+bench-providers: install  ## Gemini and Bedrock streams vs direct; the OpenAI path vs the proxy before them
+	uv run python bench/proxy/bench_providers.py
 
 bench-gateway: install  ## the proxy benchmark straight to the proxy vs through Envoy, side by side
 	uv run python bench/gateway/bench_gateway.py
