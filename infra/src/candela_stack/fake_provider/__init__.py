@@ -91,7 +91,9 @@ and the ``text`` of content parts/blocks; images, tool calls and other parts cou
   Anthropic ``usage.output_tokens_details.thinking_tokens`` (only present when N > 0). The limit that
   truncates the reply applies to the visible words only.
 - Streaming usage: OpenAI chat and completions send a usage chunk (``choices: []``) only when
-  ``stream_options.include_usage`` is true, and then ``"usage": null`` in every other chunk. Anthropic's
+  ``stream_options.include_usage`` is true, and then ``"usage": null`` in every other chunk. With
+  ``x-fake-stream-usage: unasked`` a chat stream that did not ask carries its usage in the last chunk (the
+  one with ``finish_reason``), as Mistral, Together, Fireworks, OpenRouter, Perplexity and Cerebras do. Anthropic's
   ``message_start`` carries the input-side usage and a provisional ``output_tokens`` of 1, and
   ``message_delta`` carries the final cumulative usage (input-side fields repeated, as the real API does).
   OpenAI stream chunks and Responses text deltas carry a deterministic ``obfuscation`` padding string unless

@@ -113,7 +113,15 @@ async def _stream_chat(
     include_usage, include_obfuscation = stream_options(body)
     scenario = scenario_of(request)
 
-    def chunk(choices: list[JSONObject], chunk_usage: JSONObject | None, padding_seed: str) -> bytes:
+    unasked = not include_usage and request.headers.get("x-fake-stream-usage") == "unasked"
+
+    def chunk(
+        choices: list[JSONObject],
+        chunk_usage: JSONObject | None,
+        padding_seed: str,
+        *,
+        with_usage: bool = include_usage,
+    ) -> bytes:
         payload: JSONObject = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -123,7 +131,7 @@ async def _stream_chat(
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": choices,
         }
-        if include_usage:
+        if with_usage:
             payload["usage"] = chunk_usage
         if include_obfuscation:
             payload["obfuscation"] = obfuscation_padding(padding_seed)
@@ -140,7 +148,11 @@ async def _stream_chat(
         for delta in generation.deltas:
             await scenario.pace()
             await response.write(chunk(choice({"content": delta}, None), None, delta))
-        await response.write(chunk(choice({}, finish_reason), None, finish_reason))
+        if unasked:
+            # The providers that report usage unasked put it on the closing chunk.
+            await response.write(chunk(choice({}, finish_reason), chat_usage(usage), finish_reason, with_usage=True))
+        else:
+            await response.write(chunk(choice({}, finish_reason), None, finish_reason))
         if include_usage:
             await response.write(chunk([], chat_usage(usage), "usage"))
         await response.write(b"data: [DONE]\n\n")
