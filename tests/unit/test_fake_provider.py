@@ -224,6 +224,18 @@ async def test_chat_stream_raw_wire_format(http: aiohttp.ClientSession, fake_pro
     assert all("obfuscation" not in chunk for chunk in chunks)
 
 
+async def test_chat_stream_usage_unasked_rides_on_the_closing_chunk(
+    http: aiohttp.ClientSession, fake_provider_url: str
+) -> None:
+    """``x-fake-stream-usage: unasked``: usage on the finish_reason chunk, as Mistral and others send it."""
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    blocks = await raw_sse(http, f"{fake_provider_url}/v1/chat/completions", body, **{"x-fake-stream-usage": "unasked"})
+    chunks = [sse_data(block) for block in blocks[:-1]]
+    assert all("usage" not in chunk for chunk in chunks[:-1])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["total_tokens"] == PROMPT_TOKENS + REPLY_TOKENS
+
+
 async def test_chat_stream_helper_final_completion(oai: openai.AsyncOpenAI) -> None:
     async with oai.chat.completions.stream(
         model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
