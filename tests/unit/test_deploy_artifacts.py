@@ -1,4 +1,4 @@
-"""deploy/: the Helm chart rendered by Go's text/template and checked against the Kubernetes schemas, the
+"""deploy/: the Helm chart linted and rendered by Helm itself and checked against the Kubernetes schemas, the
 gateway's generated Envoy config accepted by Envoy, the Dockerfiles through hadolint, the alert rules and the
 dashboard parsed as PromQL, and every metric they name found among the real prometheus_client definitions."""
 
@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -30,6 +31,7 @@ from candela_stack.binaries import envoy_binary
 from candela_stack.envoy_config.command import validate as envoy_validate
 from candela_stack.envoy_config.command import write as write_envoy_config
 from candela_stack.envoy_config.deployed import UPSTREAM_ENV, DeployedGateway
+from candela_stack.helm import helm_binary
 from candela_stack.stack import SERVICE_MODULES, Component, Stack, StackConfig
 
 pytestmark = pytest.mark.unit
@@ -37,6 +39,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "candela"
+EVERY_OPTION = CHART / "ci" / "every-option-values.yaml"
+"""A values file turning on (or to their other branch) every optional part of the chart."""
 RULES = DEPLOY / "prometheus" / "candela-rules.yml"
 SCRAPE = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "candela-dashboard.json"
@@ -45,6 +49,9 @@ DOCKERFILES = DEPLOY / "docker"
 
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
 """The oldest Kubernetes the chart supports (gRPC probes are GA from 1.27) and the newest with schemas here."""
+
+HELM_VERSION = "v4.1.4"
+"""The Helm in the npm package package.json pins (what deploy/README.md says was run)."""
 
 CONFIGS = {
     "auth": ("candela_auth.config", "AuthConfig"),
@@ -83,16 +90,36 @@ SECRET_NAMES = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|DSN|REDIS_URL")
 # --- the chart ---------------------------------------------------------------------------------------
 
 
-def render(*value_files: Path, release: str = "candela") -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, str(DEPLOY / "helm" / "render.py"), str(CHART), "--release", release]
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    """Runs Helm with its config, cache and data in a scratch directory and no cluster to reach."""
+    with tempfile.TemporaryDirectory(prefix="candela-helm-") as home:
+        env = {
+            **os.environ,
+            "HELM_CONFIG_HOME": f"{home}/config",
+            "HELM_CACHE_HOME": f"{home}/cache",
+            "HELM_DATA_HOME": f"{home}/data",
+            "KUBECONFIG": f"{home}/no-cluster",
+        }
+        return subprocess.run(
+            [str(helm_binary()), *args], capture_output=True, text=True, timeout=60, check=False, env=env
+        )
+
+
+def render(
+    *value_files: Path, release: str = "candela", kube_version: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`helm template`: every manifest an install would apply, hooks included."""
+    argv = ["template", release, str(CHART), "--namespace", "candela"]
     for path in value_files:
-        argv += ["-f", str(path)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        argv += ["--values", str(path)]
+    if kube_version is not None:
+        argv += ["--kube-version", kube_version]
+    return helm(*argv)
 
 
 @cache
-def manifests() -> tuple[dict[str, Any], ...]:
-    done = render()
+def manifests(*value_files: Path, kube_version: str | None = None) -> tuple[dict[str, Any], ...]:
+    done = render(*value_files, kube_version=kube_version)
     assert done.returncode == 0, done.stdout + done.stderr
     return tuple(document for document in yaml.safe_load_all(done.stdout) if document)
 
@@ -115,17 +142,97 @@ def env_of(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in spec["env"]}
 
 
-def test_the_chart_renders_to_manifests_valid_for_kubernetes() -> None:
-    docs = manifests()
+def test_the_chart_is_checked_with_the_pinned_helm() -> None:
+    done = helm("version", "--short")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(HELM_VERSION + "+"), done.stdout
+
+
+@pytest.mark.parametrize("value_files", [(), (EVERY_OPTION,)], ids=["defaults", "every-option"])
+def test_helm_lint_strict_finds_nothing(value_files: tuple[Path, ...]) -> None:
+    argv = ["lint", "--strict", str(CHART)]
+    for path in value_files:
+        argv += ["--values", str(path)]
+    done = helm(*argv)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+    assert "[WARNING]" not in done.stdout, done.stdout
+    assert "[ERROR]" not in done.stdout, done.stdout
+
+
+def test_helm_lint_strict_fails_a_chart_helm_would_refuse(tmp_path: Path) -> None:
+    """The lint is a real check: a values file of the wrong shape, and a template Helm cannot parse, fail it."""
+    values = tmp_path / "values.yaml"
+    values.write_text("writer: {replicas: '7'}\n")
+    done = helm("lint", "--strict", str(CHART), "--values", str(values))
+    assert done.returncode != 0
+    assert "/writer/replicas" in done.stdout + done.stderr
+    broken = tmp_path / "candela"
+    (broken / "templates").mkdir(parents=True)
+    for path in [CHART / "Chart.yaml", CHART / "values.yaml", CHART / "values.schema.json"]:
+        (broken / path.name).write_text(path.read_text())
+    for path in (CHART / "templates").iterdir():
+        (broken / "templates" / path.name).write_text(path.read_text())
+    writer = broken / "templates" / "writer.yaml"
+    writer.write_text(writer.read_text().replace("{{ .Values.writer.replicas }}", "{{ .Values.writer.replicas }"))
+    done = helm("lint", "--strict", str(broken))
+    assert done.returncode != 0
+    assert "writer.yaml" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("value_files", [(), (EVERY_OPTION,)], ids=["defaults", "every-option"])
+def test_the_chart_renders_to_manifests_valid_for_kubernetes(value_files: tuple[Path, ...], version: str) -> None:
+    """`helm template --kube-version` for each supported Kubernetes, every manifest strictly valid for it."""
+    docs = manifests(*value_files, kube_version=version)
     kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs)
     assert ("StatefulSet", "candela-proxy") in kinds
     assert ("Job", "candela-migrate") in kinds
     assert {name for kind, name in kinds if kind == "Deployment"} == {
         f"candela-{name}" for name in ("auth", "prompts", "query", "ingest", "writer", "gateway")
     }
-    for version in KUBERNETES_VERSIONS:
-        for doc in docs:
-            kubernetes_validate.validate(doc, version, strict=True)
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_chart_refuses_a_kubernetes_without_grpc_probes() -> None:
+    done = render(kube_version="1.26.0")
+    assert done.returncode != 0
+    assert "kubeVersion" in done.stderr
+
+
+def test_every_option_values_turn_on_what_they_name() -> None:
+    """ci/every-option-values.yaml reaches the manifests: each optional part is rendered, not just accepted."""
+    docs = manifests(EVERY_OPTION)
+    for name in CONFIGS:
+        env = env_of(container(name, docs))
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4317", name
+        assert env["CANDELA_LOG_LEVEL"]["value"] == "DEBUG", name
+    for name in ("query", "writer", "migrate"):
+        assert env_of(container(name, docs))["CANDELA_CLICKHOUSE_CLUSTER"]["value"] == "candela", name
+    for name in ("auth", "prompts", "query", "ingest", "writer", "gateway"):
+        assert env_of(container(name, docs))[f"CANDELA_EXTRA_{name.upper()}"]["value"] == "1", name
+    proxy = env_of(container("proxy", docs))
+    assert proxy["CANDELA_PROXY_WORKERS"]["value"] == "2"
+    assert proxy["CANDELA_SPOOL_MAX_BYTES"]["value"] == "17179869184"
+    assert proxy["CANDELA_VLLM_BASE_URL"]["value"] == "http://vllm.models.svc:8000/v1"
+    assert proxy["CANDELA_EXTRA_FROM_CONFIGMAP"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "proxy-extra", "key": "value"}
+    }
+    (claim,) = workload("proxy", docs)["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert not [doc for doc in docs if doc["kind"] == "HorizontalPodAutoscaler"]
+    assert {name: workload(name, docs)["spec"]["replicas"] for name in ("proxy", "ingest", "writer")} == {
+        "proxy": 4,
+        "ingest": 3,
+        "writer": 12,
+    }
+    (gateway_service,) = [
+        doc for doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "candela-gateway"
+    ]
+    assert gateway_service["spec"]["type"] == "ClusterIP"
+    assert workload("migrate", docs)["spec"]["backoffLimit"] == 0
 
 
 def test_the_schemas_catch_a_broken_manifest() -> None:
@@ -135,12 +242,65 @@ def test_the_schemas_catch_a_broken_manifest() -> None:
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
 
 
-def test_a_missing_value_fails_the_render_instead_of_rendering_blank(tmp_path: Path) -> None:
-    values = tmp_path / "values.yaml"
-    values.write_text("clickhouse: null\n")
-    done = render(values)
-    assert done.returncode != 0
-    assert "clickhouse" in done.stdout + done.stderr
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ("clickhouse: null", "clickhouse"),
+        ("clickhouse: {host: null}", "host"),
+        ("kafka: {bootstrap: ''}", "/kafka/bootstrap"),
+        ("proxy: {spool: {maxBytes: 4294967296}}", "/proxy/spool/maxBytes"),
+        ("wrtier: {replicas: 7}", "wrtier"),
+    ],
+)
+def test_a_missing_or_malformed_value_fails_the_render_instead_of_rendering_blank(
+    values: str, named: str, tmp_path: Path
+) -> None:
+    """Helm renders a missing value as nothing; values.schema.json makes Helm refuse it instead."""
+    path = tmp_path / "values.yaml"
+    path.write_text(values + "\n")
+    done = render(path)
+    assert done.returncode != 0, done.stdout
+    assert named in done.stderr
+
+
+def value_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in tree.items():
+        yield (*prefix, key)
+        if isinstance(value, dict):
+            yield from value_paths(value, (*prefix, key))
+
+
+def described(schema: dict[str, Any], path: tuple[str, ...]) -> bool:
+    """Whether values.schema.json says what `path` holds (an object without properties holds anything)."""
+    node = schema
+    for key in path:
+        while "$ref" in node:
+            node = schema["definitions"][node["$ref"].removeprefix("#/definitions/")]
+        if key in node.get("properties", {}):
+            node = node["properties"][key]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return node.get("type") == "object" and "properties" not in node
+    return "type" in node or "$ref" in node
+
+
+def test_every_value_the_templates_read_has_a_default_and_a_schema() -> None:
+    """A template reading a value values.yaml lacks renders it blank (Helm does not fail): none does."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.validate(defaults, schema)
+    read = {
+        tuple(match.split("."))
+        for path in (CHART / "templates").iterdir()
+        for match in re.findall(r"\.Values\.([A-Za-z0-9_.]+[A-Za-z0-9_])", path.read_text())
+    }
+    assert len(read) > 40, "the templates read values some other way: update this pattern"
+    known = set(value_paths(defaults))
+    assert read - known == set(), "read by a template, missing from values.yaml"
+    assert [path for path in sorted(known) if not described(schema, path)] == [], "not in values.schema.json"
+    in_schema = {key for key in schema["properties"] if key != "global"}
+    assert in_schema == set(defaults), "the schema's sections are values.yaml's"
 
 
 def test_values_files_override_and_the_release_name_prefixes_everything(tmp_path: Path) -> None:

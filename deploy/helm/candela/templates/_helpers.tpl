@@ -1,8 +1,7 @@
 {{- /*
-Helpers shared by every template. The chart renders with Helm and with the Go text/template engine the
-tests use (deploy/helm/render.py): it keeps to Go's built-ins and sprig, so helpers are called with
-`template` (not Helm's `include`) and their output is one-line JSON (valid YAML at any indentation) or
-lines at the one depth where they are used (a container's env list, 12 spaces).
+Helpers shared by every template (the tests lint and render the chart with Helm 4). Helpers are called
+with `template` and their output is one-line JSON (valid YAML at any indentation) or lines at the one
+depth where they are used (a container's env list, 12 spaces), so no output needs `include | nindent`.
 */ -}}
 
 {{- define "candela.labels" -}}
