@@ -132,10 +132,12 @@ def test_the_services_fail_fast_on_a_malformed_member_and_read_good_ones() -> No
         "CANDELA_CLICKHOUSE_HOST": "ch1",
         "CANDELA_CLICKHOUSE_PORT": "9100",
     }
+    with_members = {**base, "CANDELA_CLICKHOUSE_ALT_HOSTS": "ch2,ch3:9440"}
+    assert load_config(QueryConfig, base).clickhouse_alt_members == ()
+    assert load_config(WriterConfig, base).clickhouse_alt_members == ()
+    assert load_config(QueryConfig, with_members).clickhouse_alt_members == (("ch2", 9100), ("ch3", 9440))
+    assert load_config(WriterConfig, with_members).clickhouse_alt_members == (("ch2", 9100), ("ch3", 9440))
     for config_class in (QueryConfig, WriterConfig):
-        assert load_config(config_class, base).clickhouse_alt_members == ()
-        config = load_config(config_class, {**base, "CANDELA_CLICKHOUSE_ALT_HOSTS": "ch2,ch3:9440"})
-        assert config.clickhouse_alt_members == (("ch2", 9100), ("ch3", 9440))
         with pytest.raises(ConfigError, match="CANDELA_CLICKHOUSE_ALT_HOSTS"):
             load_config(config_class, {**base, "CANDELA_CLICKHOUSE_ALT_HOSTS": "ch2:nine"})
 
