@@ -17,6 +17,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import struct
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -41,10 +44,14 @@ from candela.query.v1 import query_service_pb2 as query_pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.retention import RetentionSweeper
+from candela_ingest.writer.rows import request_columns
+from candela_query.clickhouse import ClickHouseReader
 from candela_runtime.security import service_metadata
+from candela_schema import migrator
 from candela_stack.clickhouse_cluster import Member
 from candela_stack.stack import Component, Stack, StackConfig
 from tests.factories import log_record
+from tests.unit.test_ingest_native_encoding import varied_messages
 
 pytestmark = pytest.mark.integration
 
@@ -423,6 +430,90 @@ async def test_per_organization_limits_and_retention_hold_across_shards(stack: S
     assert (await clients.metrics(retained)).request_count == 4
     counters = await clients.counters(retained)
     assert (counters["stored_logs"], counters["expired_logs"], counters["request_count"]) == (4, 6, 10)
+
+
+async def test_every_client_passes_over_members_it_cannot_reach(stack: Stack) -> None:
+    """The query reader, the writer's row sink and the migrator, given first a member that refuses connections
+    and one that hangs up on them (what a member killed mid-call leaves), answer through the next: a read and
+    an insert land on the cluster, once."""
+    layout = stack.clickhouse_cluster_layout
+    assert layout is not None
+    live = ("127.0.0.1", layout.members[3].tcp_port)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        refused = ("127.0.0.1", probe.getsockname()[1])
+    with _hanging_up() as hanging_up:
+        user, password = stack.clickhouse_user, stack.clickhouse_password
+        reader = ClickHouseReader(
+            *refused,
+            stack.clickhouse_database,
+            1,
+            user=user,
+            password=password,
+            cluster=CLUSTER,
+            alt_members=[hanging_up, live],
+        )
+        try:
+            assert await reader.fetch("SELECT 1", {}) == [(1,)]
+        finally:
+            reader.close()
+
+        organization = str(uuid.uuid4())
+        columns = request_columns(varied_messages(30, [organization]), version=1)
+        sink = ClickHouseRowSink(
+            host=hanging_up[0],
+            port=hanging_up[1],
+            database=stack.clickhouse_database,
+            user=user,
+            password=password,
+            cluster=CLUSTER,
+            alt_members=[refused, live],
+        )
+        try:
+            await sink.insert(columns)
+        finally:
+            await sink.close()
+
+        applied = await asyncio.to_thread(
+            migrator.apply_clickhouse,
+            *refused,
+            stack.clickhouse_database,
+            user=user,
+            password=password,
+            cluster=CLUSTER,
+            alt_hosts=f"{hanging_up[0]}:{hanging_up[1]},{live[0]}:{live[1]}",
+        )
+        assert applied == [], "up to date, read through the live member"
+    # Stored once: each shard's replicas agree on the rows, and no copy sits unmerged on either.
+    await _replicas_agree(stack, Organization(organization, key=""), 30)
+    copies = await _local_counts(stack, Organization(organization, key=""), final=False)
+    assert copies["clickhouse-s1r1"] + copies["clickhouse-s2r1"] == 30, copies
+
+
+@contextlib.contextmanager
+def _hanging_up() -> Iterator[tuple[str, int]]:
+    """A loopback port that accepts each connection and resets it at once, on a thread of its own."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    serving = threading.Event()
+    serving.set()
+
+    def serve() -> None:
+        while serving.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+            connection.close()
+
+    thread = threading.Thread(target=serve, name="hanging-up-member")
+    thread.start()
+    try:
+        yield ("127.0.0.1", server.getsockname()[1])
+    finally:
+        serving.clear()
+        thread.join()
+        server.close()
 
 
 class Drill:
