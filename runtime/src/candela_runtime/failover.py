@@ -9,6 +9,11 @@ first member that answers. Only a connection failure (refused, reset, timed out,
 the next member: an error the server answered with says nothing about the member and goes to the caller.
 Whether an operation may run again after it failed half-way is the caller's to say (``retry``): a read
 always may; a write only if writing it twice stores it once (each caller argues it where it calls).
+
+A timeout counts as a connection failure although it cannot tell a member gone silent (a host down, a
+network split: no reset comes) from a slow call: the clients' timeouts (seconds to connect, 30-60 s to
+answer) are far above what any of their calls takes, and a query too heavy for its member fails with the
+server's own TIMEOUT_EXCEEDED (max_execution_time), an answer, which does not move.
 """
 
 from __future__ import annotations
@@ -75,11 +80,6 @@ class Members:
         self._current = 0
         self._failed_at: dict[int, float] = {}
         self._lock = threading.Lock()
-
-    @property
-    def addresses(self) -> tuple[Address, ...]:
-        """Every member, in the configured order."""
-        return self._addresses
 
     def candidates(self) -> list[Address]:
         """The members to try, in order: the one in use (the last that answered), then the others after it in

@@ -173,10 +173,11 @@ class ClickHouseRowSink:
           member: the Distributed table sends each row to its shard by request id, whichever member routes
           it), each row is a second copy of the same version of the same request on the same shard, which
           ReplacingMergeTree collapses (the reads use FINAL or argMax; it is what a redelivered Kafka message
-          does already), and a replicated table drops an identical block outright (insert deduplication).
+          does already), and a replicated table drops an identical block outright (insert deduplication);
+          the index views it feeds are read for min() and max() only, which a copy leaves as they are.
           Usage is counted in Postgres in the transaction held open around the insert
           (:mod:`candela_ingest.writer.postgres`), which commits once, after the insert that succeeded: the
-          copy is never counted. Scores are a ReplacingMergeTree by score too.
+          copy is never counted. Scores are a ReplacingMergeTree(version) by score too.
         - a retention delete (a mutation with a WHERE) deletes nothing more the second time;
         - the rest are reads.
         """
