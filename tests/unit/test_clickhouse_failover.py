@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from candela_ingest.config import WriterConfig
 from candela_query.config import QueryConfig
@@ -93,6 +94,13 @@ def greet(address: Address) -> tuple[Address, bytes]:
         if not answer:
             raise EOFError(f"{address} closed the connection before answering")
         return address, answer
+
+
+def failures_of(member: Address) -> float:
+    value = REGISTRY.get_sample_value(
+        "candela_store_member_failures_total", {"store": "clickhouse", "member": f"{member[0]}:{member[1]}"}
+    )
+    return value or 0.0
 
 
 def connection_failure(error: Exception) -> bool:
@@ -182,12 +190,14 @@ def test_when_every_member_failed_the_longest_rested_is_tried_first() -> None:
 
 def test_a_refused_member_is_skipped_and_the_call_answered_by_the_next(up: Listener) -> None:
     dead = refused_address()
-    members = Members([dead, up.address])
+    members = Members([dead, up.address], store="clickhouse")
+    assert failures_of(dead) == 0
     assert run_with_failover(members, greet, is_connection_failure=connection_failure, retry=True) == (
         up.address,
         GREETING,
     )
     assert members.candidates() == [up.address, dead], "the live member is in use, the dead one rests"
+    assert failures_of(dead) == 1, "counted for the operator (candela_store_member_failures_total)"
     # The next calls go straight to the live member: the dead one is not dialled again during its rest.
     before = up.accepted
     for _ in range(3):

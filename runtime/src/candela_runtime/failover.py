@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from candela_runtime.metrics import STORE_MEMBER_FAILURES
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -69,12 +71,15 @@ class Members:
         self,
         addresses: Sequence[Address],
         *,
+        store: str = "clickhouse",
         retry_after_s: float = MEMBER_RETRY_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not addresses:
             raise ValueError("a store needs at least one member")
         self._addresses = tuple(dict.fromkeys(addresses))
+        self.store = store
+        """The store's name in logs and metrics."""
         self._retry_after_s = retry_after_s
         self._clock = clock
         self._current = 0
@@ -127,7 +132,10 @@ def run_with_failover(
             if not is_connection_failure(error):
                 raise
             members.failed(address)
-            logger.warning("store member %s:%s failed (%s); %s", *address, _one_line(error), _next_step(retry))
+            STORE_MEMBER_FAILURES.labels(store=members.store, member=f"{address[0]}:{address[1]}").inc()
+            logger.warning(
+                "%s member %s:%s failed (%s); %s", members.store, *address, _one_line(error), _next_step(retry)
+            )
             if not retry:
                 raise
             failure = error
