@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from candela_runtime.config import env_name
+from candela_runtime.failover import parse_members
 from candela_stack.binaries import envoy_binary
 from candela_stack.envoy_config.command import validate as envoy_validate
 from candela_stack.envoy_config.command import write as write_envoy_config
@@ -404,6 +405,29 @@ def test_credentials_are_only_ever_secret_references(tmp_path: Path) -> None:
     assert env_of(container("auth", docs))["CANDELA_POSTGRES_DSN"]["valueFrom"] == {
         "secretKeyRef": {"name": "prod-pg", "key": "uri"}
     }
+
+
+def test_every_clickhouse_client_is_given_every_member_of_a_cluster(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "clickhouse: {host: ch-s1r1.data.svc, cluster: candela,"
+        " altHosts: [ch-s1r2.data.svc, 'ch-s2r1.data.svc:9440', ch-s2r2.data.svc]}\n"
+    )
+    done = render(values)
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    for name in ("query", "writer", "migrate"):
+        env = env_of(container(name, docs))
+        host, port = env["CANDELA_CLICKHOUSE_HOST"]["value"], int(env["CANDELA_CLICKHOUSE_PORT"]["value"])
+        members = parse_members(host, port, env["CANDELA_CLICKHOUSE_ALT_HOSTS"]["value"])
+        assert members == (
+            ("ch-s1r1.data.svc", 9000),
+            ("ch-s1r2.data.svc", 9000),
+            ("ch-s2r1.data.svc", 9440),
+            ("ch-s2r2.data.svc", 9000),
+        ), name
+    # One server by default: no other member.
+    assert env_of(container("query"))["CANDELA_CLICKHOUSE_ALT_HOSTS"]["value"] == ""
 
 
 def test_probes_ask_each_service_its_own_health_endpoint() -> None:

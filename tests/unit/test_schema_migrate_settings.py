@@ -34,6 +34,13 @@ def test_the_services_variables_are_the_fallbacks_with_the_services_defaults() -
     assert (overridden.clickhouse_port, overridden.postgres_dsn) == (9000, "postgresql://other/x")
 
 
+def test_the_other_members_come_from_the_services_variable_or_the_option() -> None:
+    environ = {"CANDELA_CLICKHOUSE_ALT_HOSTS": "ch2,ch3:9440"}
+    assert settings_of(["--only", "clickhouse"], environ).clickhouse_alt_hosts == "ch2,ch3:9440"
+    assert settings_of(["--only", "clickhouse", "--clickhouse-alt-hosts", "ch4"], environ).clickhouse_alt_hosts == "ch4"
+    assert settings_of(["--only", "clickhouse"], {}).clickhouse_alt_hosts == ""
+
+
 def test_only_clickhouse_needs_no_postgres_dsn() -> None:
     assert settings_of(["--only", "clickhouse"], {}).stores == ("clickhouse",)
     with pytest.raises(UsageError, match="CANDELA_POSTGRES_DSN"):
@@ -46,6 +53,7 @@ def test_only_clickhouse_needs_no_postgres_dsn() -> None:
         (["--clickhouse-port", "nine"], "port is no number"),
         (["--clickhouse-port", "70000"], "port is out of range"),
         (["--clickhouse-database", "candela; DROP TABLE requests"], "invalid ClickHouse database name"),
+        (["--clickhouse-alt-hosts", "ch2,ch3:nine"], "bad ClickHouse member 'ch3:nine'"),
     ],
 )
 def test_bad_settings_exit_2_before_touching_a_store(argv: list[str], problem: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from candela_runtime.failover import parse_members
 from candela_stack import clickhouse
 from candela_stack.addresses import Component, StackAddresses, StackConfig, cluster_name
 from candela_stack.clickhouse_cluster import ClusterLayout, member_sections, write_zookeeper_config
@@ -67,12 +68,20 @@ def test_the_services_read_and_write_through_the_cluster_only_in_cluster_mode(tm
     single = StackAddresses(StackConfig.for_tests(tmp_path / "one"))
     assert single.clickhouse_cluster_layout is None
     assert "CANDELA_CLICKHOUSE_CLUSTER" not in single.service_env(Component.WRITER)
+    assert "CANDELA_CLICKHOUSE_ALT_HOSTS" not in single.service_env(Component.WRITER), "one server: no failover"
 
     clustered = StackAddresses(StackConfig.for_tests(tmp_path / "two", clickhouse_cluster="candela"))
     for component in (Component.WRITER, Component.QUERY):
         env = clustered.service_env(component)
         assert env["CANDELA_CLICKHOUSE_CLUSTER"] == "candela"
         assert env["CANDELA_CLICKHOUSE_PORT"] == str(clustered.ports.clickhouse_tcp)
+        # Every member, the first where one server would be, the others to fail over to.
+        layout = clustered.clickhouse_cluster_layout
+        assert layout is not None
+        members = parse_members(
+            env["CANDELA_CLICKHOUSE_HOST"], int(env["CANDELA_CLICKHOUSE_PORT"]), env["CANDELA_CLICKHOUSE_ALT_HOSTS"]
+        )
+        assert members == tuple(("127.0.0.1", member.tcp_port) for member in layout.members)
 
 
 def test_the_cluster_variable_turns_the_cluster_on_or_names_it() -> None:

@@ -24,6 +24,7 @@ from candela_stack.addresses import (
     StackConfig,
     saved_clickhouse_password,
 )
+from candela_stack.clickhouse_cluster import ClusterLayout
 from candela_stack.ports import StackPorts
 from candela_stack.processes import StartupError, clean_leftovers
 from candela_stack.stack import Bootstrap, Stack
@@ -238,8 +239,13 @@ def migrate() -> int:
         say(f"ClickHouse: no CANDELA_CLICKHOUSE_PASSWORD and none saved in {config.data_dir} (start the stack first)")
         return 1
     user = os.environ.get("CANDELA_CLICKHOUSE_USER", clickhouse.USER)
+    alt_hosts = os.environ.get("CANDELA_CLICKHOUSE_ALT_HOSTS", "")
+    if not alt_hosts and "CANDELA_CLICKHOUSE_HOST" not in os.environ and config.clickhouse_cluster:
+        # The dev stack's own cluster: its other members, should the first be down.
+        layout = ClusterLayout.for_stack(config.clickhouse_cluster, ports)
+        alt_hosts = ",".join(f"127.0.0.1:{member.tcp_port}" for member in layout.members[1:])
     applied = migrator.apply_clickhouse(
-        host, port, database, user=user, password=password, cluster=config.clickhouse_cluster
+        host, port, database, user=user, password=password, cluster=config.clickhouse_cluster, alt_hosts=alt_hosts
     )
     say(f"ClickHouse {host}:{port}/{database}: applied {len(applied)} migration(s) {applied}")
     return 0

@@ -387,6 +387,15 @@ class StackAddresses:
         return self.ports.clickhouse_tcp
 
     @property
+    def clickhouse_alt_hosts(self) -> str:
+        """The cluster's other members, `host:port,...` (CANDELA_CLICKHOUSE_ALT_HOSTS): the services fail over to
+        them when the first member is down. Empty for a single server."""
+        layout = self.clickhouse_cluster_layout
+        if layout is None:
+            return ""
+        return ",".join(f"{LOOPBACK}:{member.tcp_port}" for member in layout.members[1:])
+
+    @property
     def clickhouse_cluster_layout(self) -> ClusterLayout | None:
         """The local ClickHouse cluster's members and ZooKeeper (None for a single server): the first member
         has the single server's ports, so every client dials the same address either way."""
@@ -580,6 +589,7 @@ class StackAddresses:
         }
         if self.config.clickhouse_cluster:
             clickhouse_env["CANDELA_CLICKHOUSE_CLUSTER"] = self.config.clickhouse_cluster
+            clickhouse_env["CANDELA_CLICKHOUSE_ALT_HOSTS"] = self.clickhouse_alt_hosts
         if component is Component.AUTH:
             return {"CANDELA_GRPC_PORT": str(p.auth_grpc), "CANDELA_POSTGRES_DSN": self.postgres_dsn}
         if component is Component.PROMPTS:

@@ -501,6 +501,7 @@ class Stack(StackAddresses):
             user=self.clickhouse_user,
             password=self.clickhouse_password,
             cluster=self.config.clickhouse_cluster,
+            alt_hosts=self.clickhouse_alt_hosts,
         )
 
     def _launch_seaweed(self) -> ManagedProcess:

@@ -26,6 +26,13 @@ GRPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+STORE_MEMBER_FAILURES = Counter(
+    "candela_store_member_failures",
+    "Calls a member of a store could not take (refused, reset, timed out), by store and member "
+    "(host:port): the service moved to another member (candela_runtime.failover).",
+    ["store", "member"],
+)
+
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every unary call by method and final status code, and times it."""

@@ -4,7 +4,8 @@
     CANDELA_POSTGRES_DSN=... CANDELA_CLICKHOUSE_HOST=... candela-migrate --only clickhouse
 
 Every option falls back to the variable the services read (``CANDELA_POSTGRES_DSN``,
-``CANDELA_CLICKHOUSE_HOST``, ``_PORT``, ``_DATABASE``, ``_USER``, ``_PASSWORD``, ``_CLUSTER``), with the services'
+``CANDELA_CLICKHOUSE_HOST``, ``_PORT``, ``_ALT_HOSTS``, ``_DATABASE``, ``_USER``, ``_PASSWORD``, ``_CLUSTER``), with the
+services'
 defaults; pass the password in the environment rather than on the command line (where `ps` shows it).
 Each store is migrated as :mod:`candela_schema.migrator` describes: what was applied before is skipped,
 so running it again applies nothing.
@@ -21,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import asyncpg
 from clickhouse_driver import errors as clickhouse_errors
@@ -62,6 +64,8 @@ class Settings:
     clickhouse_password: str
     clickhouse_cluster: str = ""
     """The ClickHouse cluster to migrate ON CLUSTER (replicated + Distributed tables); empty: one server."""
+    clickhouse_alt_hosts: str = ""
+    """Other ClickHouse members, ``host[:port],...``, connected to when the first cannot be reached."""
 
 
 class UsageError(Exception):
@@ -96,6 +100,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--clickhouse-port",
         default=env("CLICKHOUSE_PORT", "9000"),
         help="ClickHouse native TCP port (CANDELA_CLICKHOUSE_PORT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--clickhouse-alt-hosts",
+        default=env("CLICKHOUSE_ALT_HOSTS", ""),
+        help="other members of a ClickHouse cluster, comma-separated host[:port], tried in turn when the host "
+        "cannot be reached (CANDELA_CLICKHOUSE_ALT_HOSTS; default: none)",
     )
     parser.add_argument(
         "--clickhouse-database",
@@ -137,6 +147,14 @@ def settings_of(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         raise UsageError(f"invalid ClickHouse database name {args.clickhouse_database!r} (letters, digits, _)")
     if args.clickhouse_cluster and not CLICKHOUSE_DATABASE_NAME.match(args.clickhouse_cluster):
         raise UsageError(f"invalid ClickHouse cluster name {args.clickhouse_cluster!r} (letters, digits, _)")
+    for member in filter(None, (part.strip() for part in args.clickhouse_alt_hosts.split(","))):
+        try:
+            parsed = urlsplit(f"clickhouse://{member}")
+            parsed.port  # noqa: B018 (raises ValueError on a port that is no number or out of range)
+        except ValueError:
+            raise UsageError(f"bad ClickHouse member {member!r} in the alt hosts (host or host:port)") from None
+        if not parsed.hostname or parsed.path or parsed.username is not None:
+            raise UsageError(f"bad ClickHouse member {member!r} in the alt hosts (host or host:port)")
     return Settings(
         stores=stores,
         postgres_dsn=args.postgres_dsn,
@@ -146,6 +164,7 @@ def settings_of(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         clickhouse_user=args.clickhouse_user,
         clickhouse_password=args.clickhouse_password,
         clickhouse_cluster=args.clickhouse_cluster,
+        clickhouse_alt_hosts=args.clickhouse_alt_hosts,
     )
 
 
@@ -161,6 +180,7 @@ def _migrate(settings: Settings, store: str) -> tuple[str, list[str]]:
         user=settings.clickhouse_user,
         password=settings.clickhouse_password,
         cluster=settings.clickhouse_cluster,
+        alt_hosts=settings.clickhouse_alt_hosts,
     )
     return where, applied
 

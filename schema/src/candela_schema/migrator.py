@@ -149,37 +149,51 @@ def render_clickhouse(migration: Migration, gates: dict[str, str]) -> list[str]:
 
 
 def apply_clickhouse(
-    host: str, port: int, database: str, *, user: str = "default", password: str = "", cluster: str = ""
+    host: str,
+    port: int,
+    database: str,
+    *,
+    user: str = "default",
+    password: str = "",
+    cluster: str = "",
+    alt_hosts: str = "",
 ) -> list[str]:
     """Creates `database` if needed and applies its pending ClickHouse migrations; returns the names applied.
 
     With `cluster`, on every member of that cluster (`ON CLUSTER`, replicated tables plus Distributed
-    ones: see `cluster_statements()`); `host` is any one member. Blocking (clickhouse-driver): call it
-    from a thread when inside an event loop.
+    ones: see `cluster_statements()`); `host` is any one member. `alt_hosts` (`host[:port],...`,
+    CANDELA_CLICKHOUSE_ALT_HOSTS) names other members: the migrator connects to the first of them that
+    answers when `host` does not (clickhouse-driver's own `alt_hosts`). It does not move to another member
+    in the middle of a run: a DDL statement cut off there may or may not have run, so the run fails, as it
+    does with one server, and the operator runs it again. Blocking (clickhouse-driver): call it from a thread
+    when inside an event loop.
     """
     if not CLICKHOUSE_DATABASE_NAME.match(database):
         raise ValueError(f"invalid ClickHouse database name {database!r}")
     if cluster and not CLICKHOUSE_DATABASE_NAME.match(cluster):
         raise ValueError(f"invalid ClickHouse cluster name {cluster!r}")
     credentials = {"user": user, "password": password}
-    bootstrap = Client(host=host, port=port, **credentials, connect_timeout=5, send_receive_timeout=300)
+    bootstrap = Client(
+        host=host, port=port, alt_hosts=alt_hosts or None, **credentials, connect_timeout=5, send_receive_timeout=300
+    )
     try:
         server_version = str(bootstrap.execute("SELECT version()")[0][0])
         bootstrap.execute(f"CREATE DATABASE IF NOT EXISTS {database}{_on_cluster(cluster)}")
     finally:
         bootstrap.disconnect()
 
-    def connect(member_host: str, member_port: int) -> Client:
+    def connect(member_host: str, member_port: int, member_alt_hosts: str | None = None) -> Client:
         return Client(
             host=member_host,
             port=member_port,
+            alt_hosts=member_alt_hosts,
             database=database,
             **credentials,
             connect_timeout=5,
             send_receive_timeout=300,
         )
 
-    client = connect(host, port)
+    client = connect(host, port, alt_hosts or None)
     try:
         return _apply_clickhouse(client, database, server_version, cluster, connect)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from candela_runtime.config import ConfigError, ServiceConfig, env_field
+from candela_runtime.failover import Address, parse_members
 from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 
 DEFAULT_TOPIC = "candela.logs.v1"
@@ -126,6 +127,12 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     postgres_pool_size: int = env_field("Maximum Postgres connections.", 4)
     clickhouse_host: str = env_field("ClickHouse host (native protocol).", "127.0.0.1")
     clickhouse_port: int = env_field("ClickHouse native TCP port.", 9000)
+    clickhouse_alt_hosts: str = env_field(
+        "More ClickHouse members, comma-separated host[:port] (the port defaults to CANDELA_CLICKHOUSE_PORT): "
+        "in cluster mode the others of the cluster, tried in turn when the one in use cannot be reached "
+        "(see candela_runtime.failover). Empty: CANDELA_CLICKHOUSE_HOST only.",
+        "",
+    )
     clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
     clickhouse_table: str = env_field("ClickHouse table of request rows.", "requests")
     clickhouse_user: str = env_field("ClickHouse user.", "default")
@@ -176,3 +183,12 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
             raise ConfigError(
                 "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of CANDELA_KAFKA_SESSION_TIMEOUT_MS"
             )
+        try:
+            parse_members(self.clickhouse_host, self.clickhouse_port, self.clickhouse_alt_hosts)
+        except ValueError as error:
+            raise ConfigError(f"CANDELA_CLICKHOUSE_ALT_HOSTS: {error}") from None
+
+    @property
+    def clickhouse_alt_members(self) -> tuple[Address, ...]:
+        """The members of CANDELA_CLICKHOUSE_ALT_HOSTS, after CANDELA_CLICKHOUSE_HOST's."""
+        return parse_members(self.clickhouse_host, self.clickhouse_port, self.clickhouse_alt_hosts)[1:]

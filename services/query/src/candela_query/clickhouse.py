@@ -18,13 +18,16 @@ than a few seconds behind its shard is passed over for a fresh one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
+from collections.abc import Sequence
 from typing import Any
 
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from candela_runtime.errors import Unavailable
+from candela_runtime.failover import Address, Members, run_with_failover
 
 CLUSTER_SETTINGS: dict[str, Any] = {
     "distributed_product_mode": "local",
@@ -55,8 +58,30 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
+def is_connection_failure(error: Exception) -> bool:
+    """Whether a failed call could not reach its member (refused, reset, timed out, closed mid-answer), as
+    opposed to an error the member answered with."""
+    return isinstance(error, _CONNECTION_FAILURES)
+
+
+_CONNECTION_FAILURES = (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError)
+
+
+class _Connection:
+    """One pooled client and the member it talks to."""
+
+    def __init__(self) -> None:
+        self.member: Address | None = None
+        self.client: Client | None = None
+
+
 class ClickHouseReader:
-    """Runs parameterised queries on a pool of native-protocol connections in threads."""
+    """Runs parameterised queries on a pool of native-protocol connections in threads.
+
+    Given several members (cluster mode), the pool talks to one and moves to the next on a connection
+    failure (:mod:`candela_runtime.failover`), running the query again there: a read changes nothing, so
+    running it twice is always safe, and every member answers it for the whole cluster.
+    """
 
     def __init__(
         self,
@@ -68,35 +93,50 @@ class ClickHouseReader:
         user: str = "default",
         password: str = "",
         cluster: str = "",
+        alt_members: Sequence[Address] = (),
     ) -> None:
-        self._clients: queue.Queue[Client] = queue.Queue()
+        self._members = Members([(host, port), *alt_members])
+        self._connect = functools.partial(
+            Client,
+            database=database,
+            user=user,
+            password=password,
+            connect_timeout=5,
+            send_receive_timeout=30,
+            settings=CLUSTER_SETTINGS if cluster else None,
+        )
+        self._connections: queue.Queue[_Connection] = queue.Queue()
         for _ in range(connections):
-            self._clients.put(
-                Client(
-                    host=host,
-                    port=port,
-                    database=database,
-                    user=user,
-                    password=password,
-                    connect_timeout=5,
-                    send_receive_timeout=30,
-                    settings=CLUSTER_SETTINGS if cluster else None,
-                )
-            )
+            self._connections.put(_Connection())
 
     def _run(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        client = self._clients.get()
+        connection = self._connections.get()
         try:
-            rows: list[tuple[Any, ...]] = client.execute(sql, params)
-            return rows
+            return run_with_failover(
+                self._members,
+                functools.partial(self._execute, connection, sql, params),
+                is_connection_failure=is_connection_failure,
+                retry=True,
+            )
         except ch_errors.ServerException as error:
             if error.code in _UNAVAILABLE_CODES:
                 raise Unavailable(f"ClickHouse cannot answer now (code {error.code}); retry") from error
             raise
-        except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as error:
+        except _CONNECTION_FAILURES as error:
             raise Unavailable("ClickHouse is unreachable; retry") from error
         finally:
-            self._clients.put(client)
+            self._connections.put(connection)
+
+    def _execute(
+        self, connection: _Connection, sql: str, params: dict[str, Any], member: Address
+    ) -> list[tuple[Any, ...]]:
+        if connection.member != member or connection.client is None:
+            if connection.client is not None:
+                connection.client.disconnect()
+            connection.client = self._connect(host=member[0], port=member[1])
+            connection.member = member
+        rows: list[tuple[Any, ...]] = connection.client.execute(sql, params)
+        return rows
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` with ``params`` bound by the driver (never by string formatting); Unavailable when
@@ -105,5 +145,7 @@ class ClickHouseReader:
 
     def close(self) -> None:
         """Closes every connection."""
-        while not self._clients.empty():
-            self._clients.get_nowait().disconnect()
+        while not self._connections.empty():
+            client = self._connections.get_nowait().client
+            if client is not None:
+                client.disconnect()

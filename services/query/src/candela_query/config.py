@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from candela_runtime.config import ServiceConfig, env_field
+from candela_runtime.config import ConfigError, ServiceConfig, env_field
+from candela_runtime.failover import Address, parse_members
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,6 +15,12 @@ class QueryConfig(ServiceConfig):
     auth_addr: str = env_field("host:port of the auth service, which resolves callers' API keys.")
     clickhouse_host: str = env_field("ClickHouse host (native protocol).", "127.0.0.1")
     clickhouse_port: int = env_field("ClickHouse native TCP port.", 9000)
+    clickhouse_alt_hosts: str = env_field(
+        "More ClickHouse members, comma-separated host[:port] (the port defaults to CANDELA_CLICKHOUSE_PORT): "
+        "in cluster mode the others of the cluster, tried in turn when the one in use cannot be reached "
+        "(see candela_runtime.failover). Empty: CANDELA_CLICKHOUSE_HOST only.",
+        "",
+    )
     clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
     clickhouse_connections: int = env_field("ClickHouse connections (each query holds one).", 4)
     clickhouse_user: str = env_field("ClickHouse user.", "default")
@@ -46,3 +53,14 @@ class QueryConfig(ServiceConfig):
     clickhouse_final: bool = env_field(
         "Read with FINAL so copies of a redelivered log not yet merged show once (turn off only to measure).", True
     )
+
+    def __post_init__(self) -> None:
+        try:
+            parse_members(self.clickhouse_host, self.clickhouse_port, self.clickhouse_alt_hosts)
+        except ValueError as error:
+            raise ConfigError(f"CANDELA_CLICKHOUSE_ALT_HOSTS: {error}") from None
+
+    @property
+    def clickhouse_alt_members(self) -> tuple[Address, ...]:
+        """The members of CANDELA_CLICKHOUSE_ALT_HOSTS, after CANDELA_CLICKHOUSE_HOST's."""
+        return parse_members(self.clickhouse_host, self.clickhouse_port, self.clickhouse_alt_hosts)[1:]

@@ -45,6 +45,7 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             password=config.clickhouse_password,
             table=config.clickhouse_table,
             cluster=config.clickhouse_cluster,
+            alt_members=config.clickhouse_alt_members,
         )
         for _ in range(config.consumers + 1)
     )

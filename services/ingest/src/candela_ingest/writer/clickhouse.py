@@ -45,6 +45,7 @@ from candela_ingest.writer.rows import (
     insert_statement,
     scores_insert_statement,
 )
+from candela_runtime.failover import Address, Members, run_with_failover
 from candela_schema.migrator import LOCAL_SUFFIX, MigrationError, run_on_each_shard
 
 T = TypeVar("T")
@@ -109,6 +110,16 @@ def _send_block(connection: Any, block: bytes) -> None:
     connection.fout.flush()
 
 
+def _execute(client: Client, statement: str, params: Any = None) -> Any:
+    return client.execute(statement, params)
+
+
+def is_connection_failure(error: Exception) -> bool:
+    """Whether a failed call could not reach its member (refused, reset, timed out, closed mid-answer), as
+    opposed to an error the member answered with (which the next member would answer too)."""
+    return isinstance(error, ch_errors.NetworkError | ch_errors.SocketTimeoutError | OSError | EOFError)
+
+
 def columns_of(rows: Sequence[Row]) -> list[list[Any]]:
     """Rows transposed into columns (lists); runs in C (``zip``)."""
     return [list(column) for column in zip(*rows, strict=True)]
@@ -129,6 +140,7 @@ class ClickHouseRowSink:
         cluster: str = "",
         connect_timeout_s: float = 3.0,
         send_receive_timeout_s: float = 60.0,
+        alt_members: Sequence[Address] = (),
     ) -> None:
         self._table = table
         self._cluster = cluster
@@ -146,15 +158,45 @@ class ClickHouseRowSink:
             send_receive_timeout=send_receive_timeout_s,
             settings=CLUSTER_SETTINGS if cluster else None,
         )
-        self._client = self._connect(host=host, port=port)
+        self._members = Members([(host, port), *alt_members])
+        self._member, self._client = (host, port), self._connect(host=host, port=port)
         if self._client.connection.compression:
             # _send_block writes the block as it is; a compressed connection would need it compressed.
             raise ValueError("ClickHouseRowSink does not support a compressed ClickHouse connection")
 
     async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function(client, *args, **kwargs)`` on the worker thread, on the first member that answers.
+
+        Every call may run again on the next member after a connection failure (:mod:`candela_runtime.failover`),
+        because each is safe to run twice:
+        - an insert that failed half-way may have stored its rows on some shards; written again (through any
+          member: the Distributed table sends each row to its shard by request id, whichever member routes
+          it), each row is a second copy of the same version of the same request on the same shard, which
+          ReplacingMergeTree collapses (the reads use FINAL or argMax; it is what a redelivered Kafka message
+          does already), and a replicated table drops an identical block outright (insert deduplication);
+          the index views it feeds are read for min() and max() only, which a copy leaves as they are.
+          Usage is counted in Postgres in the transaction held open around the insert
+          (:mod:`candela_ingest.writer.postgres`), which commits once, after the insert that succeeded: the
+          copy is never counted. Scores are a ReplacingMergeTree(version) by score too.
+        - a retention delete (a mutation with a WHERE) deletes nothing more the second time;
+        - the rest are reads.
+        """
         loop = asyncio.get_running_loop()
+
+        def operation(member: Address) -> T:
+            return self._on_member(function, *args, member=member, **kwargs)
+
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
+            return await loop.run_in_executor(
+                self._executor,
+                functools.partial(
+                    run_with_failover,
+                    self._members,
+                    operation,
+                    is_connection_failure=is_connection_failure,
+                    retry=True,
+                ),
+            )
         except (
             ch_errors.Error,
             OSError,
@@ -166,6 +208,13 @@ class ClickHouseRowSink:
             MigrationError,  # no replica of a shard answered (run_on_each_shard)
         ) as err:
             raise classify_clickhouse_error(err) from err
+
+    def _on_member(self, function: Callable[..., T], *args: Any, member: Address, **kwargs: Any) -> T:
+        """Runs on the worker thread: ``function`` with a client of ``member`` (made anew when it changes)."""
+        if member != self._member:
+            self._client.disconnect()
+            self._member, self._client = member, self._connect(host=member[0], port=member[1])
+        return function(self._client, *args, **kwargs)
 
     async def insert(self, columns: RequestColumns) -> None:
         """One columnar insert of a batch's rows (:func:`~candela_ingest.writer.rows.request_columns`)."""
@@ -179,7 +228,8 @@ class ClickHouseRowSink:
                 self._insert_columns, self._insert_scores, dict(zip(SCORE_COLUMNS, columns_of(rows), strict=True))
             )
 
-    def _insert_columns(self, statement: str, columns: Mapping[str, Sequence[Any]]) -> None:
+    @staticmethod
+    def _insert_columns(client: Client, statement: str, columns: Mapping[str, Sequence[Any]]) -> None:
         """Runs on the worker thread: what the driver's ``Client.execute`` does for a columnar INSERT (its
         ``process_insert_query``), with the block encoded by :func:`~candela_ingest.writer.native.encode_block`.
 
@@ -191,7 +241,6 @@ class ClickHouseRowSink:
         value that does not fit its column raises ValueError, TypeError, OverflowError or struct.error
         (rejected data), as the driver's encoder did without ``types_check``.
         """
-        client = self._client
         with client.disconnect_on_error(statement, None):
             connection = client.connection
             connection.send_query(statement)
@@ -224,7 +273,7 @@ class ClickHouseRowSink:
         """The active monthly partitions (YYYYMM) of the table."""
         parts = f"cluster('{self._cluster}', system, parts)" if self._cluster else "system.parts"
         result = await self._run(
-            self._client.execute,
+            _execute,
             f"SELECT DISTINCT partition FROM {parts} WHERE database = %(d)s AND table = %(t)s"
             " AND active ORDER BY partition",
             {"d": self._database, "t": f"{self._table}{LOCAL_SUFFIX}" if self._cluster else self._table},
@@ -234,7 +283,7 @@ class ClickHouseRowSink:
     async def organizations_in_partition(self, partition: str) -> set[uuid.UUID]:
         """The organizations with rows in one monthly partition."""
         result = await self._run(
-            self._client.execute,
+            _execute,
             f"SELECT DISTINCT organization_id FROM {self._table} WHERE toYYYYMM(created_at) = %(p)s",
             {"p": int(partition)},
         )
@@ -260,16 +309,16 @@ class ClickHouseRowSink:
     async def _alter(self, statement: str, params: dict[str, Any] | None = None) -> None:
         """Runs an ALTER: on the server, or in cluster mode once per shard (replication does the rest)."""
         if not self._cluster:
-            await self._run(self._client.execute, statement, params)
+            await self._run(_execute, statement, params)
             return
-        await self._run(run_on_each_shard, self._client, self._connect_member, self._cluster, statement, params)
+        await self._run(run_on_each_shard, self._connect_member, self._cluster, statement, params)
 
     def _connect_member(self, host: str, port: int) -> Client:
         return self._connect(host=host, port=port)
 
     async def check(self) -> None:
         """Raises StoreUnavailable unless the server answers and the table exists (readiness)."""
-        result = await self._run(self._client.execute, f"EXISTS TABLE {self._table}")
+        result = await self._run(_execute, f"EXISTS TABLE {self._table}")
         if not result or not result[0][0]:
             raise StoreUnavailable(f"the ClickHouse table {self._table} does not exist (migrations not applied?)")
 
