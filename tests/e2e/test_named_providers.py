@@ -5,6 +5,7 @@ deployment and the model, prices the call, and keeps each body or says why it do
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import uuid
@@ -276,7 +277,29 @@ def test_non_json_endpoints_pass_through_and_are_logged_with_their_content_type(
     assert back.content == small
     logged = _logged(query_stub, admin, back.headers["candela-id"])
     assert logged.request.properties["candela-response-content-type"] == "application/octet-stream"
-    assert logged.response_body == small.decode("utf-8", "replace")
+    # Bytes that are not UTF-8 come back byte for byte, never as text with replacement characters.
+    assert (logged.response_body, logged.response_body_bytes) == ("", small)
+
+    # A binary answer within the limit is kept exactly, over gRPC and REST (base64 in JSON) alike; the
+    # request beside it, JSON, stays text.
+    short_speech = client.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input="Say hi", extra_headers={"x-fake-audio-bytes": "5000"}
+    )
+    spoken = audio_bytes("Say hi", 5000)
+    assert short_speech.content == spoken
+    logged = _logged(query_stub, admin, short_speech.headers["candela-id"])
+    assert (logged.response_body, logged.response_body_bytes) == ("", spoken)
+    assert json.loads(logged.request_body)["input"] == "Say hi"
+    assert logged.request_body_bytes == b""
+    rest = httpx.get(
+        f"{stack.gateway_url}/v1/request/{short_speech.headers['candela-id']}",
+        headers={"Authorization": f"Bearer {admin.api_key}"},
+        timeout=10,
+    )
+    assert rest.status_code == 200, rest.text
+    assert base64.b64decode(rest.json()["responseBodyBytes"]) == spoken
+    assert rest.json()["responseBody"] == ""
+    assert json.loads(rest.json()["requestBody"])["input"] == "Say hi"
 
     # An image edit (multipart in, JSON out) and a non-JSON body on a JSON path: never a 400 for not being JSON.
     edited = client.images.edit(model="gpt-image-1", image=("dot.png", b"\x89PNG\r\n" + b"\0" * 100), prompt="bluer")
