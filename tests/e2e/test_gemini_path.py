@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 
 import anthropic
 import httpx
@@ -19,6 +20,7 @@ from google.oauth2.credentials import Credentials
 from candela.query.v1 import query_service_pb2_grpc
 from candela_stack.stack import Bootstrap, Stack
 from tests.e2e.conftest import expected_cost, wait_for_logged_request
+from tests.e2e.proxy_support import fake_requests
 
 pytestmark = pytest.mark.e2e
 
@@ -140,6 +142,36 @@ def test_openai_compatible_endpoint_is_logged_as_google(
     assert raw.parse().choices[0].message.content.startswith("Echo: Plan a short trip")  # type: ignore[union-attr]
     record = wait_for_logged_request(query_stub, admin.api_key, raw.headers["candela-id"]).request
     assert (record.provider, record.model, record.path) == ("google", MODEL, "/v1beta/openai/chat/completions")
+    assert record.cost_usd == str(expected_cost(MODEL, "google", PROMPT_TOKENS, COMPLETION_TOKENS))
+
+
+def test_openai_compatible_streams_are_priced_from_the_usage_gemini_sends_unasked(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
+) -> None:
+    """Gemini reports a stream's usage on its last chunk without stream_options: the stream is priced, and the
+    body goes upstream as the client wrote it (no stream_options added), so the client gets what Gemini sent."""
+    marker = uuid.uuid4().hex
+    client = closing.enter_context(
+        openai.OpenAI(
+            base_url=f"{stack.gateway_url}/gemini/v1beta/openai",
+            api_key=GEMINI_KEY,
+            default_headers={"Candela-Auth": f"Bearer {admin.api_key}", "x-test-marker": marker},
+            max_retries=0,
+        )
+    )
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
+    ) as response:
+        request_id = response.headers["candela-id"]
+        chunks = list(response.parse())
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks).startswith("Echo: Plan a short trip")
+    assert [chunk.usage is not None for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    (sent,) = fake_requests(stack, x_test_marker=marker)
+    assert "stream_options" not in sent["json"]
+    record = wait_for_logged_request(query_stub, admin.api_key, request_id).request
+    assert (record.provider, record.streamed) == ("google", True)
+    assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
     assert record.cost_usd == str(expected_cost(MODEL, "google", PROMPT_TOKENS, COMPLETION_TOKENS))
 
 
