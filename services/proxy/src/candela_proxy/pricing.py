@@ -16,9 +16,10 @@ What genai-prices 0.2.3 prices beyond plain tokens, and Candela passes on:
 - web searches (Anthropic ``usage.server_tool_use.web_search_requests``), per thousand;
 - OpenAI service tiers (``service_tier`` flex / priority in the response, else the request) and Anthropic's
   batch tier (``usage.service_tier: "batch"``), as genai-prices' price variants.
-What it does not price, and Candela does not invent: Anthropic web fetches
-(``server_tool_use.web_fetch_requests``: recorded, no fee added) and the OpenAI Batch API (its requests
-go through ``/v1/batches`` and files, which are passed through and logged, not priced per item).
+Anthropic web fetches (``server_tool_use.web_fetch_requests``) are recorded and add no fee: Anthropic
+charges none beyond the tokens of the fetched content, which its usage already counts as input. What it
+does not price, and Candela does not invent: the OpenAI Batch API (its requests go through ``/v1/batches``
+and files, which are passed through and logged, not priced per item).
 """
 
 from __future__ import annotations
