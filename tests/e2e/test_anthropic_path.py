@@ -78,8 +78,9 @@ def test_web_fetches_are_priced_as_tokens_only(
         messages=[{"role": "user", "content": PROMPT}],
         extra_headers={"x-fake-usage": json.dumps(fetched)},
     )
-    assert raw.parse().usage.server_tool_use is not None
-    assert raw.parse().usage.server_tool_use.web_fetch_requests == 3
+    tools = raw.parse().usage.server_tool_use
+    assert tools is not None
+    assert tools.web_fetch_requests == 3
     record = wait_for_logged_request(query_stub, admin.api_key, raw.headers["candela-id"]).request
     assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
     assert record.cost_usd == str(expected_cost(MODEL, "anthropic", PROMPT_TOKENS, COMPLETION_TOKENS))
