@@ -7,11 +7,13 @@ import contextlib
 import json
 import time
 import uuid
+from decimal import Decimal
 
 import anthropic
 import httpx
 import openai
 import pytest
+from genai_prices import Usage, calc_price
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -246,3 +248,38 @@ def test_cache_hits_whatever_key_is_in_the_query(stack: Stack, admin: Bootstrap)
     second = httpx.post(f"{url}?key=another-key-of-the-same-org", json=body, headers=headers, timeout=30)
     assert (first.headers["candela-cache"], second.headers["candela-cache"]) == ("MISS", "HIT")
     assert second.json() == first.json()
+
+
+def test_audio_input_with_cache_reads_is_priced_by_modality(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
+) -> None:
+    """Google breaks the prompt and its cache reads down by modality: audio, fresh and cached, is priced at
+    its own rates (genai-prices'), not as text."""
+    usage = {
+        "promptTokenCount": 1200,
+        "cachedContentTokenCount": 1000,
+        "candidatesTokenCount": COMPLETION_TOKENS,
+        "totalTokenCount": 1200 + COMPLETION_TOKENS,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1100}, {"modality": "AUDIO", "tokenCount": 100}],
+        "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 940}, {"modality": "AUDIO", "tokenCount": 60}],
+    }
+    client = closing.enter_context(_gemini(stack, admin.api_key, **{"x-fake-usage": json.dumps(usage)}))
+    answer = client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata.cached_content_token_count == 1000
+    assert answer.sdk_http_response is not None
+    request_id = (answer.sdk_http_response.headers or {})["candela-id"]
+    record = wait_for_logged_request(query_stub, admin.api_key, request_id).request
+    assert (record.usage.prompt_tokens, record.usage.cache_read_tokens) == (1200, 1000)
+    assert record.usage.audio_prompt_tokens == 100
+    priced = Usage(
+        input_tokens=1200,
+        cache_read_tokens=1000,
+        input_audio_tokens=100,
+        cache_audio_read_tokens=60,
+        output_tokens=COMPLETION_TOKENS,
+    )
+    expected = calc_price(priced, model_ref=MODEL, provider_id="google").total_price
+    as_text = Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=COMPLETION_TOKENS)
+    assert Decimal(record.cost_usd) == expected
+    assert expected != calc_price(as_text, model_ref=MODEL, provider_id="google").total_price
