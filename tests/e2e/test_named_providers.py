@@ -264,13 +264,31 @@ def test_non_json_endpoints_pass_through_and_are_logged_with_their_content_type(
     assert logged.response_body.startswith("[candela: audio/mpeg body of 1500000 bytes not logged")
     assert json.loads(logged.request_body)["voice"] == "alloy"
 
-    # A file upload above the limit is logged as a marker; its small binary content back is kept.
+    # A file upload above the limit keeps its form fields in the log, the file's content replaced by a
+    # marker; its small binary content back is kept.
     content = bytes(range(256)) * 5000
     created = client.files.with_raw_response.create(file=("data.bin", content), purpose="user_data")
     file_id = created.parse().id
     logged = _logged(query_stub, admin, created.headers["candela-id"])
-    assert logged.request_body.startswith("[candela: multipart/form-data body of ")
+    assert 'name="purpose"\r\n\r\nuser_data\r\n' in logged.request_body
+    assert 'filename="data.bin"' in logged.request_body
+    assert f"part of {len(content)} bytes not logged: the body is larger than" in logged.request_body
+    assert len(logged.request_body) < 2000
     assert json.loads(logged.response_body)["bytes"] == len(content)
+
+    # A large audio upload: the model, prompt and language stay readable in the log.
+    long_audio = b"RIFF" + bytes(range(256)) * 4200
+    with_fields = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("meeting.wav", long_audio), prompt="Names: Zoë, Ngũgĩ", language="fr"
+    )
+    assert with_fields.parse().text
+    logged = _logged(query_stub, admin, with_fields.headers["candela-id"])
+    assert logged.request.model == "whisper-1"
+    body = logged.request_body
+    for field, value in (("model", "whisper-1"), ("prompt", "Names: Zoë, Ngũgĩ"), ("language", "fr")):
+        assert f'name="{field}"\r\n\r\n{value}\r\n' in body, field
+    assert f"part of {len(long_audio)} bytes not logged" in body
+    assert logged.request_body_bytes == b""
     small = b"\x00\x01binary\xff"
     small_id = client.files.create(file=("small.bin", small), purpose="user_data").id
     back = client.files.with_raw_response.content(small_id)
