@@ -1,6 +1,7 @@
 import { toJsonString } from "@bufbuild/protobuf";
 import { useEffect, useState } from "react";
 import { explain, type Api } from "./api";
+import { save } from "./exporting";
 import { requestTurns, responseTurns, type Part, type Turn } from "./conversation";
 import { formatCount, formatMs, formatProperties, formatTime } from "./format";
 import { LogRecordSchema, type LogRecord } from "./gen/candela/logs/v1/log_record_pb";
@@ -280,14 +281,8 @@ function Body({
 }) {
   if (omitted) return <Raw title={title} text="(not recorded)" />;
   if (!bytes.length) return <Raw title={title} text={pretty(text)} />;
-  const download = () => {
-    const url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: contentType || "application/octet-stream" }));
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = fileName + extension(contentType);
-    link.click();
-    setTimeout(() => URL.revokeObjectURL(url), 1000);
-  };
+  const download = () =>
+    save(new Blob([bytes as BlobPart], { type: contentType || "application/octet-stream" }), fileName + extension(contentType));
   return (
     <details className="raw" open>
       <summary>{title}</summary>
