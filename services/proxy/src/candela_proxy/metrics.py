@@ -103,7 +103,7 @@ def endpoint_label(route: Route | None) -> str:
     operation when the path is one of the known ones, else "other" (also for a request with no route)."""
     if route is None:
         return "other"
-    path = route.openai_path
+    path = route.api_path or route.provider_path  # route.openai_path, without a property call on the hot path
     if path in OPENAI_ENDPOINTS:
         return path
     last = path.rpartition("/")[2]
