@@ -1,6 +1,7 @@
 import { toJsonString } from "@bufbuild/protobuf";
 import { useEffect, useState } from "react";
 import { explain, type Api } from "./api";
+import { save } from "./exporting";
 import { requestTurns, responseTurns, type Part, type Turn } from "./conversation";
 import { formatCount, formatMs, formatProperties, formatTime } from "./format";
 import { LogRecordSchema, type LogRecord } from "./gen/candela/logs/v1/log_record_pb";
@@ -70,8 +71,22 @@ export function RequestDetail({
             turns={record.requestBodyOmitted ? [] : requestTurns(detail.requestBody)}
             answer={record.responseBodyOmitted ? [] : responseTurns(detail.responseBody)}
           />
-          <Raw title="Request body" text={record.requestBodyOmitted ? "(not recorded)" : pretty(detail.requestBody)} />
-          <Raw title="Response body" text={record.responseBodyOmitted ? "(not recorded)" : pretty(detail.responseBody)} />
+          <Body
+            title="Request body"
+            omitted={record.requestBodyOmitted}
+            text={detail.requestBody}
+            bytes={detail.requestBodyBytes}
+            contentType={record.properties[REQUEST_CONTENT_TYPE] ?? ""}
+            fileName={`${requestId}-request`}
+          />
+          <Body
+            title="Response body"
+            omitted={record.responseBodyOmitted}
+            text={detail.responseBody}
+            bytes={detail.responseBodyBytes}
+            contentType={record.properties[RESPONSE_CONTENT_TYPE] ?? ""}
+            fileName={`${requestId}-response`}
+          />
           <Raw title="Record" text={toJsonString(LogRecordSchema, record, { prettySpaces: 2 })} />
         </>
       )}
@@ -241,6 +256,62 @@ function PartView({ part }: { part: Part }) {
         </div>
       );
   }
+}
+
+// The properties that say what a body that is not JSON is (set by the proxy, candela_proxy/binary_bodies.py).
+const REQUEST_CONTENT_TYPE = "candela-request-content-type";
+const RESPONSE_CONTENT_TYPE = "candela-response-content-type";
+
+/** A logged body: text as text; a binary one (audio, an image, an upload) as one line and a download, never
+ * as bytes forced into text. */
+function Body({
+  title,
+  omitted,
+  text,
+  bytes,
+  contentType,
+  fileName,
+}: {
+  title: string;
+  omitted: boolean;
+  text: string;
+  bytes: Uint8Array;
+  contentType: string;
+  fileName: string;
+}) {
+  if (omitted) return <Raw title={title} text="(not recorded)" />;
+  if (!bytes.length) return <Raw title={title} text={pretty(text)} />;
+  const download = () =>
+    save(new Blob([bytes as BlobPart], { type: contentType || "application/octet-stream" }), fileName + extension(contentType));
+  return (
+    <details className="raw" open>
+      <summary>{title}</summary>
+      <p className="binary">
+        binary, {formatCount(bytes.length)} bytes, {contentType || "content type unknown"}{" "}
+        <button type="button" className="quiet" onClick={download}>
+          Download
+        </button>
+      </p>
+    </details>
+  );
+}
+
+function extension(contentType: string): string {
+  const media = contentType.split(";", 1)[0].trim().toLowerCase();
+  const known: Record<string, string> = {
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/ogg": ".ogg",
+    "audio/flac": ".flac",
+    "audio/aac": ".aac",
+    "audio/opus": ".opus",
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+  };
+  return known[media] ?? ".bin";
 }
 
 function Raw({ title, text }: { title: string; text: string }) {

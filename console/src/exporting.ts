@@ -136,7 +136,7 @@ export function useExport(api: Api, filter: Filter, sort: Sort) {
 }
 
 /** Hands a Blob to the browser as a download (a blob: URL of this page, never the API key). */
-function save(blob: Blob, name: string): void {
+export function save(blob: Blob, name: string): void {
   const url = URL.createObjectURL(blob);
   const link = document.createElement("a");
   link.href = url;

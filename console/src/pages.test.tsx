@@ -1,10 +1,12 @@
 // Components against an API that fails the way a real one does (ConnectError codes): every failure a
 // person can meet is a message in the page that says what to do, never a blank screen.
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { cleanup, fireEvent, render, screen } from "@testing-library/react";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Api } from "./api";
 import { ExportControl } from "./ExportControl";
+import { GetRequestResponseSchema } from "./gen/candela/query/v1/query_service_pb";
 import { RequestDetail } from "./RequestDetail";
 import { RequestsPage } from "./RequestsPage";
 import { SignIn } from "./SignIn";
@@ -41,6 +43,26 @@ describe("RequestDetail", () => {
   it("says a request id that does not exist was not found", async () => {
     render(<RequestDetail api={failingApi(Code.NotFound)} requestId="00000000-0000-4000-8000-000000000000" onClose={() => {}} />);
     expect((await screen.findByRole("alert")).textContent).toBe("Not found in this organization.");
+  });
+
+  it("shows a binary body as its size and content type with a download, and a text body as text", async () => {
+    const audio = new Uint8Array(5000).map((_, index) => index % 256);
+    const detail = create(GetRequestResponseSchema, {
+      request: {
+        requestId: "00000000-0000-4000-8000-000000000001",
+        provider: "openai",
+        path: "/v1/audio/speech",
+        properties: { "candela-request-content-type": "application/json", "candela-response-content-type": "audio/mpeg" },
+      },
+      requestBody: '{"model": "tts-1", "input": "Say hi"}',
+      responseBodyBytes: audio,
+    });
+    const api = { query: { getRequest: async () => detail } } as unknown as Api;
+    const { container } = render(<RequestDetail api={api} requestId="00000000-0000-4000-8000-000000000001" onClose={() => {}} />);
+    expect((await screen.findByText(/^binary, /)).textContent).toBe("binary, 5,000 bytes, audio/mpeg Download");
+    expect(screen.getByRole("button", { name: "Download" })).toBeTruthy();
+    expect(container.textContent).toContain('"input": "Say hi"');
+    expect(container.textContent).not.toContain("\ufffd");
   });
 });
 

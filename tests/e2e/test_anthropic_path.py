@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import anthropic
 import pytest
@@ -63,3 +64,24 @@ def test_streamed_message_is_logged_with_usage(
     assert record.HasField("time_to_first_token_ms")
     assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
     assert record.finish_reason == "end_turn"
+
+
+def test_web_fetches_are_priced_as_tokens_only(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
+) -> None:
+    """Anthropic charges nothing for a web fetch beyond its tokens (the fetched content is input tokens): a call
+    that fetched is priced, at exactly its tokens' price, never left unpriced for the fetch count."""
+    fetched = {"server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 3}}
+    raw = closing.enter_context(_client(stack, admin.api_key)).messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=100,
+        messages=[{"role": "user", "content": PROMPT}],
+        extra_headers={"x-fake-usage": json.dumps(fetched)},
+    )
+    tools = raw.parse().usage.server_tool_use
+    assert tools is not None
+    assert tools.web_fetch_requests == 3
+    record = wait_for_logged_request(query_stub, admin.api_key, raw.headers["candela-id"]).request
+    assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+    assert record.cost_usd == str(expected_cost(MODEL, "anthropic", PROMPT_TOKENS, COMPLETION_TOKENS))
+    assert raw.headers["candela-cost-usd"] == record.cost_usd

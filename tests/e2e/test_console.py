@@ -7,6 +7,7 @@ each test's temp dir.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -470,3 +471,27 @@ def test_export_downloads_the_listed_requests_as_csv_and_jsonl(
     assert {line["user_id"] for line in lines} == {user}
     assert [line["properties"]["note"] for line in reversed(lines)] == [f'+{index}, said "hi"' for index in range(3)]
     assert {path.name for path in (tmp_path / "screenshots").iterdir()} == {"50-export.png"}
+
+
+def test_a_binary_body_shows_as_its_size_and_type_and_downloads_byte_for_byte(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, tmp_path: Path
+) -> None:
+    with openai.OpenAI(
+        base_url=f"{stack.gateway_url}/v1",
+        api_key="sk-local",
+        default_headers={"Candela-Auth": f"Bearer {admin.api_key}"},
+        max_retries=0,
+    ) as client:
+        speech = client.audio.speech.with_raw_response.create(
+            model="tts-1", voice="alloy", input="Say it", extra_headers={"x-fake-audio-bytes": "5000"}
+        )
+    request_id = speech.headers["candela-id"]
+    assert wait_for_logged_request(query_stub, admin.api_key, request_id).response_body_bytes == speech.content
+
+    steps = _browse("binary.mjs", stack, admin.api_key, tmp_path, CANDELA_CONSOLE_REQUEST_ID=request_id)["steps"]
+
+    assert steps["binaryLine"] == "binary, 5,000 bytes, audio/mpeg Download"
+    assert "\ufffd" not in steps["detailText"]
+    assert steps["download"]["name"] == f"{request_id}-response.mp3"
+    assert base64.b64decode(steps["download"]["base64"]) == speech.content
+    assert {path.name for path in (tmp_path / "screenshots").iterdir()} == {"60-binary-detail.png"}

@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
+from decimal import Decimal
 
 import anthropic
 import httpx
 import openai
 import pytest
+from genai_prices import Usage, calc_price
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -19,6 +22,7 @@ from google.oauth2.credentials import Credentials
 from candela.query.v1 import query_service_pb2_grpc
 from candela_stack.stack import Bootstrap, Stack
 from tests.e2e.conftest import expected_cost, wait_for_logged_request
+from tests.e2e.proxy_support import fake_requests
 
 pytestmark = pytest.mark.e2e
 
@@ -143,6 +147,36 @@ def test_openai_compatible_endpoint_is_logged_as_google(
     assert record.cost_usd == str(expected_cost(MODEL, "google", PROMPT_TOKENS, COMPLETION_TOKENS))
 
 
+def test_openai_compatible_streams_are_priced_from_the_usage_gemini_sends_unasked(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
+) -> None:
+    """Gemini reports a stream's usage on its last chunk without stream_options: the stream is priced, and the
+    body goes upstream as the client wrote it (no stream_options added), so the client gets what Gemini sent."""
+    marker = uuid.uuid4().hex
+    client = closing.enter_context(
+        openai.OpenAI(
+            base_url=f"{stack.gateway_url}/gemini/v1beta/openai",
+            api_key=GEMINI_KEY,
+            default_headers={"Candela-Auth": f"Bearer {admin.api_key}", "x-test-marker": marker},
+            max_retries=0,
+        )
+    )
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
+    ) as response:
+        request_id = response.headers["candela-id"]
+        chunks = list(response.parse())
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks).startswith("Echo: Plan a short trip")
+    assert [chunk.usage is not None for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    (sent,) = fake_requests(stack, x_test_marker=marker)
+    assert "stream_options" not in sent["json"]
+    record = wait_for_logged_request(query_stub, admin.api_key, request_id).request
+    assert (record.provider, record.streamed) == ("google", True)
+    assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+    assert record.cost_usd == str(expected_cost(MODEL, "google", PROMPT_TOKENS, COMPLETION_TOKENS))
+
+
 def test_vertex_gemini_and_claude_are_logged_as_google_vertex(
     stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
 ) -> None:
@@ -214,3 +248,38 @@ def test_cache_hits_whatever_key_is_in_the_query(stack: Stack, admin: Bootstrap)
     second = httpx.post(f"{url}?key=another-key-of-the-same-org", json=body, headers=headers, timeout=30)
     assert (first.headers["candela-cache"], second.headers["candela-cache"]) == ("MISS", "HIT")
     assert second.json() == first.json()
+
+
+def test_audio_input_with_cache_reads_is_priced_by_modality(
+    stack: Stack, admin: Bootstrap, query_stub: query_service_pb2_grpc.QueryServiceStub, closing: contextlib.ExitStack
+) -> None:
+    """Google breaks the prompt and its cache reads down by modality: audio, fresh and cached, is priced at
+    its own rates (genai-prices'), not as text."""
+    usage = {
+        "promptTokenCount": 1200,
+        "cachedContentTokenCount": 1000,
+        "candidatesTokenCount": COMPLETION_TOKENS,
+        "totalTokenCount": 1200 + COMPLETION_TOKENS,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1100}, {"modality": "AUDIO", "tokenCount": 100}],
+        "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 940}, {"modality": "AUDIO", "tokenCount": 60}],
+    }
+    client = closing.enter_context(_gemini(stack, admin.api_key, **{"x-fake-usage": json.dumps(usage)}))
+    answer = client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata.cached_content_token_count == 1000
+    assert answer.sdk_http_response is not None
+    request_id = (answer.sdk_http_response.headers or {})["candela-id"]
+    record = wait_for_logged_request(query_stub, admin.api_key, request_id).request
+    assert (record.usage.prompt_tokens, record.usage.cache_read_tokens) == (1200, 1000)
+    assert record.usage.audio_prompt_tokens == 100
+    priced = Usage(
+        input_tokens=1200,
+        cache_read_tokens=1000,
+        input_audio_tokens=100,
+        cache_audio_read_tokens=60,
+        output_tokens=COMPLETION_TOKENS,
+    )
+    expected = calc_price(priced, model_ref=MODEL, provider_id="google").total_price
+    as_text = Usage(input_tokens=1200, cache_read_tokens=1000, output_tokens=COMPLETION_TOKENS)
+    assert Decimal(record.cost_usd) == expected
+    assert expected != calc_price(as_text, model_ref=MODEL, provider_id="google").total_price

@@ -13,17 +13,25 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import anthropic
+import boto3
+import botocore.config
 import grpc
 import httpx
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_runtime.security import service_metadata
+from candela_stack.fake_provider.bedrock import FAKE_ACCESS_KEY_PREFIX, fake_secret_access_key
 from candela_stack.stack import Bootstrap, Component, Stack
 from tests.e2e.conftest import bearer, wait_for_logged_request
 from tests.factories import ingest_record
@@ -43,6 +51,7 @@ PIPELINE_COUNTERS = (
     (Component.WRITER, "candela_writer_rows_inserted_total"),
     (Component.WRITER, "candela_writer_batches_committed_total"),
 )
+BEDROCK_ACCESS_KEY = FAKE_ACCESS_KEY_PREFIX + "METRICS001"
 # Longer than the proxy's flush interval (0.2 s) plus the writer's batch wait (0.5 s) and a store round trip.
 QUIET_S = 1.5
 
@@ -349,3 +358,103 @@ def test_the_proxy_counts_the_requests_it_refuses_by_endpoint(stack: Stack) -> N
     # Refused requests never reached a provider: no end-to-end duration was recorded for them.
     duration = "candela_proxy_request_duration_seconds_count"
     assert after.value(duration) == before.value(duration)
+
+
+def test_every_providers_requests_count_under_a_bounded_endpoint_label(
+    stack: Stack, admin: Bootstrap, closing: contextlib.ExitStack
+) -> None:
+    """Gemini, Vertex AI, Bedrock, Azure and the named providers, each through its own SDK: counted under
+    the method, operation or OpenAI path they are, never "other" and never a model id or a deployment."""
+    candela = {"Candela-Auth": f"Bearer {admin.api_key}"}
+    gemini = closing.enter_context(
+        genai.Client(
+            api_key="AIza-metrics",
+            http_options=types.HttpOptions(base_url=f"{stack.gateway_url}/gemini", headers=candela),
+        )
+    )
+    unknown_key = closing.enter_context(
+        genai.Client(
+            api_key="AIza-metrics",
+            http_options=types.HttpOptions(
+                base_url=f"{stack.gateway_url}/gemini", headers={"Candela-Auth": f"Bearer cdl_{secrets.token_hex(16)}"}
+            ),
+        )
+    )
+    vertex = closing.enter_context(
+        anthropic.AnthropicVertex(
+            region="us-east5",
+            project_id="metrics-project",
+            access_token="ya29.metrics",
+            base_url=f"{stack.gateway_url}/vertex/v1",
+            default_headers=candela,
+            max_retries=0,
+        )
+    )
+    azure = closing.enter_context(
+        openai.AzureOpenAI(
+            azure_endpoint=f"{stack.gateway_url}/azure",
+            api_version="2024-10-21",
+            api_key="azure-metrics",
+            default_headers=candela,
+            max_retries=0,
+        )
+    )
+    groq = closing.enter_context(
+        openai.OpenAI(
+            base_url=f"{stack.gateway_url}/groq/openai/v1", api_key="groq", default_headers=candela, max_retries=0
+        )
+    )
+    bedrock = boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=f"{stack.gateway_url}/bedrock",
+        aws_access_key_id=BEDROCK_ACCESS_KEY,
+        aws_secret_access_key=fake_secret_access_key(BEDROCK_ACCESS_KEY),
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+    closing.callback(bedrock.close)
+
+    def add_headers(request: Any, **_: Any) -> None:
+        request.headers["Candela-Auth"] = f"Bearer {admin.api_key}"
+        request.headers["Candela-Aws-Access-Key-Id"] = BEDROCK_ACCESS_KEY
+        request.headers["Candela-Aws-Secret-Access-Key"] = fake_secret_access_key(BEDROCK_ACCESS_KEY)
+
+    bedrock.meta.events.register("before-sign.bedrock-runtime.*", add_headers)
+    before = _settled(stack)
+
+    assert gemini.models.generate_content(model="gemini-2.5-flash", contents="metrics").text
+    assert list(gemini.models.generate_content_stream(model="gemini-2.5-flash", contents="metrics"))
+    assert gemini.models.count_tokens(model="gemini-2.5-flash", contents="metrics").total_tokens
+    claude = "claude-sonnet-4-5@20250929"
+    assert vertex.messages.create(model=claude, max_tokens=10, messages=[{"role": "user", "content": "metrics"}])
+    messages: Any = [{"role": "user", "content": [{"text": "metrics"}]}]
+    assert bedrock.converse(modelId="amazon.nova-lite-v1:0", messages=messages)["output"]
+    assert list(bedrock.converse_stream(modelId="amazon.nova-lite-v1:0", messages=messages)["stream"])
+    chat: Any = [{"role": "user", "content": "metrics"}]
+    assert azure.chat.completions.create(model="prod-chat", messages=chat).choices
+    assert groq.chat.completions.create(model="llama-3.3-70b-versatile", messages=chat).choices
+    with pytest.raises(genai_errors.ClientError):
+        unknown_key.models.generate_content(model="gemini-2.5-flash", contents="refused")
+
+    after = _settled(stack)
+    delta = Deltas(before, after)
+    served = {
+        ("google", "generateContent"): 1,
+        ("google", "streamGenerateContent"): 1,
+        ("google", "countTokens"): 1,
+        ("google-vertex", "rawPredict"): 1,
+        ("aws", "converse"): 1,
+        ("aws", "converse-stream"): 1,
+        ("azure", "/v1/chat/completions"): 1,
+        ("groq", "/v1/chat/completions"): 1,
+    }
+    for (provider, endpoint), count in served.items():
+        moved = delta(
+            Component.PROXY, "candela_proxy_requests_total", provider=provider, endpoint=endpoint, status="2xx"
+        )
+        assert (provider, endpoint, moved) == (provider, endpoint, count)
+    assert delta(Component.PROXY, "candela_proxy_requests_total", endpoint="generateContent", status="4xx") == 1
+    assert delta(Component.PROXY, "candela_proxy_requests_total", endpoint="other") == 0
+    assert delta(Component.PROXY, "candela_proxy_request_duration_seconds_count", endpoint="converse-stream") == 1
+    labels = {sample.labels["endpoint"] for sample in after[Component.PROXY].select("candela_proxy_requests_total")}
+    assert not any("gemini-" in label or "nova" in label or "prod-chat" in label for label in labels), labels

@@ -5,6 +5,7 @@ deployment and the model, prices the call, and keeps each body or says why it do
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import uuid
@@ -263,20 +264,60 @@ def test_non_json_endpoints_pass_through_and_are_logged_with_their_content_type(
     assert logged.response_body.startswith("[candela: audio/mpeg body of 1500000 bytes not logged")
     assert json.loads(logged.request_body)["voice"] == "alloy"
 
-    # A file upload above the limit is logged as a marker; its small binary content back is kept.
+    # A file upload above the limit keeps its form fields in the log, the file's content replaced by a
+    # marker; its small binary content back is kept.
     content = bytes(range(256)) * 5000
     created = client.files.with_raw_response.create(file=("data.bin", content), purpose="user_data")
     file_id = created.parse().id
     logged = _logged(query_stub, admin, created.headers["candela-id"])
-    assert logged.request_body.startswith("[candela: multipart/form-data body of ")
+    assert 'name="purpose"\r\n\r\nuser_data\r\n' in logged.request_body
+    assert 'filename="data.bin"' in logged.request_body
+    assert f"part of {len(content)} bytes not logged: the body is larger than" in logged.request_body
+    assert len(logged.request_body) < 2000
     assert json.loads(logged.response_body)["bytes"] == len(content)
+
+    # A large audio upload: the model, prompt and language stay readable in the log.
+    long_audio = b"RIFF" + bytes(range(256)) * 4200
+    with_fields = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("meeting.wav", long_audio), prompt="Names: Zoë, Ngũgĩ", language="fr"
+    )
+    assert with_fields.parse().text
+    logged = _logged(query_stub, admin, with_fields.headers["candela-id"])
+    assert logged.request.model == "whisper-1"
+    body = logged.request_body
+    for field, value in (("model", "whisper-1"), ("prompt", "Names: Zoë, Ngũgĩ"), ("language", "fr")):
+        assert f'name="{field}"\r\n\r\n{value}\r\n' in body, field
+    assert f"part of {len(long_audio)} bytes not logged" in body
+    assert logged.request_body_bytes == b""
     small = b"\x00\x01binary\xff"
     small_id = client.files.create(file=("small.bin", small), purpose="user_data").id
     back = client.files.with_raw_response.content(small_id)
     assert back.content == small
     logged = _logged(query_stub, admin, back.headers["candela-id"])
     assert logged.request.properties["candela-response-content-type"] == "application/octet-stream"
-    assert logged.response_body == small.decode("utf-8", "replace")
+    # Bytes that are not UTF-8 come back byte for byte, never as text with replacement characters.
+    assert (logged.response_body, logged.response_body_bytes) == ("", small)
+
+    # A binary answer within the limit is kept exactly, over gRPC and REST (base64 in JSON) alike; the
+    # request beside it, JSON, stays text.
+    short_speech = client.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input="Say hi", extra_headers={"x-fake-audio-bytes": "5000"}
+    )
+    spoken = audio_bytes("Say hi", 5000)
+    assert short_speech.content == spoken
+    logged = _logged(query_stub, admin, short_speech.headers["candela-id"])
+    assert (logged.response_body, logged.response_body_bytes) == ("", spoken)
+    assert json.loads(logged.request_body)["input"] == "Say hi"
+    assert logged.request_body_bytes == b""
+    rest = httpx.get(
+        f"{stack.gateway_url}/v1/request/{short_speech.headers['candela-id']}",
+        headers={"Authorization": f"Bearer {admin.api_key}"},
+        timeout=10,
+    )
+    assert rest.status_code == 200, rest.text
+    assert base64.b64decode(rest.json()["responseBodyBytes"]) == spoken
+    assert rest.json()["responseBody"] == ""
+    assert json.loads(rest.json()["requestBody"])["input"] == "Say hi"
 
     # An image edit (multipart in, JSON out) and a non-JSON body on a JSON path: never a 400 for not being JSON.
     edited = client.images.edit(model="gpt-image-1", image=("dot.png", b"\x89PNG\r\n" + b"\0" * 100), prompt="bluer")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import anthropic
+import openai
 import pytest
 from google import genai
 from google.genai import errors as genai_errors
@@ -151,3 +152,26 @@ async def test_claude_on_vertex_through_the_anthropic_sdk(fake_provider_url: str
             model="claude-sonnet-4-5@20250929", messages=[{"role": "user", "content": PROMPT}]
         )
         assert counted.input_tokens == PROMPT_TOKENS
+
+
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": True}, {"include_usage": False}])
+async def test_openai_compatible_stream_reports_usage_unasked_on_its_last_chunk(
+    fake_provider_url: str, stream_options: dict[str, bool] | None
+) -> None:
+    """Gemini's OpenAI-compatible endpoint puts ``usage`` on the chunk with the finish reason, whatever
+    ``stream_options`` says, and sends no usage-only chunk."""
+    async with openai.AsyncOpenAI(
+        base_url=f"{fake_provider_url}/v1beta/openai", api_key=GEMINI_KEY, max_retries=0
+    ) as client:
+        extra: dict[str, object] = {} if stream_options is None else {"stream_options": stream_options}
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True, **extra
+        )  # type: ignore[call-overload]
+        chunks = [chunk async for chunk in stream]
+    assert all(chunk.choices for chunk in chunks)
+    assert [chunk.usage is not None for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "stop"
+    assert last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (PROMPT_TOKENS, len(REPLY.split()))
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == REPLY

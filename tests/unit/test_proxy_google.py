@@ -138,6 +138,28 @@ def test_audio_input_is_priced_at_its_own_rate() -> None:
     )
 
 
+def test_audio_input_read_from_the_cache_is_priced_at_the_audio_cache_rate() -> None:
+    usage = {
+        **USAGE,
+        "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 940}, {"modality": "AUDIO", "tokenCount": 60}],
+    }
+    facts = facts_from_json(Provider.GOOGLE, json.dumps({**ANSWER, "usageMetadata": usage}).encode())
+    assert (facts.audio_prompt_tokens, facts.cache_read_tokens, facts.cache_audio_read_tokens) == (100, 1000, 60)
+    # gemini-2.5-flash per MTok: text in $0.30, audio in $1, text cache read $0.03, audio cache read $0.10,
+    # out $2.50. Input 1240: 1000 cached (60 audio), 240 fresh (40 audio: 100 - 60).
+    fresh_text, fresh_audio, cached_text, cached_audio = 200, 40, 940, 60
+    expected = (
+        fresh_text * Decimal("0.30")
+        + fresh_audio * Decimal("1")
+        + cached_text * Decimal("0.03")
+        + cached_audio * Decimal("0.10")
+        + 350 * Decimal("2.50")
+    ) / 1_000_000
+    assert cost_usd("google", "gemini-2.5-flash", facts) == expected
+    # Without Google's breakdown of the cache, the audio share of the cache reads is unknown: priced as text.
+    assert facts_from_json(Provider.GOOGLE, json.dumps(ANSWER).encode()).cache_audio_read_tokens is None
+
+
 def test_claude_on_vertex_is_priced_by_googles_table() -> None:
     facts = facts_from_json(
         Provider.ANTHROPIC,

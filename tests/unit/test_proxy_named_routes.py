@@ -200,6 +200,34 @@ def test_only_binary_bodies_are_bounded(content_type: str, text: bool) -> None:
         assert binary_bodies.loggable(body, content_type, len(body)) == body
 
 
+def test_a_large_form_keeps_its_fields_and_loses_only_its_files() -> None:
+    audio = bytes(range(256)) * 8
+    fields = {"model": "gpt-4o-transcribe", "prompt": "Names: Zoë, Ngũgĩ", "language": "fr"}
+    body, content_type = _multipart({"file": ("talk.wav", audio)}, fields)
+    kept = binary_bodies.loggable(body, content_type, 1024)
+    text = kept.decode()  # nothing binary is left
+    assert "[candela: audio/x-wav part of 2048 bytes not logged: the body is larger than" in text
+    assert 'filename="talk.wav"' in text
+    for name, value in fields.items():
+        assert binary_bodies.multipart_field(kept, content_type, name) == value
+    assert kept.startswith(body[: body.index(b"talk.wav")])
+    assert kept.endswith(body[body.index(audio) + len(audio) :])
+
+
+def test_a_binary_field_of_a_large_form_is_replaced_too_and_a_malformed_form_is_one_marker() -> None:
+    body, content_type = _multipart({"image": ("dot.png", b"png")}, {"model": "gpt-image-1", "mask": "x"})
+    body = body.replace(b"\r\n\r\nx\r\n", b"\r\n\r\n" + bytes(range(128, 256)) * 10 + b"\r\n")
+    kept = binary_bodies.loggable(body, content_type, 1024)
+    assert b"[candela: file part of 1280 bytes not logged" in kept
+    assert b"[candela: image/png part of 3 bytes not logged" in kept
+    assert binary_bodies.multipart_field(kept, content_type, "model") == "gpt-image-1"
+    cut = body[: len(body) // 2] + bytes(range(256)) * 4  # no closing delimiter: not a form
+    assert binary_bodies.loggable(cut, content_type, 1024).startswith(b"[candela: multipart/form-data body of ")
+    # Fields that alone are over the limit: the whole body's marker, never a log above the limit.
+    huge, huge_type = _multipart({"file": ("a.bin", b"\0" * 10)}, {"prompt": "word " * 400})
+    assert binary_bodies.loggable(huge, huge_type, 1024).startswith(b"[candela: multipart/form-data body of ")
+
+
 def test_content_types_are_properties_when_a_body_is_not_json() -> None:
     assert binary_bodies.content_type_properties("application/json", "application/json") == {}
     assert binary_bodies.content_type_properties("application/json", "text/event-stream; charset=utf-8") == {}

@@ -96,6 +96,14 @@ def test_anthropic_stream_web_searches_add_their_fee_and_web_fetches_are_recorde
     assert cost_usd("anthropic", facts.response_model, facts) == expected
 
 
+def test_web_fetches_alone_are_priced_as_their_tokens() -> None:
+    """Anthropic charges no fee per web fetch: the fetched content is billed as input tokens, already counted."""
+    usage = {"input_tokens": 12_000, "output_tokens": 300, "server_tool_use": {"web_fetch_requests": 4}}
+    facts = facts_from_json(Provider.ANTHROPIC, _anthropic(usage))
+    assert facts.web_fetch_requests == 4
+    assert cost_usd("anthropic", facts.response_model, facts) == (12_000 * OPUS_INPUT + 300 * OPUS_OUTPUT) / MILLION
+
+
 def test_web_searches_on_a_model_without_a_search_price_leave_the_call_unpriced() -> None:
     facts = facts_from_json(
         Provider.ANTHROPIC,

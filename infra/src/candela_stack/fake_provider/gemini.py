@@ -4,7 +4,8 @@
   ``PERMISSION_DENIED``): ``POST models/{model}:generateContent`` (a GenerateContentResponse),
   ``:streamGenerateContent`` (server-sent events with ``?alt=sse``, else one JSON array written element by
   element), ``:countTokens``, ``:embedContent`` and ``:batchEmbedContents`` (what the google-genai SDK
-  calls); ``POST /v1beta/openai/chat/completions`` is the OpenAI-compatible endpoint (OpenAI's format).
+  calls); ``POST /v1beta/openai/chat/completions`` is the OpenAI-compatible endpoint (OpenAI's format; a
+  stream's usage comes unasked, on its last chunk).
 - Vertex AI (``/v1/...`` or ``/v1beta1/...``; ``Authorization: Bearer`` required, else 401
   ``UNAUTHENTICATED``): ``projects/{p}/locations/{l}/publishers/google/models/{model}:{method}`` as above,
   and ``publishers/anthropic/models/{model}:rawPredict`` / ``:streamRawPredict``: Anthropic's Messages
@@ -83,8 +84,10 @@ async def vertex_gemini(request: web.Request) -> web.StreamResponse:
 
 
 async def gemini_openai_chat(request: web.Request) -> web.StreamResponse:
-    """``POST /v1beta/openai/chat/completions``: Gemini's OpenAI-compatible endpoint, OpenAI's format."""
-    return await openai_chat.chat_completions(request)
+    """``POST /v1beta/openai/chat/completions``: Gemini's OpenAI-compatible endpoint, OpenAI's format, except
+    that a stream reports its usage without being asked: on its last chunk, the one with the
+    ``finish_reason`` (as Gemini does, ``stream_options`` or not), never in a usage-only chunk."""
+    return await openai_chat.answer_chat(request, await read_body(request, "openai"), usage_on_last_chunk=True)
 
 
 async def vertex_anthropic(request: web.Request) -> web.StreamResponse:

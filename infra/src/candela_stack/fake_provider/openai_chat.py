@@ -50,10 +50,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def answer_chat(
-    request: web.Request, body: JSONObject, answered_model: str | None = None, stream_preamble: JSONObject | None = None
+    request: web.Request,
+    body: JSONObject,
+    answered_model: str | None = None,
+    stream_preamble: JSONObject | None = None,
+    *,
+    usage_on_last_chunk: bool = False,
 ) -> web.StreamResponse:
     """The chat answer to ``body``, naming ``answered_model`` (default: the body's ``model``) as its model;
-    a stream starts with the ``stream_preamble`` event when given (Azure's content-filter chunk)."""
+    a stream starts with the ``stream_preamble`` event when given (Azure's content-filter chunk). With
+    ``usage_on_last_chunk`` (Gemini's OpenAI-compatible endpoint) a stream reports its usage unasked, on the
+    chunk with the ``finish_reason``, whatever ``stream_options`` says, and has no usage-only chunk."""
     started = time.monotonic()
     model = require_openai_model(body) if answered_model is None else answered_model
     messages = require_openai_field(body, "messages")
@@ -76,7 +83,16 @@ async def answer_chat(
     finish_reason = "length" if generation.truncated else "stop"
     if body.get("stream") is True:
         return await _stream_chat(
-            request, body, model, completion_id, created, generation, usage, finish_reason, stream_preamble
+            request,
+            body,
+            model,
+            completion_id,
+            created,
+            generation,
+            usage,
+            finish_reason,
+            stream_preamble,
+            usage_on_last_chunk=usage_on_last_chunk,
         )
     await scenario.pace(len(generation.deltas))
     payload = {
@@ -109,8 +125,10 @@ async def _stream_chat(
     usage: TokenUsage,
     finish_reason: str,
     preamble: JSONObject | None = None,
+    *,
+    usage_on_last_chunk: bool = False,
 ) -> web.StreamResponse:
-    include_usage, include_obfuscation = stream_options(body)
+    include_usage, include_obfuscation = (False, False) if usage_on_last_chunk else stream_options(body)
     scenario = scenario_of(request)
 
     unasked = not include_usage and request.headers.get("x-fake-stream-usage") == "unasked"
@@ -148,7 +166,23 @@ async def _stream_chat(
         for delta in generation.deltas:
             await scenario.pace()
             await response.write(chunk(choice({"content": delta}, None), None, delta))
-        if unasked:
+        if usage_on_last_chunk:
+            last = sse_event(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": choice({}, finish_reason),
+                    "usage": {
+                        "completion_tokens": usage.completion_tokens,
+                        "prompt_tokens": usage.prompt_tokens,
+                        "total_tokens": usage.total_tokens,
+                    },
+                }
+            )
+            await response.write(last)
+        elif unasked:
             # The providers that report usage unasked put it on the closing chunk.
             await response.write(chunk(choice({}, finish_reason), chat_usage(usage), finish_reason, with_usage=True))
         else:

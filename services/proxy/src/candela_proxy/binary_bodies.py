@@ -7,7 +7,8 @@ their log keeps and what it can read from them.
   *binary*. Text bodies are logged byte for byte, as before. A binary body is logged byte for byte up to
   ``CANDELA_LOG_BINARY_BODY_MAX_BYTES``; a larger one is replaced in the log by a one-line marker naming its
   content type and size (:func:`omission_marker`), so the log says what was there without holding megabytes
-  of audio.
+  of audio. A larger multipart form keeps its form fields (model, prompt, language, ...) and loses only its
+  files' contents, each replaced by such a marker (:func:`_form_without_files`).
 - The record's properties carry the content types (``candela-request-content-type``,
   ``candela-response-content-type``) whenever either body is not JSON, so a reader knows what the bytes are.
 - A multipart form's ``model`` field names the model, as a JSON body's ``model`` does
@@ -16,6 +17,7 @@ their log keeps and what it can read from them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 REQUEST_CONTENT_TYPE: Final = "candela-request-content-type"
@@ -60,10 +62,58 @@ def omission_marker(content_type: str, size: int, limit: int) -> bytes:
 
 
 def loggable(body: bytes, content_type: str, limit: int) -> bytes:
-    """The bytes the log keeps of ``body``: all of it, or the marker for a binary body above ``limit``."""
+    """The bytes the log keeps of ``body``: all of it; for a multipart form above ``limit``, its fields with a
+    marker for each file's content; for any other binary body above ``limit``, the marker alone."""
     if len(body) <= limit or is_text(content_type):
         return body
+    if media_type(content_type) == "multipart/form-data":
+        kept = _form_without_files(body, content_type, limit)
+        if kept is not None and len(kept) <= limit:
+            return kept
     return omission_marker(content_type, len(body), limit)
+
+
+def _form_without_files(body: bytes, content_type: str, limit: int) -> bytes | None:
+    """``body`` (a ``multipart/form-data`` form) with each file part's content, and any part that is not
+    UTF-8 text, replaced by a marker naming its content type and size; every boundary, part header and text
+    field is kept byte for byte, so the log still reads as the form it was. None when the body is not a
+    well-formed form (the whole body's marker is logged then)."""
+    boundary = _boundary(content_type)
+    if not boundary:
+        return None
+    pieces: list[bytes] = []
+    copied = 0
+    try:
+        for headers, begin, end in _form_parts(body, b"--" + boundary.encode("latin-1")):
+            content = memoryview(body)[begin:end]
+            if b"filename=" not in headers.lower() and _is_utf8(content):
+                continue
+            pieces += (body[copied:begin], _part_marker(headers, end - begin, limit))
+            copied = end
+    except _MalformedForm:
+        return None
+    pieces.append(body[copied:])
+    return b"".join(pieces)
+
+
+def _part_marker(headers: bytes, size: int, limit: int) -> bytes:
+    kind = "file"
+    for line in headers.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-type" and value.strip():
+            kind = media_type(value.decode("latin-1"))
+    return (
+        f"[candela: {kind} part of {size} bytes not logged: the body is larger than"
+        f" CANDELA_LOG_BINARY_BODY_MAX_BYTES ({limit} bytes)]"
+    ).encode()
+
+
+def _is_utf8(content: memoryview) -> bool:
+    try:
+        str(content, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def content_type_properties(request_content_type: str, response_content_type: str) -> dict[str, str]:
@@ -93,27 +143,42 @@ def multipart_field(body: bytes, content_type: str, name: str) -> str:
     boundary = _boundary(content_type)
     if not boundary:
         return ""
-    delimiter = b"--" + boundary.encode("latin-1")
-    position = body.find(delimiter)
     wanted = f'name="{name}"'.encode()
-    while position != -1:
+    try:
+        for headers, begin, end in _form_parts(body, b"--" + boundary.encode("latin-1")):
+            lowered = headers.lower()
+            if wanted in lowered and b"filename=" not in lowered:
+                if end - begin > _MAX_FIELD_BYTES:
+                    return ""
+                return body[begin:end].decode("utf-8", "replace").strip()
+    except _MalformedForm:
+        return ""
+    return ""
+
+
+class _MalformedForm(Exception):
+    """A multipart body that does not parse as a form (no boundary line, a part without its end)."""
+
+
+def _form_parts(body: bytes, delimiter: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Each part of a multipart body as (its header block, where its content starts, where it ends), up to
+    the closing delimiter; raises _MalformedForm where the body stops being a form. A part's content is
+    skipped with one search for the next delimiter, never copied."""
+    position = body.find(delimiter)
+    if position == -1:
+        raise _MalformedForm
+    while True:
         start = position + len(delimiter)
         if body[start : start + 2] == b"--":  # the closing delimiter
-            return ""
+            return
         headers_end = body.find(b"\r\n\r\n", start)
         if headers_end == -1:
-            return ""
-        headers = body[start:headers_end].lower()
+            raise _MalformedForm
         following = body.find(b"\r\n" + delimiter, headers_end + 4)
         if following == -1:
-            return ""
-        if wanted in headers and b"filename=" not in headers:
-            value = body[headers_end + 4 : following]
-            if len(value) > _MAX_FIELD_BYTES:
-                return ""
-            return value.decode("utf-8", "replace").strip()
+            raise _MalformedForm
+        yield body[start:headers_end], headers_end + 4, following
         position = following + 2
-    return ""
 
 
 def _boundary(content_type: str) -> str:

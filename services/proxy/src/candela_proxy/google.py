@@ -16,6 +16,7 @@ models on it): their paths, their upstream hosts, and the JSON-array form of a G
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -60,8 +61,10 @@ def resolve_google_route(path: str, query_string: str, gemini_base_url: str, ver
     if path.startswith(GEMINI_PREFIX + "/v1"):
         tail = path[len(GEMINI_PREFIX) :]
         base = gemini_base_url
-        if _GEMINI_OPENAI.match(tail):
-            return _route(Provider.OPENAI, base, tail, query_string, GOOGLE_NAME, "", False)
+        if found := _GEMINI_OPENAI.match(tail):
+            # OpenAI's API under Google's prefix: /v1beta/openai/chat/completions is /v1/chat/completions.
+            route = _route(Provider.OPENAI, base, tail, query_string, GOOGLE_NAME, "", False)
+            return dataclasses.replace(route, api_path="/v1/" + tail[found.end() :], stream_options=False)
         found = _GEMINI_MODEL.fullmatch(tail)
         model, method = (found.group(1) or "", found.group(2) or "") if found else ("", "")
         return _route(Provider.GOOGLE, base, tail, query_string, "", model, method in STREAM_METHODS)

@@ -79,7 +79,7 @@ class ProxyHandler:
         try:
             route = self._named_routes.resolve(request.path, request.query_string, request.headers)
         except ProxyError as err:
-            metrics.count_request(Provider.OPENAI.value, "", err.status)
+            metrics.count_request(Provider.OPENAI.value, None, err.status)
             return error_response(Provider.OPENAI, err, None)
         route = (
             route
@@ -92,13 +92,13 @@ class ProxyHandler:
             try:
                 route = bedrock.resolve_route(request, config)
             except ProxyError as err:
-                metrics.count_request(Provider.BEDROCK.value, "", err.status)
+                metrics.count_request(Provider.BEDROCK.value, None, err.status)
                 return error_response(Provider.BEDROCK, err, None)
         if route is None:
             provider = Provider.ANTHROPIC if request.path.startswith("/anthropic") else Provider.OPENAI
             if google.is_google_path(request.path):
                 provider = Provider.GOOGLE
-            metrics.count_request(provider.value, "", 404)
+            metrics.count_request(provider.value, None, 404)
             return error_response(
                 provider,
                 ProxyError(
@@ -127,7 +127,7 @@ class ProxyHandler:
         try:
             exchange = await self._admission.admit(request, route)
         except ProxyError as err:
-            metrics.count_request(route.provider.value, route.provider_path, err.status)
+            metrics.count_request(route.provider_name, route, err.status)
             if span is not None:
                 span.set_attributes({"http.response.status_code": err.status, "error.type": str(err.status)})
                 span.set_status(trace.Status(trace.StatusCode.ERROR, err.code))

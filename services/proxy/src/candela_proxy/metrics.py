@@ -6,6 +6,8 @@ import functools
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from candela_proxy.providers import Provider, Route
+
 REQUESTS = Counter(
     "candela_proxy_requests",
     "Requests answered (refused ones too), by provider, endpoint and status class.",
@@ -17,8 +19,41 @@ DURATION = Histogram(
     ["endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-# Endpoints get a label of their own; any other path counts as "other", so the series stay few.
-ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"})
+# Endpoints get a label of their own, from this fixed list; any other path counts as "other", so the series
+# stay few. A label never carries what varies per request (a model id, an Azure deployment, a project).
+OPENAI_ENDPOINTS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/audio/speech",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/moderations",
+    }
+)
+"""OpenAI's and Anthropic's paths, as the API spells them whatever the provider's layout (an Azure deployment
+path, Gemini's OpenAI-compatible endpoint and the named providers count under the OpenAI path they are)."""
+GOOGLE_METHODS = frozenset(
+    {
+        "generateContent",
+        "streamGenerateContent",
+        "countTokens",
+        "embedContent",
+        "batchEmbedContents",
+        "predict",
+        "rawPredict",
+        "streamRawPredict",
+    }
+)
+"""The method of a Gemini or Vertex AI ``models/{model}:{method}`` path."""
+BEDROCK_OPERATIONS = frozenset({"converse", "converse-stream", "invoke", "invoke-with-response-stream"})
+"""The operation of a Bedrock ``/model/{modelId}/{operation}`` path (candela_proxy.bedrock.OPERATIONS)."""
 OVERHEAD = Histogram(
     "candela_proxy_overhead_seconds",
     "Time the proxy itself adds before the upstream call starts (auth, parsing, cache, rate limit).",
@@ -63,9 +98,20 @@ LOGS_RECOVERED = Counter(
 )
 
 
-def endpoint_label(path: str) -> str:
-    """The ``endpoint`` label of a provider path."""
-    return path if path in ENDPOINTS else "other"
+def endpoint_label(route: Route | None) -> str:
+    """The ``endpoint`` label of a request's route: its OpenAI or Anthropic path, Google's method or Bedrock's
+    operation when the path is one of the known ones, else "other" (also for a request with no route)."""
+    if route is None:
+        return "other"
+    path = route.api_path or route.provider_path  # route.openai_path, without a property call on the hot path
+    if path in OPENAI_ENDPOINTS:
+        return path
+    last = path.rpartition("/")[2]
+    if route.provider is Provider.BEDROCK:
+        return last if last in BEDROCK_OPERATIONS else "other"
+    # Google's models/{model}:{method}; no OpenAI or Anthropic path has a colon in its last segment.
+    method = last.rpartition(":")[2] if ":" in last else ""
+    return method if method in GOOGLE_METHODS else "other"
 
 
 @functools.cache
@@ -83,14 +129,14 @@ def _attempt_counter(status: int) -> Counter:
     return UPSTREAM_ATTEMPTS.labels(str(status) if status else "error")
 
 
-def count_request(provider: str, path: str, status: int) -> None:
+def count_request(provider: str, route: Route | None, status: int) -> None:
     """Counts one answered request (label lookups cached: they cost more than the increment)."""
-    _request_counter(provider, endpoint_label(path), f"{status // 100}xx").inc()
+    _request_counter(provider, endpoint_label(route), f"{status // 100}xx").inc()
 
 
-def count_served(provider: str, path: str, status: int, seconds: float) -> None:
+def count_served(provider: str, route: Route, status: int, seconds: float) -> None:
     """Counts one request that reached a provider and records how long it took end to end."""
-    endpoint = endpoint_label(path)
+    endpoint = endpoint_label(route)
     _request_counter(provider, endpoint, f"{status // 100}xx").inc()
     _duration_histogram(endpoint).observe(seconds)
 

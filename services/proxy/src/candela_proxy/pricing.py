@@ -14,11 +14,14 @@ What genai-prices 0.2.3 prices beyond plain tokens, and Candela passes on:
 - Anthropic 1-hour cache writes (``usage.cache_creation.ephemeral_1h_input_tokens``) at the 1-hour price,
   the rest of ``cache_creation_input_tokens`` at the 5-minute price;
 - web searches (Anthropic ``usage.server_tool_use.web_search_requests``), per thousand;
+- Gemini audio input, fresh and read from the cache, at its own prices (``promptTokensDetails`` and
+  ``cacheTokensDetails`` by modality; without the cache's breakdown, audio is priced as text);
 - OpenAI service tiers (``service_tier`` flex / priority in the response, else the request) and Anthropic's
   batch tier (``usage.service_tier: "batch"``), as genai-prices' price variants.
-What it does not price, and Candela does not invent: Anthropic web fetches
-(``server_tool_use.web_fetch_requests``: recorded, no fee added) and the OpenAI Batch API (its requests
-go through ``/v1/batches`` and files, which are passed through and logged, not priced per item).
+Anthropic web fetches (``server_tool_use.web_fetch_requests``) are recorded and add no fee: Anthropic
+charges none beyond the tokens of the fetched content, which its usage already counts as input. What it
+does not price, and Candela does not invent: the OpenAI Batch API (its requests go through ``/v1/batches``
+and files, which are passed through and logged, not priced per item).
 """
 
 from __future__ import annotations
@@ -172,6 +175,7 @@ def _genai_cost(
         facts.audio_completion_tokens,
         facts.web_search_requests,
         context,
+        facts.cache_audio_read_tokens,
     )
 
 
@@ -191,6 +195,7 @@ def _cost(
     output_audio_tokens: int,
     web_searches: int,
     context: tuple[tuple[str, str], ...],
+    cache_audio_read_tokens: int | None = None,
 ) -> Decimal | None:
     if not _known(provider, model, api_url):
         return None
@@ -205,4 +210,6 @@ def _cost(
     # Only when reported: a zero of a unit the model has no price for would still be looked up.
     if cache_write_1h_tokens:
         usage.cache_write_1h_tokens = cache_write_1h_tokens
+    if cache_audio_read_tokens is not None and input_audio_tokens and cache_read_tokens:
+        usage.cache_audio_read_tokens = cache_audio_read_tokens
     return _price(usage, model, provider, api_url, context, web_searches)

@@ -157,7 +157,7 @@ class Recorder:
         )
         metrics.count_served(
             provider if not target else "custom",
-            exchange.route.provider_path,
+            exchange.route,
             exchange.status,
             finished - exchange.started,
         )

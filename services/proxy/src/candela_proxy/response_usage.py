@@ -37,6 +37,9 @@ class ResponseFacts:
     reasoning_tokens: int = 0
     audio_prompt_tokens: int = 0
     audio_completion_tokens: int = 0
+    # The audio share of cache_read_tokens when the provider breaks its cache reads down by modality (Gemini's
+    # cacheTokensDetails), else None: with it, cached audio is priced at the audio cache-read price.
+    cache_audio_read_tokens: int | None = None
     has_usage: bool = False
     response_model: str = ""
     # The provider's id of the answer (chatcmpl-..., msg_..., resp_...), the first one a stream names.
@@ -207,10 +210,18 @@ def apply_gemini_document(facts: ResponseFacts, document: dict[str, Any]) -> Non
         facts.completion_tokens = _count(facts, usage.get("candidatesTokenCount")) + thoughts
         facts.reasoning_tokens = thoughts
         facts.cache_read_tokens = _count(facts, usage.get("cachedContentTokenCount"))
-        # Audio input has its own price, but genai-prices then needs the audio share of the cache reads too,
-        # which ResponseFacts does not carry: with cache reads, audio is counted (and priced) as text.
+        # Audio input has its own prices (fresh and cache read); with cache reads genai-prices needs the audio
+        # share of them, which Google gives in cacheTokensDetails. Without that breakdown the split cannot be
+        # known, and audio is counted (and priced) as text rather than guessed.
+        audio = _modality_tokens(facts, usage.get("promptTokensDetails"), "AUDIO")
+        cached_details = usage.get("cacheTokensDetails")
         if not facts.cache_read_tokens:
-            facts.audio_prompt_tokens = _modality_tokens(facts, usage.get("promptTokensDetails"), "AUDIO")
+            facts.audio_prompt_tokens, facts.cache_audio_read_tokens = audio, None
+        elif isinstance(cached_details, list):
+            facts.audio_prompt_tokens = audio
+            facts.cache_audio_read_tokens = _modality_tokens(facts, cached_details, "AUDIO")
+        else:
+            facts.audio_prompt_tokens, facts.cache_audio_read_tokens = 0, None
     candidates = document.get("candidates")
     if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
         reason = candidates[0].get("finishReason")

@@ -180,11 +180,17 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
 
     async def _with_bodies(self, stored: StoredRequest) -> pb.GetRequestResponse:
         request_body, response_body = await self._bodies.read_pair(stored.request_body, stored.response_body)
-        return pb.GetRequestResponse(
-            request=stored.record,
-            request_body=request_body.decode("utf-8", errors="replace"),
-            response_body=response_body.decode("utf-8", errors="replace"),
-        )
+        response = pb.GetRequestResponse(request=stored.record)
+        # Text as text; any other body byte for byte in the bytes field, never text with replacement characters.
+        try:
+            response.request_body = request_body.decode()
+        except UnicodeDecodeError:
+            response.request_body_bytes = request_body
+        try:
+            response.response_body = response_body.decode()
+        except UnicodeDecodeError:
+            response.response_body_bytes = response_body
+        return response
 
     def _range(self, request: Any, params: Params, violations: Violations, *, required: bool) -> tuple[list[str], int]:
         """Conditions for [start, end) and its length in seconds (0 when open)."""

@@ -365,9 +365,19 @@ class GetRequestResponse(_message.Message):
     REQUEST_BODY_FIELD_NUMBER: _builtins.int
     RESPONSE_BODY_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
+    REQUEST_BODY_BYTES_FIELD_NUMBER: _builtins.int
+    RESPONSE_BODY_BYTES_FIELD_NUMBER: _builtins.int
     request_body: _builtins.str
-    """Bodies as UTF-8 text; empty when omitted (see the record's *_body_omitted flags)."""
+    """Bodies that are UTF-8 text (JSON, SSE, text/*, the marker of a body too large to keep), as text; empty
+    when omitted (see the record's *_body_omitted flags) or when the body is binary (below).
+    """
     response_body: _builtins.str
+    request_body_bytes: _builtins.bytes
+    """A body that is not UTF-8 text (audio, images, a multipart upload of a file, application/octet-stream),
+    byte for byte as stored (base64 in JSON); its text field above is then empty. What the bytes are is the
+    record's `candela-request-content-type` / `candela-response-content-type` property.
+    """
+    response_body_bytes: _builtins.bytes
     @_builtins.property
     def request(self) -> _log_record_pb2.LogRecord: ...
     @_builtins.property
@@ -381,10 +391,12 @@ class GetRequestResponse(_message.Message):
         request_body: _builtins.str = ...,
         response_body: _builtins.str = ...,
         scores: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        request_body_bytes: _builtins.bytes = ...,
+        response_body_bytes: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "request_body", b"request_body", "response_body", b"response_body", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "request_body", b"request_body", "request_body_bytes", b"request_body_bytes", "response_body", b"response_body", "response_body_bytes", b"response_body_bytes", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
