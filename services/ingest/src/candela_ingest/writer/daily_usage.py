@@ -99,6 +99,28 @@ class LedgerColumns:
     created_at_us: list[int]
     """Microseconds since the epoch (Postgres makes the timestamps: exact, and no datetime per log here)."""
 
+    def created_since(self, since_us: int) -> tuple[LedgerColumns, list[RequestKey]]:
+        """(the rows created at or after ``since_us``, the keys of the others), in the same order."""
+        if not self.created_at_us or min(self.created_at_us) >= since_us:
+            return self, []
+        kept = LedgerColumns([], [], [])
+        before: list[RequestKey] = []
+        for request_id, organization_id, created in zip(
+            self.request_ids, self.organization_ids, self.created_at_us, strict=True
+        ):
+            if created >= since_us:
+                kept.request_ids.append(request_id)
+                kept.organization_ids.append(organization_id)
+                kept.created_at_us.append(created)
+            else:
+                before.append((organization_id, request_id))
+        return kept, before
+
+    def days(self) -> set[date]:
+        """The UTC days the rows were created on (the ledger's partitions they go to)."""
+        days = {created // _DAY_US for created in self.created_at_us}
+        return {date.fromordinal(_EPOCH_ORDINAL + day) for day in days}
+
 
 def ledger_columns(batch: BatchRequests) -> LedgerColumns:
     """The ledger rows of ``batch``, one per request, sorted by (organization id, request id).
