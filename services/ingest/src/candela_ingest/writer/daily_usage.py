@@ -116,6 +116,14 @@ class LedgerColumns:
                 before.append((organization_id, request_id))
         return kept, before
 
+    def request_keys(self) -> list[RequestKey]:
+        """The rows' keys, in order."""
+        return list(zip(self.organization_ids, self.request_ids, strict=True))
+
+    def created_at_of(self) -> dict[RequestKey, int]:
+        """Each row's creation time (microseconds since the epoch) by its key."""
+        return dict(zip(self.request_keys(), self.created_at_us, strict=True))
+
     def days(self) -> set[date]:
         """The UTC days the rows were created on (the ledger's partitions they go to)."""
         days = {created // _DAY_US for created in self.created_at_us}

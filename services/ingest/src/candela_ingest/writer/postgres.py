@@ -47,9 +47,10 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -97,7 +98,9 @@ SELECT organization_id, stored_logs FROM organization_log_counters
 WHERE organization_id = ANY($1::uuid[]) ORDER BY organization_id FOR UPDATE
 """
 
-# With the creation time, so each key is looked up in its own day's partition only.
+# Every statement that looks keys up in the ledger is run once per UTC day of the keys, bounded to that day
+# ($4, $5): Postgres then reads that day's partition alone (pruned when the statement starts), where a join
+# over the whole partitioned table would plan, and may read, every day of the horizon for each batch.
 _MARK_DROPPED = """
 UPDATE counted_requests AS c SET stored = false
 FROM unnest(
@@ -105,6 +108,7 @@ FROM unnest(
 ) AS t (organization_id, request_id, created_at_us)
 WHERE c.organization_id = t.organization_id AND c.request_id = t.request_id
     AND c.created_at = timestamptz 'epoch' + t.created_at_us * interval '1 microsecond'
+    AND c.created_at >= $4 AND c.created_at < $5
 """
 
 _ADD_COUNTERS = """
@@ -121,8 +125,8 @@ ON CONFLICT (organization_id) DO UPDATE SET
 
 # Of the keys counted before: those not stored (over the limit back then, or expired since), and those whose
 # ledger entry has another creation time (this log reuses the id on the same day: the first log of it was
-# counted). Joined on the creation time too, so each key is looked up in its own day's partition only: a key
-# that conflicted but has no entry with its creation time is such a reuse.
+# counted). Joined on the creation time too: a key that conflicted in its day's partition but has no entry
+# with its creation time there is such a reuse.
 _COUNTED_BEFORE = """
 SELECT
     coalesce(string_agg(t.organization_id::text || ' ' || t.request_id::text, ',') FILTER (WHERE NOT c.stored), ''),
@@ -132,36 +136,30 @@ FROM unnest(
 ) AS t (organization_id, request_id, created_at_us)
 LEFT JOIN counted_requests AS c ON c.organization_id = t.organization_id AND c.request_id = t.request_id
     AND c.created_at = timestamptz 'epoch' + t.created_at_us * interval '1 microsecond'
+    AND c.created_at >= $4 AND c.created_at < $5
 """
 
-# Of the keys just counted: those whose organization counted the request id on the day before or after (a
-# reuse across midnight; the partition's key caught the same day). Their new entries are taken back, and they
-# are handled as reuses. Each EXISTS reads one day's partition (pruned at run time per key).
-_REUSED_ACROSS_DAYS = """
-WITH batch AS (
-    SELECT organization_id, request_id,
-        timestamptz 'epoch' + created_at_us * interval '1 microsecond' AS created_at,
-        timestamptz 'epoch' + (created_at_us / 86400000000) * interval '1 day' AS day_start
-    FROM unnest(
-        string_to_array($1, ',')::uuid[], string_to_array($2, ',')::uuid[], string_to_array($3, ',')::bigint[]
-    ) AS t (organization_id, request_id, created_at_us)
-), reused AS (
-    SELECT organization_id, request_id, created_at FROM batch AS b
-    WHERE EXISTS (
-        SELECT FROM counted_requests AS c
-        WHERE c.organization_id = b.organization_id AND c.request_id = b.request_id
-            AND c.created_at >= b.day_start - interval '1 day' AND c.created_at < b.day_start
-    ) OR EXISTS (
-        SELECT FROM counted_requests AS c
-        WHERE c.organization_id = b.organization_id AND c.request_id = b.request_id
-            AND c.created_at >= b.day_start + interval '1 day' AND c.created_at < b.day_start + interval '2 days'
-    )
-), taken_back AS (
-    DELETE FROM counted_requests AS c USING reused AS r
-    WHERE c.organization_id = r.organization_id AND c.request_id = r.request_id AND c.created_at = r.created_at
-    RETURNING c.organization_id, c.request_id
+# Of keys just counted: those their organization counted on the day $3..$4 (the day before or after theirs:
+# a reuse across midnight; the partition's key caught the same day).
+_COUNTED_ON_DAY = """
+SELECT coalesce(string_agg(t.organization_id::text || ' ' || t.request_id::text, ','), '')
+FROM unnest(string_to_array($1, ',')::uuid[], string_to_array($2, ',')::uuid[]) AS t (organization_id, request_id)
+WHERE EXISTS (
+    SELECT FROM counted_requests AS c
+    WHERE c.organization_id = t.organization_id AND c.request_id = t.request_id
+        AND c.created_at >= $3 AND c.created_at < $4
 )
-SELECT coalesce(string_agg(organization_id::text || ' ' || request_id::text, ','), '') FROM taken_back
+"""
+
+# The entries of keys just counted that turned out to be reuses (taken back: the first log of the id wins).
+_TAKE_BACK = """
+DELETE FROM counted_requests AS c
+USING unnest(
+    string_to_array($1, ',')::uuid[], string_to_array($2, ',')::uuid[], string_to_array($3, ',')::bigint[]
+) AS t (organization_id, request_id, created_at_us)
+WHERE c.organization_id = t.organization_id AND c.request_id = t.request_id
+    AND c.created_at = timestamptz 'epoch' + t.created_at_us * interval '1 microsecond'
+    AND c.created_at >= $4 AND c.created_at < $5
 """
 
 _ADD_USAGE = """
@@ -198,6 +196,41 @@ def _keys(joined: str) -> list[RequestKey]:
 def _joined(keys: Sequence[RequestKey]) -> tuple[str, str]:
     """The organization ids and the request ids of ``keys``, each comma-joined (the statements' unnest)."""
     return ",".join(key[0] for key in keys), ",".join(key[1] for key in keys)
+
+
+_DAY_US = 86_400 * 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _by_day(keys: Iterable[RequestKey], created_at_us: Mapping[RequestKey, int]) -> dict[int, list[RequestKey]]:
+    """``keys`` per UTC day (days since the epoch) of their creation, each day's keys in their given order."""
+    days: dict[int, list[RequestKey]] = {}
+    for key in keys:
+        days.setdefault(created_at_us[key] // _DAY_US, []).append(key)
+    return days
+
+
+def _day_bounds(day: int) -> tuple[datetime, datetime]:
+    """The start of UTC day ``day`` (days since the epoch) and of the next."""
+    start = _EPOCH + timedelta(days=day)
+    return start, start + timedelta(days=1)
+
+
+async def _per_day(
+    connection: asyncpg.Connection,
+    statement: str,
+    keys: Sequence[RequestKey],
+    created_at_us: Mapping[RequestKey, int],
+) -> list[RequestKey]:
+    """Runs ``statement`` (keys and creation times as $1..$3, the day's bounds as $4, $5) once per day of
+    ``keys``; returns the keys the runs return (a comma-joined text each), if any."""
+    found: list[RequestKey] = []
+    for day, day_keys in sorted(_by_day(keys, created_at_us).items()):
+        created = ",".join(str(created_at_us[key]) for key in day_keys)
+        result = await connection.fetchval(statement, *_joined(day_keys), created, *_day_bounds(day))
+        if isinstance(result, str):
+            found.extend(_keys(result))
+    return found
 
 
 @dataclass(frozen=True)
@@ -292,16 +325,16 @@ class PostgresUsageLedger:
         )
         if not newly:
             return [], []
-        keys = zip(ledger.organization_ids, ledger.request_ids, strict=True)
-        created = dict(zip(keys, ledger.created_at_us, strict=True))
-        organization_ids, request_ids = _joined(newly)
-        reused = _keys(
-            await connection.fetchval(
-                _REUSED_ACROSS_DAYS, organization_ids, request_ids, ",".join(str(created[key]) for key in newly)
-            )
-        )
+        created = ledger.created_at_of()
+        reused: list[RequestKey] = []
+        for day, day_keys in sorted(_by_day(newly, created).items()):
+            for neighbour in (day - 1, day + 1):
+                found = await connection.fetchval(_COUNTED_ON_DAY, *_joined(day_keys), *_day_bounds(neighbour))
+                reused.extend(_keys(found))
         if reused:
             taken_back = frozenset(reused)
+            reused = sorted(taken_back)
+            await _per_day(connection, _TAKE_BACK, reused, created)
             newly = [key for key in newly if key not in taken_back]
         return newly, reused
 
@@ -314,20 +347,20 @@ class PostgresUsageLedger:
     ) -> tuple[list[RequestKey], list[RequestKey]]:
         """Of the batch's keys counted before (neither in ``newly`` nor already found ``reused``): (those not
         stored, those counted with another creation time on the same day)."""
-        earlier = [
-            (organization_id, request_id, created_at_us)
-            for organization_id, request_id, created_at_us in zip(
-                ledger.organization_ids, ledger.request_ids, ledger.created_at_us, strict=True
+        earlier = [key for key in ledger.request_keys() if key not in newly and key not in reused]
+        created = ledger.created_at_of()
+        not_stored: list[RequestKey] = []
+        reused_same_day: list[RequestKey] = []
+        for day, day_keys in sorted(_by_day(earlier, created).items()):
+            day_not_stored, day_reused = await connection.fetchrow(
+                _COUNTED_BEFORE,
+                *_joined(day_keys),
+                ",".join(str(created[key]) for key in day_keys),
+                *_day_bounds(day),
             )
-            if (organization_id, request_id) not in newly and (organization_id, request_id) not in reused
-        ]
-        not_stored, reused_same_day = await connection.fetchrow(
-            _COUNTED_BEFORE,
-            ",".join(key[0] for key in earlier),
-            ",".join(key[1] for key in earlier),
-            ",".join(str(key[2]) for key in earlier),
-        )
-        return _keys(not_stored), _keys(reused_same_day)
+            not_stored.extend(_keys(day_not_stored))
+            reused_same_day.extend(_keys(day_reused))
+        return not_stored, reused_same_day
 
     async def _apply_limits(
         self,
@@ -361,10 +394,8 @@ class PostgresUsageLedger:
                 dropped_by_organization[organization_id] = len(over)
         if dropped_ids:
             created = batch.columns["created_at_us"]
-            await connection.execute(
-                _MARK_DROPPED,
-                *_joined(dropped_ids),
-                ",".join(str(created[batch.positions[key]]) for key in dropped_ids),
+            await _per_day(
+                connection, _MARK_DROPPED, dropped_ids, {key: created[batch.positions[key]] for key in dropped_ids}
             )
         dropped = [dropped_by_organization.get(o, 0) for o in organizations]
         stored = [counted_by_organization[o] - d for o, d in zip(organizations, dropped, strict=True)]
