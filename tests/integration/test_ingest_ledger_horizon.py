@@ -26,6 +26,7 @@ from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.daily_usage import BatchRequests
 from candela_ingest.writer.ledger_horizon import LedgerPruner
 from candela_ingest.writer.postgres import PostgresUsageLedger
+from candela_ingest.writer.replay import ReplayOptions, _warn_of_late_letters
 from candela_ingest.writer.retention import RetentionSweeper
 from candela_ingest.writer.rows import request_columns
 from candela_schema import migrator
@@ -299,6 +300,30 @@ async def test_a_copy_older_than_the_horizon_is_refused_not_counted_twice(
         await ledger.fetch("SELECT 1 FROM counted_requests WHERE request_id = $1", uuid.UUID(never_seen.request_id))
         == []
     )
+
+
+async def test_replaying_parked_letters_warns_of_those_parked_before_the_horizon(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = datetime.now(UTC)
+    for offset, parked_days_ago in enumerate((HORIZON_DAYS + 5, HORIZON_DAYS + 4, 1)):
+        await ledger.pool.execute(
+            "INSERT INTO parked_dead_letters (dlq_topic, dlq_partition, dlq_offset, source_topic, message_value,"
+            " headers, error, attempts, parked_at) VALUES ('dlq', 0, $1, 'logs', '', '[]', 'e', 3, $2)",
+            offset,
+            now - timedelta(days=parked_days_ago),
+        )
+    options = ReplayOptions("parked", "127.0.0.1:1", "logs", "dlq", ledger.dsn, None, None, False)
+    connection = await asyncpg.connect(ledger.dsn)
+    try:
+        with caplog.at_level(logging.WARNING, logger="candela_ingest.writer.replay"):
+            await _warn_of_late_letters(connection, options)
+            assert caplog.records == [], "nothing is late before the ledger was ever pruned"
+            await LedgerPruner(ledger.pool, HORIZON_DAYS).prune(now)
+            await _warn_of_late_letters(connection, options)
+    finally:
+        await connection.close()
+    assert [record.getMessage().split(" of these")[0] for record in caplog.records] == ["2"]
 
 
 async def test_limits_and_retention_stay_exact_across_dropped_days(stack: Stack, ledger: Ledger) -> None:

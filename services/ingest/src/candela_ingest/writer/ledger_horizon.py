@@ -8,8 +8,9 @@ and drops the partitions wholly before it: a catalog change per day, no DELETE, 
 Why the horizon can be bounded: a copy of a log reaches a writer again only from the log topic (a
 redelivery, or ``replay window``: both within the topic's retention), from the dead-letter topic (within its
 retention), from the parked dead letters (``replay parked``: however long an operator waits) or from a proxy's
-spool (while ingest was down). All but the parked letters are bounded by Kafka's retention (7 days in
-docs/capacity.md); the default horizon, 35 days, is five times that and a month of slack for parked letters.
+spool (logs ingest did not acknowledge in time, as old as that outage is long). The first three are bounded
+by Kafka's retention (7 days in docs/capacity.md); the default horizon, 35 days, is five times that and
+leaves a month for parked letters and spools.
 A copy older than the horizon is a *late* log: the ledger can no longer say whether it was counted, so the
 writers refuse it (see :mod:`candela_ingest.writer.postgres`).
 
