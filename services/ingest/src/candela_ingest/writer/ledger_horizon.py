@@ -50,11 +50,13 @@ MAINTENANCE_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('candela_ledger_ma
 
 CREATE_PARTITIONS_SQL = "SELECT candela_create_ledger_partitions($1::date[])"
 
+# Only when it moves (once a day): the UPDATE waits for the counting transactions that hold the row FOR
+# SHARE, and new ones wait behind it.
 _MOVE_HORIZON = """
-UPDATE counted_requests_horizon
-SET oldest_day = greatest(coalesce(oldest_day, $1::date), $1::date), updated_at = now()
-RETURNING oldest_day, legacy_until
+UPDATE counted_requests_horizon SET oldest_day = $1::date, updated_at = now()
+WHERE oldest_day IS NULL OR oldest_day < $1::date
 """
+_HORIZON_ROW = "SELECT oldest_day, legacy_until FROM counted_requests_horizon"
 
 _PARTITIONS = """
 SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
@@ -138,11 +140,11 @@ class LedgerPruner:
         today = now.astimezone(UTC).date()
         try:
             async with self._pool.acquire() as connection:
-                # 1. The horizon moves first, in its own short transaction: once it commits no writer inserts
+                # 1. The horizon moves first, in a statement of its own: once it commits no writer inserts
                 # into the days before it, so they can be rolled up and dropped without stopping the writers.
                 # It never moves back (a writer configured with a longer horizon cannot resurrect a day).
-                async with connection.transaction():
-                    horizon = await connection.fetchrow(_MOVE_HORIZON, today - timedelta(days=self._horizon_days))
+                await connection.execute(_MOVE_HORIZON, today - timedelta(days=self._horizon_days))
+                horizon = await connection.fetchrow(_HORIZON_ROW)
                 oldest_day: date = horizon["oldest_day"]
                 legacy_until: date | None = horizon["legacy_until"]
                 ahead = [today + timedelta(days=days) for days in range(_DAYS_AHEAD)]
