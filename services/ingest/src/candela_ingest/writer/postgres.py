@@ -85,6 +85,8 @@ WITH counted AS (
 SELECT coalesce(string_agg(organization_id::text || ' ' || request_id::text, ','), '') FROM counted
 """
 
+_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
 _LIMITS = "SELECT id, max_stored_logs FROM organizations WHERE id = ANY($1::uuid[]) AND max_stored_logs IS NOT NULL"
 
 _LOCK_COUNTERS = """
@@ -270,6 +272,11 @@ class PostgresUsageLedger:
             async with self._pool.acquire() as connection:
                 await self._partitions.ensure(connection, ledger.days())
                 async with connection.transaction():
+                    # The lookups below are prepared statements: after five runs Postgres may switch to a plan
+                    # made without the day's bounds and the batch's size, and for the partitioned ledger that plan
+                    # scanned the whole day once per key (measured: 30 s of CPU for a batch of 20,000 copies,
+                    # 0.1 s planned with the values). Each run is planned with its values (~1 ms) instead.
+                    await connection.execute(_CUSTOM_PLANS)
                     # The horizon stays where it is until this transaction ends (the pruner moves it with an
                     # UPDATE): no partition this batch needs is dropped while it is being counted.
                     oldest_day = await connection.fetchval(HORIZON_FOR_SHARE_SQL)
