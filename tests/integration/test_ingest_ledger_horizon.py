@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time as clock
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -217,6 +218,41 @@ async def test_pruning_drops_exactly_the_days_past_the_horizon(stack: Stack, led
     created = await ledger.pool.fetchval("SELECT candela_create_ledger_partitions($1::date[])", [past[0]])
     assert created == 0
     assert set(await ledger.partitions()) == expected
+
+
+async def test_pruning_waits_out_a_transaction_that_holds_the_ledger_and_drops_after_it(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The DROP's lock wait is bounded (writers queue behind it) and tried again, without losing the roll-up."""
+    organization_id = await ledger.organization()
+    old_day = _today() - timedelta(days=HORIZON_DAYS + 1)
+    assert await ledger.write([_log(organization_id, old_day)]) == 1
+    holder = await asyncpg.connect(ledger.dsn)
+    try:
+        holding = holder.transaction()
+        await holding.start()
+        await holder.fetch("SELECT 1 FROM counted_requests LIMIT 1")  # a lock on the ledger, as a reader holds
+
+        async def release_later() -> None:
+            await asyncio.sleep(7.0)  # past one lock wait (5 s)
+            await holding.commit()
+
+        release = asyncio.create_task(release_later())
+        started = clock.monotonic()
+        with caplog.at_level(logging.INFO, logger="candela_ingest.writer.ledger_horizon"):
+            outcome = await LedgerPruner(ledger.pool, HORIZON_DAYS).prune(datetime.now(UTC))
+        waited = clock.monotonic() - started
+        await release
+    finally:
+        await holder.close()
+    assert outcome.dropped == (f"counted_requests_p{old_day:%Y%m%d}",)
+    assert outcome.rolled_up_logs == 1
+    assert waited >= 7.0, "the drop waited for the transaction"
+    assert any("is busy, dropping it again" in record.getMessage() for record in caplog.records), (
+        "each wait is bounded: the first one gave up and the drop was tried again"
+    )
+    rolled = await ledger.fetch("SELECT stored_logs FROM organization_stored_log_days WHERE day = $1", old_day)
+    assert [row[0] for row in rolled] == [1], "rolled up once, though the first drop timed out"
 
 
 async def test_a_copy_within_the_horizon_is_not_counted_twice_and_reuses_are_caught_across_midnight(

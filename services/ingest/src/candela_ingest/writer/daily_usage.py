@@ -1,8 +1,9 @@
 """Per-organization daily usage: what a batch of newly counted requests adds to the counters.
 
-The writers count a request once, ever: its key, (organization id, request id), goes into
-``counted_requests`` and only the requests that were not there before are aggregated here and added to
-``organization_usage_daily``, in the same transaction. A day is the UTC date of the request's ``created_at``.
+The writers count a request once: its key, (organization id, request id), goes into ``counted_requests`` and
+only the requests that were not there before are aggregated here and added to ``organization_usage_daily``, in
+the same transaction. A day is the UTC date of the request's ``created_at``. The ledger remembers the days
+since its horizon; a log created before it is never counted (:mod:`candela_ingest.writer.postgres`).
 
 Request ids are chosen by clients (``Candela-Request-Id``), so two organizations may use the same one: every
 idempotency key is therefore the pair, never the id alone. Within one organization the first log of an id

@@ -27,6 +27,7 @@ the pruner) through the migration's ``candela_create_ledger_partitions()``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Iterable
@@ -79,10 +80,15 @@ SELECT coalesce(sum(stored_logs), 0) FROM stored
 _DAILY = re.compile(r"^counted_requests_p(\d{8})$")
 _LEGACY = "counted_requests_legacy"
 _DAYS_AHEAD = 3
-# A day's partition holds a day of logs (1e9 rows at the capacity plan's load): its roll-up may take minutes,
-# far past the pool's command timeout. The DROP waits at most this long for the writers' transactions.
-_ROLL_UP_TIMEOUT_S = 3600.0
-_DROP_LOCK_TIMEOUT = "10s"
+# A day's partition holds a day of logs (1e9 rows at the capacity plan's load): its roll-up takes minutes,
+# far past the pool's command timeout; the legacy partition (the ledger from before migration 0007, all of its
+# history) takes as long as one scan of it, hours for tens of TB. The deadline only stops a hung scan.
+_ROLL_UP_TIMEOUT_S = 48 * 3600.0
+# The DROP waits this long for the writers' transactions at a time (they queue behind it meanwhile), and
+# tries again a few times before giving up the roll-up that precedes it.
+_DROP_LOCK_TIMEOUT = "5s"
+_DROP_ATTEMPTS = 12
+_DROP_RETRY_PAUSE_S = 5.0
 
 _POSTGRES_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -177,10 +183,20 @@ class LedgerPruner:
             rolled_up = int(
                 await connection.fetchval(_ROLL_UP.format(partition=partition), timeout=_ROLL_UP_TIMEOUT_S) or 0
             )
-            # DROP locks counted_requests for a moment: bounded, so writers never queue behind it for long
-            # (on a timeout the next pruning tries again; the roll-up is rolled back with it).
+            # DROP locks counted_requests for a moment: its wait is bounded, so writers never queue behind it
+            # for long; it is tried again (a savepoint each) so that a busy moment does not waste the roll-up.
             await connection.execute(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}'")
-            await connection.execute(f"DROP TABLE {partition}")
+            for attempt in range(1, _DROP_ATTEMPTS + 1):
+                try:
+                    async with connection.transaction():
+                        await connection.execute(f"DROP TABLE {partition}")
+                except asyncpg.LockNotAvailableError:
+                    if attempt == _DROP_ATTEMPTS:
+                        raise
+                    logger.info("ledger: %s is busy, dropping it again in %.0fs", partition, _DROP_RETRY_PAUSE_S)
+                    await asyncio.sleep(_DROP_RETRY_PAUSE_S)
+                else:
+                    break
         return rolled_up
 
 
