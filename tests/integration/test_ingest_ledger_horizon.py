@@ -12,7 +12,7 @@ import logging
 import secrets
 import time as clock
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -22,6 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from candela.logs.v1 import log_record_pb2
+from candela_ingest.config import WriterConfig
 from candela_ingest.writer.batch import BatchWriter, ConsumedMessage, DeadLetter, RetryPolicy
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.daily_usage import BatchRequests
@@ -33,18 +34,30 @@ from candela_ingest.writer.rows import request_columns
 from candela_schema import migrator
 from candela_stack.postgres import create_database, drop_database, with_database
 from candela_stack.stack import Component, Stack, StackConfig
-from tests.integration.test_ingest_pipeline import _log_message, _query_clickhouse, _record
+from tests.integration.test_ingest_pipeline import (
+    InProcessWriter,
+    _create_topics,
+    _eventually,
+    _log_message,
+    _produce,
+    _query_clickhouse,
+    _record,
+    _writer_config,
+    start_writer,
+)
 
 pytestmark = pytest.mark.integration
+__all__ = ["start_writer"]  # the fixture, imported so pytest finds it here
 
 HORIZON_DAYS = 3
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """ClickHouse (each test has its own organizations there) and the stack's Postgres."""
+    """ClickHouse (each test has its own organizations there), the stack's Postgres and Kafka."""
     config = StackConfig.for_tests(
-        tmp_path_factory.mktemp("ledger-horizon"), components=frozenset({Component.POSTGRES, Component.CLICKHOUSE})
+        tmp_path_factory.mktemp("ledger-horizon"),
+        components=frozenset({Component.POSTGRES, Component.CLICKHOUSE, Component.KAFKA}),
     )
     with Stack(config) as running:
         yield running
@@ -512,3 +525,32 @@ async def test_the_partitioning_migration_keeps_existing_ledger_rows_and_their_m
             await pool.close()
     finally:
         drop_database(postgres_admin_dsn, dsn.rsplit("/", 1)[1])
+
+
+async def test_a_running_writer_prunes_its_ledger_and_refuses_a_late_copy_from_kafka(
+    stack: Stack, ledger: Ledger, start_writer: Callable[[WriterConfig], InProcessWriter]
+) -> None:
+    """The wiring: the writer's maintenance task prunes (CANDELA_LEDGER_HORIZON_DAYS), and a copy of a pruned
+    day's log that comes back through Kafka is refused by the writer's own batch path."""
+    organization_id = await ledger.organization()
+    old = _log(organization_id, _today() - timedelta(days=HORIZON_DAYS + 1))
+    assert await ledger.write([old]) == 1
+    old_partition = f"counted_requests_p{old.created_at.ToDatetime(UTC).date():%Y%m%d}"
+    topics = await _create_topics(stack.kafka_bootstrap, partitions=1)
+    config = _writer_config(
+        stack, topics, postgres_dsn=ledger.dsn, retention_interval_s=0.5, ledger_horizon_days=HORIZON_DAYS
+    )
+    writer = start_writer(config)
+    partitions = await _eventually(ledger.partitions, lambda names: old_partition not in names)
+    assert old_partition not in partitions
+    late_before = _late_logs()
+    fresh = _log(organization_id, _today())
+    await _produce(stack.kafka_bootstrap, topics.logs, [
+        (record.request_id.encode(), _log_message(record).SerializeToString()) for record in (_copy(old), fresh)
+    ])  # fmt: skip
+    await _eventually(lambda: ledger.usage(organization_id), lambda usage: usage[0] >= 2)
+    stats = await writer.finish()
+    assert stats.ledger_prunings >= 1
+    assert _late_logs() - late_before == 1
+    assert (await ledger.usage(organization_id))[0] == 2, "the old log once, the fresh one once"
+    assert await _stored(stack, organization_id) == 2
