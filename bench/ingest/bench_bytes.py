@@ -9,7 +9,7 @@ The logs are bench_ingest.py's (what the proxy logs for a chat completion, a 1 K
 as zstd frames), Kafka bytes are the LogMessages as produced, before and after zstd over each call's
 messages (the producer compresses record batches with zstd; a broker stores them compressed). With
 ``--postgres-dsn`` (a server where it may create a scratch database), also the Postgres bytes per log: the
-writers' ledger ``counted_requests`` (one row per request, its primary key and index), filled in
+writers' ledger ``counted_requests`` (one row per request, its day's primary key and index), filled in
 20,000-key batches by the writers' own statement. Writes a report to bench/results/bytes-<time>.md.
 """
 
@@ -81,7 +81,10 @@ async def ledger_bytes_per_log(admin_dsn: str, logs: int, batch: int = 20_000) -
                     ",".join(str(now_us + start + index) for index in range(batch)),
                 )
             await connection.execute("VACUUM ANALYZE counted_requests")
-            size = await connection.fetchval("SELECT pg_total_relation_size('counted_requests')")
+            # The ledger is partitioned by day (migration 0007): its size is its partitions'.
+            size = await connection.fetchval(
+                "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('counted_requests') WHERE isleaf"
+            )
             rows = await connection.fetchval("SELECT count(*) FROM counted_requests")
         finally:
             await connection.close()

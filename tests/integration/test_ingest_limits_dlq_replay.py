@@ -501,7 +501,8 @@ async def test_the_ledger_migration_keeps_counted_requests_and_keys_them_per_org
                 first,
                 uuid.uuid4(),
             )
-            await asyncio.to_thread(migrator.apply_postgres, dsn)
+            # Up to 0005 only: 0007 partitions the ledger (its own test is in test_ingest_ledger_horizon).
+            await migrator._apply_postgres(dsn, [migration for migration in shipped if migration.name < "0006"])
             await connection.execute(
                 "INSERT INTO counted_requests (request_id, organization_id, created_at) VALUES ($1, $2, now())",
                 request_id,

@@ -68,6 +68,18 @@ def test_writer_config_defaults_and_heartbeat_bound() -> None:
         load_config(WriterConfig, {**environ, "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS": "3000"})
 
 
+def test_the_ledger_horizon_defaults_to_35_days_is_set_by_its_variable_and_is_at_least_two_days() -> None:
+    environ = {
+        "CANDELA_SERVICE_TOKEN": "t",
+        "CANDELA_KAFKA_BOOTSTRAP": "k:9092",
+        "CANDELA_POSTGRES_DSN": "postgresql://x",
+    }
+    assert load_config(WriterConfig, environ).ledger_horizon_days == 35
+    assert load_config(WriterConfig, {**environ, "CANDELA_LEDGER_HORIZON_DAYS": "14"}).ledger_horizon_days == 14
+    with pytest.raises(ConfigError, match="CANDELA_LEDGER_HORIZON_DAYS must be at least 2"):
+        load_config(WriterConfig, {**environ, "CANDELA_LEDGER_HORIZON_DAYS": "1"})
+
+
 def test_store_deadlines_have_finite_defaults_and_must_be_positive() -> None:
     """Every S3 and Kafka call has a deadline by default; one set to 0 (no deadline, or always stalled) is refused."""
     environ = {"CANDELA_SERVICE_TOKEN": "t", "CANDELA_KAFKA_BOOTSTRAP": "k:9092", "CANDELA_POSTGRES_DSN": "pg"}

@@ -170,7 +170,18 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
     s3_bucket: str = env_field("Bucket holding bodies/<organization_id>/...", "candela")
     s3_region: str = env_field("S3 region used to sign requests.", "us-east-1")
     retention_interval_s: float = env_field(
-        "Seconds between retention sweeps (organizations.retention_days); 0 disables them in this writer.", 3600.0
+        "Seconds between retention sweeps (organizations.retention_days) and ledger prunings; 0 disables both "
+        "in this writer.",
+        3600.0,
+    )
+    # Past Kafka's retention (7 days in docs/capacity.md) no redelivery or window replay can bring a log back;
+    # parked dead letters can come back later, so the default leaves a month more. See
+    # candela_ingest.writer.ledger_horizon.
+    ledger_horizon_days: int = env_field(
+        "Days the counted_requests ledger remembers (by creation day): a copy of a log created longer ago is "
+        "refused, neither counted nor stored. Keep it above the Kafka topics' retention and the age of any "
+        "parked dead letter you may replay; give every writer the same value.",
+        35,
     )
 
     def __post_init__(self) -> None:
@@ -179,6 +190,9 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
             raise ConfigError("CANDELA_CONSUMERS must be at least 1")
         if self.dlq_max_retries < 1:
             raise ConfigError("CANDELA_DLQ_MAX_RETRIES must be at least 1")
+        # Two days at least: the check for a request id reused across midnight reads the day before.
+        if self.ledger_horizon_days < 2:
+            raise ConfigError("CANDELA_LEDGER_HORIZON_DAYS must be at least 2")
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ConfigError(
                 "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of CANDELA_KAFKA_SESSION_TIMEOUT_MS"

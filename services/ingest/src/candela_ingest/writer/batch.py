@@ -446,6 +446,16 @@ class BatchWriter:
                     "(the first log of a request id wins)",
                     outcome.reused,
                 )
+            if outcome.late:
+                metrics.LATE_LOGS.inc(len(outcome.late))
+                organization_id, request_id = min(outcome.late)
+                logger.warning(
+                    "%d logs were created before the ledger horizon (CANDELA_LEDGER_HORIZON_DAYS), e.g. request %s "
+                    "of organization %s: not stored nor counted (the ledger no longer knows whether they were)",
+                    len(outcome.late),
+                    request_id,
+                    organization_id,
+                )
             span.set_attribute("candela.writer.not_stored", len(outcome.not_stored))
             return outcome.newly_counted
 

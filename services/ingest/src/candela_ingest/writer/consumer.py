@@ -43,6 +43,7 @@ from candela_ingest.writer.dead_letters import (
     failed_at_of,
 )
 from candela_ingest.writer.errors import StoreUnavailable
+from candela_ingest.writer.ledger_horizon import LedgerPruner
 from candela_ingest.writer.postgres import PostgresUsageLedger
 from candela_ingest.writer.retention import RetentionSweeper
 from candela_runtime.grpc_server import GrpcServer
@@ -161,6 +162,7 @@ class WriterStats:
     parked: int = 0
     commits_failed: int = 0
     retention_sweeps: int = 0
+    ledger_prunings: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class StorageWriter:
         )
         self._lanes = lanes
         self._retention = RetentionSweeper(deps.pool, deps.rows[-1], deps.bodies)
+        self._pruner = LedgerPruner(deps.pool, config.ledger_horizon_days)
         deps.stalls.set_on_change(health.set_stalled)
         self.stats = WriterStats()
         self._late_commits: set[asyncio.Task[None]] = set()
@@ -270,7 +273,8 @@ class StorageWriter:
             await self._settle_late_commits()
 
     async def _sweep_periodically(self, stop: asyncio.Event) -> None:
-        """Runs the retention sweep every ``retention_interval_s`` (first one after one interval)."""
+        """Every ``retention_interval_s`` (first after one interval): prunes the ledger past its horizon, then
+        runs the retention sweep (which then sees the days just rolled up)."""
         while True:
             try:
                 await asyncio.wait_for(stop.wait(), self._config.retention_interval_s)
@@ -278,6 +282,11 @@ class StorageWriter:
                 pass
             else:
                 return
+            try:
+                await self._pruner.prune(datetime.now(UTC))
+                self.stats.ledger_prunings += 1
+            except StoreUnavailable as err:
+                logger.warning("ledger pruning failed (%s); next one in %.0fs", err, self._config.retention_interval_s)
             try:
                 await self._retention.sweep(datetime.now(UTC))
                 self.stats.retention_sweeps += 1

@@ -1,8 +1,9 @@
 """Per-organization daily usage: what a batch of newly counted requests adds to the counters.
 
-The writers count a request once, ever: its key, (organization id, request id), goes into
-``counted_requests`` and only the requests that were not there before are aggregated here and added to
-``organization_usage_daily``, in the same transaction. A day is the UTC date of the request's ``created_at``.
+The writers count a request once: its key, (organization id, request id), goes into ``counted_requests`` and
+only the requests that were not there before are aggregated here and added to ``organization_usage_daily``, in
+the same transaction. A day is the UTC date of the request's ``created_at``. The ledger remembers the days
+since its horizon; a log created before it is never counted (:mod:`candela_ingest.writer.postgres`).
 
 Request ids are chosen by clients (``Candela-Request-Id``), so two organizations may use the same one: every
 idempotency key is therefore the pair, never the id alone. Within one organization the first log of an id
@@ -98,6 +99,36 @@ class LedgerColumns:
     organization_ids: list[str]
     created_at_us: list[int]
     """Microseconds since the epoch (Postgres makes the timestamps: exact, and no datetime per log here)."""
+
+    def created_since(self, since_us: int) -> tuple[LedgerColumns, list[RequestKey]]:
+        """(the rows created at or after ``since_us``, the keys of the others), in the same order."""
+        if not self.created_at_us or min(self.created_at_us) >= since_us:
+            return self, []
+        kept = LedgerColumns([], [], [])
+        before: list[RequestKey] = []
+        for request_id, organization_id, created in zip(
+            self.request_ids, self.organization_ids, self.created_at_us, strict=True
+        ):
+            if created >= since_us:
+                kept.request_ids.append(request_id)
+                kept.organization_ids.append(organization_id)
+                kept.created_at_us.append(created)
+            else:
+                before.append((organization_id, request_id))
+        return kept, before
+
+    def request_keys(self) -> list[RequestKey]:
+        """The rows' keys, in order."""
+        return list(zip(self.organization_ids, self.request_ids, strict=True))
+
+    def created_at_of(self) -> dict[RequestKey, int]:
+        """Each row's creation time (microseconds since the epoch) by its key."""
+        return dict(zip(self.request_keys(), self.created_at_us, strict=True))
+
+    def days(self) -> set[date]:
+        """The UTC days the rows were created on (the ledger's partitions they go to)."""
+        days = {created // _DAY_US for created in self.created_at_us}
+        return {date.fromordinal(_EPOCH_ORDINAL + day) for day in days}
 
 
 def ledger_columns(batch: BatchRequests) -> LedgerColumns:

@@ -68,6 +68,15 @@ REQUEST_IDS_REUSED = Counter(
     "Logs neither stored nor counted because their organization logged their request id before, with another "
     "creation time (Candela-Request-Id reused: the first log of an id wins). Redeliveries count again.",
 )
+LATE_LOGS = Counter(
+    "candela_writer_late_logs",
+    "Logs neither counted nor stored because they were created before the ledger horizon "
+    "(CANDELA_LEDGER_HORIZON_DAYS): the ledger no longer knows whether they were counted. Redeliveries count again.",
+)
+LEDGER_PARTITIONS_DROPPED = Counter(
+    "candela_writer_ledger_partitions_dropped",
+    "Days of the counted_requests ledger dropped because they fell past the ledger horizon.",
+)
 STORE_ERRORS = Counter(
     "candela_writer_store_errors",
     "Failed store calls, by store and kind (unavailable: retried until it answers; rejected: bounded retries).",

@@ -8,13 +8,17 @@
 Replayed messages keep their key, value and trace headers (the ``candela-dlq-*`` ones are dropped, so a
 replayed letter starts with a fresh retry budget) and are produced acks=all to the log topic. Replay never
 double counts: the writers store and count by request id (ReplacingMergeTree rows, the Postgres
-``counted_requests`` ledger), so a message stored before is a no-op, however often it is replayed.
+``counted_requests`` ledger), so a message stored before is a no-op, however often it is replayed. The
+ledger remembers the days since its horizon (``CANDELA_LEDGER_HORIZON_DAYS``): the writers refuse a log
+created before it, counted or not (see :mod:`candela_ingest.writer.postgres`), so ``parked`` warns about
+letters parked before the horizon (their logs are older still) before it replays them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -28,6 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from candela_ingest.config import DEFAULT_DLQ_TOPIC, DEFAULT_TOPIC, KafkaSettings
 from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage, Producer
 from candela_ingest.writer.dead_letters import HEADER_PREFIX, headers_from_json
+
+logger = logging.getLogger(__name__)
 
 _BATCH = 500
 _IDLE_MS = 1500
@@ -147,6 +153,7 @@ async def _replay_parked(options: ReplayOptions, producer: Producer, progress: P
             options.since,
             options.until,
         )
+        await _warn_of_late_letters(connection, options)
         task = progress.add_task(f"replaying parked dead letters -> {options.topic}", total=int(total))
         replayed = 0
         last_id = 0
@@ -180,6 +187,23 @@ async def _replay_parked(options: ReplayOptions, producer: Producer, progress: P
             progress.update(task, advance=len(rows))
     finally:
         await connection.close()
+
+
+async def _warn_of_late_letters(connection: asyncpg.Connection, options: ReplayOptions) -> None:
+    """Warns of the selected letters parked before the ledger horizon: the writers will refuse their logs."""
+    late = await connection.fetchval(
+        "SELECT count(*) FROM parked_dead_letters, counted_requests_horizon WHERE replayed_at IS NULL"
+        " AND parked_at < oldest_day::timestamp AT TIME ZONE 'UTC'"
+        " AND ($1::timestamptz IS NULL OR parked_at >= $1) AND ($2::timestamptz IS NULL OR parked_at < $2)",
+        options.since,
+        options.until,
+    )
+    if late:
+        logger.warning(
+            "%d of these letters were parked before the ledger horizon: the writers will neither count nor store "
+            "their logs (candela_writer_late_logs_total), as they cannot tell whether they were counted",
+            late,
+        )
 
 
 async def replay(options: ReplayOptions) -> int:

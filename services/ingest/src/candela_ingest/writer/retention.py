@@ -8,6 +8,16 @@ expired log does not bring its row back). The ClickHouse delete is issued first 
 interrupted between the two steps is simply completed by the next one. Sweeps by several writers at once
 are harmless: the Postgres update counts each request once.
 
+Days past the ledger horizon (:mod:`candela_ingest.writer.ledger_horizon`) have no ledger rows any more: what
+they still store is kept per organization and day in ``organization_stored_log_days``, and a day there
+expires whole once the cutoff has passed its end. So that the counters match the rows ClickHouse keeps, a
+cutoff that falls past the horizon is taken back to the start of its day for ClickHouse too (an
+organization whose retention is longer than the horizon keeps its logs up to a day longer). The
+ClickHouse delete uses the horizon as read before it, the Postgres step the horizon locked in its
+transaction; if the pruner moved it in between (once a day), the Postgres step's cutoff is the earlier one,
+``stored_logs`` stays above the rows kept for that day (the safe side of a limit) and the day expires whole
+the next day.
+
 Then, when the writer has S3 settings, the organization's body objects under
 ``bodies/<org>/<yyyy>/<mm>/<dd>/`` of days before the cutoff's day are deleted (a body's key date is the
 day it was ingested, never before its request's day, so no live row loses its body). Last, a monthly
@@ -26,19 +36,26 @@ import asyncpg
 
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.errors import StoreUnavailable
+from candela_ingest.writer.ledger_horizon import HORIZON_FOR_SHARE_SQL, HORIZON_SQL, MAINTENANCE_LOCK_SQL, within_ledger
 from candela_ingest.writer.postgres import classify_postgres_error
 
 logger = logging.getLogger(__name__)
 
 _RETENTIONS = "SELECT id, retention_days FROM organizations WHERE retention_days IS NOT NULL ORDER BY id"
 
+# Ledger rows of the organization before the cutoff, and its rolled-up days (past the horizon) that end
+# before it: the cutoff is then within the ledger, or the start of a day (see within_ledger).
 _EXPIRE = """
 WITH expired AS (
     UPDATE counted_requests SET stored = false
     WHERE organization_id = $1 AND created_at < $2 AND stored
     RETURNING 1
+), expired_days AS (
+    DELETE FROM organization_stored_log_days
+    WHERE organization_id = $1 AND day < ($2 AT TIME ZONE 'UTC')::date
+    RETURNING stored_logs
 ), total AS (
-    SELECT count(*) AS expired_logs FROM expired
+    SELECT (SELECT count(*) FROM expired) + (SELECT coalesce(sum(stored_logs), 0) FROM expired_days) AS expired_logs
 ), counters_update AS (
     INSERT INTO organization_log_counters AS counters
         (organization_id, stored_logs, expired_logs, last_retention_sweep_at)
@@ -76,13 +93,16 @@ class RetentionSweeper:
             raise classify_postgres_error(err) from err
         expired: dict[uuid.UUID, int] = {}
         for organization_id, days in retentions:
-            cutoff = now - timedelta(days=days)
+            try:
+                cutoff = within_ledger(now - timedelta(days=days), await self._pool.fetchval(HORIZON_SQL))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+                raise classify_postgres_error(err) from err
             await self._rows.delete_older_than(organization_id, cutoff)
             try:
-                count = await self._pool.fetchval(_EXPIRE, organization_id, cutoff)
+                count = await self._expire(organization_id, cutoff)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
                 raise StoreUnavailable(f"retention of {organization_id}: {classify_postgres_error(err)}") from err
-            expired[organization_id] = int(count or 0)
+            expired[organization_id] = count
             if count:
                 logger.info("retention: %d logs of %s older than %s expired", count, organization_id, cutoff)
             if self._bodies is not None:
@@ -91,6 +111,20 @@ class RetentionSweeper:
                     logger.info("retention: deleted %d body objects of %s", deleted, organization_id)
         await self._drop_expired_partitions(dict(retentions), now)
         return expired
+
+    async def _expire(self, organization_id: uuid.UUID, cutoff: datetime) -> int:
+        """Moves the organization's stored logs before ``cutoff`` from stored_logs to expired_logs."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(MAINTENANCE_LOCK_SQL)
+            locked_cutoff = within_ledger(cutoff, await connection.fetchval(HORIZON_FOR_SHARE_SQL))
+            if locked_cutoff != cutoff:
+                logger.info(
+                    "retention of %s: the ledger horizon moved during the sweep; logs before %s expire with a "
+                    "later sweep",
+                    organization_id,
+                    cutoff,
+                )
+            return int(await connection.fetchval(_EXPIRE, organization_id, locked_cutoff) or 0)
 
     async def _drop_expired_partitions(self, retention_days: dict[uuid.UUID, int], now: datetime) -> None:
         """Drops each monthly partition that every organization in it has expired as a whole."""
