@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 
 .PHONY: install run test checks console-checks tier-unit tier-integration tier-e2e test-no-extensions fuzz lint typecheck protos check-protos test-unit test-integration test-e2e \
 	test-console format bench bench-proxy bench-ingest bench-query bench-auth bench-gateway bench-console \
-	bench-export bench-providers
+	bench-export bench-providers bench-cluster
 
 install:
 	@./scripts/install.sh
@@ -98,6 +98,10 @@ bench-ingest: install  ## ingest RPC -> rows visible in ClickHouse (BENCH_ARGS= 
 
 bench-query: install  ## 10M requests in ClickHouse 18.16, p50/p99 of the query API (ROWS=, RUNS= to change)
 	uv run python bench/query/run.py --rows $${ROWS:-10000000} --runs $${RUNS:-100}
+
+bench-cluster: install  ## one ClickHouse server vs the local 2x2 cluster in one run: ingest logs/s, query p50/p99 on 10M rows
+	uv run python bench/ingest/bench_ingest.py --logs 100000 --runs 3 --rate 2000 --seconds 5 --compare
+	uv run python bench/query/run.py --rows $${ROWS:-10000000} --runs $${RUNS:-50} --rounds 3 --compare
 
 bench-export: install  ## ExportRequests of 200k rows vs a 20k baseline: rows/s and the query process's peak RSS
 	uv run python bench/query/bench_export.py

@@ -26,6 +26,10 @@ cost 0.6-0.9 ms of kernel CPU, against ~0.05 ms under the repo; ClickHouse creat
 so a run in /tmp measured the directory more than Candela.
 
     uv run python bench/ingest/bench_ingest.py --runs 3
+
+``--cluster`` runs it on the local 2x2 ClickHouse cluster (ZooKeeper, 2 shards x 2 replicas); ``--compare``
+runs one server, then the cluster, in one run and writes both side by side to
+bench/results/ingest-cluster-<UTC time>.md.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -313,6 +318,91 @@ async def freshness(stack: Stack, rate: int, seconds: float, bodies: Bodies) -> 
     return delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))], achieved
 
 
+@dataclass(frozen=True)
+class ModeFigures:
+    """One ClickHouse mode's runs: logs/s, PUTs per log, freshness p99 (s), and the load before it ran."""
+
+    label: str
+    rates: list[float]
+    puts: list[float]
+    p99s: list[float]
+    load_before: float
+
+
+async def run_mode(args: argparse.Namespace, cluster: bool, bodies: Bodies) -> ModeFigures:
+    """``args.runs`` runs of throughput and freshness on a stack with one ClickHouse server or the cluster."""
+    overrides: dict[str, Any] = {} if args.writers is None else {"writers": args.writers}
+    if cluster:
+        overrides["clickhouse_cluster"] = "candela"
+    components = frozenset({Component.INGEST, Component.WRITER, Component.CLICKHOUSE, Component.S3, Component.KAFKA})
+    label = "2x2 cluster" if cluster else "one server"
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
+        config = StackConfig.for_tests(
+            Path(data_dir),
+            components=components,
+            env={"CANDELA_LOG_LEVEL": "WARNING", "CANDELA_DLQ_RETRY_DELAY_S": "1"},
+            **overrides,
+        )
+        with Stack(config) as stack:
+            print(
+                f"broker engine: {config.kafka_engine}; writer processes: {config.writers}; bodies: {args.bodies}; "
+                f"ClickHouse: {label}; data in {data_dir}"
+            )
+            figures = ModeFigures(label, [], [], [], os.getloadavg()[0])
+            for run in range(args.runs):
+                rate, put = await throughput(stack, args.logs, args.batch, args.concurrency, bodies)
+                p50, p99, achieved = await freshness(stack, args.rate, args.seconds, bodies)
+                print(
+                    f"run {run + 1}: {rate:,.0f} logs/s, {put:.4f} PUTs/log, freshness at {achieved:,.0f} logs/s "
+                    f"p50 {p50:.2f}s p99 {p99:.2f}s"
+                )
+                figures.rates.append(rate)
+                figures.puts.append(put)
+                figures.p99s.append(p99)
+            print(
+                f"[{label}] median {statistics.median(figures.rates):,.0f} logs/s (min {min(figures.rates):,.0f}, "
+                f"max {max(figures.rates):,.0f}); {statistics.median(figures.puts):.4f} PUTs/log; freshness at "
+                f"{args.rate}/s p99 median {statistics.median(figures.p99s):.2f}s (min {min(figures.p99s):.2f}, "
+                f"max {max(figures.p99s):.2f})"
+            )
+            return figures
+
+
+def write_report(command: str, args: argparse.Namespace, modes: list[ModeFigures]) -> Path:
+    """bench/results/ingest-cluster-<UTC time>.md: the modes side by side, the first one as the baseline."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = REPO / "bench" / "results" / f"ingest-cluster-{stamp}.md"
+    baseline = statistics.median(modes[0].rates)
+    lines = [
+        "# Ingest throughput: one ClickHouse server and the local 2x2 cluster, one run (bench/ingest)",
+        "",
+        f"`{command}`, {time.ctime()} UTC, {os.cpu_count()} cores shared with other work.",
+        "",
+        f"| ClickHouse | logs/s (median of {args.runs}) | min / max | vs {modes[0].label} | PUTs per log"
+        f" | freshness p99 at {args.rate:,} logs/s | load (1 min) before |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode in modes:
+        median = statistics.median(mode.rates)
+        lines.append(
+            f"| {mode.label} | {median:,.0f} | {min(mode.rates):,.0f} / {max(mode.rates):,.0f}"
+            f" | {median / baseline:.2f}x | {statistics.median(mode.puts):.4f}"
+            f" | {statistics.median(mode.p99s):.2f} s | {mode.load_before:.2f} |"
+        )
+    lines += [
+        "",
+        f"logs/s: {args.logs:,} logs of 2 KiB of bodies ({args.bodies}) sent in batches of {args.batch} over"
+        f" {args.concurrency} concurrent calls, timed until every row is visible in ClickHouse (through the"
+        " Distributed table on the cluster). Freshness: a log acknowledged by ingest until a query counts it,"
+        f" at {args.rate:,} logs/s for {args.seconds:.0f} s. The cluster is ZooKeeper and four clickhouse-server"
+        " processes on the same cores: it prices the Distributed/replicated path, not more hardware.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path
+
+
 async def main() -> None:
     """Runs the benchmark and prints medians and spreads."""
     parser = argparse.ArgumentParser()
@@ -327,47 +417,27 @@ async def main() -> None:
     )
     parser.add_argument("--bodies", choices=("json", "random", "repeated"), default="json")
     parser.add_argument("--data-dir", type=Path, default=REPO / ".candela-bench")
-    parser.add_argument(
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
         "--cluster",
         action="store_true",
         help="ClickHouse as a local 2x2 cluster (ZooKeeper, 2 shards x 2 replicas) instead of one server",
     )
+    modes.add_argument(
+        "--compare",
+        action="store_true",
+        help="one server, then the 2x2 cluster, in one run; writes bench/results/ingest-cluster-<time>.md",
+    )
     args = parser.parse_args()
-    overrides: dict[str, Any] = {} if args.writers is None else {"writers": args.writers}
-    if args.cluster:
-        overrides["clickhouse_cluster"] = "candela"
-    components = frozenset({Component.INGEST, Component.WRITER, Component.CLICKHOUSE, Component.S3, Component.KAFKA})
     bodies = Bodies(args.bodies)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
-        config = StackConfig.for_tests(
-            Path(data_dir),
-            components=components,
-            env={"CANDELA_LOG_LEVEL": "WARNING", "CANDELA_DLQ_RETRY_DELAY_S": "1"},
-            **overrides,
+    clusters = [False, True] if args.compare else [args.cluster]
+    figures = [await run_mode(args, cluster, bodies) for cluster in clusters]
+    if args.compare:
+        command = (
+            f"uv run python bench/ingest/bench_ingest.py --logs {args.logs} --runs {args.runs} --rate {args.rate}"
+            f" --seconds {args.seconds:g} --bodies {args.bodies} --compare"
         )
-        with Stack(config) as stack:
-            print(
-                f"broker engine: {config.kafka_engine}; writer processes: {config.writers}; bodies: {args.bodies}; "
-                f"ClickHouse: {'2x2 cluster' if args.cluster else 'one server'}; data in {data_dir}"
-            )
-            rates, puts, p50s, p99s = [], [], [], []
-            for run in range(args.runs):
-                rate, put = await throughput(stack, args.logs, args.batch, args.concurrency, bodies)
-                p50, p99, achieved = await freshness(stack, args.rate, args.seconds, bodies)
-                print(
-                    f"run {run + 1}: {rate:,.0f} logs/s, {put:.4f} PUTs/log, freshness at {achieved:,.0f} logs/s "
-                    f"p50 {p50:.2f}s p99 {p99:.2f}s"
-                )
-                rates.append(rate)
-                puts.append(put)
-                p50s.append(p50)
-                p99s.append(p99)
-            print(
-                f"median {statistics.median(rates):,.0f} logs/s (min {min(rates):,.0f}, max {max(rates):,.0f}); "
-                f"{statistics.median(puts):.4f} PUTs/log; freshness at {args.rate}/s p99 median "
-                f"{statistics.median(p99s):.2f}s (min {min(p99s):.2f}, max {max(p99s):.2f})"
-            )
+        print(f"report: {write_report(command, args, figures)}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ users per organization, properties, prompts, sessions of ~20 requests, 90 days),
 objects in S3 for the detail query, then times each query through the real gRPC API (with auth) and the
 same store call in-process (no gRPC, no auth) to show where the time goes.
 
-    uv run python bench/query/run.py [--rows 10000000] [--runs 100] [--rounds 3] [--chdb]
+    uv run python bench/query/run.py [--rows 10000000] [--runs 100] [--rounds 3] [--chdb] [--cluster | --compare]
 
 With --chdb the same store queries also run on modern ClickHouse in-process (chDB), same generated data.
+With --cluster ClickHouse is the local 2x2 cluster (ZooKeeper, 2 shards x 2 replicas; the rows generated
+through the Distributed table); --compare runs one server, then the cluster, in one run, and reports them
+side by side.
 
 Data lives in a temp dir removed at the end; the figures go to bench/results/query-<UTC time>.md.
 """
@@ -27,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,7 +45,7 @@ from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_ingest.writer.rows import clickhouse_row, insert_statement
-from candela_query.clickhouse import ClickHouseReader
+from candela_query.clickhouse import ClickHouseReader, cluster_members
 from candela_query.filters import FilterCompiler, Params, time_bound
 from candela_query.store import RequestStore
 from candela_runtime.errors import Violations
@@ -339,12 +343,17 @@ def load_text() -> str:
     return f"{os.getloadavg()[0]:.2f}"
 
 
+Summary = dict[str, tuple[float, float]]
+"""gRPC p50 (median of rounds) and p99 (median round's) in ms, by query."""
+
+
 async def measure(
     stack: Stack, key: str, org: str, end: int, detail_ids: list[str], runs: int, rounds: int, cluster: str = ""
-) -> list[str]:
+) -> tuple[list[str], Summary]:
     """Each query ``rounds`` times (``runs`` calls each): the median and the best round's p50, and the
     median round's p99, through gRPC; the store alone; the store with no duplicate handling at all
-    (neither FINAL nor proofs: what the duplicate handling costs). Returns the report's table lines."""
+    (neither FINAL nor proofs: what the duplicate handling costs). Returns the report's table lines and
+    the gRPC figures by query."""
     reader = ClickHouseReader(
         stack.clickhouse_host,
         stack.clickhouse_port,
@@ -361,20 +370,34 @@ async def measure(
     )
     lines = [
         "| query | target p50 | gRPC p50 (median of rounds) | gRPC p50 (best round) | gRPC p99 | store p50 "
-        "| no dedup p50 | load (1 min) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| FINAL always p50 | no dedup p50 | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    members = (
+        await cluster_members(
+            reader,
+            cluster,
+            stack.clickhouse_database,
+            connections=2,
+            user=stack.clickhouse_user,
+            password=stack.clickhouse_password,
+        )
+        if cluster
+        else None
+    )
+    summary: Summary = {}
     async with grpc.aio.insecure_channel(stack.query_addr) as channel:
         queries = Queries(
             query_service_pb2_grpc.QueryServiceStub(channel),
             key,
-            RequestStore(reader, copy_free_proofs=not cluster),  # as the query service runs it
+            RequestStore(reader, cluster_members=members),  # as the query service runs it
             org,
             end,
             [str(row[0]) for row in session_rows],
             detail_ids,
         )
         no_dedup = RequestStore(reader, final=False)
+        final_always = RequestStore(reader, copy_free_proofs=False)
         cases: list[tuple[str, str, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]], Any]] = [
             (
                 "filtered page (org + 7 days + model + property)",
@@ -412,37 +435,82 @@ async def measure(
             grpc_rounds = [await timed(through_grpc, runs) for _ in range(rounds)]
             store_p50, _ = await timed(in_process, runs)
             plain_p50, _ = await timed(functools.partial(store_call, no_dedup), max(10, runs // 4))
+            final_p50, _ = await timed(functools.partial(store_call, final_always), max(10, runs // 4))
             p50s = sorted(p50 for p50, _ in grpc_rounds)
             p99 = statistics.median(p99 for _, p99 in grpc_rounds)
             line = (
                 f"| {name} | {target} | {statistics.median(p50s):.1f} | {p50s[0]:.1f} | {p99:.1f} | {store_p50:.1f}"
-                f" | {plain_p50:.1f} | {load_text()} |"
+                f" | {final_p50:.1f} | {plain_p50:.1f} | {load_text()} |"
             )
             lines.append(line)
+            summary[name] = (statistics.median(p50s), p99)
             print(line, flush=True)
+    for member in members or []:
+        member.reader.close()
     reader.close()
-    return lines
+    return lines, summary
 
 
-def write_report(rows: int, runs: int, rounds: int, setup: list[str], table: list[str], load_before: str) -> Path:
-    """bench/results/query-<UTC time>.md with the setup and the table."""
+MODES = {"": "one server", CLUSTER: "2x2 cluster"}
+"""The ClickHouse of each mode, by cluster name ("" for one server)."""
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """One mode's run: its setup lines, its full table, and its gRPC figures."""
+
+    cluster: str
+    setup: list[str]
+    table: list[str]
+    summary: Summary
+    load_before: str
+
+
+def write_report(rows: int, runs: int, rounds: int, command: str, results: list[ModeResult]) -> Path:
+    """bench/results/query-<UTC time>.md with each mode's setup and table, and both side by side."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = Path(__file__).resolve().parents[1] / "results" / f"query-{stamp}.md"
+    name = "query-cluster" if len(results) > 1 else "query"
+    path = Path(__file__).resolve().parents[1] / "results" / f"{name}-{stamp}.md"
     text = [
         f"# Query latency on {rows:,} rows (ClickHouse 18.16, bench/query/run.py)",
         "",
-        f"`uv run python bench/query/run.py --rows {rows} --runs {runs} --rounds {rounds}`, {time.ctime()} UTC,"
-        f" {os.cpu_count()} cores shared with other work; 1-minute load average {load_before} before measuring.",
+        f"`{command}`, {time.ctime()} UTC, {os.cpu_count()} cores shared with other work.",
         "",
-        *[f"- {line}" for line in setup],
-        "",
-        *table,
-        "",
+    ]
+    if len(results) > 1:
+        baseline, *others = results
+        header = "| query | " + " | ".join(f"{MODES[r.cluster]} gRPC p50 / p99" for r in results)
+        header += "".join(f" | p50 {MODES[r.cluster]} / {MODES[baseline.cluster]}" for r in others) + " |"
+        text += [
+            "## Side by side (gRPC, ms)",
+            "",
+            header,
+            "|---" * (1 + len(results) + len(others)) + "|",
+        ]
+        for query in baseline.summary:
+            cells = [f"{r.summary[query][0]:.1f} / {r.summary[query][1]:.1f}" for r in results]
+            ratios = [f"{r.summary[query][0] / baseline.summary[query][0]:.2f}x" for r in others]
+            text.append(f"| {query} | " + " | ".join(cells + ratios) + " |")
+        text.append("")
+    for result in results:
+        text += [
+            f"## {MODES[result.cluster]}" if len(results) > 1 else "",
+            "",
+            f"1-minute load average {result.load_before} before measuring.",
+            "",
+            *[f"- {line}" for line in result.setup],
+            "",
+            *result.table,
+            "",
+        ]
+    text += [
         "Milliseconds. gRPC = through the real QueryService with auth (detail includes the two S3 ranged GETs);"
         f" each round is {runs} sequential calls after 3 warm-up calls; p50 is given as the median and the best"
         " of the rounds, p99 as the median round's. store = the same query in-process (no gRPC, no auth, no"
-        " bodies). no dedup = the store with neither FINAL nor copy proofs: not exact under redelivered"
-        " copies, shown only to price the duplicate handling.",
+        " bodies). FINAL always = the store with no copy-free proofs (every aggregate read with FINAL, as the"
+        " cluster mode did before the proofs covered it; the same as store for the row reads). no dedup = the"
+        " store with neither FINAL nor copy proofs: not exact under redelivered copies, shown only to price"
+        " the duplicate handling.",
         "",
     ]
     path.write_text("\n".join(text))
@@ -518,19 +586,34 @@ async def measure_chdb(rows: int, runs: int, end: int, data_dir: Path) -> None:
     chdb.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of --runs calls per query (median and best)")
-    parser.add_argument("--chdb", action="store_true", help="also run the store queries on chDB (modern ClickHouse)")
-    parser.add_argument(
-        "--cluster",
-        action="store_true",
-        help=f"ClickHouse as a local 2x2 cluster ({CLUSTER!r}: ZooKeeper, 2 shards x 2 replicas) instead of one server",
-    )
-    args = parser.parse_args()
-    cluster = CLUSTER if args.cluster else ""
+def settle(stack: Stack, cluster: str, local_table: str) -> float:
+    """Waits (at most 300 s) until no background merge runs and, on a cluster, every replica fetched every
+    part, on every ClickHouse server; returns seconds waited."""
+    layout = stack.clickhouse_cluster_layout
+    ports = [member.tcp_port for member in layout.members] if cluster and layout else [stack.clickhouse_port]
+    clients = [
+        Client(
+            host=stack.clickhouse_host,
+            port=port,
+            database=stack.clickhouse_database,
+            user=stack.clickhouse_user,
+            password=stack.clickhouse_password,
+        )
+        for port in ports
+    ]
+    pending = f"SELECT count() FROM system.merges WHERE table = '{local_table}'"
+    if cluster:
+        pending = f"SELECT ({pending}) + (SELECT count() FROM system.replication_queue WHERE table = '{local_table}')"
+    began = time.perf_counter()
+    while time.perf_counter() - began < 300 and any(client.execute(pending)[0][0] for client in clients):
+        time.sleep(2)
+    for client in clients:
+        client.disconnect()
+    return time.perf_counter() - began
+
+
+def run_mode(rows: int, runs: int, rounds: int, cluster: str) -> ModeResult:
+    """Starts a stack (one ClickHouse server, or the 2x2 cluster), generates ``rows`` and measures."""
     # The table whose parts and merges are on each server: in cluster mode `requests` is a Distributed table.
     local_table = f"requests{LOCAL_SUFFIX}" if cluster else "requests"
     with tempfile.TemporaryDirectory(prefix="candela-bench-query-") as tmp:
@@ -556,37 +639,67 @@ def main() -> None:
                 # Rows generated through the Distributed table land on the shards before the measurement.
                 settings={"insert_distributed_sync": 1} if cluster else None,
             )
-            print(f"generating {args.rows:,} rows into ClickHouse {client.execute('SELECT version()')[0][0]} ...")
-            seconds = generate(client, org, args.rows, start)
+            print(
+                f"[{MODES[cluster]}] generating {rows:,} rows into ClickHouse"
+                f" {client.execute('SELECT version()')[0][0]} ..."
+            )
+            seconds = generate(client, org, rows, start)
             detail_ids = detail_sample(stack, client, org, start)
-            settle_began = time.perf_counter()
             # Measure the steady state, not the minutes right after a bulk load: let the background merges
-            # of the freshly inserted parts finish first (bounded), as they would on a live server.
-            while (
-                time.perf_counter() - settle_began < 300
-                and client.execute(f"SELECT count() FROM system.merges WHERE table = '{local_table}'")[0][0]
-            ):
-                time.sleep(2)
+            # of the freshly inserted parts (and, on a cluster, the replicas' fetches) finish first, bounded,
+            # as they would on a live server.
+            settled = settle(stack, cluster, local_table)
             parts = client.execute(f"SELECT count() FROM system.parts WHERE active AND table = '{local_table}'")[0][0]
-            print(f"background merges settled in {time.perf_counter() - settle_began:.0f} s ({parts} active parts)")
+            where = "on the first server" if cluster else ""
+            print(f"background merges settled in {settled:.0f} s ({parts} active parts{where and ' ' + where})")
             total, main_rows = client.execute(
                 "SELECT count(), countIf(organization_id = toUUID(%(org)s)) FROM requests", {"org": org}
             )[0]
             parts_sql = f"FROM system.parts WHERE active AND table = '{local_table}'"
             size = client.execute(f"SELECT sum(bytes_on_disk) {parts_sql}")[0][0]
             setup = [
-                f"{total:,} rows ({main_rows:,} in the measured organization), {size / 2**30:.2f} GiB on disk,"
-                f" generated in {seconds:.0f} s ({total / seconds:,.0f} rows/s)",
-                f"{parts} active parts after background merges settled",
-                "ClickHouse: " + ("a local 2x2 cluster (ZooKeeper, 2 x 2 replicas)" if cluster else "one server"),
+                f"{total:,} rows ({main_rows:,} in the measured organization), {size / 2**30:.2f} GiB on disk"
+                f"{' ' + where if where else ''}, generated in {seconds:.0f} s ({total / seconds:,.0f} rows/s)",
+                f"{parts} active parts{' ' + where if where else ''} after background merges settled ({settled:.0f} s)",
+                "ClickHouse: "
+                + (
+                    "a local 2x2 cluster (ZooKeeper, 2 shards x 2 replicas, all on this machine), rows generated"
+                    " through the Distributed table"
+                    if cluster
+                    else "one server"
+                ),
             ]
             print(setup[0])
             client.disconnect()
             load_before = load_text()
-            table = asyncio.run(measure(stack, admin.api_key, org, end, detail_ids, args.runs, args.rounds, cluster))
-            print(f"report: {write_report(args.rows, args.runs, args.rounds, setup, table, load_before)}")
-        if args.chdb:
-            asyncio.run(measure_chdb(args.rows, args.runs, end, Path(tmp) / "chdb"))
+            table, summary = asyncio.run(measure(stack, admin.api_key, org, end, detail_ids, runs, rounds, cluster))
+            return ModeResult(cluster, setup, table, summary, load_before)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --runs calls per query (median and best)")
+    parser.add_argument("--chdb", action="store_true", help="also run the store queries on chDB (modern ClickHouse)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--cluster",
+        action="store_true",
+        help=f"ClickHouse as a local 2x2 cluster ({CLUSTER!r}: ZooKeeper, 2 shards x 2 replicas) instead of one server",
+    )
+    modes.add_argument(
+        "--compare", action="store_true", help="one server, then the 2x2 cluster, in one run: side by side"
+    )
+    args = parser.parse_args()
+    clusters = ["", CLUSTER] if args.compare else [CLUSTER if args.cluster else ""]
+    flags = " --compare" if args.compare else " --cluster" if args.cluster else ""
+    command = f"uv run python bench/query/run.py --rows {args.rows} --runs {args.runs} --rounds {args.rounds}{flags}"
+    results = [run_mode(args.rows, args.runs, args.rounds, cluster) for cluster in clusters]
+    print(f"report: {write_report(args.rows, args.runs, args.rounds, command, results)}")
+    if args.chdb:
+        with tempfile.TemporaryDirectory(prefix="candela-bench-chdb-") as tmp:
+            asyncio.run(measure_chdb(args.rows, args.runs, int(time.time()) // 3600 * 3600, Path(tmp) / "chdb"))
 
 
 if __name__ == "__main__":

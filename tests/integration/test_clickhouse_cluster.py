@@ -45,7 +45,9 @@ from candela.query.v1 import query_service_pb2_grpc
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
 from candela_ingest.writer.retention import RetentionSweeper
 from candela_ingest.writer.rows import request_columns
-from candela_query.clickhouse import ClickHouseReader
+from candela_query.clickhouse import ClickHouseReader, cluster_members
+from candela_query.filters import Params
+from candela_query.store import RequestStore
 from candela_runtime.security import service_metadata
 from candela_schema import migrator
 from candela_stack.clickhouse_cluster import Member
@@ -682,3 +684,202 @@ async def test_a_replica_killed_and_zookeeper_stopped_under_load_lose_nothing_an
 
     await drill.check_nothing_lost_nor_doubled(stack)
     assert sum(answers["exact"] for answers in drill.answers.values()) > 0, drill.answers
+
+
+class RecordingRunner:
+    """Reads through the Distributed tables, keeping the statements run."""
+
+    def __init__(self, inner: ClickHouseReader) -> None:
+        self.inner = inner
+        self.statements: list[str] = []
+
+    async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        self.statements.append(sql)
+        return await self.inner.fetch(sql, params)
+
+    def aggregate_reads(self) -> list[str]:
+        """The statements that read the aggregates themselves (as against the proofs' counts)."""
+        return [sql for sql in self.statements if "quantilesExact" in sql]
+
+
+@pytest.fixture
+async def cluster_store(stack: Stack) -> AsyncIterator[tuple[RequestStore, RecordingRunner]]:
+    """The query service's store as it runs in cluster mode (through the Distributed tables, with every
+    member read directly for the copy-free proofs), its Distributed reads recorded."""
+    reader = ClickHouseReader(
+        stack.clickhouse_host,
+        stack.clickhouse_port,
+        stack.clickhouse_database,
+        2,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+        cluster=CLUSTER,
+    )
+    members = await cluster_members(
+        reader,
+        CLUSTER,
+        stack.clickhouse_database,
+        connections=2,
+        user=stack.clickhouse_user,
+        password=stack.clickhouse_password,
+    )
+    assert len(members) == 4
+    recording = RecordingRunner(reader)
+    try:
+        yield RequestStore(recording, cluster_members=members), recording
+    finally:
+        for member in members:
+            member.reader.close()
+        reader.close()
+
+
+async def _store_metrics(
+    store: RequestStore, organization: Organization, span: tuple[datetime, datetime]
+) -> tuple[int, int, Decimal]:
+    """(requests, prompt tokens, cost) of the organization in ``span``, read by the store as AggregateRequests."""
+    start_us, end_us = (int(bound.timestamp() * 1_000_000) for bound in span)
+    params = Params()
+    where = f"created_at_us >= {params.bind(start_us)} AND created_at_us < {params.bind(end_us)}"
+    rows = await store.metrics(organization.id, where, params.values, [], 1, span=(start_us, end_us))
+    metrics = rows[0].metrics if rows else None
+    return (metrics.request_count, metrics.prompt_tokens, metrics.cost_usd) if metrics else (0, 0, Decimal(0))
+
+
+async def _on_every_member(stack: Stack, sql: str) -> None:
+    layout = stack.clickhouse_cluster_layout
+    assert layout is not None
+    for member in layout.members:
+        await asyncio.to_thread(_on_member, stack, member, sql)
+
+
+async def _stored_versions(stack: Stack, organization: Organization, total: int) -> None:
+    """Waits until each shard's replicas hold the same stored versions (copies included, not merged), and
+    the shards together ``total``."""
+
+    async def counts() -> dict[str, int]:
+        return await _local_counts(stack, organization, final=False)
+
+    def settled(found: dict[str, int]) -> bool:
+        shards = [(found[f"clickhouse-s{shard}r1"], found[f"clickhouse-s{shard}r2"]) for shard in (1, 2)]
+        return all(first == second for first, second in shards) and sum(first for first, _ in shards) == total
+
+    found = await _eventually(counts, settled)
+    assert settled(found), found
+
+
+async def test_aggregates_over_days_proven_free_of_copies_skip_final_and_count_a_redelivered_copy_once(
+    stack: Stack, clients: Clients, cluster_store: tuple[RequestStore, RecordingRunner]
+) -> None:
+    store, recording = cluster_store
+    organization = await clients.organization()
+    # Closed days (ended over an hour ago), whose proofs are recorded.
+    began = (datetime.now(UTC) - timedelta(days=4)).replace(hour=6, minute=0, second=0, microsecond=0)
+    span = (began - timedelta(hours=1), began + timedelta(days=2))
+    records = [_record(organization, created_at=began + timedelta(hours=index)) for index in range(36)]
+    await clients.log(records)
+    await _eventually(lambda: clients.metrics(organization, *span), lambda found: found.request_count >= 36)
+    await _replicas_agree(stack, organization, 36)
+    # No background merge collapses the copies below while the test reads them.
+    await _on_every_member(stack, "SYSTEM STOP MERGES requests_local")
+    try:
+        recording.statements.clear()
+        assert await _store_metrics(store, organization, span) == (36, 3600, Decimal("0.0054"))
+        reads = recording.aggregate_reads()
+        assert len(reads) == 1, reads
+        assert "FINAL" not in reads[0], "the proven days are read without FINAL"
+        proven = await recording.inner.fetch(
+            "SELECT uniqExact(day) FROM request_dedup_checks WHERE organization_id = toUUID(%(o)s)",
+            {"o": organization.id},
+        )
+        assert proven[0][0] == 2, "both closed days are recorded free of copies"
+        # Once proven, the parts are remembered: a repeated aggregate reads no row but its own.
+        recording.statements.clear()
+        assert await _store_metrics(store, organization, span) == (36, 3600, Decimal("0.0054"))
+        assert len(recording.statements) == 1, recording.statements
+        assert recording.statements == recording.aggregate_reads()
+        assert "FINAL" not in recording.statements[0]
+
+        # A writer redelivers five logs: each is stored again, a newer copy beside the first, on its shard.
+        await clients.log(records[:5])
+        await _stored_versions(stack, organization, 41)
+        recording.statements.clear()
+        assert await _store_metrics(store, organization, span) == (36, 3600, Decimal("0.0054"))
+        reads = recording.aggregate_reads()
+        assert len(reads) == 1, reads
+        assert "FINAL" in reads[0], "days holding copies are read with FINAL"
+        # The query service's own store (proofs on, in cluster mode) counts each request once too.
+        metrics = await clients.metrics(organization, *span)
+        assert (metrics.request_count, metrics.prompt_tokens) == (36, 3600)
+    finally:
+        await _on_every_member(stack, "SYSTEM START MERGES requests_local")
+
+
+async def _versions_on(stack: Stack, member: Member, request_id: str) -> int:
+    """The stored versions of a request on one member."""
+    sql = "SELECT count() FROM requests_local WHERE request_id = toUUID(%(r)s)"
+    return int((await asyncio.to_thread(_on_member, stack, member, sql, {"r": request_id}))[0][0])
+
+
+async def test_a_copy_one_replica_holds_and_the_other_not_yet_is_never_counted_twice(
+    stack: Stack, clients: Clients, cluster_store: tuple[RequestStore, RecordingRunner]
+) -> None:
+    """Replicas lag: a proof must not be taken from one replica of a shard while a read meets the other."""
+    store, recording = cluster_store
+    organization = await clients.organization()
+    began = (datetime.now(UTC) - timedelta(days=3)).replace(hour=8, minute=0, second=0, microsecond=0)
+    span = (began, began + timedelta(hours=12))
+    records = [_record(organization, created_at=began + timedelta(minutes=index)) for index in range(12)]
+    await clients.log(records)
+    await _eventually(lambda: clients.metrics(organization, *span), lambda found: found.request_count >= 12)
+    await _replicas_agree(stack, organization, 12)
+    assert await _store_metrics(store, organization, span) == (12, 1200, Decimal("0.0018"))
+    layout = stack.clickhouse_cluster_layout
+    assert layout is not None
+    # A request of shard 2, whose replicas a read through the Distributed table picks between (on shard 1
+    # the server queried is a replica itself, and reads its own table).
+    members = {member.name: member for member in layout.members}
+    lagging, ahead = members["clickhouse-s2r1"], members["clickhouse-s2r2"]
+    on_shard_2 = [record.request_id for record in records if await _versions_on(stack, ahead, record.request_id)]
+    assert on_shard_2, "a hash of the request id puts about half of them on each shard"
+    copied_id = on_shard_2[0]
+    await _on_every_member(stack, "SYSTEM STOP MERGES requests_local")
+    await asyncio.to_thread(_on_member, stack, lagging, "SYSTEM STOP FETCHES requests_local")
+    try:
+        # A redelivered copy (newer version, same values) lands on one replica; the other has not fetched it.
+        columns = [
+            str(row[0])
+            for row in await asyncio.to_thread(
+                _on_member,
+                stack,
+                ahead,
+                "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'requests_local'"
+                " AND default_kind NOT IN ('MATERIALIZED', 'ALIAS')",
+            )
+        ]
+        copied = ", ".join("version + 1" if column == "version" else column for column in columns)
+        await asyncio.to_thread(
+            _on_member,
+            stack,
+            ahead,
+            f"INSERT INTO requests_local ({', '.join(columns)}) SELECT {copied} FROM requests_local"
+            " WHERE request_id = toUUID(%(r)s)",
+            {"r": copied_id},
+        )
+        versions = [await _versions_on(stack, member, copied_id) for member in (lagging, ahead)]
+        assert versions == [1, 2]
+        # Whichever replica each read meets, the request counts once: the replicas differ, so no proof holds.
+        # Reads pick either at first, then only the one ahead once the other is 5 s behind (stale).
+        for _ in range(10):
+            await asyncio.sleep(0.7)
+            recording.statements.clear()
+            assert await _store_metrics(store, organization, span) == (12, 1200, Decimal("0.0018"))
+            assert all("FINAL" in sql for sql in recording.aggregate_reads()), recording.aggregate_reads()
+    finally:
+        await asyncio.to_thread(_on_member, stack, lagging, "SYSTEM START FETCHES requests_local")
+        await _on_every_member(stack, "SYSTEM START MERGES requests_local")
+    # Once the replicas are in step again (the copy fetched, or merged away on both), the count is the same.
+    await _eventually(
+        lambda: _local_counts(stack, organization, final=False),
+        lambda found: all(found[f"clickhouse-s{shard}r1"] == found[f"clickhouse-s{shard}r2"] for shard in (1, 2)),
+    )
+    assert await _store_metrics(store, organization, span) == (12, 1200, Decimal("0.0018"))

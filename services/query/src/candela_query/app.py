@@ -12,7 +12,7 @@ from candela.auth.v1 import auth_service_pb2_grpc
 from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.query.v1 import query_service_pb2, query_service_pb2_grpc
 from candela_query.body_reader import BodyReader
-from candela_query.clickhouse import ClickHouseReader
+from candela_query.clickhouse import ClickHouseReader, ClusterMember, cluster_members
 from candela_query.config import QueryConfig
 from candela_query.scores import ScoreWriter
 from candela_query.service import QueryServicer
@@ -40,6 +40,8 @@ class QueryDeps:
     usage: UsageReader | None = None
     ingest: ingest_service_pb2_grpc.IngestServiceAsyncStub | None = None
     """Where submitted scores go (None: the service was started without an ingest address)."""
+    clickhouse_members: list[ClusterMember] | None = None
+    """In cluster mode, each member of the cluster read directly (the copy-free proofs read their parts)."""
 
 
 @asynccontextmanager
@@ -61,8 +63,19 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
     channel = internal_channel(config.auth_addr)
     ingest_channel = internal_channel(config.ingest_addr) if config.ingest_addr else None
     usage: UsageReader | None = None
+    members: list[ClusterMember] = []
     try:
         await clickhouse.fetch("SELECT 1", {})
+        if config.clickhouse_cluster:
+            members = await cluster_members(
+                clickhouse,
+                config.clickhouse_cluster,
+                config.clickhouse_database,
+                # Only the proofs' small reads of parts and counts go to a member directly.
+                connections=2,
+                user=config.clickhouse_user,
+                password=config.clickhouse_password,
+            )
         await bodies.check()
         if config.postgres_dsn:
             usage = await UsageReader.connect(config.postgres_dsn)
@@ -74,8 +87,11 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
             authenticator=authenticator,
             usage=usage,
             ingest=ingest_service_pb2_grpc.IngestServiceStub(ingest_channel) if ingest_channel else None,
+            clickhouse_members=members if config.clickhouse_cluster else None,
         )
     finally:
+        for member in members:
+            member.reader.close()
         if usage is not None:
             await usage.close()
         if ingest_channel is not None:
@@ -87,8 +103,7 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
 async def create_server(config: QueryConfig, deps: QueryDeps) -> GrpcServer:
     """The query gRPC server, started and NOT_SERVING until the caller marks it ready."""
     servicer = QueryServicer(
-        # In cluster mode aggregates read with FINAL, which each shard runs on its own rows (see RequestStore).
-        RequestStore(deps.clickhouse, final=config.clickhouse_final, copy_free_proofs=not config.clickhouse_cluster),
+        RequestStore(deps.clickhouse, final=config.clickhouse_final, cluster_members=deps.clickhouse_members),
         deps.bodies,
         deps.authenticator,
         max_page_size=config.max_page_size,

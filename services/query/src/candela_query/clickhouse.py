@@ -9,7 +9,9 @@ shard, chosen by a hash of its request id:
   exact whatever the placement;
 - a join of requests to their scores runs on each shard against that shard's scores
   (``distributed_product_mode = 'local'``), which holds every score of its requests;
-- the copy-free proofs count (created_at_us, request_id) pairs and sum versions over the whole cluster.
+- the copy-free proofs count (created_at_us, request_id) pairs and sum versions over the whole cluster,
+  and read each member's parts directly (:func:`cluster_members`): which replica a Distributed read meets
+  is unknown, so a proof must hold on every one (see candela_query.copy_free_proofs).
 Reads never leave a shard out: ``skip_unavailable_shards`` stays off, so a shard with no live replica fails
 the query (UNAVAILABLE to the caller) rather than answering with part of the numbers, and a replica more
 than a few seconds behind its shard is passed over for a fresh one.
@@ -21,6 +23,7 @@ import asyncio
 import functools
 import queue
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_driver import Client
@@ -149,3 +152,35 @@ class ClickHouseReader:
             client = self._connections.get_nowait().client
             if client is not None:
                 client.disconnect()
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    """One replica of one shard of the cluster, read directly (its own ``<table>_local`` tables)."""
+
+    shard: int
+    address: str
+    """host:port, as the cluster's ``<remote_servers>`` names it."""
+    reader: ClickHouseReader
+
+
+async def cluster_members(
+    reader: ClickHouseReader, cluster: str, database: str, *, connections: int, user: str, password: str
+) -> list[ClusterMember]:
+    """A reader for each member of ``cluster``, as the server ``reader`` talks to knows them
+    (system.clusters). The caller closes their readers."""
+    rows = await reader.fetch(
+        "SELECT shard_num, host_name, port FROM system.clusters WHERE cluster = %(cluster)s"
+        " ORDER BY shard_num, replica_num",
+        {"cluster": cluster},
+    )
+    if not rows:
+        raise ValueError(f"the ClickHouse server knows no cluster {cluster!r} (see its <remote_servers>)")
+    return [
+        ClusterMember(
+            int(shard),
+            f"{host}:{port}",
+            ClickHouseReader(str(host), int(port), database, connections, user=user, password=password),
+        )
+        for shard, host, port in rows
+    ]

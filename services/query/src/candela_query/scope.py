@@ -46,6 +46,8 @@ class Scope:
             "requests": "requests FINAL" if self.final else "requests",
             # Every stored version of each row: callers keep the newest themselves (see RowReads._latest).
             "request_versions": "requests",
+            # Every stored version on one member of a cluster, read directly (CopyFreeProofs' part counts).
+            "local_request_versions": "requests_local",
             "request_sessions": "request_sessions",
             "request_times": "request_times",
             "request_dedup_checks": "request_dedup_checks",

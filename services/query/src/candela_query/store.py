@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from candela_query.aggregates import Aggregates, MetricsRow
-from candela_query.copy_free_proofs import CopyFreeProofs
+from candela_query.clickhouse import ClusterMember
+from candela_query.copy_free_proofs import CopyFreeProofs, Site
 from candela_query.cursor import Position
 from candela_query.row_reads import Page, RowReads, StoredRequest
 from candela_query.scope import Scope, SqlRunner
@@ -33,9 +34,9 @@ class RequestStore:
     pricing it. ``clock`` (epoch seconds) decides which days are closed enough to record proofs of. The
     store remembers the day fingerprints of the table's parts and the proven days of the organizations
     queried last (REMEMBERED_ORGANIZATIONS): share one store per process. ``copy_free_proofs=False``
-    reads every aggregate with FINAL: the proofs fingerprint the parts of the ``requests`` table on the
-    server queried, and in cluster mode that is a Distributed table, whose rows are in other servers'
-    parts (whose names repeat from shard to shard), so a proof there would hold whatever the shards hold.
+    reads every aggregate with FINAL. In cluster mode (``runner`` reads the Distributed tables), the
+    proofs need ``cluster_members``, every member of the cluster read directly: the rows are in the
+    members' parts, and each replica of a shard must be proven (see candela_query.copy_free_proofs).
     """
 
     def __init__(
@@ -45,10 +46,16 @@ class RequestStore:
         clock: Callable[[], float] = time.time,
         *,
         copy_free_proofs: bool = True,
+        cluster_members: list[ClusterMember] | None = None,
     ) -> None:
         scope = Scope(final)
         self._reads = RowReads(runner, scope)
-        proofs = CopyFreeProofs(runner, scope, clock) if copy_free_proofs else None
+        sites = (
+            [Site(member.address, member.shard, member.reader, "requests_local") for member in cluster_members]
+            if cluster_members is not None
+            else None
+        )
+        proofs = CopyFreeProofs(runner, scope, clock, sites) if copy_free_proofs else None
         self._aggregates = Aggregates(runner, scope, proofs)
         self._scores = ScoreReads(runner, scope)
 
