@@ -36,6 +36,13 @@ logs/s acknowledged by ingest (what its workers change), logs/s visible in Click
 of the ingest processes (supervisor and workers) and of the machine; the freshness pass is skipped.
 
     uv run python bench/ingest/bench_ingest.py --workers 1,2 --runs 5
+
+With ``--no-writers`` (workers mode) the stack runs no writer and no ClickHouse: the logs stop in Kafka,
+only acknowledged logs/s are measured, and the cores are left to ingest and its stores (S3, Kafka), the
+way ingest pods have nodes of their own in a deployment. On a 2-core machine that also runs the writers,
+ClickHouse and the load generator, ingest never gets a core to itself, whatever its worker count.
+
+    uv run python bench/ingest/bench_ingest.py --workers 1,2 --no-writers --concurrency 16 --runs 5
 """
 
 from __future__ import annotations
@@ -301,6 +308,7 @@ async def throughput(
     channel_per_caller: bool = False,
     extra_pids: dict[int, str] | None = None,
     settle_s: float = 60.0,
+    wait_visible: bool = True,
 ) -> Throughput:
     """One run: ``logs`` logs to ingest at ``address`` (the stack's by default) over ``concurrency`` calls,
     on one shared channel or (``channel_per_caller``) one connection per caller."""
@@ -310,13 +318,6 @@ async def throughput(
     # Serialized beforehand: the load generator shares the 2 cores, and protobuf serialization of 2 MiB calls
     # cost it ~4 us per log (what the benchmark measures is Candela's cost, not the client's).
     requests = [_batch(organization_id, batch, bodies)[0].SerializeToString() for _ in range(logs // batch)]
-    client = Client(
-        host=stack.clickhouse_host,
-        port=stack.clickhouse_port,
-        database=stack.clickhouse_database,
-        user=stack.clickhouse_user,
-        password=stack.clickhouse_password,
-    )
     # A connection of its own per channel (gRPC otherwise shares one among channels to the same target).
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [
@@ -342,8 +343,17 @@ async def throughput(
     for channel in channels:
         await channel.close(None)
     total = batch * len(requests)
-    while await asyncio.to_thread(_count, client, organization_id) < total:  # noqa: ASYNC110 - polls another process
-        await asyncio.sleep(0.05)
+    if wait_visible:
+        client = Client(
+            host=stack.clickhouse_host,
+            port=stack.clickhouse_port,
+            database=stack.clickhouse_database,
+            user=stack.clickhouse_user,
+            password=stack.clickhouse_password,
+        )
+        while await asyncio.to_thread(_count, client, organization_id) < total:  # noqa: ASYNC110 - polls another process
+            await asyncio.sleep(0.05)
+        client.disconnect()
     elapsed = time.monotonic() - began
     busy = _machine_busy_seconds() - busy_before
     cpu_after = _cpu_seconds(stack, extra_pids)
@@ -359,7 +369,6 @@ async def throughput(
     cores = os.cpu_count() or 1
     print(f"  CPU us per log: {profile}")
     print(f"  machine: {busy / total * 1e6:.0f} us of CPU per log, cores {busy / elapsed / cores:.0%} busy")
-    client.disconnect()
     s3 = seaweed.client(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     listing = s3.list_objects_v2(Bucket=stack.s3_bucket, Prefix=f"bodies/{organization_id}/")
     print(f"  ingest acknowledged {total:,} logs in {acknowledged_s:.2f}s ({total / acknowledged_s:,.0f} logs/s)")
@@ -431,6 +440,11 @@ async def main() -> None:
     )
     parser.add_argument("--bodies", choices=("json", "random", "repeated"), default="json")
     parser.add_argument(
+        "--no-writers",
+        action="store_true",
+        help="workers mode: no writers, no ClickHouse; measure acknowledged logs/s only (see the module docstring)",
+    )
+    parser.add_argument(
         "--workers",
         default="",
         help="compare CANDELA_INGEST_WORKERS counts side by side, e.g. 1,2 (see the module docstring)",
@@ -449,6 +463,10 @@ async def main() -> None:
     components = frozenset({Component.INGEST, Component.WRITER, Component.CLICKHOUSE, Component.S3, Component.KAFKA})
     if counts:
         components -= {Component.INGEST}  # the bench starts one ingest service per worker count itself
+    if args.no_writers:
+        if not counts:
+            parser.error("--no-writers is a workers-mode option (--workers 1,2)")
+        components -= {Component.WRITER, Component.CLICKHOUSE}
     bodies = Bodies(args.bodies)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
@@ -541,7 +559,8 @@ async def compare_workers(
         for service in services.values():
             await _wait_serving(service)
         print(
-            f"workers {counts}; broker engine: {stack.config.kafka_engine}; writer processes: {stack.config.writers};"
+            f"workers {counts}; broker engine: {stack.config.kafka_engine};"
+            f" writer processes: {0 if args.no_writers else stack.config.writers};"
             f" bodies: {args.bodies}; {args.logs:,} logs a run in batches of {args.batch} over {args.concurrency}"
             f" callers, a connection each; load before: {_load()}"
         )
@@ -564,34 +583,39 @@ async def compare_workers(
                     # Others share these cores: the machine may never settle; the alternating order (not a
                     # quiet machine) is what keeps the comparison fair.
                     settle_s=15.0,
+                    wait_visible=not args.no_writers,
                 )
                 results[count].append(result)
                 split = [
                     after - before for before, after in zip(split_before, services[count].worker_cpu(), strict=False)
                 ]
                 shares = "/".join(f"{part / (sum(split) or 1):.0%}" for part in split)
+                visible = "" if args.no_writers else f" {result.visible_per_s:,.0f} logs/s visible;"
                 print(
                     f"run {run + 1}, {count} ingest worker(s): {result.acknowledged_per_s:,.0f} logs/s acknowledged,"
-                    f" {result.visible_per_s:,.0f} logs/s visible; ingest CPU"
+                    f"{visible} ingest CPU"
                     f" {result.cpu_us_per_log.get(services[count].group, 0.0):.1f} us/log, machine"
                     f" {result.cpu_us_per_log['machine']:.1f} us/log; CPU split across workers {shares};"
                     f" load {result.load}",
                     flush=True,
                 )
         base = counts[0]
-        print("\n| ingest workers | acknowledged logs/s | visible logs/s | ingest CPU us/log | machine CPU us/log"
-              " | acknowledged, ratio to 1st (per run pair) |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
+        print("\n| ingest workers | acknowledged logs/s | visible logs/s | ingest CPU us/log | ingest cores busy"
+              " | machine CPU us/log | acknowledged, ratio to 1st (per run pair) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
         for count in counts:
             runs = results[count]
             ratios = [
                 mine.acknowledged_per_s / theirs.acknowledged_per_s
                 for mine, theirs in zip(runs, results[base], strict=True)
             ]
+            ingest_us = [r.cpu_us_per_log.get(services[count].group, 0.0) for r in runs]
+            # Ingest works while it acknowledges: its CPU over that stretch, in cores.
+            busy = [us * r.acknowledged_per_s / 1e6 for us, r in zip(ingest_us, runs, strict=True)]
             print(
                 f"| {count} | {_spread([r.acknowledged_per_s for r in runs])} "
-                f"| {_spread([r.visible_per_s for r in runs])} "
-                f"| {statistics.median(r.cpu_us_per_log.get(services[count].group, 0.0) for r in runs):.1f} "
+                f"| {'-' if args.no_writers else _spread([r.visible_per_s for r in runs])} "
+                f"| {statistics.median(ingest_us):.1f} | {statistics.median(busy):.2f} "
                 f"| {statistics.median(r.cpu_us_per_log['machine'] for r in runs):.1f} "
                 f"| {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}) |"
             )
