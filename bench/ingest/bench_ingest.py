@@ -65,6 +65,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import httpx
 from clickhouse_driver import Client
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
@@ -262,6 +263,17 @@ class IngestService:
     workers: int
     address: str
     process: subprocess.Popen[bytes]
+    metrics_port: int
+    logs_sent: int = 0
+
+    def accepted(self) -> float:
+        """candela_ingest_records_accepted_total on its /metrics (several workers: the supervisor's sum)."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith("candela_ingest_records_accepted_total ")
+        )
 
     @property
     def group(self) -> str:
@@ -506,11 +518,11 @@ async def main() -> None:
 
 def _start_ingest(stack: Stack, workers: int, log: Path) -> IngestService:
     """An ingest service with CANDELA_INGEST_WORKERS=``workers`` on a free port, serving once it returns."""
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     env = {
         **stack.service_env(Component.INGEST),
         "CANDELA_GRPC_PORT": str(port),
-        "CANDELA_METRICS_PORT": str(_free_port()),
+        "CANDELA_METRICS_PORT": str(metrics_port),
         "CANDELA_INGEST_WORKERS": str(workers),
         "CANDELA_LOG_LEVEL": "WARNING",
     }
@@ -522,7 +534,7 @@ def _start_ingest(stack: Stack, workers: int, log: Path) -> IngestService:
             env=env,
             start_new_session=True,
         )
-    return IngestService(workers, f"127.0.0.1:{port}", process)
+    return IngestService(workers, f"127.0.0.1:{port}", process, metrics_port)
 
 
 async def _wait_serving(service: IngestService, timeout_s: float = 180.0) -> None:
@@ -586,6 +598,7 @@ async def compare_workers(
                     wait_visible=not args.no_writers,
                 )
                 results[count].append(result)
+                services[count].logs_sent += args.logs // args.batch * args.batch
                 split = [
                     after - before for before, after in zip(split_before, services[count].worker_cpu(), strict=False)
                 ]
@@ -620,6 +633,13 @@ async def compare_workers(
                 f"| {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}) |"
             )
         print(f"load after: {_load()}")
+        print(
+            "/metrics against the logs sent: "
+            + "; ".join(
+                f"x{count}: {service.logs_sent:,} sent, candela_ingest_records_accepted_total {service.accepted():,.0f}"
+                for count, service in services.items()
+            )
+        )
     finally:
         for service in services.values():
             service.process.terminate()
