@@ -23,6 +23,14 @@ def test_one_worker_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert grpc_workers(VARIABLE) == len(os.sched_getaffinity(0))
 
 
+def test_a_service_sets_its_own_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest defaults to one per core (CANDELA_INGEST_WORKERS unset), query to one; the variable wins."""
+    monkeypatch.delenv(VARIABLE, raising=False)
+    assert grpc_workers(VARIABLE, default=0) == worker_count(0)
+    monkeypatch.setenv(VARIABLE, "1")
+    assert grpc_workers(VARIABLE, default=0) == 1
+
+
 @pytest.mark.parametrize("value", ["two", "-1", "1.5"])
 def test_a_bad_count_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(VARIABLE, value)

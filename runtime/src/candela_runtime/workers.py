@@ -246,9 +246,10 @@ def is_grpc_worker() -> bool:
     return GRPC_WORKER_ENV in os.environ
 
 
-def grpc_workers(variable: str) -> int:
-    """The worker count ``variable`` (e.g. CANDELA_INGEST_WORKERS) asks for: default 1; 0 is one per core."""
-    raw = os.environ.get(variable, "").strip() or "1"
+def grpc_workers(variable: str, default: int = 1) -> int:
+    """The worker count ``variable`` (e.g. CANDELA_INGEST_WORKERS) asks for, ``default`` when unset; 0 is one
+    per core (see :func:`worker_count`)."""
+    raw = os.environ.get(variable, "").strip() or str(default)
     try:
         count = int(raw)
     except ValueError:
