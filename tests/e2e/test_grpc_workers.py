@@ -1,6 +1,6 @@
-"""CANDELA_QUERY_WORKERS=2 (ingest works the same way): two query processes on one port with SO_REUSEPORT,
-both taking calls, one SIGKILLed and restarted while the other serves, their metrics summed, and an ordered
-stop on SIGTERM."""
+"""CANDELA_QUERY_WORKERS=2 and CANDELA_INGEST_WORKERS=2: two processes of the service on one port with
+SO_REUSEPORT, both taking calls, one SIGKILLed and restarted while the other serves, their metrics summed,
+and an ordered stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -51,22 +51,31 @@ def _serving(address: str) -> bool:
 
 
 @pytest.mark.timeout(240)  # three Python processes start (~20 s each on a loaded 2-core machine)
-def test_two_query_workers_share_the_port_and_restart_and_stop_in_order(stack: Stack, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("component", "module", "variable"),
+    [
+        (Component.QUERY, "candela_query", "CANDELA_QUERY_WORKERS"),
+        (Component.INGEST, "candela_ingest", "CANDELA_INGEST_WORKERS"),
+    ],
+)
+def test_two_workers_share_the_port_and_restart_and_stop_in_order(
+    stack: Stack, tmp_path: Path, component: Component, module: str, variable: str
+) -> None:
     port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     env = {
-        **stack.service_env(Component.QUERY),
+        **stack.service_env(component),
         "CANDELA_GRPC_PORT": str(port),
         "CANDELA_METRICS_PORT": str(metrics_port),
-        "CANDELA_QUERY_WORKERS": "2",
+        variable: "2",
         "CANDELA_SHUTDOWN_GRACE_S": "5",
     }
     with services() as started:
-        query = Service([sys.executable, "-m", "candela_query"], env, tmp_path / "query.log")
-        started.append(query)
-        wait_until(lambda: len(_workers(query.process.pid)) == 2, timeout_s=90, what="two workers")
-        wait_until(lambda: _serving(address), timeout_s=90, what="query serving")
-        workers = _workers(query.process.pid)
+        service = Service([sys.executable, "-m", module], env, tmp_path / f"{module}.log")
+        started.append(service)
+        wait_until(lambda: len(_workers(service.process.pid)) == 2, timeout_s=90, what="two workers")
+        wait_until(lambda: _serving(address), timeout_s=90, what=f"{module} serving")
+        workers = _workers(service.process.pid)
 
         def served_by_each() -> bool:
             _serving(address)
@@ -81,12 +90,12 @@ def test_two_query_workers_share_the_port_and_restart_and_stop_in_order(stack: S
         wait_until(lambda: not Path(f"/proc/{second}").exists(), what="the killed worker reaped")
         answers = [_health(address) for _ in range(10)]
         assert answers == [health_pb2.HealthCheckResponse.SERVING] * 10, "the other worker answers every call"
-        wait_until(lambda: len(set(_workers(query.process.pid)) - {first}) == 1, timeout_s=60, what="a restart")
-        assert first in _workers(query.process.pid)
+        wait_until(lambda: len(set(_workers(service.process.pid)) - {first}) == 1, timeout_s=60, what="a restart")
+        assert first in _workers(service.process.pid)
 
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert metric_value(scraped, "candela_grpc_server_handled_total") >= 12, "counts of all workers, summed"
 
-        query.process.send_signal(signal.SIGTERM)
-        assert query.process.wait(timeout=60) == 0, query.output()[-3000:]
-        assert not _workers(query.process.pid)
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(timeout=60) == 0, service.output()[-3000:]
+        assert not _workers(service.process.pid)
