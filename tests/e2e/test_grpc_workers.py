@@ -4,6 +4,7 @@ and an ordered stop on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.mmap_dict import MmapedDict
 
 from candela_stack.stack import Component, Stack
 from tests.e2e.proxy_support import Service, free_port, metric_value, services, wait_until
@@ -35,6 +37,19 @@ def _workers(supervisor: int) -> dict[int, Path]:
             if variable.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
                 found[int(entry.name)] = Path(variable.partition(b"=")[2].decode())
     return found
+
+
+def _calls_handled(directory: Path, pid: int) -> float:
+    """The gRPC calls one worker has handled, from its own multiprocess metrics file (the file alone proves
+    nothing: a service whose module declares a counter without labels creates it at import, before serving)."""
+    path = directory / f"counter_{pid}.db"
+    if not path.exists():
+        return 0.0
+    return sum(
+        value
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
+        if json.loads(key)[0] == "candela_grpc_server_handled"
+    )
 
 
 def _health(address: str) -> int | None:
@@ -79,7 +94,7 @@ def test_two_workers_share_the_port_and_restart_and_stop_in_order(
 
         def served_by_each() -> bool:
             _serving(address)
-            return all((directory / f"counter_{pid}.db").exists() for pid, directory in workers.items())
+            return all(_calls_handled(directory, pid) > 0 for pid, directory in workers.items())
 
         wait_until(served_by_each, timeout_s=60, what="calls reaching both workers")
 
