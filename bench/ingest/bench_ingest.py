@@ -30,6 +30,23 @@ so a run in /tmp measured the directory more than Candela.
 ``--cluster`` runs it on the local 2x2 ClickHouse cluster (ZooKeeper, 2 shards x 2 replicas); ``--compare``
 runs one server, then the cluster, in one run and writes both side by side to
 bench/results/ingest-cluster-<UTC time>.md.
+
+Workers (``--workers 1,2``): ingest with CANDELA_INGEST_WORKERS=1 and =2 side by side in one run. The bench
+starts one ingest service per count on its own port (the stack's writers, Kafka, S3 and ClickHouse are
+shared), then alternates them run by run (1, 2, then 2, 1, ...) so that a change in the machine's load
+lands on both. Each of the ``--concurrency`` callers has a channel (an HTTP/2 connection) of its own, as
+each proxy worker has: the kernel spreads connections, not calls, across the workers. Reported per count:
+logs/s acknowledged by ingest (what its workers change), logs/s visible in ClickHouse, and CPU us per log
+of the ingest processes (supervisor and workers) and of the machine; the freshness pass is skipped.
+
+    uv run python bench/ingest/bench_ingest.py --workers 1,2 --runs 5
+
+With ``--no-writers`` (workers mode) the stack runs no writer and no ClickHouse: the logs stop in Kafka,
+only acknowledged logs/s are measured, and the cores are left to ingest and its stores (S3, Kafka), the
+way ingest pods have nodes of their own in a deployment. On a 2-core machine that also runs the writers,
+ClickHouse and the load generator, ingest never gets a core to itself, whatever its worker count.
+
+    uv run python bench/ingest/bench_ingest.py --workers 1,2 --no-writers --concurrency 16 --runs 5
 """
 
 from __future__ import annotations
@@ -38,17 +55,21 @@ import argparse
 import asyncio
 import os
 import random
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
+import httpx
 from clickhouse_driver import Client
 
 from candela.ingest.v1 import ingest_service_pb2 as pb
@@ -138,10 +159,20 @@ def _batch(organization_id: str, size: int, bodies: Bodies) -> tuple[pb.IngestRe
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(stack: Stack) -> dict[str, float]:
+def _children(pid: int) -> list[int]:
+    """The PIDs of a process's children (a supervisor's workers)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cpu_seconds(stack: Stack, extra: dict[int, str] | None = None) -> dict[str, float]:
     """CPU seconds (user + system) used so far by every process on the machine, from /proc, grouped: the
-    stack's processes by name, Postgres, the kernel's threads, this benchmark, and everything else."""
+    stack's processes by name, ``extra`` (PID -> group), Postgres, the kernel's threads, this benchmark,
+    and everything else."""
     names = {process.pid: process.name for process in stack.processes()}
+    names.update(extra or {})
     names[os.getpid()] = "bench client"
     used: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
@@ -214,42 +245,144 @@ async def _settle(max_wait_s: float = 60.0) -> None:
     print(f"  (the machine did not settle within {max_wait_s:.0f}s)")
 
 
-async def throughput(stack: Stack, logs: int, batch: int, concurrency: int, bodies: Bodies) -> tuple[float, float]:
-    """(logs/s end to end, S3 PUTs per log)."""
+@dataclass
+class Throughput:
+    """One throughput run."""
+
+    visible_per_s: float
+    """Logs/s from the first call to the last row visible in ClickHouse."""
+    acknowledged_per_s: float
+    """Logs/s from the first call to the last acknowledgement (ingest alone)."""
+    puts_per_log: float
+    cpu_us_per_log: dict[str, float] = field(default_factory=dict)
+    """CPU microseconds per log by process group, and "machine" (all cores, interrupts included)."""
+    load: str = ""
+    """`uptime`'s load averages when the run ended."""
+
+
+@dataclass
+class IngestService:
+    """An ingest service the workers mode started: its supervisor (or only process) and its address."""
+
+    workers: int
+    address: str
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    logs_sent: int = 0
+
+    def accepted(self) -> float:
+        """candela_ingest_records_accepted_total on its /metrics (several workers: the supervisor's sum)."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith("candela_ingest_records_accepted_total ")
+        )
+
+    @property
+    def group(self) -> str:
+        return f"ingest x{self.workers}"
+
+    def pids(self) -> dict[int, str]:
+        """PID -> CPU group of the supervisor and its workers."""
+        return {pid: self.group for pid in (self.process.pid, *_children(self.process.pid))}
+
+    def worker_cpu(self) -> list[float]:
+        """CPU seconds used so far by each worker (the only process when there is one)."""
+        pids = _children(self.process.pid) if self.workers > 1 else [self.process.pid]
+        return [_process_cpu(pid) for pid in sorted(pids)]
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by one process; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _load() -> str:
+    """The 1, 5 and 15-minute load averages (other work shares these cores)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+async def throughput(
+    stack: Stack,
+    logs: int,
+    batch: int,
+    concurrency: int,
+    bodies: Bodies,
+    address: str | None = None,
+    channel_per_caller: bool = False,
+    extra_pids: dict[int, str] | None = None,
+    settle_s: float = 60.0,
+    wait_visible: bool = True,
+) -> Throughput:
+    """One run: ``logs`` logs to ingest at ``address`` (the stack's by default) over ``concurrency`` calls,
+    on one shared channel or (``channel_per_caller``) one connection per caller."""
+    address = address or stack.ingest_addr
     organization_id = await _organization(stack)
     metadata = service_metadata(stack.service_token)
     # Serialized beforehand: the load generator shares the 2 cores, and protobuf serialization of 2 MiB calls
     # cost it ~4 us per log (what the benchmark measures is Candela's cost, not the client's).
     requests = [_batch(organization_id, batch, bodies)[0].SerializeToString() for _ in range(logs // batch)]
-    client = Client(
-        host=stack.clickhouse_host,
-        port=stack.clickhouse_port,
-        database=stack.clickhouse_database,
-        user=stack.clickhouse_user,
-        password=stack.clickhouse_password,
-    )
-    await _settle()
-    cpu_before = _cpu_seconds(stack)
+    # A connection of its own per channel (gRPC otherwise shares one among channels to the same target).
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(address, options=options) for _ in range(concurrency if channel_per_caller else 1)
+    ]
+    for channel in channels:
+        await channel.channel_ready()
+    await _settle(settle_s)
+    cpu_before = _cpu_seconds(stack, extra_pids)
     busy_before = _machine_busy_seconds()
     began = time.monotonic()
-    async with grpc.aio.insecure_channel(stack.ingest_addr) as channel:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for request in requests:
+        queue.put_nowait(request)
+
+    retried = 0
+
+    async def sender(channel: grpc.aio.Channel) -> None:
+        nonlocal retried
         ingest = _serialized_ingest(channel)
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for request in requests:
-            queue.put_nowait(request)
+        while not queue.empty():
+            request = queue.get_nowait()
+            try:
+                await ingest(request, metadata=metadata, timeout=60)
+            except grpc.aio.AioRpcError as err:
+                if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                retried += 1  # as the proxy does: a batch ingest could not store is sent again
+                queue.put_nowait(request)
 
-        async def sender() -> None:
-            while not queue.empty():
-                await ingest(queue.get_nowait(), metadata=metadata, timeout=60)
-
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
+    await asyncio.gather(*(sender(channels[index % len(channels)]) for index in range(concurrency)))
     acknowledged_s = time.monotonic() - began
+    for channel in channels:
+        await channel.close(None)
     total = batch * len(requests)
-    while await asyncio.to_thread(_count, client, organization_id) < total:  # noqa: ASYNC110 - polls another process
-        await asyncio.sleep(0.05)
+    if wait_visible:
+        client = Client(
+            host=stack.clickhouse_host,
+            port=stack.clickhouse_port,
+            database=stack.clickhouse_database,
+            user=stack.clickhouse_user,
+            password=stack.clickhouse_password,
+        )
+        while await asyncio.to_thread(_count, client, organization_id) < total:  # noqa: ASYNC110 - polls another process
+            await asyncio.sleep(0.05)
+        client.disconnect()
     elapsed = time.monotonic() - began
     busy = _machine_busy_seconds() - busy_before
-    cpu_after = _cpu_seconds(stack)
+    cpu_after = _cpu_seconds(stack, extra_pids)
     shares = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     writers = [seconds for name, seconds in shares.items() if name.startswith("writer")]
     if len(writers) > 1:
@@ -262,11 +395,15 @@ async def throughput(stack: Stack, logs: int, batch: int, concurrency: int, bodi
     cores = os.cpu_count() or 1
     print(f"  CPU us per log: {profile}")
     print(f"  machine: {busy / total * 1e6:.0f} us of CPU per log, cores {busy / elapsed / cores:.0%} busy")
-    client.disconnect()
     s3 = seaweed.client(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     listing = s3.list_objects_v2(Bucket=stack.s3_bucket, Prefix=f"bodies/{organization_id}/")
-    print(f"  ingest acknowledged {total:,} logs in {acknowledged_s:.2f}s ({total / acknowledged_s:,.0f} logs/s)")
-    return total / elapsed, listing.get("KeyCount", 0) / total
+    print(
+        f"  ingest acknowledged {total:,} logs in {acknowledged_s:.2f}s ({total / acknowledged_s:,.0f} logs/s)"
+        + (f"; {retried} calls answered UNAVAILABLE and sent again" if retried else "")
+    )
+    cpu_us = {name: seconds / total * 1e6 for name, seconds in shares.items()}
+    cpu_us["machine"] = busy / total * 1e6
+    return Throughput(total / elapsed, total / acknowledged_s, listing.get("KeyCount", 0) / total, cpu_us, _load())
 
 
 async def freshness(stack: Stack, rate: int, seconds: float, bodies: Bodies) -> tuple[float, float, float]:
@@ -351,7 +488,8 @@ async def run_mode(args: argparse.Namespace, cluster: bool, bodies: Bodies) -> M
             )
             figures = ModeFigures(label, [], [], [], os.getloadavg()[0])
             for run in range(args.runs):
-                rate, put = await throughput(stack, args.logs, args.batch, args.concurrency, bodies)
+                result = await throughput(stack, args.logs, args.batch, args.concurrency, bodies)
+                rate, put = result.visible_per_s, result.puts_per_log
                 p50, p99, achieved = await freshness(stack, args.rate, args.seconds, bodies)
                 print(
                     f"run {run + 1}: {rate:,.0f} logs/s, {put:.4f} PUTs/log, freshness at {achieved:,.0f} logs/s "
@@ -367,6 +505,27 @@ async def run_mode(args: argparse.Namespace, cluster: bool, bodies: Bodies) -> M
                 f"max {max(figures.p99s):.2f})"
             )
             return figures
+
+
+async def run_workers(args: argparse.Namespace, counts: list[int], bodies: Bodies) -> None:
+    """Workers mode: ingest services with each of ``counts`` workers, side by side on one stack's stores."""
+    overrides: dict[str, Any] = {} if args.writers is None else {"writers": args.writers}
+    if args.cluster:
+        overrides["clickhouse_cluster"] = "candela"
+    # The bench starts one ingest service per worker count itself, on the stack's stores.
+    components = frozenset({Component.WRITER, Component.CLICKHOUSE, Component.S3, Component.KAFKA, Component.POSTGRES})
+    if args.no_writers:
+        components -= {Component.WRITER, Component.CLICKHOUSE}
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
+        config = StackConfig.for_tests(
+            Path(data_dir),
+            components=components,
+            env={"CANDELA_LOG_LEVEL": "WARNING", "CANDELA_DLQ_RETRY_DELAY_S": "1"},
+            **overrides,
+        )
+        with Stack(config) as stack:
+            await compare_workers(stack, args, counts, bodies, Path(data_dir))
 
 
 def write_report(command: str, args: argparse.Namespace, modes: list[ModeFigures]) -> Path:
@@ -416,6 +575,16 @@ async def main() -> None:
         "--writers", type=int, default=None, help="writer processes (default: the stack's, CANDELA_STACK_WRITERS)"
     )
     parser.add_argument("--bodies", choices=("json", "random", "repeated"), default="json")
+    parser.add_argument(
+        "--no-writers",
+        action="store_true",
+        help="workers mode: no writers, no ClickHouse; measure acknowledged logs/s only (see the module docstring)",
+    )
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="compare CANDELA_INGEST_WORKERS counts side by side, e.g. 1,2 (see the module docstring)",
+    )
     parser.add_argument("--data-dir", type=Path, default=REPO / ".candela-bench")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
@@ -429,7 +598,13 @@ async def main() -> None:
         help="one server, then the 2x2 cluster, in one run; writes bench/results/ingest-cluster-<time>.md",
     )
     args = parser.parse_args()
+    counts = [int(count) for count in args.workers.split(",") if count.strip()]
+    if args.no_writers and not counts:
+        parser.error("--no-writers is a workers-mode option (--workers 1,2)")
     bodies = Bodies(args.bodies)
+    if counts:
+        await run_workers(args, counts, bodies)
+        return
     clusters = [False, True] if args.compare else [args.cluster]
     figures = [await run_mode(args, cluster, bodies) for cluster in clusters]
     if args.compare:
@@ -438,6 +613,141 @@ async def main() -> None:
             f" --seconds {args.seconds:g} --bodies {args.bodies} --compare"
         )
         print(f"report: {write_report(command, args, figures)}")
+
+
+def _start_ingest(stack: Stack, workers: int, log: Path) -> IngestService:
+    """An ingest service with CANDELA_INGEST_WORKERS=``workers`` on a free port, serving once it returns."""
+    port, metrics_port = _free_port(), _free_port()
+    env = {
+        **stack.service_env(Component.INGEST),
+        "CANDELA_GRPC_PORT": str(port),
+        "CANDELA_METRICS_PORT": str(metrics_port),
+        "CANDELA_INGEST_WORKERS": str(workers),
+        "CANDELA_LOG_LEVEL": "WARNING",
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "candela_ingest"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    return IngestService(workers, f"127.0.0.1:{port}", process, metrics_port)
+
+
+async def _wait_serving(service: IngestService, timeout_s: float = 180.0) -> None:
+    """Until every worker has started and the port answers health checks as SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.group} exited with {service.process.returncode}")
+        started = service.workers == 1 or len(_children(service.process.pid)) >= service.workers
+        if started:
+            try:
+                async with grpc.aio.insecure_channel(service.address) as channel:
+                    answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"{service.group} did not serve within {timeout_s:.0f}s")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} (min {min(values):,.0f}, max {max(values):,.0f})"
+
+
+async def compare_workers(
+    stack: Stack, args: argparse.Namespace, counts: list[int], bodies: Bodies, log_dir: Path
+) -> None:
+    """Ingest with each worker count in ``counts``, alternating run by run (see the module docstring)."""
+    services = {count: _start_ingest(stack, count, log_dir / f"ingest-x{count}.log") for count in counts}
+    try:
+        for service in services.values():
+            await _wait_serving(service)
+        print(
+            f"workers {counts}; broker engine: {stack.config.kafka_engine};"
+            f" writer processes: {0 if args.no_writers else stack.config.writers};"
+            f" bodies: {args.bodies}; {args.logs:,} logs a run in batches of {args.batch} over {args.concurrency}"
+            f" callers, a connection each; load before: {_load()}"
+        )
+        results: dict[int, list[Throughput]] = {count: [] for count in counts}
+        for run in range(args.runs):
+            for count in counts if run % 2 == 0 else list(reversed(counts)):
+                extra: dict[int, str] = {}
+                for service in services.values():
+                    extra.update(service.pids())
+                split_before = services[count].worker_cpu()
+                result = await throughput(
+                    stack,
+                    args.logs,
+                    args.batch,
+                    args.concurrency,
+                    bodies,
+                    address=services[count].address,
+                    channel_per_caller=True,
+                    extra_pids=extra,
+                    # Others share these cores: the machine may never settle; the alternating order (not a
+                    # quiet machine) is what keeps the comparison fair.
+                    settle_s=15.0,
+                    wait_visible=not args.no_writers,
+                )
+                results[count].append(result)
+                services[count].logs_sent += args.logs // args.batch * args.batch
+                split = [
+                    after - before for before, after in zip(split_before, services[count].worker_cpu(), strict=False)
+                ]
+                shares = "/".join(f"{part / (sum(split) or 1):.0%}" for part in split)
+                visible = "" if args.no_writers else f" {result.visible_per_s:,.0f} logs/s visible;"
+                print(
+                    f"run {run + 1}, {count} ingest worker(s): {result.acknowledged_per_s:,.0f} logs/s acknowledged,"
+                    f"{visible} ingest CPU"
+                    f" {result.cpu_us_per_log.get(services[count].group, 0.0):.1f} us/log, machine"
+                    f" {result.cpu_us_per_log['machine']:.1f} us/log; CPU split across workers {shares};"
+                    f" load {result.load}",
+                    flush=True,
+                )
+        base = counts[0]
+        print("\n| ingest workers | acknowledged logs/s | visible logs/s | ingest CPU us/log | ingest cores busy"
+              " | machine CPU us/log | acknowledged, ratio to 1st (per run pair) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for count in counts:
+            runs = results[count]
+            ratios = [
+                mine.acknowledged_per_s / theirs.acknowledged_per_s
+                for mine, theirs in zip(runs, results[base], strict=True)
+            ]
+            ingest_us = [r.cpu_us_per_log.get(services[count].group, 0.0) for r in runs]
+            # Ingest works while it acknowledges: its CPU over that stretch, in cores.
+            busy = [us * r.acknowledged_per_s / 1e6 for us, r in zip(ingest_us, runs, strict=True)]
+            print(
+                f"| {count} | {_spread([r.acknowledged_per_s for r in runs])} "
+                f"| {'-' if args.no_writers else _spread([r.visible_per_s for r in runs])} "
+                f"| {statistics.median(ingest_us):.1f} | {statistics.median(busy):.2f} "
+                f"| {statistics.median(r.cpu_us_per_log['machine'] for r in runs):.1f} "
+                f"| {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}) |"
+            )
+        print(f"load after: {_load()}")
+        print(
+            "/metrics against the logs sent: "
+            + "; ".join(
+                f"x{count}: {service.logs_sent:,} sent, candela_ingest_records_accepted_total {service.accepted():,.0f}"
+                for count, service in services.items()
+            )
+        )
+    finally:
+        for service in services.values():
+            service.process.terminate()
+        for service in services.values():
+            try:
+                service.process.wait(60)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""CANDELA_QUERY_WORKERS=2 (ingest works the same way): two query processes on one port with SO_REUSEPORT,
-both taking calls, one SIGKILLed and restarted while the other serves, their metrics summed, and an ordered
-stop on SIGTERM."""
+"""CANDELA_QUERY_WORKERS=2 and CANDELA_INGEST_WORKERS=2: two processes of the service on one port with
+SO_REUSEPORT, both taking calls, one SIGKILLed and restarted while the other serves, their metrics summed,
+and an ordered stop on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.mmap_dict import MmapedDict
 
 from candela_stack.stack import Component, Stack
 from tests.e2e.proxy_support import Service, free_port, metric_value, services, wait_until
@@ -37,6 +39,19 @@ def _workers(supervisor: int) -> dict[int, Path]:
     return found
 
 
+def _calls_handled(directory: Path, pid: int) -> float:
+    """The gRPC calls one worker has handled, from its own multiprocess metrics file (the file alone proves
+    nothing: a service whose module declares a counter without labels creates it at import, before serving)."""
+    path = directory / f"counter_{pid}.db"
+    if not path.exists():
+        return 0.0
+    return sum(
+        value
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
+        if json.loads(key)[0] == "candela_grpc_server_handled"
+    )
+
+
 def _health(address: str) -> int | None:
     """One health check on a connection of its own (so the kernel picks a worker for it); None: no answer."""
     try:
@@ -51,26 +66,35 @@ def _serving(address: str) -> bool:
 
 
 @pytest.mark.timeout(240)  # three Python processes start (~20 s each on a loaded 2-core machine)
-def test_two_query_workers_share_the_port_and_restart_and_stop_in_order(stack: Stack, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("component", "module", "variable"),
+    [
+        (Component.QUERY, "candela_query", "CANDELA_QUERY_WORKERS"),
+        (Component.INGEST, "candela_ingest", "CANDELA_INGEST_WORKERS"),
+    ],
+)
+def test_two_workers_share_the_port_and_restart_and_stop_in_order(
+    stack: Stack, tmp_path: Path, component: Component, module: str, variable: str
+) -> None:
     port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     env = {
-        **stack.service_env(Component.QUERY),
+        **stack.service_env(component),
         "CANDELA_GRPC_PORT": str(port),
         "CANDELA_METRICS_PORT": str(metrics_port),
-        "CANDELA_QUERY_WORKERS": "2",
+        variable: "2",
         "CANDELA_SHUTDOWN_GRACE_S": "5",
     }
     with services() as started:
-        query = Service([sys.executable, "-m", "candela_query"], env, tmp_path / "query.log")
-        started.append(query)
-        wait_until(lambda: len(_workers(query.process.pid)) == 2, timeout_s=90, what="two workers")
-        wait_until(lambda: _serving(address), timeout_s=90, what="query serving")
-        workers = _workers(query.process.pid)
+        service = Service([sys.executable, "-m", module], env, tmp_path / f"{module}.log")
+        started.append(service)
+        wait_until(lambda: len(_workers(service.process.pid)) == 2, timeout_s=90, what="two workers")
+        wait_until(lambda: _serving(address), timeout_s=90, what=f"{module} serving")
+        workers = _workers(service.process.pid)
 
         def served_by_each() -> bool:
             _serving(address)
-            return all((directory / f"counter_{pid}.db").exists() for pid, directory in workers.items())
+            return all(_calls_handled(directory, pid) > 0 for pid, directory in workers.items())
 
         wait_until(served_by_each, timeout_s=60, what="calls reaching both workers")
 
@@ -81,12 +105,12 @@ def test_two_query_workers_share_the_port_and_restart_and_stop_in_order(stack: S
         wait_until(lambda: not Path(f"/proc/{second}").exists(), what="the killed worker reaped")
         answers = [_health(address) for _ in range(10)]
         assert answers == [health_pb2.HealthCheckResponse.SERVING] * 10, "the other worker answers every call"
-        wait_until(lambda: len(set(_workers(query.process.pid)) - {first}) == 1, timeout_s=60, what="a restart")
-        assert first in _workers(query.process.pid)
+        wait_until(lambda: len(set(_workers(service.process.pid)) - {first}) == 1, timeout_s=60, what="a restart")
+        assert first in _workers(service.process.pid)
 
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert metric_value(scraped, "candela_grpc_server_handled_total") >= 12, "counts of all workers, summed"
 
-        query.process.send_signal(signal.SIGTERM)
-        assert query.process.wait(timeout=60) == 0, query.output()[-3000:]
-        assert not _workers(query.process.pid)
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(timeout=60) == 0, service.output()[-3000:]
+        assert not _workers(service.process.pid)

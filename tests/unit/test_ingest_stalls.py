@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
 from candela_ingest.stalls import StallWatch, StoreStalled
 from candela_runtime.errors import Unavailable
@@ -87,3 +91,30 @@ async def test_a_probe_past_its_deadline_shows_a_stall_without_traffic() -> None
     assert changes == [], "a store that refuses is down, not stalled: calls say so"
     await watch.probe({"s3": hangs}, timeout_s=0.1)
     assert (changes, _stalled("s3")) == ([True], 1)
+
+
+def _worker_reports_stalled(metrics_dir: Path, store: str) -> int:
+    """Runs a process like an ingest worker (PROMETHEUS_MULTIPROC_DIR set) that marks ``store`` stalled and
+    exits; returns its PID."""
+    script = (
+        "import os\n"
+        "from candela_ingest.stalls import STORE_STALLED\n"
+        f"STORE_STALLED.labels(store={store!r}).set(1)\n"
+        "print(os.getpid())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_with_several_workers_a_stall_is_reported_once_and_not_after_its_worker_died(tmp_path: Path) -> None:
+    """CANDELA_INGEST_WORKERS > 1: the supervisor's /metrics merges the workers' files. A stalled store reads
+    1 (not one series per worker), and a worker that died stalled (and was restarted) stops reporting it."""
+    first, second = (_worker_reports_stalled(tmp_path, "s3") for _ in range(2))
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("candela_store_stalled", {"store": "s3"}) == 1.0
+    multiprocess.mark_process_dead(first, str(tmp_path))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("candela_store_stalled", {"store": "s3"}) == 1.0, "the other still stalls"
+    multiprocess.mark_process_dead(second, str(tmp_path))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("candela_store_stalled", {"store": "s3"}) is None

@@ -254,3 +254,23 @@ def test_make_run_runs_a_proxy_worker_per_core_and_a_test_stack_one(
     assert StackAddresses(StackConfig.dev()).service_env(Component.PROXY)["CANDELA_PROXY_WORKERS"] == "3"
     tests = StackAddresses(StackConfig.for_tests(tmp_path / "test"))
     assert tests.service_env(Component.PROXY)["CANDELA_PROXY_WORKERS"] == "1"
+
+
+def test_make_run_leaves_ingest_and_query_workers_to_the_services_and_a_test_stack_runs_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("CANDELA_INGEST_WORKERS", "CANDELA_QUERY_WORKERS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("CANDELA_STACK_DIR", str(tmp_path / "dev"))
+    dev = StackAddresses(StackConfig.dev())
+    assert "CANDELA_INGEST_WORKERS" not in dev.service_env(Component.INGEST)  # the service's default
+    assert "CANDELA_QUERY_WORKERS" not in dev.service_env(Component.QUERY)
+    monkeypatch.setenv("CANDELA_INGEST_WORKERS", "3")
+    monkeypatch.setenv("CANDELA_QUERY_WORKERS", "2")
+    dev = StackAddresses(StackConfig.dev())
+    assert dev.service_env(Component.INGEST)["CANDELA_INGEST_WORKERS"] == "3"
+    assert dev.service_env(Component.QUERY)["CANDELA_QUERY_WORKERS"] == "2"
+    # A test stack runs one of each whatever the caller's environment says.
+    tests = StackAddresses(StackConfig.for_tests(tmp_path / "test"))
+    assert tests.service_env(Component.INGEST)["CANDELA_INGEST_WORKERS"] == "1"
+    assert tests.service_env(Component.QUERY)["CANDELA_QUERY_WORKERS"] == "1"

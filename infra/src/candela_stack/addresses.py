@@ -152,6 +152,13 @@ class StackConfig:
     """Proxy processes on the proxy's port (CANDELA_PROXY_WORKERS; 0: one per core, `make run`'s default).
     Test stacks keep one: tests that watch a proxy's spool fill through /healthz, or SIGKILL the proxy and
     count its logs, are about one process's state; tests/e2e/test_proxy_workers.py starts its own workers."""
+    ingest_workers: int | None = 1
+    """Ingest processes on ingest's port (CANDELA_INGEST_WORKERS; None: the service's default, `make run`'s).
+    Test stacks keep one: tests that stall a store and read ingest's health, or kill ingest and count what
+    it acknowledged, are about one process's state (health is per worker: candela_runtime.workers)."""
+    query_workers: int | None = 1
+    """Query processes on the query service's port (CANDELA_QUERY_WORKERS; None: the service's default).
+    Test stacks keep one; tests/e2e/test_grpc_workers.py starts its own workers."""
     s3_access_key: str = DEFAULT_S3_ACCESS_KEY
     """S3 access key (SeaweedFS identity, also handed to the services and the broker)."""
     s3_secret_key: str = DEFAULT_S3_SECRET_KEY
@@ -194,6 +201,8 @@ class StackConfig:
             kafka_partitions=_int_env("CANDELA_KAFKA_PARTITIONS", 4),
             writers=_int_env(WRITERS_ENV, DEFAULT_WRITERS),
             proxy_workers=_int_env("CANDELA_PROXY_WORKERS", 0),
+            ingest_workers=None,  # the service reads CANDELA_INGEST_WORKERS itself (default: one per core)
+            query_workers=None,
             s3_access_key=environ.get("CANDELA_S3_ACCESS_KEY", DEFAULT_S3_ACCESS_KEY),
             s3_secret_key=environ.get("CANDELA_S3_SECRET_KEY", DEFAULT_S3_SECRET_KEY),
             service_token=environ.get("CANDELA_SERVICE_TOKEN") or None,
@@ -605,6 +614,7 @@ class StackAddresses:
                 "CANDELA_KAFKA_TOPIC": LOGS_TOPIC,
                 "CANDELA_POSTGRES_DSN": self.postgres_dsn,  # refuses logs of unknown organizations
                 **s3,
+                **_workers_env("CANDELA_INGEST_WORKERS", self.config.ingest_workers),
             }
         if component is Component.WRITER:
             return {
@@ -626,6 +636,7 @@ class StackAddresses:
                 **({"CANDELA_INGEST_ADDR": self.ingest_addr} if Component.INGEST in self.components else {}),
                 **clickhouse_env,
                 **s3,
+                **_workers_env("CANDELA_QUERY_WORKERS", self.config.query_workers),
             }
         if component is Component.PROXY:
             env = {
@@ -691,6 +702,11 @@ OPENAI_COMPATIBLE_PROVIDERS: Final = (
     "ollama",
 )
 """The proxy's OpenAI-compatible family (candela_proxy.compatible.MEMBERS), served by the fake provider."""
+
+
+def _workers_env(variable: str, workers: int | None) -> dict[str, str]:
+    """``variable`` set to ``workers``; nothing when None (the caller's environment or the service decides)."""
+    return {} if workers is None else {variable: str(workers)}
 
 
 def _engine(value: str) -> KafkaEngine:

@@ -59,18 +59,19 @@ def run(
     *,
     batch_gc: bool = False,
     workers_variable: str | None = None,
+    default_workers: int = 1,
     module: str = "",
 ) -> None:
     """Runs a service's ``main()`` on uvloop, with its metrics endpoint; exits 0 after a clean shutdown.
 
     ``batch_gc``: the process handles logs in large batches (ingest, writers): see :func:`tune_gc_for_batches`.
-    ``workers_variable`` (a gRPC service, run as ``python -m module``): when that variable asks for more than
-    one worker, this process supervises that many copies of the service on its port instead (see
-    :mod:`candela_runtime.workers`).
+    ``workers_variable`` (a gRPC service, run as ``python -m module``): when that variable (``default_workers``
+    when unset; 0: one per core) asks for more than one worker, this process supervises that many copies of
+    the service on its port instead (see :mod:`candela_runtime.workers`).
     """
     process = load_config(ProcessConfig)
     if workers_variable is not None and not workers.is_grpc_worker():
-        count = workers.grpc_workers(workers_variable)
+        count = workers.grpc_workers(workers_variable, default_workers)
         if count > 1:
             configure_logging(module, os.environ.get("CANDELA_LOG_LEVEL", "INFO"))
             metrics = (process.metrics_host, process.metrics_port)

@@ -44,11 +44,38 @@ GRPC_SUPERVISOR_ENV = "CANDELA_GRPC_SUPERVISOR_PID"
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_count(configured: int) -> int:
-    """Workers to run: ``configured``, or (0) one per core this process may run on."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+"""Where a container sees its own control group (cgroup namespaces): its CPU limit is there."""
+
+
+def cpu_limit_cores(cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """The cores the control group's CPU quota allows, rounded up (a Kubernetes CPU limit of 1500m: 2);
+    None when there is no quota or none can be read. cgroup v2 (``cpu.max``), else v1 (``cpu.cfs_*``)."""
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup_root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    if quota_us <= 0 or period_us <= 0:  # v1 says -1 for no quota
+        return None
+    return max(1, -(-quota_us // period_us))
+
+
+def worker_count(configured: int, cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Workers to run: ``configured``, or (0) one per core this process may use: the cores it may run on,
+    capped by its container's CPU limit (a pod limited to 1 CPU on a 64-core node gets 1, not 64)."""
     if configured > 0:
         return configured
-    return len(os.sched_getaffinity(0)) or 1
+    cores = len(os.sched_getaffinity(0)) or 1
+    limit = cpu_limit_cores(cgroup_root)
+    return cores if limit is None else min(cores, limit)
 
 
 @dataclass
@@ -219,9 +246,10 @@ def is_grpc_worker() -> bool:
     return GRPC_WORKER_ENV in os.environ
 
 
-def grpc_workers(variable: str) -> int:
-    """The worker count ``variable`` (e.g. CANDELA_INGEST_WORKERS) asks for: default 1; 0 is one per core."""
-    raw = os.environ.get(variable, "").strip() or "1"
+def grpc_workers(variable: str, default: int = 1) -> int:
+    """The worker count ``variable`` (e.g. CANDELA_INGEST_WORKERS) asks for, ``default`` when unset; 0 is one
+    per core (see :func:`worker_count`)."""
+    raw = os.environ.get(variable, "").strip() or str(default)
     try:
         count = int(raw)
     except ValueError:

@@ -28,6 +28,10 @@ STORE_STALLED = Gauge(
     "candela_store_stalled",
     "1 while a store is stalled (its last call ran past its deadline and none succeeded since), else 0.",
     ["store"],
+    # Several ingest workers (CANDELA_INGEST_WORKERS): 1 when any live worker has the store stalled, one
+    # series per store; a worker that died stalled stops counting (prometheus_client's default keeps every
+    # worker's last value, dead ones included, as a series per PID).
+    multiprocess_mode="livemax",
 )
 STORE_TIMEOUTS = Counter(
     "candela_store_timeouts",

@@ -38,7 +38,7 @@ class ProxyConfig:
     proxy_workers: int = env_field(
         "Proxy processes serving the port (a supervisor starts them, restarts one that dies, and stops them in"
         " order: see candela_proxy.supervisor); each keeps its own log queue, spool and write-ahead log. 0: one"
-        " per core; 1: a single process, no supervisor.",
+        " per core (capped by the container's CPU limit); 1: a single process, no supervisor.",
         0,
     )
     openai_base_url: str = env_field(
