@@ -647,8 +647,12 @@ def main() -> None:
         cells: dict[tuple[str, int], list[WrkResult]] = {}
         load_before = Path("/proc/loadavg").read_text().split()[:3]
         for run in range(args.runs):
+            # Every other run goes through the targets backwards: a target measured always right after the
+            # same one (direct's 40k req/s, or the 2-worker proxy's logs still being ingested) would carry
+            # that neighbour's after-effects into every run of a pair.
+            ordered = targets if run % 2 == 0 else targets[::-1]
             for connections in (1, 64):
-                for target in targets:
+                for target in ordered:
                     result = run_wrk(target, connections, args.duration, workdir)
                     cells.setdefault((target.name, connections), []).append(result)
                     print(
