@@ -85,3 +85,27 @@ def test_a_single_process_keeps_prometheus_clients_values(monkeypatch: pytest.Mo
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     assert not worker_metrics.install()
+
+
+def test_a_proxy_worker_creates_every_metric_with_the_worker_class(tmp_path: Path) -> None:
+    # The worker's start as candela_proxy/__main__ does it: nothing it imports before install() may create
+    # a metric (that value would write the same file through a second mapping).
+    script = textwrap.dedent(
+        """
+        from candela_proxy import supervisor
+        from candela_runtime import worker_metrics
+        assert worker_metrics.install()
+        from candela_proxy import app, metrics
+        from candela_runtime import metrics as runtime_metrics
+        from candela_runtime.worker_metrics import WorkerValue
+        values = [
+            metrics.OVERHEAD._sum, metrics.LOGS_SENT._value, metrics.LOG_QUEUE_DEPTH._value,
+            metrics.REQUESTS.labels("openai", "/v1/chat/completions", "2xx")._value,
+            runtime_metrics.GRPC_HANDLED.labels("m", "OK")._value,
+        ]
+        assert all(isinstance(value, WorkerValue) for value in values), [type(value) for value in values]
+        """
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
