@@ -24,8 +24,13 @@ give; the CPU each request costs (summed over the supervisor and its workers) sh
 more work per request than a single process. ``--workers-only`` measures direct, candela and candela-2w
 (and LiteLLM unless ``--no-litellm``).
 
+``--baseline REF`` adds the proxy of another commit (its ``services/proxy/src`` and ``runtime/src``, taken
+with ``git archive`` and put first on PYTHONPATH; every other package is this checkout's) as
+"candela-base" and "candela-base-2w", started and measured exactly as "candela" and "candela-2w" in the
+same runs, so a change's effect is a ratio paired by run: req/s and CPU per request, before and after.
+
     uv run python bench/proxy/bench_proxy.py [--runs 3] [--duration 8] [--skip-install] [--wal-only]
-        [--workers-only] [--no-litellm]
+        [--workers-only] [--no-litellm] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -475,9 +480,24 @@ def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
+def baseline_tree(ref: str, workdir: Path) -> Path:
+    """The proxy and runtime sources of commit ``ref``, extracted under ``workdir`` (for PYTHONPATH)."""
+    tree = workdir / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "services/proxy/src", "runtime/src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 @contextlib.contextmanager
 def environment(
-    workdir: Path, with_litellm: bool, wal_only: bool = False, workers_only: bool = False
+    workdir: Path,
+    with_litellm: bool,
+    wal_only: bool = False,
+    workers_only: bool = False,
+    baseline: str | None = None,
 ) -> Iterator[list[Target]]:
     servers = Servers()
     stack_dir = workdir / "stack"
@@ -552,6 +572,31 @@ def environment(
                 workers.pid,
             )
         )
+        if baseline is not None:
+            tree = baseline_tree(baseline, workdir)
+            source = f"{tree}/services/proxy/src:{tree}/runtime/src"
+            for name, cpus, count in (("candela-base", PROXY_CPU, "1"), ("candela-base-2w", WORKERS_CPUS, "2")):
+                url, process = start_candela(
+                    servers,
+                    stack,
+                    upstream,
+                    workdir,
+                    name=name,
+                    cpus=cpus,
+                    CANDELA_PROXY_WORKERS=count,
+                    PYTHONPATH=source,
+                )
+                targets.append(
+                    Target(
+                        name,
+                        url,
+                        candela_headers,
+                        f"{url}/v1/chat/completions",
+                        {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
+                        {**REQUEST, "stream": True},
+                        process.pid,
+                    )
+                )
         if with_litellm:
             litellm_url, litellm = start_litellm(servers, upstream, workdir)
             targets.append(
@@ -584,12 +629,17 @@ def main() -> None:
     parser.add_argument(
         "--workers-only", action="store_true", help="direct, Candela with 1 and 2 workers, and LiteLLM (quick)"
     )
+    parser.add_argument(
+        "--baseline", metavar="REF", help="also run the proxy of commit REF (1 and 2 workers) side by side"
+    )
     args = parser.parse_args()
     install(args.skip_install, litellm=not (args.no_litellm or args.wal_only))
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="candela-bench-") as tmp,
-        environment(Path(tmp), not (args.no_litellm or args.wal_only), args.wal_only, args.workers_only) as targets,
+        environment(
+            Path(tmp), not (args.no_litellm or args.wal_only), args.wal_only, args.workers_only, args.baseline
+        ) as targets,
     ):
         workdir = Path(tmp)
         for target in targets:  # warm-up: connection pools, caches, LiteLLM's lazy imports
@@ -597,8 +647,12 @@ def main() -> None:
         cells: dict[tuple[str, int], list[WrkResult]] = {}
         load_before = Path("/proc/loadavg").read_text().split()[:3]
         for run in range(args.runs):
+            # Every other run goes through the targets backwards: a target measured always right after the
+            # same one (direct's 40k req/s, or the 2-worker proxy's logs still being ingested) would carry
+            # that neighbour's after-effects into every run of a pair.
+            ordered = targets if run % 2 == 0 else targets[::-1]
             for connections in (1, 64):
-                for target in targets:
+                for target in ordered:
                     result = run_wrk(target, connections, args.duration, workdir)
                     cells.setdefault((target.name, connections), []).append(result)
                     print(
@@ -704,8 +758,22 @@ def render(
                 f"\nCandela 2 workers / 1 worker req/s at {connections} connection(s), paired by run:"
                 f" {_summary(_ratios(cells, 'candela-2w', 'candela', connections))}x"
             )
+    for ours, base in (("candela", "candela-base"), ("candela-2w", "candela-base-2w")):
+        if base not in names:
+            continue
+        for connections in (1, 64):
+            paired = list(zip(cells[(ours, connections)], cells[(base, connections)], strict=True))
+            cpu = [
+                mine.cpu_us_per_request / other.cpu_us_per_request
+                for mine, other in paired
+                if mine.cpu_us_per_request and other.cpu_us_per_request
+            ]
+            lines.append(
+                f"\n{ours} / {base} ({args.baseline}) at {connections} connection(s), paired by run: req/s"
+                f" {_summary(_ratios(cells, ours, base, connections))}x, CPU per request {_summary(cpu)}x"
+            )
     if "litellm" in names:
-        for ours in ("candela", "candela-2w"):
+        for ours in ("candela", "candela-2w", "candela-base", "candela-base-2w"):
             if ours not in names:
                 continue
             for connections in (1, 64):

@@ -167,7 +167,7 @@ async def test_contexts_survive_the_spool_and_the_replayed_batch_is_traced(
     servicer, port = ingest
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     shipper = LogShipper(
-        ingest_service_pb2_grpc.IngestServiceStub(channel),
+        channel,
         "service-token",
         queue_size=100,
         batch_size=10,

@@ -13,7 +13,7 @@ import pytest
 
 from candela.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from candela_proxy import wal as wal_module
-from candela_proxy.shipping import LogShipper
+from candela_proxy.shipping import LogShipper, request_bytes
 from candela_proxy.wal import GroupCommit, WriteAheadLog
 from tests.factories import ingest_record
 
@@ -46,6 +46,16 @@ def test_segments_rotate_and_settled_ones_are_deleted(tmp_path: Path) -> None:
     wal.collect(segments[:1], truncate_active=False)
     wal.close(settled=lambda seq: seq != segments[1])
     assert sorted(path.name for path in tmp_path.iterdir()) == [f"{segments[1]:016d}.wal"]
+
+
+def test_a_batch_is_framed_from_its_records_bytes_exactly_as_protobuf_would() -> None:
+    # Bodies around each varint length boundary (1, 2 and 3 bytes), so every frame length is exercised.
+    records = [_record(f"r{size}", b"x" * size) for size in (0, 1, 90, 127, 128, 300, 16_383, 16_384, 70_000)]
+    payloads = [record.SerializeToString() for record in records]
+    expected = ingest_service_pb2.IngestRequest(records=records).SerializeToString()
+    assert request_bytes(payloads) == expected
+    assert list(ingest_service_pb2.IngestRequest.FromString(request_bytes(payloads)).records) == records
+    assert request_bytes([]) == b""
 
 
 async def test_concurrent_records_share_group_commits(tmp_path: Path) -> None:
@@ -162,7 +172,7 @@ def _shipper(channel: grpc.aio.Channel, tmp_path: Path, **options: Any) -> LogSh
         "wal_dir": tmp_path / "wal",
         **options,
     }
-    return LogShipper(ingest_service_pb2_grpc.IngestServiceStub(channel), "service-token", **settings)
+    return LogShipper(channel, "service-token", **settings)
 
 
 async def _until(condition: Any, what: str, timeout_s: float = 10.0) -> None:

@@ -8,6 +8,8 @@ so revocation takes effect within ``ttl_s`` seconds.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import time
@@ -99,6 +101,7 @@ class KeyAuthenticator:
         self._max_entries = max_entries
         # Keyed by a digest so the cache never holds a key in the clear.
         self._cache: dict[bytes, tuple[float, Caller | None]] = {}
+        self._pending: dict[bytes, asyncio.Task[Caller | None]] = {}
 
     async def authenticate(self, api_key: str) -> Caller:
         """The caller behind ``api_key``; UNAUTHENTICATED when it is unknown, revoked or expired."""
@@ -111,10 +114,7 @@ class KeyAuthenticator:
             if caller is not None and caller.expires_at is not None and caller.expires_at <= time.time():
                 caller = None
         else:
-            caller = await self._lookup(api_key)
-            if len(self._cache) >= self._max_entries:
-                self._cache.clear()
-            self._cache[digest] = (now + self._ttl_s, caller)
+            caller = await self._shared_lookup(api_key, digest, now)
         if caller is None:
             raise Unauthenticated("the Candela API key is invalid, revoked or expired", "INVALID_API_KEY")
         return caller
@@ -125,6 +125,32 @@ class KeyAuthenticator:
         if key is None:
             raise Unauthenticated("missing 'authorization: Bearer <Candela API key>' metadata", "MISSING_API_KEY")
         return await self.authenticate(key)
+
+    async def _shared_lookup(self, api_key: str, digest: bytes, now: float) -> Caller | None:
+        """One AuthService call per key at a time: the requests that miss the cache together share it.
+
+        Under load every request in flight misses at once when an entry expires (64 concurrent requests made
+        64 calls every ``ttl_s``); they now wait for the first one's answer. Shielded: a waiter that is
+        cancelled leaves the call to the others.
+        """
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup_and_cache(api_key, digest, now))
+            self._pending[digest] = pending
+            pending.add_done_callback(functools.partial(self._forget, digest))
+        return await asyncio.shield(pending)
+
+    async def _lookup_and_cache(self, api_key: str, digest: bytes, now: float) -> Caller | None:
+        caller = await self._lookup(api_key)
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl_s, caller)
+        return caller
+
+    def _forget(self, digest: bytes, done: asyncio.Task[Caller | None]) -> None:
+        self._pending.pop(digest, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its waiters had it, or none was left to (all cancelled)
 
     async def _lookup(self, api_key: str) -> Caller | None:
         try:

@@ -17,7 +17,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from candela.auth.v1 import auth_service_pb2_grpc
-from candela.ingest.v1 import ingest_service_pb2_grpc
 from candela.prompts.v1 import prompts_service_pb2_grpc
 from candela_proxy.cache import ResponseCache
 from candela_proxy.config import ProxyConfig
@@ -79,7 +78,7 @@ async def build_deps(config: ProxyConfig) -> AsyncIterator[ProxyDeps]:
     ingest_channel = internal_channel(config.ingest_addr)
     prompts_channel = internal_channel(config.prompts_addr) if config.prompts_addr else None
     shipper = LogShipper(
-        ingest_service_pb2_grpc.IngestServiceStub(ingest_channel),
+        ingest_channel,
         config.service_token,
         queue_size=config.log_queue_size,
         batch_size=config.log_batch_size,

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from decimal import Decimal
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -81,7 +82,7 @@ class Recorder:
             (options.target_provider or provider_name(target)) if target else route.provider.value
         )
         model = options.model_override or exchange.model or facts.response_model
-        record = log_record_pb2.LogRecord(
+        fields: dict[str, Any] = dict(
             request_id=exchange.request_id,
             organization_id=exchange.organization_id,
             api_key_id=exchange.api_key_id,
@@ -110,6 +111,10 @@ class Recorder:
             target_url=target,
             attempts=exchange.attempts,
         )
+        # Only the fields with a value: proto3 stores none of the empty ones anyway (none of these has
+        # presence), and the constructor is far slower with them: an empty map goes through
+        # MutableMapping.update in Python. 20 us a request with every field, 4 us with the set ones.
+        record = log_record_pb2.LogRecord(**{name: value for name, value in fields.items() if value})
         if self._tracing:
             record.trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
         # Set directly: Timestamp.FromMicroseconds validates in Python and showed in profiles.

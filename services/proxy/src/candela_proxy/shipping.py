@@ -36,7 +36,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import grpc
 from opentelemetry import trace
@@ -50,9 +50,6 @@ from candela_proxy.wal import GroupCommit, WriteAheadLog
 from candela_runtime.errors import bad_request_violations, rpc_error_status
 from candela_runtime.security import service_metadata
 
-if TYPE_CHECKING:
-    from candela.ingest.v1.ingest_service_pb2_grpc import IngestServiceAsyncStub
-
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("candela.proxy")
 
@@ -64,8 +61,36 @@ _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
 _W3C = TraceContextTextMapPropagator()
 # A batch span links to at most this many requests besides its parent (span links are kept in memory).
 MAX_LINKS = 128
-# A queued log and the write-ahead log segment that holds it (0: none).
-_Queued = tuple[ingest_service_pb2.IngestRecord, int]
+_INGEST = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].methods_by_name["Ingest"]
+INGEST_METHOD = f"/{_INGEST.containing_service.full_name}/{_INGEST.name}"
+# IngestRequest.records is field 1, length-delimited: its key byte.
+_RECORDS_KEY = b"\x0a"
+
+
+class _Log(NamedTuple):
+    """A finished log as queued: the record, its serialized bytes, and the WAL segment holding it (0: none)."""
+
+    record: ingest_service_pb2.IngestRecord
+    payload: bytes
+    """``record`` serialized once, when it was handed over: the bytes the write-ahead log, the spool and the
+    Ingest call carry, so a log is never serialized again (nor copied into an IngestRequest message)."""
+    segment: int
+
+
+def _varint(value: int) -> bytes:
+    """``value`` as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def request_bytes(payloads: list[bytes]) -> bytes:
+    """The serialized ``IngestRequest`` of already serialized records: each one framed as field 1, which is
+    byte for byte what ``IngestRequest(records=...).SerializeToString()`` makes."""
+    return b"".join(_RECORDS_KEY + _varint(len(payload)) + payload for payload in payloads)
 
 
 def batch_trace(batch: list[ingest_service_pb2.IngestRecord]) -> tuple[Context, list[trace.Link]] | None:
@@ -101,7 +126,7 @@ class LogShipper:
 
     def __init__(
         self,
-        stub: IngestServiceAsyncStub,
+        channel: grpc.aio.Channel,
         service_token: str,
         queue_size: int,
         batch_size: int,
@@ -114,9 +139,12 @@ class LogShipper:
         wal_commit_interval_s: float = 0.0,
         hold_when_spool_full: bool = False,
     ) -> None:
-        self._stub = stub
+        # Ingest is called with the request already serialized (see request_bytes), so no serializer.
+        self._ingest = channel.unary_unary(
+            INGEST_METHOD, request_serializer=None, response_deserializer=ingest_service_pb2.IngestResponse.FromString
+        )
         self._metadata = service_metadata(service_token)
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[_Log] = asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
@@ -132,14 +160,12 @@ class LogShipper:
         self.sent = 0
         self.dropped = 0
         self.rejected = 0
-        self._commits: GroupCommit[ingest_service_pb2.IngestRecord] | None = None
+        self._commits: GroupCommit[tuple[ingest_service_pb2.IngestRecord, bytes]] | None = None
         self._wal: WriteAheadLog | None = None
         self._recovery: asyncio.Task[None] | None = None
         if wal_dir is not None:
             wal = self._wal = WriteAheadLog(wal_dir)
-            self._commits = GroupCommit(
-                wal, ingest_service_pb2.IngestRecord.SerializeToString, self._committed, wal_commit_interval_s
-            )
+            self._commits = GroupCommit(wal, _payload_of, self._committed, wal_commit_interval_s)
         if not self._spool.is_empty():
             logger.info("log spool holds %d bytes from before; replaying", self._spool.size_bytes)
             self._spooled.set()
@@ -151,16 +177,17 @@ class LogShipper:
         With the write-ahead log on, returns a future done once the record is on disk (shared by a whole
         group: await it through ``asyncio.shield``); None when there is nothing to wait for.
         """
+        encoded = (record, record.SerializeToString())
         if self._commits is None:
-            self._enqueue(0, [record])
+            self._enqueue(0, [encoded])
             return None
-        return self._commits.add(record)
+        return self._commits.add(encoded)
 
-    def _enqueue(self, segment: int, records: list[ingest_service_pb2.IngestRecord]) -> None:
-        """Queues records (held in WAL ``segment``, 0 for none) for the sender."""
-        for record in records:
+    def _enqueue(self, segment: int, records: list[tuple[ingest_service_pb2.IngestRecord, bytes]]) -> None:
+        """Queues records with their bytes (held in WAL ``segment``, 0 for none) for the sender."""
+        for record, payload in records:
             try:
-                self._queue.put_nowait((record, segment))
+                self._queue.put_nowait(_Log(record, payload, segment))
             except asyncio.QueueFull:
                 self.dropped += 1
                 metrics.LOGS_DROPPED.labels("queue_full").inc()
@@ -170,9 +197,9 @@ class LogShipper:
                     record.record.request_id,
                     self.dropped,
                 )
-                self._settle([(record, segment)])
+                self._settle([_Log(record, payload, segment)])
 
-    def _committed(self, segment: int, records: list[ingest_service_pb2.IngestRecord]) -> None:
+    def _committed(self, segment: int, records: list[tuple[ingest_service_pb2.IngestRecord, bytes]]) -> None:
         """A write-ahead log group is on disk (``segment``), or failed to be (0): queue its records."""
         self._enqueue(segment, records)
         self._export_risk()
@@ -239,25 +266,24 @@ class LogShipper:
 
     async def _run(self) -> None:
         while not (self._closing and self._queue.empty()):
-            queued = await self._next_batch()
+            batch = await self._next_batch()
             metrics.LOG_QUEUE_DEPTH.set(self._queue.qsize())
-            if not queued:
+            if not batch:
                 continue
             self._in_hand = True
-            batch = [record for record, _ in queued]
             # Once sent, spooled or dropped (counted), the write-ahead log no longer needs them; a stop
             # past its grace cancels this task before that, and they stay there for the next start.
             if self._spool.is_empty():
                 try:
                     await self._send(batch)
                     self._placed()
-                    self._settle(queued)
+                    self._settle(batch)
                     continue
                 except IngestAway as err:
                     logger.warning("ingest away (%s): spooling %d logs to disk", err, len(batch))
             await self._to_spool(batch)
             self._placed()
-            self._settle(queued)
+            self._settle(batch)
 
     def _placed(self) -> None:
         """The batch in hand was sent, spooled or dropped (counted)."""
@@ -277,15 +303,15 @@ class LogShipper:
             self._spool_full = False
             self._export_risk()
 
-    def _settle(self, queued: list[_Queued]) -> None:
+    def _settle(self, batch: list[_Log]) -> None:
         if self._commits is None:
             return
-        for _, segment in queued:
-            self._commits.settle(segment)
+        for log in batch:
+            self._commits.settle(log.segment)
 
-    async def _to_spool(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
+    async def _to_spool(self, batch: list[_Log]) -> None:
         """Appends a batch to the spool; when it is full, drops the batch (counted) or, holding, waits for room."""
-        payload = ingest_service_pb2.IngestRequest(records=batch).SerializeToString()
+        payload = request_bytes([log.payload for log in batch])
         backoff = 0.05
         while not await asyncio.to_thread(self._spool.append, payload):
             self._spool_full = True
@@ -331,7 +357,7 @@ class LogShipper:
             while index < len(batches):
                 request = ingest_service_pb2.IngestRequest.FromString(batches[index])
                 try:
-                    await self._send(list(request.records))
+                    await self._send([_Log(record, record.SerializeToString(), 0) for record in request.records])
                 except IngestAway as err:
                     logger.info("spool replay waiting for ingest (%s); next try in %.2fs", err, backoff)
                     await asyncio.sleep(backoff)
@@ -346,13 +372,13 @@ class LogShipper:
             if self._spool.is_empty():
                 logger.info("log spool replayed; sending to ingest directly again")
 
-    async def _next_batch(self) -> list[_Queued]:
+    async def _next_batch(self) -> list[_Log]:
         """Up to ``batch_size`` records (or about ``max_batch_bytes``), waiting at most ``flush_interval_s``.
 
         Waits once for the first record, then drains what has queued every few milliseconds: one timer
         per batch, not one per record (this task shares the event loop with the request path).
         """
-        batch: list[_Queued] = []
+        batch: list[_Log] = []
         if self._queue.empty():
             if self._closing:
                 return batch
@@ -360,13 +386,13 @@ class LogShipper:
                 batch.append(await asyncio.wait_for(self._queue.get(), self._flush_interval_s))
             except TimeoutError:
                 return batch
-        batch_bytes = batch[0][0].ByteSize() if batch else 0
+        batch_bytes = len(batch[0].payload) if batch else 0
         deadline = time.monotonic() + self._flush_interval_s
         while True:
             while not self._queue.empty() and len(batch) < self._batch_size and batch_bytes < self._max_batch_bytes:
                 queued = self._queue.get_nowait()
                 batch.append(queued)
-                batch_bytes += queued[0].ByteSize()
+                batch_bytes += len(queued.payload)
             if len(batch) >= self._batch_size or batch_bytes >= self._max_batch_bytes or self._closing:
                 return batch
             remaining = deadline - time.monotonic()
@@ -374,10 +400,10 @@ class LogShipper:
                 return batch
             await asyncio.sleep(min(remaining, _DRAIN_EVERY_S))
 
-    async def _send(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
+    async def _send(self, batch: list[_Log]) -> None:
         """Sends one batch, in the trace of its first traced request; raises :class:`IngestAway` when ingest
         does not acknowledge it."""
-        traced = batch_trace(batch)
+        traced = batch_trace([log.record for log in batch])
         if traced is None:
             await self._call_ingest(batch)
             return
@@ -391,12 +417,12 @@ class LogShipper:
         ):
             await self._call_ingest(batch)
 
-    async def _call_ingest(self, batch: list[ingest_service_pb2.IngestRecord]) -> None:
+    async def _call_ingest(self, batch: list[_Log]) -> None:
         """The Ingest call itself (in whatever span is current), dropping records ingest rejects."""
         while batch:
             try:
-                await self._stub.Ingest(
-                    ingest_service_pb2.IngestRequest(records=batch),
+                await self._ingest(
+                    request_bytes([log.payload for log in batch]),
                     metadata=self._metadata,
                     timeout=self._send_timeout_s,
                 )
@@ -427,7 +453,7 @@ class LogShipper:
                 logger.warning("write-ahead log held %d logs of a stopped process; resending them", len(payloads))
             metrics.LOGS_RECOVERED.inc(len(payloads))
             for payload in payloads:
-                await self._queue.put((ingest_service_pb2.IngestRecord.FromString(payload), seq))
+                await self._queue.put(_Log(ingest_service_pb2.IngestRecord.FromString(payload), payload, seq))
 
     def _export_risk(self) -> None:
         metrics.LOGS_AT_RISK.set(1 if self.at_risk else 0)
@@ -437,9 +463,7 @@ class LogShipper:
         metrics.SPOOL_BYTES.set(self._spool.size_bytes)
         metrics.SPOOL_SEGMENTS.set(self._spool.segment_count())
 
-    def _without_rejected(
-        self, batch: list[ingest_service_pb2.IngestRecord], err: grpc.aio.AioRpcError
-    ) -> list[ingest_service_pb2.IngestRecord]:
+    def _without_rejected(self, batch: list[_Log], err: grpc.aio.AioRpcError) -> list[_Log]:
         """Drops (loudly) the records ingest named as invalid and keeps the rest; all of them if it named none."""
         status = rpc_error_status(err)
         bad = {
@@ -452,9 +476,14 @@ class LogShipper:
         for index in sorted(bad):
             logger.error(
                 "ingest rejected log %s: %s",
-                batch[index].record.request_id if index < len(batch) else "?",
+                batch[index].record.record.request_id if index < len(batch) else "?",
                 err.details(),
             )
         self.rejected += len(bad)
         metrics.LOGS_REJECTED.inc(len(bad))
         return [record for index, record in enumerate(batch) if index not in bad]
+
+
+def _payload_of(encoded: tuple[ingest_service_pb2.IngestRecord, bytes]) -> bytes:
+    """What the write-ahead log stores of a handed-over log: its bytes, serialized once at submit."""
+    return encoded[1]

@@ -22,9 +22,10 @@ request work itself. Decisions, and why:
   worker count (the count went down) are moved into the live slots at start (:func:`adopt_orphaned_slots`).
 - **Metrics through Prometheus' multiprocess mode.** Each worker writes its metrics to files in a directory
   the supervisor creates; ``GET /metrics`` on any worker sums them (counters keep the counts of workers
-  that died; gauges count the live workers). ``/healthz`` is answered by the worker that accepts it and
-  says which slot that is: the state it reports (logs at risk, logs pending) is that worker's, the one
-  that would serve a request on the same connection.
+  that died; gauges count the live workers). A worker writes its values through
+  :mod:`candela_runtime.worker_metrics`: the library's own files, at a fraction of its cost an update.
+  ``/healthz`` is answered by the worker that accepts it and says which slot that is: the state it reports
+  (logs at risk, logs pending) is that worker's, the one that would serve a request on the same connection.
 - **Ordered shutdown.** SIGTERM (or SIGINT) to the supervisor is passed to every worker, which stops
   accepting, finishes its in-flight requests and flushes its log queue to ingest (or to its spool) within
   the grace period, as a single process does; the supervisor waits for all of them and SIGKILLs only one

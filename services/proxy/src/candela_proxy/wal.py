@@ -11,21 +11,24 @@ predecessor left and sends their records like new ones; ingest and the writers a
 organization and request id, so a record acknowledged just before the kill and resent is stored once.
 
 :class:`WriteAheadLog` does the file work and blocks (called from a worker thread, one call at a time);
-:class:`GroupCommit` is the asyncio side: it collects records, runs one write+fsync per group in a
-thread, and tracks which segments still hold unsettled records.
+:class:`GroupCommit` is the asyncio side: it collects records, runs one write+fsync per group in its own
+thread (:class:`DiskThread`), and tracks which segments still hold unsettled records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import queue
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from candela_proxy import metrics
 
@@ -38,6 +41,70 @@ _SUFFIX = ".wal"
 STALL_S = 2.0
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class DiskThread:
+    """One thread that runs blocking file calls in order, each answered on the event loop as a future.
+
+    The write-ahead log makes a call per group commit (hundreds a second under load). ``asyncio.to_thread``
+    costs ~32 us of CPU a call (an executor work item, a concurrent future wrapped into an asyncio one, a
+    copied context); a queue to a thread of its own and ``call_soon_threadsafe`` back cost ~19 us (measured
+    on uvloop here). The thread is a daemon: a disk that never answers must not keep the process from exiting
+    (the stall logic in :class:`GroupCommit` has already released the requests by then).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, function: Callable[..., Result], *args: Any) -> asyncio.Future[Result]:
+        """Queues ``function(*args)``; the future has its result or exception (starts the thread on first use)."""
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._thread.start()
+        assert self._loop is not None
+        future: asyncio.Future[Result] = self._loop.create_future()
+        self._calls.put((function, args, future))
+        return future
+
+    def stop(self) -> None:
+        """Lets the thread end once the calls already queued are done."""
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread = None
+
+    def _work(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while (call := self._calls.get()) is not None:
+            function, args, future = call
+            answer: functools.partial[None]
+            try:
+                result = function(*args)
+            except Exception as err:  # noqa: BLE001 (not swallowed: relayed to the awaiting task)
+                answer = functools.partial(_fail, future, err)
+            else:
+                answer = functools.partial(_succeed, future, result)
+            try:
+                loop.call_soon_threadsafe(answer)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)
 
 
 class WriteAheadLog:
@@ -175,6 +242,7 @@ class GroupCommit(Generic[Item]):
         self._closing = False
         self._stalled = False
         self._task: asyncio.Task[None] | None = None
+        self._disk = DiskThread("log-wal-disk")
         self.failure = ""
         """Why the last group could not be written ("" when it was)."""
 
@@ -218,9 +286,11 @@ class GroupCommit(Generic[Item]):
         self._wake.set()
         if self._task is not None:
             await self._task
+        self._disk.stop()
 
     def close(self) -> None:
         """Deletes the segments whose records are all settled (blocking; after :meth:`stop`)."""
+        self._disk.stop()
         self._wal.close(lambda seq: self._unsettled.get(seq, 0) == 0)
 
     async def _run(self) -> None:
@@ -243,7 +313,7 @@ class GroupCommit(Generic[Item]):
         items, group = self._items, self._group
         self._items, self._group = [], None
         started = time.perf_counter()
-        write = asyncio.ensure_future(asyncio.to_thread(self._write, items))
+        write = self._disk.run(self._write, items)
         if not (await asyncio.wait({write}, timeout=STALL_S))[0]:
             await self._outlast_stall(write, items, group)
             return
@@ -307,7 +377,7 @@ class GroupCommit(Generic[Item]):
         if not deletable and not truncate:
             return
         try:
-            await asyncio.to_thread(self._wal.collect, deletable, truncate)
+            await self._disk.run(self._wal.collect, deletable, truncate)
         except OSError:
             # Left for the next collection; at worst a later start resends records already acknowledged.
             logger.exception("write-ahead log: could not delete settled segments")
