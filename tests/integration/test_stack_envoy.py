@@ -202,7 +202,13 @@ async def test_gateway_routes_rest_grpc_and_proxy_traffic(gateway_ports: StackPo
             assert (await response.json())["message"] == "not an admin key"
         # REST -> the query cluster, camelCase JSON, path parameters.
         async with session.get(f"{gateway}/v1/request/abc-123") as response:
-            assert await response.json() == {"requestBody": "body of abc-123", "responseBody": "", "scores": {}}
+            assert await response.json() == {
+                "requestBody": "body of abc-123",
+                "responseBody": "",
+                "requestBodyBytes": "",
+                "responseBodyBytes": "",
+                "scores": {},
+            }
         async with session.post(f"{gateway}/v1/request/query", json={"limit": 7}) as response:
             assert response.headers["x-limit-seen"] == "7"
             assert await response.json() == {"requests": [], "scores": {}}
