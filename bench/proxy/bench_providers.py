@@ -49,19 +49,16 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for bench.proxy.bench_proxy
 from bench.proxy.bench_proxy import (
     _LATENCY_LINE,
-    COMPLETION,
     LOAD_CPU,
     REQUEST,
     RESULTS,
     ROOT,
     Servers,
     _pin_stack,
-    _sse_body,
     cpu_seconds,
-    free_port,
     install,
     start_candela,
-    wait_http,
+    start_nginx,
 )
 from candela_stack.fake_provider.bedrock import event
 from candela_stack.stack import Component, Stack, StackConfig
@@ -115,33 +112,14 @@ def _nginx_string(text: str) -> str:
     return f"'{escaped}'"
 
 
-def start_nginx(servers: Servers, workdir: Path) -> str:
-    port = free_port()
+def start_upstream(servers: Servers, workdir: Path) -> str:
+    """bench_proxy's nginx, also serving the Gemini stream and the Bedrock event stream."""
     (workdir / "converse-stream.bin").write_bytes(bedrock_event_stream())
     workdir.chmod(0o755)  # nginx's worker runs as another user, and reads the file itself
-    conf = workdir / "nginx.conf"
-    conf.write_text(
+    return start_nginx(
+        servers,
+        workdir,
         f"""
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir}/body; proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fcgi; uwsgi_temp_path {workdir}/uwsgi; scgi_temp_path {workdir}/scgi;
-  keepalive_requests 10000000; keepalive_timeout 300s;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /v1/chat/completions {{
-      default_type application/json;
-      return 200 {_nginx_string(json.dumps(COMPLETION))};
-    }}
-    location = /stream/v1/chat/completions {{
-      default_type text/event-stream;
-      return 200 {_nginx_string(_sse_body())};
-    }}
     location = /v1beta/models/{GEMINI_MODEL}:streamGenerateContent {{
       default_type text/event-stream;
       return 200 {_nginx_string(gemini_sse())};
@@ -155,17 +133,8 @@ http {{
     location = /converse-stream.bin {{
       root {workdir};
       default_type application/vnd.amazon.eventstream;
-    }}
-  }}
-}}
-"""
+    }}""",
     )
-    servers.start(
-        ["taskset", "-c", LOAD_CPU, "/usr/sbin/nginx", "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url)
-    return url
 
 
 @dataclass(frozen=True)
@@ -393,7 +362,7 @@ def main() -> None:
             )
         )
         try:
-            upstream = start_nginx(servers, workdir)
+            upstream = start_upstream(servers, workdir)
             stack.start()
             _pin_stack(workdir / "stack")
             key = stack.bootstrap().api_key

@@ -183,7 +183,8 @@ class Servers:
                     process.wait()
 
 
-def start_nginx(servers: Servers, workdir: Path) -> str:
+def start_nginx(servers: Servers, workdir: Path, extra_locations: str = "") -> str:
+    """nginx on a free loopback port serving the fixed completion and stream (and ``extra_locations``)."""
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(
@@ -208,6 +209,7 @@ http {{
       default_type text/event-stream;
       return 200 {_nginx_string(_sse_body())};
     }}
+{extra_locations}
     location / {{ return 200 'ok'; }}
   }}
 }}

@@ -26,6 +26,7 @@ from candela_proxy.compatible import MEMBERS
 from candela_stack.fake_provider.bedrock import FAKE_ACCESS_KEY_PREFIX, fake_secret_access_key
 from candela_stack.stack import Bootstrap, Stack
 from tests.e2e.conftest import bearer, wait_for_logged_request
+from tests.e2e.test_named_providers import MODELS
 
 pytestmark = pytest.mark.e2e
 
@@ -34,18 +35,6 @@ AWS_KEY = FAKE_ACCESS_KEY_PREFIX + "CORPUS0001"
 AWS = {"Candela-Aws-Access-Key-Id": AWS_KEY, "Candela-Aws-Secret-Access-Key": fake_secret_access_key(AWS_KEY)}
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "Price me"}]}]}
 VERTEX = "/vertex/v1/projects/corpus/locations/us-central1/publishers"
-# A model each OpenAI-compatible member prices (genai-prices, under the member's provider id).
-MEMBER_MODELS = {
-    "groq": "llama-3.3-70b-versatile",
-    "mistral": "mistral-small-latest",
-    "deepseek": "deepseek-chat",
-    "xai": "grok-3",
-    "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
-    "fireworks": "accounts/fireworks/models/llama-v3p1-8b-instruct",
-    "openrouter": "openai/gpt-4o-mini",
-    "perplexity": "sonar",
-    "cerebras": "llama3.1-8b",
-}
 
 
 @dataclass(frozen=True)
@@ -224,10 +213,10 @@ def _cases() -> list[Case]:
         ),
     ]
     for member in MEMBERS:
-        if member.name in MEMBER_MODELS:
+        if member.price_id:  # vLLM and Ollama have no prices (what they serve is the operator's)
             prefix = f"/{member.name}{member.native_prefix or '/v1'}"
             cases += _openai_family(
-                member.name, prefix, MEMBER_MODELS[member.name], member.price_id, unasked=not member.stream_options
+                member.name, prefix, MODELS[member.name], member.price_id, unasked=not member.stream_options
             )
     return cases
 
