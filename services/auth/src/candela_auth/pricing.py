@@ -141,14 +141,12 @@ class _Watcher:
     def applied_up_to(self, sequence: int) -> None:
         """The proxy has applied every notice up to ``sequence``: releases whoever waits for them."""
         self.applied = max(self.applied, sequence)
-        still = []
         for wanted, future in self._waiting:
-            if wanted <= self.applied:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                still.append((wanted, future))
-        self._waiting = still
+            if wanted <= self.applied and not future.done():
+                future.set_result(None)
+        # Done ones go, released or given up on (a change that stopped waiting cancels its future), so a
+        # proxy that never acknowledges does not collect one future per change.
+        self._waiting = [(wanted, future) for wanted, future in self._waiting if not future.done()]
 
     def until_applied(self, sequence: int) -> asyncio.Future[None]:
         """Done once the proxy has applied notice ``sequence`` (or the stream is gone)."""
