@@ -21,8 +21,10 @@ two workers on CPUs 0 and 1, measured in the same runs, so each run gives one 2-
 (the scaling ratio) and one 2-worker / LiteLLM pair. On a 2-core machine the second worker shares CPU 1
 with wrk, nginx and the log pipeline (ingest, Kafka, S3), so the ratio is a floor of what two free cores
 give; the CPU each request costs (summed over the supervisor and its workers) shows whether a worker does
-more work per request than a single process. ``--workers-only`` measures direct, candela and candela-2w
-(and LiteLLM unless ``--no-litellm``).
+more work per request than a single process. Each run also counts the CPU spent beside the proxy (wrk from
+its rusage; everything else as the machine's busy time from /proc/stat less the proxy's and wrk's) and from
+it the ratio's ceiling on these cores: what 2 workers would reach if the second cost nothing extra.
+``--workers-only`` measures direct, candela and candela-2w (and LiteLLM unless ``--no-litellm``).
 
 ``--baseline REF`` adds the proxy of another commit (its ``services/proxy/src`` and ``runtime/src``, taken
 with ``git archive`` and put first on PYTHONPATH; every other package is this checkout's) as
@@ -41,6 +43,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -365,6 +368,11 @@ class WrkResult:
     cpu_us_per_request: float | None = None
     worker_cpu_shares: list[float] = field(default_factory=list)
     """With several workers: each one's share of the workers' CPU during the run (how evenly they split it)."""
+    load_us_per_request: float | None = None
+    """CPU of the load generator (wrk) per request."""
+    beside_us_per_request: float | None = None
+    """CPU of everything else on the machine per request: the upstream (nginx), the log pipeline (ingest,
+    Kafka, S3, auth, Redis) and whatever else ran; neither wrk's nor the proxy's."""
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -376,6 +384,21 @@ def cpu_seconds(pid: int | None) -> float | None:
         fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq), from /proc/stat.
+
+    Steal (time the hypervisor gave another guest) and idle and I/O wait are not work done here."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's children that have been waited for (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 _LATENCY_LINE = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
@@ -394,6 +417,7 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
     threads = 1 if connections < 4 else 2
     cpu_before = cpu_seconds(target.pid)
     workers_before = _worker_cpu(target.pid)
+    machine_before, load_before = machine_busy_seconds(), children_cpu_seconds()
     output = subprocess.run(
         [
             "taskset",
@@ -413,6 +437,7 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
         text=True,
     ).stdout
     cpu_after = cpu_seconds(target.pid)
+    machine, load = machine_busy_seconds() - machine_before, children_cpu_seconds() - load_before
     worker_cpu = [after - workers_before.get(pid, 0.0) for pid, after in _worker_cpu(target.pid).items()]
     total_worker_cpu = sum(worker_cpu)
     shares = [cpu / total_worker_cpu for cpu in worker_cpu] if len(worker_cpu) > 1 and total_worker_cpu else []
@@ -426,10 +451,20 @@ def run_wrk(target: Target, connections: int, duration_s: int, workdir: Path) ->
     if rate is None or 50 not in percentiles or 99 not in percentiles:
         raise RuntimeError(f"cannot read wrk output:\n{output}")
     total = re.search(r"(\d+) requests in", output)
-    cpu_per_request = None
-    if cpu_before is not None and cpu_after is not None and total is not None and int(total.group(1)):
-        cpu_per_request = (cpu_after - cpu_before) / int(total.group(1)) * 1e6
-    return WrkResult(float(rate.group(1)), percentiles[50], percentiles[99], errors, cpu_per_request, shares)
+    count = int(total.group(1)) if total is not None else 0
+    if not count:
+        return WrkResult(float(rate.group(1)), percentiles[50], percentiles[99], errors, None, shares)
+    proxy = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else 0.0
+    return WrkResult(
+        float(rate.group(1)),
+        percentiles[50],
+        percentiles[99],
+        errors,
+        proxy / count * 1e6 if cpu_before is not None else None,
+        shares,
+        load / count * 1e6,
+        (machine - proxy - load) / count * 1e6,
+    )
 
 
 def _worker_cpu(pid: int | None) -> dict[int, float]:
@@ -703,6 +738,45 @@ def _ratios(cells: dict[tuple[str, int], list[WrkResult]], ours: str, theirs: st
     return [mine.requests_per_s / other.requests_per_s for mine, other in pairs]
 
 
+def _scaling_ceiling(cells: dict[tuple[str, int], list[WrkResult]]) -> list[str]:
+    """What 2 workers could reach on this machine's cores at 64 connections, given the CPU spent beside them.
+
+    Everything shares the cores: the workers, wrk, nginx and the log pipeline. If a second worker cost not a
+    microsecond more per request than one process does alone, the cores would serve at most
+    ``cores / (one process's CPU per request + the CPU beside the proxy per request)``; over the one
+    process's req/s in the same run, that is the ceiling of the 2-worker / 1-worker ratio. The measured
+    ratio over that ceiling is what the workers make of the cores left to them.
+    """
+    cores = len(os.sched_getaffinity(0))
+    rows = []
+    for one, two in zip(cells[("candela", 64)], cells[("candela-2w", 64)], strict=True):
+        if one.cpu_us_per_request is None or two.load_us_per_request is None or two.beside_us_per_request is None:
+            continue
+        beside = two.load_us_per_request + two.beside_us_per_request
+        ceiling = cores * 1e6 / (one.cpu_us_per_request + beside) / one.requests_per_s
+        rows.append((ceiling, two.requests_per_s / one.requests_per_s / ceiling))
+    if not rows:
+        return []
+    return [
+        "",
+        "CPU beside the proxy at 64 connections, us per request (median [min-max]):",
+        "",
+        "| target | proxy | wrk | everything else (nginx, log pipeline, machine) |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {_summary([r.cpu_us_per_request for r in results if r.cpu_us_per_request is not None])} |"
+            f" {_summary([r.load_us_per_request for r in results if r.load_us_per_request is not None])} |"
+            f" {_summary([r.beside_us_per_request for r in results if r.beside_us_per_request is not None])} |"
+            for name in ("candela", "candela-2w")
+            for results in [cells[(name, 64)]]
+        ),
+        "",
+        f"2-worker / 1-worker ceiling on these {cores} cores (the second worker free, the CPU beside the proxy"
+        f" as measured in the 2-worker run), by run: {_summary([ceiling for ceiling, _ in rows])}x;"
+        f" the measured ratio is {_summary([share * 100 for _, share in rows])}% of it.",
+    ]
+
+
 def render(
     cells: dict[tuple[str, int], list[WrkResult]],
     ttft: dict[str, list[float]],
@@ -760,6 +834,7 @@ def render(
                 f"\nCandela 2 workers / 1 worker req/s at {connections} connection(s), paired by run:"
                 f" {_summary(_ratios(cells, 'candela-2w', 'candela', connections))}x"
             )
+        lines += _scaling_ceiling(cells)
     for ours, base in (("candela", "candela-base"), ("candela-2w", "candela-base-2w")):
         if base not in names:
             continue
