@@ -7,6 +7,7 @@ A member here is a real listening socket that greets each connection (up), a por
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -155,11 +156,12 @@ def test_the_services_fail_fast_on_a_malformed_member_and_read_good_ones() -> No
     for config_class in (QueryConfig, WriterConfig):
         with pytest.raises(ConfigError, match="CANDELA_CLICKHOUSE_ALT_HOSTS"):
             load_config(config_class, {**base, "CANDELA_CLICKHOUSE_ALT_HOSTS": "ch2:nine"})
-        assert load_config(config_class, base).clickhouse_member_retry_s == 30
-        assert (
-            load_config(config_class, {**base, "CANDELA_CLICKHOUSE_MEMBER_RETRY_S": "2.5"}).clickhouse_member_retry_s
-            == 2.5
-        )
+    assert load_config(QueryConfig, base).clickhouse_member_retry_s == 30
+    assert load_config(WriterConfig, base).clickhouse_member_retry_s == 30
+    every_2_5_s = {**base, "CANDELA_CLICKHOUSE_MEMBER_RETRY_S": "2.5"}
+    assert load_config(QueryConfig, every_2_5_s).clickhouse_member_retry_s == 2.5
+    assert load_config(WriterConfig, every_2_5_s).clickhouse_member_retry_s == 2.5
+    for config_class in (QueryConfig, WriterConfig):
         with pytest.raises(ConfigError, match="CANDELA_CLICKHOUSE_MEMBER_RETRY_S"):
             load_config(config_class, {**base, "CANDELA_CLICKHOUSE_MEMBER_RETRY_S": "0"})
 
@@ -186,7 +188,9 @@ def test_a_failed_member_is_passed_over_then_tried_again_after_its_rest() -> Non
     assert members.in_use == c
 
 
-def test_once_a_preferred_member_rested_the_next_call_tries_it_first_and_stays_if_it_answers() -> None:
+def test_once_a_preferred_member_rested_the_next_call_tries_it_first_and_stays_if_it_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = Clock()
     a, b, c = ("a", 1), ("b", 1), ("c", 1)
     members = Members([a, b, c], retry_after_s=30, clock=clock)
@@ -197,10 +201,14 @@ def test_once_a_preferred_member_rested_the_next_call_tries_it_first_and_stays_i
     assert members.candidates() == [a, b, c], "the way back: the preferred member first, the one in use next"
     # While that call tries it, the other calls stay on the member in use (one attempt, not one per thread).
     assert members.candidates() == [b, c, a]
-    members.succeeded(a)
+    with caplog.at_level(logging.INFO, logger="candela_runtime.failover"):
+        members.succeeded(a)
     assert members.in_use == a
     assert members.candidates() == [a, b, c]
     assert failbacks_of(a, store="clickhouse") == before + 1, "counted (candela_store_member_failbacks_total)"
+    assert [record.getMessage() for record in caplog.records] == [
+        "clickhouse member a:1 answers; back on it, a member the configuration prefers (it was on b:1)"
+    ]
 
 
 def test_a_preferred_member_still_down_costs_one_attempt_per_rest_period() -> None:
