@@ -30,10 +30,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from clickhouse_driver import Client
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client.parser import text_string_to_metric_families
 
 from candela.auth.v1 import auth_service_pb2 as auth_pb
 from candela.auth.v1 import auth_service_pb2_grpc
@@ -69,8 +71,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("cluster-stack"),
         components=frozenset({Component.INGEST, Component.WRITER, Component.QUERY}),
         clickhouse_cluster=CLUSTER,
-        # Writers retry a store that is down at most a second apart, so the drill's recovery is prompt.
-        env={"CANDELA_RETRY_MAX_BACKOFF_S": "1"},
+        # Writers retry a store that is down at most a second apart, so the drill's recovery is prompt; a member
+        # that could not be reached rests 2 s (not 30), so the services' way back to it is prompt too.
+        env={"CANDELA_RETRY_MAX_BACKOFF_S": "1", "CANDELA_CLICKHOUSE_MEMBER_RETRY_S": "2"},
     )
     with Stack(config) as running:
         yield running
@@ -616,12 +619,14 @@ class Drill:
         assert self.wrong == []
 
 
-async def test_the_member_the_services_use_killed_under_load_they_fail_over_and_lose_nothing(
+async def test_the_member_the_services_use_killed_under_load_they_fail_over_come_back_and_lose_nothing(
     stack: Stack, clients: Clients
 ) -> None:
     """The writer and the query service talk to the first member (CANDELA_CLICKHOUSE_HOST) and know the others
     (CANDELA_CLICKHOUSE_ALT_HOSTS): with the first one SIGKILLed, logs keep being stored and queries keep
-    answering exact numbers through another member, not only once it is back."""
+    answering exact numbers through another member, not only once it is back; once it is back (and has
+    rested, CANDELA_CLICKHOUSE_MEMBER_RETRY_S), the query service and every writer return to it, under load,
+    and still nothing is lost or doubled."""
     cluster = stack.clickhouse_cluster
     assert cluster is not None
     victim = cluster.layout.members[0]
@@ -648,8 +653,15 @@ async def test_the_member_the_services_use_killed_under_load_they_fail_over_and_
         # Still down: what was stored meanwhile went through another member.
         stored_during_outage = (await clients.metrics(organization)).request_count
         drill.phase = "back"
+        failbacks_before = await _failbacks_to(stack, victim)
+
+        def returned(found: dict[str, float]) -> bool:
+            return all(count > failbacks_before[service] for service, count in found.items())
+
         await asyncio.to_thread(cluster.start_member, victim)
-        await asyncio.sleep(1)
+        # The services return to it: each one's next call after the member's rest goes there, and answers.
+        failbacks = await _eventually(lambda: _failbacks_to(stack, victim), returned, timeout_s=30)
+        await asyncio.sleep(1)  # logs stored and queries answered through it
     finally:
         await drill.stop()
 
@@ -660,8 +672,30 @@ async def test_the_member_the_services_use_killed_under_load_they_fail_over_and_
     outage = drill.answers["outage"]
     assert outage["exact"] > 0, f"queries during the outage: {drill.answers}"
     assert outage["unavailable"] == 0, f"queries during the outage: {drill.answers}"
+    assert returned(failbacks), f"moved back to the first member: {failbacks}, before {failbacks_before}"
+    assert drill.answers["back"]["exact"] > 0, f"queries once it is back: {drill.answers}"
     # The member back: it catches up with its shard, and every log is there once.
     await drill.check_nothing_lost_nor_doubled(stack)
+
+
+async def _failbacks_to(stack: Stack, member: Member) -> dict[str, float]:
+    """How many times the query service and each writer moved back to ``member``
+    (candela_store_member_failbacks_total, scraped from each process)."""
+    ports = {"query": stack.metrics_ports()[Component.QUERY]} | {
+        f"writer-{index}": port for index, port in enumerate(stack.writer_metrics_ports())
+    }
+    wanted = {"store": "clickhouse", "member": f"127.0.0.1:{member.tcp_port}"}
+    counts: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=5) as client:
+        for service, port in ports.items():
+            response = await client.get(f"http://127.0.0.1:{port}/metrics")
+            counts[service] = sum(
+                sample.value
+                for family in text_string_to_metric_families(response.text)
+                for sample in family.samples
+                if sample.name == "candela_store_member_failbacks_total" and sample.labels == wanted
+            )
+    return counts
 
 
 async def test_a_replica_killed_and_zookeeper_stopped_under_load_lose_nothing_and_double_nothing(

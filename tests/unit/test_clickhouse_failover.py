@@ -7,6 +7,7 @@ A member here is a real listening socket that greets each connection (up), a por
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -37,8 +38,8 @@ class Clock:
 class Listener:
     """A real server socket on 127.0.0.1: greets each connection, or (``hang_up``) closes it unanswered."""
 
-    def __init__(self, *, hang_up: bool = False) -> None:
-        self.socket = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, *, hang_up: bool = False, address: Address = ("127.0.0.1", 0)) -> None:
+        self.socket = socket.create_server(address)
         self.socket.settimeout(0.2)
         self.address: Address = ("127.0.0.1", self.socket.getsockname()[1])
         self.hang_up = hang_up
@@ -103,6 +104,13 @@ def failures_of(member: Address) -> float:
     return value or 0.0
 
 
+def failbacks_of(member: Address, *, store: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "candela_store_member_failbacks_total", {"store": store, "member": f"{member[0]}:{member[1]}"}
+    )
+    return value or 0.0
+
+
 def connection_failure(error: Exception) -> bool:
     return isinstance(error, OSError | EOFError)
 
@@ -148,6 +156,14 @@ def test_the_services_fail_fast_on_a_malformed_member_and_read_good_ones() -> No
     for config_class in (QueryConfig, WriterConfig):
         with pytest.raises(ConfigError, match="CANDELA_CLICKHOUSE_ALT_HOSTS"):
             load_config(config_class, {**base, "CANDELA_CLICKHOUSE_ALT_HOSTS": "ch2:nine"})
+    assert load_config(QueryConfig, base).clickhouse_member_retry_s == 30
+    assert load_config(WriterConfig, base).clickhouse_member_retry_s == 30
+    every_2_5_s = {**base, "CANDELA_CLICKHOUSE_MEMBER_RETRY_S": "2.5"}
+    assert load_config(QueryConfig, every_2_5_s).clickhouse_member_retry_s == 2.5
+    assert load_config(WriterConfig, every_2_5_s).clickhouse_member_retry_s == 2.5
+    for config_class in (QueryConfig, WriterConfig):
+        with pytest.raises(ConfigError, match="CANDELA_CLICKHOUSE_MEMBER_RETRY_S"):
+            load_config(config_class, {**base, "CANDELA_CLICKHOUSE_MEMBER_RETRY_S": "0"})
 
 
 # --- the order members are tried in ---------------------------------------------------------------------
@@ -166,11 +182,107 @@ def test_a_failed_member_is_passed_over_then_tried_again_after_its_rest() -> Non
 
     clock.now += 29
     assert members.candidates() == [b, c, a]
-    clock.now += 1
-    # Rested: back in the rotation, but the member in use stays first (no flapping back to the first).
-    assert members.candidates() == [b, c, a]
     members.failed(b)
-    assert members.candidates() == [c, a, b]
+    assert members.candidates() == [c, a, b], "the next one in use; the first still rests (a second)"
+    members.succeeded(c)
+    assert members.in_use == c
+
+
+def test_once_a_preferred_member_rested_the_next_call_tries_it_first_and_stays_if_it_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    a, b, c = ("a", 1), ("b", 1), ("c", 1)
+    members = Members([a, b, c], retry_after_s=30, clock=clock)
+    members.failed(a)
+    members.succeeded(b)
+    clock.now += 30
+    before = failbacks_of(a, store="clickhouse")
+    assert members.candidates() == [a, b, c], "the way back: the preferred member first, the one in use next"
+    # While that call tries it, the other calls stay on the member in use (one attempt, not one per thread).
+    assert members.candidates() == [b, c, a]
+    with caplog.at_level(logging.INFO, logger="candela_runtime.failover"):
+        members.succeeded(a)
+    assert members.in_use == a
+    assert members.candidates() == [a, b, c]
+    assert failbacks_of(a, store="clickhouse") == before + 1, "counted (candela_store_member_failbacks_total)"
+    assert [record.getMessage() for record in caplog.records] == [
+        "clickhouse member a:1 answers; back on it, a member the configuration prefers (it was on b:1)"
+    ]
+
+
+def test_a_preferred_member_still_down_costs_one_attempt_per_rest_period() -> None:
+    clock = Clock()
+    a, b = ("a", 1), ("b", 1)
+    members = Members([a, b], retry_after_s=30, clock=clock)
+    members.failed(a)
+    members.succeeded(b)
+    tried_a = 0
+    for _ in range(90):  # 90 s of calls, one a second
+        clock.now += 1
+        candidates = members.candidates()
+        if candidates[0] == a:
+            tried_a += 1
+            members.failed(a)  # still down
+        members.succeeded(b)
+    assert tried_a == 3, "once every 30 s"
+    assert members.in_use == b
+
+
+def test_the_way_back_steps_to_the_most_preferred_rested_member() -> None:
+    clock = Clock()
+    a, b, c = ("a", 1), ("b", 1), ("c", 1)
+    members = Members([a, b, c], retry_after_s=30, clock=clock)
+    members.failed(a)
+    clock.now += 10
+    members.failed(b)
+    members.succeeded(c)
+    clock.now += 25  # a rested, b not yet
+    assert members.candidates() == [a, c, b]
+    members.failed(a)  # a is still down: b is next once it rested, while c stays in use meanwhile
+    assert members.candidates() == [c, b, a]
+    clock.now += 5
+    assert members.candidates() == [b, c, a]
+    members.succeeded(b)
+    assert members.in_use == b
+    clock.now += 30
+    assert members.candidates() == [a, b, c]
+
+
+def test_a_member_before_the_one_in_use_reached_by_failing_over_is_no_way_back() -> None:
+    """Moving on from the last member wraps to the first: a failover, which is not counted as a way back."""
+    a, b = ("a", 1), ("b", 1)
+    members = Members([a, b], store="failover-wrap")
+    members.failed(a)
+    members.succeeded(b)
+    members.failed(b)
+    assert members.candidates() == [a, b], "a rested longest: the last resort's order"
+    members.succeeded(a)
+    assert members.in_use == a
+    assert failbacks_of(a, store="failover-wrap") == 0
+
+
+def test_an_error_the_preferred_member_answers_with_leaves_the_service_where_it_is() -> None:
+    clock = Clock()
+    a, b = ("a", 1), ("b", 1)
+    members = Members([a, b], retry_after_s=30, clock=clock)
+    members.failed(a)
+    members.succeeded(b)
+    clock.now += 30
+
+    def rejected(address: Address) -> Address:
+        if address == a:
+            raise ValueError("the server refused the statement")
+        return address
+
+    with pytest.raises(ValueError, match="refused the statement"):
+        run_with_failover(members, rejected, is_connection_failure=connection_failure, retry=True)
+    assert members.in_use == b
+    assert run_with_failover(members, rejected, is_connection_failure=connection_failure, retry=True) == b, (
+        "tried back again only after another rest"
+    )
+    clock.now += 30
+    assert members.candidates()[0] == a
 
 
 def test_when_every_member_failed_the_longest_rested_is_tried_first() -> None:
@@ -252,6 +364,37 @@ def test_a_member_back_from_its_rest_is_used_again_when_the_other_fails() -> Non
     finally:
         first.close()
         second.close()
+
+
+def test_a_service_returns_to_the_first_member_once_it_is_back(up: Listener) -> None:
+    """On real sockets: the first member dies, calls go to the second; once the first listens again and has
+    rested, the next call is answered by it, and the calls after it too."""
+    clock = Clock()
+    first = Listener()
+    first_address = first.address
+    members = Members([first_address, up.address], retry_after_s=30, clock=clock)
+    first.close()
+    assert run_with_failover(members, greet, is_connection_failure=connection_failure, retry=True)[0] == up.address
+    clock.now += 30
+    # Still down past its rest: one call tries it (refused), and is answered by the member in use.
+    failures = failures_of(first_address)
+    assert run_with_failover(members, greet, is_connection_failure=connection_failure, retry=True)[0] == up.address
+    assert failures_of(first_address) == failures + 1
+    revived = Listener(address=first_address)
+    try:
+        assert run_with_failover(members, greet, is_connection_failure=connection_failure, retry=True)[0] == (
+            up.address
+        ), "resting again after that attempt"
+        clock.now += 30
+        before = up.accepted
+        for _ in range(3):
+            assert run_with_failover(members, greet, is_connection_failure=connection_failure, retry=True)[0] == (
+                first_address
+            )
+        assert revived.accepted == 3
+        assert up.accepted == before, "back on the first member: the second is not called"
+    finally:
+        revived.close()
 
 
 def test_every_member_down_fails_with_the_last_failure() -> None:

@@ -411,7 +411,7 @@ def test_every_clickhouse_client_is_given_every_member_of_a_cluster(tmp_path: Pa
     values = tmp_path / "values.yaml"
     values.write_text(
         "clickhouse: {host: ch-s1r1.data.svc, cluster: candela,"
-        " altHosts: [ch-s1r2.data.svc, 'ch-s2r1.data.svc:9440', ch-s2r2.data.svc]}\n"
+        " altHosts: [ch-s1r2.data.svc, 'ch-s2r1.data.svc:9440', ch-s2r2.data.svc], memberRetrySeconds: 12.5}\n"
     )
     done = render(values)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -426,6 +426,9 @@ def test_every_clickhouse_client_is_given_every_member_of_a_cluster(tmp_path: Pa
             ("ch-s2r1.data.svc", 9440),
             ("ch-s2r2.data.svc", 9000),
         ), name
+    for name in ("query", "writer"):  # how soon they try a member again, and go back to a preferred one
+        assert env_of(container(name, docs))["CANDELA_CLICKHOUSE_MEMBER_RETRY_S"]["value"] == "12.5", name
+        assert env_of(container(name))["CANDELA_CLICKHOUSE_MEMBER_RETRY_S"]["value"] == "30", name
     # One server by default: no other member.
     assert env_of(container("query"))["CANDELA_CLICKHOUSE_ALT_HOSTS"]["value"] == ""
 

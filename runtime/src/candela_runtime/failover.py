@@ -1,4 +1,5 @@
-"""Failover between the members of a replicated store: use one, move to the next when it cannot be reached.
+"""Failover between the members of a replicated store: use one, move to the next when it cannot be reached,
+and back to the preferred one once it answers again.
 
 A ClickHouse cluster answers any query and takes any insert on any member (its Distributed tables route
 them), so a service given several members (CANDELA_CLICKHOUSE_HOST/_PORT plus CANDELA_CLICKHOUSE_ALT_HOSTS)
@@ -9,6 +10,21 @@ first member that answers. Only a connection failure (refused, reset, timed out,
 the next member: an error the server answered with says nothing about the member and goes to the caller.
 Whether an operation may run again after it failed half-way is the caller's to say (``retry``): a read
 always may; a write only if writing it twice stores it once (each caller argues it where it calls).
+
+Failback. The configured order is the operator's preference (the first member is, say, the replica in the
+service's own zone), so a service does not stay on a member it moved to: once a member configured before
+the one in use has rested ``retry_after_s``, the next call tries it first, and if it answers it is the
+member in use again (logged, and counted in ``candela_store_member_failbacks_total``). If it fails, it
+rests again and the same call goes on to the member in use: a member still down costs one failed attempt
+per rest period for each :class:`Members` (one per client: the query service's pool, each writer's sink),
+which is a refused connection (nothing) or, for a silent host, one call waiting the client's connect timeout
+(a few seconds) once every ``retry_after_s``; never more, because while one call tries the way back the
+member counts as resting for every other call (the pool's threads do not all dial it at once). The way
+back is taken between calls only, by the same rule as a failover (a call that fails half-way on the member
+tried back runs again on the next one, which its caller said is safe), so it keeps every guarantee a
+failover keeps; the pooled clients follow because they ask :meth:`Members.candidates` on every call and
+reconnect when the member changes. The alternative, staying on the member that answered until it fails,
+spares that attempt but leaves a service on a remote member for good after any blip of the local one.
 
 A timeout counts as a connection failure although it cannot tell a member gone silent (a host down, a
 network split: no reset comes) from a slow call: the clients' timeouts (seconds to connect, 30-60 s to
@@ -25,7 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from candela_runtime.metrics import STORE_MEMBER_FAILURES
+from candela_runtime.metrics import STORE_MEMBER_FAILBACKS, STORE_MEMBER_FAILURES
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +51,8 @@ Address = tuple[str, int]
 """A member's (host, port)."""
 
 MEMBER_RETRY_AFTER_S = 30.0
-"""How long a member that failed is passed over before it is tried again (unless every other one fails)."""
+"""How long a member that failed is passed over before it is tried again (unless every other one fails), and
+so how soon a service tries its way back to a preferred member (CANDELA_CLICKHOUSE_MEMBER_RETRY_S)."""
 
 
 def parse_members(host: str, port: int, alt_hosts: str) -> tuple[Address, ...]:
@@ -84,31 +101,62 @@ class Members:
         self._clock = clock
         self._current = 0
         self._failed_at: dict[int, float] = {}
+        self._trying_back: set[int] = set()
+        """Members offered first as the way back whose call has not reported yet."""
         self._lock = threading.Lock()
 
     def candidates(self) -> list[Address]:
         """The members to try, in order: the one in use (the last that answered), then the others after it in
         the configured order, skipping those that failed less than ``retry_after_s`` ago; then those, the
-        longest rested first, as a last resort."""
+        longest rested first, as a last resort. A member configured before the one in use that has rested
+        goes first (the first such one; the way back, see the module's docstring), and rests again from now
+        until the call reports on it, so that one call at a time tries it."""
         with self._lock:
             now = self._clock()
             count = len(self._addresses)
             ring = [(self._current + step) % count for step in range(count)]
             ready = [index for index in ring if now - self._failed_at.get(index, -float("inf")) >= self._retry_after_s]
             resting = sorted((index for index in ring if index not in ready), key=self._failed_at.__getitem__)
+            way_back = min(ready) if ready and min(ready) < self._current else None
+            if way_back is not None:
+                ready.remove(way_back)
+                ready.insert(0, way_back)
+                self._failed_at[way_back] = now
+                self._trying_back.add(way_back)
             return [self._addresses[index] for index in ready + resting]
 
     def failed(self, address: Address) -> None:
         """Sets ``address`` aside for ``retry_after_s``: it could not be reached."""
         with self._lock:
-            self._failed_at[self._addresses.index(address)] = self._clock()
+            index = self._addresses.index(address)
+            self._failed_at[index] = self._clock()
+            self._trying_back.discard(index)
 
     def succeeded(self, address: Address) -> None:
         """``address`` answered: it is the member in use from now on."""
         with self._lock:
             index = self._addresses.index(address)
-            self._current = index
+            previous, self._current = self._current, index
             self._failed_at.pop(index, None)
+            back = index in self._trying_back
+            self._trying_back.discard(index)
+        if index == previous:
+            return
+        if back:
+            STORE_MEMBER_FAILBACKS.labels(store=self.store, member=f"{address[0]}:{address[1]}").inc()
+        logger.info(
+            "%s member %s:%s answers; %s (it was on %s:%s)",
+            self.store,
+            *address,
+            "back on it, a member the configuration prefers" if back else "using it from now on",
+            *self._addresses[previous],
+        )
+
+    @property
+    def in_use(self) -> Address:
+        """The member in use: the last that answered (the first configured one until a call ran)."""
+        with self._lock:
+            return self._addresses[self._current]
 
 
 def run_with_failover(

@@ -33,6 +33,13 @@ STORE_MEMBER_FAILURES = Counter(
     ["store", "member"],
 )
 
+STORE_MEMBER_FAILBACKS = Counter(
+    "candela_store_member_failbacks",
+    "Times a service moved back to a member of a store configured before the one it used, once that member "
+    "answered again after its rest, by store and member (host:port) (candela_runtime.failover).",
+    ["store", "member"],
+)
+
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every unary call by method and final status code, and times it."""

@@ -62,6 +62,8 @@ depth where they are used (a container's env list, 12 spaces), so no output need
               value: {{ .Values.clickhouse.port | quote }}
             - name: CANDELA_CLICKHOUSE_ALT_HOSTS
               value: {{ join "," .Values.clickhouse.altHosts | quote }}
+            - name: CANDELA_CLICKHOUSE_MEMBER_RETRY_S
+              value: {{ .Values.clickhouse.memberRetrySeconds | quote }}
             - name: CANDELA_CLICKHOUSE_DATABASE
               value: {{ .Values.clickhouse.database | quote }}
             - name: CANDELA_CLICKHOUSE_USER

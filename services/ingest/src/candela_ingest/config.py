@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from candela_runtime.config import ConfigError, ServiceConfig, env_field
-from candela_runtime.failover import Address, parse_members
+from candela_runtime.failover import MEMBER_RETRY_AFTER_S, Address, parse_members
 from candela_runtime.limits import MAX_PROMPT_INPUTS_BYTES, MAX_RECORD_BYTES, MAX_RECORD_METADATA_BYTES
 
 DEFAULT_TOPIC = "candela.logs.v1"
@@ -133,6 +133,12 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
         "(see candela_runtime.failover). Empty: CANDELA_CLICKHOUSE_HOST only.",
         "",
     )
+    clickhouse_member_retry_s: float = env_field(
+        "Seconds a ClickHouse member that could not be reached is passed over before it is tried again; also how "
+        "soon the service tries its way back to a member listed before the one in use (CANDELA_CLICKHOUSE_HOST "
+        "first, then CANDELA_CLICKHOUSE_ALT_HOSTS in order: the preferred order). See candela_runtime.failover.",
+        MEMBER_RETRY_AFTER_S,
+    )
     clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
     clickhouse_table: str = env_field("ClickHouse table of request rows.", "requests")
     clickhouse_user: str = env_field("ClickHouse user.", "default")
@@ -197,6 +203,8 @@ class WriterConfig(ServiceConfig, KafkaSettings, S3Deadlines):
             raise ConfigError(
                 "CANDELA_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of CANDELA_KAFKA_SESSION_TIMEOUT_MS"
             )
+        if self.clickhouse_member_retry_s <= 0:
+            raise ConfigError("CANDELA_CLICKHOUSE_MEMBER_RETRY_S must be above 0")
         try:
             parse_members(self.clickhouse_host, self.clickhouse_port, self.clickhouse_alt_hosts)
         except ValueError as error:

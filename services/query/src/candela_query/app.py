@@ -56,6 +56,7 @@ async def build_deps(config: QueryConfig) -> AsyncIterator[QueryDeps]:
         password=config.clickhouse_password,
         cluster=config.clickhouse_cluster,
         alt_members=config.clickhouse_alt_members,
+        member_retry_s=config.clickhouse_member_retry_s,
     )
     bodies = BodyReader(
         config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket, config.s3_region

@@ -30,7 +30,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from candela_runtime.errors import Unavailable
-from candela_runtime.failover import Address, Members, run_with_failover
+from candela_runtime.failover import MEMBER_RETRY_AFTER_S, Address, Members, run_with_failover
 
 CLUSTER_SETTINGS: dict[str, Any] = {
     "distributed_product_mode": "local",
@@ -83,7 +83,9 @@ class ClickHouseReader:
 
     Given several members (cluster mode), the pool talks to one and moves to the next on a connection
     failure (:mod:`candela_runtime.failover`), running the query again there: a read changes nothing, so
-    running it twice is always safe, and every member answers it for the whole cluster.
+    running it twice is always safe, and every member answers it for the whole cluster. Each query asks the
+    members which to use, and a pooled connection whose member is no longer the one to use reconnects, so the
+    pool also moves back to a preferred member once it answers again (after ``member_retry_s``).
     """
 
     def __init__(
@@ -97,8 +99,9 @@ class ClickHouseReader:
         password: str = "",
         cluster: str = "",
         alt_members: Sequence[Address] = (),
+        member_retry_s: float = MEMBER_RETRY_AFTER_S,
     ) -> None:
-        self._members = Members([(host, port), *alt_members])
+        self._members = Members([(host, port), *alt_members], retry_after_s=member_retry_s)
         self._connect = functools.partial(
             Client,
             database=database,

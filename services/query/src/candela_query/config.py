@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from candela_runtime.config import ConfigError, ServiceConfig, env_field
-from candela_runtime.failover import Address, parse_members
+from candela_runtime.failover import MEMBER_RETRY_AFTER_S, Address, parse_members
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,6 +20,12 @@ class QueryConfig(ServiceConfig):
         "in cluster mode the others of the cluster, tried in turn when the one in use cannot be reached "
         "(see candela_runtime.failover). Empty: CANDELA_CLICKHOUSE_HOST only.",
         "",
+    )
+    clickhouse_member_retry_s: float = env_field(
+        "Seconds a ClickHouse member that could not be reached is passed over before it is tried again; also how "
+        "soon the service tries its way back to a member listed before the one in use (CANDELA_CLICKHOUSE_HOST "
+        "first, then CANDELA_CLICKHOUSE_ALT_HOSTS in order: the preferred order). See candela_runtime.failover.",
+        MEMBER_RETRY_AFTER_S,
     )
     clickhouse_database: str = env_field("ClickHouse database holding the requests table.", "candela")
     clickhouse_connections: int = env_field("ClickHouse connections (each query holds one).", 4)
@@ -55,6 +61,8 @@ class QueryConfig(ServiceConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.clickhouse_member_retry_s <= 0:
+            raise ConfigError("CANDELA_CLICKHOUSE_MEMBER_RETRY_S must be above 0")
         try:
             parse_members(self.clickhouse_host, self.clickhouse_port, self.clickhouse_alt_hosts)
         except ValueError as error:

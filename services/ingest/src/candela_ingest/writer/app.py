@@ -46,6 +46,7 @@ async def build_writer_deps(config: WriterConfig) -> AsyncIterator[WriterDeps]:
             table=config.clickhouse_table,
             cluster=config.clickhouse_cluster,
             alt_members=config.clickhouse_alt_members,
+            member_retry_s=config.clickhouse_member_retry_s,
         )
         for _ in range(config.consumers + 1)
     )

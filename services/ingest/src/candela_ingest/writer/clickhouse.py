@@ -45,7 +45,7 @@ from candela_ingest.writer.rows import (
     insert_statement,
     scores_insert_statement,
 )
-from candela_runtime.failover import Address, Members, run_with_failover
+from candela_runtime.failover import MEMBER_RETRY_AFTER_S, Address, Members, run_with_failover
 from candela_schema.migrator import LOCAL_SUFFIX, MigrationError, run_on_each_shard
 
 T = TypeVar("T")
@@ -141,6 +141,7 @@ class ClickHouseRowSink:
         connect_timeout_s: float = 3.0,
         send_receive_timeout_s: float = 60.0,
         alt_members: Sequence[Address] = (),
+        member_retry_s: float = MEMBER_RETRY_AFTER_S,
     ) -> None:
         self._table = table
         self._cluster = cluster
@@ -158,7 +159,7 @@ class ClickHouseRowSink:
             send_receive_timeout=send_receive_timeout_s,
             settings=CLUSTER_SETTINGS if cluster else None,
         )
-        self._members = Members([(host, port), *alt_members])
+        self._members = Members([(host, port), *alt_members], retry_after_s=member_retry_s)
         self._member, self._client = (host, port), self._connect(host=host, port=port)
         if self._client.connection.compression:
             # _send_block writes the block as it is; a compressed connection would need it compressed.
@@ -180,6 +181,10 @@ class ClickHouseRowSink:
           copy is never counted. Scores are a ReplacingMergeTree(version) by score too.
         - a retention delete (a mutation with a WHERE) deletes nothing more the second time;
         - the rest are reads.
+
+        The same holds for the way back to a preferred member (:class:`~candela_runtime.failover.Members`): it
+        is taken when a call starts, never within one, and a call cut off on the member it went back to runs
+        again on the next as above.
         """
         loop = asyncio.get_running_loop()
 
