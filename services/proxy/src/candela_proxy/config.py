@@ -105,6 +105,12 @@ class ProxyConfig:
     upstream_connect_timeout_s: float = env_field("Seconds to connect to a provider.", 10.0)
     upstream_read_timeout_s: float = env_field("Seconds a provider may stay silent mid-response.", 600.0)
     auth_cache_ttl_s: float = env_field("Seconds a key lookup is cached (revocations apply within this).", 5.0)
+    pricing_wait_s: float = env_field(
+        "Longest a finished request's log waits for its organization's pricing (fetched from AuthService since"
+        " the request was admitted, when not cached) before it is logged unpriced. The client's answer ends"
+        " once its log is durable, so this bounds what a slow AuthService adds to an answer.",
+        1.0,
+    )
     log_queue_size: int = env_field("Finished logs held in memory awaiting ingest.", 50_000)
     log_batch_size: int = env_field("Most logs sent to ingest per call.", 500)
     log_batch_max_bytes: int = env_field("A batch stops growing at this many bytes (bodies included).", 8 * 1024 * 1024)

@@ -71,7 +71,10 @@ class Exchange:
     durable: asyncio.Future[None] | None = None
     """Done once the record is in the write-ahead log; None when there is nothing to wait for."""
     pricing: OrganizationPricing | None = None
-    """The organization's overrides and aliases, learnt after admission (None: genai-prices alone)."""
+    """The organization's overrides and aliases, when cached at admission (None: genai-prices alone)."""
+    pricing_fetch: asyncio.Task[OrganizationPricing] | None = None
+    """The fetch of the organization's pricing when it was not cached, started at admission and read only
+    when the log is priced (see Recorder.log_durably); shared with other requests, never cancelled here."""
 
 
 def error_response(provider: Provider, err: ProxyError, request_id: str | None) -> web.Response:

@@ -26,7 +26,7 @@ from candela_proxy.cache import CachedAnswer, ResponseCache, cache_key
 from candela_proxy.config import ProxyConfig
 from candela_proxy.exchange import Exchange, ProxyError, error_response
 from candela_proxy.named_routes import NamedRoutes
-from candela_proxy.org_pricing import PricingDirectory
+from candela_proxy.org_pricing import OrganizationPricing, PricingDirectory
 from candela_proxy.providers import Provider, Route, resolve_route
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.record import Recorder
@@ -61,7 +61,9 @@ class ProxyHandler:
         self._pricing = pricing
         self._cache = cache
         self._admission = Admission(config, authenticator, targets, shipper, limiter, prompts)
-        self._recorder = Recorder(shipper, cache, limiter, tracing, config.log_binary_body_max_bytes)
+        self._recorder = Recorder(
+            shipper, cache, limiter, tracing, config.log_binary_body_max_bytes, config.pricing_wait_s
+        )
         self._named_routes = NamedRoutes(config)
         self._upstream = Upstream(session, targets, self._recorder, tracing)
         # Spans cost ~50 us a request; without an exporter nobody sees them, so none are made (the client's
@@ -136,8 +138,13 @@ class ProxyHandler:
             # The client left before its request arrived whole: nothing reached a provider, nothing to log.
             return web.Response(status=400)
         if self._pricing is not None:
-            # Cached per organization until AuthService says it changed (see candela_proxy.org_pricing).
-            exchange.pricing = await self._pricing.get(exchange.organization_id)
+            # Cached per organization until AuthService says it changed (see candela_proxy.org_pricing); when
+            # not, fetched while the request is served, and awaited (bounded) only to price its log.
+            pricing = self._pricing.lookup(exchange.organization_id)
+            if isinstance(pricing, OrganizationPricing):
+                exchange.pricing = pricing
+            else:
+                exchange.pricing_fetch = pricing
         if span is not None and exchange.model:
             span.update_name(f"{genai_telemetry.operation_name(route.provider_path)} {exchange.model}")
         try:

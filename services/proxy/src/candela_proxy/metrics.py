@@ -63,6 +63,10 @@ UPSTREAM_ATTEMPTS = Counter(
     "candela_proxy_upstream_attempts", "Upstream attempts, by outcome (status code or 'error').", ["outcome"]
 )
 CACHE_LOOKUPS = Counter("candela_proxy_cache_lookups", "Cache lookups, by result.", ["result"])
+PRICING_LATE = Counter(
+    "candela_proxy_pricing_late",
+    "Logs left unpriced because their organization's pricing was not fetched within CANDELA_PRICING_WAIT_S.",
+)
 RATE_LIMITED = Counter("candela_proxy_rate_limited", "Requests refused with 429 by a Candela rate-limit policy.")
 REDIS_ERRORS = Counter(
     "candela_proxy_redis_errors",

@@ -6,11 +6,12 @@ and "from the next request on" would not hold. So the cache lives until AuthServ
 changed: :class:`PricingDirectory` holds one stream (AuthService.FollowPricing) that names every
 organization whose overrides or aliases changed, on any auth replica (they hear each other through
 Postgres NOTIFY), and drops that organization's entry; the next request refetches it (one round trip, two
-List calls in parallel). Each notice is acknowledged on the same stream once applied, and the auth replica
-that made a change answers it only after that acknowledgement, so the caller's next request finds the new
-price however busy this proxy is. A request that arrives after the notice never shares a fetch that began
-before it (:meth:`PricingDirectory.forget` lets such a fetch finish for those already waiting on it, but
-not for newcomers).
+List calls in parallel), off its answer's path: the fetch starts at admission and is read only when the
+log is priced, a bounded wait later (:class:`candela_proxy.record.Recorder`). Each notice is acknowledged
+on the same stream once applied, and the auth replica that made a change answers it only after that
+acknowledgement, so the caller's next request finds the new price however busy this proxy is. A request
+that arrives after the notice never shares a fetch that began before it (:meth:`PricingDirectory.forget`
+lets such a fetch finish for those already waiting on it, but not for newcomers).
 
 When the stream is down (auth restarting, a network fault), notices may be missed: the whole cache is
 dropped, entries fetched meanwhile live only :data:`UNWATCHED_TTL_S` seconds, and a new stream starts with
@@ -106,7 +107,8 @@ class OrganizationPricing:
 NO_PRICING = OrganizationPricing()
 """An organization without overrides or aliases."""
 PRICING_UNAVAILABLE = OrganizationPricing(available=False)
-"""What :meth:`PricingDirectory.get` answers when AuthService cannot be asked."""
+"""What :meth:`PricingDirectory.get` answers when AuthService cannot be asked, and what a log is priced
+with when its organization's pricing did not arrive in time (it is then unpriced)."""
 
 
 class PricingDirectory:
@@ -141,8 +143,18 @@ class PricingDirectory:
         await self._watching.wait()
 
     async def get(self, organization_id: str) -> OrganizationPricing:
-        """The organization's pricing: cached, else fetched once however many requests ask at a time (in a
-        task of its own, so a request that is cancelled meanwhile does not cancel it for the others)."""
+        """The organization's pricing, waiting for its fetch if it is not cached (see :meth:`lookup`)."""
+        found = self.lookup(organization_id)
+        if isinstance(found, OrganizationPricing):
+            return found
+        return await asyncio.shield(found)
+
+    def lookup(self, organization_id: str) -> OrganizationPricing | asyncio.Task[OrganizationPricing]:
+        """The organization's pricing if cached, else its fetch, started now unless one is under way: fetched
+        once however many requests ask at a time, in a task of its own, so a request that is cancelled (or
+        stops waiting) does not cancel it for the others. A request starts it at admission and reads it only
+        for its log, so the fetch runs while the provider answers (see :class:`candela_proxy.record.Recorder`).
+        """
         cached = self._entries.get(organization_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
@@ -151,7 +163,7 @@ class PricingDirectory:
             fetch = asyncio.get_running_loop().create_task(self._fetch(organization_id))
             self._fetches[organization_id] = fetch
             fetch.add_done_callback(lambda done: self._fetch_ended(organization_id, done))
-        return await asyncio.shield(fetch)
+        return fetch
 
     def forget(self, organization_id: str) -> None:
         """Drops an organization's entry ("" drops them all): what a FollowPricing notice does. A fetch under
@@ -167,6 +179,9 @@ class PricingDirectory:
     def _fetch_ended(self, organization_id: str, fetch: asyncio.Task[OrganizationPricing]) -> None:
         if self._fetches.get(organization_id) is fetch:
             del self._fetches[organization_id]
+        # Read here too: the requests that started a fetch may all have stopped waiting for it.
+        if not fetch.cancelled() and (error := fetch.exception()) is not None:
+            logger.error("fetching the pricing of organization %s failed", organization_id, exc_info=error)
 
     async def _fetch(self, organization_id: str) -> OrganizationPricing:
         generation = self._generation

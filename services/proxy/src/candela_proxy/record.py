@@ -5,6 +5,12 @@ request waits only for it to be durable in the proxy's write-ahead log (one grou
 the client can see the end of its answer: a client that got a whole answer and its ``Candela-Id`` will
 find the log, even if the proxy is killed right after. Storing an answer in the cache and counting a cents
 rate limit happen in owned background tasks after the answer is sent.
+
+The organization's pricing, when it was not cached, has been fetched since admission (while the provider
+answered); the log waits for it at most ``pricing_wait_s`` and only when there is a cost to compute. A
+fetch still under way then leaves the log unpriced (counted in ``candela_proxy_pricing_late``), as a
+fetch that failed does: never priced without the organization's overrides, and never holding the client's
+answer longer than the bound. The ``Candela-Cost-Usd`` header is the log's cost, so it is absent then too.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from candela.logs.v1 import log_record_pb2
 from candela_proxy import binary_bodies, metrics, pricing
 from candela_proxy.cache import CachedAnswer, ResponseCache
 from candela_proxy.exchange import Exchange
+from candela_proxy.org_pricing import PRICING_UNAVAILABLE, OrganizationPricing
 from candela_proxy.ratelimit import RateLimiter
 from candela_proxy.shipping import LogShipper
 from candela_proxy.targets import provider_name
@@ -46,8 +53,10 @@ class Recorder:
         limiter: RateLimiter | None,
         tracing: bool,
         binary_body_max_bytes: int = 1 << 20,
+        pricing_wait_s: float = 1.0,
     ) -> None:
         self._shipper = shipper
+        self._pricing_wait_s = pricing_wait_s
         self._binary_body_max_bytes = binary_body_max_bytes
         self._cache = cache
         self._limiter = limiter
@@ -60,8 +69,14 @@ class Recorder:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def log_durably(self, exchange: Exchange) -> None:
-        """Builds and hands over the log record (once), then waits until it is durable."""
+        """Builds and hands over the log record (once), then waits until it is durable; first waits, at most
+        ``pricing_wait_s``, for the organization's pricing if it is still being fetched and the record has a
+        cost to compute."""
         if exchange.record is None:
+            fetch = exchange.pricing_fetch
+            if fetch is not None and not fetch.done() and _priced(exchange):
+                # asyncio.wait neither cancels the shared fetch at the timeout nor when this request is.
+                await asyncio.wait((fetch,), timeout=self._pricing_wait_s)
             self.finish(exchange)
         if exchange.durable is not None:
             # Shielded: the future is shared by a whole group commit, and this request may be cancelled.
@@ -69,7 +84,7 @@ class Recorder:
 
     def finish(self, exchange: Exchange) -> log_record_pb2.LogRecord:
         """Builds the log record and hands it over (``exchange.durable`` says when it is on disk); schedules
-        the cache write and the cents count."""
+        the cache write and the cents count. Never waits: pricing still being fetched leaves it unpriced."""
         finished = time.perf_counter()
         options = exchange.options
         facts = exchange.facts
@@ -137,7 +152,7 @@ class Recorder:
                 api_url,
                 requested_model=model,
                 logged_provider=provider,
-                organization=exchange.pricing,
+                organization=_organization_pricing(exchange),
                 request_service_tier=_requested_service_tier(exchange),
             )
             if cost is not None:
@@ -197,6 +212,27 @@ class Recorder:
             task = asyncio.get_running_loop().create_task(job)
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+
+def _priced(exchange: Exchange) -> bool:
+    """Whether the record gets a cost that may depend on the organization's pricing (a cache hit's is the
+    cached one; without usage, or with a clamped one, there is none)."""
+    return bool(exchange.status) and not exchange.cache_hit and exchange.facts.has_usage and not exchange.facts.clamped
+
+
+def _organization_pricing(exchange: Exchange) -> OrganizationPricing | None:
+    """The organization's pricing as the record is priced: the cached one, or its fetch's answer if in."""
+    fetch = exchange.pricing_fetch
+    if fetch is None:
+        return exchange.pricing
+    if not fetch.done():
+        if _priced(exchange):
+            metrics.PRICING_LATE.inc()
+        return PRICING_UNAVAILABLE
+    # Cancelled: the proxy is stopping; an error is logged by the directory (PricingDirectory._fetch_ended).
+    if fetch.cancelled() or fetch.exception() is not None:
+        return PRICING_UNAVAILABLE
+    return fetch.result()
 
 
 def _requested_service_tier(exchange: Exchange) -> str:
