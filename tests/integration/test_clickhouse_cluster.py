@@ -786,6 +786,23 @@ async def _store_metrics(
     return (metrics.request_count, metrics.prompt_tokens, metrics.cost_usd) if metrics else (0, 0, Decimal(0))
 
 
+async def _store_score_averages(
+    store: RequestStore, organization: Organization, span: tuple[datetime, datetime]
+) -> dict[str, tuple[float, int]]:
+    """(mean, count) of each score of the organization's requests in ``span``, read by the store as
+    AggregateRequests reads them."""
+    start_us, end_us = (int(bound.timestamp() * 1_000_000) for bound in span)
+    params = Params()
+    where = f"created_at_us >= {params.bind(start_us)} AND created_at_us < {params.bind(end_us)}"
+    averages = await store.score_averages(organization.id, where, params.values, [], 1000, span=(start_us, end_us))
+    return averages.get((), {})
+
+
+def _score_reads(recording: RecordingRunner) -> list[str]:
+    """The statements that read score averages."""
+    return [sql for sql in recording.statements if "avg(score_value)" in sql]
+
+
 async def _on_every_member(stack: Stack, sql: str) -> None:
     layout = stack.clickhouse_cluster_layout
     assert layout is not None
@@ -820,6 +837,19 @@ async def test_aggregates_over_days_proven_free_of_copies_skip_final_and_count_a
     await clients.log(records)
     await _eventually(lambda: clients.metrics(organization, *span), lambda found: found.request_count >= 36)
     await _replicas_agree(stack, organization, 36)
+    # Scores of six of them (on both shards, most likely: a hash of the request id picks the shard).
+    qualities = [0.0, 0.25, 0.5, 0.75, 1.0, 0.5]
+    for record, quality in zip(records, qualities, strict=False):
+        await clients.query.SubmitScores(
+            query_pb.SubmitScoresRequest(
+                request_id=record.request_id, scores={"quality": struct_pb2.Value(number_value=quality)}
+            ),
+            metadata=_bearer(organization),
+            timeout=10,
+        )
+    await _eventually(
+        lambda: clients.metrics(organization, *span), lambda found: found.score_counts.get("quality", 0) >= 6
+    )
     # No background merge collapses the copies below while the test reads them.
     await _on_every_member(stack, "SYSTEM STOP MERGES requests_local")
     try:
@@ -839,6 +869,12 @@ async def test_aggregates_over_days_proven_free_of_copies_skip_final_and_count_a
         assert len(recording.statements) == 1, recording.statements
         assert recording.statements == recording.aggregate_reads()
         assert "FINAL" not in recording.statements[0]
+        # Score averages follow the same proofs: the proven days are read without FINAL, and only they.
+        recording.statements.clear()
+        assert await _store_score_averages(store, organization, span) == {"quality": (0.5, 6)}
+        assert len(recording.statements) == 1, recording.statements
+        assert recording.statements == _score_reads(recording)
+        assert "FINAL" not in recording.statements[0], "the proven days' scores are averaged without FINAL"
 
         # A writer redelivers five logs: each is stored again, a newer copy beside the first, on its shard.
         await clients.log(records[:5])
@@ -848,9 +884,16 @@ async def test_aggregates_over_days_proven_free_of_copies_skip_final_and_count_a
         reads = recording.aggregate_reads()
         assert len(reads) == 1, reads
         assert "FINAL" in reads[0], "days holding copies are read with FINAL"
+        # Five of the scored requests are stored twice now: each is still averaged once.
+        recording.statements.clear()
+        assert await _store_score_averages(store, organization, span) == {"quality": (0.5, 6)}
+        reads = _score_reads(recording)
+        assert len(reads) == 1, reads
+        assert "FINAL" in reads[0], "days holding copies are averaged with FINAL"
         # The query service's own store (proofs on, in cluster mode) counts each request once too.
         metrics = await clients.metrics(organization, *span)
         assert (metrics.request_count, metrics.prompt_tokens) == (36, 3600)
+        assert (metrics.score_averages["quality"], metrics.score_counts["quality"]) == (0.5, 6)
     finally:
         await _on_every_member(stack, "SYSTEM START MERGES requests_local")
 

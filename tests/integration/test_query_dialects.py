@@ -7,7 +7,6 @@ rows (after removing the stale copies a redelivery leaves, which FINAL must hide
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -27,7 +26,16 @@ from candela_query.service import session_tree
 from candela_query.store import RequestStore
 from candela_runtime.errors import Violations
 from candela_stack.stack import Component, Stack, StackConfig
-from tests.integration.query_support import BASE_SECONDS, ChdbRunner, DriverRunner, insert_rows, make_rows
+from tests.integration.query_support import (
+    BASE_SECONDS,
+    ChdbRunner,
+    DriverRunner,
+    InsertsDuringReads,
+    RecordingRunner,
+    insert_rows,
+    make_rows,
+    store_rows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -474,22 +482,6 @@ async def _model_metrics(
     return {tuple(_plain(key) for key in row.keys): row.metrics for row in result}
 
 
-class InsertsDuringReads:
-    """A runner that stores ``copies`` just before the first aggregate read without FINAL, as a writer's
-    redelivery landing while a dashboard query runs."""
-
-    def __init__(self, inner: DriverRunner | ChdbRunner, copies: list[Row]) -> None:
-        self.inner = inner
-        self.copies = copies
-
-    async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        if self.copies and "quantilesExact" in sql and "FINAL" not in sql:
-            # In a worker thread, as the store's own calls run: the driver's insert blocks.
-            await asyncio.to_thread(_insert, self.inner, self.copies)
-            self.copies = []
-        return await self.inner.fetch(sql, params)
-
-
 def _versions(organization_id: str, seed: int) -> tuple[list[Row], list[Row], list[Ref]]:
     """Generated rows of one organization: the newest versions, the stale copies, and the newest as refs."""
     generated = make_rows([organization_id], 300, seed=seed)
@@ -498,20 +490,13 @@ def _versions(organization_id: str, seed: int) -> tuple[list[Row], list[Row], li
     return originals, stale, [dict(zip(REQUEST_COLUMNS, row, strict=True)) for row in originals]
 
 
-def _insert(runner: DriverRunner | ChdbRunner, values: list[Row]) -> None:
-    if isinstance(runner, DriverRunner):
-        insert_rows(runner.client, values)
-    else:
-        runner.insert(values)
-
-
 async def test_aggregates_skip_final_only_over_days_proven_free_of_copies(
     driver: DriverRunner, chdb: ChdbRunner
 ) -> None:
     originals, stale, refs = _versions(DEDUP_ORG, seed=21)
     for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
         store = RequestStore(runner)
-        _insert(runner, originals)
+        store_rows(runner, originals)
         assert await _model_metrics(store) == _by_model(refs), name
         proofs = await runner.fetch(
             "SELECT count() FROM request_dedup_checks WHERE organization_id = toUUID(%(o)s)", {"o": DEDUP_ORG}
@@ -519,12 +504,12 @@ async def test_aggregates_skip_final_only_over_days_proven_free_of_copies(
         assert int(proofs[0][0]) >= 10, f"{name}: the days were not proven free of copies"
         # A copy landing while the rows are read without FINAL is caught by the check after the read.
         redelivered = [(*row[:-1], 3) for row in originals[:5]]
-        racing = InsertsDuringReads(runner, redelivered)
+        racing = InsertsDuringReads(runner, redelivered, "quantilesExact")
         assert await _model_metrics(RequestStore(racing)) == _by_model(refs), name
         assert not racing.copies, f"{name}: the rows were not read without FINAL"
         # A redelivery leaves older copies (another model here): the proofs no longer match those days,
         # which now hold copies, so they are read with FINAL and nothing is counted twice.
-        _insert(runner, stale)
+        store_rows(runner, stale)
         assert await _model_metrics(store) == _by_model(refs), name
 
 
@@ -563,7 +548,7 @@ async def test_distinct_requests_of_the_same_microsecond_are_not_taken_for_copie
     rows[1] = tuple(twin[column] for column in REQUEST_COLUMNS)
     day = int(first["created_at"]) // 86_400
     for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
-        _insert(runner, rows)
+        store_rows(runner, rows)
         params = Params()
         where = f"created_at_us >= {params.bind(SPAN[0])} AND created_at_us < {params.bind(SPAN[1])}"
         result = await RequestStore(runner).metrics(twins_org, where, params.values, [], 1, span=SPAN)
@@ -573,18 +558,6 @@ async def test_distinct_requests_of_the_same_microsecond_are_not_taken_for_copie
             {"o": twins_org, "d": day},
         )
         assert int(proofs[0][0]) == 1, f"{name}: the day of two same-microsecond requests was not proven"
-
-
-class RecordingRunner:
-    """A runner that keeps the statements it ran."""
-
-    def __init__(self, inner: DriverRunner | ChdbRunner) -> None:
-        self.inner = inner
-        self.statements: list[str] = []
-
-    async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        self.statements.append(sql)
-        return await self.inner.fetch(sql, params)
 
 
 def _in_span(refs: list[Ref], span: tuple[int, int]) -> list[Ref]:
@@ -601,7 +574,7 @@ async def test_remembered_part_fingerprints_spare_rereading_and_never_hide_new_c
     for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
         recording = RecordingRunner(runner)
         store = RequestStore(recording)
-        _insert(runner, originals)
+        store_rows(runner, originals)
         assert await _model_metrics(store, organization_id) == _by_model(refs), name
         # A background merge makes a new part, read once; the parts settle within a few calls.
         for _ in range(10):
@@ -613,7 +586,7 @@ async def test_remembered_part_fingerprints_spare_rereading_and_never_hide_new_c
         assert len(reads) == 1, (name, reads)
         assert "quantilesExact" in reads[0], name
         assert "FINAL" not in reads[0], name
-        _insert(runner, stale)
+        store_rows(runner, stale)
         assert await _model_metrics(store, organization_id) == _by_model(refs), name
 
 
@@ -629,7 +602,7 @@ async def test_part_fingerprints_remembered_for_some_days_are_read_again_for_oth
     early = (SPAN[0], SPAN[0] + 5 * DAY_US)
     for name, runner in (("clickhouse-18.16", driver), ("chdb", chdb)):
         store = RequestStore(runner)
-        _insert(runner, originals)
-        _insert(runner, late_stale)
+        store_rows(runner, originals)
+        store_rows(runner, late_stale)
         assert await _model_metrics(store, organization_id, early) == _by_model(_in_span(refs, early)), name
         assert await _model_metrics(store, organization_id) == _by_model(refs), name

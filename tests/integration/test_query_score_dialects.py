@@ -2,13 +2,16 @@
 
 Score rows are made the way the writers make them (a LogUpdate through candela_ingest.writer.rows.score_rows),
 with older values of some scores stored beside the newer ones (as updates that are not merged yet leave)
-and a score of another organization on this organization's request ids, which no read may show.
+and a score of another organization on this organization's request ids, which no read may show. Score
+averages over a span follow the metrics' rule: without FINAL over days proven free of copies, with FINAL
+as soon as a request is stored twice.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,16 @@ from candela_query.filters import FilterCompiler, Params
 from candela_query.store import RequestStore
 from candela_runtime.errors import Violations
 from candela_stack.stack import Component, Stack, StackConfig
-from tests.integration.query_support import ChdbRunner, DriverRunner, insert_rows, make_rows
+from tests.integration.query_support import (
+    BASE_SECONDS,
+    ChdbRunner,
+    DriverRunner,
+    InsertsDuringReads,
+    RecordingRunner,
+    insert_rows,
+    make_rows,
+    store_rows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -86,12 +98,13 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def stores(
+def runners(
     clickhouse: Stack,
     tmp_path_factory: pytest.TempPathFactory,
     requests: list[Row],
     scores: tuple[list[Row], dict[str, dict[str, float]]],
-) -> Iterator[dict[str, RequestStore]]:
+) -> Iterator[dict[str, DriverRunner | ChdbRunner]]:
+    """ClickHouse 18.16 and chDB, each holding the requests and scores."""
     driver = DriverRunner(
         clickhouse.clickhouse_host,
         clickhouse.clickhouse_port,
@@ -104,9 +117,14 @@ def stores(
     chdb = ChdbRunner(Path(tmp_path_factory.mktemp("chdb")))
     chdb.insert(requests)
     chdb.insert_scores(scores[0])
-    yield {"clickhouse-18.16": RequestStore(driver), "chdb": RequestStore(chdb)}
+    yield {"clickhouse-18.16": driver, "chdb": chdb}
     chdb.close()
     driver.close()
+
+
+@pytest.fixture(scope="module")
+def stores(runners: dict[str, DriverRunner | ChdbRunner]) -> dict[str, RequestStore]:
+    return {name: RequestStore(runner) for name, runner in runners.items()}
 
 
 def _cond(field: str, operator: str, value: Any, key: str = "") -> pb.FilterCondition:
@@ -190,3 +208,93 @@ async def test_score_averages_per_model_match_the_python_reference(
         totals = await store.score_averages(ORG, "1", {}, [], 1000)
         feedback = [value["feedback"] for value in scores[1].values() if "feedback" in value]
         assert totals[()]["feedback"] == (sum(feedback) / len(feedback), len(feedback)), name
+
+
+PROVEN_ORG = "88888888-8888-4888-8888-888888888888"
+SPAN = (BASE_SECONDS * 1_000_000, (BASE_SECONDS + 11 * 86_400) * 1_000_000)
+"""Every day the generated requests fall on (closed days: their proofs are recorded)."""
+
+Averages = dict[tuple[str, str], tuple[float, int]]
+
+
+@contextmanager
+def _merges_stopped(runner: DriverRunner | ChdbRunner) -> Iterator[None]:
+    """No background merge collapses the copies of a request while the test reads them."""
+    run = runner.client.execute if isinstance(runner, DriverRunner) else runner.command
+    run("SYSTEM STOP MERGES requests")
+    try:
+        yield
+    finally:
+        run("SYSTEM START MERGES requests")
+
+
+async def _span_averages(store: RequestStore) -> Averages:
+    """(mean, count) of each score per model over SPAN, as AggregateRequests asks the store for them."""
+    params = Params()
+    where = f"created_at_us >= {params.bind(SPAN[0])} AND created_at_us < {params.bind(SPAN[1])}"
+    averages = await store.score_averages(PROVEN_ORG, where, params.values, ["model"], 1000, span=SPAN)
+    return {
+        (str(keys[0]), score): (round(mean, 9), count)
+        for keys, named in averages.items()
+        for score, (mean, count) in named.items()
+    }
+
+
+def _average_reads(runner: RecordingRunner) -> list[str]:
+    """The statements that read the score averages themselves (as against the proofs' counts)."""
+    return [sql for sql in runner.statements if "avg(score_value)" in sql]
+
+
+async def test_score_averages_skip_final_only_over_days_proven_free_of_copies(
+    runners: dict[str, DriverRunner | ChdbRunner],
+) -> None:
+    """As the metrics do: a span whose days hold one row per request is averaged without FINAL, and a
+    request stored twice (a redelivery not merged yet, or one landing during the read) is averaged once."""
+    generated = make_rows([PROVEN_ORG], 90, seed=23)
+    originals = [row for row in generated if row[-1] == 2]
+    stale = [row for row in generated if row[-1] == 1]  # older copies, with the model "stale-copy"
+    rng = random.Random(29)
+    score_values: list[Row] = []
+    by_key: dict[tuple[str, str], list[float]] = {}
+    scored: list[Row] = []
+    for index, row in enumerate(originals):
+        if index % 3 == 2:
+            continue  # requests without a score are no part of its average
+        values = dict(zip(REQUEST_COLUMNS, row, strict=True))
+        accuracy = round(rng.random(), 3)
+        score_values += score_rows(_update(PROVEN_ORG, str(values["request_id"]), UPDATED_AT, accuracy=accuracy))
+        by_key.setdefault((str(values["model"]), "accuracy"), []).append(accuracy)
+        scored.append(row)
+    expected = {key: (round(sum(values) / len(values), 9), len(values)) for key, values in by_key.items()}
+    request_id = REQUEST_COLUMNS.index("request_id")
+    scored_ids = {row[request_id] for row in scored}
+    # Some older copies are of scored requests, so averaging one of them (in a "stale-copy" group) shows.
+    assert any(row[request_id] in scored_ids for row in stale)
+    redelivered = [(*row[:-1], 3) for row in scored[:5]]
+    for name, runner in runners.items():
+        store_rows(runner, originals)
+        if isinstance(runner, DriverRunner):
+            runner.client.execute(scores_insert_statement(), score_values)
+        else:
+            runner.insert_scores(score_values)
+        with _merges_stopped(runner):
+            recording = RecordingRunner(runner)
+            assert await _span_averages(RequestStore(recording)) == expected, name
+            reads = _average_reads(recording)
+            assert len(reads) == 1, (name, reads)
+            assert "FINAL" not in reads[0], f"{name}: the proven days were read with FINAL"
+            # A copy landing while the rows are read without FINAL is caught by the check after the read.
+            racing = InsertsDuringReads(runner, redelivered, "avg(score_value)")
+            assert await _span_averages(RequestStore(racing)) == expected, name
+            assert not racing.copies, f"{name}: the rows were not read without FINAL"
+            # The copies stay stored (merges stopped): those days are no longer proven, FINAL reads them.
+            stored = await runner.fetch(
+                "SELECT count() FROM requests WHERE organization_id = toUUID(%(o)s)", {"o": PROVEN_ORG}
+            )
+            assert int(stored[0][0]) == len(originals) + len(redelivered), name
+            recording = RecordingRunner(runner)
+            assert await _span_averages(RequestStore(recording)) == expected, name
+            assert all("FINAL" in sql for sql in _average_reads(recording)), (name, _average_reads(recording))
+            # Older copies of a redelivery (another model): still the newest version alone is averaged.
+            store_rows(runner, stale)
+            assert await _span_averages(RequestStore(runner)) == expected, name

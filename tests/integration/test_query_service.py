@@ -2,7 +2,8 @@
 
 Validation answers INVALID_ARGUMENT with one field violation per mistake (and never ClickHouse's text),
 cursors page through stably and are refused when tampered with, the organization comes from the key,
-and the usage RPC reads the writers' counters and the limits from Postgres.
+aggregates over days proven free of copies (score averages included) are read without FINAL, and the
+usage RPC reads the writers' counters and the limits from Postgres.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import grpc
@@ -26,7 +28,7 @@ from candela.logs.v1 import log_record_pb2
 from candela.query.v1 import query_service_pb2 as pb
 from candela.query.v1 import query_service_pb2_grpc
 from candela_ingest.packing import pack_batch
-from candela_ingest.writer.rows import clickhouse_row
+from candela_ingest.writer.rows import REQUEST_COLUMNS, Row, clickhouse_row, score_rows, scores_insert_statement
 from candela_query.app import QueryDeps, create_server
 from candela_query.body_reader import MAX_GAP_BYTES, BodyReader
 from candela_query.clickhouse import ClickHouseReader
@@ -53,6 +55,18 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
+class RecordingReader(ClickHouseReader):
+    """The service's ClickHouse reader, keeping the statements it ran (reads with FINAL or without)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.statements: list[str] = []
+
+    async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        self.statements.append(sql)
+        return await super().fetch(sql, params)
+
+
 class Fixture:
     """A running query service and two organizations' read keys."""
 
@@ -62,12 +76,14 @@ class Fixture:
         key: str,
         other_key: str,
         org: str,
+        reader: RecordingReader,
     ) -> None:
         self.channel = channel
         self.stub: query_service_pb2_grpc.QueryServiceAsyncStub = query_service_pb2_grpc.QueryServiceStub(channel)
         self.key = key
         self.other_key = other_key
         self.organization_id = org
+        self.reader = reader
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +97,7 @@ async def service(
     other = await create_organization(auth_stub, "Other Co")
     key = (await create_key(auth_stub, org, auth_pb.API_KEY_SCOPE_READ)).secret
     other_key = (await create_key(auth_stub, other, auth_pb.API_KEY_SCOPE_READ)).secret
-    reader = ClickHouseReader(
+    reader = RecordingReader(
         clickhouse.clickhouse_host,
         clickhouse.clickhouse_port,
         clickhouse.clickhouse_database,
@@ -121,7 +137,7 @@ async def service(
         server = await create_server(config, deps)
         await server.set_serving()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield Fixture(channel, key, other_key, org)
+            yield Fixture(channel, key, other_key, org, reader)
         await server.stop(1)
     await usage.close()
     reader.close()
@@ -325,6 +341,52 @@ async def test_aggregates_sessions_and_users_over_grpc(service: Fixture) -> None
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     users = await service.stub.QueryUserMetrics(pb.QueryUserMetricsRequest(), metadata=bearer(service.key))
     assert sum(user.metrics.request_count for user in users.users) == 400
+
+
+async def test_score_averages_over_days_proven_free_of_copies_are_read_without_final(
+    service: Fixture, clickhouse: Stack, auth_stub: auth_service_pb2_grpc.AuthServiceAsyncStub
+) -> None:
+    """AggregateRequests hands its span to the score averages too: over days holding one row per request
+    they read the requests without FINAL, and average each score over the requests that have it."""
+    org = await create_organization(auth_stub, "Scored Co")
+    key = (await create_key(auth_stub, org, auth_pb.API_KEY_SCOPE_READ)).secret
+    rows = [row for row in make_rows([org], 60, seed=19) if row[-1] == 2]  # no copies
+    rng = random.Random(19)
+    scores: list[Row] = []
+    by_model: dict[str, list[float]] = {}
+    for row in rows[::2]:
+        values = dict(zip(REQUEST_COLUMNS, row, strict=True))
+        update = log_record_pb2.LogUpdate(
+            organization_id=org, request_id=str(values["request_id"]), scores={"accuracy": rng.random()}
+        )
+        update.updated_at.seconds = 1_780_000_000
+        scores += score_rows(update)
+        by_model.setdefault(str(values["model"]), []).append(update.scores["accuracy"])
+    loader = DriverRunner(
+        clickhouse.clickhouse_host,
+        clickhouse.clickhouse_port,
+        clickhouse.clickhouse_database,
+        user=clickhouse.clickhouse_user,
+        password=clickhouse.clickhouse_password,
+    )
+    insert_rows(loader.client, rows)
+    loader.client.execute(scores_insert_statement(), scores)
+    loader.close()
+    request = pb.AggregateRequestsRequest(group_by=[pb.GROUP_BY_MODEL])
+    request.start.FromSeconds(1_767_225_600)
+    request.end.FromSeconds(1_767_225_600 + 11 * 86_400)
+    service.reader.statements.clear()
+    response = await service.stub.AggregateRequests(request, metadata=bearer(key))
+    got = {
+        group.keys[0]: (round(group.metrics.score_averages["accuracy"], 9), group.metrics.score_counts["accuracy"])
+        for group in response.groups
+        if "accuracy" in group.metrics.score_counts
+    }
+    assert got == {model: (round(sum(values) / len(values), 9), len(values)) for model, values in by_model.items()}
+    assert sum(group.metrics.request_count for group in response.groups) == len(rows)
+    reads = [sql for sql in service.reader.statements if "avg(score_value)" in sql]
+    assert len(reads) == 1, reads
+    assert "FINAL" not in reads[0], "the proven days' scores were averaged with FINAL"
 
 
 async def test_usage_against_limits_from_postgres(service: Fixture, postgres_dsn: str) -> None:

@@ -1,12 +1,15 @@
-"""Aggregates of the ``requests`` table: totals, latency and token quantiles per group of requests.
+"""Aggregates of the ``requests`` table: totals, latency and token quantiles, and score averages, per group
+of requests.
 
-Aggregates over a time span skip FINAL when every day of the span is proven free of copies
-(:class:`~candela_query.copy_free_proofs.CopyFreeProofs`) and nothing changed during the read; otherwise
-(or without a span) they read with FINAL.
+Aggregates over a time span, the metrics and the score averages alike, skip FINAL when every day of the span
+is proven free of copies (:class:`~candela_query.copy_free_proofs.CopyFreeProofs`) and nothing changed
+during the read; otherwise (or without a span) they read with FINAL (:meth:`Aggregates._read`). Scores need
+no FINAL: their newest values are kept with argMax (:data:`~candela_query.scores.LATEST_SCORES`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -153,20 +156,12 @@ class Aggregates:
         and the proof still holds after the read. Otherwise (or without a span) with FINAL.
         """
         params["limit"] = limit
-        proofs = self._proofs if span and self._scope.final else None
-        proof = await proofs.proof(organization_id, span) if proofs is not None and span else None
-        table = "request_versions" if proof is not None else "requests"
-        sql = self._metrics_sql(organization_id, where, params, group_by, order, label, table)
-        rows = await self._runner.fetch(sql, params)
-        if (
-            proofs is not None
-            and proof is not None
-            and span is not None
-            and not await proofs.unchanged(organization_id, span, proof)
-        ):
-            # Logs arrived (maybe a redelivered copy) while the rows were read: read them again with FINAL.
-            sql = self._metrics_sql(organization_id, where, params, group_by, order, label, "requests")
-            rows = await self._runner.fetch(sql, params)
+        rows = await self._read(
+            organization_id,
+            span,
+            lambda table: self._metrics_sql(organization_id, where, params, group_by, order, label, table),
+            params,
+        )
         result = []
         for row in rows:
             width = len(group_by)
@@ -185,26 +180,63 @@ class Aggregates:
         return result
 
     async def score_averages(
-        self, organization_id: str, where: str, params: dict[str, Any], group_by: list[str], limit: int
+        self,
+        organization_id: str,
+        where: str,
+        params: dict[str, Any],
+        group_by: list[str],
+        limit: int,
+        span: tuple[int, int] | None = None,
     ) -> dict[tuple[Any, ...], dict[str, tuple[float, int]]]:
         """(mean, count) of each score's newest value over the requests matching ``where`` that have it, by
-        group of ``group_by`` SQL expressions then score name: one query joining the requests (FINAL) to
-        the organization's newest scores. ``where`` and ``group_by`` name only columns of ``requests``."""
+        group of ``group_by`` SQL expressions then score name: one query joining the requests to the
+        organization's newest scores. ``where`` and ``group_by`` name only columns of ``requests``.
+
+        ``span`` as for :meth:`metrics`: the requests are read without FINAL when the days it covers are
+        proven free of copies and still are after the read, else with FINAL, so a request stored twice
+        is averaged once."""
         lookup = dict(params)
         lookup["score_limit"] = limit
         keys = [f"{expression} AS k{index}" for index, expression in enumerate(group_by)]
         names = [f"k{index}" for index in range(len(group_by))]
         join = f"ALL INNER JOIN ({LATEST_SCORES}) AS latest_scores USING request_id"
-        sql = (
-            f"SELECT {', '.join([*keys, 'score_name', 'avg(score_value)', 'count()'])} "
-            f"{self._scope(organization_id, where, lookup, 'requests', join=join)} "
-            f"GROUP BY {', '.join([*names, 'score_name'])} LIMIT %(score_limit)s"
-        )
+
+        def score_sql(table: str) -> str:
+            return (
+                f"SELECT {', '.join([*keys, 'score_name', 'avg(score_value)', 'count()'])} "
+                f"{self._scope(organization_id, where, lookup, table, join=join)} "
+                f"GROUP BY {', '.join([*names, 'score_name'])} LIMIT %(score_limit)s"
+            )
+
         averages: dict[tuple[Any, ...], dict[str, tuple[float, int]]] = {}
         width = len(group_by)
-        for row in await self._runner.fetch(sql, lookup):
+        for row in await self._read(organization_id, span, score_sql, lookup):
             averages.setdefault(tuple(row[:width]), {})[str(row[width])] = (float(row[width + 1]), int(row[width + 2]))
         return averages
+
+    async def _read(
+        self,
+        organization_id: str,
+        span: tuple[int, int] | None,
+        sql_reading: Callable[[str], str],
+        params: dict[str, Any],
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``sql_reading(table)``, a query whose ``where`` keeps only requests created in
+        ``span`` (when given): ``table`` is "request_versions" (no FINAL) when the days of ``span`` are proven
+        free of copies (CopyFreeProofs.proof), and the proof still holds after the read; else "requests"
+        (FINAL), also read again after a read without FINAL when the proof no longer holds."""
+        proofs = self._proofs if span and self._scope.final else None
+        proof = await proofs.proof(organization_id, span) if proofs is not None and span else None
+        rows = await self._runner.fetch(sql_reading("request_versions" if proof is not None else "requests"), params)
+        if (
+            proofs is not None
+            and proof is not None
+            and span is not None
+            and not await proofs.unchanged(organization_id, span, proof)
+        ):
+            # Logs arrived (maybe a redelivered copy) while the rows were read: read them again with FINAL.
+            rows = await self._runner.fetch(sql_reading("requests"), params)
+        return rows
 
     def _metrics_sql(
         self,

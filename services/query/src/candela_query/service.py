@@ -251,10 +251,11 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
                 violations.add(f"group_by[{index}]", "must be a GroupBy value other than UNSPECIFIED")
         violations.raise_if_any()
         where = " AND ".join(f"({condition})" for condition in conditions)
-        rows = await self._store.metrics(
-            organization_id, where, params.values, group_sql, MAX_GROUPS, span=_span(request)
+        span_us = _span(request)
+        rows = await self._store.metrics(organization_id, where, params.values, group_sql, MAX_GROUPS, span=span_us)
+        averages = await self._store.score_averages(
+            organization_id, where, params.values, group_sql, MAX_GROUPS * 64, span=span_us
         )
-        averages = await self._store.score_averages(organization_id, where, params.values, group_sql, MAX_GROUPS * 64)
 
         def metrics(row: MetricsRow) -> pb.RequestMetrics:
             message = row.metrics.to_proto()

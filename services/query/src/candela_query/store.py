@@ -3,9 +3,9 @@
 :class:`RequestStore` is what the servicer holds; the work is done in three rooms, each with its own notes:
 
 - :mod:`candela_query.row_reads`: pages and point reads (a request, a session), each row its newest version;
-- :mod:`candela_query.aggregates`: metrics per group of requests;
+- :mod:`candela_query.aggregates`: metrics and score averages per group of requests;
 - :mod:`candela_query.copy_free_proofs`: the remembered proofs that days hold no copies, which let
-  aggregates over a span skip FINAL.
+  aggregates over a span (metrics and score averages) skip FINAL.
 
 All three reach tables only through :class:`~candela_query.scope.Scope`, the single place the caller's
 organization enters the SQL.
@@ -103,7 +103,13 @@ class RequestStore:
         return await self._scores.of_requests(organization_id, request_ids)
 
     async def score_averages(
-        self, organization_id: str, where: str, params: dict[str, Any], group_by: list[str], limit: int
+        self,
+        organization_id: str,
+        where: str,
+        params: dict[str, Any],
+        group_by: list[str],
+        limit: int,
+        span: tuple[int, int] | None = None,
     ) -> dict[tuple[Any, ...], dict[str, tuple[float, int]]]:
         """Mean and count of each score per group (:meth:`Aggregates.score_averages`)."""
-        return await self._aggregates.score_averages(organization_id, where, params, group_by, limit)
+        return await self._aggregates.score_averages(organization_id, where, params, group_by, limit, span)
