@@ -302,7 +302,8 @@ async def test_postgres_and_clickhouse_outages_lose_nothing_and_count_nothing_tw
     writer = start_writer(_writer_config(stack, topics, retry_max_backoff_s=1.0))
     first = [_record(organization_id) for _ in range(50)]
     await _produce(stack.kafka_bootstrap, topics.logs, _messages(first))
-    await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda n: n >= 50)
+    stored = await _eventually(lambda: _stored_requests(stack, [organization_id]), lambda n: n >= 50)
+    assert stored == 50, writer.state()
 
     total = 50
     for component in (Component.POSTGRES, Component.CLICKHOUSE):
@@ -316,10 +317,10 @@ async def test_postgres_and_clickhouse_outages_lose_nothing_and_count_nothing_tw
         stored = await _eventually(
             lambda: _stored_requests(stack, [organization_id]), functools.partial(operator.le, total), 60
         )
-        assert stored == total
+        moved = {name: value - metrics_before[name] for name, value in _writer_metrics().items()}
+        assert stored == total, f"after the {component.value} outage: {writer.state()}; metrics moved: {moved}"
         # The outage is blamed on the right store and retried all along (backoff capped at 1 s over 30 s),
         # and it turned no message into a dead letter.
-        moved = {name: value - metrics_before[name] for name, value in _writer_metrics().items()}
         store = component.value
         assert moved[f"{store}_unavailable"] >= 10, moved
         assert moved[f"{store}_retries"] == moved[f"{store}_unavailable"], moved
