@@ -321,9 +321,12 @@ class InProcessWriter:
         return await asyncio.wait_for(self.task, 30)
 
     def state(self) -> str:
-        """Whether the writer still runs, or how it ended (a line for a failed assertion's message)."""
+        """Whether the writer still runs, and which of its tasks do, or how it ended (a line for a failed
+        assertion's message). A writer's consumers are tasks named ``writer-<lane>``: one that ended while the
+        writer runs leaves its partitions unread."""
         if not self.task.done():
-            return "the writer is running"
+            running = sorted(task.get_name() for task in asyncio.all_tasks() if task.get_name().startswith("writer-"))
+            return f"the writer is running, with tasks {running}"
         if self.task.cancelled():
             return "the writer was cancelled"
         error = self.task.exception()
