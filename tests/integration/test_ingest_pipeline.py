@@ -8,6 +8,7 @@ organizations, so tests never see each other's data.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -49,6 +50,7 @@ from candela_stack.stack import Component, Stack, StackConfig
 from tests.factories import log_record
 
 pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
 
 TOKEN = "ingest-it-" + secrets.token_hex(8)
 INTERNAL = service_metadata(TOKEN)
@@ -318,22 +320,46 @@ class InProcessWriter:
         self.stop.set()
         return await asyncio.wait_for(self.task, 30)
 
+    def state(self) -> str:
+        """Whether the writer still runs, and which of its tasks do, or how it ended (a line for a failed
+        assertion's message). A writer's consumers are tasks named ``writer-<lane>``: one that ended while the
+        writer runs leaves its partitions unread."""
+        if not self.task.done():
+            running = sorted(task.get_name() for task in asyncio.all_tasks() if task.get_name().startswith("writer-"))
+            return f"the writer is running, with tasks {running}"
+        if self.task.cancelled():
+            return "the writer was cancelled"
+        error = self.task.exception()
+        return f"the writer ended: {error!r}" if error is not None else "the writer stopped"
+
+
+def _report_death(task: asyncio.Task[WriterStats]) -> None:
+    """Logs, with its traceback, the error a writer task ended with: a writer that dies in a test leaves its
+    partitions unread, and the test would otherwise only see logs that never arrive."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the in-process writer died", exc_info=task.exception())
+
 
 @pytest.fixture
 async def start_writer() -> AsyncIterator[Callable[[WriterConfig], InProcessWriter]]:
-    """Starts in-process writers; each is stopped (and awaited) at the end of the test at the latest."""
+    """Starts in-process writers; each is stopped (and awaited) at the end of the test at the latest. A
+    writer that ended with an error fails the test."""
     started: list[InProcessWriter] = []
 
     def start(config: WriterConfig) -> InProcessWriter:
         stop = asyncio.Event()
         writer = InProcessWriter(stop, asyncio.create_task(run_writer(config, stop), name="writer"))
+        writer.task.add_done_callback(_report_death)
         started.append(writer)
         return writer
 
     yield start
     for writer in started:
         writer.stop.set()
-    await asyncio.gather(*(writer.task for writer in started), return_exceptions=True)
+    outcomes = await asyncio.gather(*(writer.task for writer in started), return_exceptions=True)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if errors:
+        pytest.fail(f"{len(errors)} in-process writer(s) ended with an error: {errors!r}")
 
 
 # --- IngestService ---------------------------------------------------------------------------------------

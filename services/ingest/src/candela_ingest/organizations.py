@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 
 import asyncpg
 
+from candela_ingest.writer.errors import POSTGRES_FAILURES
+
 logger = logging.getLogger(__name__)
 
 _EXISTING = "SELECT id FROM organizations WHERE id = ANY($1::uuid[])"
@@ -54,7 +56,7 @@ class OrganizationDirectory:
             return missing
         try:
             rows = await self._pool.fetch(_EXISTING, [uuid.UUID(o) for o in to_ask], timeout=2)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+        except POSTGRES_FAILURES as err:
             logger.warning("cannot check organizations in Postgres (%r); accepting the batch", err)
             return missing
         found = {str(row["id"]) for row in rows}

@@ -266,6 +266,17 @@ class StorageWriter:
         logger.info("consumer %s reads %s as group %s", lane.name, lane.topic, lane.group)
         try:
             await self._consume(lane, consumer, stop)
+        except BaseException as err:
+            if not stop.is_set():
+                # A consumer that ends before stop leaves its partitions unread, and the writer's other tasks
+                # keep the process up: say which one ended and why (a cancelled task of the group ends quietly).
+                logger.error(
+                    "consumer %s ended before stop was requested: %r",
+                    lane.name,
+                    err,
+                    exc_info=not isinstance(err, asyncio.CancelledError),
+                )
+            raise
         finally:
             # Leaves the group at once, so the partitions move to another writer without a session timeout.
             await shutdown_step(f"kafka consumer {lane.name}", consumer.stop, STEP_TIMEOUT_S)

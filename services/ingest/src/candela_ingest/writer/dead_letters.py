@@ -24,7 +24,7 @@ from candela_ingest.kafka import KafkaUnavailable, OutgoingMessage, Producer
 from candela_ingest.stalls import StallWatch
 from candela_ingest.writer import metrics
 from candela_ingest.writer.batch import DeadLetter
-from candela_ingest.writer.errors import StoreUnavailable
+from candela_ingest.writer.errors import POSTGRES_FAILURES, StoreUnavailable
 from candela_ingest.writer.postgres import classify_postgres_error
 
 HEADER_PREFIX = "candela-dlq-"
@@ -182,7 +182,7 @@ class PostgresParking:
         with metrics.store_call("postgres"):
             try:
                 status = await self._pool.execute(_PARK, *(list(column) for column in zip(*rows, strict=True)))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+            except POSTGRES_FAILURES as err:
                 raise StoreUnavailable(f"cannot park dead letters: {classify_postgres_error(err)}") from err
         # Counted from the rows really inserted ("INSERT 0 <n>"): a letter parked again on redelivery is not.
         metrics.DEAD_LETTERS_PARKED.inc(int(status.rsplit(" ", 1)[-1]))

@@ -8,6 +8,8 @@ a bounded number of attempts the batch is split to find the messages responsible
 
 from __future__ import annotations
 
+import asyncpg
+
 
 class StoreUnavailable(Exception):
     """A store cannot be written now; retry the same batch later."""
@@ -15,3 +17,17 @@ class StoreUnavailable(Exception):
 
 class StoreRejected(Exception):
     """A store refused the data of the batch (some message in it is bad)."""
+
+
+POSTGRES_FAILURES: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # asyncpg's own confusion about a connection the server just closed: a Postgres that shuts down as a
+    # transaction commits leaves the connection mid-operation, and returning it to the pool (its reset) raises
+    # "cannot switch to state 15; another operation (2) is in progress". The server is going away; nothing
+    # blames the data.
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+"""What a call to Postgres raises when it fails (the statement, the connection, the pool, the deadline)."""

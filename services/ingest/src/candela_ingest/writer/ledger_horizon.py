@@ -37,7 +37,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from candela_ingest.writer import metrics
-from candela_ingest.writer.errors import StoreUnavailable
+from candela_ingest.writer.errors import POSTGRES_FAILURES, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,6 @@ _ROLL_UP_TIMEOUT_S = 48 * 3600.0
 _DROP_LOCK_TIMEOUT = "5s"
 _DROP_ATTEMPTS = 12
 _DROP_RETRY_PAUSE_S = 5.0
-
-_POSTGRES_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def day_start(day: date) -> datetime:
@@ -164,7 +162,7 @@ class LedgerPruner:
                         continue
                     rolled_up += await self._drop(connection, name)
                     dropped.append(name)
-        except _POSTGRES_ERRORS as err:
+        except POSTGRES_FAILURES as err:
             raise StoreUnavailable(f"ledger pruning failed: {err!r}") from err
         if dropped:
             metrics.LEDGER_PARTITIONS_DROPPED.inc(len(dropped))

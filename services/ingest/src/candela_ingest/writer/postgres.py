@@ -63,7 +63,7 @@ from candela_ingest.writer.daily_usage import (
     counted_oldest_first,
     ledger_columns,
 )
-from candela_ingest.writer.errors import StoreRejected, StoreUnavailable
+from candela_ingest.writer.errors import POSTGRES_FAILURES, StoreRejected, StoreUnavailable
 from candela_ingest.writer.ledger_horizon import HORIZON_FOR_SHARE_SQL, LedgerPartitions, day_start
 
 # The batch goes in as three comma-joined texts and the newly counted keys come back as one: per batch of
@@ -316,7 +316,7 @@ class PostgresUsageLedger:
                     yield LedgerOutcome(
                         len(newly), frozenset(not_stored), len(reused) + len(batch.reused), frozenset(late)
                     )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+        except POSTGRES_FAILURES as err:
             raise classify_postgres_error(err) from err
 
     async def _count(
@@ -418,5 +418,5 @@ class PostgresUsageLedger:
             await self._pool.fetchval("SELECT count(*) FROM parked_dead_letters WHERE false")
             await self._pool.fetchval("SELECT count(*) FROM organization_stored_log_days WHERE false")
             await self._pool.fetchval("SELECT count(*) FROM counted_requests_horizon WHERE false")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+        except POSTGRES_FAILURES as err:
             raise StoreUnavailable(f"Postgres is not ready: {err!r}") from err

@@ -35,7 +35,7 @@ from typing import Protocol
 import asyncpg
 
 from candela_ingest.writer.clickhouse import ClickHouseRowSink
-from candela_ingest.writer.errors import StoreUnavailable
+from candela_ingest.writer.errors import POSTGRES_FAILURES, StoreUnavailable
 from candela_ingest.writer.ledger_horizon import HORIZON_FOR_SHARE_SQL, HORIZON_SQL, MAINTENANCE_LOCK_SQL, within_ledger
 from candela_ingest.writer.postgres import classify_postgres_error
 
@@ -89,18 +89,18 @@ class RetentionSweeper:
         """One sweep; returns how many stored logs expired per organization."""
         try:
             retentions = [(row["id"], int(row["retention_days"])) for row in await self._pool.fetch(_RETENTIONS)]
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+        except POSTGRES_FAILURES as err:
             raise classify_postgres_error(err) from err
         expired: dict[uuid.UUID, int] = {}
         for organization_id, days in retentions:
             try:
                 cutoff = within_ledger(now - timedelta(days=days), await self._pool.fetchval(HORIZON_SQL))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+            except POSTGRES_FAILURES as err:
                 raise classify_postgres_error(err) from err
             await self._rows.delete_older_than(organization_id, cutoff)
             try:
                 count = await self._expire(organization_id, cutoff)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as err:
+            except POSTGRES_FAILURES as err:
                 raise StoreUnavailable(f"retention of {organization_id}: {classify_postgres_error(err)}") from err
             expired[organization_id] = count
             if count:
