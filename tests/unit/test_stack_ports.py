@@ -9,9 +9,12 @@ import socket
 
 import pytest
 
+from candela_stack.addresses import DEFAULT_CLUSTER, OWN_POSTGRES_OFFSET
+from candela_stack.clickhouse_cluster import ClusterLayout
 from candela_stack.ports import (
     MAX_PORT_BASE,
     MAX_WRITERS,
+    PORT_BLOCK,
     SEAWEED_GRPC_OFFSET,
     StackPorts,
     busy_ports,
@@ -57,6 +60,25 @@ def test_a_picked_base_has_every_port_free_and_below_the_ephemeral_range() -> No
     # An outgoing connection may take any port of the ephemeral range at any moment.
     assert base >= 10000
     assert max(ports.all_bound()) < ephemeral_port_start()
+
+
+def test_picked_bases_are_whole_blocks_holding_every_port_of_their_stack() -> None:
+    """A stack's stopped Postgres or killed ClickHouse member leaves its port free for a while; a stack
+    picking its base then must not be able to land on it, so stacks live in disjoint blocks."""
+    bases = {pick_free_port_base() for _ in range(50)}
+    assert all(base % PORT_BLOCK == 0 and 10000 <= base < 10000 + SEAWEED_GRPC_OFFSET for base in bases)
+    assert len(bases) > 1, "randomised"
+    for base in bases:
+        ports = StackPorts.from_base(base)
+        cluster = ClusterLayout.for_stack(DEFAULT_CLUSTER, ports)
+        cluster_ports = [cluster.zookeeper_port] + [
+            port for member in cluster.members for port in (member.tcp_port, member.http_port, member.interserver_port)
+        ]
+        for port in [*ports.all_bound(), base + OWN_POSTGRES_OFFSET, *cluster_ports]:
+            block = port - SEAWEED_GRPC_OFFSET if port >= base + SEAWEED_GRPC_OFFSET else port
+            assert base <= block < base + PORT_BLOCK, f"port {port} of the stack at {base} is outside its block"
+    with pytest.raises(ValueError, match="no port base fits"):
+        pick_free_port_base(low=10001, high=10099)
 
 
 def test_a_listening_port_is_busy() -> None:

@@ -164,6 +164,11 @@ def busy_ports(ports: StackPorts) -> list[int]:
 STACK_PORT_SPAN = 80
 """Ports a stack uses above its base (base .. base + 79), SeaweedFS's +10000 ones aside."""
 
+PORT_BLOCK = 100
+"""Test stacks take their bases at multiples of this: a stack's ports, its private Postgres (base + 80) and
+its ClickHouse cluster's other members (base + 80..88) included, all lie in its block (and SeaweedFS's in
+the block 10000 above)."""
+
 _EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 _LINUX_EPHEMERAL_START = 32768
 
@@ -178,21 +183,35 @@ def ephemeral_port_start() -> int:
 
 
 def pick_free_port_base(low: int = 10000, high: int | None = None, attempts: int = 200) -> int:
-    """A random base in [low, high) whose every port (and SeaweedFS's +10000 ones) is bindable now.
+    """A random base in [low, high), a multiple of PORT_BLOCK, whose every port (and SeaweedFS's +10000
+    ones) is bindable now.
 
     By default every port stays below the ephemeral range: there, any outgoing connection (to Kafka, S3,
     ClickHouse...) may take a port between this check and the server binding it. Randomised so that
     concurrent test runs rarely collide; the servers' own start-up errors report a collision that happens.
+
+    Whole blocks, because a check of bindable ports cannot see a port whose server is stopped for a
+    while: an outage drill stops a stack's private Postgres (base + 80) or kills a ClickHouse member for
+    30 s, and a stack picking its base meanwhile at exactly that port would take it (seen: the Postgres
+    drill's restart failing with "Address already in use" as another stack's gateway held its port). Two
+    blocks never share a port, and a block in use always has a live listener at its base's offsets. By
+    default the bases stay below ``low`` + 10000, so no stack's block is another's SeaweedFS block either.
     """
     if high is None:
-        high = min(MAX_PORT_BASE, ephemeral_port_start() - SEAWEED_GRPC_OFFSET - STACK_PORT_SPAN)
+        # Below low + 10000 too: no base then lies in another stack's SeaweedFS block.
+        high = min(
+            MAX_PORT_BASE, ephemeral_port_start() - SEAWEED_GRPC_OFFSET - STACK_PORT_SPAN, low + SEAWEED_GRPC_OFFSET
+        )
     if high > MAX_PORT_BASE:
         raise ValueError(f"high must be <= {MAX_PORT_BASE}")
     if high <= low:
         raise ValueError(f"no port base fits in [{low}, {high})")
+    first, last = -(-low // PORT_BLOCK), (high - 1) // PORT_BLOCK
+    if last < first:
+        raise ValueError(f"no port base fits in [{low}, {high})")
     rng = random.SystemRandom()
     for _ in range(attempts):
-        base = rng.randrange(low, high)
+        base = rng.randint(first, last) * PORT_BLOCK
         if not busy_ports(StackPorts.from_base(base)):
             return base
     raise RuntimeError(f"no free stack port base found in [{low}, {high}) after {attempts} attempts")
