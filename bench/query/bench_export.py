@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -44,6 +45,7 @@ def _query_bench() -> Any:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
