@@ -14,7 +14,8 @@ The cost of the write-ahead log (every finished log fsync'd, group-committed, be
 end of its answer) is measured in the same run: "candela" runs with it (the default), "candela-no-wal"
 is a second proxy with ``CANDELA_WAL=false``, measured right after it in every run, so each run gives
 one on/off pair; the report gives the ratio of each pair and how many fsyncs the WAL did per request.
-``--wal-only`` measures just those two and the direct upstream (a shorter run, still paired).
+``--wal-only`` measures just those two, the same pair with 2 workers ("candela-2w", "candela-2w-no-wal")
+and the direct upstream (a shorter run, still paired).
 
 Workers (``CANDELA_PROXY_WORKERS``): "candela" is one process on CPU 0; "candela-2w" is a supervisor with
 two workers on CPUs 0 and 1, measured in the same runs, so each run gives one 2-worker / 1-worker pair
@@ -550,39 +551,27 @@ def environment(
         stack.start()
         _pin_stack(stack_dir)
         key = stack.bootstrap().api_key
-        candela_url, candela = start_candela(servers, stack, upstream, workdir)
         candela_headers = {"Candela-Auth": f"Bearer {key}"}
-        targets = [
-            Target("direct", upstream, {}, f"{upstream}/stream/v1/chat/completions", {}, {**REQUEST, "stream": True}),
-            Target(
-                "candela",
-                candela_url,
+
+        def candela(name: str, cpus: str = PROXY_CPU, **overrides: str) -> Target:
+            url, process = start_candela(servers, stack, upstream, workdir, None, name, cpus, **overrides)
+            return Target(
+                name,
+                url,
                 candela_headers,
-                f"{candela_url}/v1/chat/completions",
+                f"{url}/v1/chat/completions",
                 {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
                 {**REQUEST, "stream": True},
-                candela.pid,
-            ),
+                process.pid,
+            )
+
+        targets = [
+            Target("direct", upstream, {}, f"{upstream}/stream/v1/chat/completions", {}, {**REQUEST, "stream": True}),
+            candela("candela"),
         ]
         if not workers_only:
-            no_wal_url, no_wal = start_candela(
-                servers, stack, upstream, workdir, name="candela-no-wal", CANDELA_WAL="false"
-            )
-            targets.append(
-                Target(
-                    "candela-no-wal",
-                    no_wal_url,
-                    candela_headers,
-                    f"{no_wal_url}/v1/chat/completions",
-                    {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
-                    {**REQUEST, "stream": True},
-                    no_wal.pid,
-                )
-            )
-        if wal_only:
-            yield targets
-            return
-        if not workers_only:
+            targets.append(candela("candela-no-wal", CANDELA_WAL="false"))
+        if not (workers_only or wal_only):
             bare_url, bare = start_bare(servers, upstream, workdir)
             targets.append(
                 Target(
@@ -595,45 +584,16 @@ def environment(
                     bare.pid,
                 )
             )
-        workers_url, workers = start_candela(
-            servers, stack, upstream, workdir, name="candela-2w", cpus=WORKERS_CPUS, CANDELA_PROXY_WORKERS="2"
-        )
-        targets.append(
-            Target(
-                "candela-2w",
-                workers_url,
-                candela_headers,
-                f"{workers_url}/v1/chat/completions",
-                {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
-                {**REQUEST, "stream": True},
-                workers.pid,
-            )
-        )
+        targets.append(candela("candela-2w", WORKERS_CPUS, CANDELA_PROXY_WORKERS="2"))
+        if wal_only:
+            targets.append(candela("candela-2w-no-wal", WORKERS_CPUS, CANDELA_PROXY_WORKERS="2", CANDELA_WAL="false"))
+            yield targets
+            return
         if baseline is not None:
             tree = baseline_tree(baseline, workdir)
             source = f"{tree}/services/proxy/src:{tree}/runtime/src"
-            for name, cpus, count in (("candela-base", PROXY_CPU, "1"), ("candela-base-2w", WORKERS_CPUS, "2")):
-                url, process = start_candela(
-                    servers,
-                    stack,
-                    upstream,
-                    workdir,
-                    name=name,
-                    cpus=cpus,
-                    CANDELA_PROXY_WORKERS=count,
-                    PYTHONPATH=source,
-                )
-                targets.append(
-                    Target(
-                        name,
-                        url,
-                        candela_headers,
-                        f"{url}/v1/chat/completions",
-                        {**candela_headers, "Candela-Target-Url": f"{upstream}/stream"},
-                        {**REQUEST, "stream": True},
-                        process.pid,
-                    )
-                )
+            targets.append(candela("candela-base", CANDELA_PROXY_WORKERS="1", PYTHONPATH=source))
+            targets.append(candela("candela-base-2w", WORKERS_CPUS, CANDELA_PROXY_WORKERS="2", PYTHONPATH=source))
         if with_litellm:
             litellm_url, litellm = start_litellm(servers, upstream, workdir)
             targets.append(
@@ -819,11 +779,20 @@ def render(
             f"| {name} | {statistics.median(samples):.3f} | {p99:.3f} |"
             f" {statistics.median(samples) - direct_ttft:.3f} | {f'{memory:.0f}' if memory else '-'} |"
         )
-    if "candela-no-wal" in names:
+    for with_wal, without in (("candela", "candela-no-wal"), ("candela-2w", "candela-2w-no-wal")):
+        if without not in names:
+            continue
         for connections in (1, 64):
-            pairs = zip(cells[("candela", connections)], cells[("candela-no-wal", connections)], strict=True)
-            ratios = [with_wal.requests_per_s / without.requests_per_s for with_wal, without in pairs]
-            lines.append(f"\nWAL on / off req/s at {connections} connection(s), paired by run: {_summary(ratios)}x")
+            pairs = list(zip(cells[(with_wal, connections)], cells[(without, connections)], strict=True))
+            cpu = [
+                on.cpu_us_per_request / off.cpu_us_per_request
+                for on, off in pairs
+                if on.cpu_us_per_request and off.cpu_us_per_request
+            ]
+            lines.append(
+                f"\n{with_wal}: WAL on / off at {connections} connection(s), paired by run: req/s"
+                f" {_summary(_ratios(cells, with_wal, without, connections))}x, CPU per request {_summary(cpu)}x"
+            )
     if fsyncs_per_request is not None:
         lines.append(f"\nWAL fsyncs per request (whole run, all cells): {fsyncs_per_request:.3f}")
     if "candela-2w" in names:
