@@ -698,6 +698,18 @@ def _ratios(cells: dict[tuple[str, int], list[WrkResult]], ours: str, theirs: st
     return [mine.requests_per_s / other.requests_per_s for mine, other in pairs]
 
 
+def _paired(cells: dict[tuple[str, int], list[WrkResult]], ours: str, theirs: str, connections: int) -> str:
+    """req/s and CPU per request of ``ours`` over ``theirs``, paired by run."""
+    pairs = zip(cells[(ours, connections)], cells[(theirs, connections)], strict=True)
+    cpu = [
+        a.cpu_us_per_request / b.cpu_us_per_request for a, b in pairs if a.cpu_us_per_request and b.cpu_us_per_request
+    ]
+    return (
+        f"at {connections} connection(s), paired by run: req/s {_summary(_ratios(cells, ours, theirs, connections))}x,"
+        f" CPU per request {_summary(cpu)}x"
+    )
+
+
 def _scaling_ceiling(cells: dict[tuple[str, int], list[WrkResult]]) -> list[str]:
     """What 2 workers could reach on this machine's cores at 64 connections, given the CPU spent beside them.
 
@@ -783,16 +795,7 @@ def render(
         if without not in names:
             continue
         for connections in (1, 64):
-            pairs = list(zip(cells[(with_wal, connections)], cells[(without, connections)], strict=True))
-            cpu = [
-                on.cpu_us_per_request / off.cpu_us_per_request
-                for on, off in pairs
-                if on.cpu_us_per_request and off.cpu_us_per_request
-            ]
-            lines.append(
-                f"\n{with_wal}: WAL on / off at {connections} connection(s), paired by run: req/s"
-                f" {_summary(_ratios(cells, with_wal, without, connections))}x, CPU per request {_summary(cpu)}x"
-            )
+            lines.append(f"\n{with_wal}: WAL on / off {_paired(cells, with_wal, without, connections)}")
     if fsyncs_per_request is not None:
         lines.append(f"\nWAL fsyncs per request (whole run, all cells): {fsyncs_per_request:.3f}")
     if "candela-2w" in names:
@@ -808,16 +811,7 @@ def render(
         if base not in names:
             continue
         for connections in (1, 64):
-            paired = list(zip(cells[(ours, connections)], cells[(base, connections)], strict=True))
-            cpu = [
-                mine.cpu_us_per_request / other.cpu_us_per_request
-                for mine, other in paired
-                if mine.cpu_us_per_request and other.cpu_us_per_request
-            ]
-            lines.append(
-                f"\n{ours} / {base} ({args.baseline}) at {connections} connection(s), paired by run: req/s"
-                f" {_summary(_ratios(cells, ours, base, connections))}x, CPU per request {_summary(cpu)}x"
-            )
+            lines.append(f"\n{ours} / {base} ({args.baseline}) {_paired(cells, ours, base, connections)}")
     if "litellm" in names:
         for ours in ("candela", "candela-2w", "candela-base", "candela-base-2w"):
             if ours not in names:
