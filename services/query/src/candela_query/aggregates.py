@@ -225,18 +225,15 @@ class Aggregates:
         ``span`` (when given): ``table`` is "request_versions" (no FINAL) when the days of ``span`` are proven
         free of copies (CopyFreeProofs.proof), and the proof still holds after the read; else "requests"
         (FINAL), also read again after a read without FINAL when the proof no longer holds."""
-        proofs = self._proofs if span and self._scope.final else None
-        proof = await proofs.proof(organization_id, span) if proofs is not None and span else None
-        rows = await self._runner.fetch(sql_reading("request_versions" if proof is not None else "requests"), params)
-        if (
-            proofs is not None
-            and proof is not None
-            and span is not None
-            and not await proofs.unchanged(organization_id, span, proof)
-        ):
-            # Logs arrived (maybe a redelivered copy) while the rows were read: read them again with FINAL.
-            rows = await self._runner.fetch(sql_reading("requests"), params)
-        return rows
+        proofs = self._proofs
+        proof = await proofs.proof(organization_id, span) if proofs and span and self._scope.final else None
+        if proofs is None or span is None or proof is None:
+            return await self._runner.fetch(sql_reading("requests"), params)
+        rows = await self._runner.fetch(sql_reading("request_versions"), params)
+        if await proofs.unchanged(organization_id, span, proof):
+            return rows
+        # Logs arrived (maybe a redelivered copy) while the rows were read: read them again with FINAL.
+        return await self._runner.fetch(sql_reading("requests"), params)
 
     def _metrics_sql(
         self,
