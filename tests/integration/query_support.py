@@ -29,6 +29,7 @@ from candela_ingest.writer.rows import (
     insert_statement,
 )
 from candela_schema.migrator import clickhouse_gates, load, render_clickhouse
+from candela_stack.stack import Stack
 from tests.factories import log_message, log_record
 
 MODELS = (("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku"), ("openai", "o3-mini"))
@@ -122,6 +123,17 @@ class DriverRunner:
             password=password,
             connect_timeout=5,
             send_receive_timeout=60,
+        )
+
+    @classmethod
+    def of(cls, stack: Stack) -> DriverRunner:
+        """A runner on ``stack``'s ClickHouse database, as its services connect."""
+        return cls(
+            stack.clickhouse_host,
+            stack.clickhouse_port,
+            stack.clickhouse_database,
+            user=stack.clickhouse_user,
+            password=stack.clickhouse_password,
         )
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -415,13 +415,7 @@ async def test_scores_arriving_after_the_log_land_on_one_row_and_count_nothing(
 @contextlib.contextmanager
 def _request_store(stack: Stack) -> Iterator[RequestStore]:
     """The query service's store of requests (what the query API reads), on the stack's ClickHouse."""
-    runner = DriverRunner(
-        stack.clickhouse_host,
-        stack.clickhouse_port,
-        stack.clickhouse_database,
-        user=stack.clickhouse_user,
-        password=stack.clickhouse_password,
-    )
+    runner = DriverRunner.of(stack)
     try:
         yield RequestStore(runner)
     finally:

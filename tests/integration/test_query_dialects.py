@@ -62,13 +62,7 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def driver(clickhouse: Stack, rows: list[Row]) -> Iterator[DriverRunner]:
-    runner = DriverRunner(
-        clickhouse.clickhouse_host,
-        clickhouse.clickhouse_port,
-        clickhouse.clickhouse_database,
-        user=clickhouse.clickhouse_user,
-        password=clickhouse.clickhouse_password,
-    )
+    runner = DriverRunner.of(clickhouse)
     insert_rows(runner.client, rows)
     yield runner
     runner.close()

@@ -155,13 +155,7 @@ async def service(
     hostile.record.properties["formula"] = "=1+2"
     hostile.record.properties["note"] = 'multi\nline, "quoted"'
     hostile.record.cost_usd = "0.000000001"
-    loader = DriverRunner(
-        clickhouse.clickhouse_host,
-        clickhouse.clickhouse_port,
-        clickhouse.clickhouse_database,
-        user=clickhouse.clickhouse_user,
-        password=clickhouse.clickhouse_password,
-    )
+    loader = DriverRunner.of(clickhouse)
     # Both organizations' rows, each with stale older copies of some (as a redelivery leaves them).
     insert_rows(loader.client, [*make_rows([org, other], ROWS, seed=11), clickhouse_row(hostile, version=2)])
     insert_rows(loader.client, long_rows)

@@ -92,13 +92,7 @@ def runner(
         return
     config = StackConfig.for_tests(tmp_path_factory.mktemp("ch-rows"), components=frozenset({Component.CLICKHOUSE}))
     with Stack(config) as stack:
-        driver = DriverRunner(
-            stack.clickhouse_host,
-            stack.clickhouse_port,
-            stack.clickhouse_database,
-            user=stack.clickhouse_user,
-            password=stack.clickhouse_password,
-        )
+        driver = DriverRunner.of(stack)
         for rows in inserts:
             insert_rows(driver.client, rows)
         yield driver

@@ -105,13 +105,7 @@ def runners(
     scores: tuple[list[Row], dict[str, dict[str, float]]],
 ) -> Iterator[dict[str, DriverRunner | ChdbRunner]]:
     """ClickHouse 18.16 and chDB, each holding the requests and scores."""
-    driver = DriverRunner(
-        clickhouse.clickhouse_host,
-        clickhouse.clickhouse_port,
-        clickhouse.clickhouse_database,
-        user=clickhouse.clickhouse_user,
-        password=clickhouse.clickhouse_password,
-    )
+    driver = DriverRunner.of(clickhouse)
     insert_rows(driver.client, requests)
     driver.client.execute(scores_insert_statement(), scores[0])
     chdb = ChdbRunner(Path(tmp_path_factory.mktemp("chdb")))

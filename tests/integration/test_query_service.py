@@ -105,13 +105,7 @@ async def service(
         user=clickhouse.clickhouse_user,
         password=clickhouse.clickhouse_password,
     )
-    loader = DriverRunner(
-        clickhouse.clickhouse_host,
-        clickhouse.clickhouse_port,
-        clickhouse.clickhouse_database,
-        user=clickhouse.clickhouse_user,
-        password=clickhouse.clickhouse_password,
-    )
+    loader = DriverRunner.of(clickhouse)
     insert_rows(loader.client, make_rows([org], 400, seed=3))
     loader.close()
     config = QueryConfig(
@@ -284,13 +278,7 @@ async def test_a_request_comes_back_with_its_exact_bodies_compressed_or_not(
     corrupt.request_body.MergeFrom(messages[0].request_body)
     corrupt.request_body.frame_offset += 1
     messages.append(corrupt)
-    loader = DriverRunner(
-        clickhouse.clickhouse_host,
-        clickhouse.clickhouse_port,
-        clickhouse.clickhouse_database,
-        user=clickhouse.clickhouse_user,
-        password=clickhouse.clickhouse_password,
-    )
+    loader = DriverRunner.of(clickhouse)
     insert_rows(loader.client, [clickhouse_row(message, version=1) for message in messages])
     loader.close()
 
@@ -362,13 +350,7 @@ async def test_score_averages_over_days_proven_free_of_copies_are_read_without_f
         update.updated_at.seconds = 1_780_000_000
         scores += score_rows(update)
         by_model.setdefault(str(values["model"]), []).append(update.scores["accuracy"])
-    loader = DriverRunner(
-        clickhouse.clickhouse_host,
-        clickhouse.clickhouse_port,
-        clickhouse.clickhouse_database,
-        user=clickhouse.clickhouse_user,
-        password=clickhouse.clickhouse_password,
-    )
+    loader = DriverRunner.of(clickhouse)
     insert_rows(loader.client, rows)
     loader.client.execute(scores_insert_statement(), scores)
     loader.close()

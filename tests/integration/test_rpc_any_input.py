@@ -119,13 +119,7 @@ def _logged_requests(stores: Stack, organization_id: str) -> list[log_record_pb2
     messages = [make_record(rng, organization_id, index) for index in range(40)]
     for message in messages:
         message.ClearField("response_body")
-    loader = DriverRunner(
-        stores.clickhouse_host,
-        stores.clickhouse_port,
-        stores.clickhouse_database,
-        user=stores.clickhouse_user,
-        password=stores.clickhouse_password,
-    )
+    loader = DriverRunner.of(stores)
     try:
         insert_rows(loader.client, [clickhouse_row(message, version=2) for message in messages])
     finally:
